@@ -1,0 +1,242 @@
+"""Tests for ecomgpt_jax.ecominstruct.reader: discovery, meta validation, JSON Lines parsing."""
+
+import json
+import os
+import pathlib
+
+import pytest
+
+from ecomgpt_jax.ecominstruct import reader
+from ecomgpt_jax.ecominstruct.reader import DataError
+
+REAL = os.environ.get("ECOMGPT_DATA_DIR", "")
+needs_real = pytest.mark.skipif(
+    not REAL, reason="ECOMGPT_DATA_DIR is not set (real EcomInstruct held-out data)"
+)
+
+CLS_META = {
+    "task": "SOMETHING-ELSE-NER-wrong",  # must be ignored: the folder decides
+    "defi": "review topic",
+    "test_prompt": {
+        "instruction": "### Instruction:\n{sentences}\nTopics: {label_set}.\n### Response:"
+    },
+    "label_set": {"default": ["Food", "Service", "Price"]},
+    "label_key": "default",
+    "label_sep": ", ",
+}
+
+
+def make_task(root, name, meta, lines=None, split="test"):
+    """Write <root>/<Dataset>/tasks/<name>/ with meta-info.json and optionally <split>.json."""
+    folder = pathlib.Path(root) / name.split("-")[1] / "tasks" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    text = meta if isinstance(meta, str) else json.dumps(meta, ensure_ascii=False)
+    (folder / "meta-info.json").write_text(text, encoding="utf-8")
+    if lines is not None:
+        (folder / f"{split}.json").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_parse_task_name():
+    assert reader.parse_task_name("EN-ABSA-CLS-review_topic_category") == (
+        "EN",
+        "ABSA",
+        "CLS",
+        "review_topic_category",
+    )
+    assert reader.parse_task_name("ZH-MEPAVE-Condition_Extract-attribute_value_detection") == (
+        "ZH",
+        "MEPAVE",
+        "Condition_Extract",
+        "attribute_value_detection",
+    )
+    with pytest.raises(DataError, match="reserved for SeqIO"):
+        reader.parse_task_name("EN-ABSA-CLS-a:b")
+    with pytest.raises(DataError, match="unknown task type 'QA'"):
+        reader.parse_task_name("EN-ABSA-QA-x")
+    with pytest.raises(DataError, match="four non-empty fields"):
+        reader.parse_task_name("EN-ABSA-CLS-x-y")
+    with pytest.raises(DataError, match="unknown LANG 'FR'"):
+        reader.parse_task_name("FR-ABSA-CLS-x")
+
+
+def test_data_error_message():
+    assert str(DataError("bad", "a/b.json", 3)) == "a/b.json:3: bad"
+    assert str(DataError("bad", "a/b.json")) == "a/b.json: bad"
+    assert isinstance(DataError("x"), ValueError)
+
+
+def test_discover_uses_folder_name_and_ignores_other_files(tmp_path):
+    folder = make_task(
+        tmp_path,
+        "EN-ABSA-CLS-topic",
+        CLS_META,
+        ['{"sentences": "a", "labels": {"default": ["Food"]}}'],
+    )
+    (folder / ".meta-info.json.bak").write_text("not json at all")
+    (folder / "notes.txt").write_text("ignored")
+    make_task(
+        tmp_path,
+        "ZH-Shop-Generate-title",
+        {"defi": "title", "test_prompt": {"instruction": "{sentences}\n### Response:"}},
+    )
+    tasks = reader.discover_tasks(tmp_path)
+    assert list(tasks) == ["EN-ABSA-CLS-topic", "ZH-Shop-Generate-title"]
+    task = tasks["EN-ABSA-CLS-topic"]
+    assert (task.lang, task.dataset, task.type, task.short_name) == ("EN", "ABSA", "CLS", "topic")
+    assert task.path == folder
+    assert task.label_set == ["Food", "Service", "Price"]
+    assert task.label_sep == ", "
+    assert task.has_split("test") and not task.has_split("train")
+    gen = tasks["ZH-Shop-Generate-title"]
+    assert gen.type == "Generate" and gen.label_set == [] and gen.label_sep == ", "
+
+
+def test_discover_errors(tmp_path):
+    with pytest.raises(DataError, match="data directory does not exist"):
+        reader.discover_tasks(tmp_path / "missing")
+    assert reader.discover_tasks(tmp_path) == {}
+
+    bad = tmp_path / "a"
+    make_task(bad, "EN-X-CLS-t", {k: v for k, v in CLS_META.items() if k != "label_key"})
+    with pytest.raises(DataError, match=r"meta-info.json: missing or non-string field 'label_key'"):
+        reader.discover_tasks(bad)
+
+    bad = tmp_path / "b"
+    make_task(bad, "EN-X-NER-t", {"defi": "d", "test_prompt": {"instruction": "{sentences}"}})
+    with pytest.raises(DataError, match="'label_key' \\(needed by NER\\)"):
+        reader.discover_tasks(bad)
+
+    bad = tmp_path / "c"
+    make_task(bad, "EN-X-Extract-t", {"test_prompt": {"instruction": "{sentences}"}})
+    with pytest.raises(DataError, match="field 'defi'"):
+        reader.discover_tasks(bad)
+
+    bad = tmp_path / "d"
+    make_task(bad, "EN-X-Extract-t", {"defi": "d"})
+    with pytest.raises(DataError, match="'test_prompt.instruction'"):
+        reader.discover_tasks(bad)
+
+    bad = tmp_path / "e"
+    make_task(bad, "EN-X-Extract-t", {"defi": "d", "test_prompt": {"instruction": "{sentence}"}})
+    with pytest.raises(DataError, match=r"unknown placeholder\(s\) \['sentence'\]"):
+        reader.discover_tasks(bad)
+
+    bad = tmp_path / "f"
+    make_task(bad, "EN-X-Extract-t:2", {"defi": "d", "test_prompt": {"instruction": "{sentences}"}})
+    with pytest.raises(DataError, match="reserved for SeqIO"):
+        reader.discover_tasks(bad)
+
+    bad = tmp_path / "g"
+    make_task(bad, "EN-X-Chat-t", {"defi": "d", "test_prompt": {"instruction": "{sentences}"}})
+    with pytest.raises(DataError, match="unknown task type 'Chat'"):
+        reader.discover_tasks(bad)
+
+    bad = tmp_path / "h"
+    make_task(bad, "EN-X-Extract-t", '{"defi": "d",\n "test_prompt": }')
+    with pytest.raises(DataError, match=r"meta-info.json:2: not valid JSON"):
+        reader.discover_tasks(bad)
+
+    bad = tmp_path / "i"
+    (bad / "X" / "tasks" / "EN-X-Extract-t").mkdir(parents=True)
+    with pytest.raises(DataError, match="task folder has no meta-info.json"):
+        reader.discover_tasks(bad)
+
+
+def test_read_examples_lines(tmp_path):
+    lines = [
+        '{"sentences": "The bread.", "labels": {"default": ["Food"]}}',
+        "",
+        "   ",
+        "{'sentences': ['Half ', 'one'], 'labels': {'default': ['Food', 'Price']}}",
+        '{"sentences": "x", "labels": {"default": []}, "trace_id": 7}',
+    ]
+    make_task(tmp_path, "EN-ABSA-CLS-topic", CLS_META, lines)
+    task = reader.discover_tasks(tmp_path)["EN-ABSA-CLS-topic"]
+    examples = reader.read_examples(task, "test")
+    assert [e["sentences"] for e in examples] == ["The bread.", "Half one", "x"]
+    assert examples[1]["labels"] == {"default": ["Food", "Price"]}
+    with pytest.raises(DataError, match="has no 'train' split"):
+        reader.read_examples(task, "train")
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "pattern"),
+    [
+        (
+            "EN-X-CLS-t",
+            "__import__('os').system('echo hi')",
+            r"test.json:2: not a JSON object or Python literal",
+        ),
+        (
+            "EN-X-CLS-t",
+            '{"sentences": "a", "labels": {"default": ["Food"]}',
+            r"test.json:2: not a JSON",
+        ),
+        (
+            "EN-X-CLS-t",
+            '{"labels": {"default": ["Food"]}}',
+            r"test.json:2: missing field 'sentences'",
+        ),
+        ("EN-X-CLS-t", '{"sentences": 3, "labels": {}}', r"test.json:2: field 'sentences'"),
+        (
+            "EN-X-CLS-t",
+            '{"sentences": "a", "labels": {"other": ["x"]}}',
+            r"test.json:2: missing field 'labels.default'",
+        ),
+        (
+            "EN-X-CLS-t",
+            '{"sentences": "a", "labels": {"default": "Food"}}',
+            r"test.json:2: field 'labels.default' must be a list",
+        ),
+        ("EN-X-CLS-t", "[1, 2]", r"test.json:2: expected an object, got list"),
+        ("EN-X-NER-t", '{"sentences": "a"}', r"test.json:2: missing field 'spans'"),
+        (
+            "EN-X-NER-t",
+            '{"sentences": "a", "spans": [{"term": "a"}]}',
+            r"test.json:2: field 'spans\[0\].type'",
+        ),
+        (
+            "EN-X-Extract-t",
+            '{"sentences": "a", "spans": [{"start": 0}]}',
+            r"test.json:2: field 'spans\[0\].term'",
+        ),
+    ],
+)
+def test_read_examples_errors(tmp_path, name, line, pattern):
+    first = (
+        '{"sentences": "ok", "labels": {"default": ["Food"]}}'
+        if "-CLS-" in name
+        else '{"sentences": "ok", "spans": []}'
+    )
+    make_task(tmp_path, name, CLS_META, [first, line])
+    task = reader.discover_tasks(tmp_path)[name]
+    with pytest.raises(DataError, match=pattern) as info:
+        reader.read_examples(task, "test")
+    assert info.value.line == 2 and info.value.path.endswith("test.json")
+
+
+def test_default_data_dir(monkeypatch):
+    monkeypatch.setenv("ECOMGPT_DATA_DIR", "/some/where")
+    assert reader.default_data_dir() == pathlib.Path("/some/where")
+    monkeypatch.delenv("ECOMGPT_DATA_DIR")
+    assert reader.default_data_dir() == pathlib.Path(reader.__file__).resolve().parent / "sample"
+
+
+@needs_real
+def test_real_data():
+    tasks = reader.discover_tasks(REAL)
+    assert "EN-ABSA-CLS-review_topic_category" in tasks
+    # meta's `task` field says "ZH-JAVE-Condition_Extract-..." here: the folder wins.
+    ner = tasks["ZH-MEPAVE-NER-attribute_value_extraction"]
+    assert ner.type == "NER" and ner.meta["task"].startswith("ZH-JAVE-Condition_Extract")
+    assert len(ner.label_set) == 26 and ner.label_set[0] == "下摆类型"
+    for task in tasks.values():
+        examples = reader.read_examples(task, "test")
+        assert len(examples) == 500, task.name
+        assert all(isinstance(e["sentences"], str) for e in examples)
+    absa = reader.read_examples(tasks["EN-ABSA-CLS-review_topic_category"], "test")
+    assert absa[0] == {
+        "sentences": "The bread is top notch as well.",
+        "labels": {"default": ["Food"]},
+    }

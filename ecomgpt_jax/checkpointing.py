@@ -1,0 +1,223 @@
+"""Orbax checkpoints: periodic async saves, resume from the latest, resharded restore.
+
+Layout of a training run (`MODEL_DIR`):
+
+    MODEL_DIR/checkpoints/<step>/params/   the model parameters (orbax PyTree)
+    MODEL_DIR/checkpoints/<step>/train/    {"step", "opt_state", "rng"} (orbax PyTree)
+    MODEL_DIR/checkpoints/<step>/data/     input position (JSON, see `DataPosition`)
+
+Parameters are their own item so that evaluation and conversion restore them
+without touching the (twice as large) optimizer state: `restore_params` takes a
+run directory, a step directory or a params-only checkpoint (as written by
+`python -m ecomgpt_jax.convert hf-to-orbax`).
+
+Every restore takes *target* shardings, so a checkpoint written on one mesh
+loads onto any other (different device count, FSDP vs data parallel, ...).
+Every process must call `save` / `restore` (orbax coordinates the hosts; each
+writes its own shards).
+
+Needs only jax, flax and orbax (no TensorFlow, SeqIO or gin).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from ecomgpt_jax.train_step import StateLayout, TrainState
+
+PyTree = Any
+
+CHECKPOINTS_SUBDIR = "checkpoints"
+_ITEMS = ("params", "train", "data")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that does not hold what was asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """When to save and how many to keep.
+
+    save_every_steps: save when `step % save_every_steps == 0` (and always at the
+      last step and on preemption). keep: how many of the latest to keep.
+    async_save: write in a background thread while training continues.
+    """
+
+    save_every_steps: int = 1000
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPosition:
+    """Where the input pipeline stands: resume skips `batches_consumed` batches.
+
+    The pipeline is a deterministic function of (mixture, seed, shapes), so the
+    count alone identifies the next unseen batch. The other fields detect a
+    resume with a changed pipeline (then the count means something else).
+    """
+
+    batches_consumed: int = 0
+    mixture: str = ""
+    seed: int = 0
+    global_batch_size: int = 0
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> DataPosition:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in str(path)
+
+
+def _as_path(path) -> epath.Path:
+    path = str(path)
+    return epath.Path(path if _is_remote(path) else os.path.abspath(path))
+
+
+class Checkpointer:
+    """Thin wrapper over `ocp.CheckpointManager` for `TrainState` + data position."""
+
+    def __init__(self, model_dir, config: CheckpointConfig):
+        self.directory = _as_path(model_dir) / CHECKPOINTS_SUBDIR
+        self.config = config
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=max(int(config.save_every_steps), 1),
+            max_to_keep=max(int(config.keep), 1),
+            enable_async_checkpointing=bool(config.async_save),
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def step_dir(self, step: int) -> epath.Path:
+        return self.directory / str(step)
+
+    def save(self, state: TrainState, position: DataPosition, force: bool = False) -> bool:
+        """Saves at `state.step` if due (or `force`); returns whether a save started.
+
+        With async saving the arrays are copied to host memory before returning,
+        so the caller may donate `state` to the next step right away.
+        """
+        step = int(jax.device_get(state.step))
+        if step in self._manager.all_steps():
+            return False
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            train=ocp.args.StandardSave(
+                {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
+            ),
+            data=ocp.args.JsonSave(position.to_json()),
+        )
+        return bool(self._manager.save(step, args=args, force=force))
+
+    def restore(self, step: int, layout: StateLayout) -> tuple[TrainState, DataPosition]:
+        """Restores step `step` into the shardings of `layout` (any mesh)."""
+        target = layout.abstract
+        args = ocp.args.Composite(
+            params=ocp.args.StandardRestore(target.params),
+            train=ocp.args.StandardRestore(
+                {"step": target.step, "opt_state": target.opt_state, "rng": target.rng}
+            ),
+            data=ocp.args.JsonRestore(),
+        )
+        restored = self._manager.restore(step, args=args)
+        train = restored["train"]
+        state = TrainState(
+            step=train["step"],
+            params=restored["params"],
+            opt_state=train["opt_state"],
+            rng=train["rng"],
+        )
+        return state, DataPosition.from_json(restored["data"] or {})
+
+    def wait(self) -> None:
+        """Blocks until pending async saves are committed."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _looks_like_pytree_checkpoint(path: epath.Path) -> bool:
+    return path.is_dir() and any(
+        (path / name).exists() for name in ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")
+    )
+
+
+def _numeric_subdirs(path: epath.Path) -> list[int]:
+    if not path.is_dir():
+        return []
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def resolve_params_path(path) -> epath.Path:
+    """The orbax PyTree directory holding parameters, from any of:
+
+    a run directory (latest step under `checkpoints/`), a `checkpoints/`
+    directory, a step directory (`.../<step>` with a `params` item), or a
+    params-only checkpoint directory. Raises CheckpointError naming the path.
+    """
+    root = _as_path(path)
+    if not root.exists():
+        raise CheckpointError(f"checkpoint path {path} does not exist")
+    candidates = [root]
+    if (root / CHECKPOINTS_SUBDIR).is_dir():
+        candidates.insert(0, root / CHECKPOINTS_SUBDIR)
+    for cand in candidates:
+        steps = _numeric_subdirs(cand)
+        if steps:
+            return resolve_params_path(cand / str(steps[-1]))
+    if (root / "params").is_dir() and _looks_like_pytree_checkpoint(root / "params"):
+        return root / "params"
+    if _looks_like_pytree_checkpoint(root):
+        return root
+    raise CheckpointError(
+        f"{path}: no orbax checkpoint found (expected a run directory, a step directory "
+        "with a 'params' item, or a params checkpoint written by `convert hf-to-orbax`)"
+    )
+
+
+def restore_params(path, abstract_params: PyTree) -> PyTree:
+    """Restores parameters from `path` (see `resolve_params_path`) into `abstract_params`.
+
+    abstract_params: pytree of jax.ShapeDtypeStruct with the target `.sharding`.
+    A checkpoint whose tree or shapes differ from the model raises CheckpointError.
+    """
+    params_dir = resolve_params_path(path)
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        return checkpointer.restore(params_dir, abstract_params)
+    except (ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{params_dir}: parameters do not match the model ({first[:300]})"
+        ) from None
+    finally:
+        checkpointer.close()
+
+
+def save_params(path, params: PyTree) -> None:
+    """Writes a params-only orbax checkpoint (the format `restore_params` reads)."""
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(_as_path(path), params)
+    checkpointer.wait_until_finished()
+    checkpointer.close()

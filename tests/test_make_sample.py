@@ -1,0 +1,160 @@
+"""Tests for the deterministic sample generator (ecominstruct/make_sample.py)."""
+
+import json
+import pathlib
+
+import pytest
+import sentencepiece as spm
+
+from ecomgpt_jax.ecominstruct import instructions, make_sample, reader
+
+SAMPLE = make_sample.SAMPLE_DIR
+
+HELD_IN = [
+    "EN-Shop_Product-CLS-product_category",
+    "EN-Shop_Product-Condition_Extract-attribute_detection",
+    "EN-Shop_Product-Generate-title_generate",
+    "EN-Shop_Product-NER-product_entity",
+    "EN-Shop_QA-Extract-answer_extract",
+    "EN-Shop_Review-CLS-review_sentiment",
+    "ZH-Shop_Product-CLS-product_category",
+    "ZH-Shop_Product-Condition_Extract-attribute_detection",
+    "ZH-Shop_Product-Generate-description_generate",
+    "ZH-Shop_Product-NER-attribute_extraction",
+    "ZH-Shop_QA-Extract-answer_extract",
+    "ZH-Shop_Review-CLS-review_sentiment",
+]
+HELD_OUT = [
+    "EN-ABSA-CLS-review_topic_category",
+    "EN-Lenovo-Condition_Extract-Condition_Extract",
+    "ZH-MEPAVE-NER-attribute_value_extraction",
+    "ZH-Multi_CPR-Extract-product_select_2",
+    "ZH-OpenBG_Align-CLS-item_coarse_classify",
+    "ZH-OpenBG_Align-Generate-title_generate",
+]
+# Contract section 6: the paper's twelve held-out tasks.
+PAPER_HELD_OUT = {
+    "EN-Lenovo-NER-NER",
+    "ZH-MEPAVE-NER-attribute_value_extraction",
+    "EN-Lenovo-Condition_Extract-Condition_Extract",
+    "ZH-MEPAVE-Condition_Extract-attribute_value_detection",
+    "ZH-Multi_CPR-Extract-product_select_2",
+    "EN-Reddit_QA-Extract-Extract_QA",
+    "ZH-OpenBG_Align-Generate-title_generate",
+    "ZH-OpenBG_Align-CLS-item_align",
+    "ZH-OpenBG_Align-CLS-title_attribute_matching",
+    "ZH-OpenBG_Align-CLS-item_coarse_classify",
+    "ZH-OpenBG_Align-CLS-item_fine_classify",
+    "EN-ABSA-CLS-review_topic_category",
+}
+
+
+def _files(root: pathlib.Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != make_sample.SPM_FILE
+    }
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return reader.discover_tasks(SAMPLE)
+
+
+def test_write_data_is_byte_identical_and_matches_bundled_sample(tmp_path):
+    first = make_sample.write_data(tmp_path / "a")
+    make_sample.write_data(tmp_path / "b")
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert len(first) == len(a) == 12 * 3 + 6 * 2
+    assert a == b
+    # The committed sample is what the generator writes (regenerate it if this fails).
+    assert _files(SAMPLE) == a
+
+
+def test_task_names_and_split_sizes(tasks):
+    assert sorted(tasks) == sorted(HELD_IN + HELD_OUT)
+    assert set(HELD_OUT) <= PAPER_HELD_OUT
+    assert not set(HELD_IN) & PAPER_HELD_OUT
+    assert {t.lang for t in tasks.values()} == {"EN", "ZH"}
+    assert {t.type for t in tasks.values()} == set(reader.TASK_TYPES)
+    for name in HELD_IN:
+        assert len(reader.read_examples(tasks[name], "train")) == 300
+        assert len(reader.read_examples(tasks[name], "test")) == 40
+    for name in HELD_OUT:
+        assert not tasks[name].has_split("train")
+        assert len(reader.read_examples(tasks[name], "test")) == 30
+
+
+def test_meta_info_has_the_real_format(tasks):
+    for task in tasks.values():
+        meta = json.loads((task.path / "meta-info.json").read_text(encoding="utf-8"))
+        assert meta["task"] == task.name
+        assert meta["label_sep"] == ", "
+        assert meta["test_prompt"]["instruction"].endswith("### Response:")
+        if task.type in ("CLS", "NER", "Condition_Extract"):
+            assert meta["label_key"] in meta["label_set"]
+    absa = tasks["EN-ABSA-CLS-review_topic_category"]
+    assert absa.label_set == ["Food", "Service", "Price", "Ambience", "Anecdotes/Miscellaneous"]
+
+
+def test_examples_are_consistent(tasks):
+    for task in tasks.values():
+        splits = [s for s in ("train", "test") if task.has_split(s)]
+        seen = {}
+        for split in splits:
+            examples = reader.read_examples(task, split)
+            sentences = [ex["sentences"] for ex in examples]
+            assert len(set(sentences)) == len(sentences)
+            seen[split] = set(sentences)
+            for ex in examples:
+                if task.type == "CLS":
+                    gold = ex["labels"][task.label_key]
+                    assert gold and set(gold) <= set(task.label_set)
+                elif task.type != "Generate":
+                    # Only NER may have no span (its answer is then "<type>: None" lines).
+                    assert ex["spans"] or (task.type == "NER")
+                    for span in ex["spans"]:
+                        assert ex["sentences"][span["start"] : span["end"]] == span["term"]
+                        if task.type in ("NER", "Condition_Extract"):
+                            assert span["type"] in task.label_set
+        if len(seen) == 2:
+            assert not seen["train"] & seen["test"]  # test never repeats train
+
+
+def test_instructions_build_for_every_task(tasks):
+    ner = tasks["EN-Shop_Product-NER-product_entity"]
+    first = instructions.task_instructions(ner, "test")[0]
+    assert first.prompt.endswith("### Response:")
+    assert first.answer == ("Brand: Bluepeak\nColor: green\nMaterial: bamboo\nProduct: keyboard")
+    gen = instructions.task_instructions(tasks["ZH-OpenBG_Align-Generate-title_generate"], "test")
+    assert gen[0].answer == "初夏2022秋季新款休闲藏青色羊毛针织衫"
+
+
+def test_sample_is_small():
+    total = sum(p.stat().st_size for p in SAMPLE.rglob("*") if p.is_file())
+    assert total < 1_500_000
+
+
+def test_spm_model_ids_and_lossless_round_trip():
+    sp = spm.SentencePieceProcessor(model_file=str(SAMPLE / make_sample.SPM_FILE))
+    assert sp.get_piece_size() == make_sample.SPM_VOCAB_SIZE == 2000
+    assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
+    assert sum(sp.is_byte(i) for i in range(sp.get_piece_size())) == 256
+    texts = make_sample.spm_corpus(SAMPLE)
+    assert len(texts) == 2 * (12 * 340 + 6 * 30)
+    assert all(sp.decode(sp.encode(t)) == t for t in texts)
+    assert sp.encode("\n") == [sp.piece_to_id("\n")]
+
+
+def test_spm_training_is_deterministic():
+    texts = make_sample.spm_corpus(SAMPLE)
+    model = make_sample.train_spm(texts)
+    assert model == make_sample.train_spm(texts)
+    assert model == (SAMPLE / make_sample.SPM_FILE).read_bytes()
+
+
+def test_main_writes_everything(tmp_path):
+    make_sample.main(["--out", str(tmp_path), "--no-spm"])
+    assert _files(tmp_path) == _files(SAMPLE)
+    assert not (tmp_path / make_sample.SPM_FILE).exists()

@@ -1,0 +1,271 @@
+"""Causal self-attention for packed sequences: ALiBi (BLOOM) or RoPE (Llama), KV cache.
+
+Masking rule (training, prefill and decoding alike): query i may attend to key j iff
+    segment[j] == segment[i]  and  segment[j] != 0  and  slot[j] <= slot[i]
+where `slot` is the index along the (cache) sequence and segment 0 is padding.
+Positions restart at 0 in every segment, so RoPE phases and ALiBi distances
+(`slope * (pos_k - pos_q)`) are those of each sequence on its own.
+
+Shapes: B batch, L query length, S key length (L, or the cache length T), H query
+heads, K kv heads (H % K == 0, G = H // K), Hd head dim, D model width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ecomgpt_jax import partitioning as P
+from ecomgpt_jax.models.config import ModelConfig
+from ecomgpt_jax.models.layers import constrain, dtype_of, param
+
+# ----------------------------------------------------------------------------- positions
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """ALiBi head slopes [H] (Press et al.; BLOOM's `build_alibi_tensor`).
+
+    For a power of two n the slopes are 2^(-8/n * (1..n)); otherwise the slopes
+    of the closest smaller power of two p, followed by every other slope of 2p.
+    """
+    p = 2 ** math.floor(math.log2(num_heads))
+    base = 2.0 ** (-(2.0 ** -(math.log2(p) - 3)))
+    slopes = [base**i for i in range(1, p + 1)]
+    if p != num_heads:
+        extra = 2.0 ** (-(2.0 ** -(math.log2(2 * p) - 3)))
+        slopes += [extra**i for i in range(1, 1 + 2 * min(p, num_heads - p), 2)]
+    return np.asarray(slopes, np.float32)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """RoPE inverse frequencies [Hd // 2], with Llama-3 scaling when configured."""
+    d = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    s = cfg.rope_scaling
+    if s is not None:
+        # Llama 3.1 (HF `_compute_llama3_parameters`): long wavelengths are divided by
+        # `factor`, short ones kept, the band in between interpolated smoothly.
+        wavelen = 2 * math.pi / inv
+        low_wavelen = s.original_max_positions / s.low_freq_factor
+        high_wavelen = s.original_max_positions / s.high_freq_factor
+        scaled = np.where(wavelen > low_wavelen, inv / s.factor, inv)
+        smooth = (s.original_max_positions / wavelen - s.low_freq_factor) / (
+            s.high_freq_factor - s.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv = np.where(medium, smoothed, scaled)
+    return inv.astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotates x [B, L, N, Hd] by positions [B, L] (HF "rotate_half" layout)."""
+    angles = positions.astype(jnp.float32)[:, :, None] * jnp.asarray(inv_freq)  # [B, L, Hd/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    xf = x.astype(jnp.float32)
+    x1, x2 = jnp.split(xf, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+    """Positions restarting at 0 in every segment: [B, L] -> int32 [B, L].
+
+    E.g. segments [0 0 1 1 1 2 2] -> [0 0 0 1 2 0 1] (padding: 0, unused).
+    """
+    seg = segment_ids.astype(jnp.int32)
+    idx = jnp.arange(seg.shape[1], dtype=jnp.int32)[None, :]
+    starts = jnp.concatenate([jnp.ones_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], 1)
+    start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return jnp.where(seg != 0, idx - start_idx, 0)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Decoding state. Every leaf has batch on axis 0, so beams reorder with
+    `jax.tree.map(lambda x: x[idx], cache)`.
+
+    k, v:         [B, layers, T, K, Hd]  keys (RoPE already applied) and values
+    segment_ids:  int32 [B, T]  0 = empty slot or padding (never attended)
+    positions:    int32 [B, T]  position of the token in each slot
+    index:        int32 [B]     next slot to write; equal across the batch
+    """
+
+    k: jax.Array
+    v: jax.Array
+    segment_ids: jax.Array
+    positions: jax.Array
+    index: jax.Array
+
+    @property
+    def max_length(self) -> int:
+        return self.k.shape[2]
+
+
+# Logical axes of the cache leaves, for sharding it like the activations.
+CACHE_AXES = KVCache(
+    k=(P.BATCH, P.LAYERS, P.LENGTH, P.KV_HEADS, P.HEAD_DIM),
+    v=(P.BATCH, P.LAYERS, P.LENGTH, P.KV_HEADS, P.HEAD_DIM),
+    segment_ids=(P.BATCH, P.LENGTH),
+    positions=(P.BATCH, P.LENGTH),
+    index=(P.BATCH,),
+)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+    """An empty cache for `batch` rows of up to `max_len` tokens (prompt + generated)."""
+    dtype = dtype_of(cfg.dtype) if dtype is None else jnp.dtype(dtype)
+    kv_shape = (batch, cfg.layers, max_len, cfg.kv_heads, cfg.head_dim)
+    return KVCache(
+        k=jnp.zeros(kv_shape, dtype),
+        v=jnp.zeros(kv_shape, dtype),
+        segment_ids=jnp.zeros((batch, max_len), jnp.int32),
+        positions=jnp.zeros((batch, max_len), jnp.int32),
+        index=jnp.zeros((batch,), jnp.int32),
+    )
+
+
+@flax.struct.dataclass
+class MaskInfo:
+    """What every layer needs to mask and bias scores (computed once per call).
+
+    mask:      bool [B, L, S]  may query attend to key
+    rel_pos:   float32 [B, L, S]  pos_k - pos_q (ALiBi) or None
+    positions: int32 [B, L]  query positions (RoPE)
+    """
+
+    mask: jax.Array
+    rel_pos: jax.Array | None
+    positions: jax.Array
+
+
+def make_mask_info(
+    q_segments, q_positions, k_segments, k_positions, q_offset, use_alibi: bool
+) -> MaskInfo:
+    """q_* [B, L], k_* [B, S]; queries sit at slots q_offset .. q_offset + L - 1."""
+    q_slot = q_offset + jnp.arange(q_segments.shape[1])
+    k_slot = jnp.arange(k_segments.shape[1])
+    mask = (
+        (k_segments[:, None, :] == q_segments[:, :, None])
+        & (k_segments[:, None, :] != 0)
+        & (k_slot[None, None, :] <= q_slot[None, :, None])
+    )
+    rel = None
+    if use_alibi:
+        rel = (k_positions[:, None, :] - q_positions[:, :, None]).astype(jnp.float32)
+    return MaskInfo(mask=mask, rel_pos=rel, positions=q_positions)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def attend_xla(q, k, v, info: MaskInfo, slopes) -> jax.Array:
+    """Plain einsum attention with float32 scores and softmax.
+
+    q [B, L, H, Hd], k/v [B, S, K, Hd] -> [B, L, H, Hd]. Grouped-query heads are
+    handled by reshaping q to [B, L, K, G, Hd]; k and v are never repeated.
+    """
+    b, length, h, hd = q.shape
+    kh = k.shape[2]
+    qg = q.reshape(b, length, kh, h // kh, hd)
+    scores = jnp.einsum("blkgd,bskd->bkgls", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(hd))
+    if info.rel_pos is not None:
+        s = jnp.asarray(slopes).reshape(kh, h // kh)
+        scores = scores + s[None, :, :, None, None] * info.rel_pos[:, None, None]
+    # finfo.min rather than -inf: a fully masked (padding) row gets a uniform softmax
+    # instead of NaN, and its output is ignored downstream.
+    scores = jnp.where(info.mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
+    return out.reshape(b, length, h, hd)
+
+
+def attend_dot_product(q, k, v, info: MaskInfo, slopes, implementation="cudnn") -> jax.Array:
+    """`jax.nn.dot_product_attention` (cuDNN flash attention on GPU); same contract
+    as `attend_xla`. ALiBi becomes an explicit [B, H, L, S] bias."""
+    bias = None
+    if info.rel_pos is not None:
+        bias = jnp.asarray(slopes)[None, :, None, None] * info.rel_pos[:, None]
+        bias = bias.astype(q.dtype)
+    out = jax.nn.dot_product_attention(
+        q, k, v, bias=bias, mask=info.mask[:, None], implementation=implementation
+    )
+    # Rows with no visible key (padding) may come back non-finite from fused
+    # kernels; zero them so 0 * NaN never leaks into other rows.
+    return jnp.where(info.mask.any(-1)[:, :, None, None], out, 0).astype(q.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, [B, L, D] -> [B, L, D].
+
+    BLOOM parameters: `qkv_kernel` [D, H, 3, Hd] (HF's fused per-head layout),
+    `qkv_bias` [H, 3, Hd], `out_kernel` [H, Hd, D], `out_bias` [D].
+    Llama parameters: `q_kernel` [D, H, Hd], `k_kernel`/`v_kernel` [D, K, Hd],
+    optional `q_bias` [H, Hd], `k_bias`/`v_bias` [K, Hd] (Qwen2), `out_kernel` [H, Hd, D].
+    """
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, info: MaskInfo, kv=None):
+        """x [B, L, D]; kv = None or (cache_k, cache_v, layer, index) with cache_k/v
+        [B, layers, T, K, Hd]. Returns (y [B, L, D], updated (cache_k, cache_v) or None)."""
+        cfg = self.cfg
+        dtype = dtype_of(cfg.dtype)
+        d, h, kh, hd = cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim
+        zeros = nn.initializers.zeros
+        if cfg.family == "bloom":
+            w = param(self, "qkv_kernel", (d, h, 3, hd), (P.EMBED, P.HEADS, None, P.HEAD_DIM))
+            b = param(self, "qkv_bias", (h, 3, hd), (P.HEADS, None, P.HEAD_DIM), zeros)
+            qkv = jnp.einsum("bld,dhtk->blhtk", x, w.astype(dtype)) + b.astype(dtype)
+            q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
+        else:
+
+            def proj(name, n, axis):
+                w = param(self, f"{name}_kernel", (d, n, hd), (P.EMBED, axis, P.HEAD_DIM))
+                y = jnp.einsum("bld,dnk->blnk", x, w.astype(dtype))
+                if cfg.qkv_bias:
+                    bias = param(self, f"{name}_bias", (n, hd), (axis, P.HEAD_DIM), zeros)
+                    y = y + bias.astype(dtype)
+                return y
+
+            q, k, v = proj("q", h, P.HEADS), proj("k", kh, P.KV_HEADS), proj("v", kh, P.KV_HEADS)
+            inv_freq = rope_inv_freq(cfg)
+            q = apply_rope(q, info.positions, inv_freq)
+            k = apply_rope(k, info.positions, inv_freq)
+        q = constrain(q, (P.BATCH, P.LENGTH, P.ACT_HEADS, P.HEAD_DIM))
+
+        new_kv = None
+        if kv is not None:
+            # Write this call's keys/values at [index, index + L) of this layer, then
+            # attend over the whole cache; unwritten slots have segment 0 (masked).
+            cache_k, cache_v, layer, index = kv
+            start = (0, layer, index, 0, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k[:, None].astype(cache_k.dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, None].astype(cache_v.dtype), start)
+            k = jax.lax.dynamic_index_in_dim(cache_k, layer, axis=1, keepdims=False).astype(dtype)
+            v = jax.lax.dynamic_index_in_dim(cache_v, layer, axis=1, keepdims=False).astype(dtype)
+            new_kv = (cache_k, cache_v)
+
+        slopes = alibi_slopes(h) if cfg.family == "bloom" else None
+        if cfg.attention_impl == "cudnn":
+            out = attend_dot_product(q, k, v, info, slopes)
+        else:
+            out = attend_xla(q, k, v, info, slopes)
+        out = constrain(out, (P.BATCH, P.LENGTH, P.ACT_HEADS, P.HEAD_DIM))
+
+        wo = param(self, "out_kernel", (h, hd, d), (P.HEADS, P.HEAD_DIM, P.EMBED))
+        y = jnp.einsum("blhk,hkd->bld", out, wo.astype(dtype))
+        if cfg.family == "bloom":
+            y = y + param(self, "out_bias", (d,), (P.EMBED,), zeros).astype(dtype)
+        return y, new_kv

@@ -1,0 +1,426 @@
+"""Model configuration: one frozen dataclass, a presets registry, HF config mapping.
+
+Two decoder families share one `ModelConfig`:
+
+  "bloom"  BLOOM / BLOOMZ: embedding LayerNorm, ALiBi, fused QKV, GELU(tanh) MLP,
+           biases everywhere, tied LM head.
+  "llama"  Llama 2/3 and Qwen2/2.5: RMSNorm, RoPE (optionally Llama-3 scaled),
+           SwiGLU MLP, grouped-query attention, no biases except optional q/k/v
+           biases (`qkv_bias=True` is exactly what makes a Llama a Qwen2).
+
+Override fields with `dataclasses.replace(cfg, dtype="bfloat16", remat_policy="full")`.
+Dtypes are strings ("float32", "bfloat16") so the config serialises to JSON and
+gin can bind them. This module imports neither jax nor gin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+FAMILIES = ("bloom", "llama")
+DTYPES = ("float32", "bfloat16", "float16")
+# "none" = no rematerialisation; "full" = save nothing (recompute the whole layer in
+# the backward pass); any other name is looked up in `jax.checkpoint_policies`.
+REMAT_POLICIES = (
+    "none",
+    "full",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+    "nothing_saveable",
+    "everything_saveable",
+)
+ATTENTION_IMPLS = ("xla", "cudnn")
+
+
+class ConfigError(ValueError):
+    """An unusable model configuration (unknown preset, unsupported HF architecture...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 style RoPE frequency scaling (HF `rope_type: "llama3"`)."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_positions: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a decoder's architecture and numerics."""
+
+    family: str
+    vocab_size: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    norm_eps: float
+    rope_theta: float = 10000.0  # llama family only
+    rope_scaling: RopeScaling | None = None  # llama family only
+    qkv_bias: bool = False  # llama family only (Qwen2: True); BLOOM always has biases
+    tie_embeddings: bool = True
+    max_positions: int = 2048  # informational for BLOOM (ALiBi has no position table)
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype; logits are always float32
+    remat_policy: str = "none"
+    scan_layers: bool = True  # False = same params, layer loop fully unrolled
+    attention_impl: str = "xla"  # "cudnn": jax.nn.dot_product_attention on GPU
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+
+    def __post_init__(self):
+        def bad(field, why):
+            raise ConfigError(f"ModelConfig.{field}={getattr(self, field)!r}: {why}")
+
+        if self.family not in FAMILIES:
+            bad("family", f"must be one of {FAMILIES}")
+        for field in ("vocab_size", "hidden", "layers", "heads", "kv_heads", "head_dim", "mlp_dim"):
+            if int(getattr(self, field)) <= 0:
+                bad(field, "must be positive")
+        if self.heads % self.kv_heads:
+            bad("kv_heads", f"must divide heads={self.heads}")
+        if self.family == "bloom":
+            if self.kv_heads != self.heads:
+                bad("kv_heads", "BLOOM has no grouped-query attention (kv_heads == heads)")
+            if self.heads * self.head_dim != self.hidden:
+                bad("head_dim", f"BLOOM needs heads * head_dim == hidden ({self.hidden})")
+            if not self.tie_embeddings:
+                bad("tie_embeddings", "BLOOM always ties the LM head to the embeddings")
+        if self.head_dim % 2 and self.family == "llama":
+            bad("head_dim", "RoPE needs an even head_dim")
+        for field in ("param_dtype", "dtype"):
+            if getattr(self, field) not in DTYPES:
+                bad(field, f"must be one of {DTYPES}")
+        if self.remat_policy not in REMAT_POLICIES:
+            bad("remat_policy", f"must be one of {REMAT_POLICIES}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            bad("attention_impl", f"must be one of {ATTENTION_IMPLS}")
+        if isinstance(self.rope_scaling, Mapping):
+            # Convenience (gin, JSON): accept a dict and freeze it.
+            object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+
+    @property
+    def hf_model_type(self) -> str:
+        """The HF `model_type` this config exports as: bloom, qwen2 or llama."""
+        if self.family == "bloom":
+            return "bloom"
+        return "qwen2" if self.qkv_bias else "llama"
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict; `from_json_dict` inverts it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"model config has unknown fields {unknown}")
+        return cls(**d)
+
+
+def _bloom(hidden, layers, heads, **kw) -> ModelConfig:
+    # Published BLOOM configs: vocab 250880, mlp 4*hidden, eps 1e-5, bos 1, eos 2, pad 3.
+    base = dict(vocab_size=250880, norm_eps=1e-5, bos_id=1, eos_id=2, pad_id=3)
+    base.update(kw)
+    return ModelConfig(
+        family="bloom",
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=hidden // heads,
+        mlp_dim=4 * hidden,
+        tie_embeddings=True,
+        **base,
+    )
+
+
+def _qwen25(hidden, layers, heads, kv_heads, mlp_dim, **kw) -> ModelConfig:
+    base = dict(
+        vocab_size=151936,
+        norm_eps=1e-6,
+        rope_theta=1000000.0,
+        qkv_bias=True,
+        tie_embeddings=True,
+        max_positions=131072,
+        bos_id=151643,
+        eos_id=151643,
+    )
+    base.update(kw)
+    return ModelConfig(
+        family="llama",
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=hidden // heads,
+        mlp_dim=mlp_dim,
+        **base,
+    )
+
+
+# Values copied from each model's published config.json on the HF hub.
+PRESETS: dict[str, ModelConfig] = {
+    "bloom-560m": _bloom(1024, 24, 16),
+    "bloomz-560m": _bloom(1024, 24, 16),
+    "bloomz-1b1": _bloom(1536, 24, 16),
+    "bloomz-1b7": _bloom(2048, 24, 16),
+    "bloomz-3b": _bloom(2560, 30, 32),
+    "bloomz-7b1": _bloom(4096, 30, 32),
+    "qwen2.5-0.5b": _qwen25(896, 24, 14, 2, 4864, max_positions=32768),
+    "qwen2.5-1.5b": _qwen25(1536, 28, 12, 2, 8960),
+    "qwen2.5-7b": _qwen25(3584, 28, 28, 4, 18944, vocab_size=152064, tie_embeddings=False),
+    "llama-3-8b": ModelConfig(
+        family="llama",
+        vocab_size=128256,
+        hidden=4096,
+        layers=32,
+        heads=32,
+        kv_heads=8,
+        head_dim=128,
+        mlp_dim=14336,
+        norm_eps=1e-5,
+        rope_theta=500000.0,
+        tie_embeddings=False,
+        max_positions=8192,
+        bos_id=128000,
+        eos_id=128001,
+    ),
+    # Tiny models for tests and smoke runs. vocab_size 1024 fits the bundled
+    # SentencePiece vocabulary (pad 0, eos 1); override it for other vocabularies.
+    # tiny-bloom has 6 heads so the non-power-of-two ALiBi slopes are exercised.
+    "tiny-bloom": ModelConfig(
+        family="bloom",
+        vocab_size=1024,
+        hidden=96,
+        layers=2,
+        heads=6,
+        kv_heads=6,
+        head_dim=16,
+        mlp_dim=384,
+        norm_eps=1e-5,
+        tie_embeddings=True,
+        max_positions=512,
+        eos_id=1,
+        pad_id=0,
+    ),
+    "tiny-qwen2": ModelConfig(
+        family="llama",
+        vocab_size=1024,
+        hidden=64,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        head_dim=16,
+        mlp_dim=128,
+        norm_eps=1e-6,
+        rope_theta=1000000.0,
+        qkv_bias=True,
+        tie_embeddings=True,
+        max_positions=512,
+        eos_id=1,
+        pad_id=0,
+    ),
+    # Llama-3 rope scaling with a small original context so every frequency band
+    # (kept / smoothed / divided) is exercised at test sequence lengths.
+    "tiny-llama": ModelConfig(
+        family="llama",
+        vocab_size=1024,
+        hidden=64,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        head_dim=16,
+        mlp_dim=128,
+        norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(8.0, 1.0, 4.0, 64),
+        tie_embeddings=False,
+        max_positions=512,
+        eos_id=1,
+        pad_id=0,
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """Returns the preset called `name` (see `PRESETS`)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
+
+
+# ----------------------------------------------------------------------------- HF mapping
+
+
+def _first_id(value):
+    # HF allows a list of EOS ids (e.g. Llama 3.1 instruct); the first one is the canonical one.
+    if isinstance(value, list | tuple):
+        return int(value[0]) if value else None
+    return None if value is None else int(value)
+
+
+def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
+    """Reads RoPE settings from the transformers-5 `rope_parameters` or the legacy
+    `rope_theta` + `rope_scaling` fields."""
+    params = dict(hf.get("rope_parameters") or {})
+    legacy = hf.get("rope_scaling") or {}
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    scaling = {**legacy, **params}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default":
+        return float(theta), None
+    if rope_type != "llama3":
+        raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (only llama3)")
+    return float(theta), RopeScaling(
+        factor=float(scaling["factor"]),
+        low_freq_factor=float(scaling["low_freq_factor"]),
+        high_freq_factor=float(scaling["high_freq_factor"]),
+        original_max_positions=int(scaling["original_max_position_embeddings"]),
+    )
+
+
+def from_hf_config(hf: Mapping[str, Any]) -> ModelConfig:
+    """Maps a HF `config.json` dict (BLOOM, Llama, Qwen2) to a ModelConfig.
+
+    Raises ConfigError naming the `model_type`/`architectures` found when the
+    architecture, or a feature of it, is not supported.
+    """
+    model_type = hf.get("model_type")
+    found = f"model_type={model_type!r}, architectures={hf.get('architectures')!r}"
+    ids = dict(
+        bos_id=_first_id(hf.get("bos_token_id")),
+        eos_id=_first_id(hf.get("eos_token_id")),
+        pad_id=_first_id(hf.get("pad_token_id")),
+    )
+    if model_type == "bloom":
+        if hf.get("apply_residual_connection_post_layernorm"):
+            raise ConfigError(
+                f"config.json ({found}): apply_residual_connection_post_layernorm is unsupported"
+            )
+        hidden = int(hf.get("hidden_size", hf.get("n_embed", 64)))
+        heads = int(hf.get("n_head", hf.get("num_attention_heads", 8)))
+        return ModelConfig(
+            family="bloom",
+            vocab_size=int(hf["vocab_size"]),
+            hidden=hidden,
+            layers=int(hf.get("n_layer", hf.get("num_hidden_layers", 2))),
+            heads=heads,
+            kv_heads=heads,
+            head_dim=hidden // heads,
+            mlp_dim=4 * hidden,
+            norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            tie_embeddings=True,
+            max_positions=int(hf.get("seq_length", 2048)),
+            **ids,
+        )
+    if model_type in ("llama", "qwen2"):
+        act = hf.get("hidden_act", "silu")
+        if act != "silu":
+            raise ConfigError(f"config.json ({found}): hidden_act={act!r}, only silu is supported")
+        if model_type == "llama" and (hf.get("attention_bias") or hf.get("mlp_bias")):
+            raise ConfigError(f"config.json ({found}): attention_bias/mlp_bias are unsupported")
+        if model_type == "qwen2" and hf.get("use_sliding_window"):
+            raise ConfigError(f"config.json ({found}): use_sliding_window=true is unsupported")
+        hidden = int(hf["hidden_size"])
+        heads = int(hf["num_attention_heads"])
+        theta, scaling = _rope_from_hf(hf)
+        return ModelConfig(
+            family="llama",
+            vocab_size=int(hf["vocab_size"]),
+            hidden=hidden,
+            layers=int(hf["num_hidden_layers"]),
+            heads=heads,
+            kv_heads=int(hf.get("num_key_value_heads") or heads),
+            head_dim=int(hf.get("head_dim") or hidden // heads),
+            mlp_dim=int(hf["intermediate_size"]),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            qkv_bias=model_type == "qwen2",
+            tie_embeddings=bool(hf.get("tie_word_embeddings", model_type == "qwen2")),
+            max_positions=int(hf.get("max_position_embeddings", 2048)),
+            **ids,
+        )
+    raise ConfigError(
+        f"unsupported architecture in config.json ({found}); supported model_type values: "
+        "bloom, llama, qwen2"
+    )
+
+
+def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The HF `config.json` dict for `cfg` (loadable by transformers 4.4x and 5.x)."""
+    common = dict(
+        vocab_size=cfg.vocab_size,
+        bos_token_id=cfg.bos_id,
+        eos_token_id=cfg.eos_id,
+        pad_token_id=cfg.pad_id,
+        tie_word_embeddings=cfg.tie_embeddings,
+        torch_dtype=cfg.param_dtype,
+        use_cache=True,
+    )
+    if cfg.family == "bloom":
+        return dict(
+            architectures=["BloomForCausalLM"],
+            model_type="bloom",
+            hidden_size=cfg.hidden,
+            n_layer=cfg.layers,
+            n_head=cfg.heads,
+            layer_norm_epsilon=cfg.norm_eps,
+            apply_residual_connection_post_layernorm=False,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            pretraining_tp=1,
+            slow_but_exact=False,
+            seq_length=cfg.max_positions,
+            **common,
+        )
+    model_type = cfg.hf_model_type
+    if model_type == "qwen2" and cfg.head_dim * cfg.heads != cfg.hidden:
+        raise ConfigError("Qwen2 export needs head_dim * heads == hidden")
+    rope_scaling = None
+    if cfg.rope_scaling is not None:
+        s = cfg.rope_scaling
+        rope_scaling = dict(
+            rope_type="llama3",
+            factor=s.factor,
+            low_freq_factor=s.low_freq_factor,
+            high_freq_factor=s.high_freq_factor,
+            original_max_position_embeddings=s.original_max_positions,
+        )
+    out = dict(
+        architectures=["Qwen2ForCausalLM" if model_type == "qwen2" else "LlamaForCausalLM"],
+        model_type=model_type,
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.mlp_dim,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=cfg.max_positions,
+        rms_norm_eps=cfg.norm_eps,
+        # Both spellings: transformers 5 reads `rope_parameters`, 4.x reads the legacy pair.
+        rope_theta=cfg.rope_theta,
+        rope_scaling=rope_scaling,
+        rope_parameters={
+            **(rope_scaling or {"rope_type": "default"}),
+            "rope_theta": cfg.rope_theta,
+        },
+        attention_dropout=0.0,
+        **common,
+    )
+    if model_type == "qwen2":
+        out.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.layers)
+    else:
+        out.update(attention_bias=False, mlp_bias=False)
+    return out

@@ -1,0 +1,150 @@
+"""Building blocks: dtype helpers, norms, embeddings, MLPs.
+
+Every parameter is created through `param()` so it carries logical axis names
+(constants from `ecomgpt_jax.partitioning`); the one rules table there decides
+the sharding. Parameters are stored in `cfg.param_dtype` and cast to the compute
+dtype `cfg.dtype` where used. Norm statistics are always computed in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ecomgpt_jax import partitioning as P
+from ecomgpt_jax.models.config import ModelConfig
+
+Axes = tuple[str | None, ...]
+
+# BLOOM and Llama both initialise with N(0, 0.02) (HF `initializer_range`).
+INIT_STD = 0.02
+
+
+def dtype_of(name: str) -> jnp.dtype:
+    """ "bfloat16" -> jnp.bfloat16, etc."""
+    return jnp.dtype(name)
+
+
+def param(module: nn.Module, name: str, shape, axes: Axes, init: Callable | None = None):
+    """Declares a parameter with logical axis names `axes` (one per dimension)."""
+    if len(axes) != len(shape):
+        raise ValueError(f"{name}: {len(shape)} dims but axes {axes}")
+    init = init or nn.initializers.normal(INIT_STD)
+    dtype = dtype_of(module.cfg.param_dtype)
+    return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), dtype)
+
+
+def constrain(x: jax.Array, axes: Axes) -> jax.Array:
+    """Sharding hint on an activation (a no-op outside a mesh + rules context)."""
+    return nn.with_logical_constraint(x, axes)
+
+
+class LayerNorm(nn.Module):
+    """BLOOM's LayerNorm with scale and bias over the last axis ([..., D] -> [..., D])."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = x.shape[-1]
+        scale = param(self, "scale", (d,), (P.EMBED,), nn.initializers.ones)
+        bias = param(self, "bias", (d,), (P.EMBED,), nn.initializers.zeros)
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.cfg.norm_eps)
+        y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(dtype_of(self.cfg.dtype))
+
+
+class RMSNorm(nn.Module):
+    """Llama's RMSNorm ([..., D] -> [..., D]); no mean subtraction, no bias."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = param(self, "scale", (x.shape[-1],), (P.EMBED,), nn.initializers.ones)
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + self.cfg.norm_eps)
+        # HF casts back to the activation dtype before multiplying by the weight.
+        dtype = dtype_of(self.cfg.dtype)
+        return y.astype(dtype) * scale.astype(dtype)
+
+
+def Norm(cfg: ModelConfig, name: str) -> nn.Module:
+    """The family's norm: LayerNorm for BLOOM, RMSNorm for Llama."""
+    return (LayerNorm if cfg.family == "bloom" else RMSNorm)(cfg, name=name)
+
+
+class Embed(nn.Module):
+    """Token embedding table `embedding` [V, D]; also the tied LM head."""
+
+    cfg: ModelConfig
+
+    def setup(self):
+        self.embedding = param(
+            self, "embedding", (self.cfg.vocab_size, self.cfg.hidden), (P.VOCAB, P.EMBED)
+        )
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """int [B, L] -> [B, L, D] in the compute dtype."""
+        x = jnp.take(self.embedding, tokens, axis=0)
+        return x.astype(dtype_of(self.cfg.dtype))
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Tied LM head: [..., D] -> float32 logits [..., V]."""
+        dtype = dtype_of(self.cfg.dtype)
+        w = self.embedding.astype(dtype)
+        return jnp.einsum("...d,vd->...v", x.astype(dtype), w, preferred_element_type=jnp.float32)
+
+
+class LMHead(nn.Module):
+    """Untied LM head `kernel` [D, V] (Llama 3, Qwen2.5-7B)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[..., D] -> float32 logits [..., V]."""
+        w = param(self, "kernel", (self.cfg.hidden, self.cfg.vocab_size), (P.EMBED, P.VOCAB))
+        dtype = dtype_of(self.cfg.dtype)
+        return jnp.einsum(
+            "...d,dv->...v", x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32
+        )
+
+
+class Mlp(nn.Module):
+    """Feed-forward block, [B, L, D] -> [B, L, D].
+
+    BLOOM: down(gelu_tanh(up(x))) with biases (`up`, `down`: kernel + bias).
+    Llama: down(silu(gate(x)) * up(x)) without biases (SwiGLU).
+    """
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        dtype = dtype_of(cfg.dtype)
+        d, f = cfg.hidden, cfg.mlp_dim
+
+        def dense(name, x, shape, axes, bias):
+            w = param(self, f"{name}_kernel", shape, axes)
+            y = jnp.einsum("bli,io->blo", x, w.astype(dtype))
+            if bias:
+                b = param(self, f"{name}_bias", shape[-1:], axes[-1:], nn.initializers.zeros)
+                y = y + b.astype(dtype)
+            return y
+
+        bloom = cfg.family == "bloom"
+        h = dense("up", x, (d, f), (P.EMBED, P.MLP), bloom)
+        if bloom:
+            h = jax.nn.gelu(h, approximate=True)  # == HF bloom_gelu_forward (tanh form)
+        else:
+            h = jax.nn.silu(dense("gate", x, (d, f), (P.EMBED, P.MLP), False)) * h
+        h = constrain(h, (P.BATCH, P.LENGTH, P.ACT_MLP))
+        return dense("down", h, (f, d), (P.MLP, P.EMBED), bloom)

@@ -1,0 +1,177 @@
+"""Tests for ecomgpt_jax/vocabularies.py: lossless SentencePiece and Hugging Face vocabularies."""
+
+import copy
+import json
+import os
+import pickle
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest
+import seqio
+import tensorflow as tf
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from ecomgpt_jax import vocabularies
+from ecomgpt_jax.ecominstruct import instructions, reader
+
+HARD_TEXTS = [
+    "  two  leading spaces\n\n\ttab\t and trailing  ",
+    "颜色：红色，材质：棉。！？（）；",
+    "价格 123.45 元 / 2023年 0007",
+    "emoji 😀👍🏽 ok ✓",
+    "### Instruction:\nPick one.\n### Response:",
+    "Brand: None\nColor: red, blue",
+    "",
+    " ",
+    "\n",
+    "\r\n",
+]
+
+
+def _sample_texts(n: int = 40) -> list[str]:
+    texts = []
+    for task in reader.discover_tasks(vocabularies.DEFAULT_SPM_PATH.parent).values():
+        for ins in instructions.task_instructions(task, "test")[:2]:
+            texts += [ins.prompt, ins.answer]
+    return texts[:n]
+
+
+@pytest.fixture(scope="module")
+def spm_vocab():
+    return vocabularies.make_vocabulary()
+
+
+def _build_hf_tokenizer(path, special=("<unk>", "<s>", "</s>", "<pad>")):
+    """A tiny byte-level BPE tokenizer.json, built like BLOOM's / Qwen's (no normalizer)."""
+    tok = tokenizers.Tokenizer(models.BPE(unk_token=special[0] if "<unk>" in special else None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=list(special),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_sample_texts(200) * 3, trainer)
+    tok.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def hf_path(tmp_path_factory):
+    return _build_hf_tokenizer(tmp_path_factory.mktemp("bloomish") / "tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def hf_vocab(hf_path):
+    return vocabularies.make_vocabulary("huggingface", hf_path)
+
+
+def test_sentencepiece_ids(spm_vocab):
+    assert isinstance(spm_vocab, seqio.SentencePieceVocabulary)
+    assert (spm_vocab.vocab_size, spm_vocab.pad_id, spm_vocab.eos_id, spm_vocab.unk_id) == (
+        2000,
+        0,
+        1,
+        2,
+    )
+    with_extra = vocabularies.make_vocabulary(extra_ids=10)
+    assert with_extra.vocab_size == 2010
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "huggingface"])
+def test_lossless_round_trip_python_and_tf(kind, spm_vocab, hf_vocab):
+    vocab = spm_vocab if kind == "sentencepiece" else hf_vocab
+    for text in HARD_TEXTS + _sample_texts():
+        ids = list(vocab.encode(text))
+        assert vocab.decode(ids) == text
+        tf_ids = vocab.encode_tf(tf.constant(text)).numpy().tolist()
+        assert tf_ids == ids
+        if ids:
+            assert vocab.decode_tf(tf.constant(ids, tf.int32)).numpy().decode("utf-8") == text
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "huggingface"])
+def test_decode_stops_at_eos(kind, spm_vocab, hf_vocab):
+    vocab = spm_vocab if kind == "sentencepiece" else hf_vocab
+    a, b = list(vocab.encode("红色，OK")), list(vocab.encode(" tail"))
+    assert vocab.decode(a + [vocab.eos_id] + b) == "红色，OK"
+    # Batched TF decode: rows padded with 0 after their eos.
+    width = len(a) + len(b) + 1
+    rows = [a + [vocab.eos_id] + [0] * len(b), a + b + [vocab.eos_id]]
+    rows = [r + [0] * (width - len(r)) for r in rows]
+    out = vocab.decode_tf(tf.constant(rows, tf.int32)).numpy().tolist()
+    assert [o.decode("utf-8") for o in out] == ["红色，OK", "红色，OK tail"]
+
+
+def test_huggingface_ids(hf_vocab, hf_path):
+    assert isinstance(hf_vocab, seqio.Vocabulary)
+    assert hf_vocab.eos_id == 2  # "</s>", BLOOM's layout: <unk>=0, <s>=1, </s>=2, <pad>=3
+    assert hf_vocab.unk_id == 0
+    assert hf_vocab.pad_id == 0
+    assert hf_vocab.bos_id is None
+    assert hf_vocab.vocab_size == 600
+    assert vocabularies.make_vocabulary("hf", hf_path, extra_ids=4).vocab_size == 604
+    # The directory form works too.
+    assert vocabularies.make_vocabulary("hf", hf_path.parent).eos_id == 2
+    assert hf_vocab.encode("</s>") == [2]  # special tokens in text stay themselves
+    assert hf_vocab.decode(hf_vocab.encode("x</s>y")) == "x"  # ... and end the decode
+
+
+def test_huggingface_eos_from_tokenizer_config(tmp_path):
+    path = _build_hf_tokenizer(tmp_path / "tokenizer.json", ("<|endoftext|>", "<|im_end|>"))
+    vocab = vocabularies.HuggingFaceVocabulary(path)
+    assert vocab.eos_id == 0 and vocab.unk_id is None  # Qwen-like: first candidate present
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": {"content": "<|im_end|>"}}), encoding="utf-8"
+    )
+    assert vocabularies.HuggingFaceVocabulary(path).eos_id == 1
+    assert vocabularies.HuggingFaceVocabulary(path, eos_token="<|endoftext|>").eos_id == 0
+    assert vocabularies.HuggingFaceVocabulary(path, eos_id=5).eos_id == 5
+    # Id 0 is a real token here: padding after eos must not decode to text.
+    ids = vocab.encode("OK!") + [0, 0]
+    assert vocab.decode_tf(tf.constant(ids, tf.int32)).numpy().decode() == "OK!"
+
+
+def test_huggingface_vocab_in_a_seqio_pipeline(hf_vocab):
+    ds = tf.data.Dataset.from_tensor_slices({"inputs": HARD_TEXTS[:4], "targets": HARD_TEXTS[4:8]})
+    features = {
+        "inputs": seqio.Feature(hf_vocab, add_eos=False),
+        "targets": seqio.Feature(hf_vocab, add_eos=True),
+    }
+    ds = seqio.preprocessors.tokenize(ds, features, copy_pretokenized=True)
+    ds = seqio.preprocessors.append_eos_after_trim(ds, output_features=features)
+    for ex, inp, tgt in zip(ds.as_numpy_iterator(), HARD_TEXTS[:4], HARD_TEXTS[4:8], strict=True):
+        assert ex["inputs"].tolist() == list(hf_vocab.encode(inp))
+        assert ex["targets"].tolist() == list(hf_vocab.encode(tgt)) + [hf_vocab.eos_id]
+        assert hf_vocab.decode(ex["targets"].tolist()) == tgt
+    batched = hf_vocab.encode_tf(tf.constant(HARD_TEXTS[:3]))
+    assert isinstance(batched, tf.RaggedTensor)
+    assert batched.to_list() == [list(hf_vocab.encode(t)) for t in HARD_TEXTS[:3]]
+
+
+def test_huggingface_vocab_pickles_without_native_state(hf_vocab):
+    hf_vocab.encode("load it")
+    clone = pickle.loads(pickle.dumps(hf_vocab))
+    assert clone == hf_vocab
+    assert clone.decode(clone.encode(HARD_TEXTS[1])) == HARD_TEXTS[1]
+    assert copy.deepcopy(hf_vocab).eos_id == 2
+
+
+def test_errors_name_what_and_where(tmp_path, hf_path):
+    with pytest.raises(ValueError, match="unknown vocabulary kind 'bpe'"):
+        vocabularies.make_vocabulary("bpe")
+    with pytest.raises(FileNotFoundError, match="tokenizer file not found: .*nope"):
+        vocabularies.make_vocabulary("huggingface", tmp_path / "nope")
+    with pytest.raises(ValueError, match="needs path="):
+        vocabularies.make_vocabulary("huggingface")
+    with pytest.raises(FileNotFoundError, match="SentencePiece model not found: .*x.model"):
+        vocabularies.make_vocabulary("spm", tmp_path / "x.model")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{", encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.json: cannot load Hugging Face tokenizer"):
+        vocabularies.HuggingFaceVocabulary(bad).eos_id  # noqa: B018
+    with pytest.raises(ValueError, match=r"no end-of-sequence token among \['<eos>'\]"):
+        vocabularies.HuggingFaceVocabulary(hf_path, eos_token="<eos>").eos_id  # noqa: B018

@@ -1,0 +1,470 @@
+"""Paper-compatible scores for EcomInstruct predictions (data contract, section 5).
+
+Each task gets ``rouge-l-f1``, ``micro-f1`` and ``macro-f1`` exactly as the EcomGPT
+evaluation computes them, plus ``rouge-l-f1-cjk`` (ROUGE-L over CJK characters and other
+words, via `rouge-score`), which is the ROUGE number that means something for Chinese.
+
+* ROUGE-L reproduces ``rouge`` 1.0.1's summary-level ROUGE-L F (its ``Rouge().get_scores(
+  preds, golds, avg=True)["rouge-l"]["f"]``) per example, with 0 for an example the package
+  would raise on (prediction or gold empty after its splitting on "."). It is re-implemented
+  here iteratively because the package's LCS back-tracking recurses once per token and
+  overflows Python's stack on long answers; tests check it against the package.
+* NER F1 uses `seqeval` itself.
+
+Pure Python: no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+
+from ecomgpt_jax.ecominstruct import instructions, reader
+from ecomgpt_jax.ecominstruct.reader import DataError
+
+log = logging.getLogger(__name__)
+
+SCORE_KEYS = ("rouge-l-f1", "micro-f1", "macro-f1", "rouge-l-f1-cjk")
+SEQIO_PREFIX = "ecom:"
+# Kana, CJK ideographs (+ extension A and compatibility), Hangul: one token per character.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_CJK_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSpec:
+    """What scoring needs to know about a task (a :class:`reader.TaskInfo` also fits).
+
+    Attributes:
+      type: str, one of reader.TASK_TYPES.
+      label_sep: str, separator of labels / spans in answers.
+    """
+
+    type: str
+    label_sep: str = ", "
+
+
+# --------------------------------------------------------------------------- cleaning (5.1)
+
+
+def clean_prediction(task_type: str, prediction: str) -> str:
+    """The prediction used for ROUGE and F1, by TYPE (contract 5.1)."""
+    if task_type == "CLS":
+        cleaned = prediction.strip().replace(".", "")
+        return cleaned or "error"
+    if task_type == "Extract":
+        return prediction if prediction.replace(".", "").strip() else "error"
+    if task_type == "Condition_Extract":
+        return prediction if len(prediction.strip()) > 1 else "error"
+    if task_type in ("Generate", "NER"):
+        return prediction or "error"
+    raise ValueError(f"unknown task type {task_type!r}")
+
+
+def clean_gold(task_type: str, gold: str) -> str:
+    """The gold answer used for ROUGE and F1: only Condition_Extract replaces an empty one."""
+    if task_type == "Condition_Extract" and not gold:
+        return "error"
+    return gold
+
+
+def f1_items(task_type: str, label_sep: str, text: str) -> set[str]:
+    """The set of items compared by set F1 (contract 5.1), for a cleaned pred or gold."""
+    if task_type in ("CLS", "Condition_Extract"):
+        return set(text.split(label_sep))
+    if task_type == "Extract":
+        return set(text.strip().split(label_sep))
+    if task_type == "Generate":
+        # The paper compares the strings as sets, i.e. as sets of characters.
+        return set(text.strip())
+    raise ValueError(f"no set F1 for task type {task_type!r}")
+
+
+# ---------------------------------------------------------------------- ROUGE-L (5.2)
+
+
+def _rouge_sentences(text: str) -> list[str]:
+    """``rouge`` 1.0.1's splitting: on ".", then whitespace-normalised; empty pieces dropped."""
+    return [" ".join(piece.split()) for piece in text.split(".") if len(piece) > 0]
+
+
+def _lcs_tokens(x: list[str], y: list[str]) -> list[str]:
+    """Tokens of the LCS of x and y, with ``rouge`` 1.0.1's ``_recon_lcs`` tie-breaking.
+
+    Which LCS is chosen matters: the package unions LCS *token sets* across sentences.
+    """
+    n, m = len(x), len(y)
+    table = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        row, prev, xi = table[i], table[i - 1], x[i - 1]
+        for j in range(1, m + 1):
+            row[j] = prev[j - 1] + 1 if xi == y[j - 1] else max(prev[j], row[j - 1])
+    out, i, j = [], n, m
+    while i > 0 and j > 0:  # the package's recursive _recon, unrolled
+        if x[i - 1] == y[j - 1]:
+            out.append(x[i - 1])
+            i, j = i - 1, j - 1
+        elif table[i - 1][j] > table[i][j - 1]:
+            i -= 1
+        else:
+            j -= 1
+    return out
+
+
+def rouge_l_paper(prediction: str, gold: str) -> float:
+    """Summary-level ROUGE-L F of ``rouge`` 1.0.1 for one pair; 0.0 where it would raise.
+
+    Args:
+      prediction: str, cleaned prediction (hypothesis).
+      gold: str, gold answer (reference).
+
+    Returns:
+      float F in [0, 1]; 0.0 when either text is empty after splitting on ".".
+    """
+    hyp, ref = _rouge_sentences(prediction), _rouge_sentences(gold)
+    if not hyp or not ref:
+        return 0.0
+    # Token counts are of *distinct* tokens: the package keeps n-grams in sets.
+    m = len(set(itertools.chain.from_iterable(s.split(" ") for s in ref)))
+    n = len(set(itertools.chain.from_iterable(s.split(" ") for s in hyp)))
+    union: set[str] = set()
+    llcs = 0
+    for ref_s in ref:
+        before = len(union)
+        ref_words = ref_s.split(" ")
+        for hyp_s in hyp:
+            union.update(_lcs_tokens(ref_words, hyp_s.split(" ")))
+        llcs += len(union) - before
+    r_lcs = llcs / m
+    p_lcs = llcs / n
+    return 2.0 * ((p_lcs * r_lcs) / (p_lcs + r_lcs + 1e-8))
+
+
+def rouge_l_paper_mean(predictions: Sequence[str], golds: Sequence[str]) -> float:
+    """Mean of :func:`rouge_l_paper`, summed in order like the package's ``avg=True``."""
+    total = 0
+    for p, g in zip(predictions, golds, strict=True):
+        total += rouge_l_paper(p, g)
+    return total / len(predictions)
+
+
+class CJKTokenizer:
+    """`rouge-score` tokenizer: each CJK character is a token, other text splits into words.
+
+    Words are runs of letters, digits and "_" (lower-cased, like rouge-score's default);
+    punctuation and whitespace are dropped.
+    """
+
+    def tokenize(self, text: str) -> list[str]:
+        return _CJK_TOKEN.findall(text.lower())
+
+
+def rouge_l_cjk_mean(predictions: Sequence[str], golds: Sequence[str]) -> float:
+    """Mean `rouge-score` ROUGE-L F with :class:`CJKTokenizer` (0 for empty token lists)."""
+    from rouge_score import rouge_scorer  # imported lazily: only scoring needs it
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=CJKTokenizer())
+    scores = [
+        scorer.score(g, p)["rougeL"].fmeasure for p, g in zip(predictions, golds, strict=True)
+    ]
+    return sum(scores) / len(scores)
+
+
+# ---------------------------------------------------------------------- set F1 (5.3)
+
+
+def set_f1(pred_sets: Sequence[set], gold_sets: Sequence[set]) -> tuple[float, float]:
+    """Micro and macro F1 over per-example item sets (contract 5.3).
+
+    Returns:
+      (micro_f1, macro_f1); macro is the F1 of mean precision and mean recall, where an
+      example with an empty predicted or gold set has precision = recall = 0.
+    """
+    tp = n_pred = n_gold = 0
+    precisions, recalls = [], []
+    for pred, gold in zip(pred_sets, gold_sets, strict=True):
+        hit = len(pred & gold)
+        tp, n_pred, n_gold = tp + hit, n_pred + len(pred), n_gold + len(gold)
+        if pred and gold:
+            precisions.append(hit / len(pred))
+            recalls.append(hit / len(gold))
+        else:
+            precisions.append(0.0)
+            recalls.append(0.0)
+    p = tp / n_pred if n_pred else 0.0
+    r = tp / n_gold if n_gold else 0.0
+    micro = 2 * p * r / (p + r) if p + r else 0.0
+    mean_p = sum(precisions) / len(precisions)
+    mean_r = sum(recalls) / len(recalls)
+    macro = 2 * mean_p * mean_r / (mean_p + mean_r) if mean_p + mean_r else 0.0
+    return micro, macro
+
+
+# ------------------------------------------------------------------------- NER F1 (5.4)
+
+
+def parse_ner(answer: str, label_sep: str) -> dict[str, list[str]]:
+    """Parse a NER answer into type -> spans (contract 5.4, step 1).
+
+    Lines without ": " or ending with ": " are skipped; the type is the text before the
+    first ": "; lines of the same type merge. Spans keep first-seen order without
+    duplicates (the paper used sets, whose order varies between runs; a fixed order makes
+    the overwrite step below reproducible).
+
+    Returns:
+      dict type -> list of distinct spans; ``{"None": ["None"]}`` if nothing parsed.
+    """
+    parsed: dict[str, dict[str, None]] = {}
+    for line in answer.split("\n"):
+        if ": " not in line or line.endswith(": "):
+            continue
+        etype, rest = line.split(": ", 1)
+        parsed.setdefault(etype, {}).update(dict.fromkeys(rest.split(label_sep)))
+    if not parsed:
+        return {"None": ["None"]}
+    return {etype: list(spans) for etype, spans in parsed.items()}
+
+
+def ner_tags(text: str, entities: Mapping[str, Iterable[str]]) -> list[str]:
+    """Character BIO tags of `text` for parsed entities (contract 5.4, step 2).
+
+    Every occurrence of every span (except "None") is tagged B-/I-<type>; later matches
+    overwrite earlier ones. An empty span occurs at every position, so it tags every
+    character ``B-<type>``; that is what the paper's loop does.
+
+    Returns:
+      list[str] of len(text) tags.
+    """
+    tags = ["O"] * len(text)
+    for etype, spans in entities.items():
+        for span in spans:
+            if span == "None":
+                continue
+            for j in range(len(text)):
+                if text.startswith(span, j):
+                    tags[j] = "B-" + etype
+                    for k in range(j + 1, j + len(span)):
+                        tags[k] = "I-" + etype
+    return tags
+
+
+def ner_f1(
+    sentences: Sequence[str], predictions: Sequence[str], golds: Sequence[str], label_sep: str
+) -> tuple[float, float]:
+    """seqeval ``micro avg`` and ``macro avg`` F1 (default mode) of character tags.
+
+    Returns:
+      (micro_f1, macro_f1); macro is NaN (seqeval's value) when no entity occurs anywhere.
+    """
+    from seqeval.metrics import classification_report  # imported lazily: scoring only
+
+    gold_tags = [
+        ner_tags(s, parse_ner(g, label_sep)) for s, g in zip(sentences, golds, strict=True)
+    ]
+    pred_tags = [
+        ner_tags(s, parse_ner(p, label_sep)) for s, p in zip(sentences, predictions, strict=True)
+    ]
+    with warnings.catch_warnings():  # ill-defined precision warnings are expected here
+        warnings.simplefilter("ignore")
+        report = classification_report(gold_tags, pred_tags, output_dict=True)
+    return float(report["micro avg"]["f1-score"]), float(report["macro avg"]["f1-score"])
+
+
+# --------------------------------------------------------------------------- per task
+
+
+def score_task(
+    task: reader.TaskInfo | ScoreSpec,
+    examples: Sequence[Mapping] | None,
+    predictions: Sequence[str],
+    golds: Sequence[str],
+) -> dict:
+    """All scores of one task.
+
+    Args:
+      task: anything with ``.type`` and ``.label_sep`` (TaskInfo or ScoreSpec).
+      examples: the examples (only NER reads them: their ``sentences`` are tagged); may be
+        None for other types.
+      predictions: list[str], raw model outputs, one per example.
+      golds: list[str], gold answers (:func:`instructions.build_answer`).
+
+    Returns:
+      dict with float "rouge-l-f1", "micro-f1", "macro-f1", "rouge-l-f1-cjk" (in [0, 1])
+      and int "n".
+    """
+    if len(predictions) != len(golds) or not predictions:
+        raise ValueError(f"need as many predictions as golds, and at least one: "
+                         f"{len(predictions)} vs {len(golds)}")  # fmt: skip
+    preds = [clean_prediction(task.type, p) for p in predictions]
+    golds = [clean_gold(task.type, g) for g in golds]
+    if task.type == "NER":
+        if examples is None or len(examples) != len(golds):
+            raise ValueError("NER scoring needs the examples (their sentences are tagged)")
+        micro, macro = ner_f1([e["sentences"] for e in examples], preds, golds, task.label_sep)
+    else:
+        micro, macro = set_f1(
+            [f1_items(task.type, task.label_sep, p) for p in preds],
+            [f1_items(task.type, task.label_sep, g) for g in golds],
+        )
+    return {
+        "rouge-l-f1": rouge_l_paper_mean(preds, golds),
+        "micro-f1": micro,
+        "macro-f1": macro,
+        "rouge-l-f1-cjk": rouge_l_cjk_mean(preds, golds),
+        "n": len(preds),
+    }
+
+
+# ----------------------------------------------------------------- prediction files
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionRow:
+    """One model output. ``line`` is where it came from (1-based), for error messages."""
+
+    task: str
+    index: int
+    prediction: str
+    line: int
+
+
+def task_folder_name(name: str) -> str:
+    """Accept a folder name or its SeqIO name ("ecom:" + name with "-" -> ":")."""
+    if name.startswith(SEQIO_PREFIX):
+        return name[len(SEQIO_PREFIX) :].replace(":", "-")
+    return name
+
+
+def _to_row(value: object, source: str, line: int) -> PredictionRow:
+    if isinstance(value, PredictionRow):
+        return value
+    if not isinstance(value, Mapping):
+        raise DataError(f"expected an object, got {type(value).__name__}", source, line)
+    task, index, prediction = value.get("task"), value.get("index"), value.get("prediction")
+    if not isinstance(task, str):
+        raise DataError("field 'task' missing or not a string", source, line)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise DataError("field 'index' missing or not an integer", source, line)
+    if not isinstance(prediction, str):
+        raise DataError("field 'prediction' missing or not a string", source, line)
+    return PredictionRow(task_folder_name(task), index, prediction, line)
+
+
+def read_predictions(path: str | os.PathLike) -> list[PredictionRow]:
+    """Read a predictions file: JSON Lines of ``{"task", "index", "prediction"}``.
+
+    Raises:
+      DataError: "file:line: what" for an unparsable line or a bad field.
+    """
+    return [_to_row(value, str(path), line) for line, value in reader.iter_json_lines(path)]
+
+
+def score_predictions(
+    data_dir: str | os.PathLike | None,
+    rows: Iterable[PredictionRow | Mapping],
+    split: str = "test",
+    source: str = "<predictions>",
+) -> dict[str, dict]:
+    """Score prediction rows against the gold answers of every task they name.
+
+    A task with fewer rows than examples is scored on the rows given, marked
+    ``"complete": False`` with a ``"warning"`` (also logged).
+
+    Args:
+      data_dir: data root (None: :func:`reader.default_data_dir`).
+      rows: PredictionRow, or dicts {"task", "index", "prediction"} (line = position + 1).
+      split: which split the predictions are for.
+      source: name used in error messages for dict rows.
+
+    Returns:
+      dict task folder name -> score_task's dict + "complete" (bool) + "n_total" (int),
+      sorted by task name.
+
+    Raises:
+      DataError: unknown task, index out of range, or a repeated (task, index), naming the
+        row's line.
+    """
+    data_dir = reader.default_data_dir() if data_dir is None else data_dir
+    tasks = reader.discover_tasks(data_dir)
+    examples: dict[str, list[dict]] = {}
+    chosen: dict[str, dict[int, PredictionRow]] = {}
+    for position, value in enumerate(rows):
+        row = _to_row(value, source, position + 1)
+        if row.task not in tasks:
+            raise DataError(f"unknown task {row.task!r} (not under {data_dir})", source, row.line)
+        if row.task not in examples:
+            examples[row.task] = reader.read_examples(tasks[row.task], split)
+        if not 0 <= row.index < len(examples[row.task]):
+            raise DataError(
+                f"index {row.index} out of range for {row.task!r} "
+                f"({len(examples[row.task])} {split} examples)",
+                source,
+                row.line,
+            )
+        seen = chosen.setdefault(row.task, {})
+        if row.index in seen:
+            raise DataError(
+                f"repeated prediction for {row.task!r} index {row.index} "
+                f"(first on line {seen[row.index].line})",
+                source,
+                row.line,
+            )
+        seen[row.index] = row
+    results = {}
+    for name in sorted(chosen):
+        task, picked = tasks[name], chosen[name]
+        order = sorted(picked)
+        subset = [examples[name][i] for i in order]
+        golds = [instructions.build_answer(task, e) for e in subset]
+        scores = score_task(task, subset, [picked[i].prediction for i in order], golds)
+        total = len(examples[name])
+        scores.update(complete=len(order) == total, n_total=total)
+        if len(order) != total:
+            scores["warning"] = f"scored on {len(order)} of {total} {split} examples"
+            log.warning("%s: %s", name, scores["warning"])
+        results[name] = scores
+    return results
+
+
+def average_scores(scores: Mapping[str, Mapping]) -> dict[str, float]:
+    """Unweighted mean over tasks of each score key (NaN values are left out)."""
+    out = {}
+    for key in SCORE_KEYS:
+        values = [s[key] for s in scores.values() if not math.isnan(s[key])]
+        out[key] = sum(values) / len(values) if values else math.nan
+    return out
+
+
+def format_table(scores: Mapping[str, Mapping]) -> str:
+    """A plain-text table of per-task scores (x100, as in the paper) with an average row.
+
+    Tasks scored on part of their examples are marked with "*" after n.
+    """
+    headers = ("task", "n", *SCORE_KEYS)
+    rows = []
+    for name, s in scores.items():
+        mark = "" if s.get("complete", True) else "*"
+        rows.append((name, f"{s['n']}{mark}", *(f"{100 * s[k]:.2f}" for k in SCORE_KEYS)))
+    avg = average_scores(scores) if scores else {k: math.nan for k in SCORE_KEYS}
+    rows.append(
+        ("average", str(len(scores)) + " tasks", *(f"{100 * avg[k]:.2f}" for k in SCORE_KEYS))
+    )
+    widths = [max(len(str(r[i])) for r in (headers, *rows)) for i in range(len(headers))]
+
+    def fmt(row):
+        first = row[0].ljust(widths[0])
+        return "  ".join(
+            [first, *(str(c).rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))]
+        )
+
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    lines = [fmt(headers), rule, *(fmt(r) for r in rows[:-1]), rule, fmt(rows[-1])]
+    if any(not s.get("complete", True) for s in scores.values()):
+        lines.append("* scored on part of the task's examples")
+    return "\n".join(lines)

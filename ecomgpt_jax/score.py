@@ -1,0 +1,71 @@
+"""Score model predictions with the EcomGPT paper's metrics.
+
+    python -m ecomgpt_jax.score --data_dir DIR --predictions FILE.jsonl --output FILE.json
+
+Predictions are JSON Lines rows ``{"task", "index", "prediction"}`` (task: folder name or
+its SeqIO name; index: 0-based example position in the split). The output JSON is
+``{"tasks": {task: scores}, "average": {...}}`` with scores in [0, 1] (NaN written as
+null); the printed table shows them x100. Bad input gives one line on stderr naming the
+file and line, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+
+from ecomgpt_jax.ecominstruct import reader, scoring
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ecomgpt_jax.score", description=__doc__)
+    parser.add_argument(
+        "--data_dir",
+        type=pathlib.Path,
+        default=None,
+        help="data root (<Dataset>/tasks/<task>/); default $ECOMGPT_DATA_DIR or the bundled sample",
+    )
+    parser.add_argument("--predictions", type=pathlib.Path, required=True, help="JSON Lines file")
+    parser.add_argument("--output", type=pathlib.Path, required=True, help="scores .json file")
+    parser.add_argument("--split", default="test", help="split the predictions are for")
+    return parser.parse_args(argv)
+
+
+def _json_safe(value):
+    """NaN (seqeval's macro F1 when no entity exists anywhere) is not JSON: write null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = _parse_args(argv)
+    try:
+        rows = scoring.read_predictions(args.predictions)
+        if not rows:
+            raise reader.DataError("no predictions", args.predictions)
+        scores = scoring.score_predictions(
+            args.data_dir, rows, split=args.split, source=str(args.predictions)
+        )
+        result = {"tasks": scores, "average": scoring.average_scores(scores)}
+        args.output.write_text(
+            json.dumps(_json_safe(result), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+    except (reader.DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, s in scores.items():
+        if "warning" in s:
+            print(f"warning: {name}: {s['warning']}", file=sys.stderr)
+    print(scoring.format_table(scores))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

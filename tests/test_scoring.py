@@ -1,0 +1,341 @@
+"""Tests for ecominstruct.scoring: hand-computed cases, odd inputs, and the `rouge` package."""
+
+import json
+import logging
+import math
+import pathlib
+import random
+
+import pytest
+import rouge
+from seqeval.metrics import classification_report
+
+from ecomgpt_jax.ecominstruct import scoring
+from ecomgpt_jax.ecominstruct.reader import DataError
+from ecomgpt_jax.ecominstruct.scoring import ScoreSpec
+
+ONE = 2.0 * (1.0 / (2.0 + 1e-8))  # the rouge package's F for a perfect match
+
+
+def package_rouge_l(pred, gold):
+    """rouge 1.0.1 itself for one pair, 0 where it raises (contract 5.2)."""
+    try:
+        return rouge.Rouge().get_scores(pred, gold, avg=True)["rouge-l"]["f"]
+    except ValueError:
+        return 0.0
+
+
+@pytest.mark.parametrize(
+    ("task_type", "raw", "cleaned"),
+    [
+        ("CLS", " Food. ", "Food"),
+        ("CLS", ".", "error"),
+        ("CLS", " . ", "error"),
+        ("CLS", "", "error"),
+        ("CLS", "a.b", "ab"),
+        ("CLS", ". a", " a"),  # strip first, then remove dots: not stripped again
+        ("Extract", "", "error"),
+        ("Extract", ".", "error"),
+        ("Extract", " . .", "error"),
+        ("Extract", "x. ", "x. "),
+        ("Condition_Extract", "a", "error"),
+        ("Condition_Extract", " a ", "error"),
+        ("Condition_Extract", "", "error"),
+        ("Condition_Extract", "ab", "ab"),
+        ("Condition_Extract", "红色", "红色"),
+        ("Generate", "", "error"),
+        ("Generate", " ", " "),
+        ("Generate", ".", "."),
+        ("NER", "", "error"),
+        ("NER", ".", "."),
+    ],
+)
+def test_clean_prediction(task_type, raw, cleaned):
+    assert scoring.clean_prediction(task_type, raw) == cleaned
+
+
+def test_clean_gold():
+    assert scoring.clean_gold("Condition_Extract", "") == "error"
+    assert scoring.clean_gold("Condition_Extract", "a") == "a"
+    assert scoring.clean_gold("Extract", "") == ""
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold", "expect"),
+    [
+        ("the cat sat", "the cat sat", ONE),
+        ("", "x", 0.0),  # package raises: empty hypothesis
+        (".", "x", 0.0),  # a lone "." splits into nothing
+        ("x", "...", 0.0),
+        ("红色连衣裙", "红色长裙", 0.0),  # no spaces: one token each
+        ("红色 连衣裙", "红色 长裙", 2.0 * (0.25 / (1.0 + 1e-8))),
+        ("a a b", "a b", ONE),  # counts are of distinct tokens
+        ("a b. c d", "a c. b d", ONE),  # summary level: LCS unions across sentences
+        (" ", "a", 0.0),
+        (" ", " ", ONE),  # a whitespace-only sentence is one empty token
+        ("Food, Price", "Food", 0.0),  # "Food," is a token
+    ],
+)
+def test_rouge_l_paper_hand(pred, gold, expect):
+    assert scoring.rouge_l_paper(pred, gold) == pytest.approx(expect, abs=1e-12)
+    assert scoring.rouge_l_paper(pred, gold) == pytest.approx(
+        package_rouge_l(pred, gold), abs=1e-12
+    )
+
+
+def test_rouge_l_paper_matches_package_on_random_text():
+    rng = random.Random(1)
+    vocab = ["a", "b", "c", "d", "红", "色", " ", "  ", ".", ". ", "\n", "\t", "x y"]
+    for _ in range(3000):
+        pred = "".join(rng.choice(vocab) for _ in range(rng.randrange(20)))
+        gold = "".join(rng.choice(vocab) for _ in range(rng.randrange(20)))
+        assert scoring.rouge_l_paper(pred, gold) == package_rouge_l(pred, gold), (pred, gold)
+
+
+def test_rouge_l_paper_long_text_does_not_recurse():
+    # The package's recursive LCS back-tracking overflows here; ours is iterative.
+    words = " ".join(f"w{i}" for i in range(1500))
+    assert scoring.rouge_l_paper(words, words) == pytest.approx(ONE)
+
+
+def test_rouge_l_mean_equals_package_average():
+    preds = ["a b c", "b c d. e", "红色", "x y", "q"]
+    golds = ["a c", "b d e", "红色", "y x. z", "r"]
+    expect = rouge.Rouge().get_scores(preds, golds, avg=True)["rouge-l"]["f"]
+    assert scoring.rouge_l_paper_mean(preds, golds) == expect
+
+
+def test_cjk_tokenizer():
+    tok = scoring.CJKTokenizer()
+    assert tok.tokenize("红色T恤 Nike-Air, 2021款！") == [
+        "红",
+        "色",
+        "t",
+        "恤",
+        "nike",
+        "air",
+        "2021",
+        "款",
+    ]
+    assert tok.tokenize(" . ") == []
+
+
+def test_set_f1_hand():
+    micro, macro = scoring.set_f1([{"a", "b"}, {"c"}, set()], [{"a"}, {"d"}, {"e"}])
+    # tp=1, |P|=3, |T|=3 -> p=r=1/3; mean p_i = (1/2+0+0)/3, mean r_i = (1+0+0)/3.
+    assert micro == pytest.approx(1 / 3)
+    assert macro == pytest.approx(2 / 9)
+    assert scoring.set_f1([set()], [set()]) == (0.0, 0.0)
+
+
+def test_score_cls_hand():
+    got = scoring.score_task(
+        ScoreSpec("CLS"),
+        None,
+        ["Food.", " ", "Food, Price", "Service"],
+        ["Food", "Price", "Food", "Service, Price"],
+    )
+    # cleaned preds: Food / error / {Food, Price} / Service: tp=3 of 5 predicted, 5 gold.
+    assert got["micro-f1"] == pytest.approx(0.6)
+    assert got["macro-f1"] == pytest.approx(0.625)  # mean p = mean r = 2.5/4
+    assert got["rouge-l-f1"] == pytest.approx(ONE / 4)  # "Food," and "Service," are tokens
+    assert got["rouge-l-f1-cjk"] == pytest.approx((1 + 0 + 2 / 3 + 2 / 3) / 4)
+    assert got["n"] == 4
+
+
+def test_score_extract_hand():
+    got = scoring.score_task(ScoreSpec("Extract"), None, ["x.", "", "a, b "], ["x.", "y", "a"])
+    assert got["micro-f1"] == pytest.approx(4 / 7)  # p = 2/4, r = 2/3
+    assert got["macro-f1"] == pytest.approx(4 / 7)  # mean p = 1/2, mean r = 2/3
+    assert got["rouge-l-f1"] == pytest.approx(ONE / 3)
+    assert got["rouge-l-f1-cjk"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+
+
+def test_score_condition_extract_hand():
+    got = scoring.score_task(
+        ScoreSpec("Condition_Extract"), None, ["a", "红色, 棉", "x"], ["", "红色", "b"]
+    )
+    # empty gold and 1-char preds become "error": example 0 is an exact "error" match.
+    assert got["micro-f1"] == pytest.approx(4 / 7)
+    assert got["macro-f1"] == pytest.approx(4 / 7)
+    assert got["rouge-l-f1"] == pytest.approx(ONE / 3)
+    assert got["rouge-l-f1-cjk"] == pytest.approx((1 + 0.8 + 0) / 3)
+
+
+def test_score_generate_hand():
+    got = scoring.score_task(
+        ScoreSpec("Generate"), None, ["红色T恤", "", "  "], ["红T恤衫", "abc", "a"]
+    )
+    # character sets: {红,色,T,恤}/{红,T,恤,衫}; {e,r,o}/{a,b,c}; {}/{a}
+    assert got["micro-f1"] == pytest.approx(0.4)  # p = 3/7, r = 3/8
+    assert got["macro-f1"] == pytest.approx(0.25)  # mean p = mean r = (3/4)/3
+    assert got["rouge-l-f1"] == 0.0  # Chinese without spaces: one token, no match
+    assert got["rouge-l-f1-cjk"] == pytest.approx(0.75 / 3)
+
+
+def test_parse_ner():
+    assert scoring.parse_ner("颜色: 红色\n材质: 棉, 麻\n颜色: 白, 红色", ", ") == {
+        "颜色": ["红色", "白"],
+        "材质": ["棉", "麻"],
+    }
+    none = {"None": ["None"]}
+    assert scoring.parse_ner("", ", ") == none
+    assert scoring.parse_ner("no colon\n品牌: \n颜色:红\n颜色：红", ", ") == none
+    assert scoring.parse_ner("a: b: c", ", ") == {"a": ["b: c"]}
+    assert scoring.parse_ner("颜色: None", ", ") == {"颜色": ["None"]}
+
+
+def test_ner_tags():
+    assert scoring.ner_tags("红色上衣白色", {"颜色": ["红色", "白色"]}) == [
+        "B-颜色", "I-颜色", "O", "O", "B-颜色", "I-颜色",
+    ]  # fmt: skip
+    # later matches overwrite earlier ones
+    assert scoring.ner_tags("红色红", {"颜色": ["红色"], "风格": ["色红"]}) == [
+        "B-颜色", "B-风格", "I-风格",
+    ]  # fmt: skip
+    assert scoring.ner_tags("aaa", {"X": ["aa"]}) == ["B-X", "B-X", "I-X"]
+    # an empty span matches at every position: every character becomes B-<type>
+    assert scoring.ner_tags("abc", {"X": ["bc"], "Y": [""]}) == ["B-Y", "B-Y", "B-Y"]
+    assert scoring.ner_tags("abc", {"Y": [""], "X": ["bc"]}) == ["B-Y", "B-X", "I-X"]
+    assert scoring.ner_tags("None of it", {"X": ["None"], "None": ["None"]}) == ["O"] * 10
+    assert scoring.ner_tags("", {"X": ["a"]}) == []
+
+
+def test_ner_f1_hand():
+    sentences = ["红色上衣", "白色裤子"]
+    golds = ["颜色: 红色\n材质: None", "颜色: 白色\n材质: None"]
+    micro, macro = scoring.ner_f1(sentences, ["颜色: 红色", "材质: 白色"], golds, ", ")
+    assert micro == pytest.approx(0.5)  # 1 of 2 predicted entities right, 1 of 2 found
+    assert macro == pytest.approx(1 / 3)  # 颜色: p=1, r=1/2 -> 2/3; 材质: 0
+    # empty span after the real one overwrites it; before it, the real one survives
+    assert scoring.ner_f1(["红色上衣"], ["颜色: 红色, "], ["颜色: 红色"], ", ") == (0.0, 0.0)
+    assert scoring.ner_f1(["红色上衣"], ["颜色: , 红色"], ["颜色: 红色"], ", ") == (0.5, 0.5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # seqeval: ill-defined precision
+def test_score_ner_task():
+    examples = [{"sentences": "红色上衣"}, {"sentences": "白色裤子"}, {"sentences": "棉麻"}]
+    golds = ["颜色: 红色\n材质: None", "颜色: 白色\n材质: None", "颜色: None\n材质: 棉麻"]
+    preds = ["颜色: 红色\n材质: None", "", "颜色： 白色\n材质: 棉麻: "]
+    got = scoring.score_task(ScoreSpec("NER"), examples, preds, golds)
+    tags_g = [["B-颜色", "I-颜色", "O", "O"], ["B-颜色", "I-颜色", "O", "O"], ["B-材质", "I-材质"]]
+    # pred 3: a full-width colon and a line ending with ": " are both skipped -> all O
+    tags_p = [["B-颜色", "I-颜色", "O", "O"], ["O"] * 4, ["O", "O"]]
+    report = classification_report(tags_g, tags_p, output_dict=True)
+    assert got["micro-f1"] == pytest.approx(report["micro avg"]["f1-score"]) == pytest.approx(0.5)
+    assert got["macro-f1"] == pytest.approx(report["macro avg"]["f1-score"])
+    expect_rouge = [
+        package_rouge_l(scoring.clean_prediction("NER", p), g)
+        for p, g in zip(preds, golds, strict=True)
+    ]
+    assert got["rouge-l-f1"] == pytest.approx(sum(expect_rouge) / 3)
+    with pytest.raises(ValueError, match="needs the examples"):
+        scoring.score_task(ScoreSpec("NER"), None, preds, golds)
+
+
+def test_ner_no_entities_anywhere_is_nan_macro():
+    micro, macro = scoring.ner_f1(["ab"], ["x: None"], ["x: None"], ", ")
+    assert micro == 0.0 and math.isnan(macro)
+
+
+def make_task(root, name, meta, rows):
+    folder = pathlib.Path(root) / name.split("-")[1] / "tasks" / name
+    folder.mkdir(parents=True)
+    (folder / "meta-info.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+    (folder / "test.json").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    make_task(
+        tmp_path,
+        "EN-Shop-CLS-topic",
+        {
+            "defi": "topic",
+            "test_prompt": {"instruction": "{sentences} {label_set}"},
+            "label_set": {"k": ["Food", "Price"]},
+            "label_key": "k",
+        },
+        [
+            {"sentences": "s", "labels": {"k": ["Food"]}},
+            {"sentences": "t", "labels": {"k": ["Price"]}},
+        ],
+    )
+    make_task(
+        tmp_path,
+        "ZH-Shop-Generate-title",
+        {"defi": "title", "test_prompt": {"instruction": "{sentences}"}},
+        [{"sentences": "x", "spans": [{"term": "红色T恤"}]}],
+    )
+    return tmp_path
+
+
+def test_score_predictions(data_dir, caplog):
+    rows = [
+        {"task": "EN-Shop-CLS-topic", "index": 1, "prediction": "Price."},
+        {"task": "ecom:ZH:Shop:Generate:title", "index": 0, "prediction": "红色T恤"},
+    ]
+    with caplog.at_level(logging.WARNING):
+        scores = scoring.score_predictions(data_dir, rows)
+    assert list(scores) == ["EN-Shop-CLS-topic", "ZH-Shop-Generate-title"]
+    cls = scores["EN-Shop-CLS-topic"]
+    assert cls["complete"] is False and cls["n"] == 1 and cls["n_total"] == 2
+    assert cls["warning"] == "scored on 1 of 2 test examples"
+    assert "EN-Shop-CLS-topic: scored on 1 of 2" in caplog.text
+    assert cls["micro-f1"] == 1.0 and cls["rouge-l-f1"] == pytest.approx(ONE)
+    gen = scores["ZH-Shop-Generate-title"]
+    assert gen["complete"] is True and "warning" not in gen
+    assert gen["micro-f1"] == pytest.approx(1.0) and gen["rouge-l-f1-cjk"] == pytest.approx(1.0)
+
+    table = scoring.format_table(scores)
+    lines = table.splitlines()
+    assert lines[0].split() == ["task", "n", "rouge-l-f1", "micro-f1", "macro-f1", "rouge-l-f1-cjk"]
+    assert lines[2].split() == ["EN-Shop-CLS-topic", "1*", "100.00", "100.00", "100.00", "100.00"]
+    assert lines[5].split() == ["average", "2", "tasks", "100.00", "100.00", "100.00", "100.00"]
+    assert lines[-1] == "* scored on part of the task's examples"
+
+
+@pytest.mark.parametrize(
+    ("row", "pattern"),
+    [
+        (
+            {"task": "EN-Shop-CLS-nope", "index": 0, "prediction": "x"},
+            "preds:2: unknown task 'EN-Shop-CLS-nope'",
+        ),
+        (
+            {"task": "EN-Shop-CLS-topic", "index": 2, "prediction": "x"},
+            "preds:2: index 2 out of range",
+        ),
+        (
+            {"task": "EN-Shop-CLS-topic", "index": -1, "prediction": "x"},
+            "preds:2: index -1 out of range",
+        ),
+        (
+            {"task": "EN-Shop-CLS-topic", "index": 0, "prediction": "y"},
+            "preds:2: repeated prediction .* line 1",
+        ),
+        ({"task": "EN-Shop-CLS-topic", "index": "0", "prediction": "y"}, "preds:2: field 'index'"),
+        ({"task": "EN-Shop-CLS-topic", "index": 1}, "preds:2: field 'prediction'"),
+    ],
+)
+def test_score_predictions_errors(data_dir, row, pattern):
+    first = {"task": "EN-Shop-CLS-topic", "index": 0, "prediction": "Food"}
+    with pytest.raises(DataError, match=pattern):
+        scoring.score_predictions(data_dir, [first, row], source="preds")
+
+
+def test_read_predictions(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        '{"task": "a", "index": 0, "prediction": ""}\n\n'
+        '{"task": "b", "index": 3, "prediction": "x"}\n'
+    )
+    assert scoring.read_predictions(path) == [
+        scoring.PredictionRow("a", 0, "", 1),
+        scoring.PredictionRow("b", 3, "x", 3),
+    ]
+    path.write_text('{"task": "a", "index": 0, "prediction": ""}\n{"task": "a", "index": true}\n')
+    with pytest.raises(DataError, match=r"p.jsonl:2: field 'index' missing or not an integer"):
+        scoring.read_predictions(path)

@@ -1,0 +1,196 @@
+"""Convert between Hugging Face checkpoints and orbax parameter checkpoints.
+
+    python -m ecomgpt_jax.convert hf-to-orbax --hf_dir DIR --output OUT [--dtype bfloat16]
+    python -m ecomgpt_jax.convert orbax-to-hf --checkpoint CKPT --output DIR \
+        [--tokenizer_dir DIR] [--dtype bfloat16] [--preset NAME | --model_config FILE]
+
+hf-to-orbax writes::
+
+    OUT/params/             orbax StandardCheckpointer PyTree of the parameters
+                            (the tree documented in models/decoder.py)
+    OUT/model_config.json   the ModelConfig (`ModelConfig.from_json_dict`)
+
+`checkpointing.restore_params(OUT, abstract)` (and so training with an init
+checkpoint, evaluation, and orbax-to-hf) reads it. orbax-to-hf accepts the same
+paths `checkpointing.resolve_params_path` does (a converted directory, a training
+run directory, a step directory); the model config comes from `--model_config`,
+`--preset`, or the nearest `model_config.json` at or above the checkpoint.
+
+Only safetensors are read: pickle files (`*.bin`) are refused because loading
+them can execute code. Needs jax, orbax and safetensors (no TensorFlow or gin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import sys
+
+from ecomgpt_jax.models import config as model_config
+from ecomgpt_jax.models import hf_io
+from ecomgpt_jax.models.config import ConfigError, ModelConfig
+
+MODEL_CONFIG_FILE = "model_config.json"
+# Tokenizer files transformers writes/reads next to the weights.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "generation_config.json",
+    "chat_template.jinja",
+)
+
+
+def save_model_config(directory, cfg: ModelConfig) -> pathlib.Path:
+    """Writes `<directory>/model_config.json`."""
+    path = pathlib.Path(directory) / MODEL_CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg.to_json_dict(), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_model_config(path) -> ModelConfig:
+    """Reads a model_config.json file (or `<dir>/model_config.json`)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / MODEL_CONFIG_FILE
+    try:
+        return ModelConfig.from_json_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found") from None
+    except (json.JSONDecodeError, TypeError, ConfigError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def find_model_config(checkpoint) -> ModelConfig:
+    """The nearest model_config.json at or above `checkpoint` (up to 4 levels)."""
+    path = pathlib.Path(checkpoint).resolve()
+    for candidate in [path, *list(path.parents)[:4]]:
+        if (candidate / MODEL_CONFIG_FILE).exists():
+            return load_model_config(candidate / MODEL_CONFIG_FILE)
+    raise ConfigError(
+        f"{checkpoint}: no {MODEL_CONFIG_FILE} found at or above it; pass --preset or "
+        "--model_config"
+    )
+
+
+def hf_to_orbax(hf_dir, output, dtype: str | None = None) -> ModelConfig:
+    """Converts a HF directory to `output/params` + `output/model_config.json`."""
+    from ecomgpt_jax import checkpointing
+
+    output = pathlib.Path(output).resolve()
+    if (output / "params").exists():
+        raise hf_io.CheckpointFormatError(
+            f"{output / 'params'} already exists; choose another --output or delete it"
+        )
+    cfg, params = hf_io.load_hf_params(hf_dir, dtype)
+    checkpointing.save_params(output / "params", params)
+    save_model_config(output, cfg)
+    return cfg
+
+
+def load_params_host(checkpoint, cfg: ModelConfig):
+    """Restores the parameters at `checkpoint` onto the host CPU (dtype as stored)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from ecomgpt_jax import checkpointing
+    from ecomgpt_jax.models import decoder
+
+    params_dir = checkpointing.resolve_params_path(checkpoint)
+    with ocp.StandardCheckpointer() as ckptr:
+        stored = ckptr.metadata(params_dir)
+    stored = getattr(stored, "item_metadata", stored)
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    expected = decoder.abstract_params(cfg)
+    stored_dtypes = {
+        jax.tree_util.keystr(p): getattr(m, "dtype", None)
+        for p, m in jax.tree_util.tree_leaves_with_path(stored)
+    }
+
+    def target(path, leaf):
+        dtype = stored_dtypes.get(jax.tree_util.keystr(path)) or leaf.dtype
+        return jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=cpu)
+
+    abstract = jax.tree_util.tree_map_with_path(target, expected)
+    return checkpointing.restore_params(params_dir, abstract)
+
+
+def orbax_to_hf(
+    checkpoint,
+    output,
+    cfg: ModelConfig | None = None,
+    tokenizer_dir=None,
+    dtype: str | None = None,
+) -> pathlib.Path:
+    """Writes a transformers-loadable directory from an orbax params checkpoint."""
+    import jax
+    import numpy as np
+
+    cfg = cfg or find_model_config(checkpoint)
+    params = jax.tree.map(np.asarray, load_params_host(checkpoint, cfg))
+    out = hf_io.save_hf(cfg, params, output, dtype=dtype)
+    if tokenizer_dir is not None:
+        copied = [
+            name
+            for name in TOKENIZER_FILES
+            if (pathlib.Path(tokenizer_dir) / name).exists()
+            and shutil.copy(pathlib.Path(tokenizer_dir) / name, out / name)
+        ]
+        if not copied:
+            raise hf_io.CheckpointFormatError(
+                f"--tokenizer_dir {tokenizer_dir}: none of {TOKENIZER_FILES} found"
+            )
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ecomgpt_jax.convert", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("hf-to-orbax", help="HF safetensors directory -> orbax params")
+    a.add_argument("--hf_dir", required=True)
+    a.add_argument("--output", required=True)
+    a.add_argument("--dtype", choices=model_config.DTYPES, default=None)
+    b = sub.add_parser("orbax-to-hf", help="orbax params -> HF safetensors directory")
+    b.add_argument("--checkpoint", required=True)
+    b.add_argument("--output", required=True)
+    b.add_argument("--tokenizer_dir", default=None)
+    b.add_argument("--dtype", choices=model_config.DTYPES, default=None)
+    b.add_argument("--preset", default=None, help="model preset name (see models/config.py)")
+    b.add_argument("--model_config", default=None, help="path to a model_config.json")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "hf-to-orbax":
+            cfg = hf_to_orbax(args.hf_dir, args.output, args.dtype)
+            print(f"wrote {args.output}/params ({cfg.hf_model_type}, {cfg.param_dtype})")
+        else:
+            cfg = None
+            if args.model_config:
+                cfg = load_model_config(args.model_config)
+            elif args.preset:
+                cfg = model_config.get_preset(args.preset)
+            out = orbax_to_hf(args.checkpoint, args.output, cfg, args.tokenizer_dir, args.dtype)
+            print(f"wrote {out}")
+    except (ConfigError, hf_io.CheckpointFormatError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # CheckpointError from checkpointing (imported lazily)
+        if type(e).__name__ != "CheckpointError":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

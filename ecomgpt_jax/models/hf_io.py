@@ -1,0 +1,372 @@
+"""Exact import/export of Hugging Face checkpoints (safetensors only).
+
+    cfg, params = load_hf_params(hf_dir, dtype="bfloat16")   # numpy param tree
+    save_hf(cfg, params, out_dir)        # config.json + model.safetensors (sharded if big)
+
+Import streams one tensor at a time with `safetensors.safe_open`, writing each into
+preallocated stacked `[layers, ...]` arrays, so peak host memory is the model in the
+target dtype plus one tensor. Pickle checkpoints (`*.bin`, `*.pt`) are refused: loading
+a pickle can execute arbitrary code.
+
+Name mapping (HF weights are [out, in]; ours are [in, ...out] einsum kernels)::
+
+    BLOOM (`transformer.` prefix optional)       ours
+    word_embeddings.weight [V, D]                embed/embedding
+    word_embeddings_layernorm.{weight,bias}      embed_norm/{scale,bias}
+    h.N.input_layernorm                          layers/attn_norm
+    h.N.self_attention.query_key_value [3D, D]   layers/attn/qkv_kernel [D, H, 3, Hd]
+    h.N.self_attention.dense [D, D]              layers/attn/out_kernel [H, Hd, D]
+    h.N.post_attention_layernorm                 layers/mlp_norm
+    h.N.mlp.dense_h_to_4h / dense_4h_to_h        layers/mlp/up_* / down_*
+    ln_f                                         final_norm
+
+    Llama / Qwen2                                ours
+    model.embed_tokens.weight                    embed/embedding
+    model.layers.N.input_layernorm.weight        layers/attn_norm/scale
+    model.layers.N.self_attn.{q,k,v}_proj        layers/attn/{q,k,v}_kernel [D, H|K, Hd] (+bias)
+    model.layers.N.self_attn.o_proj              layers/attn/out_kernel [H, Hd, D]
+    model.layers.N.post_attention_layernorm      layers/mlp_norm/scale
+    model.layers.N.mlp.{gate,up,down}_proj       layers/mlp/{gate,up,down}_kernel
+    model.norm.weight                            final_norm/scale
+    lm_head.weight [V, D]                        lm_head/kernel [D, V] (untied only)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+
+import ml_dtypes
+import numpy as np
+
+from ecomgpt_jax.models import config as model_config
+from ecomgpt_jax.models.config import ConfigError, ModelConfig
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Buffers some HF checkpoints carry that are recomputed, never loaded.
+IGNORED_HF_KEYS = re.compile(r".*(rotary_emb\.inv_freq|attn\.masked_bias|attn\.bias)$")
+
+
+class CheckpointFormatError(ValueError):
+    """An HF directory we refuse or cannot map (pickle files, missing tensors...)."""
+
+
+def np_dtype(name: str) -> np.dtype:
+    """Numpy dtype by name, with bfloat16 from ml_dtypes."""
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One HF tensor <-> one of our parameters (per layer when `layered`)."""
+
+    hf: str  # HF name; "{i}" stands for the layer index
+    ours: tuple[str, ...]
+    transpose: bool  # HF [out, in] weights are transposed into [in, ...] kernels
+
+    @property
+    def layered(self) -> bool:
+        return "{i}" in self.hf
+
+
+def name_map(cfg: ModelConfig) -> list[Entry]:
+    """The full HF <-> ours mapping for `cfg` (HF names as transformers saves them)."""
+    E = Entry
+    if cfg.family == "bloom":
+        t, h = "transformer.", "transformer.h.{i}."
+        entries = [
+            E(t + "word_embeddings.weight", ("embed", "embedding"), False),
+            E(t + "word_embeddings_layernorm.weight", ("embed_norm", "scale"), False),
+            E(t + "word_embeddings_layernorm.bias", ("embed_norm", "bias"), False),
+            E(t + "ln_f.weight", ("final_norm", "scale"), False),
+            E(t + "ln_f.bias", ("final_norm", "bias"), False),
+        ]
+        per_layer = [
+            ("input_layernorm.weight", ("attn_norm", "scale"), False),
+            ("input_layernorm.bias", ("attn_norm", "bias"), False),
+            ("self_attention.query_key_value.weight", ("attn", "qkv_kernel"), True),
+            ("self_attention.query_key_value.bias", ("attn", "qkv_bias"), False),
+            ("self_attention.dense.weight", ("attn", "out_kernel"), True),
+            ("self_attention.dense.bias", ("attn", "out_bias"), False),
+            ("post_attention_layernorm.weight", ("mlp_norm", "scale"), False),
+            ("post_attention_layernorm.bias", ("mlp_norm", "bias"), False),
+            ("mlp.dense_h_to_4h.weight", ("mlp", "up_kernel"), True),
+            ("mlp.dense_h_to_4h.bias", ("mlp", "up_bias"), False),
+            ("mlp.dense_4h_to_h.weight", ("mlp", "down_kernel"), True),
+            ("mlp.dense_4h_to_h.bias", ("mlp", "down_bias"), False),
+        ]
+    else:
+        h = "model.layers.{i}."
+        entries = [
+            E("model.embed_tokens.weight", ("embed", "embedding"), False),
+            E("model.norm.weight", ("final_norm", "scale"), False),
+        ]
+        if not cfg.tie_embeddings:
+            entries.append(E("lm_head.weight", ("lm_head", "kernel"), True))
+        per_layer = [
+            ("input_layernorm.weight", ("attn_norm", "scale"), False),
+            ("post_attention_layernorm.weight", ("mlp_norm", "scale"), False),
+            ("self_attn.o_proj.weight", ("attn", "out_kernel"), True),
+            ("mlp.gate_proj.weight", ("mlp", "gate_kernel"), True),
+            ("mlp.up_proj.weight", ("mlp", "up_kernel"), True),
+            ("mlp.down_proj.weight", ("mlp", "down_kernel"), True),
+        ]
+        for p in "qkv":
+            per_layer.append((f"self_attn.{p}_proj.weight", ("attn", f"{p}_kernel"), True))
+            if cfg.qkv_bias:
+                per_layer.append((f"self_attn.{p}_proj.bias", ("attn", f"{p}_bias"), False))
+    entries += [E(h + name, ("layers", *ours), tr) for name, ours, tr in per_layer]
+    return entries
+
+
+def _param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Our parameter shapes by path, without jax (mirrors decoder.py's tree)."""
+    d, n, h, k, hd, f, v = (
+        cfg.hidden,
+        cfg.layers,
+        cfg.heads,
+        cfg.kv_heads,
+        cfg.head_dim,
+        cfg.mlp_dim,
+        cfg.vocab_size,
+    )
+    shapes = {
+        ("embed", "embedding"): (v, d),
+        ("lm_head", "kernel"): (d, v),
+        ("attn", "qkv_kernel"): (d, h, 3, hd),
+        ("attn", "qkv_bias"): (h, 3, hd),
+        ("attn", "out_kernel"): (h, hd, d),
+        ("attn", "out_bias"): (d,),
+        ("attn", "q_kernel"): (d, h, hd),
+        ("attn", "k_kernel"): (d, k, hd),
+        ("attn", "v_kernel"): (d, k, hd),
+        ("attn", "q_bias"): (h, hd),
+        ("attn", "k_bias"): (k, hd),
+        ("attn", "v_bias"): (k, hd),
+        ("mlp", "up_kernel"): (d, f),
+        ("mlp", "gate_kernel"): (d, f),
+        ("mlp", "up_bias"): (f,),
+        ("mlp", "down_kernel"): (f, d),
+        ("mlp", "down_bias"): (d,),
+    }
+
+    def shape(path):
+        if path[0] == "layers":
+            inner = path[1:]
+            if inner[0].endswith("_norm"):
+                return (n, d)
+            return (n, *shapes[inner])
+        if path[0].endswith("_norm"):
+            return (d,)
+        return shapes[path]
+
+    return {e.ours: shape(e.ours) for e in name_map(cfg)}
+
+
+def to_ours(t: np.ndarray, shape: tuple[int, ...], transpose: bool) -> np.ndarray:
+    """HF tensor -> our layout (`shape` without the layers axis)."""
+    if transpose:
+        t = t.T
+    if t.size != int(np.prod(shape)):
+        raise CheckpointFormatError(f"tensor of shape {t.shape} cannot become {shape}")
+    return t.reshape(shape)
+
+
+def _flatten_kernel(path: tuple[str, ...], a: np.ndarray) -> np.ndarray:
+    """Our kernel -> 2-D [in, out]: output projections keep their last axis as `out`."""
+    name = path[-1]
+    if name == "out_kernel":  # [H, Hd, D]: inputs are the (head, dim) pairs
+        return a.reshape(-1, a.shape[-1])
+    return a.reshape(a.shape[0], -1)  # [D, ...outputs]
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def _safetensors_files(hf_dir: pathlib.Path) -> list[pathlib.Path]:
+    index = hf_dir / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [hf_dir / name for name in sorted(set(weight_map.values()))]
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in hf_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointFormatError(
+            f"{hf_dir}: only pickle checkpoints found ({', '.join(pickles)}). They are refused "
+            "because unpickling can execute arbitrary code. Convert them once, in an "
+            'environment you trust, with: python -c "from transformers import '
+            "AutoModelForCausalLM as M; M.from_pretrained('DIR').save_pretrained("
+            "'OUT', safe_serialization=True)\""
+        )
+    raise CheckpointFormatError(f"{hf_dir}: no *.safetensors files found")
+
+
+def read_hf_config(hf_dir) -> ModelConfig:
+    """ModelConfig from `<hf_dir>/config.json` (ConfigError names unsupported types)."""
+    path = pathlib.Path(hf_dir) / "config.json"
+    if not path.exists():
+        raise CheckpointFormatError(f"{path}: not found (is {hf_dir} a HF model directory?)")
+    try:
+        return model_config.from_hf_config(json.loads(path.read_text()))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]:
+    """Reads a HF BLOOM / Llama / Qwen2 directory into (cfg, nested dict of numpy arrays).
+
+    dtype: parameter dtype ("float32", "bfloat16"); default: the config's torch_dtype
+    (float32 when absent). The returned cfg has `param_dtype` and `dtype` set to it.
+    """
+    from safetensors import safe_open
+
+    hf_dir = pathlib.Path(hf_dir)
+    cfg = read_hf_config(hf_dir)
+    if dtype is None:
+        hf = json.loads((hf_dir / "config.json").read_text())
+        dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+        dtype = dtype if dtype in model_config.DTYPES else "float32"
+    cfg = dataclasses.replace(cfg, param_dtype=dtype, dtype=dtype)
+    target = np_dtype(dtype)
+
+    entries = name_map(cfg)
+    shapes = _param_shapes(cfg)
+    by_pattern = []
+    for e in entries:
+        # Original bigscience files were saved from BloomModel, without "transformer.".
+        pattern = re.escape(e.hf).replace(re.escape("{i}"), r"(\d+)")
+        if e.hf.startswith("transformer."):
+            pattern = r"(?:transformer\.)?" + pattern[len(re.escape("transformer.")) :]
+        by_pattern.append((re.compile(pattern + "$"), e))
+    arrays = {e.ours: np.empty(shapes[e.ours], target) for e in entries}
+    filled: set[tuple[tuple[str, ...], int]] = set()
+
+    unexpected = []
+    for path in _safetensors_files(hf_dir):
+        with safe_open(str(path), framework="numpy") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                match = next(((m, e) for r, e in by_pattern if (m := r.fullmatch(key))), None)
+                if match is None:
+                    tied_head = key == "lm_head.weight" and cfg.tie_embeddings
+                    if not (tied_head or IGNORED_HF_KEYS.match(key)):
+                        unexpected.append(key)
+                    continue
+                m, e = match
+                layer = int(m.group(1)) if e.layered else -1
+                if layer >= cfg.layers:
+                    unexpected.append(key)
+                    continue
+                shape = shapes[e.ours][1:] if e.layered else shapes[e.ours]
+                try:
+                    value = to_ours(f.get_tensor(key), shape, e.transpose).astype(target)
+                except CheckpointFormatError as err:
+                    raise CheckpointFormatError(f"{path.name}: {key}: {err}") from None
+                if e.layered:
+                    arrays[e.ours][layer] = value
+                else:
+                    arrays[e.ours][...] = value
+                filled.add((e.ours, layer))
+    if unexpected:
+        raise CheckpointFormatError(
+            f"{hf_dir}: tensors not part of a {cfg.hf_model_type} model: {unexpected[:10]}"
+        )
+    missing = [
+        e.hf.format(i=i)
+        for e in entries
+        for i in (range(cfg.layers) if e.layered else [-1])
+        if (e.ours, i) not in filled
+    ]
+    if missing:
+        raise CheckpointFormatError(f"{hf_dir}: missing tensors {missing[:10]}")
+
+    params: dict = {}
+    for path, value in arrays.items():
+        node = params
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return cfg, params
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def hf_tensors(cfg: ModelConfig, params, dtype: str | None = None):
+    """Yields (hf_name, numpy tensor) for every HF weight, one at a time."""
+    target = np_dtype(dtype) if dtype else None
+    for e in name_map(cfg):
+        node = params
+        for part in e.ours:
+            node = node[part]
+        stacked = np.asarray(node)
+        for i in range(cfg.layers) if e.layered else [None]:
+            a = stacked[i] if i is not None else stacked
+            if e.transpose:
+                a = _flatten_kernel(e.ours, a).T
+            elif e.ours[-1] != "embedding":
+                a = a.reshape(-1)  # norms and biases; [H, 3, Hd] is HF's fused order
+            if target is not None:
+                a = a.astype(target)
+            yield e.hf.format(i=i), np.ascontiguousarray(a)
+
+
+def save_hf(
+    cfg: ModelConfig,
+    params,
+    out_dir,
+    dtype: str | None = None,
+    max_shard_bytes: int = 5 * 1024**3,
+) -> pathlib.Path:
+    """Writes `config.json` + `model.safetensors` (or shards + index) to `out_dir`.
+
+    params: our param tree (numpy or fully addressable jax arrays). dtype: the saved
+    dtype (default: each parameter's own). Returns out_dir.
+    """
+    from safetensors.numpy import save_file
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_cfg = model_config.to_hf_config(cfg)
+    if dtype:
+        hf_cfg["torch_dtype"] = dtype
+    else:
+        leaf = np.asarray(params["embed"]["embedding"][:1])
+        hf_cfg["torch_dtype"] = "bfloat16" if leaf.dtype == ml_dtypes.bfloat16 else leaf.dtype.name
+    (out / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+
+    # Each shard is written as soon as it is full (temporary name, renamed once the
+    # shard count is known), so at most one shard of tensors is held in memory.
+    metadata = {"format": "pt"}
+    written: list[tuple[pathlib.Path, list[str]]] = []
+    current: dict[str, np.ndarray] = {}
+    size = total = 0
+
+    def flush():
+        tmp = out / f"model-{len(written) + 1:05d}.partial.safetensors"
+        save_file(current, str(tmp), metadata=metadata)
+        written.append((tmp, list(current)))
+
+    for name, tensor in hf_tensors(cfg, params, dtype):
+        if current and size + tensor.nbytes > max_shard_bytes:
+            flush()
+            current, size = {}, 0
+        current[name] = tensor
+        size += tensor.nbytes
+        total += tensor.nbytes
+    if current:
+        flush()
+    if len(written) == 1:
+        written[0][0].replace(out / "model.safetensors")
+        return out
+    weight_map = {}
+    for n, (tmp, names) in enumerate(written, 1):
+        fname = f"model-{n:05d}-of-{len(written):05d}.safetensors"
+        tmp.replace(out / fname)
+        weight_map.update(dict.fromkeys(names, fname))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out

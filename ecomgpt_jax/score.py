@@ -4,7 +4,7 @@
 
 Predictions are JSON Lines rows ``{"task", "index", "prediction"}`` (task: folder name or
 its SeqIO name; index: 0-based example position in the split). The output JSON is
-``{"tasks": {task: scores}, "average": {...}}`` with scores in [0, 1] (NaN written as
+``{<task folder>: scores, ..., "average": {...}}`` with scores in [0, 1] (NaN written as
 null); the printed table shows them x100. Bad input gives one line on stderr naming the
 file and line, and exit status 2.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import sys
 
@@ -34,15 +33,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _json_safe(value):
-    """NaN (seqeval's macro F1 when no entity exists anywhere) is not JSON: write null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = _parse_args(argv)
@@ -53,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         scores = scoring.score_predictions(
             args.data_dir, rows, split=args.split, source=str(args.predictions)
         )
-        result = {"tasks": scores, "average": scoring.average_scores(scores)}
         args.output.write_text(
-            json.dumps(_json_safe(result), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+            json.dumps(scoring.scores_json(scores), ensure_ascii=False, indent=2) + "\n",
+            encoding="utf-8",
         )
     except (reader.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -441,6 +441,27 @@ def average_scores(scores: Mapping[str, Mapping]) -> dict[str, float]:
     return out
 
 
+AVERAGE_KEY = "average"  # never a task folder name: those have four "-"-separated fields
+
+
+def _json_safe(value):
+    """NaN (seqeval's macro F1 when no entity exists anywhere) is not JSON: write null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def scores_json(scores: Mapping[str, Mapping]) -> dict:
+    """The score file's content: task folder name -> scores, plus an "average" row.
+
+    Shared by `python -m ecomgpt_jax.score` and the evaluation binary, so their files are
+    byte-identical for the same predictions. NaN values become null.
+    """
+    return _json_safe({**scores, AVERAGE_KEY: average_scores(scores)})
+
+
 def format_table(scores: Mapping[str, Mapping]) -> str:
     """A plain-text table of per-task scores (x100, as in the paper) with an average row.
 

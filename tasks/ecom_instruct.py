@@ -1,0 +1,166 @@
+"""One SeqIO task per EcomInstruct task folder.
+
+Name mapping (reversible): ``seqio_task_name("EN-ABSA-CLS-review_topic_category") ==
+"ecom:EN:ABSA:CLS:review_topic_category"`` and ``folder_name`` undoes it. Folder names with
+``":"`` are rejected by the reader, so the mapping never collides.
+
+Each task's source yields, per split present in the folder (``train`` if ``train.json``
+exists, ``test`` if ``test.json`` exists), one example per line of that file:
+
+* ``inputs``: str, the prompt of ``ecominstruct.instructions`` (seeded CLS candidates);
+* ``targets``: str, the gold answer;
+* ``task``: str, the folder name; ``index``: int64, the example's position in its file
+  (so evaluation can join predictions back to the JSON example for scoring).
+
+Preprocessors: ``seqio.preprocessors.tokenize`` (keeps ``inputs_pretokenized`` /
+``targets_pretokenized``) and ``seqio.preprocessors.append_eos_after_trim``. Output
+features: ``inputs`` without EOS, ``targets`` with EOS.
+
+The source is the prepared TFDS copy (``tasks/tfds_builder.py``) when one exists under
+``tfds_data_dir`` and is current, else the JSON Lines files (read when the dataset is built,
+counted lazily for mixing rates, so registering the full release stays cheap).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from ecomgpt_jax.ecominstruct import instructions, reader
+from tasks import tfds_builder
+
+TASK_PREFIX = "ecom:"
+SPLITS = tfds_builder.SPLITS
+
+
+def seqio_task_name(folder: str) -> str:
+    """``"ecom:" + folder.replace("-", ":")``; DataError for a malformed folder name."""
+    reader.parse_task_name(folder)  # rejects ":" (would make the mapping ambiguous)
+    return TASK_PREFIX + folder.replace("-", ":")
+
+
+def folder_name(seqio_name: str) -> str:
+    """Inverse of :func:`seqio_task_name`."""
+    if not seqio_name.startswith(TASK_PREFIX):
+        raise ValueError(f"not an EcomInstruct SeqIO task name (no {TASK_PREFIX!r}): {seqio_name}")
+    return seqio_name[len(TASK_PREFIX) :].replace(":", "-")
+
+
+def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+    """inputs (prompt, no EOS) and targets (answer + EOS), both with `vocabulary`."""
+    return {
+        "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=False),
+        "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+    }
+
+
+def count_examples(path: pathlib.Path) -> int:
+    """Number of examples in a JSON Lines file, counted as the reader does (no parsing)."""
+    count = 0
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            text = raw.decode("utf-8", errors="replace")
+            if number == 1:
+                text = text.removeprefix("\ufeff")
+            count += bool(text.strip())
+    return count
+
+
+def instruction_rows(task: reader.TaskInfo, split: str, seed: int) -> dict[str, np.ndarray]:
+    """Columns inputs/targets/task (object arrays of str) and index (int64) of one split."""
+    rows = instructions.task_instructions(task, split, seed=seed)
+    return {
+        "inputs": np.array([r.prompt for r in rows], dtype=object),
+        "targets": np.array([r.answer for r in rows], dtype=object),
+        "task": np.array([r.task for r in rows], dtype=object),
+        "index": np.array([r.index for r in rows], dtype=np.int64),
+    }
+
+
+class JsonInstructionSource(seqio.FunctionDataSource):
+    """The instructions of one task folder, built from its JSON Lines files.
+
+    Reading (and any DataError) happens when a split's dataset is built; example counts
+    for mixing rates are taken lazily by counting non-blank lines.
+    """
+
+    def __init__(self, task: reader.TaskInfo, seed: int = 0):
+        self._task = task
+        self._seed = seed
+        self._counts: dict[str, int] = {}
+        super().__init__(
+            dataset_fn=self._dataset_fn, splits=[s for s in SPLITS if task.has_split(s)]
+        )
+
+    @property
+    def task(self) -> reader.TaskInfo:
+        return self._task
+
+    def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None):
+        del shuffle_files, seed  # one "file" per split; seqio shuffles after preprocessing
+        if split not in self.splits:
+            raise reader.DataError(
+                f"task {self._task.name!r} has no {split!r} split (has: {list(self.splits)})",
+                self._task.path,
+            )
+        columns = instruction_rows(self._task, split, self._seed)
+        return tf.data.Dataset.from_tensor_slices(
+            {
+                key: tf.constant(value, dtype=tf.int64 if key == "index" else tf.string)
+                for key, value in columns.items()
+            }
+        )
+
+    def num_input_examples(self, split: str) -> int:
+        if split not in self._counts:
+            self._counts[split] = count_examples(self._task.split_path(split))
+        return self._counts[split]
+
+
+def make_source(
+    task: reader.TaskInfo, seed: int = 0, tfds_data_dir: str | pathlib.Path | None = None
+) -> seqio.DataSource:
+    """The prepared TFDS copy of `task` when current, else its JSON files."""
+    prepared = tfds_builder.prepared_splits(task, tfds_data_dir, seed) if tfds_data_dir else ()
+    json_splits = [s for s in SPLITS if task.has_split(s)]
+    if prepared and sorted(prepared) == sorted(json_splits):
+        return seqio.TfdsDataSource(
+            tfds_data_dir=str(tfds_builder.prepared_dir(tfds_data_dir, task.name, seed)),
+            splits=list(prepared),
+            read_only=True,  # never download or generate from a training job
+        )
+    return JsonInstructionSource(task, seed)
+
+
+def register_task(
+    task: reader.TaskInfo,
+    vocabulary: seqio.Vocabulary,
+    seed: int = 0,
+    tfds_data_dir: str | pathlib.Path | None = None,
+) -> seqio.Task:
+    """Registers (replacing any task of the same name) and returns the SeqIO task."""
+    name = seqio_task_name(task.name)
+    seqio.TaskRegistry.remove(name)
+    return seqio.TaskRegistry.add(
+        name,
+        source=make_source(task, seed, tfds_data_dir),
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        output_features=output_features(vocabulary),
+        metric_fns=[],
+    )
+
+
+def register_tasks(
+    tasks: Mapping[str, reader.TaskInfo],
+    vocabulary: seqio.Vocabulary,
+    seed: int = 0,
+    tfds_data_dir: str | pathlib.Path | None = None,
+) -> list[str]:
+    """Registers every task of `tasks` (folder -> TaskInfo); returns the SeqIO names, sorted."""
+    return sorted(
+        register_task(task, vocabulary, seed, tfds_data_dir).name for task in tasks.values()
+    )

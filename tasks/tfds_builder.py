@@ -1,0 +1,192 @@
+"""TFDS builder that prepares EcomInstruct tasks as sharded files (for the full 1.5M scale).
+
+At registration every SeqIO task reads its JSON Lines files directly (fine for the sample
+and the 12 held-out sets). For the full EcomInstruct release, building the prompts once and
+reading sharded TFRecords is much cheaper; prepare them with::
+
+    python -m tasks.tfds_builder --data_dir /path/to/ecom_instruct            # every task
+    python -m tasks.tfds_builder --data_dir ... --tfds_data_dir /fast/disk --task EN-...
+
+One builder config per task folder (config name = folder name, plus ``_seed<N>`` when the
+CLS candidate seed is not 0). Features: ``inputs`` and ``targets`` (the prompt and answer of
+``ecominstruct.instructions``), ``task`` (folder name) and ``index`` (example position in
+its file). Examples keep file order (``disable_shuffling``), so a prepared task yields
+exactly what the JSON source yields. Prepared data lands under
+``<tfds_data_dir>/ecom_instruct/<config>/<version>/`` (default ``<data_dir>/_tfds``);
+``tasks.register_ecom_tasks`` then reads it through ``seqio.TfdsDataSource`` whenever it
+exists and its recorded file sizes still match the JSON files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+from collections.abc import Sequence
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from etils import epath
+
+from ecomgpt_jax.ecominstruct import instructions, reader
+
+BUILDER_NAME = "ecom_instruct"
+VERSION = "1.0.0"
+SPLITS = ("train", "test")
+DEFAULT_TFDS_SUBDIR = "_tfds"
+
+
+def config_name(folder: str, seed: int = 0) -> str:
+    """The builder config name of one task folder (and CLS candidate seed)."""
+    return folder if seed == 0 else f"{folder}_seed{seed}"
+
+
+def fingerprint(task: reader.TaskInfo) -> str:
+    """``"test.json=<bytes>,train.json=<bytes>"``: cheap staleness check of prepared data."""
+    parts = [
+        f"{task.split_path(s).name}={task.split_path(s).stat().st_size}"
+        for s in SPLITS
+        if task.has_split(s)
+    ]
+    return ",".join(sorted(parts))
+
+
+def default_tfds_data_dir(data_dir: str | pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(data_dir) / DEFAULT_TFDS_SUBDIR
+
+
+def prepared_dir(tfds_data_dir: str | pathlib.Path, folder: str, seed: int = 0) -> pathlib.Path:
+    """Where the prepared files of one task live (may not exist)."""
+    return pathlib.Path(tfds_data_dir) / BUILDER_NAME / config_name(folder, seed) / VERSION
+
+
+def prepared_splits(task: reader.TaskInfo, tfds_data_dir, seed: int = 0) -> tuple[str, ...]:
+    """Splits of `task` prepared under `tfds_data_dir` and still current; () when none.
+
+    Current means: the config's recorded fingerprint equals :func:`fingerprint` of the task
+    folder now (a changed JSON file makes the prepared copy stale).
+    """
+    info_path = prepared_dir(tfds_data_dir, task.name, seed) / "dataset_info.json"
+    if not info_path.is_file():
+        return ()
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    if info.get("configDescription") != fingerprint(task):
+        logging.getLogger(__name__).warning(
+            "%s: prepared TFDS data of task %s is stale (JSON files changed); reading JSON. "
+            "Re-run: python -m tasks.tfds_builder --data_dir <root>",
+            info_path.parent,
+            task.name,
+        )
+        return ()
+    return tuple(s["name"] for s in info.get("splits", []) if s["name"] in SPLITS)
+
+
+class EcomInstructConfig(tfds.core.BuilderConfig):
+    """One task folder. `description` holds the :func:`fingerprint` of its JSON files."""
+
+    def __init__(self, *, task: reader.TaskInfo, seed: int = 0):
+        super().__init__(
+            name=config_name(task.name, seed),
+            version=tfds.core.Version(VERSION),
+            description=fingerprint(task),
+        )
+        self.task = task
+        self.seed = seed
+
+
+class EcomInstruct(tfds.core.GeneratorBasedBuilder):
+    """EcomInstruct instructions (prompt + answer) of one task folder per config."""
+
+    VERSION = tfds.core.Version(VERSION)
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+    Download the EcomInstruct release and pass its root (the folder holding
+    <Dataset>/tasks/<LANG>-<Dataset>-<TYPE>-<name>/) as the manual directory, e.g.
+    `python -m tasks.tfds_builder --data_dir <root>`.
+    """
+    # Configs are made per task folder at run time (EcomInstruct(config=EcomInstructConfig)).
+    BUILDER_CONFIGS: list = []
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # TFDS 4.9's own lookup needs the optional `importlib_resources` package for any
+        # builder outside tensorflow_datasets; the answer is simply this file.
+        return epath.Path(__file__)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="EcomInstruct prompts and answers (EcomGPT, arXiv:2308.06966).",
+            homepage="https://github.com/Alibaba-NLP/EcomGPT",
+            features=tfds.features.FeaturesDict(
+                {
+                    "inputs": tfds.features.Text(),
+                    "targets": tfds.features.Text(),
+                    "task": tfds.features.Text(),
+                    "index": tfds.features.Scalar(dtype=tf.int64),
+                }
+            ),
+            supervised_keys=None,
+            # Keep file order: a prepared task yields exactly the JSON source's sequence.
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager):
+        task = self.builder_config.task
+        return {s: self._generate_examples(task, s) for s in SPLITS if task.has_split(s)}
+
+    def _generate_examples(self, task: reader.TaskInfo, split: str):
+        for ins in instructions.task_instructions(task, split, seed=self.builder_config.seed):
+            yield (
+                ins.index,
+                {
+                    "inputs": ins.prompt,
+                    "targets": ins.answer,
+                    "task": ins.task,
+                    "index": ins.index,
+                },
+            )
+
+
+def prepare(
+    data_dir: str | pathlib.Path,
+    tfds_data_dir: str | pathlib.Path | None = None,
+    seed: int = 0,
+    folders: Sequence[str] | None = None,
+) -> list[pathlib.Path]:
+    """Prepare the TFDS files of every (or the named) task folder under `data_dir`.
+
+    Returns:
+      the prepared ``<tfds_data_dir>/ecom_instruct/<config>/<version>`` directories.
+    """
+    tfds_data_dir = pathlib.Path(tfds_data_dir or default_tfds_data_dir(data_dir))
+    tasks = reader.discover_tasks(data_dir)
+    missing = sorted(set(folders or ()) - set(tasks))
+    if missing:
+        raise reader.DataError(f"no such task folder(s): {', '.join(missing)}", data_dir)
+    out = []
+    for name in folders or list(tasks):
+        builder = EcomInstruct(
+            config=EcomInstructConfig(task=tasks[name], seed=seed), data_dir=str(tfds_data_dir)
+        )
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(data_dir))
+        )
+        out.append(prepared_dir(tfds_data_dir, name, seed))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", required=True, help="EcomInstruct root")
+    parser.add_argument("--tfds_data_dir", default=None, help="default: <data_dir>/_tfds")
+    parser.add_argument("--seed", type=int, default=0, help="CLS candidate sampling seed")
+    parser.add_argument("--task", action="append", help="task folder (repeatable); default all")
+    args = parser.parse_args(argv)
+    for path in prepare(args.data_dir, args.tfds_data_dir, args.seed, args.task):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

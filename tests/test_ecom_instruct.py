@@ -1,0 +1,255 @@
+"""Tests for the SeqIO task registry (tasks/__init__.py, tasks/ecom_instruct.py, tfds_builder)."""
+
+import json
+import logging
+import os
+import shutil
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow_datasets as tfds
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+import tasks
+from ecomgpt_jax import vocabularies
+from ecomgpt_jax.ecominstruct import instructions, make_sample, reader
+from tasks import ecom_instruct, tfds_builder
+
+SAMPLE = make_sample.SAMPLE_DIR
+REAL = os.environ.get("ECOMGPT_DATA_DIR")
+# What `import tasks` registered (test modules are imported before any test runs).
+IMPORT_STATE = tasks.registration()
+SAMPLE_TASKS = sorted(
+    "ecom:" + t.replace("-", ":")
+    for t in [
+        "EN-ABSA-CLS-review_topic_category",
+        "EN-Lenovo-Condition_Extract-Condition_Extract",
+        "EN-Shop_Product-CLS-product_category",
+        "EN-Shop_Product-Condition_Extract-attribute_detection",
+        "EN-Shop_Product-Generate-title_generate",
+        "EN-Shop_Product-NER-product_entity",
+        "EN-Shop_QA-Extract-answer_extract",
+        "EN-Shop_Review-CLS-review_sentiment",
+        "ZH-MEPAVE-NER-attribute_value_extraction",
+        "ZH-Multi_CPR-Extract-product_select_2",
+        "ZH-OpenBG_Align-CLS-item_coarse_classify",
+        "ZH-OpenBG_Align-Generate-title_generate",
+        "ZH-Shop_Product-CLS-product_category",
+        "ZH-Shop_Product-Condition_Extract-attribute_detection",
+        "ZH-Shop_Product-Generate-description_generate",
+        "ZH-Shop_Product-NER-attribute_extraction",
+        "ZH-Shop_QA-Extract-answer_extract",
+        "ZH-Shop_Review-CLS-review_sentiment",
+    ]
+)
+REAL_TASKS = [
+    "ecom:EN:ABSA:CLS:review_topic_category",
+    "ecom:EN:Lenovo:Condition_Extract:Condition_Extract",
+    "ecom:ZH:MEPAVE:Condition_Extract:attribute_value_detection",
+    "ecom:ZH:MEPAVE:NER:attribute_value_extraction",
+    "ecom:ZH:Multi_CPR:CLS:query_item_matching",
+    "ecom:ZH:Multi_CPR:Extract:product_select_2",
+    "ecom:ZH:OpenBG_Align:CLS:item_align",
+    "ecom:ZH:OpenBG_Align:CLS:item_coarse_classify",
+    "ecom:ZH:OpenBG_Align:CLS:title_attribute_matching",
+    "ecom:ZH:OpenBG_Align:Generate:title_generate",
+]
+
+
+@pytest.fixture(autouse=True)
+def _sample_registration():
+    """Each test starts with the sample registered; the import-time default is restored."""
+    if tasks.registration().data_dir != SAMPLE:
+        tasks.register_ecom_tasks(SAMPLE)
+    yield
+    if tasks.registration().data_dir != IMPORT_STATE.data_dir:
+        tasks.register_ecom_tasks()
+
+
+def _examples(name: str, split: str) -> list[dict]:
+    task = seqio.get_mixture_or_task(name)
+    ds = task.get_dataset(sequence_length=None, split=split, shuffle=False)
+    return list(ds.as_numpy_iterator())
+
+
+def _check_against_instructions(name, split, vocab, root, limit=None):
+    folder = tasks.folder_name(name)
+    expected = instructions.task_instructions(reader.discover_tasks(root)[folder], split)
+    got = _examples(name, split)
+    assert len(got) == len(expected)
+    for ex, ins in list(zip(got, expected, strict=True))[:limit]:
+        assert vocab.decode(ex["inputs"].tolist()) == ins.prompt
+        assert ex["inputs"].tolist() == list(vocab.encode(ins.prompt))
+        assert ex["targets"].tolist() == list(vocab.encode(ins.answer)) + [vocab.eos_id]
+        assert vocab.decode(ex["targets"].tolist()) == ins.answer
+        assert ex["inputs_pretokenized"].decode("utf-8") == ins.prompt
+        assert ex["targets_pretokenized"].decode("utf-8") == ins.answer
+        assert (ex["task"].decode(), int(ex["index"])) == (folder, ins.index)
+
+
+def test_name_mapping():
+    folder = "EN-ABSA-CLS-review_topic_category"
+    assert tasks.seqio_task_name(folder) == "ecom:EN:ABSA:CLS:review_topic_category"
+    assert tasks.folder_name("ecom:EN:ABSA:CLS:review_topic_category") == folder
+    assert tasks.folder_name(tasks.seqio_task_name("ZH-Multi_CPR-Extract-product_select_2")) == (
+        "ZH-Multi_CPR-Extract-product_select_2"
+    )
+    with pytest.raises(reader.DataError, match="contains ':'"):
+        tasks.seqio_task_name("EN-A:B-CLS-x")
+    with pytest.raises(ValueError, match="no 'ecom:'"):
+        tasks.folder_name("glue_cola_v2")
+
+
+def test_import_registers_the_default_root():
+    assert IMPORT_STATE.data_dir == reader.default_data_dir()
+    assert IMPORT_STATE.error is None
+    assert list(IMPORT_STATE.tasks) == (REAL_TASKS if REAL else SAMPLE_TASKS)
+
+
+def test_sample_tasks():
+    state = tasks.registration()
+    assert state.data_dir == SAMPLE and list(state.tasks) == SAMPLE_TASKS
+    assert set(SAMPLE_TASKS) <= set(seqio.TaskRegistry.names())
+    task = tasks.get("ecom:EN:Shop_Review:CLS:review_sentiment")
+    assert task.splits == ("train", "test")
+    assert task.num_input_examples("train") == 300
+    assert task.num_input_examples("test") == 40
+    held_out = tasks.get("ecom:EN:ABSA:CLS:review_topic_category")
+    assert held_out.splits == ("test",) and held_out.num_input_examples("test") == 30
+    assert set(task.output_features) == {"inputs", "targets"}
+    assert not task.output_features["inputs"].add_eos
+    assert task.output_features["targets"].add_eos
+    assert task.output_features["targets"].vocabulary.eos_id == 1
+
+
+def test_examples_decode_to_the_instructions(caplog):
+    vocab = vocabularies.make_vocabulary()
+    for name in SAMPLE_TASKS:
+        _check_against_instructions(name, "test", vocab, SAMPLE)
+    _check_against_instructions(
+        "ecom:ZH:Shop_Product:NER:attribute_extraction", "train", vocab, SAMPLE
+    )
+
+
+def test_register_is_idempotent_and_replaces_the_previous_root(tmp_path):
+    assert tasks.register_ecom_tasks(SAMPLE) == SAMPLE_TASKS
+    assert tasks.register_ecom_tasks(SAMPLE) == SAMPLE_TASKS
+    root = tmp_path / "root"
+    shutil.copytree(SAMPLE / "ABSA", root / "ABSA")
+    assert tasks.register_ecom_tasks(root) == ["ecom:EN:ABSA:CLS:review_topic_category"]
+    assert "ecom:EN:Shop_Review:CLS:review_sentiment" not in seqio.TaskRegistry.names()
+    with pytest.raises(reader.DataError, match="no task folder 'EN-Shop_Review-CLS-review_sen"):
+        tasks.get("ecom:EN:Shop_Review:CLS:review_sentiment")
+
+
+def test_bad_root_is_a_clear_error(tmp_path):
+    with pytest.raises(reader.DataError, match=f"{tmp_path / 'nope'}: data directory does not"):
+        tasks.register_ecom_tasks(tmp_path / "nope")
+    with pytest.raises(ValueError, match="unknown task or mixture 'bogus'"):
+        tasks.get("bogus")
+
+
+def test_another_seed_changes_only_cls_candidates():
+    vocab = vocabularies.make_vocabulary()
+    tasks.register_ecom_tasks(SAMPLE, vocab, seed=3)
+    name = "ecom:EN:Shop_Product:CLS:product_category"
+    task = reader.discover_tasks(SAMPLE)["EN-Shop_Product-CLS-product_category"]
+    expected = instructions.task_instructions(task, "test", seed=3)
+    got = [vocab.decode(ex["inputs"].tolist()) for ex in _examples(name, "test")]
+    assert got == [ins.prompt for ins in expected]
+    assert got != [ins.prompt for ins in instructions.task_instructions(task, "test", seed=0)]
+
+
+def _tiny_hf_tokenizer(path):
+    tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(["Below is an instruction", "颜色：红色，材质：棉。"], trainer)
+    tok.save(str(path))
+    return path
+
+
+def test_register_with_a_hugging_face_vocabulary(tmp_path):
+    vocab = vocabularies.make_vocabulary("huggingface", _tiny_hf_tokenizer(tmp_path / "t.json"))
+    tasks.register_ecom_tasks(SAMPLE, vocab)
+    name = "ecom:ZH:MEPAVE:NER:attribute_value_extraction"
+    assert seqio.get_mixture_or_task(name).output_features["targets"].vocabulary is vocab
+    _check_against_instructions(name, "test", vocab, SAMPLE, limit=5)
+    assert _examples(name, "test")[0]["targets"][-1] == 2  # "</s>"
+
+
+def test_tfds_builder_prepares_identical_examples(tmp_path, caplog):
+    tfds.disable_progress_bar()
+    root = tmp_path / "root"
+    shutil.copytree(SAMPLE / "Shop_Review", root / "Shop_Review")
+    shutil.copytree(SAMPLE / "Multi_CPR", root / "Multi_CPR")
+    names = tasks.register_ecom_tasks(root)
+    json_data = {(n, s): _examples(n, s) for n in names for s in tasks.get(n).splits}
+    assert all(isinstance(tasks.get(n).source, ecom_instruct.JsonInstructionSource) for n in names)
+
+    prepared = tfds_builder.prepare(root)
+    assert prepared == [
+        root / "_tfds/ecom_instruct" / f / "1.0.0"
+        for f in [
+            "EN-Shop_Review-CLS-review_sentiment",
+            "ZH-Multi_CPR-Extract-product_select_2",
+            "ZH-Shop_Review-CLS-review_sentiment",
+        ]
+    ]
+    assert tasks.register_ecom_tasks(root) == names
+    for name in names:
+        task = tasks.get(name)
+        assert isinstance(task.source, seqio.TfdsDataSource)
+        for split in task.splits:
+            got = _examples(name, split)
+            assert task.num_input_examples(split) == len(got)
+            want = json_data[(name, split)]
+            assert len(got) == len(want)
+            for a, b in zip(got, want, strict=True):
+                assert set(a) == set(b)
+                for key in a:
+                    assert np.asarray(a[key]).tolist() == np.asarray(b[key]).tolist(), (name, key)
+
+    # A changed JSON file makes the prepared copy stale: back to JSON, with a warning.
+    test_file = root / "Multi_CPR/tasks/ZH-Multi_CPR-Extract-product_select_2/test.json"
+    test_file.write_bytes(test_file.read_bytes() + b"\n")
+    with caplog.at_level(logging.WARNING, logger="tasks.tfds_builder"):
+        tasks.register_ecom_tasks(root)
+    assert "prepared TFDS data of task ZH-Multi_CPR-Extract-product_select_2 is stale" in (
+        caplog.text
+    )
+    source = tasks.get("ecom:ZH:Multi_CPR:Extract:product_select_2").source
+    assert isinstance(source, ecom_instruct.JsonInstructionSource)
+    info = json.loads((prepared[1] / "dataset_info.json").read_text())
+    assert info["configDescription"] == "test.json=" + str(test_file.stat().st_size - 1)
+
+
+def test_tfds_prepare_rejects_unknown_task(tmp_path):
+    with pytest.raises(reader.DataError, match="no such task folder"):
+        tfds_builder.prepare(SAMPLE, tmp_path, folders=["EN-X-CLS-y"])
+
+
+@pytest.mark.skipif(not REAL, reason="ECOMGPT_DATA_DIR is not set (real held-out data)")
+def test_real_held_out_data():
+    names = tasks.register_ecom_tasks(REAL)
+    assert names == REAL_TASKS
+    vocab = vocabularies.make_vocabulary()
+    for name in names:
+        task = tasks.get(name)
+        assert task.splits == ("test",)
+        assert task.num_input_examples("test") == 500
+    for name in [
+        "ecom:EN:ABSA:CLS:review_topic_category",
+        "ecom:ZH:MEPAVE:NER:attribute_value_extraction",
+    ]:
+        _check_against_instructions(name, "test", vocab, REAL, limit=20)

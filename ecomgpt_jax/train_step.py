@@ -117,12 +117,15 @@ def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.S
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
-# A parameter is exempt from weight decay when its own name is one of these or
-# any enclosing module name looks like a normalisation layer: decaying
-# LayerNorm/RMSNorm gains and biases only pulls them towards 0 (the usual
-# BERT/GPT/BLOOM fine-tuning recipe excludes them).
-_NO_DECAY_LEAF = frozenset({"bias", "scale", "b"})
-_NORM_MODULE = re.compile(r"(^|_)(ln|norm|layernorm|rmsnorm)(_|$)|norm", re.IGNORECASE)
+# A parameter is exempt from weight decay when it is a bias (`bias`, `qkv_bias`,
+# `out_bias`, ...) or a gain, or lives in a normalisation module (`final_norm`,
+# `attn_norm`, ...): decaying LayerNorm/RMSNorm gains and biases only pulls them
+# towards 0 (the usual BERT/GPT/BLOOM fine-tuning recipe excludes them).
+_NORM_MODULE = re.compile(r"norm|(^|_)ln(_|$)", re.IGNORECASE)
+
+
+def _no_decay_leaf(name: str) -> bool:
+    return name in ("bias", "scale") or name.endswith("_bias")
 
 
 def _path_names(path) -> list[str]:
@@ -144,7 +147,7 @@ def decay_mask(params: PyTree) -> PyTree:
         names = [n for n in names if n != "value"]  # flax boxes add a "value" field
         if not names:
             return True
-        if names[-1] in _NO_DECAY_LEAF:
+        if _no_decay_leaf(names[-1]):
             return False
         return not any(_NORM_MODULE.search(n) for n in names[:-1])
 

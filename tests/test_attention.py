@@ -1,0 +1,162 @@
+"""Attention pieces: ALiBi slopes, RoPE frequencies, segment positions, masks, kernels."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ecomgpt_jax.models import attention as A
+from ecomgpt_jax.models import config as mc
+
+
+def _published_alibi_slopes(n):
+    """Press et al. (ALiBi paper, reference code): geometric sequence from 2^(-8/n);
+    for non-powers of two, the closest power of two's slopes plus every other slope
+    of twice that power."""
+
+    def power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n).is_integer():
+        return power_of_2(n)
+    closest = 2 ** math.floor(math.log2(n))
+    return power_of_2(closest) + power_of_2(2 * closest)[0::2][: n - closest]
+
+
+@pytest.mark.parametrize("heads", [16, 12, 6, 32])
+def test_alibi_slopes_match_published_formula(heads):
+    np.testing.assert_allclose(A.alibi_slopes(heads), _published_alibi_slopes(heads), rtol=1e-7)
+
+
+def test_alibi_slopes_known_values():
+    # 16 heads: 2^(-i/2), i = 1..16; 12 heads: 2^-1..2^-8 then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5.
+    np.testing.assert_allclose(A.alibi_slopes(16), [2 ** (-i / 2) for i in range(1, 17)])
+    expected12 = [2.0**-i for i in range(1, 9)] + [2 ** (-(2 * k - 1) / 2) for k in range(1, 5)]
+    np.testing.assert_allclose(A.alibi_slopes(12), expected12)
+
+
+def test_alibi_slopes_match_transformers():
+    torch = pytest.importorskip("torch")
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    for heads in (6, 12, 16):
+        mask = torch.ones(1, 3)
+        alibi = build_alibi_tensor(mask, heads, torch.float32)  # [heads, 1, 3] = slope * pos
+        np.testing.assert_allclose(A.alibi_slopes(heads), alibi[:, 0, 1].numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "llama-3-8b", "qwen2.5-7b"])
+def test_rope_inv_freq_matches_transformers(name):
+    pytest.importorskip("torch")
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cfg = mc.get_preset(name)
+    if name == "llama-3-8b":  # Llama 3.1 scaling on the 8B shape
+        cfg = dataclasses.replace(cfg, max_positions=131072, rope_scaling=mc.RopeScaling())
+    hf = transformers.AutoConfig.for_model(**mc.to_hf_config(cfg))
+    if cfg.rope_scaling is None:
+        inv = 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2) / cfg.head_dim))
+    else:
+        inv, _ = ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")
+        inv = inv.numpy()
+    np.testing.assert_allclose(A.rope_inv_freq(cfg), inv, rtol=2e-6)
+
+
+def test_segment_positions_restart_per_segment():
+    seg = jnp.array([[0, 0, 1, 1, 1, 2, 2], [1, 1, 2, 2, 2, 0, 0]])
+    np.testing.assert_array_equal(
+        A.segment_positions(seg), [[0, 0, 0, 1, 2, 0, 1], [0, 1, 0, 1, 2, 0, 0]]
+    )
+
+
+def test_mask_is_causal_within_segment_and_never_sees_padding():
+    seg = jnp.array([[1, 1, 2, 2, 0]])
+    pos = A.segment_positions(seg)
+    info = A.make_mask_info(seg, pos, seg, pos, 0, use_alibi=True)
+    expected = np.array(
+        [
+            [1, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+            [0, 0, 1, 0, 0],
+            [0, 0, 1, 1, 0],
+            [0, 0, 0, 0, 0],
+        ],
+        bool,
+    )
+    np.testing.assert_array_equal(info.mask[0], expected)
+    # ALiBi distances restart with the positions: pos_k - pos_q.
+    assert info.rel_pos[0, 3, 2] == -1 and info.rel_pos[0, 1, 0] == -1
+
+
+def _random_qkv(heads, kv_heads, length=9, hd=8, seed=0):
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    q = jax.random.normal(k1, (2, length, heads, hd))
+    k = jax.random.normal(k2, (2, length, kv_heads, hd))
+    v = jax.random.normal(k3, (2, length, kv_heads, hd))
+    return q, k, v
+
+
+@pytest.mark.parametrize("heads,kv_heads,alibi", [(6, 6, True), (4, 2, False), (8, 1, False)])
+def test_xla_and_dot_product_attention_agree(heads, kv_heads, alibi):
+    q, k, v = _random_qkv(heads, kv_heads)
+    seg = jnp.array([[0, 0, 1, 1, 1, 1, 2, 2, 2], [1, 1, 1, 1, 1, 1, 1, 1, 1]])
+    pos = A.segment_positions(seg)
+    info = A.make_mask_info(seg, pos, seg, pos, 0, use_alibi=alibi)
+    slopes = A.alibi_slopes(heads) if alibi else None
+    ours = A.attend_xla(q, k, v, info, slopes)
+    ref = A.attend_dot_product(q, k, v, info, slopes, implementation="xla")
+    valid = np.asarray(seg != 0)
+    np.testing.assert_allclose(np.asarray(ours)[valid], np.asarray(ref)[valid], atol=1e-5)
+    assert np.isfinite(np.asarray(ours)).all()
+
+
+def test_attention_matches_naive_reference_with_alibi_and_gqa():
+    heads, kv_heads = 4, 2
+    q, k, v = _random_qkv(heads, kv_heads, length=5)
+    seg = jnp.ones((2, 5), jnp.int32)
+    pos = A.segment_positions(seg)
+    slopes = np.array([0.5, 0.25, 0.125, 0.0625], np.float32)
+    out = A.attend_xla(q, k, v, A.make_mask_info(seg, pos, seg, pos, 0, True), slopes)
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    ref = np.zeros_like(q)
+    for b in range(2):
+        for h in range(heads):
+            kh = h // (heads // kv_heads)  # query head h reads kv head h // group
+            for i in range(5):
+                s = k[b, : i + 1, kh] @ q[b, i, h] / np.sqrt(8)
+                s = s + slopes[h] * (np.arange(i + 1) - i)
+                p = np.exp(s - s.max())
+                ref[b, i, h] = (p / p.sum()) @ v[b, : i + 1, kh]
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_segments_do_not_leak():
+    """Changing one segment's tokens never changes another segment's outputs."""
+    q, k, v = _random_qkv(4, 2)
+    seg = jnp.array([[1, 1, 1, 2, 2, 2, 3, 3, 0]] * 2)
+    pos = A.segment_positions(seg)
+    info = A.make_mask_info(seg, pos, seg, pos, 0, use_alibi=False)
+    base = A.attend_xla(q, k, v, info, None)
+    k2 = k.at[:, 3:6].add(5.0)
+    v2 = v.at[:, 3:6].add(5.0)
+    moved = A.attend_xla(q, k2, v2, info, None)
+    np.testing.assert_array_equal(np.asarray(base)[:, :3], np.asarray(moved)[:, :3])
+    np.testing.assert_array_equal(np.asarray(base)[:, 6:8], np.asarray(moved)[:, 6:8])
+    assert not np.allclose(np.asarray(base)[:, 3:6], np.asarray(moved)[:, 3:6])
+
+
+def test_init_cache_shapes_batch_first():
+    cfg = mc.get_preset("tiny-qwen2")
+    cache = A.init_cache(cfg, batch=3, max_len=16)
+    assert cache.k.shape == (3, cfg.layers, 16, cfg.kv_heads, cfg.head_dim)
+    assert cache.k.dtype == jnp.float32
+    for leaf in jax.tree.leaves(cache):
+        assert leaf.shape[0] == 3
+    assert cache.max_length == 16
+    bf16 = A.init_cache(cfg, 1, 4, dtype="bfloat16")
+    assert bf16.v.dtype == jnp.bfloat16

@@ -1,0 +1,278 @@
+"""Decoder vs transformers (BLOOM, Qwen2, Llama), packing, KV cache, scan/remat, sizes."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ecomgpt_jax import partitioning as P
+from ecomgpt_jax.models import config as mc
+from ecomgpt_jax.models import decoder, hf_io
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+KINDS = ["tiny-bloom", "tiny-qwen2", "tiny-llama"]
+TOL = 1e-4
+
+
+def make_hf_model(preset: str, seed: int = 0):
+    """A random float32 HF model with the preset's architecture; norms and biases
+    are perturbed away from their 1/0 init so every parameter matters."""
+    torch.manual_seed(seed)
+    cfg = mc.get_preset(preset)
+    hf_cfg = transformers.AutoConfig.for_model(**mc.to_hf_config(cfg))
+    model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "bias" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """preset -> (hf model, cfg, params) with params imported from save_pretrained."""
+    out = {}
+    for preset in KINDS:
+        hf_model = make_hf_model(preset)
+        path = tmp_path_factory.mktemp(preset)
+        hf_model.save_pretrained(path)
+        cfg, params = hf_io.load_hf_params(path)
+        out[preset] = (hf_model, cfg, params)
+    return out
+
+
+def hf_logits(model, ids, mask=None, positions=None):
+    kwargs = {}
+    if mask is not None:
+        kwargs["attention_mask"] = torch.tensor(np.asarray(mask))
+    if positions is not None and not isinstance(model, transformers.BloomForCausalLM):
+        kwargs["position_ids"] = torch.tensor(np.asarray(positions))
+    with torch.no_grad():
+        return model(torch.tensor(np.asarray(ids)), **kwargs).logits.numpy()
+
+
+def forward(cfg, params, tokens, **kwargs):
+    return np.asarray(jax.jit(decoder.Decoder(cfg).apply)({"params": params}, tokens, **kwargs))
+
+
+@pytest.mark.parametrize("preset", KINDS)
+def test_logits_match_transformers(models, preset):
+    hf_model, cfg, params = models[preset]
+    ids = np.random.RandomState(1).randint(0, cfg.vocab_size, (2, 24))
+    ours = forward(cfg, params, jnp.asarray(ids))
+    assert ours.dtype == np.float32 and ours.shape == (2, 24, cfg.vocab_size)
+    assert np.abs(ours - hf_logits(hf_model, ids)).max() <= TOL
+
+
+@pytest.mark.parametrize("preset", KINDS)
+def test_left_padded_batch_matches_transformers(models, preset):
+    hf_model, cfg, params = models[preset]
+    ids = np.random.RandomState(2).randint(0, cfg.vocab_size, (3, 16))
+    mask = np.ones((3, 16), np.int32)
+    mask[0, :5] = 0
+    mask[2, :11] = 0
+    positions = np.maximum(mask.cumsum(1) - 1, 0)
+    ref = hf_logits(hf_model, ids, mask, positions)
+    ours = forward(cfg, params, jnp.asarray(ids), segment_ids=jnp.asarray(mask))
+    valid = mask.astype(bool)
+    assert np.abs(ours[valid] - ref[valid]).max() <= TOL
+
+
+@pytest.mark.parametrize("preset", KINDS)
+def test_packed_segments_match_separate_runs(models, preset):
+    hf_model, cfg, params = models[preset]
+    rng = np.random.RandomState(3)
+    lengths = [7, 12, 5]
+    segs = [rng.randint(0, cfg.vocab_size, n) for n in lengths]
+    pad = 32 - sum(lengths)
+    tokens = np.concatenate(segs + [np.zeros(pad, int)])[None]
+    segment_ids = np.concatenate(
+        [np.full(n, i + 1) for i, n in enumerate(lengths)] + [np.zeros(pad, int)]
+    )[None]
+    ours = forward(cfg, params, jnp.asarray(tokens), segment_ids=jnp.asarray(segment_ids))
+    start = 0
+    for seg in segs:
+        ref = hf_logits(hf_model, seg[None])[0]
+        assert np.abs(ours[0, start : start + len(seg)] - ref).max() <= TOL
+        start += len(seg)
+
+
+def _left_pad(prompts, length):
+    tokens = np.zeros((len(prompts), length), np.int32)
+    mask = np.zeros_like(tokens)
+    for i, p in enumerate(prompts):
+        tokens[i, length - len(p) :] = p
+        mask[i, length - len(p) :] = 1
+    return tokens, mask
+
+
+@pytest.mark.parametrize("preset", KINDS)
+def test_kv_cache_prefill_and_steps_equal_full_forward(models, preset):
+    _, cfg, params = models[preset]
+    model = decoder.Decoder(cfg)
+    rng = np.random.RandomState(4)
+    lengths, steps = [5, 8, 3], 4
+    prompts = [rng.randint(0, cfg.vocab_size, n) for n in lengths]
+    fed = rng.randint(0, cfg.vocab_size, (3, steps))
+    # Reference: one right-padded full forward over prompt + fed tokens.
+    full = np.zeros((3, max(lengths) + steps), np.int32)
+    full_seg = np.zeros_like(full)
+    for i, p in enumerate(prompts):
+        seq = np.concatenate([p, fed[i]])
+        full[i, : len(seq)] = seq
+        full_seg[i, : len(seq)] = 1
+    ref = forward(cfg, params, jnp.asarray(full), segment_ids=jnp.asarray(full_seg))
+
+    apply = jax.jit(model.apply)
+    tokens, mask = _left_pad(prompts, max(lengths))
+    cache = decoder.init_cache(cfg, batch=3, max_len=max(lengths) + steps)
+    logits, cache = apply(
+        {"params": params}, jnp.asarray(tokens), segment_ids=jnp.asarray(mask), cache=cache
+    )
+    for i, n in enumerate(lengths):
+        np.testing.assert_allclose(logits[i, -n:], ref[i, :n], atol=TOL)
+    for t in range(steps):
+        logits, cache = apply(
+            {"params": params},
+            jnp.asarray(fed[:, t : t + 1]),
+            segment_ids=jnp.ones((3, 1), jnp.int32),
+            cache=cache,
+        )
+        for i, n in enumerate(lengths):
+            np.testing.assert_allclose(logits[i, 0], ref[i, n + t], atol=TOL)
+    np.testing.assert_array_equal(cache.index, [max(lengths) + steps] * 3)
+
+
+def test_kv_cache_reorders_along_batch(models):
+    """Beam search gathers rows with jax.tree.map(lambda x: x[idx], cache)."""
+    _, cfg, params = models["tiny-llama"]
+    apply = jax.jit(decoder.Decoder(cfg).apply)
+    rng = np.random.RandomState(5)
+    prompts = [rng.randint(0, cfg.vocab_size, n) for n in (4, 6)]
+    tokens, mask = _left_pad(prompts, 6)
+    cache = decoder.init_cache(cfg, batch=2, max_len=8)
+    _, cache = apply({"params": params}, tokens, segment_ids=mask, cache=cache)
+    idx = jnp.array([1, 1, 0])
+    cache3 = jax.tree.map(lambda x: x[idx], cache)
+    nxt = jnp.array([[7], [9], [11]])
+    logits, _ = apply({"params": params}, nxt, cache=cache3)
+    for row, src in enumerate([1, 1, 0]):
+        seq = np.concatenate([prompts[src], np.asarray(nxt[row])])[None]
+        ref = forward(cfg, params, jnp.asarray(seq))
+        np.testing.assert_allclose(logits[row, 0], ref[0, -1], atol=TOL)
+
+
+@pytest.mark.parametrize("preset", ["tiny-bloom", "tiny-llama"])
+def test_hidden_states_and_head(models, preset):
+    _, cfg, params = models[preset]
+    model = decoder.Decoder(cfg)
+    tokens = jnp.arange(10).reshape(1, 10)
+    logits = model.apply({"params": params}, tokens)
+    hidden = model.apply({"params": params}, tokens, return_hidden=True)
+    assert hidden.shape == (1, 10, cfg.hidden)
+    chunk = model.apply(
+        {"params": params}, hidden[:, 4:], method=decoder.Decoder.logits_from_hidden
+    )
+    np.testing.assert_allclose(chunk, logits[:, 4:], atol=1e-5)
+    kernel = decoder.lm_head_kernel(cfg, params)
+    np.testing.assert_allclose(hidden @ kernel, logits, atol=1e-4)
+
+
+def test_scan_unroll_and_remat_do_not_change_results(models):
+    _, cfg, params = models["tiny-qwen2"]
+    tokens = jnp.asarray(np.random.RandomState(6).randint(0, cfg.vocab_size, (2, 12)))
+
+    def loss_and_grad(c):
+        def loss(p):
+            return decoder.Decoder(c).apply({"params": p}, tokens).mean()
+
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    base_loss, base_grad = loss_and_grad(cfg)
+    for override in (
+        dict(scan_layers=False),
+        dict(remat_policy="full"),
+        dict(remat_policy="dots_saveable", scan_layers=False),
+    ):
+        loss, grad = loss_and_grad(dataclasses.replace(cfg, **override))
+        np.testing.assert_allclose(loss, base_loss, rtol=1e-6, err_msg=str(override))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grad, base_grad)
+
+
+def test_bfloat16_params_and_compute_give_float32_logits(models):
+    _, cfg, params = models["tiny-bloom"]
+    bf_cfg = dataclasses.replace(cfg, param_dtype="bfloat16", dtype="bfloat16")
+    bf_params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params)
+    tokens = jnp.asarray(np.random.RandomState(7).randint(0, cfg.vocab_size, (2, 16)))
+    ref = forward(cfg, params, tokens)
+    out = forward(bf_cfg, bf_params, tokens)
+    assert out.dtype == np.float32
+    # bf16 has ~3 significant digits; logits here are O(1).
+    assert np.abs(out - ref).max() < 0.1
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(decoder.abstract_params(bf_cfg)))
+
+
+def test_every_parameter_has_logical_axes():
+    rule_names = {name for name, _ in P.RULES}
+    for preset in KINDS:
+        cfg = mc.get_preset(preset)
+        boxed = decoder.abstract_params(cfg, boxed=True)
+        specs = nn.get_partition_spec(boxed)
+        shapes = decoder.abstract_params(cfg)
+        flat_specs = jax.tree_util.tree_leaves_with_path(
+            specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+        )
+        flat_shapes = jax.tree.leaves(shapes)
+        assert len(flat_specs) == len(flat_shapes)
+        for (path, spec), shape in zip(flat_specs, flat_shapes, strict=True):
+            name = jax.tree_util.keystr(path)
+            assert len(spec) == len(shape.shape), name
+            assert set(spec) - {None} <= rule_names, name
+            if name.startswith("['layers']"):
+                assert spec[0] == P.LAYERS, name
+
+
+def test_sharded_forward_matches_unsharded(models):
+    """FSDP + tensor parallel + data parallel on 8 simulated devices: same logits."""
+    _, cfg, params = models["tiny-llama"]
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS)")
+    mesh = P.make_mesh(P.MeshConfig((2, 2, 2)))
+    specs = nn.get_partition_spec(decoder.abstract_params(cfg, boxed=True))
+    shardings = P.logical_sharding(specs, mesh)
+    sharded = jax.device_put(params, shardings)
+    tokens = jnp.asarray(np.random.RandomState(8).randint(0, cfg.vocab_size, (4, 16)))
+    model = decoder.Decoder(cfg)
+    with mesh, P.axis_rules():
+        out = jax.jit(model.apply)({"params": sharded}, tokens)
+    np.testing.assert_allclose(out, forward(cfg, params, tokens), atol=1e-5)
+
+
+def _bloom_param_count_formula(hf):
+    """Independent count from BLOOM's config: embeddings + emb LN + layers + final LN."""
+    d, v, n = hf["hidden_size"], hf["vocab_size"], hf["n_layer"]
+    per_layer = (
+        2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (4 * d * d + 4 * d) + (4 * d * d + d)
+    )
+    return v * d + 2 * d + n * per_layer + 2 * d
+
+
+@pytest.mark.parametrize("preset", ["bloomz-7b1", "qwen2.5-7b", "llama-3-8b"])
+def test_parameter_counts_of_full_size_presets(preset):
+    cfg = mc.get_preset(preset)
+    ours = sum(x.size for x in jax.tree.leaves(decoder.abstract_params(cfg)))
+    hf_cfg = mc.to_hf_config(cfg)
+    with torch.device("meta"):
+        hf_model = transformers.AutoModelForCausalLM.from_config(
+            transformers.AutoConfig.for_model(**hf_cfg)
+        )
+    assert ours == sum(p.numel() for p in hf_model.parameters())
+    known = {"bloomz-7b1": 7_069_016_064, "qwen2.5-7b": 7_615_616_512, "llama-3-8b": 8_030_261_248}
+    assert ours == known[preset]
+    if cfg.family == "bloom":
+        assert ours == _bloom_param_count_formula(hf_cfg)

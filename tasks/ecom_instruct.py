@@ -101,19 +101,44 @@ class JsonInstructionSource(seqio.FunctionDataSource):
         return self._task
 
     def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None):
-        del shuffle_files, seed  # one "file" per split; seqio shuffles after preprocessing
         if split not in self.splits:
             raise reader.DataError(
                 f"task {self._task.name!r} has no {split!r} split (has: {list(self.splits)})",
                 self._task.path,
             )
         columns = instruction_rows(self._task, split, self._seed)
-        return tf.data.Dataset.from_tensor_slices(
+        ds = tf.data.Dataset.from_tensor_slices(
             {
                 key: tf.constant(value, dtype=tf.int64 if key == "index" else tf.string)
                 for key, value in columns.items()
             }
         )
+        if shuffle_files and len(columns["index"]) > 1:
+            # The split is in memory anyway: a full shuffle, unlike seqio's bounded buffer.
+            ds = ds.shuffle(len(columns["index"]), seed=seed, reshuffle_each_iteration=True)
+        return ds
+
+    def get_dataset(
+        self,
+        split: str = "train",
+        shuffle: bool = True,
+        seed: int | None = None,
+        shard_info: seqio.ShardInfo | None = None,
+        *,
+        sequence_length=None,
+        use_cached: bool = False,
+        num_epochs: int | None = 1,
+    ) -> tf.data.Dataset:
+        """The split's examples (all of them, or shard `shard_info` of them).
+
+        Overrides FunctionDataSource, which warns on every shuffled call that an uncached
+        source shuffles poorly; this one shuffles the whole split (see `_dataset_fn`).
+        """
+        del sequence_length, use_cached, num_epochs  # unused by data sources
+        ds = self._dataset_fn(split=split, shuffle_files=shuffle, seed=seed)
+        if shard_info is not None and shard_info.num_shards > 1:
+            ds = ds.shard(shard_info.num_shards, shard_info.index)
+        return ds
 
     def num_input_examples(self, split: str) -> int:
         if split not in self._counts:

@@ -253,3 +253,20 @@ def test_real_held_out_data():
         "ecom:ZH:MEPAVE:NER:attribute_value_extraction",
     ]:
         _check_against_instructions(name, "test", vocab, REAL, limit=20)
+
+
+def test_shuffle_and_shard():
+    name = "ecom:EN:Shop_Review:CLS:review_sentiment"
+    task = tasks.get(name)
+    ordered = [int(ex["index"]) for ex in _examples(name, "train")]
+    assert ordered == list(range(300))
+
+    def indices(**kwargs):
+        ds = task.get_dataset(sequence_length=None, split="train", **kwargs)
+        return [int(ex["index"]) for ex in ds.as_numpy_iterator()]
+
+    shuffled = indices(shuffle=True, seed=7)
+    assert sorted(shuffled) == ordered and shuffled != ordered
+    assert indices(shuffle=True, seed=7) == shuffled  # deterministic for a seed
+    shard = indices(shuffle=False, shard_info=seqio.ShardInfo(index=1, num_shards=3))
+    assert shard == list(range(1, 300, 3))

@@ -194,6 +194,8 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
             return out.reshape(array.shape[:-1]) if array.ndim else out.reshape(())
 
         text = tf.numpy_function(decode, [ids], tf.string, stateful=False)
+        if rank is None:  # unknown rank: the shape is only known when run
+            return text
         return tf.ensure_shape(text, ids.shape[:-1] if rank else [])
 
     def __eq__(self, other) -> bool:

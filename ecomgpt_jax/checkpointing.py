@@ -45,8 +45,8 @@ class CheckpointError(ValueError):
 class CheckpointConfig:
     """When to save and how many to keep.
 
-    save_every_steps: save when `step % save_every_steps == 0` (and always at the
-      last step and on preemption). keep: how many of the latest to keep.
+    save_every_steps: the trainer saves when `step % save_every_steps == 0`, at the
+      last step and on preemption. keep: how many of the latest to keep.
     async_save: write in a background thread while training continues.
     """
 

@@ -286,6 +286,12 @@ def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
     return {k: split(v) for k, v in batch.items()}
 
 
+def _real_tokens(batch: Batch) -> jax.Array:
+    if SEGMENT_IDS in batch:
+        return jnp.sum(batch[SEGMENT_IDS] > 0).astype(jnp.float32)
+    return jnp.float32(batch[INPUTS].size)
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -295,7 +301,8 @@ def make_train_step(
     """Returns `step(state, batch) -> (state, metrics)` (not jitted; see `jit_train_step`).
 
     metrics (float32 scalars): loss (mean over the global batch's answer tokens),
-    grad_norm (before clipping), answer_tokens, accuracy.
+    grad_norm (before clipping), answer_tokens, tokens (non-padding), accuracy
+    (next-token argmax accuracy on answer tokens).
     `param_shardings` pins the gradient accumulator to the parameter layout.
     """
     m = int(config.num_microbatches)
@@ -345,6 +352,7 @@ def make_train_step(
             "loss": loss_sum / denom,
             "grad_norm": grad_norm,
             "answer_tokens": total_weight,
+            "tokens": _real_tokens(batch),
             "accuracy": correct / denom,
         }
         return new_state, metrics

@@ -1,0 +1,229 @@
+r"""Instruction-tune a decoder on EcomInstruct (the EcomGPT recipe), T5X style.
+
+    python -m ecomgpt_jax.train --gin_file=gin_configs/ecom.gin
+
+trains the tiny default model on the bundled sample data on whatever devices
+exist and prints where the checkpoint, logs and resolved config are. Real runs
+add gin files and overrides:
+
+    python -m ecomgpt_jax.train --gin_file=gin_configs/ecom.gin \
+        --gin_file=gin_configs/models/bloomz_7b1.gin \
+        --gin.INIT_FROM_HF="'/data/bloomz-7b1-mt'" --gin.MODEL_DIR="'gs://bucket/run'"
+
+Flags: --gin_file (repeatable), --gin.NAME=VALUE (a gin binding, repeatable;
+same as --gin_bindings="NAME = VALUE"), --gin_search_paths (comma-separated
+folders searched for gin files and their includes; the repository's
+gin_configs/ is always searched). Multi-host: on Cloud TPU pods and SLURM /
+Open MPI clusters pass --multihost (auto-detection); elsewhere pass
+--coordinator_address=host:port --num_processes=N --process_id=i.
+
+A checkpoint already in MODEL_DIR is resumed (parameters, optimizer, step,
+RNG and data position). SIGTERM finishes the current step, saves and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shlex
+import sys
+
+import gin
+from absl import app, flags
+
+from ecomgpt_jax import checkpointing, input_pipeline, partitioning, trainer
+from ecomgpt_jax import train_step as ts
+
+REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order.")
+flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. 'TRAIN_STEPS = 10'.")
+flags.DEFINE_list("gin_search_paths", [], "Extra folders searched for gin files.")
+flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() with auto-detection.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (GPU clusters).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+
+
+def rewrite_gin_args(argv: list[str]) -> list[str]:
+    """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (T5X convention)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--gin.") and "=" in arg:
+            name, value = arg[len("--gin.") :].split("=", 1)
+            out.append(f"--gin_bindings={name} = {value}")
+        else:
+            out.append(arg)
+    return out
+
+
+def register_configurables() -> dict:
+    """Makes the library's config dataclasses gin-configurable (library stays gin-free)."""
+    classes = {
+        "TrainConfig": (trainer.TrainConfig, "trainer"),
+        "ModelSpec": (trainer.ModelSpec, "trainer"),
+        "DataConfig": (input_pipeline.DataConfig, "input_pipeline"),
+        "OptimizerConfig": (ts.OptimizerConfig, "train_step"),
+        "StepConfig": (ts.StepConfig, "train_step"),
+        "CheckpointConfig": (checkpointing.CheckpointConfig, "checkpointing"),
+    }
+    registered = {}
+    for name, (cls, module) in classes.items():
+        full = f"{module}.{name}"
+        try:  # idempotent: a second call (tests) finds the first registration
+            registered[name] = gin.get_configurable(full)
+        except ValueError:
+            registered[name] = gin.external_configurable(cls, name=name, module=module)
+    return registered
+
+
+def parse_gin(files, bindings, search_paths) -> None:
+    for path in [*search_paths, str(REPO_GIN_DIR.parent), str(REPO_GIN_DIR)]:
+        gin.add_config_file_search_path(path)
+    if not files:
+        raise trainer.UserError("pass at least one --gin_file (e.g. gin_configs/ecom.gin)")
+    try:
+        gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise trainer.UserError(f"gin config: {str(e).strip().splitlines()[0]}") from None
+
+
+def init_distributed() -> None:
+    import jax
+
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+    elif FLAGS.multihost:
+        jax.distributed.initialize()
+
+
+def make_vocabulary(spec: trainer.ModelSpec, train: trainer.TrainConfig):
+    from ecomgpt_jax import vocabularies
+
+    path = spec.vocabulary_path
+    if path is None and spec.vocabulary.lower() not in ("sentencepiece", "spm"):
+        path = train.init_from_hf
+    return vocabularies.make_vocabulary(spec.vocabulary, path)
+
+
+def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, vocabulary):
+    """Re-registers the EcomInstruct tasks when the data root or vocabulary differ."""
+    import tasks
+
+    default_vocab = run.model.vocabulary.lower() in ("sentencepiece", "spm") and (
+        run.model.vocabulary_path is None
+    )
+    if run.train.data_dir is not None or not default_vocab:
+        tasks.register_ecom_tasks(run.train.data_dir, vocabulary)
+    tasks.get(data.mixture_or_task_name)  # DataError naming the data root if absent
+
+
+def write_run_files(model_dir: str, cfg, argv: list[str]) -> None:
+    """MODEL_DIR/config.gin (resolved gin config) and model_config.json (for eval/convert)."""
+    import jax
+    from etils import epath
+
+    if jax.process_index() != 0:
+        return
+    root = epath.Path(model_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    header = "# Resolved config of: python -m ecomgpt_jax.train " + shlex.join(argv[1:])
+    (root / "config.gin").write_text(header + "\n\n" + gin.operative_config_str())
+    (root / "model_config.json").write_text(
+        json.dumps(cfg.to_json_dict(), indent=2, sort_keys=True) + "\n"
+    )
+
+
+def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
+    init_distributed()
+    import jax
+
+    configurables = register_configurables()
+    parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+    run_cfg = trainer.RunConfig(
+        train=configurables["TrainConfig"](),
+        model=configurables["ModelSpec"](),
+        optimizer=configurables["OptimizerConfig"](),
+        step=configurables["StepConfig"](),
+        checkpoint=configurables["CheckpointConfig"](),
+    )
+    data = configurables["DataConfig"]()
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(tuple(run_cfg.train.mesh_shape)))
+    vocabulary = make_vocabulary(run_cfg.model, run_cfg.train)
+    register_tasks(run_cfg, data, vocabulary)
+    cfg = trainer.build_model_config(run_cfg)
+    shapes = trainer.Shapes(data.global_batch_size, data.sequence_length, vocabulary.vocab_size)
+    trainer.check_shapes(cfg, shapes, run_cfg.step, mesh)
+
+    job = trainer.Trainer(run_cfg, cfg, mesh)
+    state, position = job.initial_state()
+    expected = checkpointing.DataPosition(
+        0, data.mixture_or_task_name, data.seed, data.global_batch_size
+    )
+    if position is None:
+        position = expected
+    elif dataclasses_differ(position, expected) and jax.process_index() == 0:
+        print(f"warning: resuming with a changed input pipeline ({position} -> {expected})")
+    write_run_files(run_cfg.train.model_dir, cfg, argv)
+    if jax.process_index() == 0:
+        print(
+            f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh "
+            f"{dict(mesh.shape)}, processes: {jax.process_count()}, starting at step "
+            f"{int(jax.device_get(state.step))}/{run_cfg.train.train_steps}",
+            flush=True,
+        )
+    batches = input_pipeline.InputIterator(data, mesh, start=position.batches_consumed)
+    return job.fit(state, batches, position), run_cfg
+
+
+def dataclasses_differ(a: checkpointing.DataPosition, b: checkpointing.DataPosition) -> bool:
+    return (a.mixture, a.seed, a.global_batch_size) != (b.mixture, b.seed, b.global_batch_size)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ecomgpt_jax.ecominstruct.reader import DataError
+    from ecomgpt_jax.models.config import ConfigError
+    from ecomgpt_jax.models.hf_io import CheckpointFormatError
+
+    return (
+        trainer.UserError,
+        partitioning.MeshError,
+        DataError,
+        ConfigError,
+        CheckpointFormatError,
+        checkpointing.CheckpointError,
+        FileNotFoundError,
+    )
+
+
+def main(argv: list[str]) -> None:
+    import jax
+    from absl import logging
+
+    if not FLAGS["verbosity"].present:  # orbax logs every file it writes at INFO
+        logging.set_verbosity(logging.WARNING)
+    try:
+        result, run_cfg = run(argv)
+    except _user_errors() as e:
+        sys.exit(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}")
+    if jax.process_index() != 0:
+        return
+    model_dir = run_cfg.train.model_dir
+    what = "preempted at" if result.preempted else "finished"
+    print(f"\n{what} step {result.step}; first loss {result.first_loss}, last {result.last_loss}")
+    print(f"checkpoint: {result.checkpoint_dir}")
+    print(f"logs:       {model_dir}/metrics.jsonl, TensorBoard: {model_dir}/tensorboard")
+    print(f"config:     {model_dir}/config.gin")
+    print(
+        "evaluate:   python -m ecomgpt_jax.eval --gin_file=gin_configs/eval.gin "
+        f"--gin.CHECKPOINT=\"'{result.checkpoint_dir}'\""
+    )
+
+
+if __name__ == "__main__":
+    app.run(main, argv=rewrite_gin_args(sys.argv))

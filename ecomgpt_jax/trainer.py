@@ -1,0 +1,333 @@
+"""The training loop behind `python -m ecomgpt_jax.train`, free of gin and TensorFlow.
+
+`train.py` parses flags and gin, builds the vocabulary and the input iterator,
+and hands them to `Trainer`, which owns: the model config, shape checks, the
+sharded train state (fresh, from a HF folder, from an orbax params checkpoint,
+or resumed from MODEL_DIR), the jitted step, checkpoints, metrics and
+preemption. Every process runs the same code; only process 0 writes logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from etils import epath
+
+from ecomgpt_jax import checkpointing, partitioning
+from ecomgpt_jax import train_step as ts
+from ecomgpt_jax.models import config as model_config
+from ecomgpt_jax.models import decoder, hf_io
+
+
+class UserError(ValueError):
+    """A run configuration that cannot work (reported as one line by train.py)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Which model: a preset plus field overrides, and its vocabulary.
+
+    With `TrainConfig.init_from_hf` the architecture comes from the HF folder's
+    config.json instead of the preset; with `init_from_checkpoint`, from the
+    checkpoint's model_config.json. `overrides` (e.g. {"dtype": "bfloat16",
+    "remat_policy": "full"}) apply in every case.
+    vocabulary: "sentencepiece" (path None: the bundled sample model) or
+    "huggingface" (path None: the tokenizer.json of `init_from_hf`).
+    """
+
+    preset: str = "tiny-bloom"
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    vocabulary: str = "sentencepiece"
+    vocabulary_path: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The run: where, how long, on which mesh, starting from what.
+
+    mesh_shape: (data, fsdp, tensor) sizes, one may be -1 ("the rest").
+    init_from_hf / init_from_checkpoint: initial weights when MODEL_DIR holds no
+    checkpoint yet (a checkpoint in MODEL_DIR always wins: that is a resume).
+    """
+
+    model_dir: str = "runs/ecom_default"
+    train_steps: int = 300
+    mesh_shape: tuple[int, int, int] = (-1, 1, 1)
+    seed: int = 0
+    log_every_steps: int = 10
+    init_from_hf: str | None = None
+    init_from_checkpoint: str | None = None
+    data_dir: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """All configs of one run (each a frozen dataclass bound by gin in train.py)."""
+
+    train: TrainConfig
+    model: ModelSpec
+    optimizer: ts.OptimizerConfig
+    step: ts.StepConfig
+    checkpoint: checkpointing.CheckpointConfig
+
+
+def build_model_config(run: RunConfig) -> model_config.ModelConfig:
+    """Preset (or HF / checkpoint architecture) with the overrides applied."""
+    if run.train.init_from_hf:
+        cfg = hf_io.read_hf_config(run.train.init_from_hf)
+    elif run.train.init_from_checkpoint:
+        from ecomgpt_jax import convert
+
+        cfg = convert.find_model_config(run.train.init_from_checkpoint)
+    else:
+        cfg = model_config.get_preset(run.model.preset)
+    # Master weights in float32 unless asked otherwise; compute dtype from overrides.
+    cfg = dataclasses.replace(cfg, param_dtype="float32", dtype="float32")
+    try:
+        return dataclasses.replace(cfg, **dict(run.model.overrides))
+    except TypeError as e:
+        raise UserError(f"MODEL_OVERRIDES: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """The per-step shapes checked against the model and the mesh."""
+
+    global_batch_size: int
+    sequence_length: int
+    vocab_size: int
+
+
+def check_shapes(cfg, shapes: Shapes, step: ts.StepConfig, mesh) -> None:
+    """Raises UserError (one line) for a batch/sequence/vocabulary that cannot work."""
+    b, m = shapes.global_batch_size, max(int(step.num_microbatches), 1)
+    divisor = partitioning.batch_divisor(mesh)
+    if b % m:
+        raise UserError(f"BATCH_SIZE {b} is not divisible by num_microbatches {m}")
+    if (b // m) % divisor:
+        raise UserError(
+            f"BATCH_SIZE {b} / num_microbatches {m} = {b // m} rows per micro-batch is not "
+            f"divisible by the mesh's data x fsdp = {divisor} (MESH_SHAPE "
+            f"{tuple(mesh.devices.shape)})"
+        )
+    if shapes.sequence_length > cfg.max_positions:
+        raise UserError(
+            f"TASK_FEATURE_LENGTHS give {shapes.sequence_length} tokens per row (inputs + "
+            f"targets) but the model's max_positions is {cfg.max_positions}"
+        )
+    if shapes.vocab_size > cfg.vocab_size:
+        raise UserError(
+            f"the vocabulary has {shapes.vocab_size} ids but the model's vocab_size is "
+            f"{cfg.vocab_size}; set MODEL_OVERRIDES = {{'vocab_size': ...}} or use the "
+            "model's own vocabulary"
+        )
+
+
+def _host_params_to_layout(params, shardings):
+    """Numpy params (same on every process) -> global arrays, each process copying its slices."""
+    return jax.tree.map(
+        lambda a, s: jax.make_array_from_callback(a.shape, s, lambda idx: a[idx]),
+        params,
+        shardings,
+    )
+
+
+class MetricsLogger:
+    """metrics.jsonl + TensorBoard + console line, on process 0 only.
+
+    One JSON line per logging step: step, loss, learning_rate, grad_norm,
+    accuracy, tokens_per_second, seconds_per_step. On resume, lines after the
+    restored step are dropped (they were computed after the last checkpoint).
+    """
+
+    def __init__(self, model_dir, total_steps: int, start_step: int, schedule):
+        self.enabled = jax.process_index() == 0
+        self.total = total_steps
+        self.schedule = schedule
+        self.path = epath.Path(model_dir) / "metrics.jsonl"
+        self.tb_dir = epath.Path(model_dir) / "tensorboard"
+        self._pending: list[dict] = []
+        self._lines: list[str] = []
+        self._last_time = time.time()
+        self._last_step = start_step
+        self._writer = None
+        if not self.enabled:
+            return
+        if self.path.exists():
+            old = [line for line in self.path.read_text().splitlines() if line.strip()]
+            self._lines = [line for line in old if json.loads(line)["step"] <= start_step]
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(str(self.tb_dir))
+
+    def record(self, step: int, metrics: Mapping[str, jax.Array], force: bool = False) -> None:
+        """Keeps the step's (device) metrics; writes when `force` (no sync otherwise)."""
+        self._pending.append(metrics)
+        if force:
+            self._flush(step)
+
+    def _flush(self, step: int) -> None:
+        pending = jax.device_get(self._pending)
+        self._pending = []
+        now = time.time()
+        steps = max(step - self._last_step, 1)
+        elapsed = max(now - self._last_time, 1e-9)
+        self._last_time, self._last_step = now, step
+        last = pending[-1]
+        row = {
+            "step": step,
+            "loss": float(last["loss"]),
+            "learning_rate": float(self.schedule(step - 1)),
+            "grad_norm": float(last["grad_norm"]),
+            "accuracy": float(last["accuracy"]),
+            "tokens_per_second": float(sum(float(p["tokens"]) for p in pending) / elapsed),
+            "seconds_per_step": elapsed / steps,
+        }
+        if not self.enabled:
+            return
+        self._lines.append(json.dumps(row))
+        self.path.write_text("\n".join(self._lines) + "\n")
+        for key, value in row.items():
+            if key != "step":
+                self._writer.add_scalar(f"train/{key}", value, step)
+        self._writer.flush()
+        eta = (self.total - step) * row["seconds_per_step"]
+        print(
+            f"step {step}/{self.total}  loss {row['loss']:.4f}  lr {row['learning_rate']:.2e}  "
+            f"grad_norm {row['grad_norm']:.3f}  tok/s {row['tokens_per_second']:.0f}  "
+            f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}",
+            flush=True,
+        )
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class PreemptionGuard:
+    """SIGTERM sets a flag; the loop finishes its step, saves and stops.
+
+    With several processes the flag is OR-ed over all of them every step, so
+    every host stops after the same step (checkpointing is collective).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. inside a test runner thread)
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def should_stop(self) -> bool:
+        flag = self.requested
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            flag = bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+        return flag
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What a run leaves behind (printed by train.py)."""
+
+    step: int
+    checkpoint_dir: str
+    preempted: bool
+    first_loss: float | None
+    last_loss: float | None
+
+
+class Trainer:
+    """Model, optimizer, sharded state layout and checkpoints for one run on one mesh."""
+
+    def __init__(self, run: RunConfig, cfg: model_config.ModelConfig, mesh):
+        self.run, self.cfg, self.mesh = run, cfg, mesh
+        self.model = decoder.Decoder(cfg)
+        total = int(run.train.train_steps)
+        self.schedule = ts.learning_rate_schedule(run.optimizer, total)
+        self.tx = ts.make_optimizer(run.optimizer, total)
+        with jax.set_mesh(mesh), partitioning.axis_rules():
+            self.layout = ts.state_layout(self.model, self.tx, mesh)
+        self.checkpointer = checkpointing.Checkpointer(run.train.model_dir, run.checkpoint)
+
+    def initial_state(self) -> tuple[ts.TrainState, checkpointing.DataPosition | None]:
+        """The latest checkpoint in MODEL_DIR, else fresh / HF / orbax initial weights."""
+        latest = self.checkpointer.latest_step()
+        if latest is not None:
+            state, position = self.checkpointer.restore(latest, self.layout)
+            return state, position
+        train = self.run.train
+        params = None
+        if train.init_from_hf:
+            _, host = hf_io.load_hf_params(train.init_from_hf, dtype=self.cfg.param_dtype)
+            params = _host_params_to_layout(host, self.layout.shardings.params)
+        elif train.init_from_checkpoint:
+            params = checkpointing.restore_params(
+                train.init_from_checkpoint, self.layout.abstract.params
+            )
+        with jax.set_mesh(self.mesh), partitioning.axis_rules():
+            state = ts.init_state(self.model, self.tx, self.layout, train.seed, params)
+        return state, None
+
+    def fit(
+        self,
+        state: ts.TrainState,
+        batches: Iterator[dict[str, jax.Array]],
+        position: checkpointing.DataPosition,
+    ) -> Result:
+        """Trains from `state.step` to `train_steps`; `batches.position` counts batches used."""
+        run = self.run
+        total = int(run.train.train_steps)
+        step = int(jax.device_get(state.step))
+        logger = MetricsLogger(run.train.model_dir, total, step, self.schedule)
+        guard = PreemptionGuard()
+        first = metrics = None
+        preempted = False
+        every = max(int(run.train.log_every_steps), 1)
+        save_every = max(int(run.checkpoint.save_every_steps), 1)
+        with jax.set_mesh(self.mesh), partitioning.axis_rules():
+            step_fn = ts.jit_train_step(
+                ts.make_train_step(self.model, self.tx, run.step, self.layout.shardings.params),
+                self.layout,
+                partitioning.data_sharding(self.mesh),
+            )
+            while step < total:
+                state, metrics = step_fn(state, next(batches))
+                step += 1
+                preempted = guard.should_stop()
+                flush = step % every == 0 or step == total or preempted or first is None
+                logger.record(step, metrics, force=flush)
+                if first is None:
+                    first = float(jax.device_get(metrics["loss"]))
+                if preempted or step == total or step % save_every == 0:
+                    pos = dataclasses.replace(position, batches_consumed=int(batches.position))
+                    self.checkpointer.save(state, pos, force=True)
+                if preempted:
+                    break
+            last = None if metrics is None else float(jax.device_get(metrics["loss"]))
+        self.checkpointer.close()
+        logger.close()
+        guard.close()
+        return Result(
+            step=step,
+            checkpoint_dir=str(self.checkpointer.step_dir(step)),
+            preempted=preempted,
+            first_loss=first,
+            last_loss=last,
+        )

@@ -95,7 +95,10 @@ class EcomInstructConfig(tfds.core.BuilderConfig):
         self.seed = seed
 
 
-class EcomInstruct(tfds.core.GeneratorBasedBuilder):
+# Not in TFDS's global registry: it is only built directly (configs are per task folder,
+# made at run time) and read back with `tfds.builder_from_directory`; this also lets
+# `python -m tasks.tfds_builder` define the class a second time as __main__.
+class EcomInstruct(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """EcomInstruct instructions (prompt + answer) of one task folder per config."""
 
     VERSION = tfds.core.Version(VERSION)
@@ -189,4 +192,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the package's copy of this module (imported by `tasks`), not the __main__ one, so
+    # the prepared dataset_info.json records the importable module name.
+    from tasks import tfds_builder
+
+    tfds_builder.main()

@@ -1,0 +1,228 @@
+r"""Evaluate a model on the EcomInstruct held-out tasks as the paper did, T5X style.
+
+    python -m ecomgpt_jax.eval --gin_file=gin_configs/eval.gin \
+        --gin.CHECKPOINT="'runs/ecom_default/checkpoints/200'"          # a trainer checkpoint
+    python -m ecomgpt_jax.eval --gin_file=gin_configs/eval.gin \
+        --gin_file=gin_configs/models/bloomz_7b1.gin \
+        --gin.HF_DIR="'/data/EcomGPT'" --gin.EVAL_DIR="'/tmp/ecomgpt_eval'" --gin.DTYPE="'bfloat16'"
+
+writes EVAL_DIR/predictions/<task>.jsonl, metrics.json (as `python -m ecomgpt_jax.score`
+computes it), metrics.md and tensorboard/ (see `ecomgpt_jax.evaluation`). Paper settings
+(gin_configs/eval.gin): prompts cut from the left to 800 tokens, 164 new tokens, beam 4.
+
+Flags: --gin_file (repeatable), --gin.NAME=VALUE (a binding, repeatable; same as
+--gin_bindings="NAME = VALUE"), --gin_search_paths (comma-separated folders for gin files;
+the repository's gin_configs/ is always searched). Multi-host: --multihost, or
+--coordinator_address / --num_processes / --process_id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+
+import gin
+from absl import app, flags
+
+from ecomgpt_jax import checkpointing, decoding, evaluation, partitioning
+
+REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    # train.py defines the same flags; a process importing both must not define them twice.
+    def define(kind, name, default, text):
+        if name not in FLAGS:
+            getattr(flags, kind)(name, default, text)
+
+    define("DEFINE_multi_string", "gin_file", [], "Gin config file(s), applied in order.")
+    define("DEFINE_multi_string", "gin_bindings", [], "Gin bindings, e.g. 'BATCH_SIZE = 8'.")
+    define("DEFINE_list", "gin_search_paths", [], "Extra folders searched for gin files.")
+    define("DEFINE_bool", "multihost", False, "jax.distributed.initialize() with auto-detection.")
+    define("DEFINE_string", "coordinator_address", None, "host:port of process 0.")
+    define("DEFINE_integer", "num_processes", None, "Number of processes.")
+    define("DEFINE_integer", "process_id", None, "This process's index.")
+
+
+_define_flags()
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRun:
+    """Where to write, on which mesh, with which vocabulary.
+
+    eval_dir: output folder; None: <run>/eval/<step>/<mixture> for a training checkpoint.
+    vocabulary: "sentencepiece" (path None: the bundled sample model) or "huggingface"
+      (path None: HF_DIR, else a tokenizer.json at or above CHECKPOINT).
+    """
+
+    eval_dir: str | None = None
+    mesh_shape: tuple[int, int, int] = (-1, 1, 1)
+    vocabulary: str = "sentencepiece"
+    vocabulary_path: str | None = None
+
+
+def rewrite_gin_args(argv: list[str]) -> list[str]:
+    """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (T5X convention)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--gin.") and "=" in arg:
+            name, value = arg[len("--gin.") :].split("=", 1)
+            out.append(f"--gin_bindings={name} = {value}")
+        else:
+            out.append(arg)
+    return out
+
+
+def register_configurables() -> dict:
+    """Gin names for the library's dataclasses (the library itself stays gin-free)."""
+    classes = {
+        "EvalConfig": (evaluation.EvalConfig, "evaluation"),
+        "ModelSource": (evaluation.ModelSource, "evaluation"),
+        "DecodeConfig": (decoding.DecodeConfig, "decoding"),
+        "EvalRun": (EvalRun, "eval"),
+    }
+    out = {}
+    for name, (cls, module) in classes.items():
+        try:  # idempotent (tests run several evaluations in one process)
+            out[name] = gin.get_configurable(f"{module}.{name}")
+        except ValueError:
+            out[name] = gin.external_configurable(cls, name=name, module=module)
+    return out
+
+
+def parse_gin(files, bindings, search_paths) -> None:
+    gin.clear_config()
+    for path in [*search_paths, str(REPO_GIN_DIR.parent), str(REPO_GIN_DIR)]:
+        gin.add_config_file_search_path(path)
+    if not files:
+        raise evaluation.EvalError("pass at least one --gin_file (e.g. gin_configs/eval.gin)")
+    try:
+        gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise evaluation.EvalError(f"gin config: {str(e).strip().splitlines()[0]}") from None
+
+
+def _find_upwards(start, name: str) -> pathlib.Path | None:
+    path = pathlib.Path(start).resolve()
+    for candidate in [path, *list(path.parents)[:4]]:
+        if (candidate / name).is_file():
+            return candidate / name
+    return None
+
+
+def make_vocabulary(run: EvalRun, source: evaluation.ModelSource):
+    from ecomgpt_jax import vocabularies
+
+    path = run.vocabulary_path
+    if path is None and run.vocabulary.lower() not in vocabularies.SENTENCEPIECE_KINDS:
+        path = source.hf_dir or (
+            _find_upwards(source.checkpoint, "tokenizer.json") if source.checkpoint else None
+        )
+        if path is None:
+            raise evaluation.EvalError(
+                f"VOCABULARY={run.vocabulary!r} needs VOCABULARY_PATH (a tokenizer.json or a "
+                f"folder holding one): none found at or above {source.checkpoint}"
+            )
+    return vocabularies.make_vocabulary(run.vocabulary, path)
+
+
+def default_eval_dir(source: evaluation.ModelSource, mixture: str) -> pathlib.Path:
+    """<run>/eval/<step>/<mixture> for a checkpoint inside a training run directory."""
+    if source.checkpoint:
+        params_dir = pathlib.Path(str(checkpointing.resolve_params_path(source.checkpoint)))
+        step_dir = params_dir.parent
+        if step_dir.name.isdigit() and step_dir.parent.name == checkpointing.CHECKPOINTS_SUBDIR:
+            return step_dir.parent.parent / "eval" / step_dir.name / mixture.replace(",", "+")
+    raise evaluation.EvalError(
+        "set EVAL_DIR (the output folder); it has a default only for CHECKPOINT inside a "
+        "training run directory"
+    )
+
+
+def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
+    """Parses gin, loads the model, evaluates; returns (EvalResult, eval_dir)."""
+    import jax
+
+    conf = register_configurables()
+    parse_gin(list(files), list(bindings), list(search_paths))
+    with gin.unlock_config():
+        eval_cfg = conf["EvalConfig"]()
+        source = conf["ModelSource"]()
+        run = conf["EvalRun"]()
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(tuple(run.mesh_shape)))
+    eval_dir = run.eval_dir or default_eval_dir(source, eval_cfg.mixture_or_task_name)
+    vocabulary = make_vocabulary(run, source)
+    cfg, params = evaluation.load_model(source, mesh)
+    if jax.process_index() == 0:
+        d = eval_cfg.decode
+        print(
+            f"model: {source.path} ({cfg.family}, {cfg.layers} layers, width {cfg.hidden}, "
+            f"{cfg.dtype}); devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh "
+            f"{dict(mesh.shape)}; decoding: {d.effective_method}, beams {d.num_beams}, "
+            f"{d.max_new_tokens} new tokens, prompts <= {d.max_prompt_len} tokens",
+            flush=True,
+        )
+    result = evaluation.evaluate(
+        params,
+        cfg,
+        vocabulary,
+        eval_cfg,
+        mesh=mesh,
+        eval_dir=eval_dir,
+        progress=progress,
+        describe=source.path,
+    )
+    return result, pathlib.Path(eval_dir)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ecomgpt_jax.ecominstruct.reader import DataError
+    from ecomgpt_jax.models.config import ConfigError
+    from ecomgpt_jax.models.hf_io import CheckpointFormatError
+
+    return (
+        evaluation.EvalError,
+        decoding.DecodeConfigError,
+        partitioning.MeshError,
+        DataError,
+        ConfigError,
+        CheckpointFormatError,
+        checkpointing.CheckpointError,
+        FileNotFoundError,
+    )
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    import jax
+
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+    elif FLAGS.multihost:
+        jax.distributed.initialize()
+    try:
+        result, eval_dir = run_eval(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+    except _user_errors() as e:
+        sys.exit(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}")
+    if jax.process_index() != 0:
+        return
+    from ecomgpt_jax.ecominstruct import scoring
+
+    print(scoring.format_table(result.scores))
+    if result.missing:
+        print(f"tasks without data under the data root: {', '.join(result.missing)}")
+    rate = result.examples / max(result.seconds, 1e-9)
+    print(f"\n{result.examples} examples in {result.seconds:.1f} s ({rate:.2f} examples/s)")
+    print(f"predictions: {eval_dir}/predictions/, scores: {eval_dir}/metrics.json, metrics.md")
+
+
+if __name__ == "__main__":
+    app.run(main, argv=rewrite_gin_args(sys.argv))

@@ -1,0 +1,458 @@
+"""Evaluation as the paper did it: decode the held-out test prompts, score the predictions.
+
+    cfg, host_params = load_model(ModelSource(checkpoint=PATH), mesh)   # or hf_dir=DIR
+    result = evaluate(host_params, cfg, vocabulary, EvalConfig(), mesh=mesh, eval_dir=OUT)
+    result.scores                # scoring.score_predictions(...) (task -> scores with "n")
+
+For every task of the mixture (test split) the prompts are those of the SeqIO tasks
+(`instructions.task_instructions` with the same CLS-candidate seed), tokenized with the
+vocabulary, cut FROM THE LEFT to `max_prompt_len` tokens and decoded in large batches
+(`decoding.Generator`; paper: beam 4, 164 new tokens). The prediction is the decoded
+continuation, verbatim, up to the first EOS. `eval_dir` receives::
+
+    predictions/<task folder>.jsonl   {"task", "index", "prediction", "inputs", "targets"}
+    metrics.json   scoring.scores_json(scores): byte-identical to `python -m ecomgpt_jax.score`
+                   on the same predictions
+    metrics.md     the settings and a readable table (scores x100, n per task)
+    tensorboard/   scalars <task>/<metric> and average/<metric> at `step`
+
+Same parameters and settings give byte-identical predictions. For evaluation during
+training (T5X "infer_eval") call `run_infer_eval` on a small slice (`max_examples`).
+
+Library code: no gin, no TensorFlow at import (the vocabulary object is passed in; a
+mixture name is resolved through the `tasks` package, which needs SeqIO).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import sys
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import jax
+
+from ecomgpt_jax import checkpointing, decoding
+from ecomgpt_jax.decoding import DecodeConfig
+from ecomgpt_jax.ecominstruct import instructions, reader, scoring
+from ecomgpt_jax.models import config as model_config
+from ecomgpt_jax.models import decoder, hf_io
+from ecomgpt_jax.models.config import ConfigError, ModelConfig
+
+MODEL_CONFIG_FILE = "model_config.json"  # written by train.py and `convert hf-to-orbax`
+PREDICTIONS_DIR = "predictions"
+SEQIO_PREFIX = "ecom:"
+
+
+class EvalError(ValueError):
+    """A bad evaluation setting (what to load, where to write, which tasks)."""
+
+
+class Vocabulary(Protocol):
+    """What evaluation needs of a vocabulary (seqio vocabularies fit)."""
+
+    eos_id: int
+    pad_id: int
+
+    def encode(self, s: str) -> Sequence[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how.
+
+    mixture_or_task_name: a mixture of `tasks` (e.g. ecom_instruct_held_out), a SeqIO task
+      name (ecom:EN:ABSA:CLS:...) or a task folder name; several joined by ",".
+    data_dir: EcomInstruct root (None: $ECOMGPT_DATA_DIR, else the bundled sample).
+    max_examples: at most this many examples per task, the first in file order (None: all).
+    batch_size: prompts per decoding batch (rounded up to a multiple of data x fsdp).
+    prompt_seed: CLS candidate seed of the prompts (the SeqIO tasks' `seed`).
+    """
+
+    mixture_or_task_name: str = "ecom_instruct_held_out"
+    data_dir: str | None = None
+    split: str = "test"
+    max_examples: int | None = None
+    batch_size: int = 32
+    prompt_seed: int = 0
+    decode: DecodeConfig = DecodeConfig()
+
+    def __post_init__(self):
+        if self.max_examples is not None and self.max_examples < 1:
+            raise EvalError(f"EvalConfig.max_examples={self.max_examples}: use None or >= 1")
+        if self.batch_size < 1:
+            raise EvalError(f"EvalConfig.batch_size={self.batch_size}: must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Which weights to evaluate: exactly one of `checkpoint` and `hf_dir`.
+
+    checkpoint: orbax params (a training run, a step directory, or `convert hf-to-orbax`
+      output); its model comes from the nearest model_config.json at or above it, else
+      from `preset` + `preset_overrides`.
+    hf_dir: a HF folder (config.json + *.safetensors).
+    dtype: parameter and compute dtype ("bfloat16", ...); None keeps the stored one.
+    overrides: ModelConfig fields applied last (e.g. {"attention_impl": "cudnn"}).
+    """
+
+    checkpoint: str | None = None
+    hf_dir: str | None = None
+    preset: str | None = None
+    preset_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    dtype: str | None = None
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        return str(self.checkpoint or self.hf_dir)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def find_model_config(checkpoint) -> ModelConfig | None:
+    """The nearest model_config.json at or above `checkpoint` (4 levels), or None."""
+    path = pathlib.Path(checkpoint).resolve()
+    for candidate in [path, *list(path.parents)[:4]]:
+        file = candidate / MODEL_CONFIG_FILE
+        if file.is_file():
+            try:
+                return ModelConfig.from_json_dict(json.loads(file.read_text()))
+            except (json.JSONDecodeError, TypeError, ConfigError) as e:
+                raise ConfigError(f"{file}: {e}") from None
+    return None
+
+
+def _with_overrides(cfg: ModelConfig, source: ModelSource) -> ModelConfig:
+    if source.dtype:
+        cfg = dataclasses.replace(cfg, param_dtype=source.dtype, dtype=source.dtype)
+    try:
+        return dataclasses.replace(cfg, **dict(source.overrides))
+    except TypeError as e:
+        raise ConfigError(f"ModelSource.overrides {dict(source.overrides)}: {e}") from None
+
+
+def load_model(source: ModelSource, mesh=None) -> tuple[ModelConfig, Any]:
+    """Loads (cfg, params): HF folders as host numpy arrays, orbax checkpoints restored
+    directly into the mesh's shardings (any mesh; single device without one)."""
+    if bool(source.checkpoint) == bool(source.hf_dir):
+        raise EvalError("set exactly one of CHECKPOINT (orbax) and HF_DIR (Hugging Face folder)")
+    if source.hf_dir:
+        cfg, params = hf_io.load_hf_params(source.hf_dir, dtype=source.dtype)
+        return _with_overrides(cfg, source), params
+    cfg = find_model_config(source.checkpoint)
+    if cfg is None:
+        if not source.preset:
+            raise EvalError(
+                f"{source.checkpoint}: no {MODEL_CONFIG_FILE} at or above it; set MODEL_PRESET "
+                "(and MODEL_OVERRIDES) to say which model it holds"
+            )
+        cfg = model_config.get_preset(source.preset)
+        cfg = dataclasses.replace(cfg, **dict(source.preset_overrides))
+    cfg = _with_overrides(cfg, source)
+    shardings = decoding.param_shardings(cfg, mesh)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        decoder.abstract_params(cfg),
+        shardings,
+    )
+    return cfg, checkpointing.restore_params(source.checkpoint, abstract)
+
+
+@functools.lru_cache(maxsize=8)
+def get_generator(cfg: ModelConfig, dcfg: DecodeConfig, eos_id: int, pad_id: int, mesh):
+    """A cached Generator, so repeated evaluations (training) reuse its compilations."""
+    return decoding.Generator(cfg, dcfg, eos_id=eos_id, pad_id=pad_id, mesh=mesh)
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def resolve_task_names(name: str, data_dir) -> tuple[list[str], list[str]]:
+    """(task folders present under data_dir, expected folders missing there).
+
+    `name`: a task folder, a SeqIO task name, a mixture of `tasks.mixtures`, any other
+    registered SeqIO mixture, or several of these joined by ",".
+    """
+    root = reader.default_data_dir() if data_dir is None else pathlib.Path(data_dir)
+    infos = reader.discover_tasks(root)
+    found: list[str] = []
+    missing: list[str] = []
+    for part in (p.strip() for p in name.split(",") if p.strip()):
+        names, lost = _resolve_one(part, infos, root)
+        found += [n for n in names if n not in found]
+        missing += [n for n in lost if n not in missing]
+    if not found:
+        raise reader.DataError(f"{name!r}: no task with data under this root", root)
+    return found, missing
+
+
+def _resolve_one(name: str, infos: Mapping[str, reader.TaskInfo], root):
+    folder = name[len(SEQIO_PREFIX) :].replace(":", "-") if name.startswith(SEQIO_PREFIX) else name
+    if folder in infos:
+        return [folder], []
+    from tasks import mixtures  # SeqIO (and TensorFlow) only when a mixture is asked for
+
+    for spec in mixtures.MIXTURES:
+        if spec.name == name:
+            present = sorted(n for n, info in infos.items() if spec.member(info))
+            missing = [n for n in spec.expected or () if n not in present]
+            return present, missing
+    import seqio
+
+    if name in seqio.MixtureRegistry.names():
+        tasks = [t.name for t in seqio.get_mixture_or_task(name).tasks]
+        folders = [t[len(SEQIO_PREFIX) :].replace(":", "-") for t in tasks]
+        return [f for f in folders if f in infos], [f for f in folders if f not in infos]
+    raise reader.DataError(
+        f"{name!r} is neither a task folder nor a known mixture "
+        f"({', '.join(s.name for s in mixtures.MIXTURES)})",
+        root,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskPrompts:
+    """One task's examples to decode: instructions and their (untruncated) token ids."""
+
+    name: str
+    instructions: tuple[instructions.Instruction, ...]
+    prompt_ids: tuple[tuple[int, ...], ...]
+    n_total: int
+
+
+def prepare_tasks(eval_cfg: EvalConfig, vocabulary: Vocabulary) -> tuple[list[TaskPrompts], list]:
+    """Every task's prompts (first `max_examples`), and the mixture's missing tasks."""
+    root = reader.default_data_dir() if eval_cfg.data_dir is None else eval_cfg.data_dir
+    names, missing = resolve_task_names(eval_cfg.mixture_or_task_name, root)
+    infos = reader.discover_tasks(root)
+    out = []
+    for name in names:
+        info = infos[name]
+        if not info.has_split(eval_cfg.split):
+            raise reader.DataError(f"task {name!r} has no {eval_cfg.split!r} split", info.path)
+        rows = instructions.task_instructions(info, eval_cfg.split, seed=eval_cfg.prompt_seed)
+        chosen = rows[: eval_cfg.max_examples] if eval_cfg.max_examples else rows
+        ids = tuple(tuple(int(i) for i in vocabulary.encode(r.prompt)) for r in chosen)
+        out.append(TaskPrompts(name, tuple(chosen), ids, len(rows)))
+    return out, missing
+
+
+def row_seed(task: str, index: int) -> int:
+    """Sampling stream of one example: independent of batching and of max_examples."""
+    return zlib.crc32(f"{task}:{index}".encode()) & 0x7FFFFFFF
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """scores: scoring.score_predictions output; rows: prediction rows (file order);
+    missing: mixture tasks without data; seconds / examples: decoding totals."""
+
+    scores: dict
+    rows: list
+    missing: list
+    seconds: float
+    examples: int
+
+    @property
+    def metrics(self) -> dict:
+        """The metrics.json content."""
+        return scoring.scores_json(self.scores)
+
+
+class _Progress:
+    """tqdm bar per task (examples/s), or one console line when tqdm is absent."""
+
+    def __init__(self, name: str, total: int, enabled: bool):
+        self.name, self.total, self.done, self.start = name, total, 0, time.perf_counter()
+        self.bar = None
+        self.enabled = enabled
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=name, unit="ex", file=sys.stderr, leave=True)
+            except ImportError:
+                pass
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled:
+            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+            print(f"{self.name}: {self.done}/{self.total} ({rate:.2f} ex/s)", file=sys.stderr)
+
+    def close(self) -> float:
+        if self.bar is not None:
+            self.bar.close()
+        return time.perf_counter() - self.start
+
+
+def evaluate(
+    params,
+    cfg: ModelConfig,
+    vocabulary: Vocabulary,
+    eval_cfg: EvalConfig,
+    *,
+    mesh=None,
+    eval_dir=None,
+    step: int | None = None,
+    progress: bool = True,
+    describe: str = "",
+) -> EvalResult:
+    """Decodes and scores every task of `eval_cfg`; writes `eval_dir` when given.
+
+    params: host (numpy) or device arrays; placed onto `mesh` by the parameter rules.
+    describe: a line naming the model, for metrics.md.
+    """
+    tasks, missing = prepare_tasks(eval_cfg, vocabulary)
+    gen = get_generator(cfg, eval_cfg.decode, int(vocabulary.eos_id), int(vocabulary.pad_id), mesh)
+    params = gen.shard_params(params)
+    lead = jax.process_index() == 0
+    rows, seconds, examples, timing = [], 0.0, 0, {}
+    for task in tasks:
+        bar = _Progress(task.name, len(task.prompt_ids), progress and lead)
+        seeds = [row_seed(task.name, r.index) for r in task.instructions]
+        results = gen.generate(
+            params, task.prompt_ids, eval_cfg.batch_size, row_ids=seeds, on_batch=bar.update
+        )
+        took = bar.close()
+        seconds, examples = seconds + took, examples + len(results)
+        timing[task.name] = len(results) / max(took, 1e-9)
+        for inst, res in zip(task.instructions, results, strict=True):
+            rows.append(
+                {
+                    "task": task.name,
+                    "index": inst.index,
+                    "prediction": vocabulary.decode(list(res.tokens)),
+                    "inputs": inst.prompt,
+                    "targets": inst.answer,
+                }
+            )
+    root = reader.default_data_dir() if eval_cfg.data_dir is None else eval_cfg.data_dir
+    scores = scoring.score_predictions(
+        root, [{k: r[k] for k in ("task", "index", "prediction")} for r in rows], eval_cfg.split
+    )
+    result = EvalResult(scores, rows, missing, seconds, examples)
+    if eval_dir is not None and lead:
+        write_outputs(eval_dir, result, eval_cfg, describe, step)
+        write_summaries(eval_dir, result, step, timing)
+    return result
+
+
+def run_infer_eval(
+    params,
+    cfg: ModelConfig,
+    mesh,
+    vocabulary: Vocabulary,
+    eval_cfg: EvalConfig,
+    step: int,
+    eval_dir=None,
+) -> dict:
+    """Evaluation during training: returns the metrics.json dict (task -> scores with "n",
+    plus "average"); writes `eval_dir` (predictions, metrics, TensorBoard at `step`) when
+    given. Use a small `eval_cfg.max_examples`; compilations are reused across calls."""
+    result = evaluate(
+        params,
+        cfg,
+        vocabulary,
+        eval_cfg,
+        mesh=mesh,
+        eval_dir=eval_dir,
+        step=step,
+        progress=False,
+        describe=f"training step {step}",
+    )
+    return result.metrics
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def metrics_text(metrics: Mapping) -> str:
+    """The metrics.json text (same bytes as `python -m ecomgpt_jax.score`)."""
+    return json.dumps(metrics, ensure_ascii=False, indent=2) + "\n"
+
+
+def write_outputs(eval_dir, result: EvalResult, eval_cfg: EvalConfig, describe="", step=None):
+    """predictions/<task>.jsonl, metrics.json and metrics.md under eval_dir."""
+    out = pathlib.Path(eval_dir)
+    pred_dir = out / PREDICTIONS_DIR
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    by_task: dict[str, list] = {}
+    for row in result.rows:
+        by_task.setdefault(row["task"], []).append(row)
+    for name, rows in by_task.items():
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        (pred_dir / f"{name}.jsonl").write_text(text, encoding="utf-8")
+    (out / "metrics.json").write_text(metrics_text(result.metrics), encoding="utf-8")
+    (out / "metrics.md").write_text(
+        metrics_markdown(result, eval_cfg, describe, step), encoding="utf-8"
+    )
+
+
+def metrics_markdown(result: EvalResult, eval_cfg: EvalConfig, describe="", step=None) -> str:
+    d = eval_cfg.decode
+    if d.effective_method == "beam":
+        how = f"beam search, {d.num_beams} beams, length_penalty {d.length_penalty}"
+    elif d.effective_method == "greedy":
+        how = "greedy"
+    else:
+        how = (
+            f"sampling, temperature {d.temperature}, top_k {d.top_k}, top_p {d.top_p}, "
+            f"seed {d.seed}"
+        )
+    root = reader.default_data_dir() if eval_cfg.data_dir is None else eval_cfg.data_dir
+    lines = ["# EcomInstruct evaluation", ""]
+    if describe:
+        lines.append(f"- model: {describe}")
+    if step is not None:
+        lines.append(f"- step: {step}")
+    lines += [
+        f"- tasks: {eval_cfg.mixture_or_task_name} ({eval_cfg.split} split) under {root}",
+        f"- examples per task: {eval_cfg.max_examples or 'all'}; CLS prompt seed "
+        f"{eval_cfg.prompt_seed}",
+        f"- decoding: {how}; prompts cut from the left to {d.max_prompt_len} tokens; at "
+        f"most {d.max_new_tokens} new tokens; prediction = continuation up to the first EOS",
+    ]
+    if result.missing:
+        lines.append(f"- tasks of the mixture without data here: {', '.join(result.missing)}")
+    lines += [
+        "",
+        "Scores x100. rouge-l-f1, micro-f1, macro-f1: the paper's metrics (data contract 5);",
+        "rouge-l-f1-cjk: ROUGE-L over CJK characters and words. n: examples scored.",
+        "",
+        "```text",
+        scoring.format_table(result.scores),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_summaries(eval_dir, result: EvalResult, step: int | None, timing: Mapping) -> None:
+    """TensorBoard scalars <task>/<metric>, average/<metric>, <task>/examples_per_second."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboardX is in requirements.txt
+        return
+    writer = SummaryWriter(str(pathlib.Path(eval_dir) / "tensorboard"))
+    s = 0 if step is None else int(step)
+    for name, values in result.metrics.items():
+        for key in scoring.SCORE_KEYS:
+            if values.get(key) is not None:
+                writer.add_scalar(f"{name}/{key}", float(values[key]), s)
+    for name, rate in timing.items():
+        writer.add_scalar(f"{name}/examples_per_second", float(rate), s)
+    writer.close()

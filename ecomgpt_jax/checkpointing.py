@@ -196,23 +196,44 @@ def resolve_params_path(path) -> epath.Path:
     )
 
 
+def _check_matches(params_dir: epath.Path, stored, abstract_params: PyTree) -> None:
+    """CheckpointError naming the first parameter missing, extra or of another shape."""
+    stored = getattr(stored, "item_metadata", stored)
+    stored = getattr(stored, "tree", stored)
+    have = {
+        jax.tree_util.keystr(p): tuple(m.shape)
+        for p, m in jax.tree_util.tree_leaves_with_path(stored)
+    }
+    want = {
+        jax.tree_util.keystr(p): tuple(a.shape)
+        for p, a in jax.tree_util.tree_leaves_with_path(abstract_params)
+    }
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    if missing or extra:
+        raise CheckpointError(
+            f"{params_dir}: parameters do not match the model (missing {missing[:3]}, "
+            f"unexpected {extra[:3]})"
+        )
+    for key, shape in want.items():
+        if have[key] != shape:
+            raise CheckpointError(
+                f"{params_dir}: parameters do not match the model ({key} has shape "
+                f"{have[key]} in the checkpoint, the model needs {shape})"
+            )
+
+
 def restore_params(path, abstract_params: PyTree) -> PyTree:
     """Restores parameters from `path` (see `resolve_params_path`) into `abstract_params`.
 
-    abstract_params: pytree of jax.ShapeDtypeStruct with the target `.sharding`.
+    abstract_params: pytree of jax.ShapeDtypeStruct with the target `.sharding`
+    (and dtype: stored float32 restores as bfloat16 when asked, and back).
     A checkpoint whose tree or shapes differ from the model raises CheckpointError.
     """
     params_dir = resolve_params_path(path)
-    checkpointer = ocp.StandardCheckpointer()
-    try:
+    with ocp.StandardCheckpointer() as checkpointer:
+        _check_matches(params_dir, checkpointer.metadata(params_dir), abstract_params)
         return checkpointer.restore(params_dir, abstract_params)
-    except (ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{params_dir}: parameters do not match the model ({first[:300]})"
-        ) from None
-    finally:
-        checkpointer.close()
 
 
 def save_params(path, params: PyTree) -> None:

@@ -1,0 +1,132 @@
+"""Checkpoints: round trip, restore onto another mesh, keep-K, params-only restores."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ecomgpt_jax import checkpointing as ck
+from ecomgpt_jax import partitioning as P
+from ecomgpt_jax import train_step as ts
+from ecomgpt_jax.models import config as model_config
+from ecomgpt_jax.models import decoder
+
+CFG = dataclasses.replace(
+    model_config.get_preset("tiny-bloom"),
+    hidden=32,
+    heads=4,
+    kv_heads=4,
+    head_dim=8,
+    mlp_dim=64,
+    vocab_size=128,
+)
+MODEL = decoder.Decoder(CFG)
+TX = ts.make_optimizer(ts.OptimizerConfig(learning_rate=1e-2), 10)
+
+
+def layout_on(shape, n_devices=8) -> ts.StateLayout:
+    """Shapes + shardings only (no arrays): the restore target on another mesh."""
+    mesh = P.make_mesh(P.MeshConfig(shape), jax.devices()[:n_devices])
+    return ts.state_layout(MODEL, TX, mesh)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A state after two real updates on a (2, 2, 2) mesh (non-trivial Adam moments)."""
+    layout = layout_on((2, 2, 2))
+    mesh = layout.shardings.step.mesh
+    with jax.set_mesh(mesh), P.axis_rules():
+        state = ts.init_state(MODEL, TX, layout, seed=0)
+    rs = np.random.RandomState(0)
+    batch = {
+        ts.INPUTS: rs.randint(0, 128, (8, 16)).astype(np.int32),
+        ts.TARGETS: rs.randint(0, 128, (8, 16)).astype(np.int32),
+        ts.WEIGHTS: np.ones((8, 16), np.float32),
+        ts.SEGMENT_IDS: np.ones((8, 16), np.int32),
+        ts.POSITIONS: np.tile(np.arange(16, dtype=np.int32), (8, 1)),
+    }
+    with jax.set_mesh(mesh), P.axis_rules():
+        step = ts.jit_train_step(
+            ts.make_train_step(MODEL, TX, ts.StepConfig()), layout, P.data_sharding(mesh)
+        )
+        for _ in range(2):
+            state, _ = step(state, batch)
+    return layout, state
+
+
+def assert_trees_equal(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_onto_another_mesh(tmp_path, trained):
+    _, state = trained
+    manager = ck.Checkpointer(tmp_path, ck.CheckpointConfig(save_every_steps=1))
+    position = ck.DataPosition(batches_consumed=2, mixture="m", seed=3, global_batch_size=8)
+    assert manager.save(state, position)
+    assert not manager.save(state, position)  # same step twice: no-op
+    manager.close()
+
+    target = layout_on((1, 2, 2), n_devices=4)  # other devices, tensor parallel
+    restored, restored_position = ck.Checkpointer(tmp_path, ck.CheckpointConfig()).restore(
+        2, target
+    )
+    assert restored_position == position
+    assert int(restored.step) == 2
+    assert_trees_equal(restored, state)
+    qkv = restored.params["layers"]["attn"]["qkv_kernel"]
+    assert qkv.sharding == target.shardings.params["layers"]["attn"]["qkv_kernel"]
+    assert len(qkv.sharding.device_set) == 4
+    mu = restored.opt_state[1][0].mu["layers"]["attn"]["qkv_kernel"]
+    assert mu.sharding.spec == qkv.sharding.spec
+
+
+def test_keeps_the_last_k(tmp_path, trained):
+    layout, state = trained
+    manager = ck.Checkpointer(tmp_path, ck.CheckpointConfig(save_every_steps=1, keep=2))
+    for step in (1, 2, 3):
+        manager.save(state.replace(step=jnp.int32(step)), ck.DataPosition(step), force=True)
+    manager.wait()
+    assert manager.all_steps() == [2, 3]
+    assert manager.latest_step() == 3
+    manager.close()
+    restored, position = ck.Checkpointer(tmp_path, ck.CheckpointConfig()).restore(3, layout)
+    assert position.batches_consumed == 3 and int(restored.step) == 3
+
+
+def test_restore_params_from_run_step_or_params_dir(tmp_path, trained):
+    _, state = trained
+    manager = ck.Checkpointer(tmp_path / "run", ck.CheckpointConfig())
+    manager.save(state, ck.DataPosition(2), force=True)
+    manager.close()
+    ck.save_params(tmp_path / "converted" / "params", state.params)
+
+    target = layout_on((1, 1, 1), n_devices=1)
+    for path in (
+        tmp_path / "run",
+        tmp_path / "run" / "checkpoints",
+        tmp_path / "run" / "checkpoints" / "2",
+        tmp_path / "converted",
+        tmp_path / "converted" / "params",
+    ):
+        params = ck.restore_params(path, target.abstract.params)
+        assert_trees_equal(params, state.params)
+    assert ck.resolve_params_path(tmp_path / "run").name == "params"
+
+
+def test_clear_errors(tmp_path):
+    target = layout_on((1, 1, 1), n_devices=1)
+    with pytest.raises(ck.CheckpointError, match="does not exist"):
+        ck.restore_params(tmp_path / "missing", target.abstract.params)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ck.CheckpointError, match="no orbax checkpoint found"):
+        ck.restore_params(tmp_path / "empty", target.abstract.params)
+    # Parameters of another architecture.
+    other = decoder.abstract_params(dataclasses.replace(CFG, hidden=64, head_dim=16))
+    ck.save_params(tmp_path / "other", jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), other))
+    with pytest.raises(ck.CheckpointError, match="do not match the model"):
+        ck.restore_params(tmp_path / "other", target.abstract.params)

@@ -2,6 +2,7 @@
 
 Masking rule (training, prefill and decoding alike): query i may attend to key j iff
     segment[j] == segment[i]  and  segment[j] != 0  and  slot[j] <= slot[i]
+(a padding query, segment 0, attends only to its own slot: its output is unused).
 where `slot` is the index along the (cache) sequence and segment 0 is padding.
 Positions restart at 0 in every segment, so RoPE phases and ALiBi distances
 (`slope * (pos_k - pos_q)`) are those of each sequence on its own.
@@ -159,6 +160,10 @@ def make_mask_info(
         & (k_segments[:, None, :] != 0)
         & (k_slot[None, None, :] <= q_slot[None, :, None])
     )
+    # A padding query sees only its own slot, so every row has a key: fused kernels
+    # (cuDNN) return NaN gradients for fully masked rows. Nothing else sees padding.
+    pad_self = (q_segments[:, :, None] == 0) & (k_slot[None, None, :] == q_slot[None, :, None])
+    mask = mask | pad_self
     rel = None
     if use_alibi:
         rel = (k_positions[:, None, :] - q_positions[:, :, None]).astype(jnp.float32)
@@ -182,8 +187,7 @@ def attend_xla(q, k, v, info: MaskInfo, slopes) -> jax.Array:
     if info.rel_pos is not None:
         s = jnp.asarray(slopes).reshape(kh, h // kh)
         scores = scores + s[None, :, :, None, None] * info.rel_pos[:, None, None]
-    # finfo.min rather than -inf: a fully masked (padding) row gets a uniform softmax
-    # instead of NaN, and its output is ignored downstream.
+    # finfo.min rather than -inf: no inf - inf = NaN even if a row were fully masked.
     scores = jnp.where(info.mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
@@ -200,9 +204,7 @@ def attend_dot_product(q, k, v, info: MaskInfo, slopes, implementation="cudnn") 
     out = jax.nn.dot_product_attention(
         q, k, v, bias=bias, mask=info.mask[:, None], implementation=implementation
     )
-    # Rows with no visible key (padding) may come back non-finite from fused
-    # kernels; zero them so 0 * NaN never leaks into other rows.
-    return jnp.where(info.mask.any(-1)[:, :, None, None], out, 0).astype(q.dtype)
+    return out.astype(q.dtype)
 
 
 class Attention(nn.Module):

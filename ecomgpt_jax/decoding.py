@@ -172,12 +172,12 @@ def warp_logits(logits: jax.Array, dcfg: DecodeConfig) -> jax.Array:
     return logits
 
 
-def _choose(logits, step, row_ids, dcfg: DecodeConfig):
+def _choose(logits, step, row_ids, seed, dcfg: DecodeConfig):
     """Next token and its log-probability per row: logits [B, V] -> (int32 [B], float32 [B])."""
     logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     if dcfg.effective_method == "sample":
         warped = warp_logits(logits, dcfg)
-        base = jax.random.PRNGKey(dcfg.seed)
+        base = jax.random.PRNGKey(seed)
 
         def sample_row(row_id, row_logits):
             key = jax.random.fold_in(jax.random.fold_in(base, row_id), step)
@@ -227,7 +227,7 @@ def _step(model, params, tokens, cache):
 # ----------------------------------------------------------------------------- greedy/sample
 
 
-def _decode_greedy(model, params, tokens, mask, row_ids, dcfg: DecodeConfig, eos_id, pad_id):
+def _decode_greedy(model, params, tokens, mask, row_ids, seed, dcfg: DecodeConfig, eos_id, pad_id):
     n = dcfg.max_new_tokens
     b = tokens.shape[0]
     logits, cache = _prefill(model, params, tokens, mask, tokens.shape[1] + n)
@@ -235,7 +235,7 @@ def _decode_greedy(model, params, tokens, mask, row_ids, dcfg: DecodeConfig, eos
 
     def choose_and_record(state, logits):
         step, cache, out, done, score = state
-        token, lp = _choose(logits, step, row_ids, dcfg)
+        token, lp = _choose(logits, step, row_ids, seed, dcfg)
         token = jnp.where(done, pad_id, token)
         out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
         score = score + jnp.where(done, 0.0, lp)
@@ -405,14 +405,17 @@ def _decode_beam(model, params, tokens, mask, dcfg: DecodeConfig, eos_id, pad_id
     return _finish(out, state.finished_scores[:, 0], eos_id)
 
 
-def decode(params, tokens, mask, row_ids, *, cfg: ModelConfig, dcfg: DecodeConfig, eos_id, pad_id):
-    """The jittable decoding function (see the module docstring for shapes)."""
+def decode(
+    params, tokens, mask, row_ids, seed, *, cfg: ModelConfig, dcfg: DecodeConfig, eos_id, pad_id
+):
+    """The jittable decoding function (see the module docstring for shapes; seed: int32
+    scalar, a traced value so that a new seed does not recompile)."""
     model = decoder.Decoder(cfg)
     tokens = jnp.asarray(tokens, jnp.int32)
     mask = jnp.asarray(mask, bool)
     if dcfg.effective_method == "beam":
         return _decode_beam(model, params, tokens, mask, dcfg, eos_id, pad_id)
-    return _decode_greedy(model, params, tokens, mask, row_ids, dcfg, eos_id, pad_id)
+    return _decode_greedy(model, params, tokens, mask, row_ids, seed, dcfg, eos_id, pad_id)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -460,6 +463,23 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh | None):
     return partitioning.logical_sharding(specs, mesh)
 
 
+@functools.lru_cache(maxsize=32)
+def _jit_decode(cfg: ModelConfig, dcfg: DecodeConfig, eos_id: int, pad_id: int, mesh):
+    """One jitted `decode` per setting (the seed is an argument, not part of the key), so
+    Generators with equal settings share compilations (one per bucket and batch size)."""
+    fn = functools.partial(decode, cfg=cfg, dcfg=dcfg, eos_id=eos_id, pad_id=pad_id)
+    if mesh is None:
+        return jax.jit(fn)
+    data = partitioning.data_sharding(mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    out = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    return jax.jit(
+        fn,
+        in_shardings=(param_shardings(cfg, mesh), data, data, data, replicated),
+        out_shardings=DecodeOutput(out, out, out),
+    )
+
+
 class Generator:
     """Jitted decoding of one model with one DecodeConfig, optionally on a mesh.
 
@@ -478,20 +498,10 @@ class Generator:
         self.cfg, self.dcfg, self.mesh = cfg, dcfg, mesh
         self.eos_id, self.pad_id = int(eos_id), int(pad_id)
         self.buckets = bucket_lengths(dcfg.max_prompt_len, dcfg.min_bucket)
-        fn = functools.partial(decode, cfg=cfg, dcfg=dcfg, eos_id=self.eos_id, pad_id=self.pad_id)
-        if mesh is None:
-            self.param_shardings = None
-            self._data_sharding = None
-            self._jitted = jax.jit(fn)
-        else:
-            self.param_shardings = param_shardings(cfg, mesh)
-            self._data_sharding = partitioning.data_sharding(mesh)
-            out = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
-            self._jitted = jax.jit(
-                fn,
-                in_shardings=(self.param_shardings, *(self._data_sharding,) * 3),
-                out_shardings=DecodeOutput(out, out, out),
-            )
+        self.param_shardings = param_shardings(cfg, mesh) if mesh is not None else None
+        self._data_sharding = None if mesh is None else partitioning.data_sharding(mesh)
+        key = dataclasses.replace(dcfg, seed=0)  # the seed is passed at run time
+        self._jitted = _jit_decode(cfg, key, self.eos_id, self.pad_id, mesh)
 
     @property
     def batch_divisor(self) -> int:
@@ -510,6 +520,8 @@ class Generator:
             _put(np.asarray(a, dt), self._data_sharding)
             for a, dt in ((tokens, np.int32), (mask, bool), (row_ids, np.int32))
         ]
+        replicated = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
+        args.append(_put(np.asarray(self.dcfg.seed, np.int32), replicated))
         if self.mesh is None:
             return DecodeOutput(*_fetch(self._jitted(params, *args)))
         with jax.set_mesh(self.mesh), partitioning.axis_rules():

@@ -1,6 +1,7 @@
 """Convert between Hugging Face checkpoints and orbax parameter checkpoints.
 
     python -m ecomgpt_jax.convert hf-to-orbax --hf_dir DIR --output OUT [--dtype bfloat16]
+        (default float32; the compute dtype in model_config.json is set to the same)
     python -m ecomgpt_jax.convert orbax-to-hf --checkpoint CKPT --output DIR \
         [--tokenizer_dir DIR] [--dtype bfloat16] [--preset NAME | --model_config FILE]
 

@@ -219,17 +219,17 @@ def read_hf_config(hf_dir) -> ModelConfig:
 def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]:
     """Reads a HF BLOOM / Llama / Qwen2 directory into (cfg, nested dict of numpy arrays).
 
-    dtype: parameter dtype ("float32", "bfloat16"); default: the config's torch_dtype
-    (float32 when absent). The returned cfg has `param_dtype` and `dtype` set to it.
+    dtype: parameter dtype ("float32", "bfloat16", "float16"); default float32, whatever
+    the checkpoint's torch_dtype (exact, and never a silent float16 compute dtype).
+    The returned cfg has `param_dtype` and `dtype` (compute) set to it.
     """
     from safetensors import safe_open
 
     hf_dir = pathlib.Path(hf_dir)
     cfg = read_hf_config(hf_dir)
-    if dtype is None:
-        hf = json.loads((hf_dir / "config.json").read_text())
-        dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
-        dtype = dtype if dtype in model_config.DTYPES else "float32"
+    dtype = dtype or "float32"
+    if dtype not in model_config.DTYPES:
+        raise ConfigError(f"dtype {dtype!r}: must be one of {model_config.DTYPES}")
     cfg = dataclasses.replace(cfg, param_dtype=dtype, dtype=dtype)
     target = np_dtype(dtype)
 

@@ -1,0 +1,211 @@
+"""Evaluation library: prompts as the SeqIO tasks give them, task resolution, output files,
+metrics.json equal to the score CLI's, byte-identical reruns, checkpoint restore on a mesh,
+predictions equal to transformers' beam search on the left-truncated prompts."""
+
+import dataclasses
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax
+import numpy as np
+import pytest
+
+from ecomgpt_jax import checkpointing, evaluation, score, vocabularies
+from ecomgpt_jax import partitioning as P
+from ecomgpt_jax.decoding import DecodeConfig
+from ecomgpt_jax.ecominstruct import instructions, make_sample, reader
+from ecomgpt_jax.evaluation import EvalConfig, ModelSource
+from ecomgpt_jax.models import config as mc
+from ecomgpt_jax.models import hf_io
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+SAMPLE = make_sample.SAMPLE_DIR
+HELD_OUT_ON_SAMPLE = [
+    "EN-ABSA-CLS-review_topic_category",
+    "EN-Lenovo-Condition_Extract-Condition_Extract",
+    "ZH-MEPAVE-NER-attribute_value_extraction",
+    "ZH-Multi_CPR-Extract-product_select_2",
+    "ZH-OpenBG_Align-CLS-item_coarse_classify",
+    "ZH-OpenBG_Align-Generate-title_generate",
+]
+# Sample prompts have up to ~90 SentencePiece tokens: 64 cuts many of them (from the left).
+EVAL = EvalConfig(
+    data_dir=str(SAMPLE),
+    max_examples=4,
+    batch_size=8,
+    decode=DecodeConfig(num_beams=2, max_new_tokens=6, max_prompt_len=64, min_bucket=64),
+)
+
+
+def make_hf_dir(path, preset="tiny-qwen2", eos_boost=11.0):
+    """A random HF model sized for the bundled SentencePiece vocabulary (eos 1, pad 0)."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(mc.get_preset(preset), vocab_size=2048)
+    hf_cfg = transformers.AutoConfig.for_model(**mc.to_hf_config(cfg))
+    model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[cfg.eos_id] *= eos_boost
+    model.save_pretrained(path)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return vocabularies.make_vocabulary()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hf_qwen")
+    hf_model = make_hf_dir(path)
+    cfg, params = evaluation.load_model(ModelSource(hf_dir=str(path)))
+    return hf_model, cfg, params, path
+
+
+@pytest.fixture(scope="module")
+def first_run(model, vocab, tmp_path_factory):
+    _, cfg, params, path = model
+    out = tmp_path_factory.mktemp("eval_a")
+    result = evaluation.evaluate(params, cfg, vocab, EVAL, eval_dir=out, describe=str(path))
+    return result, out
+
+
+def test_prompts_and_tokens_equal_the_seqio_tasks(vocab):
+    import tasks
+
+    before = tasks.registration()
+    tasks.register_ecom_tasks(SAMPLE, vocab)
+    try:
+        prepared, missing = evaluation.prepare_tasks(
+            dataclasses.replace(EVAL, max_examples=None), vocab
+        )
+        assert [t.name for t in prepared] == HELD_OUT_ON_SAMPLE
+        assert len(missing) == 6 and "EN-Lenovo-NER-NER" in missing
+        for task in prepared:
+            seqio_task = tasks.get(tasks.seqio_task_name(task.name))
+            ds = seqio_task.get_dataset(sequence_length=None, split="test", shuffle=False)
+            rows = sorted(ds.as_numpy_iterator(), key=lambda r: r["index"])
+            assert len(rows) == len(task.instructions) == task.n_total
+            for row, inst, ids in zip(rows, task.instructions, task.prompt_ids, strict=True):
+                assert row["inputs_pretokenized"].decode() == inst.prompt
+                assert row["targets_pretokenized"].decode() == inst.answer
+                assert int(row["index"]) == inst.index
+                assert row["inputs"].tolist() == list(ids)
+    finally:
+        tasks.register_ecom_tasks(before.data_dir)
+
+
+def test_task_names_resolve_from_folders_seqio_names_and_mixtures():
+    names, missing = evaluation.resolve_task_names(
+        "ecom:ZH:MEPAVE:NER:attribute_value_extraction, EN-ABSA-CLS-review_topic_category", SAMPLE
+    )
+    assert names == [
+        "ZH-MEPAVE-NER-attribute_value_extraction",
+        "EN-ABSA-CLS-review_topic_category",
+    ]
+    assert missing == []
+    names, missing = evaluation.resolve_task_names("ecom_instruct_held_out", SAMPLE)
+    assert names == HELD_OUT_ON_SAMPLE and len(missing) == 6
+    with pytest.raises(reader.DataError, match="neither a task folder nor a known mixture"):
+        evaluation.resolve_task_names("no_such_mixture", SAMPLE)
+
+
+def test_outputs_and_metrics_equal_the_score_cli(first_run, tmp_path):
+    result, out = first_run
+    files = sorted(p.name for p in (out / "predictions").iterdir())
+    assert files == [f"{name}.jsonl" for name in HELD_OUT_ON_SAMPLE]
+    infos = reader.discover_tasks(SAMPLE)
+    lines = []
+    for name in HELD_OUT_ON_SAMPLE:
+        text = (out / "predictions" / f"{name}.jsonl").read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in text.splitlines()]
+        expected = instructions.task_instructions(infos[name], "test")[:4]
+        assert [list(r) for r in rows] == [["task", "index", "prediction", "inputs", "targets"]] * 4
+        assert [(r["task"], r["index"], r["inputs"], r["targets"]) for r in rows] == [
+            (e.task, e.index, e.prompt, e.answer) for e in expected
+        ]
+        lines.append(text)
+    combined = tmp_path / "all.jsonl"
+    combined.write_text("".join(lines), encoding="utf-8")
+    cli_out = tmp_path / "scores.json"
+    args = ["--data_dir", str(SAMPLE), "--predictions", str(combined), "--output", str(cli_out)]
+    assert score.main(args) == 0
+    assert (out / "metrics.json").read_bytes() == cli_out.read_bytes()
+    metrics = json.loads(cli_out.read_text())
+    assert [(metrics[n]["n"], metrics[n]["n_total"]) for n in HELD_OUT_ON_SAMPLE] == [(4, 30)] * 6
+    md = (out / "metrics.md").read_text()
+    assert "beam search, 2 beams" in md and "from the left to 64 tokens" in md
+    assert all(name in md for name in HELD_OUT_ON_SAMPLE) and "EN-Lenovo-NER-NER" in md
+    assert any((out / "tensorboard").iterdir())
+
+
+def test_predictions_equal_transformers_beam_search(model, first_run, vocab):
+    """The whole chain: prompt, tokenization, left truncation, beam search, decoding."""
+    hf_model, cfg, _, _ = model
+    result, _ = first_run
+    d = EVAL.decode
+    for row in result.rows[:8]:
+        ids = list(vocab.encode(row["inputs"]))[-d.max_prompt_len :]
+        with torch.no_grad():
+            seq = hf_model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+                num_beams=d.num_beams,
+                do_sample=False,
+                max_new_tokens=d.max_new_tokens,
+                eos_token_id=cfg.eos_id,
+                pad_token_id=cfg.pad_id,
+            )[0, len(ids) :].tolist()
+        assert row["prediction"] == vocab.decode(seq), row["index"]
+    assert len({r["prediction"] for r in result.rows}) > 1
+
+
+def test_infer_eval_reruns_are_byte_identical(model, first_run, vocab, tmp_path):
+    _, cfg, params, _ = model
+    _, first = first_run
+    metrics = evaluation.run_infer_eval(params, cfg, None, vocab, EVAL, step=7, eval_dir=tmp_path)
+    assert metrics == json.loads((first / "metrics.json").read_text())
+    for name in HELD_OUT_ON_SAMPLE:
+        path = f"predictions/{name}.jsonl"
+        assert (tmp_path / path).read_bytes() == (first / path).read_bytes()
+    assert "- step: 7" in (tmp_path / "metrics.md").read_text()
+
+
+def test_checkpoint_restored_onto_a_mesh_gives_the_same_predictions(model, first_run, tmp_path):
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS)")
+    _, cfg, params, _ = model
+    checkpointing.save_params(tmp_path / "ckpt" / "params", params)
+    (tmp_path / "ckpt" / "model_config.json").write_text(json.dumps(cfg.to_json_dict()))
+    mesh = P.make_mesh(P.MeshConfig((2, 2, 2)))
+    cfg2, restored = evaluation.load_model(ModelSource(checkpoint=str(tmp_path / "ckpt")), mesh)
+    assert cfg2 == cfg
+    assert restored["embed"]["embedding"].sharding.spec == jax.sharding.PartitionSpec(
+        "tensor", "fsdp"
+    )
+    np.testing.assert_array_equal(restored["embed"]["embedding"], params["embed"]["embedding"])
+    result = evaluation.evaluate(
+        restored, cfg2, vocabularies.make_vocabulary(), EVAL, mesh=mesh, progress=False
+    )
+    assert [r["prediction"] for r in result.rows] == [r["prediction"] for r in first_run[0].rows]
+
+
+def test_model_source_errors(tmp_path):
+    with pytest.raises(evaluation.EvalError, match="exactly one of CHECKPOINT"):
+        evaluation.load_model(ModelSource())
+    with pytest.raises(evaluation.EvalError, match="exactly one of CHECKPOINT"):
+        evaluation.load_model(ModelSource(checkpoint="a", hf_dir="b"))
+    params = {"w": np.zeros(2, np.float32)}
+    checkpointing.save_params(tmp_path / "params", params)
+    with pytest.raises(evaluation.EvalError, match="no model_config.json"):
+        evaluation.load_model(ModelSource(checkpoint=str(tmp_path)))
+    with pytest.raises(checkpointing.CheckpointError, match="do not match the model"):
+        evaluation.load_model(ModelSource(checkpoint=str(tmp_path), preset="tiny-bloom"))
+    with pytest.raises(hf_io.CheckpointFormatError, match="not found"):
+        evaluation.load_model(ModelSource(hf_dir=str(tmp_path)))
+    with pytest.raises(evaluation.EvalError, match="max_examples"):
+        EvalConfig(max_examples=0)

@@ -153,6 +153,7 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
         eval_cfg = conf["EvalConfig"]()
         source = conf["ModelSource"]()
         run = conf["EvalRun"]()
+    evaluation.check_source(source)
     mesh = partitioning.make_mesh(partitioning.MeshConfig(tuple(run.mesh_shape)))
     eval_dir = run.eval_dir or default_eval_dir(source, eval_cfg.mixture_or_task_name)
     vocabulary = make_vocabulary(run, source)

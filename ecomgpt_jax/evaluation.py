@@ -139,11 +139,16 @@ def _with_overrides(cfg: ModelConfig, source: ModelSource) -> ModelConfig:
         raise ConfigError(f"ModelSource.overrides {dict(source.overrides)}: {e}") from None
 
 
+def check_source(source: ModelSource) -> None:
+    """EvalError unless exactly one of checkpoint and hf_dir is set."""
+    if bool(source.checkpoint) == bool(source.hf_dir):
+        raise EvalError("set exactly one of CHECKPOINT (orbax) and HF_DIR (Hugging Face folder)")
+
+
 def load_model(source: ModelSource, mesh=None) -> tuple[ModelConfig, Any]:
     """Loads (cfg, params): HF folders as host numpy arrays, orbax checkpoints restored
     directly into the mesh's shardings (any mesh; single device without one)."""
-    if bool(source.checkpoint) == bool(source.hf_dir):
-        raise EvalError("set exactly one of CHECKPOINT (orbax) and HF_DIR (Hugging Face folder)")
+    check_source(source)
     if source.hf_dir:
         cfg, params = hf_io.load_hf_params(source.hf_dir, dtype=source.dtype)
         return _with_overrides(cfg, source), params

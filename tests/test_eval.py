@@ -1,0 +1,156 @@
+"""`python -m ecomgpt_jax.eval` end to end on the bundled sample: a HF folder and a checkpoint
+written by `python -m ecomgpt_jax.train`; files, metrics.json equal to `python -m
+ecomgpt_jax.score`, byte-identical reruns, one-line errors."""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest
+
+from ecomgpt_jax import eval as eval_main
+from ecomgpt_jax import evaluation, score
+from ecomgpt_jax.ecominstruct import make_sample
+from ecomgpt_jax.models import config as mc
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SAMPLE = make_sample.SAMPLE_DIR
+PRESENT = [
+    "EN-ABSA-CLS-review_topic_category",
+    "EN-Lenovo-Condition_Extract-Condition_Extract",
+    "ZH-MEPAVE-NER-attribute_value_extraction",
+    "ZH-Multi_CPR-Extract-product_select_2",
+    "ZH-OpenBG_Align-CLS-item_coarse_classify",
+    "ZH-OpenBG_Align-Generate-title_generate",
+]
+# Small and fast: 3 examples per task, 6 new tokens, one prompt bucket.
+SMALL = [
+    f"--gin.DATA_DIR='{SAMPLE}'",
+    "--gin.EVAL_MAX_EXAMPLES=3",
+    "--gin.BATCH_SIZE=8",
+    "--gin.DecodeConfig.max_new_tokens=6",
+    "--gin.DecodeConfig.min_bucket=128",
+]
+
+
+def run_cli(module: str, *args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("ECOMGPT_DATA_DIR", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def bindings(args):
+    """--gin.X=V flags -> gin binding strings (as eval.main passes them)."""
+    return [a.split("=", 1)[1] for a in eval_main.rewrite_gin_args(args)]
+
+
+def score_cli_bytes(pred_dir: pathlib.Path, tmp: pathlib.Path) -> bytes:
+    combined = tmp / "all_predictions.jsonl"
+    combined.write_text(
+        "".join(p.read_text(encoding="utf-8") for p in sorted(pred_dir.glob("*.jsonl"))),
+        encoding="utf-8",
+    )
+    out = tmp / "score_cli.json"
+    args = ["--data_dir", str(SAMPLE), "--predictions", str(combined), "--output", str(out)]
+    assert score.main(args) == 0
+    return out.read_bytes()
+
+
+def check_eval_dir(out: pathlib.Path, tmp: pathlib.Path) -> dict:
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == [
+        f"{t}.jsonl" for t in PRESENT
+    ]
+    for task in PRESENT:
+        rows = (out / "predictions" / f"{task}.jsonl").read_text(encoding="utf-8").splitlines()
+        assert [json.loads(r)["index"] for r in rows] == [0, 1, 2]
+    assert (out / "metrics.json").read_bytes() == score_cli_bytes(out / "predictions", tmp)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [metrics[t]["n"] for t in PRESENT] == [3] * 6 and "average" in metrics
+    assert "beam search, 4 beams" in (out / "metrics.md").read_text()
+    assert any((out / "tensorboard").iterdir())
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A random tiny Qwen2 for the bundled SentencePiece vocabulary (eos 1, pad 0)."""
+    path = tmp_path_factory.mktemp("hf_tiny_qwen2")
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(mc.get_preset("tiny-qwen2"), vocab_size=2048)
+    model = transformers.AutoModelForCausalLM.from_config(
+        transformers.AutoConfig.for_model(**mc.to_hf_config(cfg)), dtype=torch.float32
+    )
+    with torch.no_grad():
+        model.get_input_embeddings().weight[cfg.eos_id] *= 11.0  # some rows stop early
+    model.save_pretrained(path)
+    return path
+
+
+def test_eval_cli_on_a_hf_folder_and_identical_rerun(hf_dir, tmp_path):
+    out = tmp_path / "cli"
+    args = [f"--gin.HF_DIR='{hf_dir}'", f"--gin.EVAL_DIR='{out}'", *SMALL]
+    proc = run_cli("ecomgpt_jax.eval", "--gin_file=gin_configs/eval.gin", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "average" in proc.stdout and "examples/s" in proc.stdout
+    check_eval_dir(out, tmp_path)
+    # Same settings in this process: byte-identical predictions and metrics.
+    again = tmp_path / "again"
+    rerun_args = [f"--gin.HF_DIR='{hf_dir}'", f"--gin.EVAL_DIR='{again}'", *SMALL]
+    eval_main.run_eval(["gin_configs/eval.gin"], bindings(rerun_args), progress=False)
+    for path in [*(f"predictions/{t}.jsonl" for t in PRESENT), "metrics.json", "metrics.md"]:
+        assert (again / path).read_bytes() == (out / path).read_bytes(), path
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("ecomgpt_jax.train") is None, reason="no ecomgpt_jax.train yet"
+)
+def test_eval_cli_on_a_trainer_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "ecomgpt_jax.train",
+        "--gin_file=gin_configs/ecom.gin",
+        f"--gin.MODEL_DIR='{run_dir}'",
+        "--gin.TRAIN_STEPS=1",
+        "--gin.BATCH_SIZE=8",
+        "--gin.SAVE_EVERY_STEPS=1",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step_dir = run_dir / "checkpoints" / "1"
+    assert step_dir.is_dir()
+    # EVAL_DIR left unset: <run>/eval/<step>/<mixture> for a checkpoint of a training run.
+    proc = run_cli(
+        "ecomgpt_jax.eval",
+        "--gin_file=gin_configs/eval.gin",
+        f"--gin.CHECKPOINT='{step_dir}'",
+        *SMALL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_eval_dir(run_dir / "eval" / "1" / "ecom_instruct_held_out", tmp_path)
+
+
+def test_errors_are_one_line(tmp_path):
+    with pytest.raises(evaluation.EvalError, match="exactly one of CHECKPOINT"):
+        eval_main.run_eval(["gin_configs/eval.gin"], [f"EVAL_DIR = '{tmp_path}'"])
+    with pytest.raises(evaluation.EvalError, match="set EVAL_DIR"):
+        eval_main.run_eval(["gin_configs/eval.gin"], [f"HF_DIR = '{tmp_path}'"])
+    with pytest.raises(evaluation.EvalError, match="gin config"):
+        eval_main.run_eval(["gin_configs/eval.gin"], ["NoSuchThing.x = 1"])
+    proc = run_cli("ecomgpt_jax.eval", "--gin_file=gin_configs/eval.gin", *SMALL)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: set exactly one of CHECKPOINT")

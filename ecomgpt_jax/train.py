@@ -114,13 +114,19 @@ def make_vocabulary(spec: trainer.ModelSpec, train: trainer.TrainConfig):
 def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, vocabulary):
     """Re-registers the EcomInstruct tasks when the data root or vocabulary differ."""
     import tasks
+    from ecomgpt_jax.ecominstruct.reader import DataError
 
     default_vocab = run.model.vocabulary.lower() in ("sentencepiece", "spm") and (
         run.model.vocabulary_path is None
     )
     if run.train.data_dir is not None or not default_vocab:
         tasks.register_ecom_tasks(run.train.data_dir, vocabulary)
-    tasks.get(data.mixture_or_task_name)  # DataError naming the data root if absent
+    try:
+        tasks.get(data.mixture_or_task_name)  # DataError naming the data root if absent
+    except DataError:
+        raise
+    except ValueError as e:  # unknown name: the message lists the known mixtures
+        raise trainer.UserError(str(e)) from None
 
 
 def write_run_files(model_dir: str, cfg, argv: list[str]) -> None:

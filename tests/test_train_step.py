@@ -1,6 +1,7 @@
 """Train step: loss on answer tokens, schedule, decay mask, accumulation, sharding."""
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -53,14 +54,15 @@ def packed_batch(seed: int, batch: int = B, length: int = L) -> dict[str, np.nda
     }
 
 
-def make_state(model, tx, mesh, seed=0):
+def make_state(model, tx, mesh, params=None):
     with jax.set_mesh(mesh), P.axis_rules():
         layout = ts.state_layout(model, tx, mesh)
-        return layout, ts.init_state(model, tx, layout, seed=seed)
+        return layout, ts.init_state(model, tx, layout, seed=0, params=params)
 
 
-def run_steps(model, tx, mesh, batches, step_config=None):
-    layout, state = make_state(model, tx, mesh)
+def run_steps(model, tx, mesh, batches, step_config=None, params=None):
+    """Losses of one jitted step per batch; `params` (host arrays) = the same init anywhere."""
+    layout, state = make_state(model, tx, mesh, params)
     with jax.set_mesh(mesh), P.axis_rules():
         step = ts.jit_train_step(
             ts.make_train_step(model, tx, step_config or ts.StepConfig(), layout.shardings.params),
@@ -133,32 +135,30 @@ def test_weight_decay_only_where_masked():
 
 def test_loss_is_mean_over_answer_tokens_of_whole_batch():
     model = decoder.Decoder(CFG)
-    params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
+    init = jax.jit(lambda r: nn.unbox(model.init(r, jnp.zeros((1, 8), jnp.int32)))["params"])
+    params = init(jax.random.key(0))
     batch = packed_batch(1)
-    logits = np.asarray(
-        model.apply(
-            {"params": params},
-            batch[ts.INPUTS],
-            positions=batch[ts.POSITIONS],
-            segment_ids=batch[ts.SEGMENT_IDS],
-        ),
-        np.float64,
+    apply = jax.jit(
+        lambda p, b: model.apply({"params": p}, b[ts.INPUTS], b[ts.POSITIONS], b[ts.SEGMENT_IDS])
     )
+    logits = np.asarray(apply(params, batch), np.float64)
     # Reference: log-softmax in float64, summed over answer tokens / their count.
     logp = logits - logits.max(-1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
     nll = -np.take_along_axis(logp, batch[ts.TARGETS][..., None], -1)[..., 0]
     w = batch[ts.WEIGHTS]
     expected = (nll * w).sum() / w.sum()
-    loss = ts.make_eval_loss(model, ts.StepConfig())(params, batch)
-    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-    # The chunked cross-entropy (final hidden states, 4 chunks of 8) gives the same.
-    chunked = ts.make_eval_loss(model, ts.StepConfig(loss_chunk_size=8))(params, batch)
-    np.testing.assert_allclose(float(chunked), expected, rtol=1e-5)
-    grads = [
-        jax.grad(ts.make_eval_loss(model, ts.StepConfig(loss_chunk_size=c)))(params, batch)
+    # Plain and chunked cross-entropy (final hidden states, 4 chunks of 8) agree, and so
+    # do their gradients.
+    results = [
+        jax.jit(jax.value_and_grad(ts.make_eval_loss(model, ts.StepConfig(loss_chunk_size=c))))(
+            params, batch
+        )
         for c in (0, 8)
     ]
+    for loss, _ in results:
+        np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    grads = [g for _, g in results]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
@@ -182,7 +182,7 @@ def test_grad_accumulation_equals_one_big_batch():
 def test_sharded_losses_equal_one_device(shape, reference_losses):
     model = decoder.Decoder(CFG)
     mesh = P.make_mesh(P.MeshConfig(shape))
-    state, losses = run_steps(model, _tx(), mesh, _batches(), ts.StepConfig(num_microbatches=1))
+    state, losses = run_steps(model, _tx(), mesh, _batches(), params=_host_init())
     np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
     # Parameters really are laid out by the rules table.
     qkv = state.params["layers"]["attn"]["qkv_kernel"]
@@ -198,9 +198,17 @@ def _batches():
     return [packed_batch(10), packed_batch(11), packed_batch(10)]
 
 
+@functools.cache
+def _host_init():
+    """One random initialisation as numpy, placed onto each mesh by init_state."""
+    _, state = make_state(decoder.Decoder(CFG), _tx(), one_device_mesh())
+    return jax.device_get(state.params)
+
+
 @pytest.fixture(scope="module")
 def reference_losses():
-    _, losses = run_steps(decoder.Decoder(CFG), _tx(), one_device_mesh(), _batches())
+    model = decoder.Decoder(CFG)
+    _, losses = run_steps(model, _tx(), one_device_mesh(), _batches(), params=_host_init())
     assert all(math.isfinite(x) for x in losses)
     assert losses[2] < losses[0]  # training moves
     return losses
@@ -208,7 +216,7 @@ def reference_losses():
 
 def test_mixed_precision_close_to_float32(reference_losses):
     model = decoder.Decoder(dataclasses.replace(CFG, dtype="bfloat16"))
-    state, losses = run_steps(model, _tx(), one_device_mesh(), _batches())
+    state, losses = run_steps(model, _tx(), one_device_mesh(), _batches(), params=_host_init())
     np.testing.assert_allclose(losses, reference_losses, rtol=2e-2)
     # Parameters and optimizer moments stay float32.
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}

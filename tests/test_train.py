@@ -1,0 +1,229 @@
+"""End to end: the default command, SIGTERM + resume, two processes, user errors.
+
+Subprocess runs use the default recipe (gin_configs/ecom.gin) for a few steps.
+Losses are compared through MODEL_DIR/metrics.jsonl (one line per step here).
+"""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+from absl import flags
+
+from ecomgpt_jax import checkpointing, convert, train
+from ecomgpt_jax.models import decoder
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+STEPS = 10
+# Few steps, every one logged, a checkpoint mid-way, a warm-up short enough to move.
+COMMON = [
+    f"--gin.TRAIN_STEPS={STEPS}",
+    "--gin.LOG_EVERY_STEPS=1",
+    "--gin.SAVE_EVERY_STEPS=5",
+    "--gin.WARMUP_STEPS=2",
+]
+# The resume and multi-process runs read one task (a mixture of twelve costs ~10 s of
+# tf.data set-up per run) as 2 logical shards, so 1 and 2 processes see the same batches.
+SHARDED = [
+    "--gin.MIXTURE_OR_TASK_NAME='ecom:EN:Shop_Product:NER:product_entity'",
+    "--gin.DataConfig.num_shards=2",
+]
+
+
+def command(model_dir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "ecomgpt_jax.train",
+        "--gin_file=gin_configs/ecom.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        *COMMON,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A persistent XLA cache shared by the subprocesses (same programs, compiled once)."""
+    return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+def env(cache: str, devices: int = 8) -> dict:
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "JAX_COMPILATION_CACHE_DIR": cache,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def losses(model_dir) -> dict[int, float]:
+    lines = (pathlib.Path(model_dir) / "metrics.jsonl").read_text().splitlines()
+    return {row["step"]: row["loss"] for row in map(json.loads, lines)}
+
+
+def run_ok(cmd, environ) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory, compile_cache):
+    """The default command for a few steps."""
+    model_dir = tmp_path_factory.mktemp("default") / "run"
+    return model_dir, run_ok(command(model_dir), env(compile_cache)).stdout
+
+
+@pytest.fixture(scope="module")
+def sharded_reference(tmp_path_factory, compile_cache):
+    """One uninterrupted process on 4 devices: the reference for resume and 2 processes."""
+    model_dir = tmp_path_factory.mktemp("reference") / "run"
+    run_ok(command(model_dir, *SHARDED), env(compile_cache, devices=4))
+    return model_dir
+
+
+def test_default_command_leaves_checkpoint_logs_and_config(default_run):
+    model_dir, stdout = default_run
+    step_dir = model_dir / "checkpoints" / str(STEPS)
+    assert {p.name for p in step_dir.iterdir()} >= {"params", "train", "data"}
+    assert sorted(int(p.name) for p in (model_dir / "checkpoints").iterdir()) == [5, STEPS]
+    rows = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    for key in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "seconds_per_step"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert rows[0]["learning_rate"] == 0.0 and rows[1]["learning_rate"] > 0
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    events = list((model_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    config = (model_dir / "config.gin").read_text()
+    assert f"TRAIN_STEPS = {STEPS}" in config and "TrainConfig.train_steps = %TRAIN_STEPS" in config
+    # The printed summary points at real things, including the evaluation command.
+    assert f"checkpoint: {step_dir}" in stdout
+    assert f"--gin.CHECKPOINT=\"'{step_dir}'\"" in stdout
+    assert "python -m ecomgpt_jax.eval --gin_file=gin_configs/eval.gin" in stdout
+    # What evaluation / conversion will do: model from model_config.json, params restore.
+    cfg = convert.find_model_config(step_dir)
+    assert cfg.vocab_size == 2048 and cfg.layers == 2
+    params = checkpointing.restore_params(step_dir, decoder.abstract_params(cfg))
+    assert params["embed"]["embedding"].shape == (2048, cfg.hidden)
+
+
+def test_sigterm_saves_exits_0_and_resume_matches(sharded_reference, compile_cache, tmp_path):
+    model_dir = tmp_path / "run"
+    environ = env(compile_cache, devices=4)
+    with open(tmp_path / "stderr.txt", "w") as log:
+        proc = subprocess.Popen(
+            command(model_dir, *SHARDED),
+            cwd=ROOT,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        for line in proc.stdout:
+            if line.startswith("step 2/"):
+                proc.send_signal(signal.SIGTERM)
+                break
+        out = proc.stdout.read()
+        assert proc.wait(timeout=300) == 0
+    stopped = max(losses(model_dir))
+    assert 2 <= stopped < STEPS and f"preempted at step {stopped}" in out
+    saved = checkpointing.Checkpointer(model_dir, checkpointing.CheckpointConfig()).all_steps()
+    assert saved[-1] == stopped
+    resumed = run_ok(command(model_dir, *SHARDED), environ)
+    assert f"starting at step {stopped}/{STEPS}" in resumed.stdout
+    got, want = losses(model_dir), losses(sharded_reference)
+    assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(sharded_reference, compile_cache, tmp_path):
+    two = tmp_path / "two"
+    port = _free_port()
+    procs = []
+    for i in range(2):
+        flags_i = [f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+        with open(tmp_path / f"stderr{i}.txt", "w") as log:
+            procs.append(
+                subprocess.Popen(
+                    command(two, *SHARDED, *flags_i, f"--process_id={i}"),
+                    cwd=ROOT,
+                    env=env(compile_cache, devices=2),
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
+            )
+    codes = [p.wait(timeout=600) for p in procs]
+    assert codes == [0, 0], (tmp_path / "stderr0.txt").read_text()[-3000:]
+    got, want = losses(two), losses(sharded_reference)
+    assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-5)
+    assert (two / "checkpoints" / str(STEPS) / "params").is_dir()
+
+
+def run_in_process(tmp_path, *args) -> str:
+    """train.main in this process (no TensorFlow start-up cost); returns its exit message."""
+    argv = train.rewrite_gin_args(
+        ["train", "--gin_file=gin_configs/ecom.gin", f"--gin.MODEL_DIR='{tmp_path}'", *args]
+    )
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    gin.clear_config()
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(argv)
+    finally:
+        os.chdir(cwd)
+        gin.clear_config()
+    return str(exit_info.value.code)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gin.MESH_SHAPE=(3, 1, 1)"], "MESH_SHAPE (3, 1, 1) needs 3 devices but 8 are"),
+        (["--gin.BATCH_SIZE=12"], "BATCH_SIZE 12 / num_microbatches 1 = 12 rows per micro"),
+        (
+            ["--gin.TASK_FEATURE_LENGTHS={'inputs': 500, 'targets': 100}"],
+            "give 600 tokens per row (inputs + targets) but the model's max_positions is 512",
+        ),
+        (["--gin.MIXTURE_OR_TASK_NAME='ecom_instruct_nope'"], "unknown task or mixture"),
+        (["--gin.NO_SUCH_THING.x=1"], "gin config:"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, args, message):
+    text = run_in_process(tmp_path, *args)
+    assert text.startswith("error: ") and "\n" not in text
+    assert message in text
+
+
+def test_mixture_without_data_is_one_line(tmp_path):
+    import tasks
+
+    empty = tmp_path / "empty_root"
+    empty.mkdir()
+    try:
+        text = run_in_process(tmp_path / "run", f"--gin.DATA_DIR='{empty}'")
+    finally:
+        tasks.register_ecom_tasks()  # back to the bundled sample for other tests
+    assert text.startswith("error: ") and "\n" not in text
+    assert str(empty) in text

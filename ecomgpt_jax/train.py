@@ -129,8 +129,9 @@ def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, voca
         raise trainer.UserError(str(e)) from None
 
 
-def write_run_files(model_dir: str, cfg, argv: list[str]) -> None:
-    """MODEL_DIR/config.gin (resolved gin config) and model_config.json (for eval/convert)."""
+def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary) -> None:
+    """MODEL_DIR/config.gin (resolved gin config), model_config.json and, for a HF
+    vocabulary, its tokenizer files: what eval / convert need next to the checkpoints."""
     import jax
     from etils import epath
 
@@ -138,6 +139,14 @@ def write_run_files(model_dir: str, cfg, argv: list[str]) -> None:
         return
     root = epath.Path(model_dir)
     root.mkdir(parents=True, exist_ok=True)
+    tokenizer = getattr(vocabulary, "path", None)  # HuggingFaceVocabulary: its tokenizer.json
+    if tokenizer is not None and pathlib.Path(tokenizer).name == "tokenizer.json":
+        from ecomgpt_jax import convert
+
+        for name in convert.TOKENIZER_FILES:
+            source = pathlib.Path(tokenizer).parent / name
+            if source.is_file():
+                (root / name).write_bytes(source.read_bytes())
     header = "# Resolved config of: python -m ecomgpt_jax.train " + shlex.join(argv[1:])
     (root / "config.gin").write_text(header + "\n\n" + gin.operative_config_str())
     (root / "model_config.json").write_text(
@@ -175,7 +184,7 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
         position = expected
     elif dataclasses_differ(position, expected) and jax.process_index() == 0:
         print(f"warning: resuming with a changed input pipeline ({position} -> {expected})")
-    write_run_files(run_cfg.train.model_dir, cfg, argv)
+    write_run_files(run_cfg.train.model_dir, cfg, argv, vocabulary)
     if jax.process_index() == 0:
         print(
             f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh "

@@ -1,0 +1,136 @@
+"""Trainer pieces: model config, shape checks, initial weights, metrics log, SIGTERM."""
+
+import dataclasses
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from ecomgpt_jax import checkpointing, convert, trainer
+from ecomgpt_jax import partitioning as P
+from ecomgpt_jax import train_step as ts
+from ecomgpt_jax.models import config as model_config
+from ecomgpt_jax.models import decoder, hf_io
+
+TINY = dataclasses.replace(
+    model_config.get_preset("tiny-bloom"),
+    hidden=32,
+    heads=4,
+    kv_heads=4,
+    head_dim=8,
+    mlp_dim=128,  # BLOOM: 4 * hidden (as HF config.json implies)
+    vocab_size=128,
+    max_positions=256,
+)
+
+
+def run_config(tmp_path, **train) -> trainer.RunConfig:
+    return trainer.RunConfig(
+        train=trainer.TrainConfig(model_dir=str(tmp_path / "run"), train_steps=4, **train),
+        model=trainer.ModelSpec(preset="tiny-bloom", overrides={"vocab_size": 2048}),
+        optimizer=ts.OptimizerConfig(),
+        step=ts.StepConfig(),
+        checkpoint=checkpointing.CheckpointConfig(),
+    )
+
+
+def mesh_of(shape, n=8):
+    return P.make_mesh(P.MeshConfig(shape), jax.devices()[:n])
+
+
+def test_model_config_preset_with_overrides(tmp_path):
+    run = run_config(tmp_path)
+    cfg = trainer.build_model_config(run)
+    assert cfg == dataclasses.replace(model_config.get_preset("tiny-bloom"), vocab_size=2048)
+    bad = dataclasses.replace(run, model=trainer.ModelSpec(overrides={"widht": 3}))
+    with pytest.raises(trainer.UserError, match="MODEL_OVERRIDES: .*widht"):
+        trainer.build_model_config(bad)
+
+
+@pytest.mark.parametrize(
+    "shapes, step, message",
+    [
+        (trainer.Shapes(16, 128, 100), ts.StepConfig(num_microbatches=4), "= 4 rows per micro"),
+        (trainer.Shapes(12, 128, 100), ts.StepConfig(num_microbatches=8), "not divisible by"),
+        (trainer.Shapes(16, 300, 100), ts.StepConfig(), "max_positions is 256"),
+        (trainer.Shapes(16, 128, 200), ts.StepConfig(), "vocabulary has 200 ids"),
+    ],
+)
+def test_check_shapes(shapes, step, message):
+    with pytest.raises(trainer.UserError, match=message):
+        trainer.check_shapes(TINY, shapes, step, mesh_of((8, 1, 1)))
+
+
+def test_check_shapes_accepts_a_fitting_run():
+    shapes = trainer.Shapes(16, 256, 128)
+    trainer.check_shapes(TINY, shapes, ts.StepConfig(num_microbatches=2), mesh_of((2, 4, 1)))
+
+
+def test_init_from_hf_folder_and_from_converted_checkpoint(tmp_path):
+    rs = np.random.RandomState(0)
+    host = jax.tree.map(
+        lambda a: rs.normal(size=a.shape).astype(np.float32), decoder.abstract_params(TINY)
+    )
+    hf_io.save_hf(TINY, host, tmp_path / "hf")
+    convert.hf_to_orbax(tmp_path / "hf", tmp_path / "orbax")
+    for init in (
+        {"init_from_hf": str(tmp_path / "hf")},
+        {"init_from_checkpoint": str(tmp_path / "orbax")},
+    ):
+        run = run_config(tmp_path / next(iter(init)), mesh_shape=(1, 2, 4), **init)
+        run = dataclasses.replace(run, model=trainer.ModelSpec(overrides={"dtype": "bfloat16"}))
+        cfg = trainer.build_model_config(run)
+        # Architecture from the source, float32 master weights, bfloat16 compute.
+        assert (cfg.hidden, cfg.vocab_size, cfg.param_dtype, cfg.dtype) == (
+            32,
+            128,
+            "float32",
+            "bfloat16",
+        )
+        job = trainer.Trainer(run, cfg, mesh_of((1, 2, 4)))
+        state, position = job.initial_state()
+        assert position is None and int(state.step) == 0
+        for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(host), strict=True):
+            np.testing.assert_array_equal(np.asarray(got), want)
+        kernel = state.params["layers"]["mlp"]["up_kernel"]
+        assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+        job.checkpointer.close()
+
+
+def test_metrics_logger_writes_rows_and_drops_rows_after_a_resumed_step(tmp_path):
+    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(learning_rate=1.0), 10)
+    logger = trainer.MetricsLogger(tmp_path, total_steps=10, start_step=0, schedule=schedule)
+    for step in range(1, 5):
+        metrics = {
+            "loss": np.float32(step),
+            "grad_norm": np.float32(0.5),
+            "accuracy": np.float32(0.25),
+            "tokens": np.float32(100),
+        }
+        logger.record(step, metrics, force=step % 2 == 0)
+    logger.close()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert rows[1]["loss"] == 4.0 and rows[1]["grad_norm"] == 0.5
+    np.testing.assert_allclose(rows[1]["learning_rate"], float(schedule(3)))
+    assert rows[1]["tokens_per_second"] > 0 and rows[1]["seconds_per_step"] > 0
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    # Resuming from a checkpoint at step 3 forgets the row of step 4.
+    resumed = trainer.MetricsLogger(tmp_path, total_steps=10, start_step=3, schedule=schedule)
+    resumed.record(4, metrics, force=True)
+    resumed.close()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+
+
+def test_preemption_guard_sets_flag_on_sigterm_and_restores_handler():
+    before = signal.getsignal(signal.SIGTERM)
+    guard = trainer.PreemptionGuard()
+    assert not guard.should_stop()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert guard.should_stop()
+    guard.close()
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -1,0 +1,229 @@
+"""Decoding throughput (sequences/s, new tokens/s) of `ecomgpt_jax.decoding`, beside transformers.
+
+    python -m benchmarks.decode --preset tiny-bloom --batch 8 --compare_hf        # CPU smoke
+    python -m benchmarks.decode --preset bloomz-7b1 --batch 32 --method beam \\
+        --prompt_len 512 --new_tokens 164 --compare_hf                           # on a GPU
+
+Synthetic prompts (uniform random tokens, all `--prompt_len` long) and random weights;
+EOS is disabled on both sides so that every sequence generates exactly `--new_tokens`
+tokens (beam search included: transformers' early-stop heuristic needs finished
+hypotheses). One result per method (greedy and beam search with `--num_beams`, paper: 4):
+
+    sequences_per_s   = batch / seconds per batch (median of --repeats timed runs after a
+                        compiling warm-up run)
+    new_tokens_per_s  = batch * new_tokens / seconds per batch (returned sequences only;
+                        beams are not counted)
+
+`--compare_hf` runs transformers' `generate` at batch size 2 (`--hf_batch`) with the same
+prompt length, new tokens and method in the same process (bfloat16 on GPU, float32 on
+CPU; KV cache on) and reports its throughput and `speedup_vs_hf` = ours / theirs in
+sequences per second. Each result is a JSON line and a row appended to
+benchmarks/RESULTS.md (`benchmarks.report`). Never imports TensorFlow, SeqIO or gin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+
+# Allocate GPU memory on demand so transformers can share the device in this process.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks import report  # noqa: E402
+from ecomgpt_jax import decoding, partitioning  # noqa: E402
+from ecomgpt_jax.models import config as model_config  # noqa: E402
+from ecomgpt_jax.models import decoder  # noqa: E402
+
+NO_EOS = -1  # never generated: every sequence runs to max_new_tokens
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.decode", description=__doc__)
+    p.add_argument("--preset", required=True, help="model preset (ecomgpt_jax/models/config.py)")
+    p.add_argument("--batch", type=int, default=8, help="prompts per decoding batch")
+    p.add_argument("--method", choices=("greedy", "beam", "both"), default="both")
+    p.add_argument("--num_beams", type=int, default=4)
+    p.add_argument("--prompt_len", type=int, default=128)
+    p.add_argument("--new_tokens", type=int, default=64)
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: bf16 on GPU)")
+    p.add_argument("--attention_impl", choices=model_config.ATTENTION_IMPLS, default="xla")
+    p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compare_hf", action="store_true")
+    p.add_argument("--hf_batch", type=int, default=2)
+    p.add_argument("--no_record", action="store_true", help="do not append to RESULTS.md")
+    return p.parse_args(argv)
+
+
+def synthetic_prompts(vocab: int, batch: int, length: int, seed: int = 0) -> np.ndarray:
+    """int32 [batch, length] random tokens (ids >= 3, away from special tokens)."""
+    return np.random.RandomState(seed).randint(3, vocab, size=(batch, length)).astype(np.int32)
+
+
+class JaxDecoder:
+    """The project's jitted decoding of one fixed batch (compiled in the constructor)."""
+
+    def __init__(self, cfg, dcfg, mesh, prompts: np.ndarray, seed: int = 0):
+        self.gen = decoding.Generator(cfg, dcfg, eos_id=NO_EOS, pad_id=0, mesh=mesh)
+        tokens = np.zeros((1, 1), np.int32)
+        init = jax.jit(
+            lambda key: nn.unbox(decoder.Decoder(cfg).init(key, tokens))["params"],
+            out_shardings=self.gen.param_shardings,
+        )
+        with jax.set_mesh(mesh), partitioning.axis_rules():
+            params = init(jax.random.PRNGKey(seed))  # created sharded, never on one host
+        self.params = params
+        self.num_params = sum(x.size for x in jax.tree.leaves(params))
+        self.tokens = prompts
+        self.mask = np.ones(prompts.shape, bool)
+        self.row_ids = np.arange(prompts.shape[0], dtype=np.int32)
+        start = time.perf_counter()
+        out = self.run_once()
+        self.first_call_s = time.perf_counter() - start  # compile + one run
+        assert out.tokens.shape == (prompts.shape[0], dcfg.max_new_tokens)
+
+    def run_once(self):
+        return self.gen.decode_batch(self.params, self.tokens, self.mask, self.row_ids)
+
+    def time(self) -> float:
+        start = time.perf_counter()
+        self.run_once()  # returns host arrays: the timing includes the device sync
+        return time.perf_counter() - start
+
+
+class HfDecoder:
+    """transformers' generate on `hf_batch` of the same prompts."""
+
+    def __init__(self, cfg, dcfg, prompts: np.ndarray, dtype: str, seed: int = 0):
+        import torch
+        import transformers
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.manual_seed(seed)
+        hf_cfg = transformers.AutoConfig.for_model(**model_config.to_hf_config(cfg))
+        torch_dtype = getattr(torch, dtype)
+        self.model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch_dtype)
+        self.model.to(self.device).eval()
+        self.model.generation_config.eos_token_id = None  # run to max_new_tokens
+        self.ids = torch.as_tensor(prompts).long().to(self.device)
+        self.kwargs = dict(
+            max_new_tokens=dcfg.max_new_tokens,
+            min_new_tokens=dcfg.max_new_tokens,
+            do_sample=False,
+            num_beams=dcfg.num_beams if dcfg.effective_method == "beam" else 1,
+            length_penalty=dcfg.length_penalty,
+            pad_token_id=0,
+            use_cache=True,
+        )
+        self.attn_impl = getattr(self.model.config, "_attn_implementation", None)
+        self.time()  # warm-up
+
+    def time(self) -> float:
+        torch = self.torch
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = self.model.generate(
+                self.ids, attention_mask=torch.ones_like(self.ids), **self.kwargs
+            )
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        assert out.shape[1] == self.ids.shape[1] + self.kwargs["max_new_tokens"]
+        return time.perf_counter() - start
+
+
+def measure(args, method: str) -> dict:
+    on_gpu = jax.devices()[0].platform == "gpu"
+    dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
+    cfg = dataclasses.replace(
+        model_config.get_preset(args.preset),
+        param_dtype=dtype,
+        dtype=dtype,
+        attention_impl=args.attention_impl,
+    )
+    dcfg = decoding.DecodeConfig(
+        method=method,
+        num_beams=args.num_beams if method == "beam" else 1,
+        max_new_tokens=args.new_tokens,
+        max_prompt_len=args.prompt_len,
+        min_bucket=args.prompt_len,
+    )
+    mesh_shape = tuple(int(x) for x in args.mesh.split(","))
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(mesh_shape))
+    prompts = synthetic_prompts(cfg.vocab_size, args.batch, args.prompt_len)
+    ours = JaxDecoder(cfg, dcfg, mesh, prompts)
+    hf = None
+    if args.compare_hf:
+        hf = HfDecoder(cfg, dcfg, prompts[: args.hf_batch], dtype)
+    times, hf_times = [], []
+    for _ in range(max(args.repeats, 1)):
+        # Interleaved rounds: load from other processes (shared CPUs) hits both alike.
+        times.append(ours.time())
+        if hf is not None:
+            hf_times.append(hf.time())
+    seconds = statistics.median(times)
+    record = {
+        "benchmark": "decode",
+        "preset": args.preset,
+        "method": dcfg.effective_method,
+        "num_beams": dcfg.num_beams,
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "dtype": dtype,
+        "attention_impl": args.attention_impl,
+        "mesh": dict(mesh.shape),
+        "params": ours.num_params,
+        "first_call_s": ours.first_call_s,
+        "seconds_per_batch": seconds,
+        "sequences_per_s": args.batch / seconds,
+        "new_tokens_per_s": args.batch * args.new_tokens / seconds,
+        "peak_memory_gb": _gb(report.peak_memory_bytes(jax.devices()[0])),
+    }
+    if hf is not None:
+        hf_seconds = statistics.median(hf_times)
+        hf_rate = args.hf_batch / hf_seconds
+        record["hf"] = {
+            "batch": args.hf_batch,
+            "attn": hf.attn_impl,
+            "seconds_per_batch": hf_seconds,
+            "sequences_per_s": hf_rate,
+            "new_tokens_per_s": hf_rate * args.new_tokens,
+        }
+        record["speedup_vs_hf"] = record["sequences_per_s"] / hf_rate
+    return record
+
+
+def _gb(value) -> float | None:
+    return None if value is None else value / 1e9
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    methods = ("greedy", "beam") if args.method == "both" else (args.method,)
+    command = report.command_line("benchmarks.decode")
+    for method in methods:
+        record = measure(args, method)
+        report.emit(record)
+        if "speedup_vs_hf" in record:
+            print(
+                f"{method}: ours {record['sequences_per_s']:.3g} seq/s at batch {args.batch}, "
+                f"transformers {record['hf']['sequences_per_s']:.3g} seq/s at batch "
+                f"{args.hf_batch}: ratio {record['speedup_vs_hf']:.2f}x",
+                flush=True,
+            )
+        if not args.no_record:
+            report.append_result(command, record)
+
+
+if __name__ == "__main__":
+    main()

@@ -154,20 +154,28 @@ def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary) -> None:
     )
 
 
+def load_configs(files, bindings, search_paths=()):
+    """Parses gin and builds (RunConfig, DataConfig); UserError names a missing binding."""
+    configurables = register_configurables()
+    parse_gin(files, bindings, search_paths)
+    try:
+        run_cfg = trainer.RunConfig(
+            train=configurables["TrainConfig"](),
+            model=configurables["ModelSpec"](),
+            optimizer=configurables["OptimizerConfig"](),
+            step=configurables["StepConfig"](),
+            checkpoint=configurables["CheckpointConfig"](),
+        )
+        return run_cfg, configurables["DataConfig"]()
+    except ValueError as e:  # e.g. a %gin.REQUIRED macro left unset
+        raise trainer.UserError(f"gin config: {str(e).strip().splitlines()[0]}") from None
+
+
 def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
     init_distributed()
     import jax
 
-    configurables = register_configurables()
-    parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
-    run_cfg = trainer.RunConfig(
-        train=configurables["TrainConfig"](),
-        model=configurables["ModelSpec"](),
-        optimizer=configurables["OptimizerConfig"](),
-        step=configurables["StepConfig"](),
-        checkpoint=configurables["CheckpointConfig"](),
-    )
-    data = configurables["DataConfig"]()
+    run_cfg, data = load_configs(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     mesh = partitioning.make_mesh(partitioning.MeshConfig(tuple(run_cfg.train.mesh_shape)))
     vocabulary = make_vocabulary(run_cfg.model, run_cfg.train)
     register_tasks(run_cfg, data, vocabulary)

@@ -4,6 +4,7 @@ Subprocess runs use the default recipe (gin_configs/ecom.gin) for a few steps.
 Losses are compared through MODEL_DIR/metrics.jsonl (one line per step here).
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -11,13 +12,16 @@ import signal
 import socket
 import subprocess
 import sys
+import types
 
 import gin
 import numpy as np
 import pytest
 from absl import flags
 
-from ecomgpt_jax import checkpointing, convert, train
+from ecomgpt_jax import checkpointing, convert, train, trainer
+from ecomgpt_jax import partitioning as P
+from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -227,3 +231,29 @@ def test_mixture_without_data_is_one_line(tmp_path):
         tasks.register_ecom_tasks()  # back to the bundled sample for other tests
     assert text.startswith("error: ") and "\n" not in text
     assert str(empty) in text
+
+
+@pytest.mark.parametrize("name, devices", [("bloomz_7b1_tpu_v4", 16), ("bloomz_7b1_8xh100", 8)])
+def test_paper_run_gins_resolve(name, devices):
+    gin_file = str(ROOT / "gin_configs" / "runs" / f"{name}.gin")
+    required = ["INIT_FROM_HF = '/hf'", "MODEL_DIR = '/run'", "TRAIN_STEPS = 1000"]
+    gin.clear_config()
+    try:
+        with pytest.raises(trainer.UserError, match="gin config: .*(Required|REQUIRED)"):
+            train.load_configs([gin_file], required[1:])  # INIT_FROM_HF left unset
+        gin.clear_config()
+        run, data = train.load_configs([gin_file], required)
+    finally:
+        gin.clear_config()
+    assert run.optimizer.learning_rate == 2e-5 and data.global_batch_size == 64
+    assert data.mixture_or_task_name == "ecom_instruct_held_in" and data.sequence_length == 1024
+    assert run.model.preset == "bloomz-7b1" and run.model.vocabulary == "huggingface"
+    assert run.train.init_from_hf == "/hf" and run.train.train_steps == 1000
+    shape = P.MeshConfig(run.train.mesh_shape).resolve(devices)
+    cfg = dataclasses.replace(model_config.get_preset("bloomz-7b1"), **run.model.overrides)
+    assert cfg.dtype == "bfloat16" and cfg.remat_policy == "full"
+    mesh = types.SimpleNamespace(
+        shape=dict(zip(P.MESH_AXES, shape, strict=True)), devices=np.empty(shape)
+    )
+    # BLOOM's tokenizer has 250680 ids (the embedding 250880).
+    trainer.check_shapes(cfg, trainer.Shapes(64, 1024, 250680), run.step, mesh)

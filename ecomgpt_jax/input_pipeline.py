@@ -6,6 +6,12 @@ pack=True, loss on the answer tokens only). Rows are then batched to a
 *global* batch of `global_batch_size` rows and laid over the mesh's batch axes
 with `jax.make_array_from_process_local_data`.
 
+No artificial first token. SeqIO's converter feeds `0, x1, ..., xn` to predict
+`x1, ..., xn`; we instead feed each example's own tokens `x1, ..., xn` at positions
+0..n-1 and predict `x2, ..., xn, -` (`next_token_layout`). The answer tokens are
+predicted exactly as before, and the context matches decoding, which starts from
+the bare prompt (no BOS; like BLOOMZ, whose id 0 is `<unk>`).
+
 Sharding over hosts. The data is split into `num_shards` logical shards
 (`seqio.ShardInfo(index, num_shards)`, default one per process). Shard `s`
 always fills rows `[s * B / S, (s + 1) * B / S)` of every global batch, and each
@@ -79,6 +85,37 @@ def _rows_of_process(sharding, global_shape) -> np.ndarray:
     return np.asarray(sorted(rows), dtype=np.int64)
 
 
+def next_token_layout(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """SeqIO's shifted layout -> inputs = the example tokens, targets = the next token.
+
+    batch: [rows, length] arrays of MODEL_FEATURES (packed) or without segment ids and
+    positions (unpacked: padding is the trailing 0 targets). Returns the same keys;
+    the last token of each example gets target 0 and weight 0.
+    """
+    tokens = batch["decoder_target_tokens"]
+    if "decoder_segment_ids" in batch:
+        seg = batch["decoder_segment_ids"]
+        positions = batch["decoder_positions"]
+    else:
+        seg = (np.cumsum(tokens[:, ::-1] != 0, axis=1)[:, ::-1] > 0).astype(np.int32)
+        positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
+    weights = batch["decoder_loss_weights"]
+    # next_in_example[r, t]: token t+1 exists and belongs to the same example as t.
+    next_in_example = np.zeros(tokens.shape, bool)
+    next_in_example[:, :-1] = (seg[:, 1:] == seg[:, :-1]) & (seg[:, :-1] > 0)
+    targets = np.zeros_like(tokens)
+    targets[:, :-1] = np.where(next_in_example[:, :-1], tokens[:, 1:], 0)
+    new_weights = np.zeros_like(weights)
+    new_weights[:, :-1] = np.where(next_in_example[:, :-1], weights[:, 1:], 0)
+    return {
+        "decoder_input_tokens": tokens,
+        "decoder_target_tokens": targets,
+        "decoder_loss_weights": new_weights,
+        "decoder_segment_ids": np.asarray(seg, np.int32),
+        "decoder_positions": np.asarray(positions, np.int32),
+    }
+
+
 def _shard_dataset(config: DataConfig, shard: seqio.ShardInfo) -> tf.data.Dataset:
     converter = seqio.PrefixLMFeatureConverter(pack=config.pack, loss_on_targets_only=True)
     try:
@@ -137,11 +174,11 @@ class InputIterator:
         datasets = []
         for s in shard_ids:
             ds = _shard_dataset(config, seqio.ShardInfo(index=s, num_shards=num_shards))
-            ds = ds.map(lambda ex: {k: ex[k] for k in MODEL_FEATURES})
+            ds = ds.map(lambda ex: {k: ex[k] for k in MODEL_FEATURES if k in ex})
             ds = ds.batch(rows_per_shard, drop_remainder=True)
             datasets.append(ds.skip(self.position))
         ds = tf.data.Dataset.zip(tuple(datasets))
-        ds = ds.map(lambda *parts: {k: tf.concat([p[k] for p in parts], 0) for k in MODEL_FEATURES})
+        ds = ds.map(lambda *parts: {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]})
         self._it = iter(ds.prefetch(2).as_numpy_iterator())
 
     def local_batch(self) -> dict[str, np.ndarray]:
@@ -155,7 +192,7 @@ class InputIterator:
                 "this split?)"
             ) from None
         self.position += 1
-        return {k: v[self._take] for k, v in batch.items()}
+        return next_token_layout({k: v[self._take] for k, v in batch.items()})
 
     def __iter__(self) -> Iterator[dict[str, jax.Array]]:
         return self

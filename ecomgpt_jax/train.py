@@ -78,8 +78,17 @@ def register_configurables() -> dict:
     return registered
 
 
+def _quiet_gin_package_lookups(record) -> bool:
+    # gin looks every include up as a Python package resource too and logs each miss
+    # at ERROR ("Path not found: models/tiny_bloom.gin") before finding the file.
+    return not (record.filename == "resource_reader.py" and "Path not found" in record.msg)
+
+
 def parse_gin(files, bindings, search_paths) -> None:
-    for path in [*search_paths, str(REPO_GIN_DIR.parent), str(REPO_GIN_DIR)]:
+    import logging
+
+    logging.getLogger().addFilter(_quiet_gin_package_lookups)  # gin logs via the root logger
+    for path in [*search_paths, str(REPO_GIN_DIR), str(REPO_GIN_DIR.parent)]:
         gin.add_config_file_search_path(path)
     if not files:
         raise trainer.UserError("pass at least one --gin_file (e.g. gin_configs/ecom.gin)")

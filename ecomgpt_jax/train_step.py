@@ -3,8 +3,8 @@
 One optimisation step sees a *global* batch of packed sequences (all arrays
 `[batch, length]`, the SeqIO decoder feature names):
 
-    decoder_input_tokens   int32  tokens fed to the model (targets shifted right per segment)
-    decoder_target_tokens  int32  next-token targets
+    decoder_input_tokens   int32  tokens fed to the model (each example's prompt + answer)
+    decoder_target_tokens  int32  next-token targets (0 after an example's last token)
     decoder_loss_weights   float  1 on answer tokens, 0 on prompt tokens and padding
     decoder_segment_ids    int32  which packed example a token belongs to (0 = padding)
     decoder_positions      int32  position of the token inside its example

@@ -158,6 +158,7 @@ class MetricsLogger:
         self._last_time = time.time()
         self._last_step = start_step
         self._writer = None
+        self._flushes = 0
         if not self.enabled:
             return
         if self.path.exists():
@@ -199,10 +200,13 @@ class MetricsLogger:
                 self._writer.add_scalar(f"train/{key}", value, step)
         self._writer.flush()
         eta = (self.total - step) * row["seconds_per_step"]
+        # The first interval includes compilation: no ETA from it.
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if self._flushes else "-"
+        self._flushes += 1
         print(
             f"step {step}/{self.total}  loss {row['loss']:.4f}  lr {row['learning_rate']:.2e}  "
             f"grad_norm {row['grad_norm']:.3f}  tok/s {row['tokens_per_second']:.0f}  "
-            f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}",
+            f"ETA {eta_text}",
             flush=True,
         )
 

@@ -41,21 +41,47 @@ def test_segments_are_prompt_then_answer_with_weights_on_answer_only():
         seg = batch["decoder_segment_ids"][row]
         for s in range(1, seg.max() + 1):
             where = seg == s
-            tokens = batch["decoder_target_tokens"][row][where]
-            weights = batch["decoder_loss_weights"][row][where]
             inputs = batch["decoder_input_tokens"][row][where]
+            targets = batch["decoder_target_tokens"][row][where]
+            weights = batch["decoder_loss_weights"][row][where]
             positions = batch["decoder_positions"][row][where]
-            prompt, answer = tuple(tokens[weights == 0]), tuple(tokens[weights == 1])
+            # The model reads the example itself (prompt, answer, EOS) from position 0 ...
+            answer = tuple(targets[weights == 1])
+            prompt = tuple(inputs[: len(inputs) - len(answer)])
             assert (prompt, answer) in expected
-            # Weights are one contiguous block at the end of the segment.
-            assert list(weights) == [0] * len(prompt) + [1] * len(answer)
-            # Inputs are the targets shifted right within the segment, starting at 0.
-            assert list(inputs) == [0, *tokens[:-1]]
-            assert list(positions) == list(range(len(tokens)))
+            assert list(positions) == list(range(len(inputs)))
+            # ... and predicts the next token; the loss covers the answer and its EOS only.
+            assert list(targets) == [*inputs[1:], 0]
+            assert list(weights) == [0] * (len(prompt) - 1) + [1] * len(answer) + [0]
             seen += 1
         # Padding carries no loss.
         assert not batch["decoder_loss_weights"][row][seg == 0].any()
     assert seen >= 16  # two examples per packed row
+
+
+def test_next_token_layout_packed_and_unpacked():
+    # Two packed examples [7 8 | 5 1] and [9 | 4 1] (| = prompt/answer), then padding, in
+    # SeqIO's shifted layout.
+    seqio_batch = {
+        "decoder_target_tokens": np.array([[7, 8, 5, 1, 9, 4, 1, 0]]),
+        "decoder_input_tokens": np.array([[0, 7, 8, 5, 0, 9, 4, 0]]),
+        "decoder_loss_weights": np.array([[0, 0, 1, 1, 0, 1, 1, 0]]),
+        "decoder_segment_ids": np.array([[1, 1, 1, 1, 2, 2, 2, 0]]),
+        "decoder_positions": np.array([[0, 1, 2, 3, 0, 1, 2, 0]]),
+    }
+    out = ip.next_token_layout(seqio_batch)
+    np.testing.assert_array_equal(out["decoder_input_tokens"], [[7, 8, 5, 1, 9, 4, 1, 0]])
+    np.testing.assert_array_equal(out["decoder_target_tokens"], [[8, 5, 1, 0, 4, 1, 0, 0]])
+    np.testing.assert_array_equal(out["decoder_loss_weights"], [[0, 1, 1, 0, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(out["decoder_segment_ids"], seqio_batch["decoder_segment_ids"])
+    np.testing.assert_array_equal(out["decoder_positions"], seqio_batch["decoder_positions"])
+    unpacked = ip.next_token_layout(
+        {k: seqio_batch[k][:, :4] for k in ("decoder_target_tokens", "decoder_loss_weights")}
+        | {"decoder_input_tokens": seqio_batch["decoder_input_tokens"][:, :4]}
+    )
+    np.testing.assert_array_equal(unpacked["decoder_target_tokens"], [[8, 5, 1, 0]])
+    np.testing.assert_array_equal(unpacked["decoder_segment_ids"], [[1, 1, 1, 1]])
+    np.testing.assert_array_equal(unpacked["decoder_positions"], [[0, 1, 2, 3]])
 
 
 def test_deterministic_and_resume_skips_consumed_batches():
@@ -93,7 +119,7 @@ def test_logical_shards_fill_fixed_row_blocks():
             shard_info=seqio.ShardInfo(s, 2),
             seed=0,
         )
-        ref = next(iter(ref.batch(4).as_numpy_iterator()))
+        ref = ip.next_token_layout(next(iter(ref.batch(4).as_numpy_iterator())))
         for key in ip.MODEL_FEATURES:
             np.testing.assert_array_equal(batch[key][4 * s : 4 * s + 4], ref[key])
 

@@ -194,6 +194,9 @@ PRESETS: dict[str, ModelConfig] = {
         bos_id=128000,
         eos_id=128001,
     ),
+    # Benchmark shape for CPU comparisons with transformers (benchmarks/train_step.py):
+    # BLOOM architecture, a 32k vocabulary, width 512, 4 layers, 8 heads.
+    "bench-bloom-cpu": _bloom(512, 4, 8, vocab_size=32000, max_positions=2048),
     # Tiny models for tests and smoke runs. vocab_size 1024 fits the bundled
     # SentencePiece vocabulary (pad 0, eos 1); override it for other vocabularies.
     # tiny-bloom has 6 heads so the non-power-of-two ALiBi slopes are exercised.

@@ -1,0 +1,139 @@
+"""What every benchmark shares: device description, peak FLOP/s, memory, RESULTS.md rows.
+
+`benchmarks/RESULTS.md` is append-only: each measurement adds one dated row
+(command, device, library versions, numbers). Needs only the standard library
+and jax (torch / transformers versions are added when they are importable).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shlex
+import sys
+from collections.abc import Mapping
+
+import jax
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
+
+RESULTS_HEADER = """# Benchmark results
+
+Append-only: every run of `python -m benchmarks.<name>` adds one row (rows are never
+edited). `numbers` are the benchmark's JSON fields; `*_per_s` are throughputs, `ratio` or
+`speedup_vs_hf` compare with PyTorch/transformers measured in the same process. MFU
+uses the FLOP count in each benchmark's module docstring and the bf16 dense peak below.
+
+| date (UTC) | command | device | versions | numbers |
+|---|---|---|---|---|
+"""
+
+# Dense bf16 peak FLOP/s per device (vendor data sheets, no sparsity). MFU is always
+# measured against this peak, whatever the compute dtype. Matched in order against
+# `device.device_kind`, lower-cased; the first key contained in it wins.
+PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("h100 pcie", 756e12),
+    ("h100", 989e12),  # SXM / HBM3 (the "NVIDIA H100 80GB HBM3" kind)
+    ("h200", 989e12),
+    ("a100", 312e12),
+    ("tpu v4", 275e12),
+    ("tpu v5 lite", 197e12),  # v5e reports its kind as "TPU v5 lite"
+    ("tpu v5e", 197e12),
+    ("tpu v5p", 459e12),
+    ("tpu v5", 459e12),  # v5p reports its kind as "TPU v5"
+)
+
+
+def peak_flops_per_device(device: jax.Device) -> float | None:
+    """Dense bf16 peak FLOP/s of `device`, or None (CPU, unknown accelerator)."""
+    if device.platform == "cpu":
+        return None
+    kind = device.device_kind.lower()
+    for key, peak in PEAK_FLOPS:
+        if key in kind:
+            return peak
+    return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def device_description() -> str:
+    """E.g. "1x NVIDIA H100 80GB HBM3" or "CPU: 2-core x86_64 (Intel(R) Xeon(R) Processor)"."""
+    devices = jax.devices()
+    if devices[0].platform == "cpu":
+        return f"CPU: {os.cpu_count()}-core {platform.machine()} ({_cpu_model()})"
+    return f"{len(devices)}x {devices[0].device_kind}"
+
+
+def peak_memory_bytes(device: jax.Device) -> int | None:
+    """Peak bytes allocated on `device` so far (None where the backend does not say: CPU)."""
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - some backends raise instead of returning None
+        return None
+    if not stats:
+        return None
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else int(peak)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries a benchmark ran with (torch stack only if importable)."""
+    import flax
+
+    out = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__}
+    for name in ("optax", "torch", "transformers"):
+        module = sys.modules.get(name)
+        if module is not None:
+            out[name] = getattr(module, "__version__", "?")
+    return out
+
+
+def command_line(module: str) -> str:
+    """The command that reproduces this run: `python -m <module> <args>`."""
+    return " ".join(["python", "-m", module, shlex.join(sys.argv[1:])]).strip()
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _numbers(record: Mapping) -> str:
+    parts = []
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            value = _numbers({f"{key}.{k}": v for k, v in value.items()})
+            parts.append(value)
+            continue
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        parts.append(f"{key}={value}")
+    return "; ".join(parts)
+
+
+def append_result(command: str, record: Mapping, path: pathlib.Path | None = None) -> None:
+    """Appends one dated row for `record` to RESULTS.md (created with its header)."""
+    path = RESULTS if path is None else pathlib.Path(path)
+    if not path.exists():
+        path.write_text(RESULTS_HEADER)
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    vers = ", ".join(f"{k} {v}" for k, v in versions().items())
+    row = [date, f"`{command}`", device_description(), vers, _numbers(record)]
+    with path.open("a") as f:
+        f.write("| " + " | ".join(_cell(c) for c in row) + " |\n")
+
+
+def emit(record: Mapping) -> None:
+    """Prints one JSON line (the machine-readable result)."""
+    print(json.dumps(record, sort_keys=False), flush=True)

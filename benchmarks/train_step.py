@@ -1,0 +1,406 @@
+"""Training-step throughput and MFU of the project's train step, beside transformers.
+
+    python -m benchmarks.train_step --preset bench-bloom-cpu --batch 8 --seq 512 --compare_hf
+    python -m benchmarks.train_step --preset bloom-560m --batch 8 --seq 2048 \\
+        --dtype bfloat16 --attention_impl cudnn --compare_hf          # on a GPU
+
+The step is the real one (`ecomgpt_jax.train_step.make_train_step` + `jit_train_step`:
+AdamW with clipping, answer-token loss, donated state) on synthetic token batches
+(uniform random tokens, every token weighted, `--segments` packed sequences per
+row). It never imports TensorFlow, SeqIO or gin.
+
+FLOP count per step (what MFU divides by), for T = batch * seq tokens:
+
+    6 * N * T                      N = matmul weights of the layers: per layer
+                                   D*(H + 2K)*Hd (q, k, v) + H*Hd*D (out) + 2*D*F
+                                   (BLOOM up/down) or 3*D*F (Llama gate/up/down);
+                                   embeddings, norms and biases excluded
+  + 12 * layers * H * Hd * S * T   attention scores and values (QK^T and PV, forward 4
+                                   FLOPs per (query, key, head-dim) triple, x3 for the
+                                   backward), S = seq; NOT halved for causality (the
+                                   PaLM appendix-B convention), so MFU counts the work
+                                   of a dense S x S kernel
+  + 6 * D * V * T                  LM head (tied or not)
+
+MFU = FLOPs / step time / (devices * bf16 dense peak of the device, see
+`benchmarks.report.PEAK_FLOPS`); null on CPU. Peak memory is the device
+allocator's `peak_bytes_in_use` (null on CPU; `compiled_temp_gb` is XLA's
+scratch size for the step, on every backend).
+
+`--compare_hf` trains the same architecture in PyTorch transformers (random
+init from `to_hf_config`) on the same token batch in the same process: float32 on
+CPU; on GPU float32 parameters with bf16 autocast and fused AdamW (the standard
+mixed-precision recipe; our `--dtype bfloat16` likewise keeps float32 parameters
+and computes in bf16). transformers' default attention is used (SDPA for
+Llama/Qwen2, eager for BLOOM, which has no SDPA path). If transformers runs out of
+GPU memory its batch is halved until it fits (reported as `hf.batch`). On CPU the
+two are timed in interleaved rounds so that load from other processes hits both
+alike; each reported step time is the median over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+
+# Allocate GPU memory on demand so transformers can share the device in this process.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks import report  # noqa: E402
+from ecomgpt_jax import partitioning  # noqa: E402
+from ecomgpt_jax import train_step as ts  # noqa: E402
+from ecomgpt_jax.models import config as model_config  # noqa: E402
+from ecomgpt_jax.models import decoder  # noqa: E402
+
+# float32 logits of one loss chunk are kept under this many bytes (auto chunking).
+LOSS_CHUNK_BYTES = 1 << 30
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def layer_matmul_params(cfg: model_config.ModelConfig) -> int:
+    """N: weights of all layers that take part in matmuls (no embeddings/norms/biases)."""
+    d, h, k, hd, f = cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.mlp_dim
+    attn = d * (h + 2 * k) * hd + h * hd * d
+    mlp = (2 if cfg.family == "bloom" else 3) * d * f
+    return cfg.layers * (attn + mlp)
+
+
+def train_flops(cfg: model_config.ModelConfig, batch: int, seq: int) -> dict[str, float]:
+    """FLOPs of one training step (forward + backward), by term; see the module docstring."""
+    tokens = batch * seq
+    dense = 6.0 * layer_matmul_params(cfg) * tokens
+    attention = 12.0 * cfg.layers * cfg.heads * cfg.head_dim * seq * tokens
+    lm_head = 6.0 * cfg.hidden * cfg.vocab_size * tokens
+    return {
+        "dense": dense,
+        "attention": attention,
+        "lm_head": lm_head,
+        "total": dense + attention + lm_head,
+    }
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def synthetic_batch(vocab: int, batch: int, seq: int, segments: int = 1, seed: int = 0):
+    """Random tokens as the train step's features: dict name -> np.ndarray [batch, seq].
+
+    Each row holds `segments` equal packed sequences; every token carries loss weight 1.
+    """
+    rng = np.random.RandomState(seed)
+    tokens = rng.randint(0, vocab, size=(batch, seq + 1)).astype(np.int32)
+    bounds = np.linspace(0, seq, segments + 1).astype(int)
+    seg = np.zeros((seq,), np.int32)
+    pos = np.zeros((seq,), np.int32)
+    for i in range(segments):
+        seg[bounds[i] : bounds[i + 1]] = i + 1
+        pos[bounds[i] : bounds[i + 1]] = np.arange(bounds[i + 1] - bounds[i])
+    return {
+        ts.INPUTS: tokens[:, :-1],
+        ts.TARGETS: tokens[:, 1:],
+        ts.WEIGHTS: np.ones((batch, seq), np.float32),
+        ts.SEGMENT_IDS: np.broadcast_to(seg, (batch, seq)).copy(),
+        ts.POSITIONS: np.broadcast_to(pos, (batch, seq)).copy(),
+    }
+
+
+def auto_loss_chunk(cfg: model_config.ModelConfig, batch: int, seq: int) -> int:
+    """Largest divisor of `seq` (<= seq/2) whose float32 logits fit LOSS_CHUNK_BYTES;
+    0 (no chunking) when the full logits already fit."""
+    if batch * seq * cfg.vocab_size * 4 <= LOSS_CHUNK_BYTES:
+        return 0
+    for chunk in range(seq // 2, 0, -1):
+        if seq % chunk == 0 and batch * chunk * cfg.vocab_size * 4 <= LOSS_CHUNK_BYTES:
+            return chunk
+    return 1
+
+
+# ----------------------------------------------------------------------------- runners
+
+
+class JaxRunner:
+    """The project's jitted, state-donating train step on one fixed device batch."""
+
+    def __init__(self, cfg, step_config: ts.StepConfig, mesh, batch_np, seed: int = 0):
+        self.mesh = mesh
+        model = decoder.Decoder(cfg)
+        tx = ts.make_optimizer(ts.OptimizerConfig(learning_rate=1e-5), total_steps=1000)
+        with jax.set_mesh(mesh), partitioning.axis_rules():
+            layout = ts.state_layout(model, tx, mesh)
+            self.state = ts.init_state(model, tx, layout, seed)
+            sharding = partitioning.data_sharding(mesh)
+            self.batch = jax.device_put(batch_np, sharding)
+            step = ts.jit_train_step(
+                ts.make_train_step(model, tx, step_config, layout.shardings.params),
+                layout,
+                sharding,
+            )
+            start = time.perf_counter()
+            self.compiled = step.lower(self.state, self.batch).compile()
+            self.compile_s = time.perf_counter() - start
+        self.temp_bytes = _temp_bytes(self.compiled)
+        self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
+        self.cpu_times = []
+        self.run(1)  # first execution (allocations, autotuning) is not timed
+        self.cpu_times = []
+
+    def run(self, steps: int) -> float:
+        """Runs `steps` steps; returns seconds per step. One sync at the end only."""
+        start, cpu = time.perf_counter(), time.process_time()
+        metrics = None
+        for _ in range(steps):
+            self.state, metrics = self.compiled(self.state, self.batch)
+        self.loss = float(metrics["loss"])  # blocks on the last step
+        self.cpu_times.append((time.process_time() - cpu) / steps)
+        return (time.perf_counter() - start) / steps
+
+    def close(self):
+        del self.state, self.batch, self.compiled
+
+
+def _temp_bytes(compiled) -> int | None:
+    try:
+        return int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 - not every backend/version reports it
+        return None
+
+
+class HfRunner:
+    """transformers' CausalLM + torch AdamW on the same tokens (see module docstring)."""
+
+    def __init__(self, cfg, batch_np, dtype: str, seed: int = 0):
+        import torch
+        import transformers
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.manual_seed(seed)
+        hf_cfg = transformers.AutoConfig.for_model(**model_config.to_hf_config(cfg))
+        self.model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
+        self.model.to(self.device).train()
+        self.attn_impl = getattr(self.model.config, "_attn_implementation", None)
+        fused = {"fused": True} if self.device == "cuda" else {}
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, weight_decay=0.0, **fused)
+        self.autocast = dtype != "float32"
+        self.amp_dtype = getattr(torch, dtype)
+        self.ids = torch.as_tensor(batch_np[ts.INPUTS]).long().to(self.device)
+        self.batch = self.ids.shape[0]
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.cpu_times = []
+        self._fit_batch()
+        self.cpu_times = []
+
+    def _step(self):
+        torch = self.torch
+        with torch.autocast(self.device, dtype=self.amp_dtype, enabled=self.autocast):
+            loss = self.model(input_ids=self.ids, labels=self.ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss
+
+    def _fit_batch(self):
+        """First (untimed) step; on GPU out-of-memory, halve the batch and retry."""
+        torch = self.torch
+        while True:
+            try:
+                if self.device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                self._step()
+                self._sync()
+                return
+            except torch.OutOfMemoryError:
+                if self.batch == 1:
+                    raise
+                self.opt.zero_grad(set_to_none=True)
+                self.batch //= 2
+                self.ids = self.ids[: self.batch].contiguous()
+                torch.cuda.empty_cache()
+
+    def _sync(self):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def run(self, steps: int) -> float:
+        start, cpu = time.perf_counter(), time.process_time()
+        loss = None
+        for _ in range(steps):
+            loss = self._step()
+        self.loss = float(loss.detach())
+        self._sync()
+        self.cpu_times.append((time.process_time() - cpu) / steps)
+        return (time.perf_counter() - start) / steps
+
+    def peak_memory_bytes(self) -> int | None:
+        if self.device != "cuda":
+            return None
+        return int(self.torch.cuda.max_memory_allocated())
+
+    def close(self):
+        del self.model, self.opt, self.ids
+        if self.device == "cuda":
+            self.torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="bench-bloom-cpu", help="models/config.py preset name")
+    p.add_argument("--batch", type=int, default=8, help="global batch (rows)")
+    p.add_argument("--seq", type=int, default=512, help="tokens per row")
+    p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes (one may be -1)")
+    p.add_argument("--dtype", default="float32", help="compute dtype (params stay float32)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--segments", type=int, default=1, help="packed sequences per row")
+    p.add_argument("--remat", default=None, help="override the preset's remat_policy")
+    p.add_argument("--attention_impl", default=None, help="xla | cudnn (default: preset's)")
+    p.add_argument("--scan_layers", default=None, choices=("true", "false"))
+    p.add_argument("--loss_chunk", type=int, default=-1, help="-1 auto, 0 off, else length")
+    p.add_argument("--microbatches", type=int, default=1)
+    p.add_argument(
+        "--override", action="append", default=[], help="ModelConfig field=JSON value, repeatable"
+    )
+    p.add_argument("--compare_hf", action="store_true", help="also time transformers")
+    p.add_argument("--no_record", action="store_true", help="do not append to RESULTS.md")
+    return p.parse_args(argv)
+
+
+def model_config_from_args(args) -> model_config.ModelConfig:
+    cfg = model_config.get_preset(args.preset)
+    overrides = {"dtype": args.dtype}
+    if args.remat is not None:
+        overrides["remat_policy"] = args.remat
+    if args.attention_impl is not None:
+        overrides["attention_impl"] = args.attention_impl
+    if args.scan_layers is not None:
+        overrides["scan_layers"] = args.scan_layers == "true"
+    for item in args.override:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    return dataclasses.replace(cfg, **overrides)
+
+
+def _median_times(runners: dict, steps: int, rounds: int, interleave: bool) -> dict[str, float]:
+    """Median seconds/step per runner. Interleaved rounds (CPU) or one runner after the
+    other, each closed before the next is built (GPU memory)."""
+    times = {name: [] for name in runners}
+    if interleave:
+        built = {name: make() for name, make in runners.items()}
+        for _ in range(rounds):
+            for name, runner in built.items():
+                times[name].append(runner.run(steps))
+        return {name: statistics.median(t) for name, t in times.items()}, built
+    built = {}
+    for name, make in runners.items():
+        runner = make()
+        times[name] = [runner.run(steps) for _ in range(rounds)]
+        built[name] = runner
+        if name != list(runners)[-1]:
+            runner.summary = _summary(runner)
+            runner.close()
+    return {name: statistics.median(t) for name, t in times.items()}, built
+
+
+def _summary(runner) -> dict:
+    if isinstance(runner, HfRunner):
+        return {"batch": runner.batch, "peak_memory_bytes": runner.peak_memory_bytes()}
+    return {}
+
+
+def _cpu(runner, device) -> float | None:
+    """Median process CPU seconds per step (CPU backend only): less sensitive than wall
+    time to other processes competing for the cores."""
+    if device.platform != "cpu" or not runner.cpu_times:
+        return None
+    return round(statistics.median(runner.cpu_times), 4)
+
+
+def _gb(x):
+    return None if x is None else round(x / 2**30, 3)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cfg = model_config_from_args(args)
+    mesh_shape = tuple(int(s) for s in args.mesh.split(","))
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(mesh_shape))
+    chunk = args.loss_chunk if args.loss_chunk >= 0 else auto_loss_chunk(cfg, args.batch, args.seq)
+    step_config = ts.StepConfig(num_microbatches=args.microbatches, loss_chunk_size=chunk)
+    batch_np = synthetic_batch(cfg.vocab_size, args.batch, args.seq, args.segments)
+    device = jax.devices()[0]
+
+    runners = {}
+    if args.compare_hf:
+        if args.segments != 1:
+            raise SystemExit("--compare_hf needs --segments 1 (transformers has no packing here)")
+        runners["hf"] = lambda: HfRunner(cfg, batch_np, args.dtype)
+    runners["jax"] = lambda: JaxRunner(cfg, step_config, mesh, batch_np)
+    interleave = device.platform == "cpu"
+    times, built = _median_times(runners, args.steps, args.rounds, interleave)
+
+    jr = built["jax"]
+    flops = train_flops(cfg, args.batch, args.seq)
+    peak = report.peak_flops_per_device(device)
+    tokens = args.batch * args.seq
+    record = {
+        "bench": "train_step",
+        "preset": args.preset,
+        "batch": args.batch,
+        "seq": args.seq,
+        "mesh": list(mesh.devices.shape),
+        "dtype": cfg.dtype,
+        "remat": cfg.remat_policy,
+        "attention_impl": cfg.attention_impl,
+        "loss_chunk": chunk,
+        "params": int(jr.num_params),
+        "step_time_s": round(times["jax"], 5),
+        "tokens_per_s": round(tokens / times["jax"], 1),
+        "tflops_per_s_per_device": round(flops["total"] / times["jax"] / mesh.size / 1e12, 4),
+        "mfu": None
+        if peak is None
+        else round(flops["total"] / times["jax"] / (peak * mesh.size), 4),
+        "cpu_s_per_step": _cpu(jr, device),
+        "compile_s": round(jr.compile_s, 2),
+        "peak_memory_gb": _gb(report.peak_memory_bytes(device)),
+        "compiled_temp_gb": _gb(jr.temp_bytes),
+        "loss": round(jr.loss, 4),
+        "flops_per_step": flops["total"],
+    }
+    if "hf" in built:
+        hr = built["hf"]
+        info = getattr(hr, "summary", None) or _summary(hr)
+        hf_tokens = info["batch"] * args.seq
+        hf_flops = train_flops(cfg, info["batch"], args.seq)["total"]
+        record["hf"] = {
+            "batch": info["batch"],
+            "attn_implementation": hr.attn_impl,
+            "step_time_s": round(times["hf"], 5),
+            "tokens_per_s": round(hf_tokens / times["hf"], 1),
+            "mfu": None if peak is None else round(hf_flops / times["hf"] / peak, 4),
+            "cpu_s_per_step": _cpu(hr, device),
+            "peak_memory_gb": _gb(info["peak_memory_bytes"]),
+            "params": int(hr.num_params),
+        }
+        record["speedup_vs_hf"] = round(record["tokens_per_s"] / record["hf"]["tokens_per_s"], 3)
+    jr.close()
+    report.emit(record)
+    if not args.no_record:
+        report.append_result(report.command_line("benchmarks.train_step"), record)
+    return record
+
+
+if __name__ == "__main__":
+    main()

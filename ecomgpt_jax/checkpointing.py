@@ -59,15 +59,21 @@ class CheckpointConfig:
 class DataPosition:
     """Where the input pipeline stands: resume skips `batches_consumed` batches.
 
-    The pipeline is a deterministic function of (mixture, seed, shapes), so the
-    count alone identifies the next unseen batch. The other fields detect a
-    resume with a changed pipeline (then the count means something else).
+    The pipeline is a deterministic function of (mixture, seed, batch size,
+    logical data shards, lengths), so the count alone identifies the next unseen
+    batch. The other fields detect a resume with a changed pipeline (then the
+    count means something else).
     """
 
     batches_consumed: int = 0
     mixture: str = ""
     seed: int = 0
     global_batch_size: int = 0
+    num_shards: int = 1
+
+    def pipeline(self) -> tuple:
+        """What must not change for `batches_consumed` to keep its meaning."""
+        return (self.mixture, self.seed, self.global_batch_size, self.num_shards)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

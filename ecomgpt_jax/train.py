@@ -23,6 +23,7 @@ RNG and data position). SIGTERM finishes the current step, saves and exits 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import shlex
@@ -195,12 +196,20 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
     job = trainer.Trainer(run_cfg, cfg, mesh)
     state, position = job.initial_state()
     expected = checkpointing.DataPosition(
-        0, data.mixture_or_task_name, data.seed, data.global_batch_size
+        0,
+        data.mixture_or_task_name,
+        data.seed,
+        data.global_batch_size,
+        int(data.num_shards or jax.process_count()),
     )
     if position is None:
         position = expected
-    elif dataclasses_differ(position, expected) and jax.process_index() == 0:
-        print(f"warning: resuming with a changed input pipeline ({position} -> {expected})")
+    elif position.pipeline() != expected.pipeline() and jax.process_index() == 0:
+        print(
+            f"warning: resuming with another input pipeline ({position.pipeline()} -> "
+            f"{expected.pipeline()}); skipping {position.batches_consumed} batches of the new one"
+        )
+    position = dataclasses.replace(expected, batches_consumed=position.batches_consumed)
     write_run_files(run_cfg.train.model_dir, cfg, argv, vocabulary)
     if jax.process_index() == 0:
         print(
@@ -211,10 +220,6 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
         )
     batches = input_pipeline.InputIterator(data, mesh, start=position.batches_consumed)
     return job.fit(state, batches, position), run_cfg
-
-
-def dataclasses_differ(a: checkpointing.DataPosition, b: checkpointing.DataPosition) -> bool:
-    return (a.mixture, a.seed, a.global_batch_size) != (b.mixture, b.seed, b.global_batch_size)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

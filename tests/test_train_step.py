@@ -169,7 +169,7 @@ def test_grad_accumulation_equals_one_big_batch():
     # g / sqrt(v) would amplify rounding noise of near-zero gradients).
     tx = optax.sgd(0.5)
     mesh = one_device_mesh()
-    batches = [packed_batch(2, batch=16), packed_batch(3, batch=16)]
+    batches = [packed_batch(2), packed_batch(3)]  # 8 rows: 4 micro-batches of 2
     full, full_losses = run_steps(model, tx, mesh, batches)
     acc, acc_losses = run_steps(model, tx, mesh, batches, ts.StepConfig(num_microbatches=4))
     np.testing.assert_allclose(acc_losses, full_losses, rtol=1e-5)

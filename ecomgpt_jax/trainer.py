@@ -305,29 +305,31 @@ class Trainer:
         preempted = False
         every = max(int(run.train.log_every_steps), 1)
         save_every = max(int(run.checkpoint.save_every_steps), 1)
-        with jax.set_mesh(self.mesh), partitioning.axis_rules():
-            step_fn = ts.jit_train_step(
-                ts.make_train_step(self.model, self.tx, run.step, self.layout.shardings.params),
-                self.layout,
-                partitioning.data_sharding(self.mesh),
-            )
-            while step < total:
-                state, metrics = step_fn(state, next(batches))
-                step += 1
-                preempted = guard.should_stop()
-                flush = step % every == 0 or step == total or preempted or first is None
-                logger.record(step, metrics, force=flush)
-                if first is None:
-                    first = float(jax.device_get(metrics["loss"]))
-                if preempted or step == total or step % save_every == 0:
-                    pos = dataclasses.replace(position, batches_consumed=int(batches.position))
-                    self.checkpointer.save(state, pos, force=True)
-                if preempted:
-                    break
-            last = None if metrics is None else float(jax.device_get(metrics["loss"]))
-        self.checkpointer.close()
-        logger.close()
-        guard.close()
+        try:
+            with jax.set_mesh(self.mesh), partitioning.axis_rules():
+                step_fn = ts.jit_train_step(
+                    ts.make_train_step(self.model, self.tx, run.step, self.layout.shardings.params),
+                    self.layout,
+                    partitioning.data_sharding(self.mesh),
+                )
+                while step < total:
+                    state, metrics = step_fn(state, next(batches))
+                    step += 1
+                    preempted = guard.should_stop()
+                    flush = step % every == 0 or step == total or preempted or first is None
+                    logger.record(step, metrics, force=flush)
+                    if first is None:
+                        first = float(jax.device_get(metrics["loss"]))
+                    if preempted or step == total or step % save_every == 0:
+                        pos = dataclasses.replace(position, batches_consumed=int(batches.position))
+                        self.checkpointer.save(state, pos, force=True)
+                    if preempted:
+                        break
+                last = None if metrics is None else float(jax.device_get(metrics["loss"]))
+        finally:  # also on errors: finish pending async saves, restore the SIGTERM handler
+            self.checkpointer.close()
+            logger.close()
+            guard.close()
         return Result(
             step=step,
             checkpoint_dir=str(self.checkpointer.step_dir(step)),

@@ -4,6 +4,8 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -134,3 +136,19 @@ def test_preemption_guard_sets_flag_on_sigterm_and_restores_handler():
     assert guard.should_stop()
     guard.close()
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_library_needs_no_tensorflow_seqio_or_gin():
+    """The GPU box has no TensorFlow, SeqIO or gin: the trainer library must not need them."""
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "seqio", "gin"):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+import ecomgpt_jax.checkpointing, ecomgpt_jax.train_step, ecomgpt_jax.trainer
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -23,31 +23,13 @@ import pathlib
 import sys
 
 import gin
-from absl import app, flags
+from absl import app
 
-from ecomgpt_jax import checkpointing, decoding, evaluation, partitioning
+from ecomgpt_jax import checkpointing, decoding, evaluation, launch, partitioning
 
-REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
-
-FLAGS = flags.FLAGS
-
-
-def _define_flags() -> None:
-    # train.py defines the same flags; a process importing both must not define them twice.
-    def define(kind, name, default, text):
-        if name not in FLAGS:
-            getattr(flags, kind)(name, default, text)
-
-    define("DEFINE_multi_string", "gin_file", [], "Gin config file(s), applied in order.")
-    define("DEFINE_multi_string", "gin_bindings", [], "Gin bindings, e.g. 'BATCH_SIZE = 8'.")
-    define("DEFINE_list", "gin_search_paths", [], "Extra folders searched for gin files.")
-    define("DEFINE_bool", "multihost", False, "jax.distributed.initialize() with auto-detection.")
-    define("DEFINE_string", "coordinator_address", None, "host:port of process 0.")
-    define("DEFINE_integer", "num_processes", None, "Number of processes.")
-    define("DEFINE_integer", "process_id", None, "This process's index.")
-
-
-_define_flags()
+FLAGS = launch.FLAGS
+launch.define_flags()
+rewrite_gin_args = launch.rewrite_gin_args  # the T5X --gin.NAME=VALUE form
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,18 +47,6 @@ class EvalRun:
     vocabulary_path: str | None = None
 
 
-def rewrite_gin_args(argv: list[str]) -> list[str]:
-    """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (T5X convention)."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--gin.") and "=" in arg:
-            name, value = arg[len("--gin.") :].split("=", 1)
-            out.append(f"--gin_bindings={name} = {value}")
-        else:
-            out.append(arg)
-    return out
-
-
 def register_configurables() -> dict:
     """Gin names for the library's dataclasses (the library itself stays gin-free)."""
     classes = {
@@ -85,25 +55,11 @@ def register_configurables() -> dict:
         "DecodeConfig": (decoding.DecodeConfig, "decoding"),
         "EvalRun": (EvalRun, "eval"),
     }
-    out = {}
-    for name, (cls, module) in classes.items():
-        try:  # idempotent (tests run several evaluations in one process)
-            out[name] = gin.get_configurable(f"{module}.{name}")
-        except ValueError:
-            out[name] = gin.external_configurable(cls, name=name, module=module)
-    return out
+    return launch.register_configurables(classes)
 
 
 def parse_gin(files, bindings, search_paths) -> None:
-    gin.clear_config()
-    for path in [*search_paths, str(REPO_GIN_DIR.parent), str(REPO_GIN_DIR)]:
-        gin.add_config_file_search_path(path)
-    if not files:
-        raise evaluation.EvalError("pass at least one --gin_file (e.g. gin_configs/eval.gin)")
-    try:
-        gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise evaluation.EvalError(f"gin config: {str(e).strip().splitlines()[0]}") from None
+    launch.parse_gin(files, bindings, search_paths, evaluation.EvalError, "gin_configs/eval.gin")
 
 
 def _find_upwards(start, name: str) -> pathlib.Path | None:
@@ -201,14 +157,7 @@ def main(argv: list[str]) -> None:
     del argv
     import jax
 
-    if FLAGS.coordinator_address:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
-    elif FLAGS.multihost:
-        jax.distributed.initialize()
+    launch.init_distributed()
     try:
         result, eval_dir = run_eval(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     except _user_errors() as e:

@@ -30,86 +30,34 @@ import shlex
 import sys
 
 import gin
-from absl import app, flags
+from absl import app
 
-from ecomgpt_jax import checkpointing, input_pipeline, partitioning, trainer
+from ecomgpt_jax import checkpointing, input_pipeline, launch, partitioning, trainer
 from ecomgpt_jax import train_step as ts
 
-REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
-
-FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order.")
-flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. 'TRAIN_STEPS = 10'.")
-flags.DEFINE_list("gin_search_paths", [], "Extra folders searched for gin files.")
-flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() with auto-detection.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (GPU clusters).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
-flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
-
-
-def rewrite_gin_args(argv: list[str]) -> list[str]:
-    """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (T5X convention)."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--gin.") and "=" in arg:
-            name, value = arg[len("--gin.") :].split("=", 1)
-            out.append(f"--gin_bindings={name} = {value}")
-        else:
-            out.append(arg)
-    return out
+FLAGS = launch.FLAGS
+launch.define_flags()
+rewrite_gin_args = launch.rewrite_gin_args  # the T5X --gin.NAME=VALUE form
 
 
 def register_configurables() -> dict:
     """Makes the library's config dataclasses gin-configurable (library stays gin-free)."""
-    classes = {
-        "TrainConfig": (trainer.TrainConfig, "trainer"),
-        "ModelSpec": (trainer.ModelSpec, "trainer"),
-        "DataConfig": (input_pipeline.DataConfig, "input_pipeline"),
-        "OptimizerConfig": (ts.OptimizerConfig, "train_step"),
-        "StepConfig": (ts.StepConfig, "train_step"),
-        "CheckpointConfig": (checkpointing.CheckpointConfig, "checkpointing"),
-    }
-    registered = {}
-    for name, (cls, module) in classes.items():
-        full = f"{module}.{name}"
-        try:  # idempotent: a second call (tests) finds the first registration
-            registered[name] = gin.get_configurable(full)
-        except ValueError:
-            registered[name] = gin.external_configurable(cls, name=name, module=module)
-    return registered
-
-
-def _quiet_gin_package_lookups(record) -> bool:
-    # gin looks every include up as a Python package resource too and logs each miss
-    # at ERROR ("Path not found: models/tiny_bloom.gin") before finding the file.
-    return not (record.filename == "resource_reader.py" and "Path not found" in record.msg)
+    return launch.register_configurables(
+        {
+            "TrainConfig": (trainer.TrainConfig, "trainer"),
+            "ModelSpec": (trainer.ModelSpec, "trainer"),
+            "DataConfig": (input_pipeline.DataConfig, "input_pipeline"),
+            "OptimizerConfig": (ts.OptimizerConfig, "train_step"),
+            "StepConfig": (ts.StepConfig, "train_step"),
+            "CheckpointConfig": (checkpointing.CheckpointConfig, "checkpointing"),
+        }
+    )
 
 
 def parse_gin(files, bindings, search_paths) -> None:
-    import logging
-
-    logging.getLogger().addFilter(_quiet_gin_package_lookups)  # gin logs via the root logger
-    for path in [*search_paths, str(REPO_GIN_DIR), str(REPO_GIN_DIR.parent)]:
-        gin.add_config_file_search_path(path)
-    if not files:
-        raise trainer.UserError("pass at least one --gin_file (e.g. gin_configs/ecom.gin)")
-    try:
-        gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise trainer.UserError(f"gin config: {str(e).strip().splitlines()[0]}") from None
-
-
-def init_distributed() -> None:
-    import jax
-
-    if FLAGS.coordinator_address:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
-    elif FLAGS.multihost:
-        jax.distributed.initialize()
+    launch.parse_gin(
+        files, bindings, search_paths, trainer.UserError, "gin_configs/ecom.gin", finalize=True
+    )
 
 
 def make_vocabulary(spec: trainer.ModelSpec, train: trainer.TrainConfig):
@@ -182,7 +130,7 @@ def load_configs(files, bindings, search_paths=()):
 
 
 def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
-    init_distributed()
+    launch.init_distributed()
     import jax
 
     run_cfg, data = load_configs(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)

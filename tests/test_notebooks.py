@@ -1,0 +1,171 @@
+"""The notebooks run top to bottom and show what they promise.
+
+Each notebook is executed once per module (`notebooks/execute.py`: a fresh kernel of this
+interpreter, from the repository root, on the CPU): the quickstart as committed (~4 min on
+2 cores), the TPU fine-tuning notebook with its committed `SMOKE = True` (~2 min). Cells are
+found by their tags. The committed files are also checked to carry their outputs, so that
+they render on GitHub.
+"""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import nbformat
+import pytest
+
+from ecomgpt_jax.ecominstruct import instructions, reader
+from tasks.mixtures import HELD_OUT_TASKS
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "ecomgpt_jax" / "ecominstruct" / "sample"
+QUICKSTART = ROOT / "notebooks" / "quickstart.ipynb"
+FINETUNE = ROOT / "notebooks" / "finetune_bloomz_tpu.ipynb"
+
+
+def _load_execute_module():
+    spec = importlib.util.spec_from_file_location(
+        "notebooks_execute", ROOT / "notebooks/execute.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+execute = _load_execute_module()
+
+
+def cell(nb, tag: str):
+    found = [c for c in nb.cells if tag in c.get("metadata", {}).get("tags", [])]
+    assert len(found) == 1, f"expected one cell tagged {tag!r}, found {len(found)}"
+    return found[0]
+
+
+def stdout(c) -> str:
+    return "".join(o.text for o in c.outputs if o.output_type == "stream" and o.name == "stdout")
+
+
+def data(c, mime: str) -> list[str]:
+    return [o.data[mime] for o in c.outputs if mime in o.get("data", {})]
+
+
+def html_cells(html: str) -> list[list[str]]:
+    """Rows of a simple <table> as lists of cell texts (tags stripped)."""
+    import re
+
+    rows = []
+    for row in re.findall(r"<tr>(.*?)</tr>", html):
+        cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row)
+        rows.append([re.sub(r"<[^>]+>", "", x) for x in cells])
+    return rows
+
+
+def pct(value) -> str:
+    return "" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+@pytest.fixture(scope="module")
+def quickstart():
+    return execute.execute(QUICKSTART)
+
+
+@pytest.fixture(scope="module")
+def finetune():
+    return execute.execute(FINETUNE)
+
+
+# ----------------------------------------------------------------------------- quickstart
+
+
+def test_quickstart_shows_sample_tasks_and_instructions(quickstart):
+    tasks = reader.discover_tasks(SAMPLE)
+    listing = stdout(cell(quickstart, "tasks"))
+    assert listing.startswith(f"{len(tasks)} tasks under ecomgpt_jax/ecominstruct/sample:")
+    assert all(name in listing for name in tasks)
+    shown = stdout(cell(quickstart, "instructions"))
+    example = instructions.task_instructions(tasks["EN-Shop_Review-CLS-review_sentiment"], "train")
+    assert f"--- prompt:\n{example[0].prompt}\n--- answer:\n{example[0].answer}\n" in shown
+
+
+def test_quickstart_trains_with_a_loss_plot(quickstart):
+    train = cell(quickstart, "train")
+    assert len(data(train, "image/png")) == 1  # the live plot, updated in place
+    assert "finished step 150;" in stdout(train)
+    rows = [json.loads(x) for x in (ROOT / "runs/quickstart/model/metrics.jsonl").open()]
+    assert rows[-1]["step"] == 150
+    # From scratch the first loss is about ln(2048) (uniform over the vocabulary).
+    assert rows[0]["loss"] == pytest.approx(math.log(2048), abs=0.3)
+    assert rows[-1]["loss"] < 3.0
+
+
+def test_quickstart_score_table_and_chart_match_metrics_json(quickstart):
+    metrics = json.loads((ROOT / "runs/quickstart/eval/metrics.json").read_text())
+    [html] = data(cell(quickstart, "scores-table"), "text/html")
+    rows = {r[0]: r for r in html_cells(html)[1:]}
+    tasks = reader.discover_tasks(SAMPLE)
+    expected = sorted(n for n, t in tasks.items() if n in HELD_OUT_TASKS or t.has_split("train"))
+    assert sorted(n for n in rows if not n.startswith("average")) == expected
+    for name in expected:
+        group = "held-out" if name in HELD_OUT_TASKS else "held-in"
+        assert rows[name][1:3] == [group, "8"]
+        assert rows[name][3] == pct(metrics[name]["rouge-l-f1"])
+    assert rows["average"][2] == f"{len(expected)} tasks"
+    assert rows["average"][3:] == [
+        pct(metrics["average"][k]) for k in ("rouge-l-f1", "micro-f1", "macro-f1", "rouge-l-f1-cjk")
+    ]
+    assert len(data(cell(quickstart, "bar-chart"), "image/png")) == 1
+
+
+def test_quickstart_answers_own_prompts(quickstart):
+    text = stdout(cell(quickstart, "own-prompt"))
+    assert text.count("\n>>> ") == 2
+    assert "The blender stopped working after two days." in text
+
+
+# ----------------------------------------------------------------------------- finetune
+
+
+def test_finetune_notebook_is_committed_in_smoke_mode():
+    nb = nbformat.read(FINETUNE, as_version=4)
+    assert "SMOKE = True" in cell(nb, "settings").source
+
+
+def test_finetune_smoke_chooses_mesh_from_chip_count(finetune):
+    assert stdout(cell(finetune, "devices")).startswith("4 x cpu")
+    mesh = stdout(cell(finetune, "mesh"))
+    assert "MESH_SHAPE = (4, 1, 1), BATCH_SIZE = 8, NUM_MICROBATCHES = 1" in mesh
+    # 7.07e9 x 16 bytes needs 8 shards of a 32 GiB chip's half: v4-32 = (2, 8, 1).
+    assert mesh.splitlines()[-1].endswith("too small   (2, 8, 1)")
+
+
+def test_finetune_smoke_trains_evaluates_and_exports(finetune):
+    train = cell(finetune, "train")
+    assert len(data(train, "image/png")) == 1
+    assert "finished step 30;" in stdout(train)
+    assert "--gin.INIT_FROM_CHECKPOINT='runs/finetune_smoke/init'" in stdout(train)
+    [html] = data(cell(finetune, "scores-table"), "text/html")
+    rows = {r[0]: r for r in html_cells(html)[1:]}
+    held_out = sorted(n for n in reader.discover_tasks(SAMPLE) if n in HELD_OUT_TASKS)
+    assert sorted(n for n in rows if n != "average") == held_out
+    assert all(rows[n][1] == "4" for n in held_out)
+    export = ROOT / "runs/finetune_smoke/hf_export"
+    assert sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors"]
+    # transformers' beam search on the export reproduces the JAX evaluation's predictions.
+    assert "transformers reproduces 3/3 evaluation predictions" in stdout(
+        cell(finetune, "export-check")
+    )
+
+
+# ----------------------------------------------------------------------------- committed
+
+
+@pytest.mark.parametrize("path", [QUICKSTART, FINETUNE], ids=lambda p: p.stem)
+def test_committed_notebooks_carry_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), "run notebooks/execute.py"
+    assert any(data(c, "image/png") for c in code)
+    assert not any(o.output_type == "error" for c in code for o in c.outputs)
+    assert str(ROOT) not in json.dumps(nb)  # no machine-specific paths in the outputs

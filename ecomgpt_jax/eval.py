@@ -137,20 +137,7 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from ecomgpt_jax.ecominstruct.reader import DataError
-    from ecomgpt_jax.models.config import ConfigError
-    from ecomgpt_jax.models.hf_io import CheckpointFormatError
-
-    return (
-        evaluation.EvalError,
-        decoding.DecodeConfigError,
-        partitioning.MeshError,
-        DataError,
-        ConfigError,
-        CheckpointFormatError,
-        checkpointing.CheckpointError,
-        FileNotFoundError,
-    )
+    return (evaluation.EvalError, decoding.DecodeConfigError, *launch.user_errors())
 
 
 def main(argv: list[str]) -> None:

@@ -114,3 +114,23 @@ def init_distributed() -> None:
         )
     elif FLAGS.multihost:
         jax.distributed.initialize()
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the user's input is wrong": shown as one line, not a trace.
+
+    Imported lazily so that `--help` does not pay for jax and the models.
+    """
+    from ecomgpt_jax import checkpointing, partitioning
+    from ecomgpt_jax.ecominstruct.reader import DataError
+    from ecomgpt_jax.models.config import ConfigError
+    from ecomgpt_jax.models.hf_io import CheckpointFormatError
+
+    return (
+        partitioning.MeshError,
+        DataError,
+        ConfigError,
+        CheckpointFormatError,
+        checkpointing.CheckpointError,
+        FileNotFoundError,
+    )

@@ -171,19 +171,7 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from ecomgpt_jax.ecominstruct.reader import DataError
-    from ecomgpt_jax.models.config import ConfigError
-    from ecomgpt_jax.models.hf_io import CheckpointFormatError
-
-    return (
-        trainer.UserError,
-        partitioning.MeshError,
-        DataError,
-        ConfigError,
-        CheckpointFormatError,
-        checkpointing.CheckpointError,
-        FileNotFoundError,
-    )
+    return (trainer.UserError, *launch.user_errors())
 
 
 def main(argv: list[str]) -> None:

@@ -32,7 +32,15 @@ import sys
 import gin
 from absl import app
 
-from ecomgpt_jax import checkpointing, input_pipeline, launch, partitioning, trainer
+from ecomgpt_jax import (
+    checkpointing,
+    decoding,
+    evaluation,
+    input_pipeline,
+    launch,
+    partitioning,
+    trainer,
+)
 from ecomgpt_jax import train_step as ts
 
 FLAGS = launch.FLAGS
@@ -50,6 +58,9 @@ def register_configurables() -> dict:
             "OptimizerConfig": (ts.OptimizerConfig, "train_step"),
             "StepConfig": (ts.StepConfig, "train_step"),
             "CheckpointConfig": (checkpointing.CheckpointConfig, "checkpointing"),
+            # infer_eval during training: the evaluation binary's configs.
+            "EvalConfig": (evaluation.EvalConfig, "evaluation"),
+            "DecodeConfig": (decoding.DecodeConfig, "decoding"),
         }
     )
 
@@ -124,6 +135,8 @@ def load_configs(files, bindings, search_paths=()):
             step=configurables["StepConfig"](),
             checkpoint=configurables["CheckpointConfig"](),
         )
+        if run_cfg.train.infer_eval_every_steps > 0:
+            run_cfg = dataclasses.replace(run_cfg, infer_eval=configurables["EvalConfig"]())
         return run_cfg, configurables["DataConfig"]()
     except ValueError as e:  # e.g. a %gin.REQUIRED macro left unset
         raise trainer.UserError(f"gin config: {str(e).strip().splitlines()[0]}") from None
@@ -167,7 +180,16 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
             flush=True,
         )
     batches = input_pipeline.InputIterator(data, mesh, start=position.batches_consumed)
-    return job.fit(state, batches, position), run_cfg
+    infer_eval = None
+    if run_cfg.infer_eval is not None:
+
+        def infer_eval(params, step: int):
+            eval_dir = f"{run_cfg.train.model_dir}/infer_eval/{step}"
+            return evaluation.run_infer_eval(
+                params, cfg, mesh, vocabulary, run_cfg.infer_eval, step, eval_dir
+            )
+
+    return job.fit(state, batches, position, infer_eval), run_cfg
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

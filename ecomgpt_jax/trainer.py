@@ -13,14 +13,14 @@ import dataclasses
 import json
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 from etils import epath
 
-from ecomgpt_jax import checkpointing, partitioning
+from ecomgpt_jax import checkpointing, evaluation, partitioning
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
@@ -55,6 +55,8 @@ class TrainConfig:
     mesh_shape: (data, fsdp, tensor) sizes, one may be -1 ("the rest").
     init_from_hf / init_from_checkpoint: initial weights when MODEL_DIR holds no
     checkpoint yet (a checkpoint in MODEL_DIR always wins: that is a resume).
+    infer_eval_every_steps: decode and score `RunConfig.infer_eval` every N steps
+    (T5X's infer_eval; 0 = never).
     """
 
     model_dir: str = "runs/ecom_default"
@@ -65,6 +67,7 @@ class TrainConfig:
     init_from_hf: str | None = None
     init_from_checkpoint: str | None = None
     data_dir: str | None = None
+    infer_eval_every_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +79,7 @@ class RunConfig:
     optimizer: ts.OptimizerConfig
     step: ts.StepConfig
     checkpoint: checkpointing.CheckpointConfig
+    infer_eval: evaluation.EvalConfig | None = None
 
 
 def build_model_config(run: RunConfig) -> model_config.ModelConfig:
@@ -210,6 +214,26 @@ class MetricsLogger:
             flush=True,
         )
 
+    def record_eval(self, step: int, scores: Mapping[str, Mapping]) -> None:
+        """Logs infer_eval scores (metrics.json content) beside the loss.
+
+        MODEL_DIR/infer_eval.jsonl gets one line per evaluation; TensorBoard gets
+        `infer_eval/<task>/<score>` and `infer_eval/average/<score>`.
+        """
+        if not self.enabled:
+            return
+        row = {"step": step, **scores}
+        with (epath.Path(self.path).parent / "infer_eval.jsonl").open("a") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for task, values in scores.items():
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._writer.add_scalar(f"infer_eval/{task}/{key}", value, step)
+        self._writer.flush()
+        average = scores.get("average", {})
+        text = "  ".join(f"{k} {100 * v:.2f}" for k, v in average.items() if v is not None)
+        print(f"infer_eval step {step}: {text}", flush=True)
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -294,8 +318,13 @@ class Trainer:
         state: ts.TrainState,
         batches: Iterator[dict[str, jax.Array]],
         position: checkpointing.DataPosition,
+        infer_eval: Callable[[Any, int], Mapping] | None = None,
     ) -> Result:
-        """Trains from `state.step` to `train_steps`; `batches.position` counts batches used."""
+        """Trains from `state.step` to `train_steps`; `batches.position` counts batches used.
+
+        `infer_eval(params, step)` -> metrics.json dict, called every
+        `infer_eval_every_steps` steps when given.
+        """
         run = self.run
         total = int(run.train.train_steps)
         step = int(jax.device_get(state.step))
@@ -305,6 +334,7 @@ class Trainer:
         preempted = False
         every = max(int(run.train.log_every_steps), 1)
         save_every = max(int(run.checkpoint.save_every_steps), 1)
+        eval_every = int(run.train.infer_eval_every_steps) if infer_eval is not None else 0
         try:
             with jax.set_mesh(self.mesh), partitioning.axis_rules():
                 step_fn = ts.jit_train_step(
@@ -325,6 +355,8 @@ class Trainer:
                         self.checkpointer.save(state, pos, force=True)
                     if preempted:
                         break
+                    if eval_every > 0 and step % eval_every == 0:
+                        logger.record_eval(step, infer_eval(state.params, step))
                 last = None if metrics is None else float(jax.device_get(metrics["loss"]))
         finally:  # also on errors: finish pending async saves, restore the SIGTERM handler
             self.checkpointer.close()

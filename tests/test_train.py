@@ -84,9 +84,15 @@ def run_ok(cmd, environ) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory, compile_cache):
-    """The default command for a few steps."""
+    """The default command for a few steps, with infer_eval every 5 steps on a small slice."""
     model_dir = tmp_path_factory.mktemp("default") / "run"
-    return model_dir, run_ok(command(model_dir), env(compile_cache)).stdout
+    infer_eval = [
+        "--gin.INFER_EVAL_EVERY_STEPS=5",
+        "--gin.INFER_EVAL_MAX_EXAMPLES=2",
+        "--gin.INFER_EVAL_MIXTURE='ecom:EN:ABSA:CLS:review_topic_category'",
+        "--gin.DecodeConfig.max_new_tokens=8",
+    ]
+    return model_dir, run_ok(command(model_dir, *infer_eval), env(compile_cache)).stdout
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +127,24 @@ def test_default_command_leaves_checkpoint_logs_and_config(default_run):
     assert cfg.vocab_size == 2048 and cfg.layers == 2
     params = checkpointing.restore_params(step_dir, decoder.abstract_params(cfg))
     assert params["embed"]["embedding"].shape == (2048, cfg.hidden)
+
+
+def test_infer_eval_scores_logged_beside_the_loss(default_run):
+    model_dir, stdout = default_run
+    task = "EN-ABSA-CLS-review_topic_category"
+    rows = [json.loads(x) for x in (model_dir / "infer_eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, STEPS]
+    for row in rows:
+        # The logged scores are the evaluation's metrics.json for that step, which the
+        # evaluation tests prove equal to `python -m ecomgpt_jax.score` on its predictions.
+        written = json.loads(
+            (model_dir / "infer_eval" / str(row["step"]) / "metrics.json").read_text()
+        )
+        assert {k: v for k, v in row.items() if k != "step"} == written
+        assert row[task]["n"] == 2 and set(row) == {"step", task, "average"}
+        preds = model_dir / "infer_eval" / str(row["step"]) / "predictions" / f"{task}.jsonl"
+        assert [json.loads(x)["index"] for x in preds.read_text().splitlines()] == [0, 1]
+    assert f"infer_eval step {STEPS}: rouge-l-f1" in stdout
 
 
 def test_sigterm_saves_exits_0_and_resume_matches(sharded_reference, compile_cache, tmp_path):

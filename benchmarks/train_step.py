@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import statistics
@@ -59,8 +60,9 @@ from ecomgpt_jax import train_step as ts  # noqa: E402
 from ecomgpt_jax.models import config as model_config  # noqa: E402
 from ecomgpt_jax.models import decoder  # noqa: E402
 
-# float32 logits of one loss chunk are kept under this many bytes (auto chunking).
-LOSS_CHUNK_BYTES = 1 << 30
+# float32 logits of one loss chunk are kept under this many bytes (auto chunking):
+# cache-sized blocks on CPU, large matmuls on accelerators.
+LOSS_CHUNK_BYTES = {"cpu": 64 << 20, "default": 1 << 30}
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -113,13 +115,12 @@ def synthetic_batch(vocab: int, batch: int, seq: int, segments: int = 1, seed: i
     }
 
 
-def auto_loss_chunk(cfg: model_config.ModelConfig, batch: int, seq: int) -> int:
-    """Largest divisor of `seq` (<= seq/2) whose float32 logits fit LOSS_CHUNK_BYTES;
-    0 (no chunking) when the full logits already fit."""
-    if batch * seq * cfg.vocab_size * 4 <= LOSS_CHUNK_BYTES:
-        return 0
+def auto_loss_chunk(cfg: model_config.ModelConfig, batch: int, seq: int, platform: str) -> int:
+    """Sequence chunk for the fused LM-head loss: the largest divisor of `seq` (at most
+    seq / 2) whose float32 logits [batch, chunk, V] fit LOSS_CHUNK_BYTES[platform]."""
+    budget = LOSS_CHUNK_BYTES.get(platform, LOSS_CHUNK_BYTES["default"])
     for chunk in range(seq // 2, 0, -1):
-        if seq % chunk == 0 and batch * chunk * cfg.vocab_size * 4 <= LOSS_CHUNK_BYTES:
+        if seq % chunk == 0 and batch * chunk * cfg.vocab_size * 4 <= budget:
             return chunk
     return 1
 
@@ -131,7 +132,6 @@ class JaxRunner:
     """The project's jitted, state-donating train step on one fixed device batch."""
 
     def __init__(self, cfg, step_config: ts.StepConfig, mesh, batch_np, seed: int = 0):
-        self.mesh = mesh
         model = decoder.Decoder(cfg)
         tx = ts.make_optimizer(ts.OptimizerConfig(learning_rate=1e-5), total_steps=1000)
         with jax.set_mesh(mesh), partitioning.axis_rules():
@@ -147,21 +147,29 @@ class JaxRunner:
             start = time.perf_counter()
             self.compiled = step.lower(self.state, self.batch).compile()
             self.compile_s = time.perf_counter() - start
-        self.temp_bytes = _temp_bytes(self.compiled)
-        self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
-        self.cpu_times = []
+        self.rows = int(batch_np[ts.INPUTS].shape[0])
+        self.info = {
+            "params": int(sum(x.size for x in jax.tree.leaves(self.state.params))),
+            "compile_s": round(self.compile_s, 2),
+            "compiled_temp_gb": _gb(_temp_bytes(self.compiled)),
+        }
+        self.times, self.cpu_times = [], []
         self.run(1)  # first execution (allocations, autotuning) is not timed
-        self.cpu_times = []
+        self.times, self.cpu_times = [], []
 
-    def run(self, steps: int) -> float:
-        """Runs `steps` steps; returns seconds per step. One sync at the end only."""
+    def run(self, steps: int) -> None:
+        """Times `steps` steps (seconds per step appended to .times). The only host
+        sync is reading the last step's loss."""
         start, cpu = time.perf_counter(), time.process_time()
         metrics = None
         for _ in range(steps):
             self.state, metrics = self.compiled(self.state, self.batch)
-        self.loss = float(metrics["loss"])  # blocks on the last step
+        self.info["loss"] = round(float(metrics["loss"]), 4)
         self.cpu_times.append((time.process_time() - cpu) / steps)
-        return (time.perf_counter() - start) / steps
+        self.times.append((time.perf_counter() - start) / steps)
+
+    def peak_memory_bytes(self) -> int | None:
+        return report.peak_memory_bytes(jax.devices()[0])
 
     def close(self):
         del self.state, self.batch, self.compiled
@@ -187,17 +195,18 @@ class HfRunner:
         hf_cfg = transformers.AutoConfig.for_model(**model_config.to_hf_config(cfg))
         self.model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
         self.model.to(self.device).train()
-        self.attn_impl = getattr(self.model.config, "_attn_implementation", None)
         fused = {"fused": True} if self.device == "cuda" else {}
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, weight_decay=0.0, **fused)
         self.autocast = dtype != "float32"
         self.amp_dtype = getattr(torch, dtype)
         self.ids = torch.as_tensor(batch_np[ts.INPUTS]).long().to(self.device)
-        self.batch = self.ids.shape[0]
-        self.num_params = sum(p.numel() for p in self.model.parameters())
-        self.cpu_times = []
+        self.rows = int(self.ids.shape[0])
+        self.info = {
+            "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
+            "params": int(sum(p.numel() for p in self.model.parameters())),
+        }
         self._fit_batch()
-        self.cpu_times = []
+        self.times, self.cpu_times = [], []
 
     def _step(self):
         torch = self.torch
@@ -213,33 +222,36 @@ class HfRunner:
         """First (untimed) step; on GPU out-of-memory, halve the batch and retry."""
         torch = self.torch
         while True:
+            if self.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             try:
-                if self.device == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
                 self._step()
                 self._sync()
                 return
             except torch.OutOfMemoryError:
-                if self.batch == 1:
+                if self.rows == 1:
                     raise
-                self.opt.zero_grad(set_to_none=True)
-                self.batch //= 2
-                self.ids = self.ids[: self.batch].contiguous()
-                torch.cuda.empty_cache()
+            # Outside the handler: the failed step's tensors (held by the traceback)
+            # are released before the cache is emptied.
+            self.opt.zero_grad(set_to_none=True)
+            gc.collect()
+            torch.cuda.empty_cache()
+            self.rows //= 2
+            self.ids = self.ids[: self.rows].contiguous()
 
     def _sync(self):
         if self.device == "cuda":
             self.torch.cuda.synchronize()
 
-    def run(self, steps: int) -> float:
+    def run(self, steps: int) -> None:
         start, cpu = time.perf_counter(), time.process_time()
         loss = None
         for _ in range(steps):
             loss = self._step()
-        self.loss = float(loss.detach())
+        self.info["loss"] = round(float(loss.detach()), 4)
         self._sync()
         self.cpu_times.append((time.process_time() - cpu) / steps)
-        return (time.perf_counter() - start) / steps
+        self.times.append((time.perf_counter() - start) / steps)
 
     def peak_memory_bytes(self) -> int | None:
         if self.device != "cuda":
@@ -248,8 +260,86 @@ class HfRunner:
 
     def close(self):
         del self.model, self.opt, self.ids
+        gc.collect()
         if self.device == "cuda":
             self.torch.cuda.empty_cache()
+
+
+def _error(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip()
+    return text.splitlines()[0][:300]
+
+
+def _summary(runner, cpu_backend: bool) -> dict:
+    """Timing (median and best over rounds) and facts of a runner, before it is closed."""
+    out = {
+        "batch": runner.rows,
+        "step_time_s": round(statistics.median(runner.times), 5),
+        "step_time_min_s": round(min(runner.times), 5),
+        "cpu_s_per_step": round(statistics.median(runner.cpu_times), 4) if cpu_backend else None,
+        "peak_memory_gb": _gb(runner.peak_memory_bytes()),
+    }
+    out.update(runner.info)
+    return out
+
+
+def measure(makers: dict, steps: int, rounds: int, interleave: bool) -> dict[str, dict]:
+    """name -> summary dict (or {"error": ...}) for each runner factory in `makers`.
+
+    interleave=True (CPU): all runners are built, then timed in alternating rounds, so
+    that load from other processes hits them alike. Otherwise (accelerators) each runner
+    is built, timed and closed before the next one is built, to free device memory.
+    A runner that fails is reported with its error; the others still run.
+    """
+    results: dict[str, dict] = {}
+    if interleave:
+        built = {}
+        for name, make in makers.items():
+            try:
+                built[name] = make()
+            except Exception as e:  # noqa: BLE001 - report and go on with the others
+                results[name] = {"error": _error(e)}
+        for _ in range(rounds):
+            for name, runner in list(built.items()):
+                try:
+                    runner.run(steps)
+                except Exception as e:  # noqa: BLE001
+                    results[name] = {"error": _error(e)}
+                    del built[name]
+        for name, runner in built.items():
+            results[name] = _summary(runner, cpu_backend=True)
+            runner.close()
+        return {name: results[name] for name in makers}
+    for name, make in makers.items():
+        runner = None
+        try:
+            runner = make()
+            for _ in range(rounds):
+                runner.run(steps)
+            results[name] = _summary(runner, cpu_backend=False)
+        except Exception as e:  # noqa: BLE001
+            results[name] = {"error": _error(e)}
+        if runner is not None:
+            runner.close()
+        del runner
+        gc.collect()
+    return results
+
+
+def _gb(x):
+    return None if x is None else round(x / 2**30, 3)
+
+
+def _add_rates(summary: dict, cfg, seq: int, peak: float | None, devices: int) -> dict:
+    """tokens/s, TFLOP/s per device and MFU from a runner summary (in place)."""
+    if "error" in summary:
+        return summary
+    t = summary["step_time_s"]
+    flops = train_flops(cfg, summary["batch"], seq)["total"]
+    summary["tokens_per_s"] = round(summary["batch"] * seq / t, 1)
+    summary["tflops_per_s_per_device"] = round(flops / t / devices / 1e12, 4)
+    summary["mfu"] = None if peak is None else round(flops / t / (peak * devices), 4)
+    return summary
 
 
 # ----------------------------------------------------------------------------- main
@@ -263,7 +353,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes (one may be -1)")
     p.add_argument("--dtype", default="float32", help="compute dtype (params stay float32)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds (median and min reported)")
     p.add_argument("--segments", type=int, default=1, help="packed sequences per row")
     p.add_argument("--remat", default=None, help="override the preset's remat_policy")
     p.add_argument("--attention_impl", default=None, help="xla | cudnn (default: preset's)")
@@ -293,68 +383,29 @@ def model_config_from_args(args) -> model_config.ModelConfig:
     return dataclasses.replace(cfg, **overrides)
 
 
-def _median_times(runners: dict, steps: int, rounds: int, interleave: bool) -> dict[str, float]:
-    """Median seconds/step per runner. Interleaved rounds (CPU) or one runner after the
-    other, each closed before the next is built (GPU memory)."""
-    times = {name: [] for name in runners}
-    if interleave:
-        built = {name: make() for name, make in runners.items()}
-        for _ in range(rounds):
-            for name, runner in built.items():
-                times[name].append(runner.run(steps))
-        return {name: statistics.median(t) for name, t in times.items()}, built
-    built = {}
-    for name, make in runners.items():
-        runner = make()
-        times[name] = [runner.run(steps) for _ in range(rounds)]
-        built[name] = runner
-        if name != list(runners)[-1]:
-            runner.summary = _summary(runner)
-            runner.close()
-    return {name: statistics.median(t) for name, t in times.items()}, built
-
-
-def _summary(runner) -> dict:
-    if isinstance(runner, HfRunner):
-        return {"batch": runner.batch, "peak_memory_bytes": runner.peak_memory_bytes()}
-    return {}
-
-
-def _cpu(runner, device) -> float | None:
-    """Median process CPU seconds per step (CPU backend only): less sensitive than wall
-    time to other processes competing for the cores."""
-    if device.platform != "cpu" or not runner.cpu_times:
-        return None
-    return round(statistics.median(runner.cpu_times), 4)
-
-
-def _gb(x):
-    return None if x is None else round(x / 2**30, 3)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = model_config_from_args(args)
     mesh_shape = tuple(int(s) for s in args.mesh.split(","))
     mesh = partitioning.make_mesh(partitioning.MeshConfig(mesh_shape))
-    chunk = args.loss_chunk if args.loss_chunk >= 0 else auto_loss_chunk(cfg, args.batch, args.seq)
+    device = jax.devices()[0]
+    chunk = args.loss_chunk
+    if chunk < 0:
+        chunk = auto_loss_chunk(cfg, args.batch, args.seq, device.platform)
     step_config = ts.StepConfig(num_microbatches=args.microbatches, loss_chunk_size=chunk)
     batch_np = synthetic_batch(cfg.vocab_size, args.batch, args.seq, args.segments)
-    device = jax.devices()[0]
 
-    runners = {}
+    makers = {}
     if args.compare_hf:
         if args.segments != 1:
             raise SystemExit("--compare_hf needs --segments 1 (transformers has no packing here)")
-        runners["hf"] = lambda: HfRunner(cfg, batch_np, args.dtype)
-    runners["jax"] = lambda: JaxRunner(cfg, step_config, mesh, batch_np)
-    interleave = device.platform == "cpu"
-    times, built = _median_times(runners, args.steps, args.rounds, interleave)
+        # transformers first: on a GPU it then frees its memory before JAX allocates.
+        makers["hf"] = lambda: HfRunner(cfg, batch_np, args.dtype)
+    makers["jax"] = lambda: JaxRunner(cfg, step_config, mesh, batch_np)
+    results = measure(makers, args.steps, args.rounds, interleave=device.platform == "cpu")
 
-    jr = built["jax"]
-    flops = train_flops(cfg, args.batch, args.seq)
     peak = report.peak_flops_per_device(device)
-    tokens = args.batch * args.seq
+    ours = _add_rates(results["jax"], cfg, args.seq, peak, mesh.size)
     record = {
         "bench": "train_step",
         "preset": args.preset,
@@ -363,42 +414,22 @@ def main(argv=None) -> dict:
         "mesh": list(mesh.devices.shape),
         "dtype": cfg.dtype,
         "remat": cfg.remat_policy,
+        "scan_layers": cfg.scan_layers,
         "attention_impl": cfg.attention_impl,
         "loss_chunk": chunk,
-        "params": int(jr.num_params),
-        "step_time_s": round(times["jax"], 5),
-        "tokens_per_s": round(tokens / times["jax"], 1),
-        "tflops_per_s_per_device": round(flops["total"] / times["jax"] / mesh.size / 1e12, 4),
-        "mfu": None
-        if peak is None
-        else round(flops["total"] / times["jax"] / (peak * mesh.size), 4),
-        "cpu_s_per_step": _cpu(jr, device),
-        "compile_s": round(jr.compile_s, 2),
-        "peak_memory_gb": _gb(report.peak_memory_bytes(device)),
-        "compiled_temp_gb": _gb(jr.temp_bytes),
-        "loss": round(jr.loss, 4),
-        "flops_per_step": flops["total"],
+        **{k: v for k, v in ours.items() if k != "batch"},
+        "flops_per_step": train_flops(cfg, args.batch, args.seq)["total"],
     }
-    if "hf" in built:
-        hr = built["hf"]
-        info = getattr(hr, "summary", None) or _summary(hr)
-        hf_tokens = info["batch"] * args.seq
-        hf_flops = train_flops(cfg, info["batch"], args.seq)["total"]
-        record["hf"] = {
-            "batch": info["batch"],
-            "attn_implementation": hr.attn_impl,
-            "step_time_s": round(times["hf"], 5),
-            "tokens_per_s": round(hf_tokens / times["hf"], 1),
-            "mfu": None if peak is None else round(hf_flops / times["hf"] / peak, 4),
-            "cpu_s_per_step": _cpu(hr, device),
-            "peak_memory_gb": _gb(info["peak_memory_bytes"]),
-            "params": int(hr.num_params),
-        }
-        record["speedup_vs_hf"] = round(record["tokens_per_s"] / record["hf"]["tokens_per_s"], 3)
-    jr.close()
+    if "hf" in results:
+        record["hf"] = _add_rates(results["hf"], cfg, args.seq, peak, 1)
+        if "error" not in ours and "error" not in record["hf"]:
+            speedup = ours["tokens_per_s"] / record["hf"]["tokens_per_s"]
+            record["speedup_vs_hf"] = round(speedup, 3)
     report.emit(record)
     if not args.no_record:
         report.append_result(report.command_line("benchmarks.train_step"), record)
+    if "error" in ours:
+        raise SystemExit(f"JAX train step failed: {ours['error']}")
     return record
 
 

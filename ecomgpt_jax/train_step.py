@@ -33,6 +33,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ecomgpt_jax import partitioning
+from ecomgpt_jax.models import losses
 
 Batch = Mapping[str, jax.Array]
 PyTree = Any
@@ -232,29 +233,13 @@ def loss_sums(
 def _chunked_loss(params, model, hidden, targets, weights, chunk):
     """Vocabulary projection + cross-entropy over sequence chunks.
 
-    hidden: [B, L, E]; targets, weights: [B, L]. The [B, chunk, vocab] logits of
-    one chunk are rematerialised in the backward pass, so the full [B, L, vocab]
-    float32 logits never exist at once (250k-token vocabularies).
+    hidden: [B, L, E]; targets, weights: [B, L]. Only one chunk's [B, chunk, vocab]
+    float32 logits exist at a time (250k-token vocabularies). `models.losses` fuses
+    the head and the loss with a custom gradient: each chunk's logits are computed
+    once, not recomputed in the backward pass.
     """
-    b, length, e = hidden.shape
-    n = length // chunk
-    hs = hidden.reshape(b, n, chunk, e).swapaxes(0, 1)  # [n, B, chunk, E]
-    ts = targets.reshape(b, n, chunk).swapaxes(0, 1)
-    ws = weights.reshape(b, n, chunk).swapaxes(0, 1)
-
-    @jax.checkpoint
-    def one(h, t, w):
-        logits = model.apply({"params": params}, h, method="logits_from_hidden")
-        loss = jnp.sum(token_cross_entropy(logits, t) * w)
-        return loss, jnp.sum((jnp.argmax(logits, axis=-1) == t) * w)
-
-    def body(carry, xs):
-        loss, correct = one(*xs)
-        return (carry[0] + loss, carry[1] + correct), None
-
-    zero = jnp.zeros((), jnp.float32)
-    (loss_sum, correct), _ = jax.lax.scan(body, (zero, zero), (hs, ts, ws))
-    return loss_sum, correct
+    w, vocab_major = losses.head_weights(model.cfg, params)
+    return losses.chunked_cross_entropy(hidden, w, targets, weights, chunk, vocab_major)
 
 
 # ----------------------------------------------------------------------------- step

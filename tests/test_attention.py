@@ -150,6 +150,35 @@ def test_segments_do_not_leak():
     assert not np.allclose(np.asarray(base)[:, 3:6], np.asarray(moved)[:, 3:6])
 
 
+@pytest.mark.parametrize("heads,kv_heads,alibi", [(4, 4, True), (4, 2, False)])
+def test_query_blocked_causal_attention_equals_one_block(heads, kv_heads, alibi):
+    """Causal self-attention skips key blocks above the diagonal (query blocks of 128
+    rows at length 256); outputs and gradients equal the unblocked computation."""
+    length = 256
+    assert A.query_block(length) == 128 and A.query_block(200) == 0
+    q, k, v = _random_qkv(heads, kv_heads, length=length)
+    seg = np.ones((2, length), np.int32)
+    seg[0, 100:] = 2  # a segment boundary inside the first block
+    seg[0, 240:] = 0  # trailing padding
+    seg = jnp.asarray(seg)
+    pos = A.segment_positions(seg)
+    slopes = A.alibi_slopes(heads) if alibi else None
+    blocked = A.make_mask_info(seg, pos, seg, pos, 0, use_alibi=alibi)
+    whole = A.make_mask_info(seg, pos, seg, pos, jnp.int32(0), use_alibi=alibi)
+    assert blocked.causal_self and not whole.causal_self
+
+    def f(info):
+        def loss(q, k, v):
+            return jnp.sum(jnp.sin(A.attend_xla(q, k, v, info, slopes)))
+
+        return jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(q, k, v)
+
+    (lb, gb), (lw, gw) = f(blocked), f(whole)
+    np.testing.assert_allclose(lb, lw, rtol=1e-5)
+    for a, b in zip(gb, gw, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_init_cache_shapes_batch_first():
     cfg = mc.get_preset("tiny-qwen2")
     cache = A.init_cache(cfg, batch=3, max_len=16)

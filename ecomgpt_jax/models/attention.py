@@ -142,11 +142,15 @@ class MaskInfo:
     mask:      bool [B, L, S]  may query attend to key
     rel_pos:   float32 [B, L, S]  pos_k - pos_q (ALiBi) or None
     positions: int32 [B, L]  query positions (RoPE)
+    causal_self: see below (set by `make_mask_info` when q_offset is the literal 0, S == L)
     """
 
     mask: jax.Array
     rel_pos: jax.Array | None
     positions: jax.Array
+    # Static: queries are slots 0..L-1 of the keys themselves (no cache), so key slot
+    # j > query slot i is always masked and attention may skip those blocks.
+    causal_self: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 def make_mask_info(
@@ -167,42 +171,102 @@ def make_mask_info(
     rel = None
     if use_alibi:
         rel = (k_positions[:, None, :] - q_positions[:, :, None]).astype(jnp.float32)
-    return MaskInfo(mask=mask, rel_pos=rel, positions=q_positions)
+    causal_self = isinstance(q_offset, int) and q_offset == 0
+    causal_self = causal_self and q_segments.shape[1] == k_segments.shape[1]
+    return MaskInfo(mask=mask, rel_pos=rel, positions=q_positions, causal_self=causal_self)
 
 
 # ----------------------------------------------------------------------------- attention
+
+
+# Causal self-attention is computed in query blocks of this many rows (or more, see
+# `query_block`); block i only reads keys 0 .. (i+1)*block - 1.
+MIN_QUERY_BLOCK = 128
+MAX_QUERY_BLOCKS = 16
+
+
+def query_block(length: int) -> int:
+    """Rows per query block for causal self-attention over `length` tokens (0 = one block).
+
+    Blocking skips the key blocks above the diagonal ((n - 1) / 2n of the score matrix
+    for n blocks: 3/8 at n = 4) and keeps each block's float32 scores small enough to
+    stay in cache on CPU; at most MAX_QUERY_BLOCKS blocks bound the unrolled graph.
+    """
+    block = max(MIN_QUERY_BLOCK, -(-length // MAX_QUERY_BLOCKS))
+    if length < 2 * block or length % block:
+        return 0
+    return block
+
+
+def _attend(q, k, v, mask, rel_pos, slopes) -> jax.Array:
+    """q [B, L, H, Hd], k/v [B, S, K, Hd], mask [B, L, S], rel_pos [B, L, S] | None."""
+    b, length, h, hd = q.shape
+    kh = k.shape[2]
+    if kh == h:
+        # Multi-head (BLOOM): plain [B, H, L, S] batched matmuls; XLA:CPU runs these
+        # faster than the grouped form with its size-1 group axis.
+        scores = jnp.einsum("blhd,bshd->bhls", q, k, preferred_element_type=jnp.float32)
+        scores = scores * (1.0 / math.sqrt(hd))
+        if rel_pos is not None:
+            scores = scores + jnp.asarray(slopes)[None, :, None, None] * rel_pos[:, None]
+        scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        return jnp.einsum("bhls,bshd->blhd", probs, v)
+    qg = q.reshape(b, length, kh, h // kh, hd)
+    scores = jnp.einsum("blkgd,bskd->bkgls", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(hd))
+    if rel_pos is not None:
+        s = jnp.asarray(slopes).reshape(kh, h // kh)
+        scores = scores + s[None, :, :, None, None] * rel_pos[:, None, None]
+    # finfo.min rather than -inf: no inf - inf = NaN even if a row were fully masked.
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
+    return out.reshape(b, length, h, hd)
 
 
 def attend_xla(q, k, v, info: MaskInfo, slopes) -> jax.Array:
     """Plain einsum attention with float32 scores and softmax.
 
     q [B, L, H, Hd], k/v [B, S, K, Hd] -> [B, L, H, Hd]. Grouped-query heads are
-    handled by reshaping q to [B, L, K, G, Hd]; k and v are never repeated.
+    handled by reshaping q to [B, L, K, G, Hd]; k and v are never repeated. For
+    causal self-attention (`info.causal_self`) query block i attends to keys
+    [0, end of block i) only: the skipped keys are all masked, so the result is the
+    same as one block over all keys.
     """
-    b, length, h, hd = q.shape
-    kh = k.shape[2]
-    qg = q.reshape(b, length, kh, h // kh, hd)
-    scores = jnp.einsum("blkgd,bskd->bkgls", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / math.sqrt(hd))
-    if info.rel_pos is not None:
-        s = jnp.asarray(slopes).reshape(kh, h // kh)
-        scores = scores + s[None, :, :, None, None] * info.rel_pos[:, None, None]
-    # finfo.min rather than -inf: no inf - inf = NaN even if a row were fully masked.
-    scores = jnp.where(info.mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
-    return out.reshape(b, length, h, hd)
+    length = q.shape[1]
+    block = query_block(length) if info.causal_self else 0
+    if not block:
+        return _attend(q, k, v, info.mask, info.rel_pos, slopes)
+    outs = []
+    for start in range(0, length, block):
+        end = start + block
+        rel = None if info.rel_pos is None else info.rel_pos[:, start:end, :end]
+        mask = info.mask[:, start:end, :end]
+        outs.append(_attend(q[:, start:end], k[:, :end], v[:, :end], mask, rel, slopes))
+    return jnp.concatenate(outs, axis=1)
 
 
 def attend_dot_product(q, k, v, info: MaskInfo, slopes, implementation="cudnn") -> jax.Array:
     """`jax.nn.dot_product_attention` (cuDNN flash attention on GPU); same contract
-    as `attend_xla`. ALiBi becomes an explicit [B, H, L, S] bias."""
+    as `attend_xla`. ALiBi becomes an explicit [B, H, L, S] bias.
+
+    For causal self-attention (`info.causal_self`) the kernel is also told
+    `is_causal=True`: the mask already hides every key after the query, so the result
+    is unchanged, but cuDNN then skips the tiles above the diagonal (half the work).
+    """
     bias = None
     if info.rel_pos is not None:
         bias = jnp.asarray(slopes)[None, :, None, None] * info.rel_pos[:, None]
         bias = bias.astype(q.dtype)
     out = jax.nn.dot_product_attention(
-        q, k, v, bias=bias, mask=info.mask[:, None], implementation=implementation
+        q,
+        k,
+        v,
+        bias=bias,
+        mask=info.mask[:, None],
+        is_causal=info.causal_self,
+        implementation=implementation,
     )
     return out.astype(q.dtype)
 

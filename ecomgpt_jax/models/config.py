@@ -34,6 +34,11 @@ REMAT_POLICIES = (
 ATTENTION_IMPLS = ("xla", "cudnn")
 
 
+# Fields that choose how a model runs, not what it computes: `from_hf_config` leaves
+# them at their defaults, presets may set them.
+RUNTIME_FIELDS = ("param_dtype", "dtype", "remat_policy", "scan_layers", "attention_impl")
+
+
 class ConfigError(ValueError):
     """An unusable model configuration (unknown preset, unsupported HF architecture...)."""
 
@@ -167,17 +172,28 @@ def _qwen25(hidden, layers, heads, kv_heads, mlp_dim, **kw) -> ModelConfig:
     )
 
 
-# Values copied from each model's published config.json on the HF hub.
+# Rematerialisation defaults by size (override per run). Activations of a layer at
+# 8 x 2048 tokens in bf16 are ~1 GB for 1B models, so up to ~1B parameters nothing is
+# recomputed (fastest). 1.5-3B models keep the projection matmul outputs and recompute
+# attention scores and element-wise ops (~5% more FLOPs, most of the memory back);
+# 7-8B models save nothing (whole layer recomputed: ~33% more FLOPs, least memory).
+_SMALL = dict(remat_policy="none")
+_MEDIUM = dict(remat_policy="dots_with_no_batch_dims_saveable")
+_LARGE = dict(remat_policy="full")
+
+# Architectures copied from each model's published config.json on the HF hub.
 PRESETS: dict[str, ModelConfig] = {
-    "bloom-560m": _bloom(1024, 24, 16),
-    "bloomz-560m": _bloom(1024, 24, 16),
-    "bloomz-1b1": _bloom(1536, 24, 16),
-    "bloomz-1b7": _bloom(2048, 24, 16),
-    "bloomz-3b": _bloom(2560, 30, 32),
-    "bloomz-7b1": _bloom(4096, 30, 32),
-    "qwen2.5-0.5b": _qwen25(896, 24, 14, 2, 4864, max_positions=32768),
-    "qwen2.5-1.5b": _qwen25(1536, 28, 12, 2, 8960),
-    "qwen2.5-7b": _qwen25(3584, 28, 28, 4, 18944, vocab_size=152064, tie_embeddings=False),
+    "bloom-560m": _bloom(1024, 24, 16, **_SMALL),
+    "bloomz-560m": _bloom(1024, 24, 16, **_SMALL),
+    "bloomz-1b1": _bloom(1536, 24, 16, **_SMALL),
+    "bloomz-1b7": _bloom(2048, 24, 16, **_MEDIUM),
+    "bloomz-3b": _bloom(2560, 30, 32, **_MEDIUM),
+    "bloomz-7b1": _bloom(4096, 30, 32, **_LARGE),
+    "qwen2.5-0.5b": _qwen25(896, 24, 14, 2, 4864, max_positions=32768, **_SMALL),
+    "qwen2.5-1.5b": _qwen25(1536, 28, 12, 2, 8960, **_MEDIUM),
+    "qwen2.5-7b": _qwen25(
+        3584, 28, 28, 4, 18944, vocab_size=152064, tie_embeddings=False, **_LARGE
+    ),
     "llama-3-8b": ModelConfig(
         family="llama",
         vocab_size=128256,
@@ -193,10 +209,13 @@ PRESETS: dict[str, ModelConfig] = {
         max_positions=8192,
         bos_id=128000,
         eos_id=128001,
+        **_LARGE,
     ),
     # Benchmark shape for CPU comparisons with transformers (benchmarks/train_step.py):
-    # BLOOM architecture, a 32k vocabulary, width 512, 4 layers, 8 heads.
-    "bench-bloom-cpu": _bloom(512, 4, 8, vocab_size=32000, max_positions=2048),
+    # BLOOM architecture, a 32k vocabulary, width 512, 4 layers, 8 heads. The 4 layers
+    # are unrolled: XLA:CPU's layer loop costs ~15% of the body's time here (stacking
+    # the per-layer residuals), and 4 copies of the layer compile quickly.
+    "bench-bloom-cpu": _bloom(512, 4, 8, vocab_size=32000, max_positions=2048, scan_layers=False),
     # Tiny models for tests and smoke runs. vocab_size 1024 fits the bundled
     # SentencePiece vocabulary (pad 0, eos 1); override it for other vocabularies.
     # tiny-bloom has 6 heads so the non-power-of-two ALiBi slopes are exercised.

@@ -1,0 +1,157 @@
+"""Fused LM-head + cross-entropy over sequence chunks (the full logits never exist).
+
+    loss_sum, correct_sum = chunked_cross_entropy(hidden, w, targets, weights, chunk)
+        hidden   [B, L, D]  final-norm hidden states (compute dtype, e.g. bfloat16)
+        w        the LM head: `embed/embedding` [V, D] (tied) or `lm_head/kernel` [D, V];
+                 `head_weights(cfg, params)` returns the right one with its layout
+        targets  int [B, L];  weights float [B, L] (0 = no loss)
+        chunk    sequence positions per chunk; must divide L
+        -> loss_sum   float32 scalar: sum of weights * (logsumexp(logits) - logits[target])
+           correct_sum float32 scalar: sum of weights * (argmax(logits) == target)
+
+Logits of one chunk are float32 [B, chunk, V], computed like `Decoder.logits_from_hidden`
+(w cast to the hidden dtype, float32 accumulation). BLOOM's 250k vocabulary makes the full
+float32 logits of a 8 x 2048 batch 16 GB; here only one chunk is live.
+
+Why a custom VJP: the loss is a sum, so d loss / d logits = weights * (softmax - onehot)
+is known as soon as a chunk's logits are. The forward pass therefore computes, per chunk,
+the logits once and both gradient products (d hidden = dlogits @ w^T, d w += dlogits^T
+@ hidden) while the chunk is at hand, and the backward pass only scales them by the
+incoming cotangent. Autodiff with `jax.checkpoint` (the alternative) recomputes the
+[B, chunk, V] logits in the backward pass: one more LM-head matmul (+1/3 of its FLOPs)
+and two more passes over the logits. Evaluation (no gradient) runs the loss-only primal.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ecomgpt_jax import partitioning as P
+from ecomgpt_jax.models.config import ModelConfig
+from ecomgpt_jax.models.layers import constrain
+
+LOGIT_AXES = (P.BATCH, P.LENGTH, P.ACT_VOCAB)
+
+
+def head_weights(cfg: ModelConfig, params) -> tuple[jax.Array, bool]:
+    """(w, vocab_major): the tied embedding [V, D] (True) or the untied kernel [D, V]."""
+    if cfg.tie_embeddings:
+        return params["embed"]["embedding"], True
+    return params["lm_head"]["kernel"], False
+
+
+def _logits(h, w, vocab_major):
+    """h [B, C, D] -> float32 [B, C, V]."""
+    spec = "bcd,vd->bcv" if vocab_major else "bcd,dv->bcv"
+    logits = jnp.einsum(spec, h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+    return constrain(logits, LOGIT_AXES)
+
+
+def _chunks(hidden, targets, weights, chunk):
+    """[B, L, ...] -> [n, B, chunk, ...]: the batch axis (and its sharding) stays put."""
+    b, length = targets.shape
+    n = length // chunk
+
+    def split(x):
+        return x.reshape((b, n, chunk) + x.shape[2:]).swapaxes(0, 1)
+
+    return split(hidden), split(targets), split(weights)
+
+
+def _chunk_stats(logits, t, w):
+    """Per-token losses [B, C], the chunk's correct sum, and exp(logits - max), its sum."""
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    e = jnp.exp(logits - m)
+    s = jnp.sum(e, axis=-1, keepdims=True)
+    picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
+    token_loss = m[..., 0] + jnp.log(s[..., 0]) - picked
+    # argmax(logits) == t (first maximum wins, as jnp.argmax) without argmax's
+    # index-carrying reduction, which XLA:CPU runs far slower than a plain sum.
+    vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    earlier_max = jnp.sum((logits == m) & (vocab_ids < t[..., None]), axis=-1)
+    is_argmax = (picked == m[..., 0]) & (earlier_max == 0)
+    correct = jnp.sum(is_argmax * w)
+    return token_loss, correct, e, s
+
+
+def _check(hidden, targets, weights, chunk):
+    if targets.shape != hidden.shape[:2] or weights.shape != targets.shape:
+        raise ValueError(
+            f"chunked_cross_entropy: hidden {hidden.shape}, targets {targets.shape} and "
+            f"weights {weights.shape} must share [batch, length]"
+        )
+    if chunk <= 0 or targets.shape[1] % chunk:
+        raise ValueError(f"chunked_cross_entropy: chunk {chunk} must divide {targets.shape[1]}")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _fused(hidden, w, targets, weights, chunk, vocab_major):
+    hs, ts, ws = _chunks(hidden, targets, weights, chunk)
+
+    def body(carry, xs):
+        h, t, wt = xs
+        token_loss, correct, _, _ = _chunk_stats(_logits(h, w, vocab_major), t, wt)
+        return (carry[0] + jnp.sum(token_loss * wt), carry[1] + correct), None
+
+    zero = jnp.zeros((), jnp.float32)
+    (loss, correct), _ = jax.lax.scan(body, (zero, zero), (hs, ts, ws))
+    return loss, correct
+
+
+def _fused_fwd(hidden, w, targets, weights, chunk, vocab_major):
+    hs, ts, ws = _chunks(hidden, targets, weights, chunk)
+    vocab = w.shape[0] if vocab_major else w.shape[1]
+
+    def body(carry, xs):
+        loss_acc, correct_acc, dw = carry
+        h, t, wt = xs
+        logits = _logits(h, w, vocab_major)
+        token_loss, correct, e, s = _chunk_stats(logits, t, wt)
+        # d(sum w * CE)/d logits, in the compute dtype for the two matmuls below.
+        dlogits = (e / s - jax.nn.one_hot(t, vocab, dtype=e.dtype)) * wt[..., None]
+        dlogits = constrain(dlogits.astype(h.dtype), LOGIT_AXES)
+        spec = "bcv,vd->bcd" if vocab_major else "bcv,dv->bcd"
+        dh = jnp.einsum(spec, dlogits, w.astype(h.dtype))
+        # d w is accumulated as [D, V] whatever w's layout: the [B, chunk, V] dlogits
+        # are then the matmul's row-major right operand (no transposed copy per chunk).
+        dw_c = jnp.einsum("bcd,bcv->dv", h, dlogits, preferred_element_type=jnp.float32)
+        carry = (loss_acc + jnp.sum(token_loss * wt), correct_acc + correct, dw + dw_c)
+        return carry, (dh.astype(h.dtype), token_loss)
+
+    zero = jnp.zeros((), jnp.float32)
+    d, vocab = hidden.shape[-1], w.shape[0] if vocab_major else w.shape[1]
+    init = (zero, zero, jnp.zeros((d, vocab), jnp.float32))
+    (loss, correct, dw), (dhs, token_loss) = jax.lax.scan(body, init, (hs, ts, ws))
+    if vocab_major:
+        dw = dw.T
+    b, length, d = hidden.shape
+    dhidden = dhs.swapaxes(0, 1).reshape(b, length, d)
+    token_loss = token_loss.swapaxes(0, 1).reshape(b, length)
+    return (loss, correct), (dhidden, dw.astype(w.dtype), token_loss)
+
+
+def _fused_bwd(chunk, vocab_major, res, cotangents):
+    dhidden, dw, token_loss = res
+    g = cotangents[0]  # correct_sum is piecewise constant: no gradient
+    return dhidden * g.astype(dhidden.dtype), dw * g.astype(dw.dtype), None, token_loss * g
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def chunked_cross_entropy(
+    hidden: jax.Array,
+    w: jax.Array,
+    targets: jax.Array,
+    weights: jax.Array,
+    chunk: int,
+    vocab_major: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+    """(loss_sum, correct_sum) float32 scalars; see the module docstring for shapes."""
+    _check(hidden, targets, weights, chunk)
+    targets = jnp.asarray(targets, jnp.int32)
+    weights = jnp.asarray(weights, jnp.float32)
+    return _fused(hidden, w, targets, weights, int(chunk), bool(vocab_major))

@@ -1,0 +1,103 @@
+"""Benchmark helpers: FLOP count, synthetic batches, loss chunking, peak table, RESULTS rows."""
+
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import report
+from benchmarks import train_step as bt
+from ecomgpt_jax import train_step as ts
+from ecomgpt_jax.models import config as mc
+from ecomgpt_jax.models import decoder
+
+
+def _layer_kernel_sizes(cfg) -> int:
+    """Sizes of every `*kernel` parameter under `layers` (the matmul weights)."""
+    shapes = decoder.abstract_params(cfg)["layers"]
+    flat = jax.tree_util.tree_leaves_with_path(shapes)
+    return sum(
+        int(np.prod(x.shape)) for path, x in flat if jax.tree_util.keystr(path).endswith("kernel']")
+    )
+
+
+def test_layer_matmul_params_hand_count_and_param_tree():
+    # tiny-bloom: D 96, H 6, Hd 16, F 384, 2 layers: qkv 96*6*3*16 + out 6*16*96 + up/down 2*96*384.
+    bloom = mc.get_preset("tiny-bloom")
+    assert bt.layer_matmul_params(bloom) == 2 * (27648 + 9216 + 73728)
+    # tiny-llama: D 64, H 4, K 2, Hd 16, F 128: q 4096 + k, v 2*2048 + out 4096 + 3*64*128.
+    llama = mc.get_preset("tiny-llama")
+    assert bt.layer_matmul_params(llama) == 2 * (4096 + 4096 + 4096 + 24576)
+    for cfg in (bloom, llama, mc.get_preset("tiny-qwen2")):
+        assert bt.layer_matmul_params(cfg) == _layer_kernel_sizes(cfg)
+
+
+def test_train_flops_terms_by_hand():
+    cfg = mc.get_preset("tiny-bloom")
+    flops = bt.train_flops(cfg, batch=2, seq=8)
+    tokens = 16
+    assert flops["dense"] == 6 * 221184 * tokens
+    # 12 * layers * heads * head_dim * seq * tokens (not halved for causality).
+    assert flops["attention"] == 12 * 2 * 6 * 16 * 8 * tokens
+    assert flops["lm_head"] == 6 * 96 * 1024 * tokens
+    assert flops["total"] == flops["dense"] + flops["attention"] + flops["lm_head"]
+
+
+def test_synthetic_batch_packs_equal_segments_with_shifted_targets():
+    b = bt.synthetic_batch(vocab=50, batch=2, seq=6, segments=2)
+    assert set(b) == set(ts.BATCH_KEYS)
+    np.testing.assert_array_equal(b[ts.SEGMENT_IDS], [[1, 1, 1, 2, 2, 2]] * 2)
+    np.testing.assert_array_equal(b[ts.POSITIONS], [[0, 1, 2, 0, 1, 2]] * 2)
+    np.testing.assert_array_equal(b[ts.INPUTS][:, 1:], b[ts.TARGETS][:, :-1])
+    assert b[ts.WEIGHTS].sum() == 12 and b[ts.INPUTS].max() < 50
+
+
+def test_auto_loss_chunk_divides_and_fits_budget():
+    cfg = mc.get_preset("bench-bloom-cpu")  # V = 32000: 64 MiB holds 8 x 64 positions
+    assert bt.auto_loss_chunk(cfg, batch=8, seq=512, platform="cpu") == 64
+    big = mc.get_preset("bloom-560m")  # 1 GiB at V = 250880: 8 x 128 positions
+    assert bt.auto_loss_chunk(big, batch=8, seq=2048, platform="gpu") == 128
+    chunk = bt.auto_loss_chunk(big, batch=8, seq=96, platform="cpu")
+    assert 96 % chunk == 0 and 8 * chunk * big.vocab_size * 4 <= bt.LOSS_CHUNK_BYTES["cpu"]
+
+
+@pytest.mark.parametrize(
+    "platform,kind,peak",
+    [
+        ("gpu", "NVIDIA H100 80GB HBM3", 989e12),
+        ("gpu", "NVIDIA H100 PCIe", 756e12),
+        ("gpu", "NVIDIA H200", 989e12),
+        ("gpu", "NVIDIA A100-SXM4-80GB", 312e12),
+        ("tpu", "TPU v4", 275e12),
+        ("tpu", "TPU v5 lite", 197e12),
+        ("tpu", "TPU v5", 459e12),
+        ("gpu", "Some Future GPU", None),
+        ("cpu", "cpu", None),
+    ],
+)
+def test_peak_flops_table(platform, kind, peak):
+    device = types.SimpleNamespace(platform=platform, device_kind=kind)
+    assert report.peak_flops_per_device(device) == peak
+
+
+def test_append_result_writes_header_once_and_escapes(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    report.append_result("python -m x --a 'b|c'", {"n": 1.23456, "hf": {"t": 2}}, path)
+    report.append_result("python -m y", {"n": 2}, path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# Benchmark results"
+    rows = [line for line in lines if line.startswith("| 20")]
+    assert len(rows) == 2
+    assert "b\\|c" in rows[0] and "n=1.235; hf.t=2" in rows[0]
+    assert path.read_text().count("| date (UTC) |") == 1
+
+
+def test_input_pipeline_batch_counts():
+    from benchmarks import input_pipeline as bip
+
+    batch = {
+        "decoder_segment_ids": np.array([[1, 1, 2, 2, 0], [1, 1, 1, 1, 1]]),
+        "decoder_loss_weights": np.array([[0, 1, 0, 1, 0], [0, 0, 1, 1, 1]]),
+    }
+    assert bip.batch_counts(batch) == {"examples": 3, "tokens": 9, "answer_tokens": 5}

@@ -1,0 +1,111 @@
+"""Fused chunked LM-head cross-entropy vs the plain full-logits computation."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ecomgpt_jax.models import config as mc
+from ecomgpt_jax.models import decoder, losses
+
+
+def _inputs(b=2, length=12, d=8, vocab=37, seed=0):
+    k = jax.random.split(jax.random.PRNGKey(seed), 4)
+    hidden = jax.random.normal(k[0], (b, length, d))
+    w = jax.random.normal(k[1], (vocab, d))
+    targets = jax.random.randint(k[2], (b, length), 0, vocab)
+    weights = (jax.random.uniform(k[3], (b, length)) > 0.3).astype(jnp.float32)
+    return hidden, w, targets, weights
+
+
+def _reference(hidden, w, targets, weights):
+    """Float64 numpy: sum of weighted CE and of weighted argmax hits."""
+    h, w, t, wt = (np.asarray(x, np.float64) for x in (hidden, w, targets, weights))
+    logits = h @ w.T
+    m = logits.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]
+    picked = np.take_along_axis(logits, t.astype(int)[..., None], -1)[..., 0]
+    return ((lse - picked) * wt).sum(), ((logits.argmax(-1) == t) * wt).sum()
+
+
+@pytest.mark.parametrize("chunk", [3, 4, 12])
+def test_loss_and_accuracy_match_full_logits(chunk):
+    hidden, w, targets, weights = _inputs()
+    loss, correct = jax.jit(losses.chunked_cross_entropy, static_argnums=(4,))(
+        hidden, w, targets, weights, chunk
+    )
+    ref_loss, ref_correct = _reference(hidden, w, targets, weights)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    assert float(correct) == ref_correct
+
+
+def _plain_loss(hidden, w, targets, weights):
+    logits = jnp.einsum("bld,vd->blv", hidden, w)
+    ce = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    return jnp.sum(ce * weights)
+
+
+def test_gradients_match_autodiff_of_full_logits_tied_and_untied():
+    hidden, w, targets, weights = _inputs(seed=1)
+
+    def fused(h, w, wt, vocab_major):
+        ww = w if vocab_major else w.T
+        return 2.5 * losses.chunked_cross_entropy(h, ww, targets, wt, 4, vocab_major)[0]
+
+    ref = jax.grad(lambda h, w, wt: 2.5 * _plain_loss(h, w, targets, wt), (0, 1, 2))(
+        hidden, w, weights
+    )
+    for vocab_major in (True, False):
+        got = jax.jit(jax.grad(fused, (0, 1, 2)), static_argnums=3)(hidden, w, weights, vocab_major)
+        for g, r in zip(got, ref, strict=True):
+            np.testing.assert_allclose(g, r, atol=2e-5)
+
+
+def test_argmax_ties_count_the_first_maximum_only():
+    # Every logit is 0: jnp.argmax picks id 0, so only target 0 counts as correct.
+    hidden = jnp.zeros((1, 4, 3))
+    w = jnp.ones((5, 3))
+    targets = jnp.array([[0, 1, 4, 0]])
+    _, correct = losses.chunked_cross_entropy(hidden, w, targets, jnp.ones((1, 4)), 2)
+    assert float(correct) == 2.0
+
+
+def test_bfloat16_hidden_gives_float32_sums_and_param_dtype_grads():
+    hidden, w, targets, weights = _inputs(seed=2)
+    h16 = hidden.astype(jnp.bfloat16)
+    (loss, correct), (dh, dw) = jax.value_and_grad(
+        lambda h, w: losses.chunked_cross_entropy(h, w, targets, weights, 6), (0, 1), has_aux=True
+    )(h16, w)
+    assert loss.dtype == correct.dtype == jnp.float32
+    assert dh.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+    ref_loss, _ = _reference(h16.astype(jnp.float32), w, targets, weights)
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-2)
+
+
+def test_matches_decoder_logits_with_head_weights():
+    for preset in ("tiny-bloom", "tiny-llama"):  # tied [V, D] and untied [D, V] heads
+        cfg = mc.get_preset(preset)
+        model = decoder.Decoder(cfg)
+        tokens = jnp.asarray(np.random.RandomState(0).randint(0, cfg.vocab_size, (2, 8)))
+        params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), tokens))["params"]
+        hidden = model.apply({"params": params}, tokens, return_hidden=True)
+        logits = model.apply({"params": params}, tokens)
+        targets = jnp.roll(tokens, -1, axis=1)
+        weights = jnp.ones(tokens.shape)
+        w, vocab_major = losses.head_weights(cfg, params)
+        assert vocab_major == cfg.tie_embeddings
+        loss, _ = losses.chunked_cross_entropy(hidden, w, targets, weights, 4, vocab_major)
+        ce = (
+            jax.nn.logsumexp(logits, -1)
+            - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+        )
+        np.testing.assert_allclose(loss, jnp.sum(ce), rtol=1e-5)
+
+
+def test_bad_shapes_and_chunks_are_rejected():
+    hidden, w, targets, weights = _inputs()
+    with pytest.raises(ValueError, match="chunk 5 must divide 12"):
+        losses.chunked_cross_entropy(hidden, w, targets, weights, 5)
+    with pytest.raises(ValueError, match="share"):
+        losses.chunked_cross_entropy(hidden, w, targets[:, :6], weights, 3)

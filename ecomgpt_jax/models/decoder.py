@@ -16,6 +16,9 @@ Forward pass (training / scoring)::
         -> [B, L, D] final-norm hidden states (compute dtype); then, e.g. per chunk,
     logits = model.apply({"params": params}, hidden, method=Decoder.logits_from_hidden)
         -> float32 [..., V]; or use `lm_head_kernel(cfg, params)` -> [D, V].
+    For training, `losses.chunked_cross_entropy(hidden, w, targets, weights, chunk,
+    vocab_major)` with `w, vocab_major = losses.head_weights(cfg, params)` fuses the
+    LM head and the loss per sequence chunk (no full [B, L, V] logits).
 
 Incremental decoding with a KV cache (`attention.KVCache`; every leaf has batch on
 axis 0, so `jax.tree.map(lambda x: x[idx], cache)` reorders beams)::

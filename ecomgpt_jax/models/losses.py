@@ -103,7 +103,7 @@ def _fused(hidden, w, targets, weights, chunk, vocab_major):
 
 def _fused_fwd(hidden, w, targets, weights, chunk, vocab_major):
     hs, ts, ws = _chunks(hidden, targets, weights, chunk)
-    vocab = w.shape[0] if vocab_major else w.shape[1]
+    d, vocab = hidden.shape[-1], w.shape[0] if vocab_major else w.shape[1]
 
     def body(carry, xs):
         loss_acc, correct_acc, dw = carry
@@ -122,8 +122,9 @@ def _fused_fwd(hidden, w, targets, weights, chunk, vocab_major):
         return carry, (dh.astype(h.dtype), token_loss)
 
     zero = jnp.zeros((), jnp.float32)
-    d, vocab = hidden.shape[-1], w.shape[0] if vocab_major else w.shape[1]
-    init = (zero, zero, jnp.zeros((d, vocab), jnp.float32))
+    # The accumulator is laid out like the head weights (fsdp x tensor on a mesh).
+    dw0 = constrain(jnp.zeros((d, vocab), jnp.float32), (P.EMBED, P.VOCAB))
+    init = (zero, zero, dw0)
     (loss, correct, dw), (dhs, token_loss) = jax.lax.scan(body, init, (hs, ts, ws))
     if vocab_major:
         dw = dw.T

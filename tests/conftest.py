@@ -6,6 +6,12 @@ before any test module imports jax.
 
 import os
 
+# The real EcomInstruct data (ECOMGPT_DATA_DIR, set by .ci/run when ../shared has it) is
+# opt-in per test: tests that want it import REAL_DATA_DIR from here and skip without it.
+# Everything else (tasks, the trainer's subprocesses) runs on the bundled sample whatever
+# the caller's environment, so the suite means the same thing with and without the data.
+REAL_DATA_DIR = os.environ.pop("ECOMGPT_DATA_DIR", "")
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -12,6 +12,7 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 import tokenizers
+from conftest import REAL_DATA_DIR
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import tasks
@@ -20,7 +21,7 @@ from ecomgpt_jax.ecominstruct import instructions, make_sample, reader
 from tasks import ecom_instruct, tfds_builder
 
 SAMPLE = make_sample.SAMPLE_DIR
-REAL = os.environ.get("ECOMGPT_DATA_DIR")
+REAL = REAL_DATA_DIR
 # What `import tasks` registered (test modules are imported before any test runs).
 IMPORT_STATE = tasks.registration()
 SAMPLE_TASKS = sorted(
@@ -107,7 +108,8 @@ def test_name_mapping():
 def test_import_registers_the_default_root():
     assert IMPORT_STATE.data_dir == reader.default_data_dir()
     assert IMPORT_STATE.error is None
-    assert list(IMPORT_STATE.tasks) == (REAL_TASKS if REAL else SAMPLE_TASKS)
+    # conftest keeps ECOMGPT_DATA_DIR out of the environment: the default is the sample.
+    assert list(IMPORT_STATE.tasks) == SAMPLE_TASKS
 
 
 def test_sample_tasks():

@@ -1,19 +1,19 @@
 """Tests for prompts and gold answers (ecominstruct.instructions) and its CLI."""
 
 import json
-import os
 import pathlib
 import random
 import subprocess
 import sys
 
 import pytest
+from conftest import REAL_DATA_DIR
 
 from ecomgpt_jax.ecominstruct import instructions, reader
 from ecomgpt_jax.ecominstruct.instructions import HEAD, Instruction
 from ecomgpt_jax.ecominstruct.reader import DataError
 
-REAL = os.environ.get("ECOMGPT_DATA_DIR", "")
+REAL = REAL_DATA_DIR
 needs_real = pytest.mark.skipif(
     not REAL, reason="ECOMGPT_DATA_DIR is not set (real EcomInstruct held-out data)"
 )

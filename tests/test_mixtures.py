@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest
 import seqio
+from conftest import REAL_DATA_DIR
 
 import tasks
 from ecomgpt_jax import vocabularies
@@ -15,7 +16,7 @@ from ecomgpt_jax.ecominstruct import instructions, make_sample, reader
 from tasks import mixtures
 
 SAMPLE = make_sample.SAMPLE_DIR
-REAL = os.environ.get("ECOMGPT_DATA_DIR")
+REAL = REAL_DATA_DIR
 IMPORT_STATE = tasks.registration()
 
 SHOP = {

@@ -1,15 +1,15 @@
 """Tests for ecomgpt_jax.ecominstruct.reader: discovery, meta validation, JSON Lines parsing."""
 
 import json
-import os
 import pathlib
 
 import pytest
+from conftest import REAL_DATA_DIR
 
 from ecomgpt_jax.ecominstruct import reader
 from ecomgpt_jax.ecominstruct.reader import DataError
 
-REAL = os.environ.get("ECOMGPT_DATA_DIR", "")
+REAL = REAL_DATA_DIR
 needs_real = pytest.mark.skipif(
     not REAL, reason="ECOMGPT_DATA_DIR is not set (real EcomInstruct held-out data)"
 )

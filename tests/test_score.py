@@ -6,7 +6,6 @@ not raise on, and `seqeval` directly. It shares no code with ecomgpt_jax.
 """
 
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -15,10 +14,11 @@ import warnings
 
 import pytest
 import rouge
+from conftest import REAL_DATA_DIR
 from rouge_score import rouge_scorer
 from seqeval.metrics import classification_report
 
-REAL = os.environ.get("ECOMGPT_DATA_DIR", "")
+REAL = REAL_DATA_DIR
 needs_real = pytest.mark.skipif(
     not REAL, reason="ECOMGPT_DATA_DIR is not set (real EcomInstruct held-out data)"
 )

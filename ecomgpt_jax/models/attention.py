@@ -23,7 +23,7 @@ import numpy as np
 
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax.models.config import ModelConfig
-from ecomgpt_jax.models.layers import constrain, dtype_of, param
+from ecomgpt_jax.models.layers import constrain, dot, dtype_of, param
 
 # ----------------------------------------------------------------------------- positions
 
@@ -293,13 +293,13 @@ class Attention(nn.Module):
         if cfg.family == "bloom":
             w = param(self, "qkv_kernel", (d, h, 3, hd), (P.EMBED, P.HEADS, None, P.HEAD_DIM))
             b = param(self, "qkv_bias", (h, 3, hd), (P.HEADS, None, P.HEAD_DIM), zeros)
-            qkv = jnp.einsum("bld,dhtk->blhtk", x, w.astype(dtype)) + b.astype(dtype)
+            qkv = dot("bld,dhtk->blhtk", x, w.astype(dtype)) + b.astype(dtype)
             q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
         else:
 
             def proj(name, n, axis):
                 w = param(self, f"{name}_kernel", (d, n, hd), (P.EMBED, axis, P.HEAD_DIM))
-                y = jnp.einsum("bld,dnk->blnk", x, w.astype(dtype))
+                y = dot("bld,dnk->blnk", x, w.astype(dtype))
                 if cfg.qkv_bias:
                     bias = param(self, f"{name}_bias", (n, hd), (axis, P.HEAD_DIM), zeros)
                     y = y + bias.astype(dtype)
@@ -331,7 +331,7 @@ class Attention(nn.Module):
         out = constrain(out, (P.BATCH, P.LENGTH, P.ACT_HEADS, P.HEAD_DIM))
 
         wo = param(self, "out_kernel", (h, hd, d), (P.HEADS, P.HEAD_DIM, P.EMBED))
-        y = jnp.einsum("blhk,hkd->bld", out, wo.astype(dtype))
+        y = dot("blhk,hkd->bld", out, wo.astype(dtype))
         if cfg.family == "bloom":
             y = y + param(self, "out_bias", (d,), (P.EMBED,), zeros).astype(dtype)
         return y, new_kv

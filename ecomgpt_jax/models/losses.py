@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax.models.config import ModelConfig
-from ecomgpt_jax.models.layers import constrain
+from ecomgpt_jax.models.layers import constrain, dot
 
 LOGIT_AXES = (P.BATCH, P.LENGTH, P.ACT_VOCAB)
 
@@ -46,7 +46,7 @@ def head_weights(cfg: ModelConfig, params) -> tuple[jax.Array, bool]:
 def _logits(h, w, vocab_major):
     """h [B, C, D] -> float32 [B, C, V]."""
     spec = "bcd,vd->bcv" if vocab_major else "bcd,dv->bcv"
-    logits = jnp.einsum(spec, h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+    logits = dot(spec, h, w.astype(h.dtype), jnp.float32)
     return constrain(logits, LOGIT_AXES)
 
 
@@ -114,12 +114,12 @@ def _fused_fwd(hidden, w, targets, weights, chunk, vocab_major):
         dlogits = (e / s - jax.nn.one_hot(t, vocab, dtype=e.dtype)) * wt[..., None]
         dlogits = constrain(dlogits.astype(h.dtype), LOGIT_AXES)
         spec = "bcv,vd->bcd" if vocab_major else "bcv,dv->bcd"
-        dh = jnp.einsum(spec, dlogits, w.astype(h.dtype))
+        dh = dot(spec, dlogits, w.astype(h.dtype))
         # d w is accumulated as [D, V] whatever w's layout: the [B, chunk, V] dlogits
         # are then the matmul's row-major right operand (no transposed copy per chunk).
-        dw_c = jnp.einsum("bcd,bcv->dv", h, dlogits, preferred_element_type=jnp.float32)
+        dw_c = dot("bcd,bcv->dv", h, dlogits, jnp.float32)
         carry = (loss_acc + jnp.sum(token_loss * wt), correct_acc + correct, dw + dw_c)
-        return carry, (dh.astype(h.dtype), token_loss)
+        return carry, (dh, token_loss)
 
     zero = jnp.zeros((), jnp.float32)
     # The accumulator is laid out like the head weights (fsdp x tensor on a mesh).

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hf_reference import make_hf_model
 
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax.models import config as mc
@@ -17,20 +18,6 @@ transformers = pytest.importorskip("transformers")
 
 KINDS = ["tiny-bloom", "tiny-qwen2", "tiny-llama"]
 TOL = 1e-4
-
-
-def make_hf_model(preset: str, seed: int = 0):
-    """A random float32 HF model with the preset's architecture; norms and biases
-    are perturbed away from their 1/0 init so every parameter matters."""
-    torch.manual_seed(seed)
-    cfg = mc.get_preset(preset)
-    hf_cfg = transformers.AutoConfig.for_model(**mc.to_hf_config(cfg))
-    model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or "bias" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

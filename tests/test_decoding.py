@@ -6,11 +6,11 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from hf_reference import make_hf_model
 
 from ecomgpt_jax import decoding
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax.decoding import DecodeConfig, DecodeConfigError
-from ecomgpt_jax.models import config as mc
 from ecomgpt_jax.models import hf_io
 
 torch = pytest.importorskip("torch")
@@ -27,25 +27,12 @@ BEAM = DecodeConfig(method="beam", num_beams=4, max_new_tokens=8, **COMMON)
 EOS_BOOST = {"tiny-bloom": 12.0, "tiny-qwen2": 11.0}
 
 
-def make_hf_model(preset: str, seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = mc.get_preset(preset)
-    hf_cfg = transformers.AutoConfig.for_model(**mc.to_hf_config(cfg))
-    model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or "bias" in name:
-                p.add_(0.1 * torch.randn_like(p))
-        model.get_input_embeddings().weight[cfg.eos_id] *= EOS_BOOST[preset]
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """preset -> (hf model, cfg, params) with params imported from save_pretrained."""
     out = {}
     for preset in KINDS:
-        hf_model = make_hf_model(preset)
+        hf_model = make_hf_model(preset, eos_boost=EOS_BOOST[preset])
         path = tmp_path_factory.mktemp(preset)
         hf_model.save_pretrained(path)
         cfg, params = hf_io.load_hf_params(path)

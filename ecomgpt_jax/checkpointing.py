@@ -9,7 +9,11 @@ Layout of a training run (`MODEL_DIR`):
 Parameters are their own item so that evaluation and conversion restore them
 without touching the (twice as large) optimizer state: `restore_params` takes a
 run directory, a step directory or a params-only checkpoint (as written by
-`python -m ecomgpt_jax.convert hf-to-orbax`).
+`python -m ecomgpt_jax.convert hf-to-orbax`). Next to the checkpoints, `model_config.json`
+says which architecture they hold (written by train.py and `convert hf-to-orbax`; read
+by eval, convert and INIT_FROM_CHECKPOINT).
+
+Every path may be local or a bucket (`gs://...`, anything `etils.epath` opens).
 
 Every restore takes *target* shardings, so a checkpoint written on one mesh
 loads onto any other (different device count, FSDP vs data parallel, ...).
@@ -22,6 +26,7 @@ Needs only jax, flax and orbax (no TensorFlow, SeqIO or gin).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -29,11 +34,13 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from ecomgpt_jax.models.config import ConfigError, ModelConfig
 from ecomgpt_jax.train_step import StateLayout, TrainState
 
 PyTree = Any
 
 CHECKPOINTS_SUBDIR = "checkpoints"
+MODEL_CONFIG_FILE = "model_config.json"
 _ITEMS = ("params", "train", "data")
 
 
@@ -84,20 +91,49 @@ class DataPosition:
         return cls(**{k: v for k, v in obj.items() if k in known})
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in str(path)
-
-
-def _as_path(path) -> epath.Path:
+def as_path(path) -> epath.Path:
+    """An absolute `epath.Path`: local paths are made absolute, `gs://...` kept."""
     path = str(path)
-    return epath.Path(path if _is_remote(path) else os.path.abspath(path))
+    return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
+def save_model_config(directory, cfg: ModelConfig) -> epath.Path:
+    """Writes `<directory>/model_config.json` (creating the directory)."""
+    path = as_path(directory) / MODEL_CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg.to_json_dict(), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_model_config(path) -> ModelConfig:
+    """Reads a model_config.json file (or `<dir>/model_config.json`); ConfigError
+    naming the file if it is missing or not a valid config."""
+    path = as_path(path)
+    if path.is_dir():
+        path = path / MODEL_CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"{path}: not found")
+    try:
+        return ModelConfig.from_json_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ConfigError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def find_model_config(path, levels: int = 4) -> ModelConfig | None:
+    """The nearest model_config.json at `path` or up to `levels` folders above it
+    (a params folder sits 3 below the run directory), or None."""
+    path = as_path(path)
+    for candidate in [path, *list(path.parents)[:levels]]:
+        if (candidate / MODEL_CONFIG_FILE).is_file():
+            return load_model_config(candidate / MODEL_CONFIG_FILE)
+    return None
 
 
 class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` for `TrainState` + data position."""
 
     def __init__(self, model_dir, config: CheckpointConfig):
-        self.directory = _as_path(model_dir) / CHECKPOINTS_SUBDIR
+        self.directory = as_path(model_dir) / CHECKPOINTS_SUBDIR
         self.config = config
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(int(config.save_every_steps), 1),
@@ -182,7 +218,7 @@ def resolve_params_path(path) -> epath.Path:
     directory, a step directory (`.../<step>` with a `params` item), or a
     params-only checkpoint directory. Raises CheckpointError naming the path.
     """
-    root = _as_path(path)
+    root = as_path(path)
     if not root.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist")
     candidates = [root]
@@ -245,6 +281,6 @@ def restore_params(path, abstract_params: PyTree) -> PyTree:
 def save_params(path, params: PyTree) -> None:
     """Writes a params-only orbax checkpoint (the format `restore_params` reads)."""
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(_as_path(path), params)
+    checkpointer.save(as_path(path), params)
     checkpointer.wait_until_finished()
     checkpointer.close()

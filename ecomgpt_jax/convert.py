@@ -17,6 +17,9 @@ paths `checkpointing.resolve_params_path` does (a converted directory, a trainin
 run directory, a step directory); the model config comes from `--model_config`,
 `--preset`, or the nearest `model_config.json` at or above the checkpoint.
 
+OUT and CKPT may be local or in a bucket (`gs://...`); the Hugging Face side (HF_DIR,
+orbax-to-hf --output) is a local folder (safetensors are memory-mapped).
+
 Only safetensors are read: pickle files (`*.bin`) are refused because loading
 them can execute code. Needs jax, orbax and safetensors (no TensorFlow or gin).
 """
@@ -24,7 +27,6 @@ them can execute code. Needs jax, orbax and safetensors (no TensorFlow or gin).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import shutil
 import sys
@@ -33,7 +35,6 @@ from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import hf_io
 from ecomgpt_jax.models.config import ConfigError, ModelConfig
 
-MODEL_CONFIG_FILE = "model_config.json"
 # Tokenizer files transformers writes/reads next to the weights.
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -48,51 +49,31 @@ TOKENIZER_FILES = (
 )
 
 
-def save_model_config(directory, cfg: ModelConfig) -> pathlib.Path:
-    """Writes `<directory>/model_config.json`."""
-    path = pathlib.Path(directory) / MODEL_CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg.to_json_dict(), indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def load_model_config(path) -> ModelConfig:
-    """Reads a model_config.json file (or `<dir>/model_config.json`)."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        path = path / MODEL_CONFIG_FILE
-    try:
-        return ModelConfig.from_json_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found") from None
-    except (json.JSONDecodeError, TypeError, ConfigError) as e:
-        raise ConfigError(f"{path}: {e}") from None
-
-
 def find_model_config(checkpoint) -> ModelConfig:
-    """The nearest model_config.json at or above `checkpoint` (up to 4 levels)."""
-    path = pathlib.Path(checkpoint).resolve()
-    for candidate in [path, *list(path.parents)[:4]]:
-        if (candidate / MODEL_CONFIG_FILE).exists():
-            return load_model_config(candidate / MODEL_CONFIG_FILE)
-    raise ConfigError(
-        f"{checkpoint}: no {MODEL_CONFIG_FILE} found at or above it; pass --preset or "
-        "--model_config"
-    )
+    """The model_config.json at or above `checkpoint`; ConfigError if there is none."""
+    from ecomgpt_jax import checkpointing
+
+    cfg = checkpointing.find_model_config(checkpoint)
+    if cfg is None:
+        raise ConfigError(
+            f"{checkpoint}: no {checkpointing.MODEL_CONFIG_FILE} found at or above it; pass "
+            "--preset or --model_config"
+        )
+    return cfg
 
 
 def hf_to_orbax(hf_dir, output, dtype: str | None = None) -> ModelConfig:
     """Converts a HF directory to `output/params` + `output/model_config.json`."""
     from ecomgpt_jax import checkpointing
 
-    output = pathlib.Path(output).resolve()
+    output = checkpointing.as_path(output)
     if (output / "params").exists():
         raise hf_io.CheckpointFormatError(
             f"{output / 'params'} already exists; choose another --output or delete it"
         )
     cfg, params = hf_io.load_hf_params(hf_dir, dtype)
     checkpointing.save_params(output / "params", params)
-    save_model_config(output, cfg)
+    checkpointing.save_model_config(output, cfg)
     return cfg
 
 
@@ -177,7 +158,9 @@ def main(argv=None) -> int:
         else:
             cfg = None
             if args.model_config:
-                cfg = load_model_config(args.model_config)
+                from ecomgpt_jax import checkpointing
+
+                cfg = checkpointing.load_model_config(args.model_config)
             elif args.preset:
                 cfg = model_config.get_preset(args.preset)
             out = orbax_to_hf(args.checkpoint, args.output, cfg, args.tokenizer_dir, args.dtype)

@@ -19,7 +19,6 @@ the repository's gin_configs/ is always searched). Multi-host: --multihost, or
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import sys
 
 import gin
@@ -62,8 +61,9 @@ def parse_gin(files, bindings, search_paths) -> None:
     launch.parse_gin(files, bindings, search_paths, evaluation.EvalError, "gin_configs/eval.gin")
 
 
-def _find_upwards(start, name: str) -> pathlib.Path | None:
-    path = pathlib.Path(start).resolve()
+def _find_upwards(start, name: str):
+    """`<dir>/name` for the nearest dir at or up to 4 above `start` holding it, or None."""
+    path = checkpointing.as_path(start)
     for candidate in [path, *list(path.parents)[:4]]:
         if (candidate / name).is_file():
             return candidate / name
@@ -86,10 +86,11 @@ def make_vocabulary(run: EvalRun, source: evaluation.ModelSource):
     return vocabularies.make_vocabulary(run.vocabulary, path)
 
 
-def default_eval_dir(source: evaluation.ModelSource, mixture: str) -> pathlib.Path:
-    """<run>/eval/<step>/<mixture> for a checkpoint inside a training run directory."""
+def default_eval_dir(source: evaluation.ModelSource, mixture: str):
+    """<run>/eval/<step>/<mixture> (an epath.Path) for a checkpoint inside a training
+    run directory, local or in a bucket."""
     if source.checkpoint:
-        params_dir = pathlib.Path(str(checkpointing.resolve_params_path(source.checkpoint)))
+        params_dir = checkpointing.resolve_params_path(source.checkpoint)
         step_dir = params_dir.parent
         if step_dir.name.isdigit() and step_dir.parent.name == checkpointing.CHECKPOINTS_SUBDIR:
             return step_dir.parent.parent / "eval" / step_dir.name / mixture.replace(",", "+")
@@ -133,7 +134,7 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
         progress=progress,
         describe=source.path,
     )
-    return result, pathlib.Path(eval_dir)
+    return result, checkpointing.as_path(eval_dir)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

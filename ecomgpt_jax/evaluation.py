@@ -44,7 +44,6 @@ from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
 from ecomgpt_jax.models.config import ConfigError, ModelConfig
 
-MODEL_CONFIG_FILE = "model_config.json"  # written by train.py and `convert hf-to-orbax`
 PREDICTIONS_DIR = "predictions"
 SEQIO_PREFIX = "ecom:"
 
@@ -117,19 +116,6 @@ class ModelSource:
 # ----------------------------------------------------------------------------- model
 
 
-def find_model_config(checkpoint) -> ModelConfig | None:
-    """The nearest model_config.json at or above `checkpoint` (4 levels), or None."""
-    path = pathlib.Path(checkpoint).resolve()
-    for candidate in [path, *list(path.parents)[:4]]:
-        file = candidate / MODEL_CONFIG_FILE
-        if file.is_file():
-            try:
-                return ModelConfig.from_json_dict(json.loads(file.read_text()))
-            except (json.JSONDecodeError, TypeError, ConfigError) as e:
-                raise ConfigError(f"{file}: {e}") from None
-    return None
-
-
 def _with_overrides(cfg: ModelConfig, source: ModelSource) -> ModelConfig:
     if source.dtype:
         cfg = dataclasses.replace(cfg, param_dtype=source.dtype, dtype=source.dtype)
@@ -152,12 +138,12 @@ def load_model(source: ModelSource, mesh=None) -> tuple[ModelConfig, Any]:
     if source.hf_dir:
         cfg, params = hf_io.load_hf_params(source.hf_dir, dtype=source.dtype)
         return _with_overrides(cfg, source), params
-    cfg = find_model_config(source.checkpoint)
+    cfg = checkpointing.find_model_config(source.checkpoint)
     if cfg is None:
         if not source.preset:
             raise EvalError(
-                f"{source.checkpoint}: no {MODEL_CONFIG_FILE} at or above it; set MODEL_PRESET "
-                "(and MODEL_OVERRIDES) to say which model it holds"
+                f"{source.checkpoint}: no {checkpointing.MODEL_CONFIG_FILE} at or above it; set "
+                "MODEL_PRESET (and MODEL_OVERRIDES) to say which model it holds"
             )
         cfg = model_config.get_preset(source.preset)
         cfg = dataclasses.replace(cfg, **dict(source.preset_overrides))
@@ -392,7 +378,7 @@ def metrics_text(metrics: Mapping) -> str:
 
 def write_outputs(eval_dir, result: EvalResult, eval_cfg: EvalConfig, describe="", step=None):
     """predictions/<task>.jsonl, metrics.json and metrics.md under eval_dir."""
-    out = pathlib.Path(eval_dir)
+    out = checkpointing.as_path(eval_dir)
     pred_dir = out / PREDICTIONS_DIR
     pred_dir.mkdir(parents=True, exist_ok=True)
     by_task: dict[str, list] = {}
@@ -452,7 +438,7 @@ def write_summaries(eval_dir, result: EvalResult, step: int | None, timing: Mapp
         from tensorboardX import SummaryWriter
     except ImportError:  # pragma: no cover - tensorboardX is in requirements.txt
         return
-    writer = SummaryWriter(str(pathlib.Path(eval_dir) / "tensorboard"))
+    writer = SummaryWriter(str(checkpointing.as_path(eval_dir) / "tensorboard"))
     s = 0 if step is None else int(step)
     for name, values in result.metrics.items():
         for key in scoring.SCORE_KEYS:

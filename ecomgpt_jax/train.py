@@ -24,7 +24,6 @@ RNG and data position). SIGTERM finishes the current step, saves and exits 0.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import shlex
 import sys
@@ -102,11 +101,10 @@ def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary) -> None:
     """MODEL_DIR/config.gin (resolved gin config), model_config.json and, for a HF
     vocabulary, its tokenizer files: what eval / convert need next to the checkpoints."""
     import jax
-    from etils import epath
 
     if jax.process_index() != 0:
         return
-    root = epath.Path(model_dir)
+    root = checkpointing.as_path(model_dir)
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = getattr(vocabulary, "path", None)  # HuggingFaceVocabulary: its tokenizer.json
     if tokenizer is not None and pathlib.Path(tokenizer).name == "tokenizer.json":
@@ -118,9 +116,7 @@ def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary) -> None:
                 (root / name).write_bytes(source.read_bytes())
     header = "# Resolved config of: python -m ecomgpt_jax.train " + shlex.join(argv[1:])
     (root / "config.gin").write_text(header + "\n\n" + gin.operative_config_str())
-    (root / "model_config.json").write_text(
-        json.dumps(cfg.to_json_dict(), indent=2, sort_keys=True) + "\n"
-    )
+    checkpointing.save_model_config(root, cfg)
 
 
 def load_configs(files, bindings, search_paths=()):

@@ -130,3 +130,42 @@ def test_clear_errors(tmp_path):
     ck.save_params(tmp_path / "other", jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), other))
     with pytest.raises(ck.CheckpointError, match="do not match the model"):
         ck.restore_params(tmp_path / "other", target.abstract.params)
+
+
+def test_model_config_save_load_and_find(tmp_path):
+    path = ck.save_model_config(tmp_path / "run", CFG)
+    assert str(path) == str(tmp_path / "run" / "model_config.json")
+    assert ck.load_model_config(path) == CFG
+    assert ck.load_model_config(tmp_path / "run") == CFG
+    params_dir = tmp_path / "run" / "checkpoints" / "7" / "params"
+    params_dir.mkdir(parents=True)
+    assert ck.find_model_config(params_dir) == CFG  # three folders up
+    assert ck.find_model_config(params_dir, levels=2) is None
+    with pytest.raises(model_config.ConfigError, match=r"elsewhere/model_config.json: not found"):
+        ck.load_model_config(tmp_path / "elsewhere" / "model_config.json")
+    path.write_text('{"family": "bloom",')
+    with pytest.raises(model_config.ConfigError, match=r"run/model_config.json: .*line 1"):
+        ck.load_model_config(path)
+
+
+def test_bucket_paths_stay_bucket_paths(tmp_path, monkeypatch):
+    """gs:// paths go to etils.epath untouched (not made local/absolute). The bucket is
+    simulated by epath's mock backend, which maps gs://b/x to ./gs:/b/x."""
+    from etils.epath import gpath
+    from etils.epath import testing as epath_testing
+
+    monkeypatch.chdir(tmp_path)
+    # With TensorFlow installed epath picks its gfile backend before the mocked table.
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    with epath_testing.mock_epath():
+        written = ck.save_model_config("gs://bucket/run", CFG)
+        assert str(written) == "gs://bucket/run/model_config.json"
+        assert str(ck.as_path("gs://bucket/run")) == "gs://bucket/run"
+        assert ck.find_model_config("gs://bucket/run/checkpoints/7/params") == CFG
+        marker = tmp_path / "gs:" / "bucket" / "run" / "checkpoints" / "7" / "params"
+        marker.mkdir(parents=True)
+        (marker / "_CHECKPOINT_METADATA").write_text("{}")
+        resolved = ck.resolve_params_path("gs://bucket/run")
+        assert str(resolved) == "gs://bucket/run/checkpoints/7/params"
+    assert (tmp_path / "gs:" / "bucket" / "run" / "model_config.json").is_file()
+    assert str(ck.as_path("relative/dir")) == str(tmp_path / "relative" / "dir")

@@ -15,20 +15,9 @@ from ecomgpt_jax.models import decoder, hf_io
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+from hf_reference import make_hf_model  # noqa: E402
 
 TOL = 1e-4
-
-
-def make_hf_model(preset: str, seed: int = 0):
-    """A random float32 HF model with the preset's architecture (perturbed norms/biases)."""
-    torch.manual_seed(seed)
-    hf_cfg = transformers.AutoConfig.for_model(**mc.to_hf_config(mc.get_preset(preset)))
-    model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or "bias" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
 
 
 def hf_logits(model, ids):
@@ -53,7 +42,7 @@ def test_cli_round_trip_reproduces_transformers_logits(tmp_path, preset):
         == 0
     )
     assert (tmp_path / "ox" / "params").is_dir()
-    cfg = convert.load_model_config(tmp_path / "ox")
+    cfg = checkpointing.load_model_config(tmp_path / "ox")
     assert cfg.hf_model_type == mc.get_preset(preset).hf_model_type
     # The trainer's restore path reads the converted checkpoint.
     params = checkpointing.restore_params(tmp_path / "ox", decoder.abstract_params(cfg))

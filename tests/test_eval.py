@@ -3,7 +3,6 @@ written by `python -m ecomgpt_jax.train`; files, metrics.json equal to `python -
 ecomgpt_jax.score`, byte-identical reruns, one-line errors."""
 
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -117,9 +116,6 @@ def test_eval_cli_on_a_hf_folder_and_identical_rerun(hf_dir, tmp_path):
         assert (again / path).read_bytes() == (out / path).read_bytes(), path
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("ecomgpt_jax.train") is None, reason="no ecomgpt_jax.train yet"
-)
 def test_eval_cli_on_a_trainer_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli(
@@ -154,3 +150,20 @@ def test_errors_are_one_line(tmp_path):
     proc = run_cli("ecomgpt_jax.eval", "--gin_file=gin_configs/eval.gin", *SMALL)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: set exactly one of CHECKPOINT")
+
+
+def test_default_eval_dir_in_a_bucket(tmp_path, monkeypatch):
+    """A checkpoint in gs:// gets its default EVAL_DIR in the same bucket run folder
+    (epath's mock backend stands in for GCS: gs://b/x lives at ./gs:/b/x)."""
+    from etils.epath import gpath
+    from etils.epath import testing as epath_testing
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    params = tmp_path / "gs:" / "bucket" / "run" / "checkpoints" / "7" / "params"
+    params.mkdir(parents=True)
+    (params / "_CHECKPOINT_METADATA").write_text("{}")
+    with epath_testing.mock_epath():
+        source = evaluation.ModelSource(checkpoint="gs://bucket/run/checkpoints/7")
+        got = eval_main.default_eval_dir(source, "ecom:a,ecom:b")
+    assert str(got) == "gs://bucket/run/eval/7/ecom:a+ecom:b"

@@ -35,9 +35,10 @@ class ModelSpec:
     """Which model: a preset plus field overrides, and its vocabulary.
 
     With `TrainConfig.init_from_hf` the architecture comes from the HF folder's
-    config.json instead of the preset; with `init_from_checkpoint`, from the
-    checkpoint's model_config.json. `overrides` (e.g. {"dtype": "bfloat16",
-    "remat_policy": "full"}) apply in every case.
+    config.json and only the run settings (`HF_RUN_SETTINGS`: remat policy, layer
+    scan, attention kernel) from the preset, which a config.json does not hold; with
+    `init_from_checkpoint`, everything comes from the checkpoint's model_config.json.
+    `overrides` (e.g. {"dtype": "bfloat16", "remat_policy": "full"}) apply in every case.
     vocabulary: "sentencepiece" (path None: the bundled sample model) or
     "huggingface" (path None: the tokenizer.json of `init_from_hf`).
     """
@@ -82,10 +83,17 @@ class RunConfig:
     infer_eval: evaluation.EvalConfig | None = None
 
 
+# What a preset says about how to run its model that a HF config.json cannot: e.g.
+# bloomz-7b1's full rematerialisation, without which its activations do not fit a chip.
+HF_RUN_SETTINGS = ("remat_policy", "scan_layers", "attention_impl")
+
+
 def build_model_config(run: RunConfig) -> model_config.ModelConfig:
     """Preset (or HF / checkpoint architecture) with the overrides applied."""
     if run.train.init_from_hf:
         cfg = hf_io.read_hf_config(run.train.init_from_hf)
+        preset = model_config.get_preset(run.model.preset)
+        cfg = dataclasses.replace(cfg, **{f: getattr(preset, f) for f in HF_RUN_SETTINGS})
     elif run.train.init_from_checkpoint:
         from ecomgpt_jax import convert
 

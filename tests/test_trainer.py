@@ -102,6 +102,28 @@ def test_init_from_hf_folder_and_from_converted_checkpoint(tmp_path):
         job.checkpointer.close()
 
 
+def test_init_from_hf_takes_run_settings_from_the_preset(tmp_path):
+    """config.json gives the architecture; remat / scan / attention kernel come from
+    MODEL_PRESET (config.json has none), and MODEL_OVERRIDES still win."""
+    zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), decoder.abstract_params(TINY))
+    hf_io.save_hf(TINY, zeros, tmp_path)
+    preset = model_config.get_preset("bloomz-1b7")
+    assert (preset.remat_policy, preset.scan_layers) != (TINY.remat_policy, TINY.scan_layers)
+    run = run_config(tmp_path / "run", init_from_hf=str(tmp_path))
+    run = dataclasses.replace(run, model=trainer.ModelSpec(preset="bloomz-1b7"))
+    cfg = trainer.build_model_config(run)
+    assert (cfg.hidden, cfg.layers, cfg.vocab_size) == (TINY.hidden, TINY.layers, TINY.vocab_size)
+    assert (cfg.remat_policy, cfg.scan_layers, cfg.attention_impl) == (
+        preset.remat_policy,
+        preset.scan_layers,
+        preset.attention_impl,
+    )
+    run = dataclasses.replace(
+        run, model=trainer.ModelSpec(preset="bloomz-1b7", overrides={"remat_policy": "none"})
+    )
+    assert trainer.build_model_config(run).remat_policy == "none"
+
+
 def test_metrics_logger_writes_rows_and_drops_rows_after_a_resumed_step(tmp_path):
     schedule = ts.learning_rate_schedule(ts.OptimizerConfig(learning_rate=1.0), 10)
     logger = trainer.MetricsLogger(tmp_path, total_steps=10, start_step=0, schedule=schedule)

@@ -216,8 +216,9 @@ PRESETS: dict[str, ModelConfig] = {
     # are unrolled: XLA:CPU's layer loop costs ~15% of the body's time here (stacking
     # the per-layer residuals), and 4 copies of the layer compile quickly.
     "bench-bloom-cpu": _bloom(512, 4, 8, vocab_size=32000, max_positions=2048, scan_layers=False),
-    # Tiny models for tests and smoke runs. vocab_size 1024 fits the bundled
-    # SentencePiece vocabulary (pad 0, eos 1); override it for other vocabularies.
+    # Tiny models for tests and smoke runs (vocab_size 1024 keeps them tiny). The
+    # bundled SentencePiece vocabulary has 2000 ids (pad 0, eos 1): the tiny model gin
+    # files raise vocab_size to 2048 for it.
     # tiny-bloom has 6 heads so the non-power-of-two ALiBi slopes are exercised.
     "tiny-bloom": ModelConfig(
         family="bloom",

@@ -179,13 +179,29 @@ def test_query_blocked_causal_attention_equals_one_block(heads, kv_heads, alibi)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_init_cache_shapes_batch_first():
+def test_init_cache_shapes_and_take():
     cfg = mc.get_preset("tiny-qwen2")
     cache = A.init_cache(cfg, batch=3, max_len=16)
-    assert cache.k.shape == (3, cfg.layers, 16, cfg.kv_heads, cfg.head_dim)
+    assert cache.k.shape == (cfg.layers, 3, cfg.kv_heads, 16, cfg.head_dim)
     assert cache.k.dtype == jnp.float32
-    for leaf in jax.tree.leaves(cache):
-        assert leaf.shape[0] == 3
+    assert cache.segment_ids.shape == cache.positions.shape == (3, 16)
+    assert cache.index.shape == (3,)
     assert cache.max_length == 16
     bf16 = A.init_cache(cfg, 1, 4, dtype="bfloat16")
     assert bf16.v.dtype == jnp.bfloat16
+    # take() moves rows of every leaf along its batch axis.
+    rows = jnp.arange(3)
+    filled = A.KVCache(
+        k=cache.k + rows[None, :, None, None, None],
+        v=cache.v - rows[None, :, None, None, None],
+        segment_ids=cache.segment_ids + rows[:, None],
+        positions=cache.positions + 10 * rows[:, None],
+        index=cache.index + 100 * rows,
+    )
+    got = filled.take(jnp.array([2, 2, 0, 1]))
+    assert got.k.shape == (cfg.layers, 4, cfg.kv_heads, 16, cfg.head_dim)
+    np.testing.assert_array_equal(got.k[0, :, 0, 0, 0], [2, 2, 0, 1])
+    np.testing.assert_array_equal(got.v[-1, :, -1, -1, -1], [-2, -2, 0, -1])
+    np.testing.assert_array_equal(got.segment_ids[:, 0], [2, 2, 0, 1])
+    np.testing.assert_array_equal(got.positions[:, -1], [20, 20, 0, 10])
+    np.testing.assert_array_equal(got.index, [200, 200, 0, 100])

@@ -145,7 +145,7 @@ def test_kv_cache_reorders_along_batch(models):
     cache = decoder.init_cache(cfg, batch=2, max_len=8)
     _, cache = apply({"params": params}, tokens, segment_ids=mask, cache=cache)
     idx = jnp.array([1, 1, 0])
-    cache3 = jax.tree.map(lambda x: x[idx], cache)
+    cache3 = cache.take(idx)
     nxt = jnp.array([[7], [9], [11]])
     logits, _ = apply({"params": params}, nxt, cache=cache3)
     for row, src in enumerate([1, 1, 0]):

@@ -92,13 +92,18 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
 
 @flax.struct.dataclass
 class KVCache:
-    """Decoding state. Every leaf has batch on axis 0, so beams reorder with
-    `jax.tree.map(lambda x: x[idx], cache)`.
+    """Decoding state; `cache.take(idx)` selects / reorders rows (beams).
 
-    k, v:         [B, layers, T, K, Hd]  keys (RoPE already applied) and values
+    k, v:         [layers, B, K, T, Hd]  keys (RoPE already applied) and values
     segment_ids:  int32 [B, T]  0 = empty slot or padding (never attended)
     positions:    int32 [B, T]  position of the token in each slot
     index:        int32 [B]     next slot to write; equal across the batch
+
+    k/v are layer-major and head-major: one layer's [B, K, T, Hd] is a contiguous block
+    and each head's T x Hd keys lie as the score and value matmuls read them. Measured
+    on XLA:CPU (beam 4, 8 x 512-token prompts): with [B, layers, T, K, Hd], every
+    decode step copied every layer's keys and values twice (out of the cache, then
+    transposed) before its matmuls.
     """
 
     k: jax.Array
@@ -109,13 +114,23 @@ class KVCache:
 
     @property
     def max_length(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
+
+    def take(self, idx: jax.Array) -> KVCache:
+        """The cache of rows `idx` (int [B']): row i of the result is row idx[i]."""
+        return KVCache(
+            k=jnp.take(self.k, idx, axis=1),
+            v=jnp.take(self.v, idx, axis=1),
+            segment_ids=self.segment_ids[idx],
+            positions=self.positions[idx],
+            index=self.index[idx],
+        )
 
 
 # Logical axes of the cache leaves, for sharding it like the activations.
 CACHE_AXES = KVCache(
-    k=(P.BATCH, P.LAYERS, P.LENGTH, P.KV_HEADS, P.HEAD_DIM),
-    v=(P.BATCH, P.LAYERS, P.LENGTH, P.KV_HEADS, P.HEAD_DIM),
+    k=(P.LAYERS, P.BATCH, P.KV_HEADS, P.LENGTH, P.HEAD_DIM),
+    v=(P.LAYERS, P.BATCH, P.KV_HEADS, P.LENGTH, P.HEAD_DIM),
     segment_ids=(P.BATCH, P.LENGTH),
     positions=(P.BATCH, P.LENGTH),
     index=(P.BATCH,),
@@ -125,7 +140,7 @@ CACHE_AXES = KVCache(
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
     """An empty cache for `batch` rows of up to `max_len` tokens (prompt + generated)."""
     dtype = dtype_of(cfg.dtype) if dtype is None else jnp.dtype(dtype)
-    kv_shape = (batch, cfg.layers, max_len, cfg.kv_heads, cfg.head_dim)
+    kv_shape = (cfg.layers, batch, cfg.kv_heads, max_len, cfg.head_dim)
     return KVCache(
         k=jnp.zeros(kv_shape, dtype),
         v=jnp.zeros(kv_shape, dtype),
@@ -285,7 +300,7 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, info: MaskInfo, kv=None):
         """x [B, L, D]; kv = None or (cache_k, cache_v, layer, index) with cache_k/v
-        [B, layers, T, K, Hd]. Returns (y [B, L, D], updated (cache_k, cache_v) or None)."""
+        [layers, B, K, T, Hd]. Returns (y [B, L, D], updated (cache_k, cache_v) or None)."""
         cfg = self.cfg
         dtype = dtype_of(cfg.dtype)
         d, h, kh, hd = cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim
@@ -316,11 +331,19 @@ class Attention(nn.Module):
             # Write this call's keys/values at [index, index + L) of this layer, then
             # attend over the whole cache; unwritten slots have segment 0 (masked).
             cache_k, cache_v, layer, index = kv
-            start = (0, layer, index, 0, 0)
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k[:, None].astype(cache_k.dtype), start)
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, None].astype(cache_v.dtype), start)
-            k = jax.lax.dynamic_index_in_dim(cache_k, layer, axis=1, keepdims=False).astype(dtype)
-            v = jax.lax.dynamic_index_in_dim(cache_v, layer, axis=1, keepdims=False).astype(dtype)
+            start = (layer, 0, 0, index, 0)
+
+            def write(cache, x):  # x [B, L, K, Hd] -> the cache's [1, B, K, L, Hd]
+                return jax.lax.dynamic_update_slice(
+                    cache, x.swapaxes(1, 2)[None].astype(cache.dtype), start
+                )
+
+            def read(cache):  # [B, K, T, Hd] of this layer, viewed as [B, T, K, Hd]
+                x = jax.lax.dynamic_index_in_dim(cache, layer, axis=0, keepdims=False)
+                return x.swapaxes(1, 2).astype(dtype)
+
+            cache_k, cache_v = write(cache_k, k), write(cache_v, v)
+            k, v = read(cache_k), read(cache_v)
             new_kv = (cache_k, cache_v)
 
         slopes = alibi_slopes(h) if cfg.family == "bloom" else None

@@ -20,8 +20,8 @@ Forward pass (training / scoring)::
     vocab_major)` with `w, vocab_major = losses.head_weights(cfg, params)` fuses the
     LM head and the loss per sequence chunk (no full [B, L, V] logits).
 
-Incremental decoding with a KV cache (`attention.KVCache`; every leaf has batch on
-axis 0, so `jax.tree.map(lambda x: x[idx], cache)` reorders beams)::
+Incremental decoding with a KV cache (`attention.KVCache`; `cache.take(idx)` selects
+or reorders rows, e.g. beams)::
 
     cache = init_cache(cfg, batch=B, max_len=T)       # T >= prompt + new tokens
     # 1. prefill: prompts LEFT-padded to a common length P, padding has segment 0.

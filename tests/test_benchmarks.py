@@ -12,6 +12,8 @@ from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as mc
 from ecomgpt_jax.models import decoder
 
+TINY = mc.get_preset("tiny-bloom")
+
 
 def _layer_kernel_sizes(cfg) -> int:
     """Sizes of every `*kernel` parameter under `layers` (the matmul weights)."""
@@ -101,3 +103,30 @@ def test_input_pipeline_batch_counts():
         "decoder_loss_weights": np.array([[0, 1, 0, 1, 0], [0, 0, 1, 1, 1]]),
     }
     assert bip.batch_counts(batch) == {"examples": 3, "tokens": 9, "answer_tokens": 5}
+
+
+def test_decode_benchmark_records(capsys, tmp_path):
+    """`python -m benchmarks.decode` on a tiny model: one JSON record per method whose
+    rates follow from its timing, every sequence running to --new_tokens (EOS off)."""
+    import json
+
+    from benchmarks import decode as bd
+
+    bd.main(
+        ["--preset", "tiny-bloom", "--batch", "8", "--prompt_len", "8", "--new_tokens", "4"]
+        + ["--repeats", "1", "--no_record"]  # the default mesh: data parallel over 8 devices
+    )
+    records = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [(r["method"], r["num_beams"]) for r in records] == [("greedy", 1), ("beam", 4)]
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(decoder.abstract_params(TINY)))
+    for r in records:
+        assert (r["batch"], r["prompt_len"], r["new_tokens"], r["params"]) == (8, 8, 4, params)
+        assert r["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
+        assert r["sequences_per_s"] == pytest.approx(8 / r["seconds_per_batch"])
+        assert r["new_tokens_per_s"] == pytest.approx(r["sequences_per_s"] * 4)
+        assert "hf" not in r
+    # EOS is disabled: a decoded batch has exactly new_tokens tokens per row.
+    dcfg = bd.decoding.DecodeConfig(method="beam", max_new_tokens=4, max_prompt_len=8)
+    mesh = bd.partitioning.make_mesh(bd.partitioning.MeshConfig((-1, 1, 1)))
+    out = bd.JaxDecoder(TINY, dcfg, mesh, bd.synthetic_prompts(TINY.vocab_size, 8, 8)).run_once()
+    np.testing.assert_array_equal(out.lengths, [4] * 8)

@@ -1,9 +1,10 @@
-"""Building blocks: dtype helpers, norms, embeddings, MLPs.
+"""Building blocks: dtype helpers, the matmul `dot`, norms, embeddings, MLPs.
 
 Every parameter is created through `param()` so it carries logical axis names
 (constants from `ecomgpt_jax.partitioning`); the one rules table there decides
 the sharding. Parameters are stored in `cfg.param_dtype` and cast to the compute
-dtype `cfg.dtype` where used. Norm statistics are always computed in float32.
+dtype `cfg.dtype` where used. Norm statistics are always computed in float32. Weight
+matmuls go through `dot` (float32 accumulation; see there for why it matters on CPU).
 """
 
 from __future__ import annotations

@@ -213,13 +213,14 @@ def _prefill(model, params, tokens, mask, max_len):
     return logits, _constrain_cache(cache)
 
 
-def _step(model, params, tokens, cache):
+def _step(model, params, tokens, cache, prefix=None):
     """One new token per row: tokens int32 [B] -> (logits [B, V], cache)."""
     logits, cache = model.apply(
         {"params": params},
         tokens[:, None],
         segment_ids=jnp.ones((tokens.shape[0], 1), jnp.int32),
         cache=cache,
+        prefix=prefix,
     )
     return logits[:, 0], _constrain_cache(cache)
 
@@ -273,7 +274,7 @@ class BeamState(NamedTuple):
     """Beam search loop state. B items, W beams, N = max_new_tokens.
 
     step: int32 scalar, tokens already in the running sequences.
-    cache: KVCache with B * W rows (item-major: row b * W + w).
+    cache: KVCache of the generated tokens, B * W rows (item-major: row b * W + w).
     running_seqs / finished_seqs: int32 [B, W, N] generated tokens (pad after the end).
     running_scores: float32 [B, W] summed log-probs of the running beams (best first).
     finished_scores: float32 [B, W] length-penalised scores (NEG: empty slot), best first.
@@ -298,27 +299,18 @@ def _gather_beams(x, idx):
     return jax.vmap(lambda xb, ib: xb[ib])(x, idx)
 
 
-def _reorder_beams(cache: attention.KVCache, src, prompt_len: int) -> attention.KVCache:
+def _reorder_beams(cache: attention.KVCache, src) -> attention.KVCache:
     """Row b * W + w of the cache takes the keys/values of beam src[b, w] of item b.
 
-    Only the generated slots [prompt_len, T) move: every beam of an item holds the same
-    prompt keys/values (one prefill, repeated) and the same segment ids and positions,
-    so copying those would change nothing. With 800-token prompts and 164 new tokens
-    this copies a sixth of the cache per step instead of all of it.
+    The cache holds only generated tokens (the prompt is the shared prefix); their
+    segment ids and positions are equal across an item's beams, so only k/v move.
     """
     b, w = src.shape
     rows = (jnp.arange(b, dtype=jnp.int32)[:, None] * w + src).reshape(-1)
-
-    def gather(x):  # [layers, B * W, K, T, Hd]
-        gen = jnp.take(x[:, :, :, prompt_len:], rows, axis=1)
-        return jax.lax.dynamic_update_slice_in_dim(x, gen, prompt_len, axis=3)
-
-    return cache.replace(k=gather(cache.k), v=gather(cache.v))
+    return cache.replace(k=jnp.take(cache.k, rows, axis=1), v=jnp.take(cache.v, rows, axis=1))
 
 
-def _beam_update(
-    state: BeamState, logprobs, dcfg: DecodeConfig, eos_id, prompt_len: int
-) -> BeamState:
+def _beam_update(state: BeamState, logprobs, dcfg: DecodeConfig, eos_id) -> BeamState:
     """One transformers beam-search step. logprobs float32 [B, W, V] of the running beams.
 
     Returns the new state with `cache` reordered to the new running beams (rows of one
@@ -370,7 +362,7 @@ def _beam_update(
     if dcfg.early_stopping is True:
         open_items = open_items & ~jnp.all(finished, axis=-1)
 
-    cache = _reorder_beams(state.cache, running_src, prompt_len)
+    cache = _reorder_beams(state.cache, running_src)
     return BeamState(
         step=t + 1,
         cache=_constrain_cache(cache),
@@ -387,9 +379,14 @@ def _beam_update(
 def _decode_beam(model, params, tokens, mask, dcfg: DecodeConfig, eos_id, pad_id):
     n, w = dcfg.max_new_tokens, dcfg.num_beams
     b = tokens.shape[0]
-    logits, cache = _prefill(model, params, tokens, mask, tokens.shape[1] + n)
-    # Prefill once per item, then copy the cache to its W beams (item-major rows).
-    cache = _constrain_cache(cache.take(jnp.repeat(jnp.arange(b), w)))
+    # The prompt is run once per item and stays a prefix shared by the item's W beams
+    # (read once per item per step); the cache of B * W rows (item-major: row b * W + w)
+    # holds only the generated tokens, so reordering beams moves only those.
+    logits, prompt_cache = _prefill(model, params, tokens, mask, tokens.shape[1])
+    prefix = nn.with_logical_constraint(
+        attention.SharedPrefix.from_cache(prompt_cache), attention.PREFIX_AXES
+    )
+    cache = _constrain_cache(attention.init_cache(model.cfg, b * w, n))
     valid = mask.any(axis=1)
     seqs = jnp.full((b, w, n), pad_id, jnp.int32)
     # Only beam 0 is live at first, so the W copies of the prompt do not fill the beams.
@@ -406,17 +403,16 @@ def _decode_beam(model, params, tokens, mask, dcfg: DecodeConfig, eos_id, pad_id
         all_stopped=jnp.bool_(False),
     )
     logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    p = tokens.shape[1]
-    state = _beam_update(state, jnp.repeat(logprobs[:, None], w, axis=1), dcfg, eos_id, p)
+    state = _beam_update(state, jnp.repeat(logprobs[:, None], w, axis=1), dcfg, eos_id)
 
     def cond(s: BeamState):
         return (s.step < n) & jnp.any(s.open_items) & ~s.all_stopped
 
     def body(s: BeamState):
         last = s.running_seqs[:, :, s.step - 1].reshape(-1)
-        logits, cache = _step(model, params, last, s.cache)
+        logits, cache = _step(model, params, last, s.cache, prefix)
         logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, w, -1)
-        return _beam_update(s._replace(cache=cache), logprobs, dcfg, eos_id, p)
+        return _beam_update(s._replace(cache=cache), logprobs, dcfg, eos_id)
 
     state = jax.lax.while_loop(cond, body, state)
     out = jnp.where(valid[:, None], state.finished_seqs[:, 0], pad_id)

@@ -115,6 +115,41 @@ def test_xla_and_dot_product_attention_agree(heads, kv_heads, alibi):
     assert np.isfinite(np.asarray(ours)).all()
 
 
+@pytest.mark.parametrize("heads,kv_heads,alibi", [(6, 6, True), (4, 2, True), (8, 1, False)])
+def test_shared_prefix_equals_attention_over_the_repeated_prompt(heads, kv_heads, alibi):
+    """Beam-search layout: B = 2 left-padded prompts of P = 5 slots shared by G = 3 rows
+    each, rows holding 2 generated tokens of their own (the query is the second). Same as
+    plain attention over a per-row cache [prompt slots, own slots]."""
+    b, g, p, n, hd = 2, 3, 5, 2, 8
+    r = b * g
+    keys = jax.random.split(jax.random.PRNGKey(1), 5)
+    q = jax.random.normal(keys[0], (r, 1, heads, hd))
+    pk, pv = (jax.random.normal(x, (b, p, kv_heads, hd)) for x in keys[1:3])
+    k, v = (jax.random.normal(x, (r, n, kv_heads, hd)) for x in keys[3:5])
+    p_seg = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])  # item 0 has 2 pads
+    p_pos = A.segment_positions(p_seg)
+    prefix = A.SharedPrefix(
+        k=pk[None].swapaxes(2, 3), v=pv[None].swapaxes(2, 3), segment_ids=p_seg, positions=p_pos
+    )
+    real = jnp.repeat(p_seg.sum(1), g)  # prompt tokens per row
+    own_seg = jnp.ones((r, n), jnp.int32)
+    own_pos = real[:, None] + jnp.arange(n)[None]
+    q_seg, q_pos = own_seg[:, 1:], own_pos[:, 1:]
+    slopes = A.alibi_slopes(heads) if alibi else None
+    info = A.make_mask_info(q_seg, q_pos, own_seg, own_pos, 1, use_alibi=alibi)
+    info = info.replace(prefix=A.make_prefix_info(prefix, q_seg, q_pos, use_alibi=alibi))
+    got = A.attend_prefixed(q, k, v, info, slopes, pk, pv)
+
+    rows = jnp.arange(r) // g
+    full_k = jnp.concatenate([pk[rows], k], axis=1)
+    full_v = jnp.concatenate([pv[rows], v], axis=1)
+    full_seg = jnp.concatenate([p_seg[rows], own_seg], axis=1)
+    full_pos = jnp.concatenate([p_pos[rows], own_pos], axis=1)
+    ref_info = A.make_mask_info(q_seg, q_pos, full_seg, full_pos, p + 1, use_alibi=alibi)
+    want = A.attend_xla(q, full_k, full_v, ref_info, slopes)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_attention_matches_naive_reference_with_alibi_and_gqa():
     heads, kv_heads = 4, 2
     q, k, v = _random_qkv(heads, kv_heads, length=5)

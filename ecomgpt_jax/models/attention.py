@@ -151,18 +151,74 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCach
 
 
 @flax.struct.dataclass
+class SharedPrefix:
+    """A prompt's keys/values shared by groups of G consecutive cache rows (the beams of
+    one item): attention reads them once per group instead of once per row.
+
+    k, v:         [layers, B, K, P, Hd]  as in `KVCache` (B groups, P prompt slots)
+    segment_ids:  int32 [B, P]  0 = padding (never attended)
+    positions:    int32 [B, P]
+
+    Row r of the cache and of the queries belongs to group r // G, G = rows / B. The
+    queries are assumed to follow the whole prompt (one prompt per group).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    segment_ids: jax.Array
+    positions: jax.Array
+
+    @classmethod
+    def from_cache(cls, cache: KVCache) -> SharedPrefix:
+        """The prompt cache after prefill (max_length = prompt length)."""
+        return cls(cache.k, cache.v, cache.segment_ids, cache.positions)
+
+
+PREFIX_AXES = SharedPrefix(
+    k=CACHE_AXES.k,
+    v=CACHE_AXES.v,
+    segment_ids=CACHE_AXES.segment_ids,
+    positions=CACHE_AXES.positions,
+)
+
+
+@flax.struct.dataclass
+class PrefixInfo:
+    """What attention needs of a `SharedPrefix`: its keys/values and, per query row,
+    mask bool [R, L, P] and rel_pos float32 [R, L, P] (ALiBi) or None."""
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+    rel_pos: jax.Array | None
+
+
+def make_prefix_info(prefix: SharedPrefix, q_segments, q_positions, use_alibi) -> PrefixInfo:
+    """q_segments / q_positions int32 [R, L], R a multiple of the prefix's B."""
+    group = jnp.arange(q_segments.shape[0]) // (q_segments.shape[0] // prefix.k.shape[1])
+    k_segments, k_positions = prefix.segment_ids[group], prefix.positions[group]  # [R, P]
+    mask = (k_segments[:, None, :] != 0) & (q_segments[:, :, None] != 0)
+    rel = None
+    if use_alibi:
+        rel = (k_positions[:, None, :] - q_positions[:, :, None]).astype(jnp.float32)
+    return PrefixInfo(k=prefix.k, v=prefix.v, mask=mask, rel_pos=rel)
+
+
+@flax.struct.dataclass
 class MaskInfo:
     """What every layer needs to mask and bias scores (computed once per call).
 
     mask:      bool [B, L, S]  may query attend to key
     rel_pos:   float32 [B, L, S]  pos_k - pos_q (ALiBi) or None
     positions: int32 [B, L]  query positions (RoPE)
+    prefix:    keys shared by groups of rows (beam search), see `attend_prefixed`
     causal_self: see below (set by `make_mask_info` when q_offset is the literal 0, S == L)
     """
 
     mask: jax.Array
     rel_pos: jax.Array | None
     positions: jax.Array
+    prefix: PrefixInfo | None = None  # a SharedPrefix every row also attends to
     # Static: queries are slots 0..L-1 of the keys themselves (no cache), so key slot
     # j > query slot i is always masked and attention may skip those blocks.
     causal_self: bool = flax.struct.field(pytree_node=False, default=False)
@@ -262,6 +318,37 @@ def attend_xla(q, k, v, info: MaskInfo, slopes) -> jax.Array:
     return jnp.concatenate(outs, axis=1)
 
 
+def attend_prefixed(q, k, v, info: MaskInfo, slopes, pk, pv) -> jax.Array:
+    """Attention over a shared prefix followed by each row's own keys (one softmax).
+
+    q [R, L, H, Hd]; k/v [R, S, K, Hd] each row's own cache (mask/rel_pos in `info`);
+    pk/pv [B, P, K, Hd] the prefix of each group of G = R / B rows (`info.prefix` holds
+    its mask/rel_pos). The prefix is read once per group: for beam search that is the
+    prompt once per item instead of once per beam. -> [R, L, H, Hd].
+    """
+    r, length, h, hd = q.shape
+    b, p, kh, _ = pk.shape
+    g, hg = r // b, h // kh
+    scale = 1.0 / math.sqrt(hd)
+    q5 = q.reshape(r, length, kh, hg, hd)
+    own = jnp.einsum("rlkgd,rskd->rkgls", q5, k, preferred_element_type=jnp.float32) * scale
+    qb = q5.reshape(b, g, length, kh, hg, hd)
+    pre = jnp.einsum("bqlkgd,bpkd->bqkglp", qb, pk, preferred_element_type=jnp.float32)
+    pre = pre.reshape(r, kh, hg, length, p) * scale
+    if info.rel_pos is not None:
+        s = jnp.asarray(slopes).reshape(kh, hg)[None, :, :, None, None]
+        own = own + s * info.rel_pos[:, None, None]
+        pre = pre + s * info.prefix.rel_pos[:, None, None]
+    neg = jnp.finfo(jnp.float32).min
+    own = jnp.where(info.mask[:, None, None], own, neg)
+    pre = jnp.where(info.prefix.mask[:, None, None], pre, neg)
+    probs = jax.nn.softmax(jnp.concatenate([pre, own], axis=-1), axis=-1).astype(v.dtype)
+    out = jnp.einsum("rkgls,rskd->rlkgd", probs[..., p:], v)
+    p_pre = probs[..., :p].reshape(b, g, kh, hg, length, p)
+    out = out + jnp.einsum("bqkglp,bpkd->bqlkgd", p_pre, pv).reshape(out.shape)
+    return out.reshape(r, length, h, hd)
+
+
 def attend_dot_product(q, k, v, info: MaskInfo, slopes, implementation="cudnn") -> jax.Array:
     """`jax.nn.dot_product_attention` (cuDNN flash attention on GPU); same contract
     as `attend_xla`. ALiBi becomes an explicit [B, H, L, S] bias.
@@ -347,7 +434,10 @@ class Attention(nn.Module):
             new_kv = (cache_k, cache_v)
 
         slopes = alibi_slopes(h) if cfg.family == "bloom" else None
-        if cfg.attention_impl == "cudnn":
+        if info.prefix is not None:  # decoding with a shared prompt (needs the cache)
+            pk, pv = read(info.prefix.k), read(info.prefix.v)
+            out = attend_prefixed(q, k, v, info, slopes, pk, pv)
+        elif cfg.attention_impl == "cudnn":
             out = attend_dot_product(q, k, v, info, slopes)
         else:
             out = attend_xla(q, k, v, info, slopes)

@@ -72,14 +72,23 @@ from ecomgpt_jax.models.attention import (
     Attention,
     KVCache,
     MaskInfo,
+    SharedPrefix,
     init_cache,
     make_mask_info,
+    make_prefix_info,
     segment_positions,
 )
 from ecomgpt_jax.models.config import ModelConfig
 from ecomgpt_jax.models.layers import Embed, LMHead, Mlp, Norm, constrain
 
-__all__ = ["Decoder", "KVCache", "init_cache", "lm_head_kernel", "abstract_params"]
+__all__ = [
+    "Decoder",
+    "KVCache",
+    "SharedPrefix",
+    "init_cache",
+    "lm_head_kernel",
+    "abstract_params",
+]
 
 HIDDEN_AXES = (P.BATCH, P.LENGTH, P.ACT_EMBED)
 
@@ -147,9 +156,12 @@ class Decoder(nn.Module):
         segment_ids: jax.Array | None = None,
         cache: KVCache | None = None,
         return_hidden: bool = False,
+        prefix: SharedPrefix | None = None,
     ):
         """tokens int [B, L] -> logits float32 [B, L, V] (hidden [B, L, D] when
-        return_hidden); with `cache`, returns (logits or hidden, new_cache)."""
+        return_hidden); with `cache`, returns (logits or hidden, new_cache). With a
+        `prefix` (needs `cache`), every row also attends to its group's shared prompt
+        (beam search: the cache then holds only the generated tokens)."""
         tokens = jnp.asarray(tokens, jnp.int32)
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)
@@ -158,6 +170,10 @@ class Decoder(nn.Module):
             positions = segment_positions(segment_ids)
             if cache is not None:
                 cached = (cache.segment_ids != 0).sum(axis=1, dtype=jnp.int32)
+                if prefix is not None:
+                    in_prefix = (prefix.segment_ids != 0).sum(axis=1, dtype=jnp.int32)
+                    group = tokens.shape[0] // in_prefix.shape[0]
+                    cached = cached + jnp.repeat(in_prefix, group)
                 positions = positions + cached[:, None]
         positions = jnp.asarray(positions, jnp.int32)
         use_alibi = self.cfg.family == "bloom"
@@ -170,6 +186,9 @@ class Decoder(nn.Module):
             k_segments = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, index))
             k_positions = jax.lax.dynamic_update_slice(cache.positions, positions, (0, index))
             info = make_mask_info(segment_ids, positions, k_segments, k_positions, index, use_alibi)
+            if prefix is not None:
+                prefix_info = make_prefix_info(prefix, segment_ids, positions, use_alibi)
+                info = info.replace(prefix=prefix_info)
             kv = (cache.k, cache.v, jnp.int32(0), index)
 
         x = self.embed(tokens)

@@ -29,8 +29,10 @@ step keeps the top 2W of the W x V continuations, a continuation ending in EOS (
 `sum_logprobs / generated_len ** length_penalty` (generated_len counts the EOS), the best W
 finished hypotheses are kept, and `early_stopping` (False: transformers' heuristic on the
 current length; True: stop once W are finished; "never": heuristic on the maximum length)
-decides when a batch item cannot improve. Sampling applies temperature, top-k, then top-p
-with transformers' warper definitions.
+decides when a batch item cannot improve. The prompt is run once per item and its keys/
+values are shared by the item's beams (`attention.SharedPrefix`): each step reads them once
+per item, and reordering beams moves only the generated tokens' cache. Sampling applies
+temperature, top-k, then top-p with transformers' warper definitions.
 
 Needs only jax and flax (no TensorFlow, SeqIO or gin).
 """

@@ -219,6 +219,7 @@ class MaskInfo:
     rel_pos: jax.Array | None
     positions: jax.Array
     prefix: PrefixInfo | None = None  # a SharedPrefix every row also attends to
+    segments: jax.Array | None = None  # int32 [B, L] query (= key) segments, causal_self
     # Static: queries are slots 0..L-1 of the keys themselves (no cache), so key slot
     # j > query slot i is always masked and attention may skip those blocks.
     causal_self: bool = flax.struct.field(pytree_node=False, default=False)
@@ -244,7 +245,10 @@ def make_mask_info(
         rel = (k_positions[:, None, :] - q_positions[:, :, None]).astype(jnp.float32)
     causal_self = isinstance(q_offset, int) and q_offset == 0
     causal_self = causal_self and q_segments.shape[1] == k_segments.shape[1]
-    return MaskInfo(mask=mask, rel_pos=rel, positions=q_positions, causal_self=causal_self)
+    segments = q_segments if causal_self else None  # for kernels taking segment ids
+    return MaskInfo(
+        mask=mask, rel_pos=rel, positions=q_positions, segments=segments, causal_self=causal_self
+    )
 
 
 # ----------------------------------------------------------------------------- attention
@@ -439,6 +443,10 @@ class Attention(nn.Module):
             out = attend_prefixed(q, k, v, info, slopes, pk, pv)
         elif cfg.attention_impl == "cudnn":
             out = attend_dot_product(q, k, v, info, slopes)
+        elif cfg.attention_impl == "splash" and info.causal_self and q.shape[1] % 128 == 0:
+            from ecomgpt_jax.models import splash  # Pallas TPU ops: imported when used
+
+            out = splash.attend_splash(q, k, v, info.segments)
         else:
             out = attend_xla(q, k, v, info, slopes)
         out = constrain(out, (P.BATCH, P.LENGTH, P.ACT_HEADS, P.HEAD_DIM))

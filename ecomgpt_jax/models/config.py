@@ -31,7 +31,7 @@ REMAT_POLICIES = (
     "nothing_saveable",
     "everything_saveable",
 )
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("xla", "cudnn", "splash")
 
 
 # Fields that choose how a model runs, not what it computes: `from_hf_config` leaves
@@ -75,7 +75,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; logits are always float32
     remat_policy: str = "none"
     scan_layers: bool = True  # False = same params, layer loop fully unrolled
-    attention_impl: str = "xla"  # "cudnn": jax.nn.dot_product_attention on GPU
+    # "cudnn": jax.nn.dot_product_attention on GPU; "splash": the Pallas TPU kernel
+    # (RoPE family only, see models/splash.py)
+    attention_impl: str = "xla"
     bos_id: int | None = None
     eos_id: int | None = None
     pad_id: int | None = None
@@ -107,6 +109,8 @@ class ModelConfig:
             bad("remat_policy", f"must be one of {REMAT_POLICIES}")
         if self.attention_impl not in ATTENTION_IMPLS:
             bad("attention_impl", f"must be one of {ATTENTION_IMPLS}")
+        if self.attention_impl == "splash" and self.family == "bloom":
+            bad("attention_impl", "splash has no additive bias for BLOOM's ALiBi: use xla or cudnn")
         if isinstance(self.rope_scaling, Mapping):
             # Convenience (gin, JSON): accept a dict and freeze it.
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))

@@ -119,14 +119,20 @@ def load_model_config(path) -> ModelConfig:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def find_model_config(path, levels: int = 4) -> ModelConfig | None:
-    """The nearest model_config.json at `path` or up to `levels` folders above it
-    (a params folder sits 3 below the run directory), or None."""
+def find_upwards(path, name: str, levels: int = 4) -> epath.Path | None:
+    """`<dir>/name` for the nearest `dir` at `path` or up to `levels` folders above it
+    that holds such a file (a params folder sits 3 below its run directory), or None."""
     path = as_path(path)
     for candidate in [path, *list(path.parents)[:levels]]:
-        if (candidate / MODEL_CONFIG_FILE).is_file():
-            return load_model_config(candidate / MODEL_CONFIG_FILE)
+        if (candidate / name).is_file():
+            return candidate / name
     return None
+
+
+def find_model_config(path, levels: int = 4) -> ModelConfig | None:
+    """The nearest model_config.json at or above `path` (see `find_upwards`), or None."""
+    file = find_upwards(path, MODEL_CONFIG_FILE, levels)
+    return None if file is None else load_model_config(file)
 
 
 class Checkpointer:

@@ -30,7 +30,7 @@ step keeps the top 2W of the W x V continuations, a continuation ending in EOS (
 finished hypotheses are kept, and `early_stopping` (False: transformers' heuristic on the
 current length; True: stop once W are finished; "never": heuristic on the maximum length)
 decides when a batch item cannot improve. The prompt is run once per item and its keys/
-values are shared by the item's beams (`attention.SharedPrefix`): each step reads them once
+values are shared by the item's beams (`Decoder(..., prefix=)`): each step reads them once
 per item, and reordering beams moves only the generated tokens' cache. Sampling applies
 temperature, top-k, then top-p with transformers' warper definitions.
 
@@ -384,14 +384,11 @@ def _decode_beam(model, params, tokens, mask, dcfg: DecodeConfig, eos_id, pad_id
     # The prompt is run once per item and stays a prefix shared by the item's W beams
     # (read once per item per step); the cache of B * W rows (item-major: row b * W + w)
     # holds only the generated tokens, so reordering beams moves only those.
-    logits, prompt_cache = _prefill(model, params, tokens, mask, tokens.shape[1])
-    prefix = nn.with_logical_constraint(
-        attention.SharedPrefix.from_cache(prompt_cache), attention.PREFIX_AXES
-    )
+    logits, prefix = _prefill(model, params, tokens, mask, tokens.shape[1])
     cache = _constrain_cache(attention.init_cache(model.cfg, b * w, n))
     valid = mask.any(axis=1)
     seqs = jnp.full((b, w, n), pad_id, jnp.int32)
-    # Only beam 0 is live at first, so the W copies of the prompt do not fill the beams.
+    # Only beam 0 is live at first, so the W copies of the first logits do not fill the beams.
     running_scores = jnp.where(jnp.arange(w) == 0, 0.0, NEG)[None, :].repeat(b, 0)
     state = BeamState(
         step=jnp.int32(0),

@@ -61,22 +61,15 @@ def parse_gin(files, bindings, search_paths) -> None:
     launch.parse_gin(files, bindings, search_paths, evaluation.EvalError, "gin_configs/eval.gin")
 
 
-def _find_upwards(start, name: str):
-    """`<dir>/name` for the nearest dir at or up to 4 above `start` holding it, or None."""
-    path = checkpointing.as_path(start)
-    for candidate in [path, *list(path.parents)[:4]]:
-        if (candidate / name).is_file():
-            return candidate / name
-    return None
-
-
 def make_vocabulary(run: EvalRun, source: evaluation.ModelSource):
     from ecomgpt_jax import vocabularies
 
     path = run.vocabulary_path
     if path is None and run.vocabulary.lower() not in vocabularies.SENTENCEPIECE_KINDS:
         path = source.hf_dir or (
-            _find_upwards(source.checkpoint, "tokenizer.json") if source.checkpoint else None
+            checkpointing.find_upwards(source.checkpoint, "tokenizer.json")
+            if source.checkpoint
+            else None
         )
         if path is None:
             raise evaluation.EvalError(

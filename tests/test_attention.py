@@ -128,8 +128,12 @@ def test_shared_prefix_equals_attention_over_the_repeated_prompt(heads, kv_heads
     k, v = (jax.random.normal(x, (r, n, kv_heads, hd)) for x in keys[3:5])
     p_seg = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])  # item 0 has 2 pads
     p_pos = A.segment_positions(p_seg)
-    prefix = A.SharedPrefix(
-        k=pk[None].swapaxes(2, 3), v=pv[None].swapaxes(2, 3), segment_ids=p_seg, positions=p_pos
+    prefix = A.KVCache(  # the prompts' cache after prefill: [layers=1, B, K, P, Hd]
+        k=pk[None].swapaxes(2, 3),
+        v=pv[None].swapaxes(2, 3),
+        segment_ids=p_seg,
+        positions=p_pos,
+        index=jnp.full((b,), p, jnp.int32),
     )
     real = jnp.repeat(p_seg.sum(1), g)  # prompt tokens per row
     own_seg = jnp.ones((r, n), jnp.int32)

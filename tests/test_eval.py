@@ -12,6 +12,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest
+from conftest import SAMPLE_HELD_OUT
 
 from ecomgpt_jax import eval as eval_main
 from ecomgpt_jax import evaluation, score
@@ -23,14 +24,6 @@ transformers = pytest.importorskip("transformers")
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SAMPLE = make_sample.SAMPLE_DIR
-PRESENT = [
-    "EN-ABSA-CLS-review_topic_category",
-    "EN-Lenovo-Condition_Extract-Condition_Extract",
-    "ZH-MEPAVE-NER-attribute_value_extraction",
-    "ZH-Multi_CPR-Extract-product_select_2",
-    "ZH-OpenBG_Align-CLS-item_coarse_classify",
-    "ZH-OpenBG_Align-Generate-title_generate",
-]
 # Small and fast: 3 examples per task, 6 new tokens, one prompt bucket.
 SMALL = [
     f"--gin.DATA_DIR='{SAMPLE}'",
@@ -73,14 +66,14 @@ def score_cli_bytes(pred_dir: pathlib.Path, tmp: pathlib.Path) -> bytes:
 
 def check_eval_dir(out: pathlib.Path, tmp: pathlib.Path) -> dict:
     assert sorted(p.name for p in (out / "predictions").iterdir()) == [
-        f"{t}.jsonl" for t in PRESENT
+        f"{t}.jsonl" for t in SAMPLE_HELD_OUT
     ]
-    for task in PRESENT:
+    for task in SAMPLE_HELD_OUT:
         rows = (out / "predictions" / f"{task}.jsonl").read_text(encoding="utf-8").splitlines()
         assert [json.loads(r)["index"] for r in rows] == [0, 1, 2]
     assert (out / "metrics.json").read_bytes() == score_cli_bytes(out / "predictions", tmp)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [metrics[t]["n"] for t in PRESENT] == [3] * 6 and "average" in metrics
+    assert [metrics[t]["n"] for t in SAMPLE_HELD_OUT] == [3] * 6 and "average" in metrics
     assert "beam search, 4 beams" in (out / "metrics.md").read_text()
     assert any((out / "tensorboard").iterdir())
     return metrics
@@ -112,7 +105,11 @@ def test_eval_cli_on_a_hf_folder_and_identical_rerun(hf_dir, tmp_path):
     again = tmp_path / "again"
     rerun_args = [f"--gin.HF_DIR='{hf_dir}'", f"--gin.EVAL_DIR='{again}'", *SMALL]
     eval_main.run_eval(["gin_configs/eval.gin"], bindings(rerun_args), progress=False)
-    for path in [*(f"predictions/{t}.jsonl" for t in PRESENT), "metrics.json", "metrics.md"]:
+    for path in [
+        *(f"predictions/{t}.jsonl" for t in SAMPLE_HELD_OUT),
+        "metrics.json",
+        "metrics.md",
+    ]:
         assert (again / path).read_bytes() == (out / path).read_bytes(), path
 
 

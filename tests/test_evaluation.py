@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax
 import numpy as np
 import pytest
+from conftest import SAMPLE_HELD_OUT
 
 from ecomgpt_jax import checkpointing, evaluation, score, vocabularies
 from ecomgpt_jax import partitioning as P
@@ -24,14 +25,6 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 SAMPLE = make_sample.SAMPLE_DIR
-HELD_OUT_ON_SAMPLE = [
-    "EN-ABSA-CLS-review_topic_category",
-    "EN-Lenovo-Condition_Extract-Condition_Extract",
-    "ZH-MEPAVE-NER-attribute_value_extraction",
-    "ZH-Multi_CPR-Extract-product_select_2",
-    "ZH-OpenBG_Align-CLS-item_coarse_classify",
-    "ZH-OpenBG_Align-Generate-title_generate",
-]
 # Sample prompts have up to ~90 SentencePiece tokens: 64 cuts many of them (from the left).
 EVAL = EvalConfig(
     data_dir=str(SAMPLE),
@@ -83,7 +76,7 @@ def test_prompts_and_tokens_equal_the_seqio_tasks(vocab):
         prepared, missing = evaluation.prepare_tasks(
             dataclasses.replace(EVAL, max_examples=None), vocab
         )
-        assert [t.name for t in prepared] == HELD_OUT_ON_SAMPLE
+        assert [t.name for t in prepared] == SAMPLE_HELD_OUT
         assert len(missing) == 6 and "EN-Lenovo-NER-NER" in missing
         for task in prepared:
             seqio_task = tasks.get(tasks.seqio_task_name(task.name))
@@ -109,7 +102,7 @@ def test_task_names_resolve_from_folders_seqio_names_and_mixtures():
     ]
     assert missing == []
     names, missing = evaluation.resolve_task_names("ecom_instruct_held_out", SAMPLE)
-    assert names == HELD_OUT_ON_SAMPLE and len(missing) == 6
+    assert names == SAMPLE_HELD_OUT and len(missing) == 6
     with pytest.raises(reader.DataError, match="neither a task folder nor a known mixture"):
         evaluation.resolve_task_names("no_such_mixture", SAMPLE)
 
@@ -117,10 +110,10 @@ def test_task_names_resolve_from_folders_seqio_names_and_mixtures():
 def test_outputs_and_metrics_equal_the_score_cli(first_run, tmp_path):
     result, out = first_run
     files = sorted(p.name for p in (out / "predictions").iterdir())
-    assert files == [f"{name}.jsonl" for name in HELD_OUT_ON_SAMPLE]
+    assert files == [f"{name}.jsonl" for name in SAMPLE_HELD_OUT]
     infos = reader.discover_tasks(SAMPLE)
     lines = []
-    for name in HELD_OUT_ON_SAMPLE:
+    for name in SAMPLE_HELD_OUT:
         text = (out / "predictions" / f"{name}.jsonl").read_text(encoding="utf-8")
         rows = [json.loads(line) for line in text.splitlines()]
         expected = instructions.task_instructions(infos[name], "test")[:4]
@@ -136,10 +129,10 @@ def test_outputs_and_metrics_equal_the_score_cli(first_run, tmp_path):
     assert score.main(args) == 0
     assert (out / "metrics.json").read_bytes() == cli_out.read_bytes()
     metrics = json.loads(cli_out.read_text())
-    assert [(metrics[n]["n"], metrics[n]["n_total"]) for n in HELD_OUT_ON_SAMPLE] == [(4, 30)] * 6
+    assert [(metrics[n]["n"], metrics[n]["n_total"]) for n in SAMPLE_HELD_OUT] == [(4, 30)] * 6
     md = (out / "metrics.md").read_text()
     assert "beam search, 2 beams" in md and "from the left to 64 tokens" in md
-    assert all(name in md for name in HELD_OUT_ON_SAMPLE) and "EN-Lenovo-NER-NER" in md
+    assert all(name in md for name in SAMPLE_HELD_OUT) and "EN-Lenovo-NER-NER" in md
     assert any((out / "tensorboard").iterdir())
 
 
@@ -169,7 +162,7 @@ def test_infer_eval_reruns_are_byte_identical(model, first_run, vocab, tmp_path)
     _, first = first_run
     metrics = evaluation.run_infer_eval(params, cfg, None, vocab, EVAL, step=7, eval_dir=tmp_path)
     assert metrics == json.loads((first / "metrics.json").read_text())
-    for name in HELD_OUT_ON_SAMPLE:
+    for name in SAMPLE_HELD_OUT:
         path = f"predictions/{name}.jsonl"
         assert (tmp_path / path).read_bytes() == (first / path).read_bytes()
     assert "- step: 7" in (tmp_path / "metrics.md").read_text()

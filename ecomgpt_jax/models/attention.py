@@ -151,41 +151,12 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCach
 
 
 @flax.struct.dataclass
-class SharedPrefix:
-    """A prompt's keys/values shared by groups of G consecutive cache rows (the beams of
-    one item): attention reads them once per group instead of once per row.
-
-    k, v:         [layers, B, K, P, Hd]  as in `KVCache` (B groups, P prompt slots)
-    segment_ids:  int32 [B, P]  0 = padding (never attended)
-    positions:    int32 [B, P]
-
-    Row r of the cache and of the queries belongs to group r // G, G = rows / B. The
-    queries are assumed to follow the whole prompt (one prompt per group).
-    """
-
-    k: jax.Array
-    v: jax.Array
-    segment_ids: jax.Array
-    positions: jax.Array
-
-    @classmethod
-    def from_cache(cls, cache: KVCache) -> SharedPrefix:
-        """The prompt cache after prefill (max_length = prompt length)."""
-        return cls(cache.k, cache.v, cache.segment_ids, cache.positions)
-
-
-PREFIX_AXES = SharedPrefix(
-    k=CACHE_AXES.k,
-    v=CACHE_AXES.v,
-    segment_ids=CACHE_AXES.segment_ids,
-    positions=CACHE_AXES.positions,
-)
-
-
-@flax.struct.dataclass
 class PrefixInfo:
-    """What attention needs of a `SharedPrefix`: its keys/values and, per query row,
-    mask bool [R, L, P] and rel_pos float32 [R, L, P] (ALiBi) or None."""
+    """A prompt shared by groups of G consecutive rows (the beams of one item): its
+    keys/values k, v [layers, B, K, P, Hd] (a prompt `KVCache` after prefill, read once
+    per group instead of once per row) and, per query row, mask bool [R, L, P] and
+    rel_pos float32 [R, L, P] (ALiBi) or None. Row r belongs to group r // G, G = R / B;
+    the queries follow the whole prompt (one prompt per group)."""
 
     k: jax.Array
     v: jax.Array
@@ -193,8 +164,9 @@ class PrefixInfo:
     rel_pos: jax.Array | None
 
 
-def make_prefix_info(prefix: SharedPrefix, q_segments, q_positions, use_alibi) -> PrefixInfo:
-    """q_segments / q_positions int32 [R, L], R a multiple of the prefix's B."""
+def make_prefix_info(prefix: KVCache, q_segments, q_positions, use_alibi) -> PrefixInfo:
+    """prefix: the prompts' cache (B rows); q_segments / q_positions int32 [R, L], R a
+    multiple of B."""
     group = jnp.arange(q_segments.shape[0]) // (q_segments.shape[0] // prefix.k.shape[1])
     k_segments, k_positions = prefix.segment_ids[group], prefix.positions[group]  # [R, P]
     mask = (k_segments[:, None, :] != 0) & (q_segments[:, :, None] != 0)
@@ -218,7 +190,7 @@ class MaskInfo:
     mask: jax.Array
     rel_pos: jax.Array | None
     positions: jax.Array
-    prefix: PrefixInfo | None = None  # a SharedPrefix every row also attends to
+    prefix: PrefixInfo | None = None  # a prompt cache every row also attends to
     segments: jax.Array | None = None  # int32 [B, L] query (= key) segments, causal_self
     # Static: queries are slots 0..L-1 of the keys themselves (no cache), so key slot
     # j > query slot i is always masked and attention may skip those blocks.

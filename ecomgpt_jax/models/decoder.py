@@ -72,7 +72,6 @@ from ecomgpt_jax.models.attention import (
     Attention,
     KVCache,
     MaskInfo,
-    SharedPrefix,
     init_cache,
     make_mask_info,
     make_prefix_info,
@@ -84,7 +83,6 @@ from ecomgpt_jax.models.layers import Embed, LMHead, Mlp, Norm, constrain
 __all__ = [
     "Decoder",
     "KVCache",
-    "SharedPrefix",
     "init_cache",
     "lm_head_kernel",
     "abstract_params",
@@ -156,12 +154,13 @@ class Decoder(nn.Module):
         segment_ids: jax.Array | None = None,
         cache: KVCache | None = None,
         return_hidden: bool = False,
-        prefix: SharedPrefix | None = None,
+        prefix: KVCache | None = None,
     ):
         """tokens int [B, L] -> logits float32 [B, L, V] (hidden [B, L, D] when
         return_hidden); with `cache`, returns (logits or hidden, new_cache). With a
-        `prefix` (needs `cache`), every row also attends to its group's shared prompt
-        (beam search: the cache then holds only the generated tokens)."""
+        `prefix` (a prompt cache of B' rows; needs `cache`), row r also attends to prompt
+        r // (B / B') (beam search: the prompt is shared by an item's beams and `cache`
+        holds only the generated tokens)."""
         tokens = jnp.asarray(tokens, jnp.int32)
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)

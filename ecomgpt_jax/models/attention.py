@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecomgpt_jax import partitioning as P
+from ecomgpt_jax.models import blocked
 from ecomgpt_jax.models.config import ModelConfig
 from ecomgpt_jax.models.layers import constrain, dot, dtype_of, param
 
@@ -276,22 +277,16 @@ def attend_xla(q, k, v, info: MaskInfo, slopes) -> jax.Array:
     """Plain einsum attention with float32 scores and softmax.
 
     q [B, L, H, Hd], k/v [B, S, K, Hd] -> [B, L, H, Hd]. Grouped-query heads are
-    handled by reshaping q to [B, L, K, G, Hd]; k and v are never repeated. For
-    causal self-attention (`info.causal_self`) query block i attends to keys
-    [0, end of block i) only: the skipped keys are all masked, so the result is the
-    same as one block over all keys.
+    handled by reshaping q to [B, L, K, G, Hd]; k and v are never repeated. Causal
+    self-attention (`info.causal_self`) of two or more query blocks runs
+    `blocked.attend_blocked`: query block i reads keys [0, end of block i) only, with a
+    flash-style backward pass; the result is that of one block over all keys.
     """
     length = q.shape[1]
     block = query_block(length) if info.causal_self else 0
     if not block:
         return _attend(q, k, v, info.mask, info.rel_pos, slopes)
-    outs = []
-    for start in range(0, length, block):
-        end = start + block
-        rel = None if info.rel_pos is None else info.rel_pos[:, start:end, :end]
-        mask = info.mask[:, start:end, :end]
-        outs.append(_attend(q[:, start:end], k[:, :end], v[:, :end], mask, rel, slopes))
-    return jnp.concatenate(outs, axis=1)
+    return blocked.attend_blocked(q, k, v, info.mask, info.rel_pos, slopes, block)
 
 
 def attend_prefixed(q, k, v, info: MaskInfo, slopes, pk, pv) -> jax.Array:

@@ -6,6 +6,8 @@
 # 1. train step, bloom-560m shape, bf16, 8 x 2048 tokens, cuDNN attention, vs transformers
 # 2. train step, bloomz-1b1 shape, same settings, vs transformers
 # 3. decoding, bloom-560m shape, greedy and beam search (4 beams), vs transformers generate
+# 4. if time is left: train step 1 again with XLA attention (blocked, flash-style
+#    backward; cuDNN gets BLOOM's ALiBi as a full [B, H, L, S] bias plus its gradient)
 #
 # Each benchmark runs in its own process under `timeout`; a failure is printed and the
 # next one still runs. JSON results go to $LOG_DIR/results.jsonl and rows are appended to
@@ -50,15 +52,18 @@ run() {  # run NAME TIMEOUT_S ARGS... : one benchmark process, never fatal
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 "$PYTHON" -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tail -n 1
 
-TRAIN=(-m benchmarks.train_step --batch 8 --seq 2048 --dtype bfloat16 --steps 3 --rounds 2
-  --compare_hf)
+TRAIN_OURS=(-m benchmarks.train_step --batch 8 --seq 2048 --dtype bfloat16 --steps 3 --rounds 2)
+TRAIN=("${TRAIN_OURS[@]}" --compare_hf)
 # cuDNN attention first; if it fails (e.g. an unsupported mask/bias combination on this
 # cuDNN), the same shape is measured with XLA attention so the step is still covered.
+XLA_560M_DONE=0
 run train_bloom_560m 95 "${TRAIN[@]}" --preset bloom-560m --attention_impl cudnn ||
-  run train_bloom_560m_xla 80 "${TRAIN[@]}" --preset bloom-560m --attention_impl xla
+  { run train_bloom_560m_xla 80 "${TRAIN[@]}" --preset bloom-560m --attention_impl xla; XLA_560M_DONE=1; }
 run train_bloomz_1b1 95 "${TRAIN[@]}" --preset bloomz-1b1 --attention_impl cudnn
 run decode_bloom_560m 80 -m benchmarks.decode --preset bloom-560m --method both \
   --num_beams 4 --batch 16 --prompt_len 256 --new_tokens 64 --repeats 2 --compare_hf
+((XLA_560M_DONE)) ||
+  run train_bloom_560m_xla 80 "${TRAIN_OURS[@]}" --preset bloom-560m --attention_impl xla
 
 if [[ -n "${OUT:-}" ]]; then
   mkdir -p "$OUT"

@@ -170,9 +170,12 @@ def test_hidden_states_and_head(models, preset):
     np.testing.assert_allclose(hidden @ kernel, logits, atol=1e-4)
 
 
-def test_scan_unroll_and_remat_do_not_change_results(models):
-    _, cfg, params = models["tiny-qwen2"]
-    tokens = jnp.asarray(np.random.RandomState(6).randint(0, cfg.vocab_size, (2, 12)))
+# 256 tokens: causal attention runs in query blocks with its custom VJP (models/blocked.py),
+# here under scan and remat too.
+@pytest.mark.parametrize("kind,length", [("tiny-qwen2", 12), ("tiny-bloom", 256)])
+def test_scan_unroll_and_remat_do_not_change_results(models, kind, length):
+    _, cfg, params = models[kind]
+    tokens = jnp.asarray(np.random.RandomState(6).randint(0, cfg.vocab_size, (2, length)))
 
     def loss_and_grad(c):
         def loss(p):

@@ -3,6 +3,8 @@
     python -m benchmarks.train_step --preset bench-bloom-cpu --batch 8 --seq 512 --compare_hf
     python -m benchmarks.train_step --preset bloom-560m --batch 8 --seq 2048 \\
         --dtype bfloat16 --attention_impl cudnn --compare_hf          # on a GPU
+    python -m benchmarks.train_step --preset bloomz-1b1 --batch 8 --seq 2048 \\
+        --dtype bfloat16 --compile_only       # memory analysis only, any backend
 
 The step is the real one (`ecomgpt_jax.train_step.make_train_step` + `jit_train_step`:
 AdamW with clipping, answer-token loss, donated state) on synthetic token batches
@@ -128,12 +130,42 @@ def auto_loss_chunk(cfg: model_config.ModelConfig, batch: int, seq: int, platfor
 # ----------------------------------------------------------------------------- runners
 
 
+def _optimizer():
+    return ts.make_optimizer(ts.OptimizerConfig(learning_rate=1e-5), total_steps=1000)
+
+
+def compile_only(cfg, step_config: ts.StepConfig, mesh, batch_np) -> dict:
+    """Compiles the step for abstract state and batch (nothing is allocated) and returns
+    XLA's memory analysis: what a run would need on this backend, e.g. to choose a remat
+    policy before an accelerator is at hand (a CPU compile's figures are the CPU's)."""
+    model, tx = decoder.Decoder(cfg), _optimizer()
+    with jax.set_mesh(mesh), partitioning.axis_rules():
+        layout = ts.state_layout(model, tx, mesh)
+        sharding = partitioning.data_sharding(mesh)
+        batch = {
+            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
+            for k, v in batch_np.items()
+        }
+        step = ts.jit_train_step(
+            ts.make_train_step(model, tx, step_config, layout.shardings.params), layout, sharding
+        )
+        start = time.perf_counter()
+        compiled = step.lower(layout.abstract, batch).compile()
+        compile_s = time.perf_counter() - start
+    analysis = compiled.memory_analysis()
+    return {
+        "params": int(sum(x.size for x in jax.tree.leaves(layout.abstract.params))),
+        "compile_s": round(compile_s, 2),
+        "compiled_temp_gb": _gb(_temp_bytes(compiled)),
+        "compiled_argument_gb": _gb(getattr(analysis, "argument_size_in_bytes", None)),
+    }
+
+
 class JaxRunner:
     """The project's jitted, state-donating train step on one fixed device batch."""
 
     def __init__(self, cfg, step_config: ts.StepConfig, mesh, batch_np, seed: int = 0):
-        model = decoder.Decoder(cfg)
-        tx = ts.make_optimizer(ts.OptimizerConfig(learning_rate=1e-5), total_steps=1000)
+        model, tx = decoder.Decoder(cfg), _optimizer()
         with jax.set_mesh(mesh), partitioning.axis_rules():
             layout = ts.state_layout(model, tx, mesh)
             self.state = ts.init_state(model, tx, layout, seed)
@@ -364,6 +396,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--override", action="append", default=[], help="ModelConfig field=JSON value, repeatable"
     )
     p.add_argument("--compare_hf", action="store_true", help="also time transformers")
+    p.add_argument(
+        "--compile_only",
+        action="store_true",
+        help="compile for abstract state and report XLA's memory analysis; run nothing",
+    )
     p.add_argument("--no_record", action="store_true", help="do not append to RESULTS.md")
     return p.parse_args(argv)
 
@@ -394,6 +431,26 @@ def main(argv=None) -> dict:
         chunk = auto_loss_chunk(cfg, args.batch, args.seq, device.platform)
     step_config = ts.StepConfig(num_microbatches=args.microbatches, loss_chunk_size=chunk)
     batch_np = synthetic_batch(cfg.vocab_size, args.batch, args.seq, args.segments)
+    settings = {
+        "preset": args.preset,
+        "batch": args.batch,
+        "seq": args.seq,
+        "mesh": list(mesh.devices.shape),
+        "dtype": cfg.dtype,
+        "remat": cfg.remat_policy,
+        "scan_layers": cfg.scan_layers,
+        "attention_impl": cfg.attention_impl,
+        "loss_chunk": chunk,
+    }
+    if args.compile_only:
+        if args.compare_hf:
+            raise SystemExit("--compile_only runs nothing: drop --compare_hf")
+        record = {"bench": "train_step_compile", **settings}
+        record.update(compile_only(cfg, step_config, mesh, batch_np))
+        report.emit(record)
+        if not args.no_record:
+            report.append_result(report.command_line("benchmarks.train_step"), record)
+        return record
 
     makers = {}
     if args.compare_hf:
@@ -408,15 +465,7 @@ def main(argv=None) -> dict:
     ours = _add_rates(results["jax"], cfg, args.seq, peak, mesh.size)
     record = {
         "bench": "train_step",
-        "preset": args.preset,
-        "batch": args.batch,
-        "seq": args.seq,
-        "mesh": list(mesh.devices.shape),
-        "dtype": cfg.dtype,
-        "remat": cfg.remat_policy,
-        "scan_layers": cfg.scan_layers,
-        "attention_impl": cfg.attention_impl,
-        "loss_chunk": chunk,
+        **settings,
         **{k: v for k, v in ours.items() if k != "batch"},
         "flops_per_step": train_flops(cfg, args.batch, args.seq)["total"],
     }

@@ -130,3 +130,29 @@ def test_decode_benchmark_records(capsys, tmp_path):
     mesh = bd.partitioning.make_mesh(bd.partitioning.MeshConfig((-1, 1, 1)))
     out = bd.JaxDecoder(TINY, dcfg, mesh, bd.synthetic_prompts(TINY.vocab_size, 8, 8)).run_once()
     np.testing.assert_array_equal(out.lengths, [4] * 8)
+
+
+def test_compile_only_reports_the_memory_of_the_step_a_run_compiles(capsys):
+    """--compile_only compiles for abstract state (nothing allocated, nothing run): its
+    memory analysis is that of the step JaxRunner compiles and runs, and refusing
+    --compare_hf keeps it from timing anything."""
+    import json
+
+    args = ["--preset", "tiny-bloom", "--batch", "8", "--seq", "256", "--no_record"]
+    record = bt.main(args + ["--compile_only"])
+    printed = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert printed == [record]
+    assert record["bench"] == "train_step_compile" and "step_time_s" not in record
+    assert (record["batch"], record["seq"], record["mesh"]) == (8, 256, [8, 1, 1])
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(decoder.abstract_params(TINY)))
+    assert record["params"] == params
+    assert record["compiled_temp_gb"] > 0 and record["compiled_argument_gb"] > 0
+
+    cfg = bt.model_config_from_args(bt.parse_args(args))
+    mesh = bt.partitioning.make_mesh(bt.partitioning.MeshConfig((-1, 1, 1)))
+    step_config = ts.StepConfig(loss_chunk_size=record["loss_chunk"])
+    runner = bt.JaxRunner(cfg, step_config, mesh, bt.synthetic_batch(cfg.vocab_size, 8, 256))
+    assert runner.info["compiled_temp_gb"] == record["compiled_temp_gb"]
+    runner.close()
+    with pytest.raises(SystemExit, match="drop --compare_hf"):
+        bt.main(args + ["--compile_only", "--compare_hf"])

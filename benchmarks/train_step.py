@@ -37,7 +37,9 @@ and computes in bf16). transformers' default attention is used (SDPA for
 Llama/Qwen2, eager for BLOOM, which has no SDPA path). If transformers runs out of
 GPU memory its batch is halved until it fits (reported as `hf.batch`). On CPU the
 two are timed in interleaved rounds so that load from other processes hits both
-alike; each reported step time is the median over rounds.
+alike; each reported step time is the median over rounds, and
+`speedup_vs_hf_paired` is the median of the round-by-round ratios (the box's speed
+drifts by 10-20% between minutes; a round's two timings are seconds apart).
 """
 
 from __future__ import annotations
@@ -311,8 +313,20 @@ def _summary(runner, cpu_backend: bool) -> dict:
         "cpu_s_per_step": round(statistics.median(runner.cpu_times), 4) if cpu_backend else None,
         "peak_memory_gb": _gb(runner.peak_memory_bytes()),
     }
+    if cpu_backend:  # interleaved rounds: kept for the round-by-round ratio
+        out["round_times_s"] = [round(t, 4) for t in runner.times]
     out.update(runner.info)
     return out
+
+
+def paired_speedup(ours: dict, hf: dict) -> float | None:
+    """Median over interleaved rounds of (transformers' step time / ours) in the same
+    round: steadier than the ratio of medians when the box's speed drifts between
+    rounds. None when the rounds were not interleaved."""
+    a, b = ours.get("round_times_s"), hf.get("round_times_s")
+    if not a or not b or len(a) != len(b):
+        return None
+    return round(statistics.median(h / o for o, h in zip(a, b, strict=True)), 3)
 
 
 def measure(makers: dict, steps: int, rounds: int, interleave: bool) -> dict[str, dict]:
@@ -474,6 +488,9 @@ def main(argv=None) -> dict:
         if "error" not in ours and "error" not in record["hf"]:
             speedup = ours["tokens_per_s"] / record["hf"]["tokens_per_s"]
             record["speedup_vs_hf"] = round(speedup, 3)
+            paired = paired_speedup(ours, record["hf"])
+            if paired is not None:
+                record["speedup_vs_hf_paired"] = paired
     report.emit(record)
     if not args.no_record:
         report.append_result(report.command_line("benchmarks.train_step"), record)

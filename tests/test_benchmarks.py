@@ -156,3 +156,39 @@ def test_compile_only_reports_the_memory_of_the_step_a_run_compiles(capsys):
     runner.close()
     with pytest.raises(SystemExit, match="drop --compare_hf"):
         bt.main(args + ["--compile_only", "--compare_hf"])
+
+
+class _FakeRunner:
+    """A runner whose step takes a scripted time per round (no JAX, no clock)."""
+
+    def __init__(self, times):
+        self.rows, self.info, self._times = 8, {}, list(times)
+        self.times, self.cpu_times = [], []
+
+    def run(self, steps):
+        self.times.append(self._times.pop(0))
+        self.cpu_times.append(0.0)
+
+    def peak_memory_bytes(self):
+        return None
+
+    def close(self):
+        pass
+
+
+def test_paired_speedup_is_the_median_of_round_by_round_ratios():
+    # The box slows down 2x in round 3 for both: round ratios are 1.5, 1.5, 1.5, 2.0.
+    ours, hf = [2.0, 2.0, 4.0, 2.0], [3.0, 3.0, 6.0, 4.0]
+    results = bt.measure(
+        {"hf": lambda: _FakeRunner(hf), "jax": lambda: _FakeRunner(ours)},
+        steps=1,
+        rounds=4,
+        interleave=True,
+    )
+    assert results["jax"]["round_times_s"] == ours and results["hf"]["round_times_s"] == hf
+    assert results["jax"]["step_time_s"] == 2.0 and results["hf"]["step_time_s"] == 3.5
+    assert bt.paired_speedup(results["jax"], results["hf"]) == 1.5
+    # Not interleaved (accelerators): no per-round times, no paired ratio.
+    apart = bt.measure({"jax": lambda: _FakeRunner(ours)}, steps=1, rounds=4, interleave=False)
+    assert "round_times_s" not in apart["jax"]
+    assert bt.paired_speedup(apart["jax"], results["hf"]) is None

@@ -57,6 +57,8 @@ def _blocked(q, k, v, mask, rel, slopes, block):
 
 
 def _blocked_fwd(q, k, v, mask, rel, slopes, block):
+    """-> out [B, K, G, L, Hd] (v's dtype); residuals add out and the float32
+    log-sum-exp [B, K, G, L] of every query row to the inputs."""
     outs, lses = [], []
     for start, end in _bounds(q.shape[3], block):
         r = None if rel is None else rel[:, start:end, :end]
@@ -72,6 +74,8 @@ def _blocked_fwd(q, k, v, mask, rel, slopes, block):
 
 
 def _blocked_bwd(block, res, d_out):
+    """d_out [B, K, G, L, Hd] -> (dq, dk, dv) in the inputs' dtypes; none for the mask,
+    ALiBi distances and slopes (constants of the step)."""
     q, k, v, mask, rel, slopes, out, lse = res
     f32 = jnp.float32
     # delta_i = sum_d dO_id O_id = sum_j P_ij dP_ij: the softmax backward's row term.

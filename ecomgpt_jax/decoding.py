@@ -302,14 +302,13 @@ def _gather_beams(x, idx):
 
 
 def _reorder_beams(cache: attention.KVCache, src) -> attention.KVCache:
-    """Row b * W + w of the cache takes the keys/values of beam src[b, w] of item b.
+    """Row b * W + w of the cache takes the row of beam src[b, w] of item b.
 
-    The cache holds only generated tokens (the prompt is the shared prefix); their
-    segment ids and positions are equal across an item's beams, so only k/v move.
+    The cache holds only generated tokens (the prompt is the shared prefix), so this
+    moves N slots per row, not P + N.
     """
     b, w = src.shape
-    rows = (jnp.arange(b, dtype=jnp.int32)[:, None] * w + src).reshape(-1)
-    return cache.replace(k=jnp.take(cache.k, rows, axis=1), v=jnp.take(cache.v, rows, axis=1))
+    return cache.take((jnp.arange(b, dtype=jnp.int32)[:, None] * w + src).reshape(-1))
 
 
 def _beam_update(state: BeamState, logprobs, dcfg: DecodeConfig, eos_id) -> BeamState:

@@ -132,31 +132,44 @@ def auto_loss_chunk(cfg: model_config.ModelConfig, batch: int, seq: int, platfor
 # ----------------------------------------------------------------------------- runners
 
 
-def _optimizer():
-    return ts.make_optimizer(ts.OptimizerConfig(learning_rate=1e-5), total_steps=1000)
+def _compiled_step(cfg, step_config: ts.StepConfig, mesh, batch_np, seed: int | None):
+    """(compiled, state, batch, compile_s): the project's jitted, state-donating train
+    step compiled for `batch_np`'s shapes. With a seed, state and batch are initialised
+    device arrays; with None they are abstract (shapes and shardings, nothing allocated)."""
+    model = decoder.Decoder(cfg)
+    tx = ts.make_optimizer(ts.OptimizerConfig(learning_rate=1e-5), total_steps=1000)
+    with jax.set_mesh(mesh), partitioning.axis_rules():
+        layout = ts.state_layout(model, tx, mesh)
+        sharding = partitioning.data_sharding(mesh)
+        if seed is None:
+            state = layout.abstract
+            batch = {
+                k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
+                for k, v in batch_np.items()
+            }
+        else:
+            state = ts.init_state(model, tx, layout, seed)
+            batch = jax.device_put(batch_np, sharding)
+        step = ts.jit_train_step(
+            ts.make_train_step(model, tx, step_config, layout.shardings.params), layout, sharding
+        )
+        start = time.perf_counter()
+        compiled = step.lower(state, batch).compile()
+    return compiled, state, batch, time.perf_counter() - start
+
+
+def _params(state) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(state.params)))
 
 
 def compile_only(cfg, step_config: ts.StepConfig, mesh, batch_np) -> dict:
     """Compiles the step for abstract state and batch (nothing is allocated) and returns
     XLA's memory analysis: what a run would need on this backend, e.g. to choose a remat
     policy before an accelerator is at hand (a CPU compile's figures are the CPU's)."""
-    model, tx = decoder.Decoder(cfg), _optimizer()
-    with jax.set_mesh(mesh), partitioning.axis_rules():
-        layout = ts.state_layout(model, tx, mesh)
-        sharding = partitioning.data_sharding(mesh)
-        batch = {
-            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
-            for k, v in batch_np.items()
-        }
-        step = ts.jit_train_step(
-            ts.make_train_step(model, tx, step_config, layout.shardings.params), layout, sharding
-        )
-        start = time.perf_counter()
-        compiled = step.lower(layout.abstract, batch).compile()
-        compile_s = time.perf_counter() - start
+    compiled, state, _, compile_s = _compiled_step(cfg, step_config, mesh, batch_np, None)
     analysis = compiled.memory_analysis()
     return {
-        "params": int(sum(x.size for x in jax.tree.leaves(layout.abstract.params))),
+        "params": _params(state),
         "compile_s": round(compile_s, 2),
         "compiled_temp_gb": _gb(_temp_bytes(compiled)),
         "compiled_argument_gb": _gb(getattr(analysis, "argument_size_in_bytes", None)),
@@ -167,23 +180,12 @@ class JaxRunner:
     """The project's jitted, state-donating train step on one fixed device batch."""
 
     def __init__(self, cfg, step_config: ts.StepConfig, mesh, batch_np, seed: int = 0):
-        model, tx = decoder.Decoder(cfg), _optimizer()
-        with jax.set_mesh(mesh), partitioning.axis_rules():
-            layout = ts.state_layout(model, tx, mesh)
-            self.state = ts.init_state(model, tx, layout, seed)
-            sharding = partitioning.data_sharding(mesh)
-            self.batch = jax.device_put(batch_np, sharding)
-            step = ts.jit_train_step(
-                ts.make_train_step(model, tx, step_config, layout.shardings.params),
-                layout,
-                sharding,
-            )
-            start = time.perf_counter()
-            self.compiled = step.lower(self.state, self.batch).compile()
-            self.compile_s = time.perf_counter() - start
+        self.compiled, self.state, self.batch, self.compile_s = _compiled_step(
+            cfg, step_config, mesh, batch_np, seed
+        )
         self.rows = int(batch_np[ts.INPUTS].shape[0])
         self.info = {
-            "params": int(sum(x.size for x in jax.tree.leaves(self.state.params))),
+            "params": _params(self.state),
             "compile_s": round(self.compile_s, 2),
             "compiled_temp_gb": _gb(_temp_bytes(self.compiled)),
         }

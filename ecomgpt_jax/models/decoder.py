@@ -80,13 +80,7 @@ from ecomgpt_jax.models.attention import (
 from ecomgpt_jax.models.config import ModelConfig
 from ecomgpt_jax.models.layers import Embed, LMHead, Mlp, Norm, constrain
 
-__all__ = [
-    "Decoder",
-    "KVCache",
-    "init_cache",
-    "lm_head_kernel",
-    "abstract_params",
-]
+__all__ = ["Decoder", "KVCache", "init_cache", "lm_head_kernel", "abstract_params"]
 
 HIDDEN_AXES = (P.BATCH, P.LENGTH, P.ACT_EMBED)
 

@@ -13,8 +13,9 @@ exists, ``test`` if ``test.json`` exists), one example per line of that file:
   (so evaluation can join predictions back to the JSON example for scoring).
 
 Preprocessors: ``seqio.preprocessors.tokenize`` (keeps ``inputs_pretokenized`` /
-``targets_pretokenized``) and ``seqio.preprocessors.append_eos_after_trim``. Output
-features: ``inputs`` without EOS, ``targets`` with EOS.
+``targets_pretokenized``), :func:`keep_prompt_tail` (long prompts lose their start, as in
+evaluation) and ``seqio.preprocessors.append_eos_after_trim``. Output features:
+``inputs`` without EOS, ``targets`` with EOS.
 
 The source is the prepared TFDS copy (``tasks/tfds_builder.py``) when one exists under
 ``tfds_data_dir`` and is current, else the JSON Lines files (read when the dataset is built,
@@ -48,6 +49,25 @@ def folder_name(seqio_name: str) -> str:
     if not seqio_name.startswith(TASK_PREFIX):
         raise ValueError(f"not an EcomInstruct SeqIO task name (no {TASK_PREFIX!r}): {seqio_name}")
     return seqio_name[len(TASK_PREFIX) :].replace(":", "-")
+
+
+def keep_prompt_tail(
+    dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None = None
+) -> tf.data.Dataset:
+    """Cut each tokenized prompt from the left to ``sequence_length["inputs"]`` tokens.
+
+    SeqIO's own trim keeps the first tokens, which would drop the end of a long prompt:
+    the product text and the "### Response:" line the answer follows. Evaluation cuts
+    prompts from the left (contract §4), so training does too. A no-op without lengths.
+    """
+    length = (sequence_length or {}).get("inputs")
+    if not length:
+        return dataset
+
+    def trim(ex):
+        return {**ex, "inputs": ex["inputs"][-int(length) :]}
+
+    return dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
@@ -173,7 +193,11 @@ def register_task(
     return seqio.TaskRegistry.add(
         name,
         source=make_source(task, seed, tfds_data_dir),
-        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        preprocessors=[
+            seqio.preprocessors.tokenize,
+            keep_prompt_tail,
+            seqio.preprocessors.append_eos_after_trim,
+        ],
         output_features=output_features(vocabulary),
         metric_fns=[],
     )

@@ -20,6 +20,7 @@ exists and its recorded file sizes still match the JSON files.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import pathlib
@@ -42,14 +43,22 @@ def config_name(folder: str, seed: int = 0) -> str:
     return folder if seed == 0 else f"{folder}_seed{seed}"
 
 
+def _digest(path: pathlib.Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+
+
 def fingerprint(task: reader.TaskInfo) -> str:
-    """``"test.json=<bytes>,train.json=<bytes>"``: cheap staleness check of prepared data."""
-    parts = [
-        f"{task.split_path(s).name}={task.split_path(s).stat().st_size}"
-        for s in SPLITS
-        if task.has_split(s)
+    """``"meta-info.json=<sha>,test.json=<sha>,..."``: what the prepared prompts came from.
+
+    Content hashes (sha256, 16 hex digits) of meta-info.json (definition, template, label
+    set) and of every split file, so any edit makes the prepared copy stale; only computed
+    where a prepared copy exists (about a second per GB of JSON).
+    """
+    files = [task.path / reader.META_FILE] + [
+        task.split_path(s) for s in SPLITS if task.has_split(s)
     ]
-    return ",".join(sorted(parts))
+    return ",".join(sorted(f"{f.name}={_digest(f)}" for f in files))
 
 
 def default_tfds_data_dir(data_dir: str | pathlib.Path) -> pathlib.Path:

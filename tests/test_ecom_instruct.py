@@ -222,18 +222,37 @@ def test_tfds_builder_prepares_identical_examples(tmp_path, caplog):
                 for key in a:
                     assert np.asarray(a[key]).tolist() == np.asarray(b[key]).tolist(), (name, key)
 
-    # A changed JSON file makes the prepared copy stale: back to JSON, with a warning.
-    test_file = root / "Multi_CPR/tasks/ZH-Multi_CPR-Extract-product_select_2/test.json"
-    test_file.write_bytes(test_file.read_bytes() + b"\n")
-    with caplog.at_level(logging.WARNING, logger="tasks.tfds_builder"):
-        tasks.register_ecom_tasks(root)
-    assert "prepared TFDS data of task ZH-Multi_CPR-Extract-product_select_2 is stale" in (
-        caplog.text
+    # Any edit makes the prepared copy stale (back to JSON, with a warning): a same-size
+    # change of one data byte, and a changed definition in meta-info.json.
+    folder = root / "Multi_CPR/tasks/ZH-Multi_CPR-Extract-product_select_2"
+    stale = "prepared TFDS data of task ZH-Multi_CPR-Extract-product_select_2 is stale"
+    before = json.loads((prepared[1] / "dataset_info.json").read_text())["configDescription"]
+    assert before == tfds_builder.fingerprint(reader.discover_tasks(root)[folder.name])
+    assert before.startswith("meta-info.json=") and ",test.json=" in before
+    original = (folder / "test.json").read_bytes()
+    meta = json.loads((folder / "meta-info.json").read_text(encoding="utf-8"))
+    meta["defi"] += " (edited)"
+    edits = [
+        ("test.json", original.replace(b"}", b" }", 1).replace(b", ", b",", 1)),
+        ("meta-info.json", json.dumps(meta, ensure_ascii=False).encode()),
+    ]
+    for name, data in edits:
+        saved = (folder / name).read_bytes()
+        if name == "test.json":
+            assert len(data) == len(saved) and data != saved
+        (folder / name).write_bytes(data)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tasks.tfds_builder"):
+            tasks.register_ecom_tasks(root)
+        assert stale in caplog.text, name
+        source = tasks.get("ecom:ZH:Multi_CPR:Extract:product_select_2").source
+        assert isinstance(source, ecom_instruct.JsonInstructionSource), name
+        (folder / name).write_bytes(saved)
+    # Restored files: the prepared copy is current again.
+    tasks.register_ecom_tasks(root)
+    assert isinstance(
+        tasks.get("ecom:ZH:Multi_CPR:Extract:product_select_2").source, seqio.TfdsDataSource
     )
-    source = tasks.get("ecom:ZH:Multi_CPR:Extract:product_select_2").source
-    assert isinstance(source, ecom_instruct.JsonInstructionSource)
-    info = json.loads((prepared[1] / "dataset_info.json").read_text())
-    assert info["configDescription"] == "test.json=" + str(test_file.stat().st_size - 1)
 
 
 def test_tfds_prepare_rejects_unknown_task(tmp_path):
@@ -272,3 +291,19 @@ def test_shuffle_and_shard():
     assert indices(shuffle=True, seed=7) == shuffled  # deterministic for a seed
     shard = indices(shuffle=False, shard_info=seqio.ShardInfo(index=1, num_shards=3))
     assert shard == list(range(1, 300, 3))
+
+
+def test_long_prompts_keep_their_end_and_answers_their_start():
+    name = "ecom:ZH:Shop_Product:Generate:description_generate"
+    vocab = vocabularies.make_vocabulary()
+    full = _examples(name, "train")[:5]
+    ds = tasks.get(name).get_dataset(
+        sequence_length={"inputs": 12, "targets": 4}, split="train", shuffle=False
+    )
+    for ex, whole in zip(ds.take(5).as_numpy_iterator(), full, strict=True):
+        assert len(whole["inputs"]) > 12 and len(whole["targets"]) > 4
+        # The prompt's last 12 tokens (its "### Response:" line), as evaluation cuts it.
+        assert ex["inputs"].tolist() == whole["inputs"][-12:].tolist()
+        assert vocab.decode(ex["inputs"].tolist()).endswith("### Response:")
+        # The answer's first 3 tokens and EOS (SeqIO's append_eos_after_trim).
+        assert ex["targets"].tolist() == whole["targets"][:3].tolist() + [1]

@@ -54,6 +54,7 @@ def test_ner_prompt_and_answer(tmp_path):
         {"term": "Acme", "type": "Brand", "start": 0, "end": 4},
         {"term": "red", "type": "Color", "start": 5, "end": 8},
         {"term": "blue", "type": "Color", "start": 13, "end": 17},
+        {"term": "and", "start": 9, "end": 12},  # `type` is optional: matches no label
     ]
     task = make_task(
         tmp_path,

@@ -193,8 +193,8 @@ def test_read_examples_lines(tmp_path):
         ("EN-X-NER-t", '{"sentences": "a"}', r"test.json:2: missing field 'spans'"),
         (
             "EN-X-NER-t",
-            '{"sentences": "a", "spans": [{"term": "a"}]}',
-            r"test.json:2: field 'spans\[0\].type'",
+            '{"sentences": "a", "spans": [{"term": "a", "type": 3}]}',
+            r"test.json:2: field 'spans\[0\].type' must be a string",
         ),
         (
             "EN-X-Extract-t",

@@ -138,7 +138,7 @@ def build_answer(task: TaskInfo, example: dict) -> str:
         return ", ".join(terms)
     lines = []
     for label in task.label_set:
-        found = [span["term"] for span in example["spans"] if span["type"] == label]
+        found = [span["term"] for span in example["spans"] if span.get("type") == label]
         lines.append(f"{label}: {sep.join(found)}" if found else f"{label}: None")
     return "\n".join(lines)
 

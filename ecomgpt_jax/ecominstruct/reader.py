@@ -355,9 +355,9 @@ def _check_example(task: TaskInfo, example: Any, path: pathlib.Path, line: int) 
         for i, span in enumerate(spans):
             if not isinstance(span, Mapping) or not isinstance(span.get("term"), str):
                 raise DataError(f"field 'spans[{i}].term' missing or not a string", path, line)
-            # NER answers group terms by type, so a span without one cannot be placed.
-            if task.type == "NER" and not isinstance(span.get("type"), str):
-                raise DataError(f"field 'spans[{i}].type' missing or not a string", path, line)
+            # `type` is optional (contract §1): an NER span without one matches no label.
+            if span.get("type") is not None and not isinstance(span["type"], str):
+                raise DataError(f"field 'spans[{i}].type' must be a string", path, line)
     return example
 
 

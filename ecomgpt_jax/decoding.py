@@ -12,7 +12,7 @@ batch with dummy rows, so every call of the jitted `decode` has one of a few fix
 once every row is finished.
 
 The low-level function (`Generator.decode_batch`, jitted with the mesh's shardings: batch
-over ("data", "fsdp"), parameters by `partitioning.RULES`):
+over `partitioning.BATCH_MESH_AXES`, parameters by `partitioning.RULES`):
 
     tokens   int32 [B, P]  prompts, LEFT-padded (padding ids are ignored)
     mask     bool  [B, P]  True on prompt tokens; an all-False row is a dummy row
@@ -484,7 +484,7 @@ def _jit_decode(cfg: ModelConfig, dcfg: DecodeConfig, eos_id: int, pad_id: int, 
         return jax.jit(fn)
     data = partitioning.data_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
-    out = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    out = data  # rows stay where their prompts were
     return jax.jit(
         fn,
         in_shardings=(param_shardings(cfg, mesh), data, data, data, replicated),

@@ -60,6 +60,8 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (HEAD_DIM, None),
     (LAYERS, None),
 )
+# The mesh axes a batch dimension is split over (inputs, microbatches, decoded rows).
+BATCH_MESH_AXES: tuple[str, ...] = dict(RULES)[BATCH]
 
 
 class MeshError(ValueError):
@@ -120,13 +122,13 @@ def logical_sharding(logical_specs, mesh: Mesh):
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
-    """Sharding of a `[batch, ...]` input array: batch split over data and fsdp."""
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    """Sharding of a `[batch, ...]` array: batch split over `BATCH_MESH_AXES`."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_MESH_AXES))
 
 
 def batch_divisor(mesh: Mesh) -> int:
-    """How many ways the global batch is split (data x fsdp)."""
-    return mesh.shape["data"] * mesh.shape["fsdp"]
+    """How many ways the global batch is split (the product of `BATCH_MESH_AXES`)."""
+    return math.prod(mesh.shape[axis] for axis in BATCH_MESH_AXES)
 
 
 def axis_rules():

@@ -246,9 +246,9 @@ def _chunked_loss(params, model, hidden, targets, weights, chunk):
 
 
 def _mesh_has_batch_axes() -> bool:
-    """True inside `jax.set_mesh(mesh)` for a (data, fsdp, ...) mesh."""
+    """True inside `jax.set_mesh(mesh)` for a mesh with the batch axes."""
     mesh = jax.sharding.get_abstract_mesh()
-    return not mesh.empty and {"data", "fsdp"} <= set(mesh.axis_names)
+    return not mesh.empty and set(partitioning.BATCH_MESH_AXES) <= set(mesh.axis_names)
 
 
 def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
@@ -264,7 +264,7 @@ def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
         y = x.reshape((b // num_microbatches, num_microbatches) + x.shape[1:])
         y = jnp.swapaxes(y, 0, 1)
         if _mesh_has_batch_axes():
-            spec = PartitionSpec(None, ("data", "fsdp"))
+            spec = PartitionSpec(None, partitioning.BATCH_MESH_AXES)
             y = jax.lax.with_sharding_constraint(y, spec)
         return y
 

@@ -6,6 +6,8 @@ before any test module imports jax.
 
 import os
 
+import pytest
+
 # The real EcomInstruct data (ECOMGPT_DATA_DIR, set by .ci/run when ../shared has it) is
 # opt-in per test: tests that want it import REAL_DATA_DIR from here and skip without it.
 # Everything else (tasks, the trainer's subprocesses) runs on the bundled sample whatever
@@ -23,6 +25,22 @@ SAMPLE_HELD_OUT = [
     "ZH-OpenBG_Align-Generate-title_generate",
 ]
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+# Appended to the caller's XLA_FLAGS (not a default for them): other flags must not
+# silently drop the 8 devices the sharding tests need.
+if DEVICE_COUNT_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {DEVICE_COUNT_FLAG}=8".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def pytest_configure(config):
+    """Stop at once, with the reason, if the sharding tests could not run (never skip)."""
+    import jax
+
+    if jax.device_count() < 8:
+        raise pytest.UsageError(
+            f"the tests need 8 devices, found {jax.device_count()} "
+            f"({jax.default_backend()}; XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}): "
+            f"leave {DEVICE_COUNT_FLAG} out of XLA_FLAGS or set it to 8"
+        )

@@ -134,11 +134,12 @@ def test_decode_benchmark_records(capsys, tmp_path):
 
 def test_compile_only_reports_the_memory_of_the_step_a_run_compiles(capsys):
     """--compile_only compiles for abstract state (nothing allocated, nothing run): its
-    memory analysis is that of the step JaxRunner compiles and runs, and refusing
-    --compare_hf keeps it from timing anything."""
+    memory analysis is that of the real step compiled here for real arrays, it follows
+    the options, and refusing --compare_hf keeps it from timing anything."""
     import json
 
     args = ["--preset", "tiny-bloom", "--batch", "8", "--seq", "256", "--no_record"]
+    args += ["--microbatches", "2"]
     record = bt.main(args + ["--compile_only"])
     printed = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert printed == [record]
@@ -146,14 +147,30 @@ def test_compile_only_reports_the_memory_of_the_step_a_run_compiles(capsys):
     assert (record["batch"], record["seq"], record["mesh"]) == (8, 256, [8, 1, 1])
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(decoder.abstract_params(TINY)))
     assert record["params"] == params
-    assert record["compiled_temp_gb"] > 0 and record["compiled_argument_gb"] > 0
 
+    # Reference: the project's step (2 microbatches, the record's loss chunk) compiled for
+    # initialised state and a device batch, read straight from XLA's memory analysis.
     cfg = bt.model_config_from_args(bt.parse_args(args))
     mesh = bt.partitioning.make_mesh(bt.partitioning.MeshConfig((-1, 1, 1)))
-    step_config = ts.StepConfig(loss_chunk_size=record["loss_chunk"])
-    runner = bt.JaxRunner(cfg, step_config, mesh, bt.synthetic_batch(cfg.vocab_size, 8, 256))
-    assert runner.info["compiled_temp_gb"] == record["compiled_temp_gb"]
-    runner.close()
+    step_config = ts.StepConfig(num_microbatches=2, loss_chunk_size=record["loss_chunk"])
+    model = decoder.Decoder(cfg)
+    tx = ts.make_optimizer(ts.OptimizerConfig(learning_rate=1e-3), total_steps=10)
+    batch_np = bt.synthetic_batch(cfg.vocab_size, 8, 256)
+    with jax.set_mesh(mesh), bt.partitioning.axis_rules():
+        layout = ts.state_layout(model, tx, mesh)
+        sharding = bt.partitioning.data_sharding(mesh)
+        state = ts.init_state(model, tx, layout, 0)
+        batch = jax.device_put(batch_np, sharding)
+        step = ts.make_train_step(model, tx, step_config, layout.shardings.params)
+        analysis = ts.jit_train_step(step, layout, sharding).lower(state, batch).compile()
+        analysis = analysis.memory_analysis()
+    assert record["compiled_temp_gb"] == round(analysis.temp_size_in_bytes / 2**30, 3) > 0
+    # Arguments: float32 parameters and two Adam moments, the int32 batch, a few scalars.
+    arrays = 3 * params * 4 + sum(v.nbytes for v in batch_np.values())
+    assert record["compiled_argument_gb"] == pytest.approx(arrays / 2**30, abs=1e-3)
+    # Full remat keeps fewer activations for the backward.
+    full = bt.main(args + ["--compile_only", "--remat", "full"])
+    assert full["compiled_temp_gb"] < record["compiled_temp_gb"]
     with pytest.raises(SystemExit, match="drop --compare_hf"):
         bt.main(args + ["--compile_only", "--compare_hf"])
 

@@ -194,16 +194,20 @@ def test_scan_unroll_and_remat_do_not_change_results(models, kind, length):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grad, base_grad)
 
 
-def test_bfloat16_params_and_compute_give_float32_logits(models):
-    _, cfg, params = models["tiny-bloom"]
+@pytest.mark.parametrize("preset", ["tiny-bloom", "tiny-llama"])
+def test_bfloat16_params_and_compute_give_float32_logits(models, preset):
+    _, cfg, params = models[preset]
     bf_cfg = dataclasses.replace(cfg, param_dtype="bfloat16", dtype="bfloat16")
     bf_params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params)
     tokens = jnp.asarray(np.random.RandomState(7).randint(0, cfg.vocab_size, (2, 16)))
-    ref = forward(cfg, params, tokens)
+    # Reference: float32 compute on the same bf16-rounded weights, so the difference is
+    # bf16 compute alone (measured: max 0.0037, mean 0.00063 for logits of std ~0.2 on
+    # both presets; dropping ALiBi from the bf16 path gives max 0.010, mean 0.0014).
+    ref = forward(cfg, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), bf_params), tokens)
     out = forward(bf_cfg, bf_params, tokens)
     assert out.dtype == np.float32
-    # bf16 has ~3 significant digits; logits here are O(1).
-    assert np.abs(out - ref).max() < 0.1
+    assert np.abs(out - ref).max() < 0.006
+    assert np.abs(out - ref).mean() < 0.001
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(decoder.abstract_params(bf_cfg)))
 
 
@@ -223,6 +227,13 @@ def test_every_parameter_has_logical_axes():
             name = jax.tree_util.keystr(path)
             assert len(spec) == len(shape.shape), name
             assert set(spec) - {None} <= rule_names, name
+            # Every dimension is named, except BLOOM's fused q/k/v axis (size 3, never
+            # sharded).
+            unnamed = [d for d, axis in enumerate(spec) if axis is None]
+            if name.endswith(("['qkv_kernel']", "['qkv_bias']")) and preset == "tiny-bloom":
+                assert unnamed == [len(spec) - 2] and shape.shape[-2] == 3, name
+            else:
+                assert unnamed == [], name
             if name.startswith("['layers']"):
                 assert spec[0] == P.LAYERS, name
 
@@ -230,8 +241,6 @@ def test_every_parameter_has_logical_axes():
 def test_sharded_forward_matches_unsharded(models):
     """FSDP + tensor parallel + data parallel on 8 simulated devices: same logits."""
     _, cfg, params = models["tiny-llama"]
-    if jax.device_count() < 8:
-        pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS)")
     mesh = P.make_mesh(P.MeshConfig((2, 2, 2)))
     specs = nn.get_partition_spec(decoder.abstract_params(cfg, boxed=True))
     shardings = P.logical_sharding(specs, mesh)

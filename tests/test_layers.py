@@ -140,8 +140,10 @@ def test_mlp_matches_numpy(family):
     x = np.random.RandomState(0).normal(size=(2, 3, cfg.hidden)).astype(np.float32)
     module = layers.Mlp(cfg)
     params = nn.unbox(module.init(jax.random.PRNGKey(0), x))
-    p = jax.tree.map(np.asarray, params["params"])
-    got = module.apply(params, x)
+    # Biases start at zero: give every parameter random values so each one matters.
+    rng = np.random.RandomState(1)
+    p = jax.tree.map(lambda a: rng.normal(0, 0.2, a.shape).astype(np.float32), params["params"])
+    got = module.apply({"params": p}, x)
     if family == "bloom":
         h = x @ p["up_kernel"] + p["up_bias"]
         h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))

@@ -13,13 +13,6 @@ from jax.sharding import PartitionSpec as Spec
 
 from ecomgpt_jax import partitioning as P
 
-
-@pytest.fixture(autouse=True)
-def eight_devices():
-    if jax.device_count() < 8:
-        pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS)")
-
-
 # MeshConfig.resolve ---------------------------------------------------------------------
 
 

@@ -247,6 +247,18 @@ def check_against_reference(data_dir, tmp_path):
     return got
 
 
+def test_score_cli_matches_reference_on_bundled_sample(tmp_path):
+    """Every task type and metric against the reference, with or without the real data."""
+    got = check_against_reference(REPO / "ecomgpt_jax/ecominstruct/sample", tmp_path)
+    assert {name.split("-")[2] for name in got} == {
+        "CLS",
+        "NER",
+        "Extract",
+        "Condition_Extract",
+        "Generate",
+    }
+
+
 @needs_real
 def test_score_cli_matches_reference_on_real_data(tmp_path):
     got = check_against_reference(REAL, tmp_path)

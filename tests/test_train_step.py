@@ -217,6 +217,7 @@ def reference_losses():
 def test_mixed_precision_close_to_float32(reference_losses):
     model = decoder.Decoder(dataclasses.replace(CFG, dtype="bfloat16"))
     state, losses = run_steps(model, _tx(), one_device_mesh(), _batches(), params=_host_init())
-    np.testing.assert_allclose(losses, reference_losses, rtol=2e-2)
+    # Measured: within 7e-6 relative over three steps (float32 params, bf16 compute).
+    np.testing.assert_allclose(losses, reference_losses, rtol=1e-4)
     # Parameters and optimizer moments stay float32.
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}

@@ -164,3 +164,37 @@ def test_default_eval_dir_in_a_bucket(tmp_path, monkeypatch):
         source = evaluation.ModelSource(checkpoint="gs://bucket/run/checkpoints/7")
         got = eval_main.default_eval_dir(source, "ecom:a,ecom:b")
     assert str(got) == "gs://bucket/run/eval/7/ecom:a+ecom:b"
+
+
+def test_eval_gin_is_the_papers_decoding():
+    """gin_configs/eval.gin and DecodeConfig's defaults: the contract's section 4 (beam
+    search with 4 beams, no sampling, prompts cut from the left to 800 tokens, 164 new
+    tokens) on the held-out mixture's test split."""
+    import gin
+
+    from ecomgpt_jax import decoding
+
+    conf = eval_main.register_configurables()
+    try:
+        eval_main.parse_gin([str(REPO / "gin_configs/eval.gin")], [], [])
+        with gin.unlock_config():
+            eval_cfg = conf["EvalConfig"]()
+    finally:
+        gin.clear_config()
+    paper = decoding.DecodeConfig(
+        method="beam",
+        num_beams=4,
+        length_penalty=1.0,
+        early_stopping=False,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=164,
+        max_prompt_len=800,
+        seed=0,
+        min_bucket=64,
+    )
+    assert eval_cfg.decode == paper == decoding.DecodeConfig()
+    assert eval_cfg.decode.effective_method == "beam"
+    assert (eval_cfg.mixture_or_task_name, eval_cfg.split) == ("ecom_instruct_held_out", "test")
+    assert (eval_cfg.max_examples, eval_cfg.prompt_seed) == (None, 0)

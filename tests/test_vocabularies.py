@@ -120,6 +120,22 @@ def test_huggingface_ids(hf_vocab, hf_path):
     assert hf_vocab.decode(hf_vocab.encode("x</s>y")) == "x"  # ... and end the decode
 
 
+def test_huggingface_decode_equals_tokenizers_on_any_ids(hf_vocab, hf_path):
+    """Arbitrary ids (what a model emits, not only encode's output) decode exactly as the
+    `tokenizers` library decodes them up to the first EOS: verbatim, nothing stripped."""
+    import numpy as np
+
+    reference = tokenizers.Tokenizer.from_file(str(hf_path))
+    rng = np.random.RandomState(0)
+    space, newline = reference.token_to_id("Ġ"), reference.token_to_id("Ċ")
+    for _ in range(50):
+        ids = rng.randint(3, 600, size=rng.randint(1, 30)).tolist()
+        ids = [space, newline] + ids + [space, space, newline]  # edges the model may emit
+        cut = ids + [hf_vocab.eos_id] + rng.randint(3, 600, size=5).tolist()
+        want = reference.decode(ids, skip_special_tokens=False)
+        assert hf_vocab.decode(cut) == want and want.startswith(" \n") and want.endswith("  \n")
+
+
 def test_huggingface_eos_from_tokenizer_config(tmp_path):
     path = _build_hf_tokenizer(tmp_path / "tokenizer.json", ("<|endoftext|>", "<|im_end|>"))
     vocab = vocabularies.HuggingFaceVocabulary(path)

@@ -44,3 +44,27 @@ def pytest_configure(config):
             f"({jax.default_backend()}; XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}): "
             f"leave {DEVICE_COUNT_FLAG} out of XLA_FLAGS or set it to 8"
         )
+
+
+@pytest.fixture
+def sample_tasks():
+    """The bundled sample as the registered SeqIO tasks; whatever the test registers
+    (another root, vocabulary, seed or rate cap) is undone after it."""
+    import tasks
+    from ecomgpt_jax.ecominstruct import make_sample
+
+    if tasks.registration().data_dir != make_sample.SAMPLE_DIR:
+        tasks.register_ecom_tasks(make_sample.SAMPLE_DIR)
+    before = tasks.registration()
+    yield tasks
+    if tasks.registration() is not before:
+        tasks.register_ecom_tasks()  # the default root: the sample (see REAL_DATA_DIR)
+
+
+def seqio_examples(name: str, split: str) -> list[dict]:
+    """Every example of a registered SeqIO task or mixture split, in file order."""
+    import seqio
+
+    task = seqio.get_mixture_or_task(name)
+    ds = task.get_dataset(sequence_length=None, split=split, shuffle=False)
+    return list(ds.as_numpy_iterator())

@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest
 import seqio
 import tokenizers
-from conftest import REAL_DATA_DIR
+from conftest import REAL_DATA_DIR, seqio_examples
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import tasks
@@ -56,28 +56,13 @@ REAL_TASKS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _sample_registration():
-    """Each test starts with the sample registered; the import-time default is restored."""
-    if tasks.registration().data_dir != SAMPLE:
-        tasks.register_ecom_tasks(SAMPLE)
-    before = tasks.registration()
-    yield
-    # Any registration made by the test (another root, vocabulary or seed) is undone.
-    if tasks.registration() is not before:
-        tasks.register_ecom_tasks()
-
-
-def _examples(name: str, split: str) -> list[dict]:
-    task = seqio.get_mixture_or_task(name)
-    ds = task.get_dataset(sequence_length=None, split=split, shuffle=False)
-    return list(ds.as_numpy_iterator())
+pytestmark = pytest.mark.usefixtures("sample_tasks")
 
 
 def _check_against_instructions(name, split, vocab, root, limit=None):
     folder = tasks.folder_name(name)
     expected = instructions.task_instructions(reader.discover_tasks(root)[folder], split)
-    got = _examples(name, split)
+    got = seqio_examples(name, split)
     assert len(got) == len(expected)
     for ex, ins in list(zip(got, expected, strict=True))[:limit]:
         assert vocab.decode(ex["inputs"].tolist()) == ins.prompt
@@ -158,7 +143,7 @@ def test_another_seed_changes_only_cls_candidates():
     name = "ecom:EN:Shop_Product:CLS:product_category"
     task = reader.discover_tasks(SAMPLE)["EN-Shop_Product-CLS-product_category"]
     expected = instructions.task_instructions(task, "test", seed=3)
-    got = [vocab.decode(ex["inputs"].tolist()) for ex in _examples(name, "test")]
+    got = [vocab.decode(ex["inputs"].tolist()) for ex in seqio_examples(name, "test")]
     assert got == [ins.prompt for ins in expected]
     assert got != [ins.prompt for ins in instructions.task_instructions(task, "test", seed=0)]
 
@@ -184,7 +169,7 @@ def test_register_with_a_hugging_face_vocabulary(tmp_path):
     name = "ecom:ZH:MEPAVE:NER:attribute_value_extraction"
     assert seqio.get_mixture_or_task(name).output_features["targets"].vocabulary is vocab
     _check_against_instructions(name, "test", vocab, SAMPLE, limit=5)
-    assert _examples(name, "test")[0]["targets"][-1] == 2  # "</s>"
+    assert seqio_examples(name, "test")[0]["targets"][-1] == 2  # "</s>"
 
 
 @pytest.mark.skipif(not REAL, reason="ECOMGPT_DATA_DIR is not set (real held-out data)")
@@ -206,7 +191,7 @@ def test_real_held_out_data():
 def test_shuffle_and_shard():
     name = "ecom:EN:Shop_Review:CLS:review_sentiment"
     task = tasks.get(name)
-    ordered = [int(ex["index"]) for ex in _examples(name, "train")]
+    ordered = [int(ex["index"]) for ex in seqio_examples(name, "train")]
     assert ordered == list(range(300))
 
     def indices(**kwargs):
@@ -223,7 +208,7 @@ def test_shuffle_and_shard():
 def test_long_prompts_keep_their_end_and_answers_their_start():
     name = "ecom:ZH:Shop_Product:Generate:description_generate"
     vocab = vocabularies.make_vocabulary()
-    full = _examples(name, "train")[:5]
+    full = seqio_examples(name, "train")[:5]
     ds = tasks.get(name).get_dataset(
         sequence_length={"inputs": 12, "targets": 4}, split="train", shuffle=False
     )

@@ -17,7 +17,6 @@ from tasks import mixtures
 
 SAMPLE = make_sample.SAMPLE_DIR
 REAL = REAL_DATA_DIR
-IMPORT_STATE = tasks.registration()
 
 SHOP = {
     "EN": [
@@ -53,13 +52,7 @@ SAMPLE_MISSING = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _sample_registration():
-    if tasks.registration().data_dir != SAMPLE:
-        tasks.register_ecom_tasks(SAMPLE)
-    yield
-    if tasks.registration().data_dir != IMPORT_STATE.data_dir:
-        tasks.register_ecom_tasks()
+pytestmark = pytest.mark.usefixtures("sample_tasks")
 
 
 def _members(name: str) -> dict[str, float]:

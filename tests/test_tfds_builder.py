@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import seqio
 import tensorflow_datasets as tfds
+from conftest import seqio_examples
 
 import tasks
 from ecomgpt_jax.ecominstruct import make_sample, reader
@@ -19,19 +20,7 @@ from tasks import ecom_instruct, tfds_builder
 SAMPLE = make_sample.SAMPLE_DIR
 
 
-@pytest.fixture(autouse=True)
-def _restore_registration():
-    """The tests register temporary roots; the import-time default comes back after."""
-    before = tasks.registration()
-    yield
-    if tasks.registration() is not before:
-        tasks.register_ecom_tasks()
-
-
-def _examples(name: str, split: str) -> list[dict]:
-    task = seqio.get_mixture_or_task(name)
-    ds = task.get_dataset(sequence_length=None, split=split, shuffle=False)
-    return list(ds.as_numpy_iterator())
+pytestmark = pytest.mark.usefixtures("sample_tasks")
 
 
 def test_tfds_builder_prepares_identical_examples(tmp_path, caplog):
@@ -40,7 +29,7 @@ def test_tfds_builder_prepares_identical_examples(tmp_path, caplog):
     shutil.copytree(SAMPLE / "Shop_Review", root / "Shop_Review")
     shutil.copytree(SAMPLE / "Multi_CPR", root / "Multi_CPR")
     names = tasks.register_ecom_tasks(root)
-    json_data = {(n, s): _examples(n, s) for n in names for s in tasks.get(n).splits}
+    json_data = {(n, s): seqio_examples(n, s) for n in names for s in tasks.get(n).splits}
     assert all(isinstance(tasks.get(n).source, ecom_instruct.JsonInstructionSource) for n in names)
 
     prepared = tfds_builder.prepare(root)
@@ -57,7 +46,7 @@ def test_tfds_builder_prepares_identical_examples(tmp_path, caplog):
         task = tasks.get(name)
         assert isinstance(task.source, seqio.TfdsDataSource)
         for split in task.splits:
-            got = _examples(name, split)
+            got = seqio_examples(name, split)
             assert task.num_input_examples(split) == len(got)
             want = json_data[(name, split)]
             assert len(got) == len(want)

@@ -45,19 +45,22 @@ NO_EOS = -1  # never generated: every sequence runs to max_new_tokens
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    count = report.positive_int
     p = argparse.ArgumentParser(prog="python -m benchmarks.decode", description=__doc__)
     p.add_argument("--preset", required=True, help="model preset (ecomgpt_jax/models/config.py)")
-    p.add_argument("--batch", type=int, default=8, help="prompts per decoding batch")
+    p.add_argument("--batch", type=count, default=8, help="prompts per decoding batch")
     p.add_argument("--method", choices=("greedy", "beam", "both"), default="both")
-    p.add_argument("--num_beams", type=int, default=4)
-    p.add_argument("--prompt_len", type=int, default=128)
-    p.add_argument("--new_tokens", type=int, default=64)
+    p.add_argument("--num_beams", type=count, default=4)
+    p.add_argument("--prompt_len", type=count, default=128)
+    p.add_argument("--new_tokens", type=count, default=64)
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: bf16 on GPU)")
     p.add_argument("--attention_impl", choices=model_config.ATTENTION_IMPLS, default="xla")
-    p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--mesh", type=report.mesh_shape, default=(-1, 1, 1), help="data,fsdp,tensor sizes"
+    )
+    p.add_argument("--repeats", type=count, default=3)
     p.add_argument("--compare_hf", action="store_true")
-    p.add_argument("--hf_batch", type=int, default=2)
+    p.add_argument("--hf_batch", type=count, default=2)
     p.add_argument("--no_record", action="store_true", help="do not append to RESULTS.md")
     return p.parse_args(argv)
 
@@ -141,7 +144,19 @@ class HfDecoder:
         return time.perf_counter() - start
 
 
-def measure(args, method: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything checked before the first measurement (so no row is recorded for a run
+    whose later method would have failed on its options)."""
+
+    cfg: model_config.ModelConfig
+    dtype: str
+    mesh: jax.sharding.Mesh
+    decode_configs: dict[str, decoding.DecodeConfig]  # by method
+
+
+def setup(args, methods) -> Setup:
+    """The checked model, mesh and decoding configs; user errors raise (see report)."""
     on_gpu = jax.devices()[0].platform == "gpu"
     dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
     cfg = dataclasses.replace(
@@ -150,15 +165,34 @@ def measure(args, method: str) -> dict:
         dtype=dtype,
         attention_impl=args.attention_impl,
     )
-    dcfg = decoding.DecodeConfig(
-        method=method,
-        num_beams=args.num_beams if method == "beam" else 1,
-        max_new_tokens=args.new_tokens,
-        max_prompt_len=args.prompt_len,
-        min_bucket=args.prompt_len,
-    )
-    mesh_shape = tuple(int(x) for x in args.mesh.split(","))
-    mesh = partitioning.make_mesh(partitioning.MeshConfig(mesh_shape))
+    dcfgs = {
+        method: decoding.DecodeConfig(
+            method=method,
+            num_beams=args.num_beams if method == "beam" else 1,
+            max_new_tokens=args.new_tokens,
+            max_prompt_len=args.prompt_len,
+            min_bucket=args.prompt_len,
+        )
+        for method in methods
+    }
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(args.mesh))
+    divisor = partitioning.batch_divisor(mesh)
+    if args.batch % divisor:
+        raise report.BenchmarkError(
+            f"--batch {args.batch} does not divide over the mesh's data x fsdp = {divisor} "
+            f"(mesh {list(mesh.devices.shape)})"
+        )
+    if args.compare_hf and args.hf_batch > args.batch:
+        raise report.BenchmarkError(
+            f"--hf_batch {args.hf_batch} exceeds --batch {args.batch} (transformers decodes "
+            "the first --hf_batch of the same prompts)"
+        )
+    return Setup(cfg, dtype, mesh, dcfgs)
+
+
+def measure(args, checked: Setup, method: str) -> dict:
+    cfg, dtype, mesh = checked.cfg, checked.dtype, checked.mesh
+    dcfg = checked.decode_configs[method]
     prompts = synthetic_prompts(cfg.vocab_size, args.batch, args.prompt_len)
     ours = JaxDecoder(cfg, dcfg, mesh, prompts)
     hf = None
@@ -210,9 +244,11 @@ def _gb(value) -> float | None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     methods = ("greedy", "beam") if args.method == "both" else (args.method,)
+    with report.exit_on_user_error():
+        checked = setup(args, methods)
     command = report.command_line("benchmarks.decode")
     for method in methods:
-        record = measure(args, method)
+        record = measure(args, checked, method)
         report.emit(record)
         if "speedup_vs_hf" in record:
             print(

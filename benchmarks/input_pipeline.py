@@ -33,10 +33,11 @@ from ecomgpt_jax import input_pipeline, partitioning
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline", description=__doc__)
     p.add_argument("--mixture", default="ecom_instruct_held_in", help="SeqIO mixture or task")
-    p.add_argument("--inputs", type=int, default=96, help="prompt tokens per packed row")
-    p.add_argument("--targets", type=int, default=32, help="answer tokens per packed row")
-    p.add_argument("--batch", type=int, default=8, help="global batch (rows)")
-    p.add_argument("--batches", type=int, default=50, help="timed batches")
+    count = report.positive_int
+    p.add_argument("--inputs", type=count, default=96, help="prompt tokens per packed row")
+    p.add_argument("--targets", type=count, default=32, help="answer tokens per packed row")
+    p.add_argument("--batch", type=count, default=8, help="global batch (rows)")
+    p.add_argument("--batches", type=count, default=50, help="timed batches")
     p.add_argument("--no_pack", action="store_true", help="one example per row")
     p.add_argument("--no_record", action="store_true", help="do not append to RESULTS.md")
     return p.parse_args(argv)
@@ -66,15 +67,17 @@ def main(argv=None) -> dict:
         pack=not args.no_pack,
     )
     mesh = partitioning.make_mesh(partitioning.MeshConfig((1, 1, 1)), jax.devices()[:1])
-    start = time.perf_counter()
-    it = input_pipeline.InputIterator(config, mesh)
-    it.local_batch()
-    startup = time.perf_counter() - start
+    # An unknown mixture or a bad data file surfaces while batches are made.
+    with report.exit_on_user_error():
+        start = time.perf_counter()
+        it = input_pipeline.InputIterator(config, mesh)
+        it.local_batch()
+        startup = time.perf_counter() - start
+        start = time.perf_counter()
+        batches = [it.local_batch() for _ in range(args.batches)]
+        seconds = time.perf_counter() - start
 
     totals = {"examples": 0, "tokens": 0, "answer_tokens": 0}
-    start = time.perf_counter()
-    batches = [it.local_batch() for _ in range(args.batches)]
-    seconds = time.perf_counter() - start
     for b in batches:
         for key, value in batch_counts(b).items():
             totals[key] += value

@@ -1,4 +1,5 @@
-"""What every benchmark shares: device description, peak FLOP/s, memory, RESULTS.md rows.
+"""What every benchmark shares: device description, peak FLOP/s, memory, RESULTS.md rows,
+and option checking (one `error:` line and exit status 2 for bad input).
 
 `benchmarks/RESULTS.md` is append-only: each measurement adds one dated row
 (command, device, library versions, numbers). Needs only the standard library
@@ -7,6 +8,8 @@ and jax (torch / transformers versions are added when they are importable).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -132,6 +135,56 @@ def append_result(command: str, record: Mapping, path: pathlib.Path | None = Non
     row = [date, f"`{command}`", device_description(), vers, _numbers(record)]
     with path.open("a") as f:
         f.write("| " + " | ".join(_cell(c) for c in row) + " |\n")
+
+
+# ----------------------------------------------------------------------------- user errors
+
+
+class BenchmarkError(ValueError):
+    """Options that cannot work together (reported as one line, exit status 2)."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a zero batch or step count measures nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def mesh_shape(text: str) -> tuple[int, ...]:
+    """argparse type: "data,fsdp,tensor" sizes as ints (MeshConfig checks the values)."""
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not comma-separated data,fsdp,tensor sizes (e.g. -1,1,1)"
+        ) from None
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The project's "your input is wrong" exceptions, imported only when one is raised
+    (the launcher module imports gin, which the benchmarks otherwise never load)."""
+    from ecomgpt_jax import launch
+    from ecomgpt_jax.decoding import DecodeConfigError
+
+    return (BenchmarkError, DecodeConfigError, *launch.user_errors())
+
+
+@contextlib.contextmanager
+def exit_on_user_error():
+    """A user error inside becomes one `error: ...` line on stderr and exit status 2."""
+    try:
+        yield
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
+        text = str(e).strip()
+        print(f"error: {text.splitlines()[0] if text else repr(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def emit(record: Mapping) -> None:

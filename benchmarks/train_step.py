@@ -393,21 +393,39 @@ def _add_rates(summary: dict, cfg, seq: int, peak: float | None, devices: int) -
 # ----------------------------------------------------------------------------- main
 
 
+def _loss_chunk(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"{text!r}: use -1 (auto), 0 (off) or a length")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    count = report.positive_int
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--preset", default="bench-bloom-cpu", help="models/config.py preset name")
-    p.add_argument("--batch", type=int, default=8, help="global batch (rows)")
-    p.add_argument("--seq", type=int, default=512, help="tokens per row")
-    p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes (one may be -1)")
+    p.add_argument("--batch", type=count, default=8, help="global batch (rows)")
+    p.add_argument("--seq", type=count, default=512, help="tokens per row")
+    p.add_argument(
+        "--mesh",
+        type=report.mesh_shape,
+        default=(-1, 1, 1),
+        help="data,fsdp,tensor sizes (one may be -1)",
+    )
     p.add_argument("--dtype", default="float32", help="compute dtype (params stay float32)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds (median and min reported)")
-    p.add_argument("--segments", type=int, default=1, help="packed sequences per row")
+    p.add_argument("--steps", type=count, default=3, help="timed steps per round")
+    p.add_argument("--rounds", type=count, default=3, help="timed rounds (median and min reported)")
+    p.add_argument("--segments", type=count, default=1, help="packed sequences per row")
     p.add_argument("--remat", default=None, help="override the preset's remat_policy")
     p.add_argument("--attention_impl", default=None, help="xla | cudnn (default: preset's)")
     p.add_argument("--scan_layers", default=None, choices=("true", "false"))
-    p.add_argument("--loss_chunk", type=int, default=-1, help="-1 auto, 0 off, else length")
-    p.add_argument("--microbatches", type=int, default=1)
+    p.add_argument("--loss_chunk", type=_loss_chunk, default=-1, help="-1 auto, 0 off, else length")
+    p.add_argument("--microbatches", type=count, default=1)
     p.add_argument(
         "--override", action="append", default=[], help="ModelConfig field=JSON value, repeatable"
     )
@@ -430,17 +448,59 @@ def model_config_from_args(args) -> model_config.ModelConfig:
         overrides["attention_impl"] = args.attention_impl
     if args.scan_layers is not None:
         overrides["scan_layers"] = args.scan_layers == "true"
+    fields = {f.name for f in dataclasses.fields(cfg)}
     for item in args.override:
         key, _, value = item.partition("=")
-        overrides[key] = json.loads(value)
+        if key not in fields:
+            raise report.BenchmarkError(f"--override {item}: ModelConfig has no field {key!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise report.BenchmarkError(
+                f"--override {item}: the value is not JSON ({e.msg}); strings need quotes"
+            ) from None
     return dataclasses.replace(cfg, **overrides)
+
+
+def check_options(args, mesh) -> None:
+    """BenchmarkError for options the step cannot run with (before anything is built)."""
+    if args.compile_only and args.compare_hf:
+        raise report.BenchmarkError("--compile_only runs nothing: drop --compare_hf")
+    if args.compare_hf and args.segments != 1:
+        raise report.BenchmarkError(
+            "--compare_hf needs --segments 1 (transformers has no packing here)"
+        )
+    if args.segments > args.seq:
+        raise report.BenchmarkError(f"--segments {args.segments} exceeds --seq {args.seq}")
+    if args.loss_chunk > 0 and args.seq % args.loss_chunk:
+        # The step would silently compute the loss unchunked.
+        raise report.BenchmarkError(
+            f"--loss_chunk {args.loss_chunk} does not divide --seq {args.seq}"
+        )
+    if args.batch % args.microbatches:
+        raise report.BenchmarkError(
+            f"--batch {args.batch} is not divisible by --microbatches {args.microbatches}"
+        )
+    divisor = partitioning.batch_divisor(mesh)
+    if args.batch % divisor:
+        raise report.BenchmarkError(
+            f"--batch {args.batch} does not divide over the mesh's data x fsdp = {divisor} "
+            f"(mesh {list(mesh.devices.shape)})"
+        )
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    cfg = model_config_from_args(args)
-    mesh_shape = tuple(int(s) for s in args.mesh.split(","))
-    mesh = partitioning.make_mesh(partitioning.MeshConfig(mesh_shape))
+    with report.exit_on_user_error():
+        cfg = model_config_from_args(args)
+        mesh = partitioning.make_mesh(partitioning.MeshConfig(args.mesh))
+        check_options(args, mesh)
+    return run(args, cfg, mesh)
+
+
+def run(args, cfg, mesh) -> dict:
+    """Measures (or compiles only) with checked options; a row is recorded only when the
+    project's step produced numbers."""
     device = jax.devices()[0]
     chunk = args.loss_chunk
     if chunk < 0:
@@ -459,8 +519,6 @@ def main(argv=None) -> dict:
         "loss_chunk": chunk,
     }
     if args.compile_only:
-        if args.compare_hf:
-            raise SystemExit("--compile_only runs nothing: drop --compare_hf")
         record = {"bench": "train_step_compile", **settings}
         record.update(compile_only(cfg, step_config, mesh, batch_np))
         report.emit(record)
@@ -470,8 +528,6 @@ def main(argv=None) -> dict:
 
     makers = {}
     if args.compare_hf:
-        if args.segments != 1:
-            raise SystemExit("--compare_hf needs --segments 1 (transformers has no packing here)")
         # transformers first: on a GPU it then frees its memory before JAX allocates.
         makers["hf"] = lambda: HfRunner(cfg, batch_np, args.dtype)
     makers["jax"] = lambda: JaxRunner(cfg, step_config, mesh, batch_np)
@@ -494,10 +550,10 @@ def main(argv=None) -> dict:
             if paired is not None:
                 record["speedup_vs_hf_paired"] = paired
     report.emit(record)
-    if not args.no_record:
-        report.append_result(report.command_line("benchmarks.train_step"), record)
     if "error" in ours:
         raise SystemExit(f"JAX train step failed: {ours['error']}")
+    if not args.no_record:
+        report.append_result(report.command_line("benchmarks.train_step"), record)
     return record
 
 

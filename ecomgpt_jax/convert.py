@@ -18,7 +18,9 @@ run directory, a step directory); the model config comes from `--model_config`,
 `--preset`, or the nearest `model_config.json` at or above the checkpoint.
 
 OUT and CKPT may be local or in a bucket (`gs://...`); the Hugging Face side (HF_DIR,
-orbax-to-hf --output) is a local folder (safetensors are memory-mapped).
+orbax-to-hf --output) is a local folder (safetensors are memory-mapped). orbax-to-hf
+writes only into a new or empty folder: one that already holds a model (config.json,
+safetensors, a shard index) is refused, since the two exports would mix.
 
 Only safetensors are read: pickle files (`*.bin`) are refused because loading
 them can execute code. Needs jax, orbax and safetensors (no TensorFlow or gin).
@@ -111,24 +113,31 @@ def orbax_to_hf(
     tokenizer_dir=None,
     dtype: str | None = None,
 ) -> pathlib.Path:
-    """Writes a transformers-loadable directory from an orbax params checkpoint."""
+    """Writes a transformers-loadable directory from an orbax params checkpoint.
+
+    The output folder and the tokenizer files are checked before anything is read or
+    written, so a refusal leaves no half-made model folder behind.
+    """
     import jax
     import numpy as np
 
+    hf_io.check_output_dir(output, "--output")
+    tokenizer_files = []
+    if tokenizer_dir is not None:
+        tokenizer_files = [
+            pathlib.Path(tokenizer_dir) / name
+            for name in TOKENIZER_FILES
+            if (pathlib.Path(tokenizer_dir) / name).is_file()
+        ]
+        if not tokenizer_files:
+            raise hf_io.CheckpointFormatError(
+                f"--tokenizer_dir {tokenizer_dir}: none of {', '.join(TOKENIZER_FILES)} found"
+            )
     cfg = cfg or find_model_config(checkpoint)
     params = jax.tree.map(np.asarray, load_params_host(checkpoint, cfg))
     out = hf_io.save_hf(cfg, params, output, dtype=dtype)
-    if tokenizer_dir is not None:
-        copied = [
-            name
-            for name in TOKENIZER_FILES
-            if (pathlib.Path(tokenizer_dir) / name).exists()
-            and shutil.copy(pathlib.Path(tokenizer_dir) / name, out / name)
-        ]
-        if not copied:
-            raise hf_io.CheckpointFormatError(
-                f"--tokenizer_dir {tokenizer_dir}: none of {TOKENIZER_FILES} found"
-            )
+    for path in tokenizer_files:
+        shutil.copy(path, out / path.name)
     return out
 
 
@@ -165,7 +174,7 @@ def main(argv=None) -> int:
                 cfg = model_config.get_preset(args.preset)
             out = orbax_to_hf(args.checkpoint, args.output, cfg, args.tokenizer_dir, args.dtype)
             print(f"wrote {out}")
-    except (ConfigError, hf_io.CheckpointFormatError, FileNotFoundError) as e:
+    except (ConfigError, hf_io.CheckpointFormatError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # CheckpointError from checkpointing (imported lazily)

@@ -4,7 +4,8 @@
 
 Each output row is ``{"task", "index", "inputs", "targets"}`` (the SeqIO feature names),
 in task-name order then file order. Tasks without the split are skipped with a note on
-stderr. Bad input gives one line on stderr and exit status 2.
+stderr; a split other than train or test, or one that no chosen task has, is an error. Bad
+input gives one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 
 from ecomgpt_jax.ecominstruct import instructions, reader
 
+SPLITS = ("train", "test")  # EcomInstruct's data files: <task>/{train,test}.json
+
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ecomgpt_jax.instructions", description=__doc__)
@@ -25,7 +28,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="data root (<Dataset>/tasks/<task>/); default $ECOMGPT_DATA_DIR or the bundled sample",
     )
-    parser.add_argument("--split", default="test", help="split file name without .json")
+    parser.add_argument("--split", default="test", help=f"one of {', '.join(SPLITS)}")
     parser.add_argument("--output", type=pathlib.Path, required=True, help="output .jsonl file")
     parser.add_argument("--seed", type=int, default=0, help="seed of the CLS candidate sampling")
     parser.add_argument(
@@ -38,15 +41,24 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = _parse_args(argv)
     try:
+        if args.split not in SPLITS:
+            raise reader.DataError(
+                f"--split {args.split!r}: unknown split (use {' or '.join(SPLITS)})"
+            )
         tasks = reader.discover_tasks(args.data_dir)
         wanted = [t for t in args.tasks.split(",") if t]
         unknown = sorted(set(wanted) - set(tasks))
         if unknown:
             raise reader.DataError(f"unknown task(s) {unknown}", args.data_dir)
+        chosen = {name: task for name, task in tasks.items() if not wanted or name in wanted}
+        if not any(task.has_split(args.split) for task in chosen.values()):
+            which = "none of the chosen tasks" if wanted else "no task"
+            raise reader.DataError(
+                f"{which} has a {args.split!r} split (no {args.split}.json)",
+                args.data_dir or reader.default_data_dir(),
+            )
         rows = []
-        for name, task in tasks.items():
-            if wanted and name not in wanted:
-                continue
+        for name, task in chosen.items():
             if not task.has_split(args.split):
                 print(f"note: {name} has no {args.split!r} split, skipped", file=sys.stderr)
                 continue

@@ -171,8 +171,10 @@ def test_compile_only_reports_the_memory_of_the_step_a_run_compiles(capsys):
     # Full remat keeps fewer activations for the backward.
     full = bt.main(args + ["--compile_only", "--remat", "full"])
     assert full["compiled_temp_gb"] < record["compiled_temp_gb"]
-    with pytest.raises(SystemExit, match="drop --compare_hf"):
+    with pytest.raises(SystemExit) as e:
         bt.main(args + ["--compile_only", "--compare_hf"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: --compile_only runs nothing: drop --compare_hf\n"
 
 
 class _FakeRunner:
@@ -287,3 +289,153 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
     assert rows[4][4:7] == ["50,000", "-", "-"]  # no transformers in the XLA row
     copied = {p.name for p in out.iterdir()}
     assert {"results.jsonl", "train_bloom_560m.log", "train_bloomz_1b1.log"} <= copied
+
+
+def _exit(capsys, main, argv) -> tuple[int, str]:
+    """(exit status, last stderr line) of a benchmark main() that must stop."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code, capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """RESULTS.md redirected to a file that must stay absent (no row for a failed run)."""
+    path = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(report, "RESULTS", path)
+    yield path
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--preset", "tiny-blom"], "error: unknown model preset 'tiny-blom'; known: "),
+        (
+            ["--mesh", "3,1,1"],
+            "error: MESH_SHAPE (3, 1, 1) needs 3 devices but 8 are available; use -1 for one "
+            "axis to take the rest",
+        ),
+        (
+            ["--mesh", "data"],
+            "python -m benchmarks.train_step: error: argument --mesh: 'data' is not "
+            "comma-separated data,fsdp,tensor sizes (e.g. -1,1,1)",
+        ),
+        (
+            ["--seq", "-8"],
+            "python -m benchmarks.train_step: error: argument --seq: '-8' is not a positive "
+            "integer",
+        ),
+        (
+            ["--batch", "0"],
+            "python -m benchmarks.train_step: error: argument --batch: '0' is not a positive "
+            "integer",
+        ),
+        (
+            ["--steps", "0"],
+            "python -m benchmarks.train_step: error: argument --steps: '0' is not a positive "
+            "integer",
+        ),
+        (
+            ["--batch", "4"],
+            "error: --batch 4 does not divide over the mesh's data x fsdp = 8 (mesh [8, 1, 1])",
+        ),
+        (
+            ["--microbatches", "3"],
+            "error: --batch 8 is not divisible by --microbatches 3",
+        ),
+        (["--loss_chunk", "7"], "error: --loss_chunk 7 does not divide --seq 512"),
+        (["--override", "nope=1"], "error: --override nope=1: ModelConfig has no field 'nope'"),
+        (
+            ["--override", "remat_policy=full"],
+            "error: --override remat_policy=full: the value is not JSON (Expecting value); "
+            "strings need quotes",
+        ),
+        (
+            ["--compile_only", "--compare_hf"],
+            "error: --compile_only runs nothing: drop --compare_hf",
+        ),
+    ],
+)
+def test_train_step_user_errors_are_one_line(capsys, results, argv, message):
+    status, last = _exit(capsys, bt.main, ["--preset", "tiny-bloom", *argv])
+    assert status == 2
+    assert last.startswith(message) if message.endswith("known: ") else last == message
+
+
+def test_train_step_records_no_row_when_the_step_fails(capsys, results, monkeypatch):
+    class Broken:
+        def __init__(self, *args):
+            raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(bt, "JaxRunner", Broken)
+    with pytest.raises(SystemExit, match="^JAX train step failed: RuntimeError: out of memory$"):
+        bt.main(["--preset", "tiny-bloom", "--seq", "16", "--rounds", "1", "--steps", "1"])
+    assert '"error": "RuntimeError: out of memory"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--preset", "tiny-blom"], "error: unknown model preset 'tiny-blom'; known: "),
+        (
+            ["--num_beams", "0"],
+            "python -m benchmarks.decode: error: argument --num_beams: '0' is not a positive "
+            "integer",
+        ),
+        (
+            ["--batch", "0"],
+            "python -m benchmarks.decode: error: argument --batch: '0' is not a positive integer",
+        ),
+        (
+            ["--batch", "4"],
+            "error: --batch 4 does not divide over the mesh's data x fsdp = 8 (mesh [8, 1, 1])",
+        ),
+        (
+            ["--compare_hf", "--hf_batch", "9"],
+            "error: --hf_batch 9 exceeds --batch 8 (transformers decodes the first --hf_batch "
+            "of the same prompts)",
+        ),
+        (
+            ["--mesh", "1,1"],
+            "error: MESH_SHAPE must have 3 entries (data, fsdp, tensor), got (1, 1)",
+        ),
+    ],
+)
+def test_decode_user_errors_are_one_line(capsys, results, argv, message):
+    from benchmarks import decode as bd
+
+    status, last = _exit(capsys, bd.main, ["--preset", "tiny-bloom", *argv])
+    assert status == 2
+    assert last.startswith(message) if message.endswith("known: ") else last == message
+
+
+def test_decode_config_errors_exit_with_one_line(capsys):
+    from ecomgpt_jax import decoding
+
+    with pytest.raises(SystemExit) as e, report.exit_on_user_error():
+        decoding.DecodeConfig(num_beams=0)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: DecodeConfig.num_beams=0: must be >= 1\n"
+    with pytest.raises(ZeroDivisionError), report.exit_on_user_error():
+        _ = 1 / 0  # a bug keeps its trace
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--batches", "0"],
+            "python -m benchmarks.input_pipeline: error: argument --batches: '0' is not a "
+            "positive integer",
+        ),
+        (
+            ["--mixture", "nope"],
+            "error: mixture 'nope': No Task or Mixture found with name 'nope'.",
+        ),
+    ],
+)
+def test_input_pipeline_user_errors_are_one_line(capsys, results, argv, message):
+    from benchmarks import input_pipeline as bip
+
+    assert _exit(capsys, bip.main, argv) == (2, message)

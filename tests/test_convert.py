@@ -96,3 +96,70 @@ def test_existing_output_and_missing_config(tmp_path):
     # --preset supplies the config instead.
     assert convert.main([*argv, "--preset", "tiny-llama"]) == 0
     assert (tmp_path / "b" / "model.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """A tiny-llama HF folder (`hf`) and its orbax conversion (`ox`)."""
+    root = tmp_path_factory.mktemp("converted")
+    make_hf_model("tiny-llama").save_pretrained(root / "hf")
+    convert.hf_to_orbax(root / "hf", root / "ox")
+    return root
+
+
+def _cli(capsys, *argv) -> tuple[int, str]:
+    status = convert.main([str(a) for a in argv])
+    return status, capsys.readouterr().err
+
+
+def test_orbax_to_hf_refusals_come_before_anything_is_written(converted, tmp_path, capsys):
+    argv = ["orbax-to-hf", "--checkpoint", converted / "ox", "--output"]
+    # A stale shard index would outlive a new single-file export (and win on import).
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    assert _cli(capsys, *argv, old) == (
+        2,
+        f"error: --output {old} already holds a model (model.safetensors.index.json); "
+        "choose an empty folder\n",
+    )
+    assert [p.name for p in old.iterdir()] == ["model.safetensors.index.json"]
+    (tmp_path / "file").write_text("x")
+    assert _cli(capsys, *argv, tmp_path / "file") == (
+        2,
+        f"error: --output {tmp_path / 'file'} is a file, not a folder\n",
+    )
+    # Without tokenizer files: refused before the weights are written.
+    (tmp_path / "no_tokenizer").mkdir()
+    new = tmp_path / "new"
+    assert _cli(capsys, *argv, new, "--tokenizer_dir", tmp_path / "no_tokenizer") == (
+        2,
+        f"error: --tokenizer_dir {tmp_path / 'no_tokenizer'}: none of "
+        + ", ".join(convert.TOKENIZER_FILES)
+        + " found\n",
+    )
+    assert not new.exists()
+    # An empty existing folder is fine.
+    new.mkdir()
+    assert _cli(capsys, *argv, new) == (0, "")
+    assert sorted(p.name for p in new.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_hf_to_orbax_names_a_broken_file(converted, tmp_path, capsys):
+    hf = tmp_path / "hf"
+    shutil.copytree(converted / "hf", hf)
+    argv = ["hf-to-orbax", "--hf_dir", hf, "--output", tmp_path / "out"]
+    (hf / "config.json").write_text('{\n "model_type": ,\n}')
+    assert _cli(capsys, *argv) == (
+        2,
+        f"error: {hf}/config.json:2: not valid JSON (Expecting value, column 16)\n",
+    )
+    shutil.copy(converted / "hf" / "config.json", hf / "config.json")
+    weights = (hf / "model.safetensors").read_bytes()
+    (hf / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    assert _cli(capsys, *argv) == (
+        2,
+        f"error: {hf}/model.safetensors: damaged safetensors file (Error while deserializing "
+        "header: incomplete metadata, file not fully covered)\n",
+    )
+    assert not (tmp_path / "out").exists()

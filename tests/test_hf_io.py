@@ -4,6 +4,7 @@
 """
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -81,3 +82,72 @@ def test_missing_and_unexpected_tensors_are_reported(tmp_path):
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(hf_io.CheckpointFormatError, match="not part of a qwen2.*extra"):
         hf_io.load_hf_params(tmp_path)
+
+
+def test_broken_json_and_damaged_safetensors_are_named(tmp_path):
+    """Each unreadable file gives one line naming it (and the JSON line), not a trace."""
+    make_hf_model("tiny-qwen2").save_pretrained(tmp_path)
+    config, weights = tmp_path / "config.json", tmp_path / "model.safetensors"
+    good_config, good_weights = config.read_text(), weights.read_bytes()
+
+    def error():
+        with pytest.raises(hf_io.CheckpointFormatError) as e:
+            hf_io.load_hf_params(tmp_path)
+        return str(e.value)
+
+    config.write_text('{\n  "model_type": ,\n}')
+    assert error() == f"{config}:2: not valid JSON (Expecting value, column 17)"
+    config.write_text("[1, 2]")
+    assert error() == f"{config}: expected a JSON object, got list"
+    config.write_text(good_config)
+    weights.write_bytes(good_weights[:5000])  # an interrupted download
+    assert error() == (
+        f"{weights}: damaged safetensors file (Error while deserializing header: "
+        "incomplete metadata, file not fully covered)"
+    )
+    weights.write_bytes(good_weights)
+    index = tmp_path / hf_io.INDEX_FILE
+    index.write_text('{"weight_map": ')
+    assert error() == f"{index}:1: not valid JSON (Expecting value, column 16)"
+    index.write_text(json.dumps({"weight_map": {"lm_head.weight": "model-00002.safetensors"}}))
+    assert error() == f"{index}: lists model-00002.safetensors, which is not in {tmp_path}"
+    index.write_text(json.dumps({"metadata": {}}))
+    assert error() == f"{index}: no 'weight_map' object of file names"
+
+
+def _saved(path, preset):
+    make_hf_model(preset).save_pretrained(path)
+    return path
+
+
+def test_an_export_never_mixes_with_another(tmp_path):
+    """save_hf refuses a folder that holds a model; a shard index beside weights it does not
+    list (transformers would load the single file) is refused on import."""
+    cfg, params = hf_io.load_hf_params(_saved(tmp_path / "hf", "tiny-llama"))
+    sharded = hf_io.save_hf(cfg, params, tmp_path / "sharded", max_shard_bytes=64 * 1024)
+    before = sorted(p.name for p in sharded.iterdir())
+    with pytest.raises(hf_io.CheckpointFormatError) as e:
+        hf_io.save_hf(cfg, params, sharded)
+    assert str(e.value) == (
+        f"{sharded} already holds a model ({', '.join(before)}); choose an empty folder"
+    )
+    assert sorted(p.name for p in sharded.iterdir()) == before
+
+    shutil.copy(tmp_path / "hf" / "model.safetensors", sharded / "model.safetensors")
+    with pytest.raises(hf_io.CheckpointFormatError) as e:
+        hf_io.load_hf_params(sharded)
+    assert str(e.value) == (
+        f"{sharded}: model.safetensors.index.json does not list model.safetensors: two exports "
+        "are mixed here; remove the stale files"
+    )
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(hf_io.CheckpointFormatError) as e:
+        hf_io.save_hf(cfg, params, tmp_path / "file")
+    assert str(e.value) == f"{tmp_path / 'file'} is a file, not a folder"
+    # An empty existing folder takes the export.
+    (tmp_path / "empty").mkdir()
+    hf_io.save_hf(cfg, params, tmp_path / "empty")
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]

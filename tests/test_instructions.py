@@ -257,6 +257,29 @@ def test_cli(tmp_path):
     ]
 
 
+def test_cli_split_errors(tmp_path, capsys):
+    """A mistyped split, or one no chosen task has, is an error, not an empty file."""
+    from ecomgpt_jax import instructions as cli
+
+    cls_task(tmp_path / "data", n_rows=2)  # test split only
+    out = tmp_path / "out.jsonl"
+    argv = ["--data_dir", str(tmp_path / "data"), "--output", str(out)]
+    assert cli.main([*argv, "--split", "tset"]) == 2
+    assert capsys.readouterr().err == "error: --split 'tset': unknown split (use train or test)\n"
+    assert cli.main([*argv, "--split", "train"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'data'}: no task has a 'train' split (no train.json)\n"
+    )
+    assert cli.main([*argv, "--split", "train", "--tasks", "EN-Shop-CLS-cat"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'data'}: none of the chosen tasks has a 'train' split "
+        "(no train.json)\n"
+    )
+    assert not out.exists()
+    assert cli.main([*argv, "--split", "test"]) == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 2
+
+
 @needs_real
 def test_real_prompts_and_answers():
     tasks = reader.discover_tasks(REAL)

@@ -145,9 +145,72 @@ def test_spm_training_is_deterministic():
     model = make_sample.train_spm(texts)
     assert model == make_sample.train_spm(texts)
     assert model == (SAMPLE / make_sample.SPM_FILE).read_bytes()
+    # What main() writes: trained on a temporary copy of the sample files alone.
+    assert make_sample.sample_spm(make_sample.sample_files(), 2000) == model
 
 
 def test_main_writes_everything(tmp_path):
     make_sample.main(["--out", str(tmp_path), "--no-spm"])
     assert _files(tmp_path) == _files(SAMPLE)
     assert not (tmp_path / make_sample.SPM_FILE).exists()
+    # Regenerating onto identical content is fine (nothing differs).
+    assert make_sample.main(["--out", str(tmp_path), "--no-spm"]) == 0
+
+
+def test_main_never_overwrites_other_data(tmp_path, capsys):
+    """The held-out stand-ins use real EcomInstruct folder names: a real test.json under
+    --out is refused, before anything is written."""
+    real = tmp_path / "ABSA" / "tasks" / "EN-ABSA-CLS-review_topic_category" / "test.json"
+    real.parent.mkdir(parents=True)
+    real.write_text('{"sentences": "real"}\n')
+    assert make_sample.main(["--out", str(tmp_path), "--no-spm"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {real} exists and differs from the sample; refusing to overwrite "
+        "(use an empty --out)\n"
+    )
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [real]
+    assert real.read_text() == '{"sentences": "real"}\n'
+    # A file where --out or one of its folders must go.
+    (tmp_path / "file").write_text("x")
+    assert make_sample.main(["--out", str(tmp_path / "file"), "--no-spm"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {tmp_path / 'file'} is a file, not a folder (use an empty --out)\n"
+    )
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "Shop_QA").write_text("x")
+    assert make_sample.main(["--out", str(tmp_path / "b"), "--no-spm"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'b' / 'Shop_QA'} is a file, not a folder (use an empty --out)\n"
+    )
+    # The bundled sample belongs to the generator: it is rewritten whatever it holds.
+    make_sample.check_out(SAMPLE, {"Shop_QA/tasks/x/test.json": b"differs"})
+
+
+def test_main_checks_the_vocabulary_size_before_writing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert make_sample.main(["--out", str(out), "--vocab-size", "10"]) == 2
+    assert (
+        capsys.readouterr().err
+        == "error: --vocab-size 10 is too small: the sample needs at least 608\n"
+    )
+    assert make_sample.main(["--out", str(out), "--vocab-size", "99999"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --vocab-size 99999 is too large: the sample allows at most 12844\n"
+    )
+    assert not out.exists()
+    with pytest.raises(SystemExit) as e:
+        make_sample.main(["--out", str(out), "--vocab-size", "0"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m ecomgpt_jax.ecominstruct.make_sample: error: argument --vocab-size: '0' is "
+        "not a positive integer"
+    )
+    # A different spm.model is refused like a data file.
+    out.mkdir()
+    (out / make_sample.SPM_FILE).write_bytes(b"another model")
+    assert make_sample.main(["--out", str(out), "--vocab-size", "608"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {out / make_sample.SPM_FILE} exists and differs from the sample; refusing to "
+        "overwrite (use an empty --out)\n"
+    )
+    assert [p.name for p in out.iterdir()] == [make_sample.SPM_FILE]

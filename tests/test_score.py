@@ -366,3 +366,20 @@ def test_score_cli_bad_rows(tmp_path, line, pattern):
     [message] = proc.stderr.strip().splitlines()
     assert message.startswith(f"error: {preds}:2: ") and pattern in message
     assert "Traceback" not in proc.stderr and not (tmp_path / "s.json").exists()
+
+
+def test_score_cli_task_without_examples_names_its_file(tmp_path, capsys):
+    """An empty test.json is the data's fault, not the predictions' ("index 0 out of range")."""
+    from ecomgpt_jax import score
+
+    tiny_data(tmp_path / "data")
+    test_json = tmp_path / "data" / "Shop" / "tasks" / "EN-Shop-Extract-pick" / "test.json"
+    test_json.write_text("\n\n", encoding="utf-8")
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"task": "EN-Shop-Extract-pick", "index": 0, "prediction": "a"}\n')
+    argv = ["--data_dir", str(tmp_path / "data"), "--predictions", str(preds)]
+    assert score.main([*argv, "--output", str(tmp_path / "s.json")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {test_json}: task 'EN-Shop-Extract-pick' has no test examples to score against\n"
+    )
+    assert not (tmp_path / "s.json").exists()

@@ -18,6 +18,10 @@ it twice gives byte-identical files. The layout is the real EcomInstruct one
   only ``test.json`` (30 lines), so the ``ecom_instruct_held_out`` mixture evaluates on the
   sample out of the box.
 
+Nothing is overwritten outside the bundled sample: an ``--out`` that holds a different file
+at one of the sample's paths (e.g. real EcomInstruct data: the stand-ins above use the real
+held-out folder names) is refused before anything is written.
+
 ``sample/spm.model`` is a byte-fallback BPE SentencePiece model trained on the prompts and
 answers of every split (``instructions.task_instructions(..., seed=0)``): identity
 normalisation, no dummy prefix, whitespace runs and ``"\\n"`` kept, so decoding is lossless.
@@ -32,6 +36,9 @@ import io
 import json
 import pathlib
 import random
+import re
+import sys
+import tempfile
 from collections.abc import Sequence
 
 from ecomgpt_jax.ecominstruct import sample_generators as sg
@@ -259,32 +266,42 @@ def _unique_examples(gen: sg.Gen, rng: random.Random, count: int, folder: str) -
     raise RuntimeError(f"{folder}: generator cannot produce {count} distinct examples")
 
 
-def _dump_lines(path: pathlib.Path, examples: Sequence[sg.Example]) -> None:
-    text = "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples)
-    path.write_bytes(text.encode("utf-8"))
+def _lines(examples: Sequence[sg.Example]) -> bytes:
+    return "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples).encode("utf-8")
 
 
-def write_data(out_dir: pathlib.Path) -> list[pathlib.Path]:
-    """Writes every task folder under `out_dir`; returns the written files, sorted."""
-    written = []
+def sample_files() -> dict[str, bytes]:
+    """Every data file of the sample: relative POSIX path -> content, in writing order."""
+    files = {}
     for task in TASKS:
         dataset = task.folder.split("-")[1]
-        task_dir = out_dir / dataset / "tasks" / task.folder
-        task_dir.mkdir(parents=True, exist_ok=True)
+        folder = f"{dataset}/tasks/{task.folder}"
         rng = random.Random(f"{SEED}:{task.folder}")  # per task: adding a task changes no other
-        meta_path = task_dir / "meta-info.json"
         meta_text = json.dumps(task.meta(), ensure_ascii=False, indent=4) + "\n"
-        meta_path.write_bytes(meta_text.encode("utf-8"))
-        written.append(meta_path)
+        files[f"{folder}/meta-info.json"] = meta_text.encode("utf-8")
         if task.held_out:
             splits = {"test": _unique_examples(task.gen, rng, HELD_OUT_TEST_SIZE, task.folder)}
         else:
             examples = _unique_examples(task.gen, rng, TRAIN_SIZE + TEST_SIZE, task.folder)
             splits = {"train": examples[:TRAIN_SIZE], "test": examples[TRAIN_SIZE:]}
         for split, examples in splits.items():
-            _dump_lines(task_dir / f"{split}.json", examples)
-            written.append(task_dir / f"{split}.json")
+            files[f"{folder}/{split}.json"] = _lines(examples)
+    return files
+
+
+def _write(out_dir: pathlib.Path, files: dict[str, bytes]) -> list[pathlib.Path]:
+    written = []
+    for rel, content in files.items():
+        path = out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        written.append(path)
     return sorted(written)
+
+
+def write_data(out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Writes every task folder under `out_dir`; returns the written files, sorted."""
+    return _write(pathlib.Path(out_dir), sample_files())
 
 
 def spm_corpus(root: pathlib.Path, seed: int = 0) -> list[str]:
@@ -331,18 +348,100 @@ def train_spm(texts: Sequence[str], vocab_size: int = SPM_VOCAB_SIZE) -> bytes:
     return model.getvalue()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+class SampleError(Exception):
+    """A bad --out or --vocab-size: reported as one line, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def check_out(out_dir: pathlib.Path, files: dict[str, bytes]) -> None:
+    """Raises SampleError unless every file in `files` can be written under `out_dir`
+    without replacing different content (the stand-ins for held-out tasks use the real
+    EcomInstruct folder names, so an --out holding real data would lose its test files).
+
+    The bundled sample itself is regenerated in place whatever it holds: the generator
+    owns it, and git keeps its previous content.
+    """
+    if out_dir.resolve() == SAMPLE_DIR:
+        return
+    for rel, content in files.items():
+        path = out_dir / rel
+        # A file where a folder must go (`path.exists()` would just say False).
+        folders = [out_dir]
+        for part in pathlib.PurePosixPath(rel).parent.parts:
+            folders.append(folders[-1] / part)
+        for folder in folders:
+            if folder.exists() and not folder.is_dir():
+                what = f"--out {folder}" if folder == out_dir else str(folder)
+                raise SampleError(f"{what} is a file, not a folder (use an empty --out)")
+        if path.is_dir() or (path.exists() and path.read_bytes() != content):
+            raise SampleError(
+                f"{path} exists and differs from the sample; refusing to overwrite "
+                "(use an empty --out)"
+            )
+
+
+def _spm_error(vocab_size: int, error: RuntimeError) -> SampleError:
+    """sentencepiece's size complaints ("INTERNAL: file(line) [check] text") as one line."""
+    text = str(error)
+    if m := re.search(r"smaller than required_chars\. \d+ vs (\d+)", text):
+        return SampleError(
+            f"--vocab-size {vocab_size} is too small: the sample needs at least {m[1]}"
+        )
+    if m := re.search(r"value <= (\d+)", text):
+        return SampleError(
+            f"--vocab-size {vocab_size} is too large: the sample allows at most {m[1]}"
+        )
+    return SampleError(f"--vocab-size {vocab_size}: sentencepiece: {text.rsplit('] ', 1)[-1]}")
+
+
+def sample_spm(files: dict[str, bytes], vocab_size: int) -> bytes:
+    """The SentencePiece model of the sample `files`, trained before anything is written
+    (a bad --vocab-size must not leave data behind): from a temporary copy, so the corpus
+    is the sample alone whatever else --out holds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _write(pathlib.Path(tmp), files)
+        texts = spm_corpus(pathlib.Path(tmp))
+    try:
+        return train_spm(texts, vocab_size)
+    except RuntimeError as e:
+        raise _spm_error(vocab_size, e) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 with one line on stderr for bad options)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ecomgpt_jax.ecominstruct.make_sample", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=pathlib.Path, default=SAMPLE_DIR, help="output root")
     parser.add_argument("--no-spm", action="store_true", help="write the data files only")
-    parser.add_argument("--vocab-size", type=int, default=SPM_VOCAB_SIZE)
+    parser.add_argument("--vocab-size", type=_positive_int, default=SPM_VOCAB_SIZE)
     args = parser.parse_args(argv)
-    files = write_data(args.out)
-    print(f"wrote {len(files)} data files under {args.out}")
-    if not args.no_spm:
-        (args.out / SPM_FILE).write_bytes(train_spm(spm_corpus(args.out), args.vocab_size))
-        print(f"wrote {args.out / SPM_FILE}")
+    out = args.out
+    try:
+        files = sample_files()
+        check_out(out, files)  # before the SentencePiece training: fail fast
+        spm_model = None if args.no_spm else sample_spm(files, args.vocab_size)
+        if spm_model is not None:
+            check_out(out, {SPM_FILE: spm_model})
+        written = _write(out, files)
+        print(f"wrote {len(written)} data files under {out}")
+        if spm_model is not None:
+            (out / SPM_FILE).write_bytes(spm_model)
+            print(f"wrote {out / SPM_FILE}")
+    except (SampleError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,8 @@
 """Exact import/export of Hugging Face checkpoints (safetensors only).
 
     cfg, params = load_hf_params(hf_dir, dtype="bfloat16")   # numpy param tree
-    save_hf(cfg, params, out_dir)        # config.json + model.safetensors (sharded if big)
+    save_hf(cfg, params, out_dir)        # config.json + model.safetensors (sharded if big),
+                                         # into a new or empty folder only
 
 Import streams one tensor at a time with `safetensors.safe_open`, writing each into
 preallocated stacked `[layers, ...]` arrays, so peak host memory is the model in the
@@ -33,6 +34,7 @@ Name mapping (HF weights are [out, in]; ours are [in, ...out] einsum kernels)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -45,6 +47,7 @@ from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models.config import ConfigError, ModelConfig
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+INDEX_FILE = "model.safetensors.index.json"
 # Buffers some HF checkpoints carry that are recomputed, never loaded.
 IGNORED_HF_KEYS = re.compile(r".*(rotary_emb\.inv_freq|attn\.masked_bias|attn\.bias)$")
 
@@ -185,12 +188,44 @@ def _flatten_kernel(path: tuple[str, ...], a: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- import
 
 
+def read_json_object(path: pathlib.Path) -> dict:
+    """A JSON object file; CheckpointFormatError "path:line: not valid JSON (why)" otherwise."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointFormatError(
+            f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise CheckpointFormatError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if not isinstance(value, dict):
+        raise CheckpointFormatError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _safetensors_files(hf_dir: pathlib.Path) -> list[pathlib.Path]:
-    index = hf_dir / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [hf_dir / name for name in sorted(set(weight_map.values()))]
+    index = hf_dir / INDEX_FILE
     files = sorted(hf_dir.glob("*.safetensors"))
+    if index.exists():
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()
+        ):
+            raise CheckpointFormatError(f"{index}: no 'weight_map' object of file names")
+        shards = sorted(set(weight_map.values()))
+        for name in shards:
+            if not (hf_dir / name).is_file():
+                raise CheckpointFormatError(f"{index}: lists {name}, which is not in {hf_dir}")
+        # transformers loads a model.safetensors in preference to the index: one the index
+        # does not list means two exports are mixed, and we cannot tell which is stale.
+        # (Other unlisted files, e.g. some repos' consolidated.safetensors, are not read.)
+        single = "model.safetensors"
+        if (hf_dir / single).is_file() and single not in weight_map.values():
+            raise CheckpointFormatError(
+                f"{hf_dir}: {INDEX_FILE} does not list {single}: two exports are mixed "
+                "here; remove the stale files"
+            )
+        return [hf_dir / name for name in shards]
     if files:
         return files
     pickles = sorted(p.name for p in hf_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -211,9 +246,20 @@ def read_hf_config(hf_dir) -> ModelConfig:
     if not path.exists():
         raise CheckpointFormatError(f"{path}: not found (is {hf_dir} a HF model directory?)")
     try:
-        return model_config.from_hf_config(json.loads(path.read_text()))
+        return model_config.from_hf_config(read_json_object(path))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+@contextlib.contextmanager
+def _damaged_file_errors(path: pathlib.Path):
+    """safetensors' errors (a truncated download, a file of another format) as one line."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as e:
+        raise CheckpointFormatError(f"{path}: damaged safetensors file ({e})") from None
 
 
 def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]:
@@ -247,7 +293,7 @@ def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]
 
     unexpected = []
     for path in _safetensors_files(hf_dir):
-        with safe_open(str(path), framework="numpy") as f:
+        with _damaged_file_errors(path), safe_open(str(path), framework="numpy") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
                 match = next(((m, e) for r, e in by_pattern if (m := r.fullmatch(key))), None)
                 if match is None:
@@ -294,6 +340,32 @@ def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]
 
 # ----------------------------------------------------------------------------- export
 
+# What makes a folder a HF model (`save_hf` refuses to write into one).
+MODEL_FILE_PATTERNS = (
+    "config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.bin",
+    "*.bin.index.json",
+)
+
+
+def check_output_dir(out_dir, label: str = "") -> pathlib.Path:
+    """`out_dir` as a Path if a new export may go there (a folder without model files, or
+    a path to create); CheckpointFormatError otherwise. Writing into another export would
+    mix two models: its shard index would outlive a new single-file export, and readers
+    disagree on which one wins. label: how messages name the folder (e.g. "--output")."""
+    out = pathlib.Path(out_dir)
+    where = f"{label} {out}" if label else str(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointFormatError(f"{where} is a file, not a folder")
+    found = sorted({p.name for pattern in MODEL_FILE_PATTERNS for p in out.glob(pattern)})
+    if found:
+        raise CheckpointFormatError(
+            f"{where} already holds a model ({', '.join(found)}); choose an empty folder"
+        )
+    return out
+
 
 def hf_tensors(cfg: ModelConfig, params, dtype: str | None = None):
     """Yields (hf_name, numpy tensor) for every HF weight, one at a time."""
@@ -321,14 +393,15 @@ def save_hf(
     dtype: str | None = None,
     max_shard_bytes: int = 5 * 1024**3,
 ) -> pathlib.Path:
-    """Writes `config.json` + `model.safetensors` (or shards + index) to `out_dir`.
+    """Writes `config.json` + `model.safetensors` (or shards + index) to `out_dir`,
+    which must hold no model yet (see `check_output_dir`).
 
     params: our param tree (numpy or fully addressable jax arrays). dtype: the saved
     dtype (default: each parameter's own). Returns out_dir.
     """
     from safetensors.numpy import save_file
 
-    out = pathlib.Path(out_dir)
+    out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf_cfg = model_config.to_hf_config(cfg)
     if dtype:

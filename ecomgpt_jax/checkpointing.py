@@ -16,7 +16,9 @@ by eval, convert and INIT_FROM_CHECKPOINT).
 Every path may be local or a bucket (`gs://...`, anything `etils.epath` opens).
 
 Every restore takes *target* shardings, so a checkpoint written on one mesh
-loads onto any other (different device count, FSDP vs data parallel, ...).
+loads onto any other (different device count, FSDP vs data parallel, ...). A
+checkpoint that does not fit the model or optimizer, or that cannot be read, raises
+one-line CheckpointError naming the folder (never orbax's tree dump).
 Every process must call `save` / `restore` (orbax coordinates the hosts; each
 writes its own shards).
 
@@ -26,7 +28,9 @@ Needs only jax, flax and orbax (no TensorFlow, SeqIO or gin).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+import logging
 import os
 from typing import Any
 
@@ -41,7 +45,6 @@ PyTree = Any
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 MODEL_CONFIG_FILE = "model_config.json"
-_ITEMS = ("params", "train", "data")
 
 
 class CheckpointError(ValueError):
@@ -147,7 +150,16 @@ class Checkpointer:
             enable_async_checkpointing=bool(config.async_save),
             create=True,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+        # Handlers up front (not just item names) so that `item_metadata` can read a step's
+        # tree before restoring it: restore checks the tree against the model first.
+        handlers = {
+            "params": ocp.StandardCheckpointHandler(),
+            "train": ocp.StandardCheckpointHandler(),
+            "data": ocp.JsonCheckpointHandler(),
+        }
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers
+        )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -177,16 +189,47 @@ class Checkpointer:
         return bool(self._manager.save(step, args=args, force=force))
 
     def restore(self, step: int, layout: StateLayout) -> tuple[TrainState, DataPosition]:
-        """Restores step `step` into the shardings of `layout` (any mesh)."""
+        """Restores step `step` into the shardings of `layout` (any mesh).
+
+        CheckpointError (one line naming the step folder) when the stored parameters or
+        optimizer state do not fit `layout`, or when the step cannot be read.
+        """
         target = layout.abstract
+        train_target = {"step": target.step, "opt_state": target.opt_state, "rng": target.rng}
+        missing = _missing_files(self.step_dir(step))
+        if missing:
+            raise self._damaged(step, missing)
+        try:
+            stored = self._manager.item_metadata(step)
+            stored_params, stored_train = stored["params"], stored["train"]
+        except (ValueError, OSError, KeyError) as e:
+            raise self._damaged(step, _short(e)) from None
+        for name, item in (("params", stored_params), ("train", stored_train)):
+            if item is None:
+                raise self._damaged(step, f"no readable metadata in {name}/")
+        step_dir = self.step_dir(step)
+        difference = _tree_difference(stored_params, target.params, "the model")
+        if difference is not None:
+            raise CheckpointError(
+                f"{step_dir}: parameters do not match the model ({difference}); use a new "
+                "MODEL_DIR or the model it was trained with"
+            )
+        difference = _tree_difference(stored_train, train_target, "the optimizer")
+        if difference is not None:
+            raise CheckpointError(
+                f"{step_dir}: optimizer state does not match the optimizer ({difference}); use "
+                "a new MODEL_DIR or the optimizer settings it was trained with"
+            )
         args = ocp.args.Composite(
             params=ocp.args.StandardRestore(target.params),
-            train=ocp.args.StandardRestore(
-                {"step": target.step, "opt_state": target.opt_state, "rng": target.rng}
-            ),
+            train=ocp.args.StandardRestore(train_target),
             data=ocp.args.JsonRestore(),
         )
-        restored = self._manager.restore(step, args=args)
+        try:
+            restored = self._manager.restore(step, args=args)
+        except Exception as e:  # orbax wraps tensorstore's read errors in a bare Exception
+            _drop_failed_reads()
+            raise self._damaged(step, _short(e.__cause__ or e)) from None
         train = restored["train"]
         state = TrainState(
             step=train["step"],
@@ -195,6 +238,16 @@ class Checkpointer:
             rng=train["rng"],
         )
         return state, DataPosition.from_json(restored["data"] or {})
+
+    def _damaged(self, step: int, detail: str) -> CheckpointError:
+        # No automatic fall-back to an older step: the damaged folder would stay the
+        # latest, and the next save at that step would be skipped as already present.
+        older = [s for s in self.all_steps() if s < step]
+        then = f"resume from step {older[-1]}" if older else "start from scratch"
+        return CheckpointError(
+            f"{self.step_dir(step)}: checkpoint cannot be read, damaged or incomplete "
+            f"({detail}); move that folder away to {then}"
+        )
 
     def wait(self) -> None:
         """Blocks until pending async saves are committed."""
@@ -244,31 +297,84 @@ def resolve_params_path(path) -> epath.Path:
     )
 
 
-def _check_matches(params_dir: epath.Path, stored, abstract_params: PyTree) -> None:
-    """CheckpointError naming the first parameter missing, extra or of another shape."""
-    stored = getattr(stored, "item_metadata", stored)
-    stored = getattr(stored, "tree", stored)
-    have = {
-        jax.tree_util.keystr(p): tuple(m.shape)
-        for p, m in jax.tree_util.tree_leaves_with_path(stored)
-    }
-    want = {
-        jax.tree_util.keystr(p): tuple(a.shape)
-        for p, a in jax.tree_util.tree_leaves_with_path(abstract_params)
-    }
+def _missing_files(step_dir: epath.Path) -> str | None:
+    """What a step folder lacks of its array items, as text; None if complete.
+
+    Checked before orbax reads: its failed reads leave background callbacks that print
+    "Event loop is closed" traces after the one-line error.
+    """
+    for name in ("params", "train"):
+        item = step_dir / name
+        if not item.is_dir():
+            return f"no {name}/ folder"
+        # OCDBT (orbax's default format): the data files are useless without the manifest.
+        ocdbt = any(p.name.startswith("ocdbt.process_") for p in item.iterdir())
+        if ocdbt and not (item / "manifest.ocdbt").exists():
+            return f"{name}/manifest.ocdbt is missing"
+    return None
+
+
+def _drop_failed_reads() -> None:
+    """Quietly ends the reads a failed orbax restore leaves behind.
+
+    Otherwise each of them prints a trace ("Task exception was never retrieved", and
+    more at interpreter exit) after the one-line error. (tensorstore may still print an
+    "Event loop is closed" trace for a read that finishes after orbax closed its loop.)
+    """
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    gc.collect()
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    """The first line of an orbax / tensorstore error, without its JSON spec dump."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    text = text.split(" [tensorstore_spec=")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _leaf_shapes(tree) -> dict[str, tuple]:
+    """Leaf name ("layers/attn/qkv_kernel") -> shape, of a tree of arrays or of metadata."""
+    tree = getattr(tree, "item_metadata", tree)
+    tree = getattr(tree, "tree", tree)
+    return {_key_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _key_name(path) -> str:
+    parts = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+    return "/".join(str(p) for p in parts)
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _tree_difference(stored, target, owner: str) -> str | None:
+    """The first arrays missing, extra or of another shape, as text; None if they fit.
+
+    owner: what `target` belongs to, in the text ("the model", "the optimizer").
+    """
+    # The target named as orbax stores it (optax's tuples and named tuples become lists
+    # and dicts), so that both sides use the same names.
+    have = _leaf_shapes(stored)
+    want = _leaf_shapes(ocp.tree.serialize_tree(target, keep_empty_nodes=True))
     missing = sorted(set(want) - set(have))
     extra = sorted(set(have) - set(want))
     if missing or extra:
-        raise CheckpointError(
-            f"{params_dir}: parameters do not match the model (missing {missing[:3]}, "
-            f"unexpected {extra[:3]})"
-        )
+        parts = [f"the checkpoint lacks {_some(missing)}"] if missing else []
+        parts += [f"{owner} has no {_some(extra)}"] if extra else []
+        return "; ".join(parts)
     for key, shape in want.items():
         if have[key] != shape:
-            raise CheckpointError(
-                f"{params_dir}: parameters do not match the model ({key} has shape "
-                f"{have[key]} in the checkpoint, the model needs {shape})"
-            )
+            return f"{key} has shape {have[key]} in the checkpoint, {owner} needs {shape}"
+    return None
+
+
+def _check_matches(params_dir: epath.Path, stored, abstract_params: PyTree) -> None:
+    """CheckpointError naming the first parameter missing, extra or of another shape."""
+    difference = _tree_difference(stored, abstract_params, "the model")
+    if difference is not None:
+        raise CheckpointError(f"{params_dir}: parameters do not match the model ({difference})")
 
 
 def restore_params(path, abstract_params: PyTree) -> PyTree:

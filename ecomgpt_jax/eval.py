@@ -24,7 +24,7 @@ import sys
 import gin
 from absl import app
 
-from ecomgpt_jax import checkpointing, decoding, evaluation, launch, partitioning
+from ecomgpt_jax import checkpointing, decoding, evaluation, gin_parsing, launch, partitioning
 
 FLAGS = launch.FLAGS
 launch.define_flags()
@@ -58,7 +58,9 @@ def register_configurables() -> dict:
 
 
 def parse_gin(files, bindings, search_paths) -> None:
-    launch.parse_gin(files, bindings, search_paths, evaluation.EvalError, "gin_configs/eval.gin")
+    gin_parsing.parse_gin(
+        files, bindings, search_paths, evaluation.EvalError, "gin_configs/eval.gin"
+    )
 
 
 def make_vocabulary(run: EvalRun, source: evaluation.ModelSource):
@@ -131,15 +133,22 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    return (evaluation.EvalError, decoding.DecodeConfigError, *launch.user_errors())
+    from ecomgpt_jax import vocabularies  # imports seqio (TensorFlow): not in launch's list
+
+    return (
+        evaluation.EvalError,
+        decoding.DecodeConfigError,
+        vocabularies.VocabularyError,
+        *launch.user_errors(),
+    )
 
 
 def main(argv: list[str]) -> None:
     del argv
     import jax
 
-    launch.init_distributed()
     try:
+        launch.init_distributed()  # bad multi-host flags: one line too
         result, eval_dir = run_eval(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     except _user_errors() as e:
         sys.exit(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}")

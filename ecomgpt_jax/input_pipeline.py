@@ -72,9 +72,36 @@ class DataConfig:
     pack: bool = True
     num_shards: int | None = None
 
+    def __post_init__(self):
+        # Checked here so every entry point gets one line instead of an IndexError or
+        # KeyError from deep inside the pipeline (or, for a 0 length, silent empty rows).
+        lengths = self.task_feature_lengths
+        if not (
+            isinstance(lengths, Mapping)
+            and set(lengths) == {"inputs", "targets"}
+            and all(_positive_int(v) for v in lengths.values())
+        ):
+            raise DataError(
+                "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), "
+                f"got {lengths!r}"
+            )
+        if not _positive_int(self.global_batch_size):
+            raise DataError(f"BATCH_SIZE must be >= 1, got {self.global_batch_size!r}")
+        if self.num_shards is not None and not _positive_int(self.num_shards):
+            raise DataError(f"DataConfig.num_shards must be None or >= 1, got {self.num_shards!r}")
+        if self.num_shards is not None and self.global_batch_size % self.num_shards:
+            raise DataError(
+                f"BATCH_SIZE {self.global_batch_size} is not divisible by "
+                f"DataConfig.num_shards {self.num_shards}"
+            )
+
     @property
     def sequence_length(self) -> int:
         return int(self.task_feature_lengths["inputs"]) + int(self.task_feature_lengths["targets"])
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
 def _rows_of_process(sharding, global_shape) -> np.ndarray:
@@ -154,7 +181,7 @@ class InputIterator:
         b, length = int(config.global_batch_size), config.sequence_length
         num_shards = int(config.num_shards or jax.process_count())
         if b % num_shards:
-            raise ValueError(
+            raise DataError(
                 f"BATCH_SIZE {b} is not divisible by the {num_shards} data shards "
                 "(one per process unless DataConfig.num_shards is set)"
             )
@@ -167,7 +194,7 @@ class InputIterator:
         # Rows of the loaded shards, relative to the first loaded shard.
         self._take = self._rows - self._row_offset
         if shard_ids != list(range(shard_ids[0], shard_ids[-1] + 1)):
-            raise ValueError(
+            raise DataError(
                 f"process {jax.process_index()} holds rows of non-adjacent data shards "
                 f"{shard_ids}; choose a num_shards that matches the mesh's batch layout"
             )

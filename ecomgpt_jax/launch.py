@@ -1,4 +1,4 @@
-"""What the `python -m` entry points (train, eval) share: flags, gin parsing, multi-host.
+"""What the `python -m` entry points (train, eval) share: flags, gin set-up, multi-host.
 
 T5X conventions: `--gin_file` (repeatable), `--gin.NAME=VALUE` (rewritten to
 `--gin_bindings="NAME = VALUE"`), `--gin_search_paths` (comma-separated; the
@@ -6,19 +6,14 @@ repository's gin_configs/ is always searched). Multi-host: `--multihost`
 (auto-detection on Cloud TPU VMs, SLURM, Open MPI) or explicit
 `--coordinator_address=host:port --num_processes=N --process_id=i`.
 
-Gin is imported here and in the entry points only; the library takes dataclasses.
+Gin is imported here, in `gin_parsing` and in the entry points only; the library takes
+dataclasses.
 """
 
 from __future__ import annotations
 
-import logging
-import pathlib
-import tokenize
-
 import gin
 from absl import flags
-
-REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
 
 FLAGS = flags.FLAGS
 
@@ -69,51 +64,77 @@ def register_configurables(classes: dict[str, tuple[type, str]]) -> dict:
     return registered
 
 
-def _quiet_gin_package_lookups(record) -> bool:
-    # gin looks every include up as a Python package resource too and logs each miss
-    # at ERROR ("Path not found: models/tiny_bloom.gin") before finding the file.
-    return not (record.filename == "resource_reader.py" and "Path not found" in record.msg)
+class FlagError(Exception):
+    """A command-line flag the entry points cannot use; shown as one line."""
 
 
-def parse_gin(
-    files, bindings, search_paths, error: type[Exception], example: str, finalize: bool = False
-) -> None:
-    """Parses gin files and bindings; any problem raises `error` with one line.
+def distributed_kwargs(
+    multihost: bool, coordinator_address: str | None, num_processes, process_id
+) -> dict | None:
+    """jax.distributed.initialize's arguments for the flags (None: one process).
 
-    Args:
-      files: gin files, applied in order.
-      bindings: "NAME = VALUE" strings, applied after the files.
-      search_paths: extra folders for gin files and their includes.
-      error: the entry point's user-error class.
-      example: a gin file to name when none was given.
-      finalize: lock the config; this also reports unset REQUIRED macros now, as one
-        line, instead of later from deep inside the job.
+    Raises FlagError for flags that cannot work, where jax would raise from deep
+    inside, wait for processes that never come, or run a single process unasked.
     """
-    logging.getLogger().addFilter(_quiet_gin_package_lookups)  # gin logs via the root logger
-    gin.clear_config()
-    for path in [*search_paths, str(REPO_GIN_DIR), str(REPO_GIN_DIR.parent)]:
-        gin.add_config_file_search_path(path)
-    if not files:
-        raise error(f"pass at least one --gin_file (e.g. {example})")
-    try:
-        gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=finalize)
-    # tokenize.TokenError: an unclosed bracket at the end of a gin file.
-    except (OSError, ValueError, SyntaxError, tokenize.TokenError) as e:
-        raise error(f"gin config: {str(e).strip().splitlines()[0]}") from None
+    if num_processes is not None and num_processes < 1:
+        raise FlagError(f"--num_processes {num_processes} must be 1 or more")
+    if process_id is not None and process_id < 0:
+        raise FlagError(f"--process_id {process_id} must be 0 or more")
+    if None not in (num_processes, process_id) and process_id >= num_processes:
+        raise FlagError(f"--process_id {process_id} is not below --num_processes {num_processes}")
+    counts = (("--num_processes", num_processes), ("--process_id", process_id))
+    if coordinator_address:
+        missing = [flag for flag, value in counts if value is None]
+        if missing:
+            raise FlagError(f"--coordinator_address needs {' and '.join(missing)}")
+        host, _, port = coordinator_address.rpartition(":")
+        if not host or not port.isdigit():
+            raise FlagError(f"--coordinator_address {coordinator_address} is not host:port")
+    elif not multihost:
+        given = [flag for flag, value in counts if value is not None]
+        if given:
+            raise FlagError(
+                f"{' and '.join(given)} need --coordinator_address=host:port (or --multihost "
+                "on a Cloud TPU pod or a SLURM / Open MPI cluster)"
+            )
+        return None
+    kwargs = dict(
+        coordinator_address=coordinator_address or None,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+    return {name: value for name, value in kwargs.items() if value is not None}
 
 
 def init_distributed() -> None:
-    """`jax.distributed.initialize()` when the flags ask for several processes."""
+    """`jax.distributed.initialize()` when the flags ask for several processes.
+
+    Raises FlagError (one line) for flags that cannot work and when jax fails.
+    """
+    kwargs = distributed_kwargs(
+        FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    )
+    if kwargs is None:
+        return
     import jax
 
-    if FLAGS.coordinator_address:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
-    elif FLAGS.multihost:
-        jax.distributed.initialize()
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, RuntimeError) as e:  # jaxlib's XlaRuntimeError is a RuntimeError
+        text = str(e).strip()
+        reason = text.splitlines()[0].rstrip(".") if text else type(e).__name__
+        if "coordinator_address" in kwargs:
+            raise FlagError(
+                f"--coordinator_address {kwargs['coordinator_address']}: "
+                f"jax.distributed.initialize() failed: {reason}"
+            ) from None
+        if "coordinator_address" in reason:  # auto-detection found no cluster to ask
+            raise FlagError(
+                f"--multihost: jax.distributed.initialize() found no cluster ({reason}); on "
+                "one machine drop --multihost, elsewhere pass --coordinator_address/"
+                "--num_processes/--process_id"
+            ) from None
+        raise FlagError(f"--multihost: jax.distributed.initialize() failed: {reason}") from None
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -133,4 +154,5 @@ def user_errors() -> tuple[type[BaseException], ...]:
         CheckpointFormatError,
         checkpointing.CheckpointError,
         FileNotFoundError,
+        FlagError,
     )

@@ -18,7 +18,8 @@ Open MPI clusters pass --multihost (auto-detection); elsewhere pass
 --coordinator_address=host:port --num_processes=N --process_id=i.
 
 A checkpoint already in MODEL_DIR is resumed (parameters, optimizer, step,
-RNG and data position). SIGTERM finishes the current step, saves and exits 0.
+RNG and data position). SIGTERM finishes the current step, saves and exits 0; so
+does a first Ctrl-C, exiting 130 (a second Ctrl-C stops at once, without saving).
 """
 
 from __future__ import annotations
@@ -35,14 +36,20 @@ from ecomgpt_jax import (
     checkpointing,
     decoding,
     evaluation,
+    gin_parsing,
     input_pipeline,
     launch,
     partitioning,
     trainer,
+    vocabularies,
 )
 from ecomgpt_jax import train_step as ts
+from ecomgpt_jax.ecominstruct import reader
 
 FLAGS = launch.FLAGS
+# Ctrl-C saved and stopped: 130 as for any interrupted command, so that `train && eval`
+# goes no further (SIGTERM, a preemption, exits 0 for the scheduler to restart the job).
+INTERRUPTED_EXIT_CODE = 130
 launch.define_flags()
 rewrite_gin_args = launch.rewrite_gin_args  # the T5X --gin.NAME=VALUE form
 
@@ -65,24 +72,35 @@ def register_configurables() -> dict:
 
 
 def parse_gin(files, bindings, search_paths) -> None:
-    launch.parse_gin(
+    gin_parsing.parse_gin(
         files, bindings, search_paths, trainer.UserError, "gin_configs/ecom.gin", finalize=True
     )
 
 
 def make_vocabulary(spec: trainer.ModelSpec, train: trainer.TrainConfig):
-    from ecomgpt_jax import vocabularies
-
+    kind = str(spec.vocabulary).lower()
     path = spec.vocabulary_path
-    if path is None and spec.vocabulary.lower() not in ("sentencepiece", "spm"):
-        path = train.init_from_hf
-    return vocabularies.make_vocabulary(spec.vocabulary, path)
+    if kind not in vocabularies.SENTENCEPIECE_KINDS + vocabularies.HUGGINGFACE_KINDS:
+        raise vocabularies.VocabularyError(
+            f"VOCABULARY: unknown vocabulary kind {spec.vocabulary!r}; expected one of "
+            f"{', '.join(vocabularies.SENTENCEPIECE_KINDS + vocabularies.HUGGINGFACE_KINDS)}"
+        )
+    if kind in vocabularies.SENTENCEPIECE_KINDS:
+        return vocabularies.make_vocabulary(kind, path)
+    path = path if path is not None else train.init_from_hf
+    if path is None:
+        raise vocabularies.VocabularyError(
+            f"VOCABULARY = {spec.vocabulary!r} needs VOCABULARY_PATH (a tokenizer.json or "
+            "its folder) or INIT_FROM_HF (whose tokenizer.json is used)"
+        )
+    vocabulary = vocabularies.make_vocabulary(kind, path)
+    vocabulary.eos_id  # noqa: B018  (loads the tokenizer: a bad file fails now, as one line)
+    return vocabulary
 
 
 def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, vocabulary):
     """Re-registers the EcomInstruct tasks when the data root or vocabulary differ."""
     import tasks
-    from ecomgpt_jax.ecominstruct.reader import DataError
 
     default_vocab = run.model.vocabulary.lower() in ("sentencepiece", "spm") and (
         run.model.vocabulary_path is None
@@ -91,10 +109,27 @@ def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, voca
         tasks.register_ecom_tasks(run.train.data_dir, vocabulary)
     try:
         tasks.get(data.mixture_or_task_name)  # DataError naming the data root if absent
-    except DataError:
+    except reader.DataError:
         raise
     except ValueError as e:  # unknown name: the message lists the known mixtures
         raise trainer.UserError(str(e)) from None
+
+
+def check_infer_eval(eval_cfg: evaluation.EvalConfig) -> None:
+    """UserError (prefixed INFER_EVAL_MIXTURE) for tasks the in-training evaluation cannot
+    read: found before step 1, not after INFER_EVAL_EVERY_STEPS steps of training."""
+    root = reader.default_data_dir() if eval_cfg.data_dir is None else eval_cfg.data_dir
+    try:
+        names, _ = evaluation.resolve_task_names(eval_cfg.mixture_or_task_name, root)
+        infos = reader.discover_tasks(root)
+    except reader.DataError as e:
+        raise trainer.UserError(f"INFER_EVAL_MIXTURE: {e}") from None
+    for name in names:
+        if not infos[name].has_split(eval_cfg.split):
+            raise trainer.UserError(
+                f"INFER_EVAL_MIXTURE: {infos[name].path}: task {name!r} has no "
+                f"{eval_cfg.split!r} split"
+            )
 
 
 def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary) -> None:
@@ -134,6 +169,8 @@ def load_configs(files, bindings, search_paths=()):
         if run_cfg.train.infer_eval_every_steps > 0:
             run_cfg = dataclasses.replace(run_cfg, infer_eval=configurables["EvalConfig"]())
         return run_cfg, configurables["DataConfig"]()
+    except (trainer.UserError, reader.DataError):  # the configs' own checks: one line already
+        raise
     except ValueError as e:  # e.g. a %gin.REQUIRED macro left unset
         raise trainer.UserError(f"gin config: {str(e).strip().splitlines()[0]}") from None
 
@@ -146,6 +183,8 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
     mesh = partitioning.make_mesh(partitioning.MeshConfig(tuple(run_cfg.train.mesh_shape)))
     vocabulary = make_vocabulary(run_cfg.model, run_cfg.train)
     register_tasks(run_cfg, data, vocabulary)
+    if run_cfg.infer_eval is not None:
+        check_infer_eval(run_cfg.infer_eval)
     cfg = trainer.build_model_config(run_cfg)
     shapes = trainer.Shapes(data.global_batch_size, data.sequence_length, vocabulary.vocab_size)
     trainer.check_shapes(cfg, shapes, run_cfg.step, mesh)
@@ -189,7 +228,7 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    return (trainer.UserError, *launch.user_errors())
+    return (trainer.UserError, vocabularies.VocabularyError, *launch.user_errors())
 
 
 def main(argv: list[str]) -> None:
@@ -202,11 +241,23 @@ def main(argv: list[str]) -> None:
         result, run_cfg = run(argv)
     except _user_errors() as e:
         sys.exit(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}")
-    if jax.process_index() != 0:
-        return
-    model_dir = run_cfg.train.model_dir
-    what = "preempted at" if result.preempted else "finished"
-    print(f"\n{what} step {result.step}; first loss {result.first_loss}, last {result.last_loss}")
+    if jax.process_index() == 0:
+        print_summary(result, run_cfg.train.model_dir)
+    if result.interrupted:
+        sys.exit(INTERRUPTED_EXIT_CODE)
+
+
+def print_summary(result: trainer.Result, model_dir: str) -> None:
+    """Where the run stopped and what it left behind."""
+    if result.interrupted:
+        print(
+            f"\ninterrupted at step {result.step}: saved {result.checkpoint_dir}; run the same "
+            "command to resume"
+        )
+    else:
+        what = "preempted at" if result.preempted else "finished"
+        losses = f"first loss {result.first_loss}, last {result.last_loss}"
+        print(f"\n{what} step {result.step}; {losses}")
     print(f"checkpoint: {result.checkpoint_dir}")
     print(f"logs:       {model_dir}/metrics.jsonl, TensorBoard: {model_dir}/tensorboard")
     print(f"config:     {model_dir}/config.gin")

@@ -9,8 +9,10 @@ preemption. Every process runs the same code; only process 0 writes logs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -70,6 +72,11 @@ class TrainConfig:
     data_dir: str | None = None
     infer_eval_every_steps: int = 0
 
+    def __post_init__(self):
+        # 0 or negative would "finish" at once and point at a checkpoint never written.
+        if int(self.train_steps) < 1:
+            raise UserError(f"TRAIN_STEPS must be >= 1, got {self.train_steps}")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -95,9 +102,7 @@ def build_model_config(run: RunConfig) -> model_config.ModelConfig:
         preset = model_config.get_preset(run.model.preset)
         cfg = dataclasses.replace(cfg, **{f: getattr(preset, f) for f in HF_RUN_SETTINGS})
     elif run.train.init_from_checkpoint:
-        from ecomgpt_jax import convert
-
-        cfg = convert.find_model_config(run.train.init_from_checkpoint)
+        cfg = _init_checkpoint_config(run.train.init_from_checkpoint)
     else:
         cfg = model_config.get_preset(run.model.preset)
     # Master weights in float32 unless asked otherwise; compute dtype from overrides.
@@ -106,6 +111,22 @@ def build_model_config(run: RunConfig) -> model_config.ModelConfig:
         return dataclasses.replace(cfg, **dict(run.model.overrides))
     except TypeError as e:
         raise UserError(f"MODEL_OVERRIDES: {e}") from None
+
+
+def _init_checkpoint_config(path: str) -> model_config.ModelConfig:
+    """The model_config.json of INIT_FROM_CHECKPOINT; UserError in terms of that macro."""
+    try:
+        checkpointing.resolve_params_path(path)  # does not exist / holds no checkpoint
+    except checkpointing.CheckpointError as e:
+        raise UserError(f"INIT_FROM_CHECKPOINT: {e}") from None
+    cfg = checkpointing.find_model_config(path)
+    if cfg is None:
+        raise UserError(
+            f"INIT_FROM_CHECKPOINT: {path} holds a checkpoint but no "
+            f"{checkpointing.MODEL_CONFIG_FILE} at or above it (train.py and "
+            "`convert hf-to-orbax` write one); copy the one it was made with next to it"
+        )
+    return cfg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,16 +195,43 @@ class MetricsLogger:
         if not self.enabled:
             return
         if self.path.exists():
-            old = [line for line in self.path.read_text().splitlines() if line.strip()]
-            self._lines = [line for line in old if json.loads(line)["step"] <= start_step]
+            self._lines = self._lines_up_to(start_step)
         from tensorboardX import SummaryWriter
 
         self._writer = SummaryWriter(str(self.tb_dir))
+
+    def _lines_up_to(self, start_step: int) -> list[str]:
+        """The lines of metrics.jsonl up to `start_step`; unreadable ones (a run killed
+        mid-write before writes were atomic, a hand edit) are skipped with one warning."""
+        kept, bad = [], []
+        for number, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                step = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                bad.append(number)
+                continue
+            if step <= start_step:
+                kept.append(line)
+        if bad:
+            what = (
+                "skipped an unreadable line"
+                if len(bad) == 1
+                else f"skipped {len(bad)} unreadable lines ({', '.join(map(str, bad))})"
+            )
+            print(f"warning: {self.path}:{bad[0]}: {what}", flush=True)
+        return kept
 
     def record(self, step: int, metrics: Mapping[str, jax.Array], force: bool = False) -> None:
         """Keeps the step's (device) metrics; writes when `force` (no sync otherwise)."""
         self._pending.append(metrics)
         if force:
+            self._flush(step)
+
+    def flush(self, step: int) -> None:
+        """Writes what `record` kept since the last write (if anything)."""
+        if self._pending:
             self._flush(step)
 
     def _flush(self, step: int) -> None:
@@ -206,7 +254,11 @@ class MetricsLogger:
         if not self.enabled:
             return
         self._lines.append(json.dumps(row))
-        self.path.write_text("\n".join(self._lines) + "\n")
+        # Whole file to a temporary, then renamed over: a kill mid-write cannot leave a
+        # truncated metrics.jsonl (rename is atomic locally; buckets copy whole objects).
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("\n".join(self._lines) + "\n")
+        tmp.replace(self.path)
         for key, value in row.items():
             if key != "step":
                 self._writer.add_scalar(f"train/{key}", value, step)
@@ -248,34 +300,63 @@ class MetricsLogger:
 
 
 class PreemptionGuard:
-    """SIGTERM sets a flag; the loop finishes its step, saves and stops.
+    """SIGTERM or a first Ctrl-C (SIGINT) sets a flag; the loop finishes its step, saves
+    and stops. A second Ctrl-C goes to the handler from before (KeyboardInterrupt: abort
+    now, without saving). `close` puts the previous handlers back.
 
-    With several processes the flag is OR-ed over all of them every step, so
+    With several processes the request is max-ed over all of them every step, so
     every host stops after the same step (checkpointing is collective).
     """
 
+    TERM, INT = 1, 2  # requests, by precedence: an interrupt is reported as one
+
     def __init__(self):
-        self.requested = False
-        self._previous = None
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. inside a test runner thread)
-            self._previous = None
+        self.requested = 0
+        self._previous: dict[int, Any] = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            # An ignored SIGINT (nohup, `cmd &` in a script) stays ignored.
+            if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+                continue
+            # ValueError: not the main thread (e.g. inside a test runner thread).
+            with contextlib.suppress(ValueError):
+                self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if signum != signal.SIGINT:
+            self.requested = max(self.requested, self.TERM)
+            return
+        self.requested = self.INT
+        self._restore(signal.SIGINT)  # the next Ctrl-C aborts at once
+        # os.write to fd 2, not print: the loop may be inside a print to the same buffered
+        # stream, and sys.stderr may be a stand-in without a file (notebooks, pytest).
+        with contextlib.suppress(OSError):
+            os.write(
+                2,
+                b"\ninterrupt: saving a checkpoint after this step (Ctrl-C again: stop now, "
+                b"without saving)\n",
+            )
+
+    def _restore(self, signum) -> None:
+        if signum in self._previous:
+            previous = self._previous.pop(signum)
+            # None: a handler installed outside Python, which cannot be put back.
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.requested == self.INT
 
     def should_stop(self) -> bool:
-        flag = self.requested
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            flag = bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
-        return flag
+            gathered = multihost_utils.process_allgather(np.int32(self.requested))
+            self.requested = int(np.max(gathered))
+        return self.requested > 0
 
     def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum in list(self._previous):
+            self._restore(signum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,9 +365,10 @@ class Result:
 
     step: int
     checkpoint_dir: str
-    preempted: bool
+    preempted: bool  # stopped early by SIGTERM or Ctrl-C, after saving `checkpoint_dir`
     first_loss: float | None
     last_loss: float | None
+    interrupted: bool = False  # the early stop was a Ctrl-C
 
 
 class Trainer:
@@ -306,8 +388,7 @@ class Trainer:
         """The latest checkpoint in MODEL_DIR, else fresh / HF / orbax initial weights."""
         latest = self.checkpointer.latest_step()
         if latest is not None:
-            state, position = self.checkpointer.restore(latest, self.layout)
-            return state, position
+            return self.checkpointer.restore(latest, self.layout)
         train = self.run.train
         params = None
         if train.init_from_hf:
@@ -331,7 +412,7 @@ class Trainer:
         """Trains from `state.step` to `train_steps`; `batches.position` counts batches used.
 
         `infer_eval(params, step)` -> metrics.json dict, called every
-        `infer_eval_every_steps` steps when given.
+        `infer_eval_every_steps` steps when given. If it raises, the step is saved first.
         """
         run = self.run
         total = int(run.train.train_steps)
@@ -343,6 +424,13 @@ class Trainer:
         every = max(int(run.train.log_every_steps), 1)
         save_every = max(int(run.checkpoint.save_every_steps), 1)
         eval_every = int(run.train.infer_eval_every_steps) if infer_eval is not None else 0
+
+        def save(force_log: bool = False) -> None:
+            if force_log:
+                logger.flush(step)
+            pos = dataclasses.replace(position, batches_consumed=int(batches.position))
+            self.checkpointer.save(state, pos, force=True)
+
         try:
             with jax.set_mesh(self.mesh), partitioning.axis_rules():
                 step_fn = ts.jit_train_step(
@@ -359,14 +447,25 @@ class Trainer:
                     if first is None:
                         first = float(jax.device_get(metrics["loss"]))
                     if preempted or step == total or step % save_every == 0:
-                        pos = dataclasses.replace(position, batches_consumed=int(batches.position))
-                        self.checkpointer.save(state, pos, force=True)
+                        save()
                     if preempted:
                         break
                     if eval_every > 0 and step % eval_every == 0:
-                        logger.record_eval(step, infer_eval(state.params, step))
+                        try:
+                            scores = infer_eval(state.params, step)
+                        except Exception:
+                            # Whatever went wrong in the evaluation, keep the steps trained.
+                            save(force_log=True)
+                            if jax.process_index() == 0:
+                                print(
+                                    f"infer_eval failed at step {step}; saved "
+                                    f"{self.checkpointer.step_dir(step)}",
+                                    flush=True,
+                                )
+                            raise
+                        logger.record_eval(step, scores)
                 last = None if metrics is None else float(jax.device_get(metrics["loss"]))
-        finally:  # also on errors: finish pending async saves, restore the SIGTERM handler
+        finally:  # also on errors: finish pending async saves, restore the signal handlers
             self.checkpointer.close()
             logger.close()
             guard.close()
@@ -376,4 +475,5 @@ class Trainer:
             preempted=preempted,
             first_loss=first,
             last_loss=last,
+            interrupted=preempted and guard.interrupted,
         )

@@ -17,6 +17,8 @@ punctuation, digits and emoji.
   BLOOM's; Qwen's NFC normalizer changes text that is not already NFC).
 
 ``make_vocabulary(kind, path, extra_ids)`` builds either; gin binds it from the entry points.
+A vocabulary that cannot be built raises ``VocabularyError`` (a ``ValueError``: unknown kind,
+unreadable tokenizer, no eos token) or ``FileNotFoundError``, each naming the file or value.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ HUGGINGFACE_KINDS = ("huggingface", "hf", "tokenizer.json")
 SentencePieceVocabulary = seqio.SentencePieceVocabulary
 
 
+class VocabularyError(ValueError):
+    """A vocabulary that cannot be built: unknown kind, bad tokenizer file, no eos token."""
+
+
 def _tokenizer_file(path: str | pathlib.Path) -> pathlib.Path:
     """`path` itself, or `path/tokenizer.json` for a checkpoint directory."""
     path = pathlib.Path(path)
@@ -56,7 +62,7 @@ def _config_token(tokenizer_file: pathlib.Path, key: str) -> str | None:
     try:
         value = json.loads(config_path.read_text(encoding="utf-8")).get(key)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}: not valid JSON: {e}") from None
+        raise VocabularyError(f"{config_path}: not valid JSON: {e}") from None
     if isinstance(value, dict):  # {"content": "</s>", "lstrip": ..., ...}
         value = value.get("content")
     return value if isinstance(value, str) else None
@@ -110,7 +116,9 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
             try:
                 self._tokenizer = tokenizers.Tokenizer.from_file(str(self._path))
             except Exception as e:  # the library raises a bare Exception on bad JSON
-                raise ValueError(f"{self._path}: cannot load Hugging Face tokenizer: {e}") from None
+                raise VocabularyError(
+                    f"{self._path}: cannot load Hugging Face tokenizer: {e}"
+                ) from None
         return self._tokenizer
 
     def _find_eos(self) -> int:
@@ -123,7 +131,7 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
             token_id = self.tokenizer.token_to_id(name)
             if token_id is not None:
                 return token_id
-        raise ValueError(
+        raise VocabularyError(
             f"{self._path}: no end-of-sequence token among {names}; pass eos_token or eos_id"
         )
 
@@ -233,7 +241,7 @@ def make_vocabulary(
       extra_ids: seqio sentinel ids appended after the vocabulary.
       eos_token: Hugging Face only: the eos token when it cannot be found automatically.
     """
-    kind_l = kind.lower()
+    kind_l = str(kind).lower()
     if kind_l in SENTENCEPIECE_KINDS:
         model = pathlib.Path(path) if path is not None else DEFAULT_SPM_PATH
         if not model.is_file():
@@ -248,9 +256,11 @@ def make_vocabulary(
         return SentencePieceVocabulary(str(model), extra_ids=extra_ids)
     if kind_l in HUGGINGFACE_KINDS:
         if path is None:
-            raise ValueError("make_vocabulary(kind='huggingface') needs path= a tokenizer.json")
+            raise VocabularyError(
+                "make_vocabulary(kind='huggingface') needs path= a tokenizer.json"
+            )
         return HuggingFaceVocabulary(path, extra_ids=extra_ids, eos_token=eos_token)
-    raise ValueError(
+    raise VocabularyError(
         f"unknown vocabulary kind {kind!r}; expected one of "
         f"{SENTENCEPIECE_KINDS + HUGGINGFACE_KINDS}"
     )

@@ -1,6 +1,7 @@
 """Checkpoints: round trip, restore onto another mesh, keep-K, params-only restores."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -169,3 +170,65 @@ def test_bucket_paths_stay_bucket_paths(tmp_path, monkeypatch):
         assert str(resolved) == "gs://bucket/run/checkpoints/7/params"
     assert (tmp_path / "gs:" / "bucket" / "run" / "model_config.json").is_file()
     assert str(ck.as_path("relative/dir")) == str(tmp_path / "relative" / "dir")
+
+
+def test_resume_of_another_model_or_a_damaged_step_is_one_line(tmp_path, trained):
+    layout, state = trained
+    manager = ck.Checkpointer(tmp_path, ck.CheckpointConfig(save_every_steps=1, keep=3))
+    for step in (1, 2):
+        manager.save(state.replace(step=jnp.int32(step)), ck.DataPosition(step), force=True)
+    manager.close()
+    step_dir = tmp_path / "checkpoints" / "2"
+
+    def error(target=layout) -> str:
+        manager = ck.Checkpointer(tmp_path, ck.CheckpointConfig())
+        with pytest.raises(ck.CheckpointError) as info:
+            manager.restore(2, target)
+        manager.close()
+        return str(info.value)
+
+    wider = dataclasses.replace(CFG, hidden=64, head_dim=16)
+    mesh = layout.shardings.step.mesh
+    assert error(ts.state_layout(decoder.Decoder(wider), TX, mesh)) == (
+        f"{step_dir}: parameters do not match the model (embed/embedding has shape (128, 32) "
+        "in the checkpoint, the model needs (128, 64)); use a new MODEL_DIR or the model it "
+        "was trained with"
+    )
+    small = {f: getattr(CFG, f) for f in ("hidden", "heads", "kv_heads", "head_dim", "mlp_dim")}
+    llama = dataclasses.replace(model_config.get_preset("tiny-llama"), vocab_size=128, **small)
+    assert error(ts.state_layout(decoder.Decoder(llama), TX, mesh)) == (
+        f"{step_dir}: parameters do not match the model (the checkpoint lacks "
+        "layers/attn/k_kernel, layers/attn/q_kernel, layers/attn/v_kernel and 2 more; the "
+        "model has no embed_norm/bias, embed_norm/scale, final_norm/bias and 7 more); use a "
+        "new MODEL_DIR or the model it was trained with"
+    )
+    other_optimizer = ts.make_optimizer(ts.OptimizerConfig(max_grad_norm=0.0), 10)
+    assert error(ts.state_layout(MODEL, other_optimizer, mesh)) == (
+        f"{step_dir}: optimizer state does not match the optimizer (the checkpoint lacks "
+        "opt_state/0/0/count, opt_state/0/0/mu/embed/embedding, "
+        "opt_state/0/0/mu/embed_norm/bias and 33 more; the optimizer has no "
+        "opt_state/1/0/count, opt_state/1/0/mu/embed/embedding, "
+        "opt_state/1/0/mu/embed_norm/bias and 33 more); use a new MODEL_DIR or the optimizer "
+        "settings it was trained with"
+    )
+    # A step whose optimizer item lost its data or its files (a copy cut short, a full disk).
+    damaged = f"{step_dir}: checkpoint cannot be read, damaged or incomplete"
+    for data_file in (step_dir / "train").glob("ocdbt.process_*/d/*"):
+        data_file.write_bytes(b"")
+    train_dir = re.escape(str(step_dir / "train"))
+    assert re.fullmatch(
+        rf'{re.escape(damaged)} \([A-Z_]+: Error reading "opt_state\.[^"]+" in OCDBT database '
+        rf'at local file "{train_dir}/": [^\n]+\); move that folder away to resume from step 1',
+        error(),
+    )
+    (step_dir / "train" / "manifest.ocdbt").unlink()
+    assert error() == (
+        f"{damaged} (train/manifest.ocdbt is missing); move that folder away to resume from step 1"
+    )
+    (step_dir / "train" / "manifest.ocdbt").write_bytes(b"")
+    (step_dir / "train" / "_METADATA").unlink()
+    assert error() == (
+        f"{damaged} (no readable metadata in train/); move that folder away to resume from step 1"
+    )
+    restored, _ = ck.Checkpointer(tmp_path, ck.CheckpointConfig()).restore(1, layout)
+    assert int(restored.step) == 1

@@ -144,6 +144,13 @@ def test_errors_are_one_line(tmp_path):
         eval_main.run_eval(["gin_configs/eval.gin"], [f"HF_DIR = '{tmp_path}'"])
     with pytest.raises(evaluation.EvalError, match="gin config"):
         eval_main.run_eval(["gin_configs/eval.gin"], ["NoSuchThing.x = 1"])
+    bad_vocab = [
+        f"CHECKPOINT = '{tmp_path}'",
+        f"EVAL_DIR = '{tmp_path}'",
+        f"VOCABULARY_PATH = '{tmp_path}'",
+    ]
+    with pytest.raises(eval_main._user_errors(), match="unknown vocabulary kind 'sentencepeice'"):
+        eval_main.run_eval(["gin_configs/eval.gin"], [*bad_vocab, "VOCABULARY = 'sentencepeice'"])
     proc = run_cli("ecomgpt_jax.eval", "--gin_file=gin_configs/eval.gin", *SMALL)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: set exactly one of CHECKPOINT")
@@ -198,3 +205,22 @@ def test_eval_gin_is_the_papers_decoding():
     assert eval_cfg.decode.effective_method == "beam"
     assert (eval_cfg.mixture_or_task_name, eval_cfg.split) == ("ecom_instruct_held_out", "test")
     assert (eval_cfg.max_examples, eval_cfg.prompt_seed) == (None, 0)
+
+
+def test_flag_and_gin_typos_are_one_line():
+    """A mistyped macro stops the run (gin alone would evaluate every example), and the
+    multi-host flags are checked inside the same one-line error handling."""
+    with pytest.raises(evaluation.EvalError) as info:
+        eval_main.run_eval(["gin_configs/eval.gin"], ["EVAL_MAX_EXAMPLE = 1"])
+    assert str(info.value) == (
+        "gin config: --gin.EVAL_MAX_EXAMPLE: macro EVAL_MAX_EXAMPLE is not used by any "
+        "binding (did you mean EVAL_MAX_EXAMPLES?)"
+    )
+    proc = run_cli("ecomgpt_jax.eval", "--multihost", "--gin_file=gin_configs/eval.gin")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --multihost: jax.distributed.initialize() found no cluster "
+        "(coordinator_address should be defined); on one machine drop --multihost, "
+        "elsewhere pass --coordinator_address/--num_processes/--process_id"
+    )
+    assert "Traceback" not in proc.stderr

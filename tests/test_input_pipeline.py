@@ -141,5 +141,35 @@ def test_global_batch_is_sharded_over_data_and_fsdp():
 def test_errors_name_the_problem():
     with pytest.raises(reader.DataError, match="mixture 'no_such_mixture'"):
         ip.InputIterator(config(mixture_or_task_name="no_such_mixture"), one_device_mesh())
-    with pytest.raises(ValueError, match="BATCH_SIZE 6 is not divisible by the 4 data shards"):
+    with pytest.raises(reader.DataError, match="BATCH_SIZE 6 is not divisible by Data"):
         ip.InputIterator(config(global_batch_size=6, num_shards=4), one_device_mesh())
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"global_batch_size": 0}, "BATCH_SIZE must be >= 1, got 0"),
+        ({"global_batch_size": -4}, "BATCH_SIZE must be >= 1, got -4"),
+        (
+            {"task_feature_lengths": {"input": 192, "targets": 64}},
+            "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), got "
+            "{'input': 192, 'targets': 64}",
+        ),
+        (
+            {"task_feature_lengths": {"inputs": 0, "targets": 64}},
+            "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), got "
+            "{'inputs': 0, 'targets': 64}",
+        ),
+        (
+            {"task_feature_lengths": {"inputs": 96, "targets": 32.5}},
+            "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), got "
+            "{'inputs': 96, 'targets': 32.5}",
+        ),
+        ({"num_shards": 0}, "DataConfig.num_shards must be None or >= 1, got 0"),
+        ({"num_shards": 3}, "BATCH_SIZE 8 is not divisible by DataConfig.num_shards 3"),
+    ],
+)
+def test_config_errors_are_found_before_any_data_is_read(fields, message):
+    with pytest.raises(reader.DataError) as info:
+        config(**fields)
+    assert str(info.value) == message

@@ -1,13 +1,9 @@
-"""Tests for the entry points' shared flags, gin parsing and argument rewriting."""
+"""Tests for the entry points' shared flags, argument rewriting and multi-host set-up."""
 
-import gin
 import pytest
+from absl.testing import flagsaver
 
 from ecomgpt_jax import launch
-
-
-class _UserError(Exception):
-    pass
 
 
 def test_rewrite_gin_args_t5x_form():
@@ -26,29 +22,75 @@ def test_define_flags_twice_is_harmless():
     assert "gin_file" in launch.FLAGS and "coordinator_address" in launch.FLAGS
 
 
-def test_parse_gin_errors_are_one_line(tmp_path):
-    with pytest.raises(_UserError, match=r"^pass at least one --gin_file \(e\.g\. x\.gin\)$"):
-        launch.parse_gin([], [], [], _UserError, "x.gin")
-    with pytest.raises(_UserError, match="^gin config: ") as info:
-        launch.parse_gin([str(tmp_path / "missing.gin")], [], [], _UserError, "x.gin")
-    assert "\n" not in str(info.value)
-    bad = tmp_path / "bad.gin"
-    bad.write_text("X = (\n")
-    with pytest.raises(_UserError, match="^gin config: "):
-        launch.parse_gin([str(bad)], [], [], _UserError, "x.gin")
+@pytest.mark.parametrize(
+    "multihost, address, num, pid, message",
+    [
+        (
+            False,
+            "localhost:12355",
+            None,
+            None,
+            "--coordinator_address needs --num_processes and --process_id",
+        ),
+        (False, "localhost:12355", 2, None, "--coordinator_address needs --process_id"),
+        (False, "localhost", 2, 0, "--coordinator_address localhost is not host:port"),
+        (False, "localhost:12355", 2, 5, "--process_id 5 is not below --num_processes 2"),
+        (False, None, 2, 5, "--process_id 5 is not below --num_processes 2"),
+        (True, None, 0, None, "--num_processes 0 must be 1 or more"),
+        (False, None, None, -1, "--process_id -1 must be 0 or more"),
+        (
+            False,
+            None,
+            2,
+            1,
+            "--num_processes and --process_id need --coordinator_address=host:port (or "
+            "--multihost on a Cloud TPU pod or a SLURM / Open MPI cluster)",
+        ),
+    ],
+)
+def test_bad_multihost_flags_are_one_line(multihost, address, num, pid, message):
+    with pytest.raises(launch.FlagError) as info:
+        launch.distributed_kwargs(multihost, address, num, pid)
+    assert str(info.value) == message
 
 
-def test_parse_gin_finalize_reports_required_macros(tmp_path):
-    @gin.configurable("launch_test_fn")
-    def fn(value=gin.REQUIRED):
-        return value
+def test_multihost_flags_that_work():
+    assert launch.distributed_kwargs(False, None, None, None) is None
+    assert launch.distributed_kwargs(True, None, None, None) == {}
+    assert launch.distributed_kwargs(False, "h:1", 2, 1) == {
+        "coordinator_address": "h:1",
+        "num_processes": 2,
+        "process_id": 1,
+    }
+    assert launch.FlagError in launch.user_errors()  # train and eval print it as one line
 
-    path = tmp_path / "req.gin"
-    path.write_text("launch_test_fn.value = %VALUE\nVALUE = %gin.REQUIRED\n")
-    try:
-        with pytest.raises(_UserError, match="gin config: .*REQUIRED"):
-            launch.parse_gin([str(path)], [], [], _UserError, "x.gin", finalize=True)
-        launch.parse_gin([str(path)], ["VALUE = 3"], [], _UserError, "x.gin", finalize=True)
-        assert fn() == 3
-    finally:
-        gin.clear_config()
+
+def test_init_distributed_reports_jax_failures_as_one_line(monkeypatch):
+    import jax
+
+    def fail(**kwargs):
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", fail)
+    if not launch.FLAGS.is_parsed():
+        launch.FLAGS(["prog"])
+    unset = dict(coordinator_address=None, num_processes=None, process_id=None)
+    with flagsaver.flagsaver(multihost=True, **unset), pytest.raises(launch.FlagError) as info:
+        launch.init_distributed()
+    assert str(info.value) == (
+        "--multihost: jax.distributed.initialize() found no cluster (coordinator_address "
+        "should be defined); on one machine drop --multihost, elsewhere pass "
+        "--coordinator_address/--num_processes/--process_id"
+    )
+
+    def timeout(**kwargs):
+        raise RuntimeError("DEADLINE_EXCEEDED: Barrier timed out\nmore detail")
+
+    monkeypatch.setattr(jax.distributed, "initialize", timeout)
+    given = dict(coordinator_address="h:1", num_processes=2, process_id=1)
+    with flagsaver.flagsaver(multihost=False, **given), pytest.raises(launch.FlagError) as info:
+        launch.init_distributed()
+    assert str(info.value) == (
+        "--coordinator_address h:1: jax.distributed.initialize() failed: DEADLINE_EXCEEDED: "
+        "Barrier timed out"
+    )

@@ -176,6 +176,34 @@ def test_sigterm_saves_exits_0_and_resume_matches(sharded_reference, compile_cac
     np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-6)
 
 
+def test_first_ctrl_c_saves_and_exits_130_without_a_trace(compile_cache, tmp_path):
+    model_dir = tmp_path / "run"
+    with open(tmp_path / "stderr.txt", "w") as log:
+        proc = subprocess.Popen(
+            command(model_dir, *SHARDED),
+            cwd=ROOT,
+            env=env(compile_cache, devices=4),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        for line in proc.stdout:
+            if line.startswith("step 2/"):
+                proc.send_signal(signal.SIGINT)
+                break
+        out = proc.stdout.read()
+        assert proc.wait(timeout=300) == train.INTERRUPTED_EXIT_CODE == 130
+    stopped = max(losses(model_dir))
+    step_dir = model_dir / "checkpoints" / str(stopped)
+    assert 2 <= stopped < STEPS
+    assert f"\ninterrupted at step {stopped}: saved {step_dir}; run the same command to " in out
+    saved = checkpointing.Checkpointer(model_dir, checkpointing.CheckpointConfig()).all_steps()
+    assert saved[-1] == stopped and sorted(losses(model_dir)) == list(range(1, stopped + 1))
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert "interrupt: saving a checkpoint after this step (Ctrl-C again: stop now" in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -242,6 +270,52 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     text = run_in_process(tmp_path, *args)
     assert text.startswith("error: ") and "\n" not in text
     assert message in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gin.TRAIN_STEPS=0"], "TRAIN_STEPS must be >= 1, got 0"),
+        (["--gin.BATCH_SIZE=0"], "BATCH_SIZE must be >= 1, got 0"),
+        (["--gin.BATCH_SIZE=-4"], "BATCH_SIZE must be >= 1, got -4"),
+        (
+            ["--gin.TASK_FEATURE_LENGTHS={'input': 192, 'targets': 64}"],
+            "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), got "
+            "{'input': 192, 'targets': 64}",
+        ),
+        (
+            ["--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 64}"],
+            "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), got "
+            "{'inputs': 0, 'targets': 64}",
+        ),
+        (
+            ["--gin.VOCABULARY='sentencepeice'"],
+            "VOCABULARY: unknown vocabulary kind 'sentencepeice'; expected one of "
+            "sentencepiece, spm, huggingface, hf, tokenizer.json",
+        ),
+        (
+            ["--gin.VOCABULARY='huggingface'"],
+            "VOCABULARY = 'huggingface' needs VOCABULARY_PATH (a tokenizer.json or its folder) "
+            "or INIT_FROM_HF (whose tokenizer.json is used)",
+        ),
+        (
+            ["--gin.INFER_EVAL_EVERY_STEPS=4", "--gin.INFER_EVAL_MIXTURE='ecom_instruct_heldout'"],
+            f"INFER_EVAL_MIXTURE: {ROOT}/ecomgpt_jax/ecominstruct/sample: "
+            "'ecom_instruct_heldout' is neither a task folder nor a known mixture "
+            "(ecom_instruct_held_out, ecom_instruct_held_in, ecom_instruct_en, ecom_instruct_zh, "
+            "ecom_instruct_cls, ecom_instruct_ner, ecom_instruct_extract, "
+            "ecom_instruct_condition_extract, ecom_instruct_generate)",
+        ),
+        (
+            ["--gin.INIT_FROM_CHECKPOINT='/no/such/orbax'"],
+            "INIT_FROM_CHECKPOINT: checkpoint path /no/such/orbax does not exist",
+        ),
+    ],
+)
+def test_bad_values_stop_before_anything_runs(tmp_path, args, message):
+    """One exact line, and nothing written to MODEL_DIR (no step trained and then lost)."""
+    assert run_in_process(tmp_path / "run", *args) == f"error: {message}"
+    assert not (tmp_path / "run").exists()
 
 
 def test_mixture_without_data_is_one_line(tmp_path):

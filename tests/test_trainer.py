@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -31,7 +32,7 @@ TINY = dataclasses.replace(
 
 def run_config(tmp_path, **train) -> trainer.RunConfig:
     return trainer.RunConfig(
-        train=trainer.TrainConfig(model_dir=str(tmp_path / "run"), train_steps=4, **train),
+        train=trainer.TrainConfig(**{"model_dir": str(tmp_path / "run"), "train_steps": 4} | train),
         model=trainer.ModelSpec(preset="tiny-bloom", overrides={"vocab_size": 2048}),
         optimizer=ts.OptimizerConfig(),
         step=ts.StepConfig(),
@@ -164,6 +165,7 @@ def test_library_needs_no_tensorflow_seqio_or_gin():
     """The GPU box has no TensorFlow, SeqIO or gin: the trainer library must not need them."""
     code = """
 import sys
+import time
 class Block:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("tensorflow", "seqio", "gin"):
@@ -174,3 +176,123 @@ import ecomgpt_jax.checkpointing, ecomgpt_jax.train_step, ecomgpt_jax.trainer
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_train_steps_must_be_at_least_one(tmp_path):
+    for steps in (0, -3):
+        with pytest.raises(trainer.UserError) as info:
+            run_config(tmp_path, train_steps=steps)
+        assert str(info.value) == f"TRAIN_STEPS must be >= 1, got {steps}"
+
+
+def test_init_from_checkpoint_errors_name_the_macro(tmp_path):
+    def error(path) -> str:
+        with pytest.raises(trainer.UserError) as info:
+            trainer.build_model_config(run_config(tmp_path, init_from_checkpoint=str(path)))
+        return str(info.value)
+
+    assert error(tmp_path / "nope") == (
+        f"INIT_FROM_CHECKPOINT: checkpoint path {tmp_path / 'nope'} does not exist"
+    )
+    (tmp_path / "empty").mkdir()
+    assert error(tmp_path / "empty") == (
+        f"INIT_FROM_CHECKPOINT: {tmp_path / 'empty'}: no orbax checkpoint found (expected a "
+        "run directory, a step directory with a 'params' item, or a params checkpoint "
+        "written by `convert hf-to-orbax`)"
+    )
+    params = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), decoder.abstract_params(TINY))
+    checkpointing.save_params(tmp_path / "bare" / "params", params)
+    assert error(tmp_path / "bare") == (
+        f"INIT_FROM_CHECKPOINT: {tmp_path / 'bare'} holds a checkpoint but no "
+        "model_config.json at or above it (train.py and `convert hf-to-orbax` write one); "
+        "copy the one it was made with next to it"
+    )
+
+
+def test_metrics_logger_skips_unreadable_lines_and_writes_atomically(tmp_path, capsys):
+    """A metrics.jsonl cut short by a kill (or edited by hand) does not block a resume."""
+    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(learning_rate=1.0), 10)
+    rows = [json.dumps({"step": s, "loss": float(s)}) for s in (1, 2, 3)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(f'{rows[0]}\n{{"step": 2, "lo\n{rows[1]}\n[]\n{rows[2]}\n{rows[2][:9]}')
+    logger = trainer.MetricsLogger(tmp_path, total_steps=10, start_step=2, schedule=schedule)
+    assert capsys.readouterr().out == (f"warning: {path}:2: skipped 3 unreadable lines (2, 4, 6)\n")
+    metrics = {"loss": 5.0, "grad_norm": 0.5, "accuracy": 0.25, "tokens": 100.0}
+    logger.record(3, metrics, force=True)
+    logger.close()
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "tensorboard"]
+    capsys.readouterr()
+    path.write_text(f"{rows[0]}\n{rows[1][:5]}")
+    trainer.MetricsLogger(tmp_path, total_steps=10, start_step=2, schedule=schedule).close()
+    assert capsys.readouterr().out == f"warning: {path}:2: skipped an unreadable line\n"
+
+
+def test_first_ctrl_c_is_a_preemption_second_aborts_and_handlers_come_back(capfd):
+    before_int, before_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    guard = trainer.PreemptionGuard()
+    try:
+        assert not guard.should_stop()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert guard.should_stop() and guard.interrupted
+        assert capfd.readouterr().err == (
+            "\ninterrupt: saving a checkpoint after this step (Ctrl-C again: stop now, "
+            "without saving)\n"
+        )
+        with pytest.raises(KeyboardInterrupt):  # the handler from before: abort now
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    finally:
+        guard.close()
+    assert signal.getsignal(signal.SIGINT) is before_int
+    assert signal.getsignal(signal.SIGTERM) is before_term
+    # A SIGINT ignored by the caller (nohup, `cmd &` in a script) stays ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        guard = trainer.PreemptionGuard()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        guard.close()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before_int)
+
+
+class Batches:
+    """Random tiny batches, with the `position` InputIterator keeps."""
+
+    def __init__(self):
+        self.position = 0
+        rs = np.random.RandomState(0)
+        tokens = rs.randint(0, TINY.vocab_size, (2, 8, 16)).astype(np.int32)
+        self.batch = {
+            ts.INPUTS: tokens[0],
+            ts.TARGETS: tokens[1],
+            ts.WEIGHTS: np.ones((8, 16), np.float32),
+            ts.SEGMENT_IDS: np.ones((8, 16), np.int32),
+            ts.POSITIONS: np.tile(np.arange(16, dtype=np.int32), (8, 1)),
+        }
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.position += 1
+        return self.batch
+
+
+def test_a_failing_infer_eval_saves_the_step_first(tmp_path, capsys):
+    run = run_config(tmp_path, train_steps=6, infer_eval_every_steps=2)
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+
+    def infer_eval(params, step):
+        raise RuntimeError("decoding ran out of memory")
+
+    with pytest.raises(RuntimeError, match="decoding ran out of memory"):
+        job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), infer_eval)
+    step_dir = tmp_path / "run" / "checkpoints" / "2"
+    assert f"infer_eval failed at step 2; saved {step_dir}\n" in capsys.readouterr().out
+    saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
+    assert saved.all_steps() == [2]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]  # step 2 logged, too

@@ -177,17 +177,30 @@ def test_huggingface_vocab_pickles_without_native_state(hf_vocab):
 
 
 def test_errors_name_what_and_where(tmp_path, hf_path):
-    with pytest.raises(ValueError, match="unknown vocabulary kind 'bpe'"):
+    # VocabularyError (a ValueError): what the entry points report as one line.
+    with pytest.raises(vocabularies.VocabularyError) as info:
         vocabularies.make_vocabulary("bpe")
+    assert str(info.value) == (
+        "unknown vocabulary kind 'bpe'; expected one of "
+        "('sentencepiece', 'spm', 'huggingface', 'hf', 'tokenizer.json')"
+    )
     with pytest.raises(FileNotFoundError, match="tokenizer file not found: .*nope"):
         vocabularies.make_vocabulary("huggingface", tmp_path / "nope")
-    with pytest.raises(ValueError, match="needs path="):
+    with pytest.raises(vocabularies.VocabularyError, match="needs path="):
         vocabularies.make_vocabulary("huggingface")
     with pytest.raises(FileNotFoundError, match="SentencePiece model not found: .*x.model"):
         vocabularies.make_vocabulary("spm", tmp_path / "x.model")
     bad = tmp_path / "bad.json"
     bad.write_text("{", encoding="utf-8")
-    with pytest.raises(ValueError, match="bad.json: cannot load Hugging Face tokenizer"):
+    with pytest.raises(
+        vocabularies.VocabularyError, match="bad.json: cannot load Hugging Face tokenizer"
+    ):
         vocabularies.HuggingFaceVocabulary(bad).eos_id  # noqa: B018
-    with pytest.raises(ValueError, match=r"no end-of-sequence token among \['<eos>'\]"):
+    with pytest.raises(
+        vocabularies.VocabularyError, match=r"no end-of-sequence token among \['<eos>'\]"
+    ):
         vocabularies.HuggingFaceVocabulary(hf_path, eos_token="<eos>").eos_id  # noqa: B018
+    (tmp_path / "tokenizer_config.json").write_text("{", encoding="utf-8")
+    (tmp_path / "tokenizer.json").write_bytes(hf_path.read_bytes())
+    with pytest.raises(vocabularies.VocabularyError, match="tokenizer_config.json: not valid JSON"):
+        vocabularies.HuggingFaceVocabulary(tmp_path).eos_id  # noqa: B018

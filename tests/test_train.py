@@ -147,10 +147,9 @@ def test_infer_eval_scores_logged_beside_the_loss(default_run):
     assert f"infer_eval step {STEPS}: rouge-l-f1" in stdout
 
 
-def test_sigterm_saves_exits_0_and_resume_matches(sharded_reference, compile_cache, tmp_path):
-    model_dir = tmp_path / "run"
-    environ = env(compile_cache, devices=4)
-    with open(tmp_path / "stderr.txt", "w") as log:
+def _signal_at_step_2(model_dir, environ, signum, stderr_path) -> tuple[int, str]:
+    """Runs the sharded command, sends `signum` once "step 2/" is logged: (rc, stdout)."""
+    with open(stderr_path, "w") as log:
         proc = subprocess.Popen(
             command(model_dir, *SHARDED),
             cwd=ROOT,
@@ -161,10 +160,17 @@ def test_sigterm_saves_exits_0_and_resume_matches(sharded_reference, compile_cac
         )
         for line in proc.stdout:
             if line.startswith("step 2/"):
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signum)
                 break
         out = proc.stdout.read()
-        assert proc.wait(timeout=300) == 0
+        return proc.wait(timeout=300), out
+
+
+def test_sigterm_saves_exits_0_and_resume_matches(sharded_reference, compile_cache, tmp_path):
+    model_dir = tmp_path / "run"
+    environ = env(compile_cache, devices=4)
+    rc, out = _signal_at_step_2(model_dir, environ, signal.SIGTERM, tmp_path / "stderr.txt")
+    assert rc == 0
     stopped = max(losses(model_dir))
     assert 2 <= stopped < STEPS and f"preempted at step {stopped}" in out
     saved = checkpointing.Checkpointer(model_dir, checkpointing.CheckpointConfig()).all_steps()
@@ -178,21 +184,9 @@ def test_sigterm_saves_exits_0_and_resume_matches(sharded_reference, compile_cac
 
 def test_first_ctrl_c_saves_and_exits_130_without_a_trace(compile_cache, tmp_path):
     model_dir = tmp_path / "run"
-    with open(tmp_path / "stderr.txt", "w") as log:
-        proc = subprocess.Popen(
-            command(model_dir, *SHARDED),
-            cwd=ROOT,
-            env=env(compile_cache, devices=4),
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-        for line in proc.stdout:
-            if line.startswith("step 2/"):
-                proc.send_signal(signal.SIGINT)
-                break
-        out = proc.stdout.read()
-        assert proc.wait(timeout=300) == train.INTERRUPTED_EXIT_CODE == 130
+    environ = env(compile_cache, devices=4)
+    rc, out = _signal_at_step_2(model_dir, environ, signal.SIGINT, tmp_path / "stderr.txt")
+    assert rc == train.INTERRUPTED_EXIT_CODE == 130
     stopped = max(losses(model_dir))
     step_dir = model_dir / "checkpoints" / str(stopped)
     assert 2 <= stopped < STEPS

@@ -352,16 +352,6 @@ class SampleError(Exception):
     """A bad --out or --vocab-size: reported as one line, exit status 2."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
 def check_out(out_dir: pathlib.Path, files: dict[str, bytes]) -> None:
     """Raises SampleError unless every file in `files` can be written under `out_dir`
     without replacing different content (the stand-ins for held-out tasks use the real
@@ -423,11 +413,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=pathlib.Path, default=SAMPLE_DIR, help="output root")
     parser.add_argument("--no-spm", action="store_true", help="write the data files only")
-    parser.add_argument("--vocab-size", type=_positive_int, default=SPM_VOCAB_SIZE)
+    parser.add_argument("--vocab-size", type=int, default=SPM_VOCAB_SIZE)
     args = parser.parse_args(argv)
     out = args.out
     try:
         files = sample_files()
+        if args.vocab_size < 1:
+            raise SampleError(f"--vocab-size {args.vocab_size} is not a positive integer")
         check_out(out, files)  # before the SentencePiece training: fail fast
         spm_model = None if args.no_spm else sample_spm(files, args.vocab_size)
         if spm_model is not None:

@@ -32,6 +32,7 @@ import gc
 import json
 import logging
 import os
+import sys
 from typing import Any
 
 import jax
@@ -225,11 +226,14 @@ class Checkpointer:
             train=ocp.args.StandardRestore(train_target),
             data=ocp.args.JsonRestore(),
         )
+        failure = None
         try:
             restored = self._manager.restore(step, args=args)
         except Exception as e:  # orbax wraps tensorstore's read errors in a bare Exception
+            failure = _short(e.__cause__ or e)
+        if failure is not None:  # outside `except`: its traceback no longer holds the reads
             _drop_failed_reads()
-            raise self._damaged(step, _short(e.__cause__ or e)) from None
+            raise self._damaged(step, failure)
         train = restored["train"]
         state = TrainState(
             step=train["step"],
@@ -322,7 +326,12 @@ def _drop_failed_reads() -> None:
     "Event loop is closed" trace for a read that finishes after orbax closed its loop.)
     """
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    gc.collect()
+    hook = sys.unraisablehook  # their coroutines complain when collected: not news here
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

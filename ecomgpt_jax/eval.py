@@ -109,6 +109,7 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
     mesh = partitioning.make_mesh(partitioning.MeshConfig(tuple(run.mesh_shape)))
     eval_dir = run.eval_dir or default_eval_dir(source, eval_cfg.mixture_or_task_name)
     vocabulary = make_vocabulary(run, source)
+    evaluation.check_tasks(eval_cfg)  # bad data root / names / split: before the model loads
     cfg, params = evaluation.load_model(source, mesh)
     if jax.process_index() == 0:
         d = eval_cfg.decode

@@ -219,16 +219,27 @@ class TaskPrompts:
     n_total: int
 
 
-def prepare_tasks(eval_cfg: EvalConfig, vocabulary: Vocabulary) -> tuple[list[TaskPrompts], list]:
-    """Every task's prompts (first `max_examples`), and the mixture's missing tasks."""
+def check_tasks(eval_cfg: EvalConfig) -> tuple[list[reader.TaskInfo], list]:
+    """(the tasks to evaluate, the mixture's missing tasks); DataError for a data root,
+    name or split that cannot work. Cheap (no example is read): the eval binary calls it
+    before loading a model that may take minutes."""
     root = reader.default_data_dir() if eval_cfg.data_dir is None else eval_cfg.data_dir
     names, missing = resolve_task_names(eval_cfg.mixture_or_task_name, root)
     infos = reader.discover_tasks(root)
-    out = []
     for name in names:
-        info = infos[name]
-        if not info.has_split(eval_cfg.split):
-            raise reader.DataError(f"task {name!r} has no {eval_cfg.split!r} split", info.path)
+        if not infos[name].has_split(eval_cfg.split):
+            raise reader.DataError(
+                f"task {name!r} has no {eval_cfg.split!r} split", infos[name].path
+            )
+    return [infos[name] for name in names], missing
+
+
+def prepare_tasks(eval_cfg: EvalConfig, vocabulary: Vocabulary) -> tuple[list[TaskPrompts], list]:
+    """Every task's prompts (first `max_examples`), and the mixture's missing tasks."""
+    infos, missing = check_tasks(eval_cfg)
+    out = []
+    for info in infos:
+        name = info.name
         rows = instructions.task_instructions(info, eval_cfg.split, seed=eval_cfg.prompt_seed)
         chosen = rows[: eval_cfg.max_examples] if eval_cfg.max_examples else rows
         ids = tuple(tuple(int(i) for i in vocabulary.encode(r.prompt)) for r in chosen)

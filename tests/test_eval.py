@@ -16,7 +16,7 @@ from conftest import SAMPLE_HELD_OUT
 
 from ecomgpt_jax import eval as eval_main
 from ecomgpt_jax import evaluation, score
-from ecomgpt_jax.ecominstruct import make_sample
+from ecomgpt_jax.ecominstruct import make_sample, reader
 from ecomgpt_jax.models import config as mc
 
 torch = pytest.importorskip("torch")
@@ -151,6 +151,10 @@ def test_errors_are_one_line(tmp_path):
     ]
     with pytest.raises(eval_main._user_errors(), match="unknown vocabulary kind 'sentencepeice'"):
         eval_main.run_eval(["gin_configs/eval.gin"], [*bad_vocab, "VOCABULARY = 'sentencepeice'"])
+    # The data is checked before the model loads (CHECKPOINT here holds no checkpoint).
+    no_data = [f"CHECKPOINT = '{tmp_path}'", f"EVAL_DIR = '{tmp_path}'", "DATA_DIR = '/no/data'"]
+    with pytest.raises(reader.DataError, match="/no/data"):
+        eval_main.run_eval(["gin_configs/eval.gin"], no_data)
     proc = run_cli("ecomgpt_jax.eval", "--gin_file=gin_configs/eval.gin", *SMALL)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: set exactly one of CHECKPOINT")

@@ -119,6 +119,16 @@ def register_ecom_tasks(
     _unregister_previous()
     _registration = Registration(root)
     infos = reader.discover_tasks(root)
+    # An empty data file is valid (a task without examples yet) but takes no part in any
+    # mixture (its rate is 0): say so once, rather than leave the task silently unused.
+    empty = [
+        f"{info.path.name}/{split}.json"
+        for info in infos.values()
+        for split in ecom_instruct.SPLITS
+        if info.has_split(split) and info.split_path(split).stat().st_size == 0
+    ]
+    if empty:
+        log.warning("empty data files (no examples, left out of mixtures): %s", ", ".join(empty))
     names = ecom_instruct.register_tasks(infos, vocabulary, seed, tfds_data_dir)
     _registration = Registration(root, tuple(names))  # recorded before mixtures can fail
     mixture_names, unavailable = mixtures.register_mixtures(infos, root, rate_maximum)

@@ -137,6 +137,22 @@ def test_bad_root_is_a_clear_error(tmp_path):
         tasks.get("bogus")
 
 
+def test_empty_data_files_are_named_once(tmp_path, caplog):
+    import logging
+
+    for dataset in ("Shop_Review", "Multi_CPR"):
+        shutil.copytree(SAMPLE / dataset, tmp_path / dataset)
+    folder = tmp_path / "Shop_Review/tasks/EN-Shop_Review-CLS-review_sentiment"
+    (folder / "train.json").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="tasks"):
+        tasks.register_ecom_tasks(tmp_path)
+    warnings = [r.getMessage() for r in caplog.records if "empty data files" in r.getMessage()]
+    assert warnings == [
+        "empty data files (no examples, left out of mixtures): "
+        "EN-Shop_Review-CLS-review_sentiment/train.json"
+    ]
+
+
 def test_another_seed_changes_only_cls_candidates():
     vocab = vocabularies.make_vocabulary()
     tasks.register_ecom_tasks(SAMPLE, vocab, seed=3)

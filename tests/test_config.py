@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from ecomgpt_jax.models import config as mc
@@ -103,7 +104,12 @@ def test_invalid_overrides_raise_naming_the_field():
         dataclasses.replace(cfg, dtype="fp8")
     with pytest.raises(ConfigError, match="remat_policy"):
         dataclasses.replace(cfg, remat_policy="sometimes")
+    # Sizes from gin or JSON overrides: a string, float or bool is a typo, not a size.
+    for bad in ("a", 2.0, True, 0):
+        with pytest.raises(ConfigError, match=rf"^ModelConfig.layers={bad!r}: must be a positive"):
+            dataclasses.replace(cfg, layers=bad)
     assert dataclasses.replace(cfg, vocab_size=4096).vocab_size == 4096
+    assert dataclasses.replace(cfg, vocab_size=np.int64(4096)).vocab_size == 4096
 
 
 def test_rope_scaling_dict_is_frozen_into_dataclass():

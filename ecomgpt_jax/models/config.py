@@ -16,6 +16,7 @@ gin can bind them. This module imports neither jax nor gin.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,8 +90,10 @@ class ModelConfig:
         if self.family not in FAMILIES:
             bad("family", f"must be one of {FAMILIES}")
         for field in ("vocab_size", "hidden", "layers", "heads", "kv_heads", "head_dim", "mlp_dim"):
-            if int(getattr(self, field)) <= 0:
-                bad(field, "must be positive")
+            value = getattr(self, field)
+            # Overrides arrive from gin and JSON: a string or float here is a typo, not a size.
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+                bad(field, "must be a positive integer")
         if self.heads % self.kv_heads:
             bad("kv_heads", f"must divide heads={self.heads}")
         if self.family == "bloom":

@@ -176,12 +176,7 @@ def setup(args, methods) -> Setup:
         for method in methods
     }
     mesh = partitioning.make_mesh(partitioning.MeshConfig(args.mesh))
-    divisor = partitioning.batch_divisor(mesh)
-    if args.batch % divisor:
-        raise report.BenchmarkError(
-            f"--batch {args.batch} does not divide over the mesh's data x fsdp = {divisor} "
-            f"(mesh {list(mesh.devices.shape)})"
-        )
+    report.check_batch_over_mesh(args.batch, mesh)
     if args.compare_hf and args.hf_batch > args.batch:
         raise report.BenchmarkError(
             f"--hf_batch {args.hf_batch} exceeds --batch {args.batch} (transformers decodes "

@@ -174,6 +174,18 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (BenchmarkError, DecodeConfigError, *launch.user_errors())
 
 
+def check_batch_over_mesh(batch: int, mesh) -> None:
+    """BenchmarkError unless `batch` rows split evenly over the mesh's batch axes."""
+    from ecomgpt_jax import partitioning
+
+    divisor = partitioning.batch_divisor(mesh)
+    if batch % divisor:
+        raise BenchmarkError(
+            f"--batch {batch} does not divide over the mesh's data x fsdp = {divisor} "
+            f"(mesh {list(mesh.devices.shape)})"
+        )
+
+
 @contextlib.contextmanager
 def exit_on_user_error():
     """A user error inside becomes one `error: ...` line on stderr and exit status 2."""

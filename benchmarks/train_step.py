@@ -167,12 +167,11 @@ def compile_only(cfg, step_config: ts.StepConfig, mesh, batch_np) -> dict:
     XLA's memory analysis: what a run would need on this backend, e.g. to choose a remat
     policy before an accelerator is at hand (a CPU compile's figures are the CPU's)."""
     compiled, state, _, compile_s = _compiled_step(cfg, step_config, mesh, batch_np, None)
-    analysis = compiled.memory_analysis()
     return {
         "params": _params(state),
         "compile_s": round(compile_s, 2),
-        "compiled_temp_gb": _gb(_temp_bytes(compiled)),
-        "compiled_argument_gb": _gb(getattr(analysis, "argument_size_in_bytes", None)),
+        "compiled_temp_gb": _gb(_memory_bytes(compiled, "temp")),
+        "compiled_argument_gb": _gb(_memory_bytes(compiled, "argument")),
     }
 
 
@@ -187,7 +186,7 @@ class JaxRunner:
         self.info = {
             "params": _params(self.state),
             "compile_s": round(self.compile_s, 2),
-            "compiled_temp_gb": _gb(_temp_bytes(self.compiled)),
+            "compiled_temp_gb": _gb(_memory_bytes(self.compiled, "temp")),
         }
         self.times, self.cpu_times = [], []
         self.run(1)  # first execution (allocations, autotuning) is not timed
@@ -211,9 +210,10 @@ class JaxRunner:
         del self.state, self.batch, self.compiled
 
 
-def _temp_bytes(compiled) -> int | None:
+def _memory_bytes(compiled, kind: str) -> int | None:
+    """XLA's `<kind>_size_in_bytes` ("temp", "argument") of a compiled step, if reported."""
     try:
-        return int(compiled.memory_analysis().temp_size_in_bytes)
+        return int(getattr(compiled.memory_analysis(), f"{kind}_size_in_bytes"))
     except Exception:  # noqa: BLE001 - not every backend/version reports it
         return None
 
@@ -481,12 +481,7 @@ def check_options(args, mesh) -> None:
         raise report.BenchmarkError(
             f"--batch {args.batch} is not divisible by --microbatches {args.microbatches}"
         )
-    divisor = partitioning.batch_divisor(mesh)
-    if args.batch % divisor:
-        raise report.BenchmarkError(
-            f"--batch {args.batch} does not divide over the mesh's data x fsdp = {divisor} "
-            f"(mesh {list(mesh.devices.shape)})"
-        )
+    report.check_batch_over_mesh(args.batch, mesh)
 
 
 def main(argv=None) -> dict:

@@ -17,8 +17,6 @@ import sys
 
 from ecomgpt_jax.ecominstruct import instructions, reader
 
-SPLITS = ("train", "test")  # EcomInstruct's data files: <task>/{train,test}.json
-
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ecomgpt_jax.instructions", description=__doc__)
@@ -28,7 +26,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="data root (<Dataset>/tasks/<task>/); default $ECOMGPT_DATA_DIR or the bundled sample",
     )
-    parser.add_argument("--split", default="test", help=f"one of {', '.join(SPLITS)}")
+    parser.add_argument("--split", default="test", help=f"one of {', '.join(reader.SPLITS)}")
     parser.add_argument("--output", type=pathlib.Path, required=True, help="output .jsonl file")
     parser.add_argument("--seed", type=int, default=0, help="seed of the CLS candidate sampling")
     parser.add_argument(
@@ -41,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = _parse_args(argv)
     try:
-        if args.split not in SPLITS:
+        if args.split not in reader.SPLITS:
             raise reader.DataError(
-                f"--split {args.split!r}: unknown split (use {' or '.join(SPLITS)})"
+                f"--split {args.split!r}: unknown split (use {' or '.join(reader.SPLITS)})"
             )
         tasks = reader.discover_tasks(args.data_dir)
         wanted = [t for t in args.tasks.split(",") if t]

@@ -33,22 +33,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_tasks_have_examples(data_dir, rows: list[scoring.PredictionRow], split: str) -> None:
-    """DataError naming the split file of a task that the predictions name but that has no
-    examples: otherwise the first row for it reads as the predictions' fault ("index 0
-    out of range")."""
-    tasks = reader.discover_tasks(data_dir)
-    for name in dict.fromkeys(row.task for row in rows):
-        task = tasks.get(name)
-        # Unknown tasks and missing splits: score_predictions names them.
-        if task is None or not task.has_split(split):
-            continue
-        path = task.split_path(split)
-        # Reads only up to the first example.
-        if next(reader.iter_json_lines(path), None) is None:
-            raise reader.DataError(f"task {name!r} has no {split} examples to score against", path)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = _parse_args(argv)
@@ -56,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
         rows = scoring.read_predictions(args.predictions)
         if not rows:
             raise reader.DataError("no predictions", args.predictions)
-        check_tasks_have_examples(args.data_dir, rows, args.split)
         scores = scoring.score_predictions(
             args.data_dir, rows, split=args.split, source=str(args.predictions)
         )

@@ -118,18 +118,10 @@ def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, voca
 def check_infer_eval(eval_cfg: evaluation.EvalConfig) -> None:
     """UserError (prefixed INFER_EVAL_MIXTURE) for tasks the in-training evaluation cannot
     read: found before step 1, not after INFER_EVAL_EVERY_STEPS steps of training."""
-    root = reader.default_data_dir() if eval_cfg.data_dir is None else eval_cfg.data_dir
     try:
-        names, _ = evaluation.resolve_task_names(eval_cfg.mixture_or_task_name, root)
-        infos = reader.discover_tasks(root)
+        evaluation.check_tasks(eval_cfg)
     except reader.DataError as e:
         raise trainer.UserError(f"INFER_EVAL_MIXTURE: {e}") from None
-    for name in names:
-        if not infos[name].has_split(eval_cfg.split):
-            raise trainer.UserError(
-                f"INFER_EVAL_MIXTURE: {infos[name].path}: task {name!r} has no "
-                f"{eval_cfg.split!r} split"
-            )
 
 
 def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary) -> None:

@@ -35,7 +35,7 @@ from ecomgpt_jax.ecominstruct import instructions, reader
 from tasks import tfds_builder
 
 TASK_PREFIX = "ecom:"
-SPLITS = tfds_builder.SPLITS
+SPLITS = reader.SPLITS
 
 
 def seqio_task_name(folder: str) -> str:

@@ -34,7 +34,7 @@ from ecomgpt_jax.ecominstruct import instructions, reader
 
 BUILDER_NAME = "ecom_instruct"
 VERSION = "1.0.0"
-SPLITS = ("train", "test")
+SPLITS = reader.SPLITS
 DEFAULT_TFDS_SUBDIR = "_tfds"
 
 

@@ -35,6 +35,7 @@ TEMPLATE_FIELDS = frozenset({"sentences", "label_set", "ex"})
 # Every shipped meta-info.json uses ", "; a file without `label_sep` gets the same.
 DEFAULT_LABEL_SEP = ", "
 META_FILE = "meta-info.json"
+SPLITS = ("train", "test")  # a task folder's data files: <split>.json
 DATA_DIR_ENV = "ECOMGPT_DATA_DIR"
 
 

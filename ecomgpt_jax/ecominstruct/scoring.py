@@ -388,7 +388,7 @@ def score_predictions(
 
     Raises:
       DataError: unknown task, index out of range, or a repeated (task, index), naming the
-        row's line.
+        row's line; a task without examples in `split`, naming its file.
     """
     data_dir = reader.default_data_dir() if data_dir is None else data_dir
     tasks = reader.discover_tasks(data_dir)
@@ -400,6 +400,11 @@ def score_predictions(
             raise DataError(f"unknown task {row.task!r} (not under {data_dir})", source, row.line)
         if row.task not in examples:
             examples[row.task] = reader.read_examples(tasks[row.task], split)
+            if not examples[row.task]:  # the data's fault, not the row's ("out of range")
+                raise DataError(
+                    f"task {row.task!r} has no {split} examples to score against",
+                    tasks[row.task].split_path(split),
+                )
         if not 0 <= row.index < len(examples[row.task]):
             raise DataError(
                 f"index {row.index} out of range for {row.task!r} "

@@ -205,7 +205,6 @@ def read_json_object(path: pathlib.Path) -> dict:
 
 def _safetensors_files(hf_dir: pathlib.Path) -> list[pathlib.Path]:
     index = hf_dir / INDEX_FILE
-    files = sorted(hf_dir.glob("*.safetensors"))
     if index.exists():
         weight_map = read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict) or not all(
@@ -226,6 +225,7 @@ def _safetensors_files(hf_dir: pathlib.Path) -> list[pathlib.Path]:
                 "here; remove the stale files"
             )
         return [hf_dir / name for name in shards]
+    files = sorted(hf_dir.glob("*.safetensors"))
     if files:
         return files
     pickles = sorted(p.name for p in hf_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)

@@ -358,7 +358,13 @@ def results(tmp_path, monkeypatch):
     ],
 )
 def test_train_step_user_errors_are_one_line(capsys, results, argv, message):
-    status, last = _exit(capsys, bt.main, ["--preset", "tiny-bloom", *argv])
+    _assert_one_line_error(capsys, bt.main, argv, message)
+
+
+def _assert_one_line_error(capsys, main, argv, message):
+    """`main` on tiny-bloom with `argv` exits 2 with `message` as its last stderr line (a
+    message ending "known: " is a prefix: the list of presets follows)."""
+    status, last = _exit(capsys, main, ["--preset", "tiny-bloom", *argv])
     assert status == 2
     assert last.startswith(message) if message.endswith("known: ") else last == message
 
@@ -405,9 +411,7 @@ def test_train_step_records_no_row_when_the_step_fails(capsys, results, monkeypa
 def test_decode_user_errors_are_one_line(capsys, results, argv, message):
     from benchmarks import decode as bd
 
-    status, last = _exit(capsys, bd.main, ["--preset", "tiny-bloom", *argv])
-    assert status == 2
-    assert last.startswith(message) if message.endswith("known: ") else last == message
+    _assert_one_line_error(capsys, bd.main, argv, message)
 
 
 def test_decode_config_errors_exit_with_one_line(capsys):

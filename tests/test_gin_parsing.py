@@ -34,10 +34,12 @@ def repo_cwd(monkeypatch):
     gin.clear_config()
 
 
-def gin_error(files, bindings=(), finalize=False) -> str:
+def gin_error(files, bindings=(), finalize=False, search_paths=()) -> str:
     """The one-line message parse_gin raises."""
     with pytest.raises(_UserError) as info:
-        gin_parsing.parse_gin(files, list(bindings), [], _UserError, "x.gin", finalize=finalize)
+        gin_parsing.parse_gin(
+            files, list(bindings), list(search_paths), _UserError, "x.gin", finalize=finalize
+        )
     return str(info.value)
 
 
@@ -160,27 +162,22 @@ def test_gin_errors_name_file_and_line(repo_cwd, tmp_path):
     outer = tmp_path / "outer.gin"
     outer.write_text("include 'gin_configs/eval.gin'\ninclude 'inner.gin'\n")
     found = [str(tmp_path)]
-    with pytest.raises(_UserError) as info:
-        gin_parsing.parse_gin([str(outer)], [], found, _UserError, "x")
-    assert str(info.value) == (
+    assert gin_error([str(outer)], search_paths=found) == (
         f"gin config: {inner}, line 2: No configurable matching 'EvalConfg' "
         "(did you mean EvalConfig?)"
     )
     inner.write_text("DecodeConfig.num_beam = 2\n")
-    with pytest.raises(_UserError) as info:
-        gin_parsing.parse_gin([str(outer)], [], found, _UserError, "x")
-    assert str(info.value) == (
+    assert gin_error([str(outer)], search_paths=found) == (
         f"gin config: {inner}, line 1: Configurable 'DecodeConfig' doesn't have a parameter "
         "named 'num_beam' (did you mean num_beams?)"
     )
     inner.write_text("A = 1\nB = [1,\n     (2,\n")
-    with pytest.raises(_UserError) as info:
-        gin_parsing.parse_gin([str(outer)], [], found, _UserError, "x")
-    assert str(info.value) == f"gin config: {inner}, line 3: '(' is never closed"
+    assert (
+        gin_error([str(outer)], search_paths=found)
+        == f"gin config: {inner}, line 3: '(' is never closed"
+    )
     inner.write_text("A = 1\nB = some text\n")
-    with pytest.raises(_UserError) as info:
-        gin_parsing.parse_gin([str(outer)], [], found, _UserError, "x")
-    assert str(info.value) == (
+    assert gin_error([str(outer)], search_paths=found) == (
         f"gin config: {inner}, line 2: Failed to parse token 'some' (strings need quotes)"
     )
 

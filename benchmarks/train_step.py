@@ -8,8 +8,14 @@
 
 The step is the real one (`ecomgpt_jax.train_step.make_train_step` + `jit_train_step`:
 AdamW with clipping, answer-token loss, donated state) on synthetic token batches
-(uniform random tokens, every token weighted, `--segments` packed sequences per
-row). It never imports TensorFlow, SeqIO or gin.
+(uniform random tokens, `--segments` packed sequences per row). It never imports
+TensorFlow, SeqIO or gin. By default every token carries loss weight;
+`--answer_fraction F` weights only the last F of each packed sequence, as instruction
+tuning weights only the answer that ends each example. On EcomInstruct F is about
+0.1: `benchmarks.input_pipeline` on the bundled sample packs 1.69e5 tokens/s of which
+1.69e4 are answer tokens (RESULTS.md, 2026-11-26 18:43). The loss evaluates the LM
+head only at weighted positions (`models/losses.py`); transformers computes it at
+every position and masks (labels -100), so the two train on the same loss.
 
 FLOP count per step (what MFU divides by), for T = batch * seq tokens:
 
@@ -22,7 +28,10 @@ FLOP count per step (what MFU divides by), for T = batch * seq tokens:
                                    backward), S = seq; NOT halved for causality (the
                                    PaLM appendix-B convention), so MFU counts the work
                                    of a dense S x S kernel
-  + 6 * D * V * T                  LM head (tied or not)
+  + 6 * D * V * A                  LM head (tied or not), A = tokens with loss weight
+                                   (= T unless --answer_fraction): a position without
+                                   loss weight needs no logits, so MFU counts useful
+                                   work only
 
 MFU = FLOPs / step time / (devices * bf16 dense peak of the device, see
 `benchmarks.report.PEAK_FLOPS`); null on CPU. Peak memory is the device
@@ -80,12 +89,16 @@ def layer_matmul_params(cfg: model_config.ModelConfig) -> int:
     return cfg.layers * (attn + mlp)
 
 
-def train_flops(cfg: model_config.ModelConfig, batch: int, seq: int) -> dict[str, float]:
-    """FLOPs of one training step (forward + backward), by term; see the module docstring."""
+def train_flops(
+    cfg: model_config.ModelConfig, batch: int, seq: int, weighted: int | None = None
+) -> dict[str, float]:
+    """FLOPs of one training step (forward + backward), by term; see the module docstring.
+
+    `weighted`: tokens with loss weight in the batch (default: all batch * seq)."""
     tokens = batch * seq
     dense = 6.0 * layer_matmul_params(cfg) * tokens
     attention = 12.0 * cfg.layers * cfg.heads * cfg.head_dim * seq * tokens
-    lm_head = 6.0 * cfg.hidden * cfg.vocab_size * tokens
+    lm_head = 6.0 * cfg.hidden * cfg.vocab_size * (tokens if weighted is None else weighted)
     return {
         "dense": dense,
         "attention": attention,
@@ -94,26 +107,44 @@ def train_flops(cfg: model_config.ModelConfig, batch: int, seq: int) -> dict[str
     }
 
 
+def _flops(cfg, batch_np: dict, rows: int) -> float:
+    """train_flops of the first `rows` rows of a synthetic batch (its loss weights)."""
+    weights = batch_np[ts.WEIGHTS][:rows]
+    return train_flops(cfg, rows, weights.shape[1], int(np.count_nonzero(weights)))["total"]
+
+
 # ----------------------------------------------------------------------------- data
 
 
-def synthetic_batch(vocab: int, batch: int, seq: int, segments: int = 1, seed: int = 0):
+def synthetic_batch(
+    vocab: int,
+    batch: int,
+    seq: int,
+    segments: int = 1,
+    seed: int = 0,
+    answer_fraction: float = 1.0,
+):
     """Random tokens as the train step's features: dict name -> np.ndarray [batch, seq].
 
-    Each row holds `segments` equal packed sequences; every token carries loss weight 1.
+    Each row holds `segments` equal packed sequences; the last `answer_fraction` of
+    each (at least one token) carries loss weight 1, the rest 0.
     """
     rng = np.random.RandomState(seed)
     tokens = rng.randint(0, vocab, size=(batch, seq + 1)).astype(np.int32)
     bounds = np.linspace(0, seq, segments + 1).astype(int)
     seg = np.zeros((seq,), np.int32)
     pos = np.zeros((seq,), np.int32)
+    weights = np.zeros((seq,), np.float32)
     for i in range(segments):
-        seg[bounds[i] : bounds[i + 1]] = i + 1
-        pos[bounds[i] : bounds[i + 1]] = np.arange(bounds[i + 1] - bounds[i])
+        start, end = bounds[i], bounds[i + 1]
+        seg[start:end] = i + 1
+        pos[start:end] = np.arange(end - start)
+        answer = max(1, round(answer_fraction * (end - start)))
+        weights[end - answer : end] = 1.0
     return {
         ts.INPUTS: tokens[:, :-1],
         ts.TARGETS: tokens[:, 1:],
-        ts.WEIGHTS: np.ones((batch, seq), np.float32),
+        ts.WEIGHTS: np.broadcast_to(weights, (batch, seq)).copy(),
         ts.SEGMENT_IDS: np.broadcast_to(seg, (batch, seq)).copy(),
         ts.POSITIONS: np.broadcast_to(pos, (batch, seq)).copy(),
     }
@@ -236,6 +267,12 @@ class HfRunner:
         self.autocast = dtype != "float32"
         self.amp_dtype = getattr(torch, dtype)
         self.ids = torch.as_tensor(batch_np[ts.INPUTS]).long().to(self.device)
+        # HF shifts labels inside the model: label j is the target of position j - 1.
+        # Position seq - 1's target lies outside `ids`, so HF has no loss there.
+        labels = self.ids.clone()
+        unweighted = torch.as_tensor(batch_np[ts.WEIGHTS][:, :-1] == 0).to(self.device)
+        labels[:, 1:][unweighted] = -100
+        self.labels = labels
         self.rows = int(self.ids.shape[0])
         self.info = {
             "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
@@ -247,7 +284,7 @@ class HfRunner:
     def _step(self):
         torch = self.torch
         with torch.autocast(self.device, dtype=self.amp_dtype, enabled=self.autocast):
-            loss = self.model(input_ids=self.ids, labels=self.ids).loss
+            loss = self.model(input_ids=self.ids, labels=self.labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
@@ -274,6 +311,7 @@ class HfRunner:
             torch.cuda.empty_cache()
             self.rows //= 2
             self.ids = self.ids[: self.rows].contiguous()
+            self.labels = self.labels[: self.rows].contiguous()
 
     def _sync(self):
         if self.device == "cuda":
@@ -295,7 +333,7 @@ class HfRunner:
         return int(self.torch.cuda.max_memory_allocated())
 
     def close(self):
-        del self.model, self.opt, self.ids
+        del self.model, self.opt, self.ids, self.labels
         gc.collect()
         if self.device == "cuda":
             self.torch.cuda.empty_cache()
@@ -378,12 +416,13 @@ def _gb(x):
     return None if x is None else round(x / 2**30, 3)
 
 
-def _add_rates(summary: dict, cfg, seq: int, peak: float | None, devices: int) -> dict:
+def _add_rates(summary: dict, cfg, batch_np: dict, peak: float | None, devices: int) -> dict:
     """tokens/s, TFLOP/s per device and MFU from a runner summary (in place)."""
     if "error" in summary:
         return summary
     t = summary["step_time_s"]
-    flops = train_flops(cfg, summary["batch"], seq)["total"]
+    seq = batch_np[ts.WEIGHTS].shape[1]
+    flops = _flops(cfg, batch_np, summary["batch"])
     summary["tokens_per_s"] = round(summary["batch"] * seq / t, 1)
     summary["tflops_per_s_per_device"] = round(flops / t / devices / 1e12, 4)
     summary["mfu"] = None if peak is None else round(flops / t / (peak * devices), 4)
@@ -400,6 +439,16 @@ def _loss_chunk(text: str) -> int:
         value = -2
     if value < -1:
         raise argparse.ArgumentTypeError(f"{text!r}: use -1 (auto), 0 (off) or a length")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number in (0, 1]")
     return value
 
 
@@ -421,6 +470,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=count, default=3, help="timed steps per round")
     p.add_argument("--rounds", type=count, default=3, help="timed rounds (median and min reported)")
     p.add_argument("--segments", type=count, default=1, help="packed sequences per row")
+    p.add_argument(
+        "--answer_fraction",
+        type=_fraction,
+        default=1.0,
+        help="loss-weighted share of each packed sequence (its end); EcomInstruct: ~0.1",
+    )
     p.add_argument("--remat", default=None, help="override the preset's remat_policy")
     p.add_argument("--attention_impl", default=None, help="xla | cudnn (default: preset's)")
     p.add_argument("--scan_layers", default=None, choices=("true", "false"))
@@ -501,7 +556,9 @@ def run(args, cfg, mesh) -> dict:
     if chunk < 0:
         chunk = auto_loss_chunk(cfg, args.batch, args.seq, device.platform)
     step_config = ts.StepConfig(num_microbatches=args.microbatches, loss_chunk_size=chunk)
-    batch_np = synthetic_batch(cfg.vocab_size, args.batch, args.seq, args.segments)
+    batch_np = synthetic_batch(
+        cfg.vocab_size, args.batch, args.seq, args.segments, answer_fraction=args.answer_fraction
+    )
     settings = {
         "preset": args.preset,
         "batch": args.batch,
@@ -512,6 +569,7 @@ def run(args, cfg, mesh) -> dict:
         "scan_layers": cfg.scan_layers,
         "attention_impl": cfg.attention_impl,
         "loss_chunk": chunk,
+        "answer_fraction": args.answer_fraction,
     }
     if args.compile_only:
         record = {"bench": "train_step_compile", **settings}
@@ -529,15 +587,15 @@ def run(args, cfg, mesh) -> dict:
     results = measure(makers, args.steps, args.rounds, interleave=device.platform == "cpu")
 
     peak = report.peak_flops_per_device(device)
-    ours = _add_rates(results["jax"], cfg, args.seq, peak, mesh.size)
+    ours = _add_rates(results["jax"], cfg, batch_np, peak, mesh.size)
     record = {
         "bench": "train_step",
         **settings,
         **{k: v for k, v in ours.items() if k != "batch"},
-        "flops_per_step": train_flops(cfg, args.batch, args.seq)["total"],
+        "flops_per_step": _flops(cfg, batch_np, args.batch),
     }
     if "hf" in results:
-        record["hf"] = _add_rates(results["hf"], cfg, args.seq, peak, 1)
+        record["hf"] = _add_rates(results["hf"], cfg, batch_np, peak, 1)
         if "error" not in ours and "error" not in record["hf"]:
             speedup = ours["tokens_per_s"] / record["hf"]["tokens_per_s"]
             record["speedup_vs_hf"] = round(speedup, 3)

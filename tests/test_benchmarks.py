@@ -46,6 +46,42 @@ def test_train_flops_terms_by_hand():
     assert flops["total"] == flops["dense"] + flops["attention"] + flops["lm_head"]
 
 
+def test_train_flops_count_the_lm_head_on_weighted_tokens_only():
+    full = bt.train_flops(TINY, batch=2, seq=8)
+    answers = bt.train_flops(TINY, batch=2, seq=8, weighted=3)
+    assert answers["lm_head"] == 6 * 96 * 1024 * 3
+    assert answers["dense"] == full["dense"] and answers["attention"] == full["attention"]
+
+
+def test_synthetic_batch_weights_the_end_of_each_packed_sequence():
+    b = bt.synthetic_batch(vocab=50, batch=2, seq=10, segments=2, answer_fraction=0.4)
+    np.testing.assert_array_equal(b[ts.WEIGHTS], [[0, 0, 0, 1, 1, 0, 0, 0, 1, 1]] * 2)
+    tiny = bt.synthetic_batch(vocab=50, batch=1, seq=10, segments=2, answer_fraction=0.01)
+    np.testing.assert_array_equal(tiny[ts.WEIGHTS], [[0, 0, 0, 0, 1, 0, 0, 0, 0, 1]])
+
+
+def test_transformers_runner_trains_on_the_same_weighted_targets():
+    """HF's loss (labels with -100) is the mean CE over our weighted positions and
+    targets, except the last position, whose target is not among HF's input ids."""
+    import torch
+
+    batch_np = bt.synthetic_batch(TINY.vocab_size, 2, 16, answer_fraction=0.25, seed=3)
+    runner = bt.HfRunner(TINY, batch_np, "float32")
+    try:
+        with torch.no_grad():
+            logits = runner.model(input_ids=runner.ids).logits
+            loss = runner.model(input_ids=runner.ids, labels=runner.labels).loss
+        mask = torch.as_tensor(batch_np[ts.WEIGHTS][:, :-1] > 0)
+        assert int(mask.sum()) == 2 * 3  # 4 weighted per row, the last one not in HF
+        targets = torch.as_tensor(batch_np[ts.TARGETS][:, :-1]).long()
+        ce = torch.nn.functional.cross_entropy(
+            logits[:, :-1][mask], targets[mask], reduction="mean"
+        )
+        np.testing.assert_allclose(float(loss), float(ce), rtol=1e-6)
+    finally:
+        runner.close()
+
+
 def test_synthetic_batch_packs_equal_segments_with_shifted_targets():
     b = bt.synthetic_batch(vocab=50, batch=2, seq=6, segments=2)
     assert set(b) == set(ts.BATCH_KEYS)
@@ -345,6 +381,11 @@ def results(tmp_path, monkeypatch):
             "error: --batch 8 is not divisible by --microbatches 3",
         ),
         (["--loss_chunk", "7"], "error: --loss_chunk 7 does not divide --seq 512"),
+        (
+            ["--answer_fraction", "0"],
+            "python -m benchmarks.train_step: error: argument --answer_fraction: '0': use a "
+            "number in (0, 1]",
+        ),
         (["--override", "nope=1"], "error: --override nope=1: ModelConfig has no field 'nope'"),
         (
             ["--override", "remat_policy=full"],

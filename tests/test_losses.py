@@ -49,17 +49,56 @@ def _plain_loss(hidden, w, targets, weights):
 def test_gradients_match_autodiff_of_full_logits_tied_and_untied():
     hidden, w, targets, weights = _inputs(seed=1)
 
-    def fused(h, w, wt, vocab_major):
+    def fused(h, w, vocab_major):
         ww = w if vocab_major else w.T
-        return 2.5 * losses.chunked_cross_entropy(h, ww, targets, wt, 4, vocab_major)[0]
+        return 2.5 * losses.chunked_cross_entropy(h, ww, targets, weights, 4, vocab_major)[0]
 
-    ref = jax.grad(lambda h, w, wt: 2.5 * _plain_loss(h, w, targets, wt), (0, 1, 2))(
-        hidden, w, weights
-    )
+    ref = jax.grad(lambda h, w: 2.5 * _plain_loss(h, w, targets, weights), (0, 1))(hidden, w)
     for vocab_major in (True, False):
-        got = jax.jit(jax.grad(fused, (0, 1, 2)), static_argnums=3)(hidden, w, weights, vocab_major)
+        got = jax.jit(jax.grad(fused, (0, 1)), static_argnums=2)(hidden, w, vocab_major)
         for g, r in zip(got, ref, strict=True):
             np.testing.assert_allclose(g, r, atol=2e-5)
+
+
+def _answer_weights(counts, length):
+    """Rows whose last counts[i] positions are weighted (answers end a packed row)."""
+    return jnp.asarray([[0.0] * (length - n) + [1.0] * n for n in counts])
+
+
+def test_unweighted_positions_are_never_evaluated():
+    # 4 weighted positions per row, chunk 4: compaction puts them in chunk 0, and the
+    # two chunks after it hold only weight-0 positions, which must be skipped. Their
+    # hidden states are NaN here: any evaluation of them would make the sums NaN.
+    hidden, w, targets, _ = _inputs(seed=4)
+    weights = _answer_weights([4, 4], 12)
+    hidden = jnp.where(weights[..., None] > 0, hidden, jnp.nan)
+    f = jax.jit(
+        jax.value_and_grad(losses.chunked_cross_entropy, (0, 1), has_aux=True), static_argnums=4
+    )
+    (loss, correct), (dh, dw) = f(hidden, w, targets, weights, 4)
+    ref_loss, ref_correct = _reference(hidden[:, 8:], w, targets[:, 8:], weights[:, 8:])
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    assert float(correct) == ref_correct
+    ref_dh, ref_dw = jax.grad(_plain_loss, (0, 1))(hidden[:, 8:], w, targets[:, 8:], weights[:, 8:])
+    np.testing.assert_allclose(dh[:, 8:], ref_dh, atol=2e-5)
+    np.testing.assert_array_equal(dh[:, :8], 0.0)
+    np.testing.assert_allclose(dw, ref_dw, atol=2e-5)
+
+
+@pytest.mark.parametrize("counts", [[0, 0], [1, 12], [5, 2], [12, 12]])
+def test_rows_with_different_answer_counts_match_full_logits(counts):
+    hidden, w, targets, _ = _inputs(seed=5)
+    weights = _answer_weights(counts, 12) * jnp.array([[2.0], [0.5]])
+    f = jax.jit(
+        jax.value_and_grad(losses.chunked_cross_entropy, (0, 1), has_aux=True), static_argnums=4
+    )
+    (loss, correct), (dh, dw) = f(hidden, w, targets, weights, 3)
+    ref_loss, ref_correct = _reference(hidden, w, targets, weights)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert float(correct) == ref_correct
+    ref_dh, ref_dw = jax.grad(_plain_loss, (0, 1))(hidden, w, targets, weights)
+    np.testing.assert_allclose(dh, ref_dh, atol=2e-5)
+    np.testing.assert_allclose(dw, ref_dw, atol=2e-5)
 
 
 def test_argmax_ties_count_the_first_maximum_only():

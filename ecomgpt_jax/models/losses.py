@@ -5,7 +5,7 @@
         w        the LM head: `embed/embedding` [V, D] (tied) or `lm_head/kernel` [D, V];
                  `head_weights(cfg, params)` returns the right one with its layout
         targets  int [B, L];  weights float [B, L] (0 = no loss)
-        chunk    sequence positions per chunk; must divide L
+        chunk    positions per chunk (of each row's weighted positions); must divide L
         -> loss_sum   float32 scalar: sum of weights * (logsumexp(logits) - logits[target])
            correct_sum float32 scalar: sum of weights * (argmax(logits) == target)
 
@@ -20,6 +20,14 @@ the logits once and both gradient products (d hidden = dlogits @ w^T, d w += dlo
 incoming cotangent. Autodiff with `jax.checkpoint` (the alternative) recomputes the
 [B, chunk, V] logits in the backward pass: one more LM-head matmul (+1/3 of its FLOPs)
 and two more passes over the logits. Evaluation (no gradient) runs the loss-only primal.
+
+Why compaction: instruction tuning weights only answer tokens (about a tenth of a
+packed EcomInstruct row), and a position of weight 0 adds nothing to the loss or to
+any gradient. Each row's weighted positions are therefore moved to its front (a
+per-row permutation, so the batch sharding is untouched) and a chunk is evaluated
+only while some row still has weighted positions in it: the LM head's cost (a third
+of BLOOM-1b1's training FLOPs) follows the answer tokens, not the sequence length.
+`targets` and `weights` are data and get no gradient.
 """
 
 from __future__ import annotations
@@ -48,6 +56,22 @@ def _logits(h, w, vocab_major):
     spec = "bcd,vd->bcv" if vocab_major else "bcd,dv->bcv"
     logits = dot(spec, h, w.astype(h.dtype), jnp.float32)
     return constrain(logits, LOGIT_AXES)
+
+
+def _compact(hidden, targets, weights):
+    """Move each row's weighted positions to its front (in order); count the chunks' work.
+
+    -> (hidden, targets, weights) permuted along L, `order` int [B, L] (compacted slot ->
+    original position) and `needed` int32 scalar: the most weighted positions in a row.
+    A per-row permutation keeps the batch axis (and its sharding) where it is.
+    """
+    order = jnp.argsort(weights == 0, axis=1, stable=True)
+    needed = jnp.max(jnp.sum(weights != 0, axis=1)).astype(jnp.int32)
+
+    def take(x):
+        return jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
+
+    return take(hidden), take(targets), take(weights), order, needed
 
 
 def _chunks(hidden, targets, weights, chunk):
@@ -87,8 +111,20 @@ def _check(hidden, targets, weights, chunk):
         raise ValueError(f"chunked_cross_entropy: chunk {chunk} must divide {targets.shape[1]}")
 
 
+def _skip_idle_chunks(body, zeros, needed, chunk):
+    """Scan body that runs `body` on chunk k only if slot k * chunk holds a weighted
+    position in some row (after `_compact` the rest of the chunks are all weight 0)."""
+
+    def run(carry, xs):
+        k, xs = xs
+        return jax.lax.cond(k * chunk < needed, body, lambda c, _: (c, zeros), carry, xs)
+
+    return run
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _fused(hidden, w, targets, weights, chunk, vocab_major):
+    hidden, targets, weights, _, needed = _compact(hidden, targets, weights)
     hs, ts, ws = _chunks(hidden, targets, weights, chunk)
 
     def body(carry, xs):
@@ -97,13 +133,16 @@ def _fused(hidden, w, targets, weights, chunk, vocab_major):
         return (carry[0] + jnp.sum(token_loss * wt), carry[1] + correct), None
 
     zero = jnp.zeros((), jnp.float32)
-    (loss, correct), _ = jax.lax.scan(body, (zero, zero), (hs, ts, ws))
+    run = _skip_idle_chunks(body, None, needed, chunk)
+    (loss, correct), _ = jax.lax.scan(run, (zero, zero), (jnp.arange(len(ts)), (hs, ts, ws)))
     return loss, correct
 
 
 def _fused_fwd(hidden, w, targets, weights, chunk, vocab_major):
-    hs, ts, ws = _chunks(hidden, targets, weights, chunk)
-    d, vocab = hidden.shape[-1], w.shape[0] if vocab_major else w.shape[1]
+    b, length, d = hidden.shape
+    vocab = w.shape[0] if vocab_major else w.shape[1]
+    packed, targets, weights, order, needed = _compact(hidden, targets, weights)
+    hs, ts, ws = _chunks(packed, targets, weights, chunk)
 
     def body(carry, xs):
         loss_acc, correct_acc, dw = carry
@@ -119,25 +158,31 @@ def _fused_fwd(hidden, w, targets, weights, chunk, vocab_major):
         # are then the matmul's row-major right operand (no transposed copy per chunk).
         dw_c = dot("bcd,bcv->dv", h, dlogits, jnp.float32)
         carry = (loss_acc + jnp.sum(token_loss * wt), correct_acc + correct, dw + dw_c)
-        return carry, (dh, token_loss)
+        return carry, dh
 
     zero = jnp.zeros((), jnp.float32)
     # The accumulator is laid out like the head weights (fsdp x tensor on a mesh).
     dw0 = constrain(jnp.zeros((d, vocab), jnp.float32), (P.EMBED, P.VOCAB))
-    init = (zero, zero, dw0)
-    (loss, correct, dw), (dhs, token_loss) = jax.lax.scan(body, init, (hs, ts, ws))
+    idle_dh = jnp.zeros((b, chunk, d), hidden.dtype)
+    run = _skip_idle_chunks(body, idle_dh, needed, chunk)
+    (loss, correct, dw), dhs = jax.lax.scan(
+        run, (zero, zero, dw0), (jnp.arange(len(ts)), (hs, ts, ws))
+    )
     if vocab_major:
         dw = dw.T
-    b, length, d = hidden.shape
-    dhidden = dhs.swapaxes(0, 1).reshape(b, length, d)
-    token_loss = token_loss.swapaxes(0, 1).reshape(b, length)
-    return (loss, correct), (dhidden, dw.astype(w.dtype), token_loss)
+    # Back from compacted slots to sequence positions: the inverse permutation.
+    dpacked = dhs.swapaxes(0, 1).reshape(b, length, d)
+    back = jnp.argsort(order, axis=1)
+    dhidden = jnp.take_along_axis(dpacked, back[..., None], axis=1)
+    return (loss, correct), (dhidden, dw.astype(w.dtype))
 
 
 def _fused_bwd(chunk, vocab_major, res, cotangents):
-    dhidden, dw, token_loss = res
+    dhidden, dw = res
     g = cotangents[0]  # correct_sum is piecewise constant: no gradient
-    return dhidden * g.astype(dhidden.dtype), dw * g.astype(dw.dtype), None, token_loss * g
+    # Targets and weights are data: no cotangent (the positions of weight 0 were
+    # never evaluated, so d loss / d weights there is unknown, not zero).
+    return dhidden * g.astype(dhidden.dtype), dw * g.astype(dw.dtype), None, None
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)

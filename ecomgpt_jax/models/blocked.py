@@ -67,7 +67,12 @@ def _blocked_fwd(q, k, v, mask, rel, slopes, block):
         e = jnp.exp(s - m)
         total = jnp.sum(e, axis=-1, keepdims=True)
         probs = (e / total).astype(v.dtype)
-        outs.append(jnp.einsum("bkgls,bksd->bkgld", probs, v[:, :, :end]))
+        # float32 accumulation and output, then v's dtype: XLA:CPU's fast bf16 matmul
+        # kernels need a float32 output (see `layers.dot`); elsewhere it is the same.
+        pv = jnp.einsum(
+            "bkgls,bksd->bkgld", probs, v[:, :, :end], preferred_element_type=jnp.float32
+        )
+        outs.append(pv.astype(v.dtype))
         lses.append((m + jnp.log(total))[..., 0])
     out, lse = jnp.concatenate(outs, axis=3), jnp.concatenate(lses, axis=3)
     return out, (q, k, v, mask, rel, slopes, out, lse)

@@ -24,7 +24,7 @@ import numpy as np
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax.models import blocked
 from ecomgpt_jax.models.config import ModelConfig
-from ecomgpt_jax.models.layers import constrain, dot, dtype_of, param
+from ecomgpt_jax.models.layers import add_bias, constrain, dot, dtype_of, param
 
 # ----------------------------------------------------------------------------- positions
 
@@ -366,7 +366,7 @@ class Attention(nn.Module):
         if cfg.family == "bloom":
             w = param(self, "qkv_kernel", (d, h, 3, hd), (P.EMBED, P.HEADS, None, P.HEAD_DIM))
             b = param(self, "qkv_bias", (h, 3, hd), (P.HEADS, None, P.HEAD_DIM), zeros)
-            qkv = dot("bld,dhtk->blhtk", x, w.astype(dtype)) + b.astype(dtype)
+            qkv = add_bias(dot("bld,dhtk->blhtk", x, w.astype(dtype)), b)
             q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
         else:
 
@@ -375,7 +375,7 @@ class Attention(nn.Module):
                 y = dot("bld,dnk->blnk", x, w.astype(dtype))
                 if cfg.qkv_bias:
                     bias = param(self, f"{name}_bias", (n, hd), (axis, P.HEAD_DIM), zeros)
-                    y = y + bias.astype(dtype)
+                    y = add_bias(y, bias)
                 return y
 
             q, k, v = proj("q", h, P.HEADS), proj("k", kh, P.KV_HEADS), proj("v", kh, P.KV_HEADS)
@@ -421,5 +421,5 @@ class Attention(nn.Module):
         wo = param(self, "out_kernel", (h, hd, d), (P.HEADS, P.HEAD_DIM, P.EMBED))
         y = dot("blhk,hkd->bld", out, wo.astype(dtype))
         if cfg.family == "bloom":
-            y = y + param(self, "out_bias", (d,), (P.EMBED,), zeros).astype(dtype)
+            y = add_bias(y, param(self, "out_bias", (d,), (P.EMBED,), zeros))
         return y, new_kv

@@ -72,9 +72,10 @@ class StepConfig:
 
     `num_microbatches` splits the global batch into that many micro-batches
     whose gradients are summed with `lax.scan` (activation memory of one
-    micro-batch). `loss_chunk_size` > 0 computes the vocabulary projection and
-    the cross-entropy over sequence chunks of that length, rematerialised in
-    the backward pass, when the model can return its final hidden states.
+    micro-batch). `loss_chunk_size` > 0 fuses the vocabulary projection and the
+    cross-entropy (`models/losses.py`), when the model can return its final hidden
+    states: logits are computed for loss-weighted positions only, that many per
+    row at a time, and never all at once.
     """
 
     num_microbatches: int = 1

@@ -15,7 +15,9 @@ tuning weights only the answer that ends each example. On EcomInstruct F is abou
 0.1: `benchmarks.input_pipeline` on the bundled sample packs 1.69e5 tokens/s of which
 1.69e4 are answer tokens (RESULTS.md, 2026-11-26 18:43). The loss evaluates the LM
 head only at weighted positions (`models/losses.py`); transformers computes it at
-every position and masks (labels -100), so the two train on the same loss.
+every position and masks (labels -100). Both train on the same weighted positions,
+except that transformers has no loss at a row's last position (its target is not
+among transformers' input ids): 50 instead of 51 answer tokens a row at seq 512.
 
 FLOP count per step (what MFU divides by), for T = batch * seq tokens:
 
@@ -151,7 +153,7 @@ def synthetic_batch(
 
 
 def auto_loss_chunk(cfg: model_config.ModelConfig, batch: int, seq: int, platform: str) -> int:
-    """Sequence chunk for the fused LM-head loss: the largest divisor of `seq` (at most
+    """Chunk (positions per row) for the fused LM-head loss: the largest divisor of `seq` (at most
     seq / 2) whose float32 logits [batch, chunk, V] fit LOSS_CHUNK_BYTES[platform]."""
     budget = LOSS_CHUNK_BYTES.get(platform, LOSS_CHUNK_BYTES["default"])
     for chunk in range(seq // 2, 0, -1):

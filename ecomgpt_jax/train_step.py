@@ -232,12 +232,12 @@ def loss_sums(
 
 
 def _chunked_loss(params, model, hidden, targets, weights, chunk):
-    """Vocabulary projection + cross-entropy over sequence chunks.
+    """Vocabulary projection + cross-entropy over chunks of loss-weighted positions.
 
     hidden: [B, L, E]; targets, weights: [B, L]. Only one chunk's [B, chunk, vocab]
-    float32 logits exist at a time (250k-token vocabularies). `models.losses` fuses
-    the head and the loss with a custom gradient: each chunk's logits are computed
-    once, not recomputed in the backward pass.
+    float32 logits exist at a time (250k-token vocabularies), and only positions with
+    loss weight get logits. `models.losses` fuses the head and the loss with a custom
+    gradient: each chunk's logits are computed once, not recomputed in the backward.
     """
     w, vocab_major = losses.head_weights(model.cfg, params)
     return losses.chunked_cross_entropy(hidden, w, targets, weights, chunk, vocab_major)

@@ -65,7 +65,7 @@ def _answer_weights(counts, length):
     return jnp.asarray([[0.0] * (length - n) + [1.0] * n for n in counts])
 
 
-def test_unweighted_positions_are_never_evaluated():
+def test_chunks_past_the_weighted_positions_are_never_evaluated():
     # 4 weighted positions per row, chunk 4: compaction puts them in chunk 0, and the
     # two chunks after it hold only weight-0 positions, which must be skipped. Their
     # hidden states are NaN here: any evaluation of them would make the sums NaN.
@@ -142,14 +142,30 @@ def test_matches_decoder_logits_with_head_weights():
         np.testing.assert_allclose(loss, jnp.sum(ce), rtol=1e-5)
 
 
-def test_sharded_mesh_gives_the_same_loss_and_gradients():
-    """Batch over data x fsdp, head weights over fsdp x tensor (8 simulated devices)."""
+def _hlo_computations_with(text: str, op: str) -> set[str]:
+    """Names of the HLO computations (ENTRY, loop bodies, branches...) using `op`."""
+    found, current = set(), None
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            current = "ENTRY" if line.startswith("ENTRY") else line.split()[0]
+        elif f" {op}(" in line or f" {op}-start(" in line:
+            found.add(current)
+    return found
+
+
+@pytest.mark.parametrize("answers", [None, [0, 3, 4, 1]])
+def test_sharded_mesh_gives_the_same_loss_and_gradients(answers):
+    """Batch over data x fsdp, head weights over fsdp x tensor (8 simulated devices);
+    with answer-style weights (per-row counts, one row without any) the second chunk is
+    skipped on every device. The head is gathered once, outside the chunk loop."""
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as Spec
 
     from ecomgpt_jax import partitioning as P
 
     hidden, w, targets, weights = _inputs(b=4, length=8, d=8, vocab=40, seed=3)
+    if answers is not None:
+        weights = _answer_weights(answers, 8)
 
     def f(h, w):
         return losses.chunked_cross_entropy(h, w, targets, weights, 4)[0]
@@ -159,10 +175,13 @@ def test_sharded_mesh_gives_the_same_loss_and_gradients():
     h_s = jax.device_put(hidden, NamedSharding(mesh, Spec(("data", "fsdp"))))
     w_s = jax.device_put(w, NamedSharding(mesh, Spec("tensor", "fsdp")))
     with jax.set_mesh(mesh), P.axis_rules():
-        loss, (dh, dw) = jax.jit(jax.value_and_grad(f, (0, 1)))(h_s, w_s)
+        step = jax.jit(jax.value_and_grad(f, (0, 1)))
+        loss, (dh, dw) = step(h_s, w_s)
+        hlo = step.lower(h_s, w_s).compile().as_text()
     np.testing.assert_allclose(loss, ref[0], rtol=1e-5)
     np.testing.assert_allclose(dh, ref[1][0], atol=1e-5)
     np.testing.assert_allclose(dw, ref[1][1], atol=1e-5)
+    assert _hlo_computations_with(hlo, "all-gather") == {"ENTRY"}
 
 
 def test_bad_shapes_and_chunks_are_rejected():

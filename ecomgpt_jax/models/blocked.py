@@ -60,6 +60,7 @@ def _blocked_fwd(q, k, v, mask, rel, slopes, block):
     """-> out [B, K, G, L, Hd] (v's dtype); residuals add out and the float32
     log-sum-exp [B, K, G, L] of every query row to the inputs."""
     outs, lses = [], []
+    acc = jnp.float32 if jax.default_backend() == "cpu" else None
     for start, end in _bounds(q.shape[3], block):
         r = None if rel is None else rel[:, start:end, :end]
         s = _scores(q[:, :, :, start:end], k[:, :, :end], mask[:, start:end, :end], r, slopes)
@@ -67,11 +68,10 @@ def _blocked_fwd(q, k, v, mask, rel, slopes, block):
         e = jnp.exp(s - m)
         total = jnp.sum(e, axis=-1, keepdims=True)
         probs = (e / total).astype(v.dtype)
-        # float32 accumulation and output, then v's dtype: XLA:CPU's fast bf16 matmul
-        # kernels need a float32 output (see `layers.dot`); elsewhere it is the same.
-        pv = jnp.einsum(
-            "bkgls,bksd->bkgld", probs, v[:, :, :end], preferred_element_type=jnp.float32
-        )
+        # On CPU: float32 output, then v's dtype: XLA:CPU's fast bf16 matmul kernels
+        # need a float32 output (see `layers.dot`). Elsewhere a bf16 output halves
+        # the writes and the accumulation is float32 inside the kernel anyway.
+        pv = jnp.einsum("bkgls,bksd->bkgld", probs, v[:, :, :end], preferred_element_type=acc)
         outs.append(pv.astype(v.dtype))
         lses.append((m + jnp.log(total))[..., 0])
     out, lse = jnp.concatenate(outs, axis=3), jnp.concatenate(lses, axis=3)

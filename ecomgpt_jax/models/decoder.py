@@ -18,7 +18,8 @@ Forward pass (training / scoring)::
         -> float32 [..., V]; or use `lm_head_kernel(cfg, params)` -> [D, V].
     For training, `losses.chunked_cross_entropy(hidden, w, targets, weights, chunk,
     vocab_major)` with `w, vocab_major = losses.head_weights(cfg, params)` fuses the
-    LM head and the loss per sequence chunk (no full [B, L, V] logits).
+    LM head and the loss, chunk by chunk over the loss-weighted positions only (no full
+    [B, L, V] logits).
 
 Incremental decoding with a KV cache (`attention.KVCache`; `cache.take(idx)` selects
 or reorders rows, e.g. beams)::

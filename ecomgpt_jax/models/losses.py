@@ -1,4 +1,4 @@
-"""Fused LM-head + cross-entropy over sequence chunks (the full logits never exist).
+"""Fused LM-head + cross-entropy over chunks of answer positions (no full logits).
 
     loss_sum, correct_sum = chunked_cross_entropy(hidden, w, targets, weights, chunk)
         hidden   [B, L, D]  final-norm hidden states (compute dtype, e.g. bfloat16)
@@ -111,6 +111,14 @@ def _check(hidden, targets, weights, chunk):
         raise ValueError(f"chunked_cross_entropy: chunk {chunk} must divide {targets.shape[1]}")
 
 
+def _head_for_loop(w, dtype, vocab_major):
+    """The head weights in the compute dtype, gathered over fsdp (the embedding axis)
+    once, before the chunk loop. Inside the loop's `cond` XLA would not hoist the
+    gather: an FSDP run would all-gather the [V, D] head again for every chunk."""
+    axes = (P.VOCAB, None) if vocab_major else (None, P.VOCAB)
+    return constrain(w.astype(dtype), axes)
+
+
 def _skip_idle_chunks(body, zeros, needed, chunk):
     """Scan body that runs `body` on chunk k only if slot k * chunk holds a weighted
     position in some row (after `_compact` the rest of the chunks are all weight 0)."""
@@ -126,6 +134,7 @@ def _skip_idle_chunks(body, zeros, needed, chunk):
 def _fused(hidden, w, targets, weights, chunk, vocab_major):
     hidden, targets, weights, _, needed = _compact(hidden, targets, weights)
     hs, ts, ws = _chunks(hidden, targets, weights, chunk)
+    w = _head_for_loop(w, hidden.dtype, vocab_major)
 
     def body(carry, xs):
         h, t, wt = xs
@@ -143,6 +152,8 @@ def _fused_fwd(hidden, w, targets, weights, chunk, vocab_major):
     vocab = w.shape[0] if vocab_major else w.shape[1]
     packed, targets, weights, order, needed = _compact(hidden, targets, weights)
     hs, ts, ws = _chunks(packed, targets, weights, chunk)
+    w_dtype = w.dtype
+    w = _head_for_loop(w, hidden.dtype, vocab_major)
 
     def body(carry, xs):
         loss_acc, correct_acc, dw = carry
@@ -153,7 +164,7 @@ def _fused_fwd(hidden, w, targets, weights, chunk, vocab_major):
         dlogits = (e / s - jax.nn.one_hot(t, vocab, dtype=e.dtype)) * wt[..., None]
         dlogits = constrain(dlogits.astype(h.dtype), LOGIT_AXES)
         spec = "bcv,vd->bcd" if vocab_major else "bcv,dv->bcd"
-        dh = dot(spec, dlogits, w.astype(h.dtype))
+        dh = dot(spec, dlogits, w)
         # d w is accumulated as [D, V] whatever w's layout: the [B, chunk, V] dlogits
         # are then the matmul's row-major right operand (no transposed copy per chunk).
         dw_c = dot("bcd,bcv->dv", h, dlogits, jnp.float32)
@@ -174,7 +185,7 @@ def _fused_fwd(hidden, w, targets, weights, chunk, vocab_major):
     dpacked = dhs.swapaxes(0, 1).reshape(b, length, d)
     back = jnp.argsort(order, axis=1)
     dhidden = jnp.take_along_axis(dpacked, back[..., None], axis=1)
-    return (loss, correct), (dhidden, dw.astype(w.dtype))
+    return (loss, correct), (dhidden, dw.astype(w_dtype))
 
 
 def _fused_bwd(chunk, vocab_major, res, cotangents):
@@ -196,7 +207,9 @@ def chunked_cross_entropy(
     chunk: int,
     vocab_major: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
-    """(loss_sum, correct_sum) float32 scalars; see the module docstring for shapes."""
+    """(loss_sum, correct_sum) float32 scalars; see the module docstring for shapes.
+
+    Differentiable in `hidden` and `w`; `targets` and `weights` get no gradient."""
     _check(hidden, targets, weights, chunk)
     targets = jnp.asarray(targets, jnp.int32)
     weights = jnp.asarray(weights, jnp.float32)

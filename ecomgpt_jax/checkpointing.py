@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 import jax
@@ -318,18 +319,28 @@ def _missing_files(step_dir: epath.Path) -> str | None:
     return None
 
 
+_READ_DRAIN_S = 1.0
+
+
 def _drop_failed_reads() -> None:
     """Quietly ends the reads a failed orbax restore leaves behind.
 
     Otherwise each of them prints a trace ("Task exception was never retrieved", and
-    more at interpreter exit) after the one-line error. (tensorstore may still print an
-    "Event loop is closed" trace for a read that finishes after orbax closed its loop.)
+    more at interpreter exit) after the one-line error. Reads still in flight finish
+    on tensorstore's threads and then fail to reach orbax's closed event loop ("Event
+    loop is closed"); this waits up to `_READ_DRAIN_S` for them, quietly, as the run
+    is stopping anyway. (A read slower than that may still print that trace.)
     """
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     hook = sys.unraisablehook  # their coroutines complain when collected: not news here
     sys.unraisablehook = lambda unraisable: None
     try:
-        gc.collect()
+        deadline = time.monotonic() + _READ_DRAIN_S
+        while True:
+            gc.collect()
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
     finally:
         sys.unraisablehook = hook
 

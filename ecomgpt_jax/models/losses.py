@@ -65,7 +65,8 @@ def _compact(hidden, targets, weights):
     original position) and `needed` int32 scalar: the most weighted positions in a row.
     A per-row permutation keeps the batch axis (and its sharding) where it is.
     """
-    order = jnp.argsort(weights == 0, axis=1, stable=True)
+    # Sort keys 0 (weighted) before 1; int32 keys keep it the plain numeric sort.
+    order = jnp.argsort((weights == 0).astype(jnp.int32), axis=1, stable=True)
     needed = jnp.max(jnp.sum(weights != 0, axis=1)).astype(jnp.int32)
 
     def take(x):

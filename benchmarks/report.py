@@ -144,15 +144,24 @@ class BenchmarkError(ValueError):
     """Options that cannot work together (reported as one line, exit status 2)."""
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a zero batch or step count measures nothing)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
+def number_arg(convert, ok, why: str):
+    """argparse type: `convert(text)` if it parses and `ok(value)`; otherwise the error
+    `why.format(text=text)` (e.g. "{text!r} is not a positive integer")."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(why.format(text=text))
+        return value
+
+    return parse
+
+
+# A zero batch or step count measures nothing.
+positive_int = number_arg(int, lambda v: v >= 1, "{text!r} is not a positive integer")
 
 
 def mesh_shape(text: str) -> tuple[int, ...]:

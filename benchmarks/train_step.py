@@ -434,24 +434,10 @@ def _add_rates(summary: dict, cfg, batch_np: dict, peak: float | None, devices: 
 # ----------------------------------------------------------------------------- main
 
 
-def _loss_chunk(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -2
-    if value < -1:
-        raise argparse.ArgumentTypeError(f"{text!r}: use -1 (auto), 0 (off) or a length")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: use a number in (0, 1]")
-    return value
+_loss_chunk = report.number_arg(
+    int, lambda v: v >= -1, "{text!r}: use -1 (auto), 0 (off) or a length"
+)
+_fraction = report.number_arg(float, lambda v: 0.0 < v <= 1.0, "{text!r}: use a number in (0, 1]")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -102,7 +102,7 @@ def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, voca
     """Re-registers the EcomInstruct tasks when the data root or vocabulary differ."""
     import tasks
 
-    default_vocab = run.model.vocabulary.lower() in ("sentencepiece", "spm") and (
+    default_vocab = run.model.vocabulary.lower() in vocabularies.SENTENCEPIECE_KINDS and (
         run.model.vocabulary_path is None
     )
     if run.train.data_dir is not None or not default_vocab:

@@ -47,7 +47,7 @@ NO_EOS = -1  # never generated: every sequence runs to max_new_tokens
 def parse_args(argv=None) -> argparse.Namespace:
     count = report.positive_int
     p = argparse.ArgumentParser(prog="python -m benchmarks.decode", description=__doc__)
-    p.add_argument("--preset", required=True, help="model preset (ecomgpt_jax/models/config.py)")
+    p.add_argument("--preset", required=True, help="model preset: a gin_configs/models/*.gin name")
     p.add_argument("--batch", type=count, default=8, help="prompts per decoding batch")
     p.add_argument("--method", choices=("greedy", "beam", "both"), default="both")
     p.add_argument("--num_beams", type=count, default=4)

@@ -445,7 +445,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--preset", default="bench-bloom-cpu", help="models/config.py preset name")
+    p.add_argument("--preset", default="bench-bloom-cpu", help="a gin_configs/models/*.gin name")
     p.add_argument("--batch", type=count, default=8, help="global batch (rows)")
     p.add_argument("--seq", type=count, default=512, help="tokens per row")
     p.add_argument(

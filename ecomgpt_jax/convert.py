@@ -153,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--output", required=True)
     b.add_argument("--tokenizer_dir", default=None)
     b.add_argument("--dtype", choices=model_config.DTYPES, default=None)
-    b.add_argument("--preset", default=None, help="model preset name (see models/config.py)")
+    b.add_argument("--preset", default=None, help="model preset: a gin_configs/models/*.gin name")
     b.add_argument("--model_config", default=None, help="path to a model_config.json")
     return parser
 

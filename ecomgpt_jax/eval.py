@@ -25,6 +25,7 @@ import gin
 from absl import app
 
 from ecomgpt_jax import checkpointing, decoding, evaluation, gin_parsing, launch, partitioning
+from ecomgpt_jax.models import config as model_config
 
 FLAGS = launch.FLAGS
 launch.define_flags()
@@ -51,6 +52,7 @@ def register_configurables() -> dict:
     classes = {
         "EvalConfig": (evaluation.EvalConfig, "evaluation"),
         "ModelSource": (evaluation.ModelSource, "evaluation"),
+        "ModelConfig": (model_config.ModelConfig, "models"),
         "DecodeConfig": (decoding.DecodeConfig, "decoding"),
         "EvalRun": (EvalRun, "eval"),
     }

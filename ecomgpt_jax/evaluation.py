@@ -40,7 +40,6 @@ import jax
 from ecomgpt_jax import checkpointing, decoding
 from ecomgpt_jax.decoding import DecodeConfig
 from ecomgpt_jax.ecominstruct import instructions, reader, scoring
-from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
 from ecomgpt_jax.models.config import ConfigError, ModelConfig
 
@@ -95,7 +94,7 @@ class ModelSource:
 
     checkpoint: orbax params (a training run, a step directory, or `convert hf-to-orbax`
       output); its model comes from the nearest model_config.json at or above it, else
-      from `preset` + `preset_overrides`.
+      from `config` (eval.gin: the ModelConfig of the included models/*.gin file).
     hf_dir: a HF folder (config.json + *.safetensors).
     dtype: parameter and compute dtype ("bfloat16", ...); None keeps the stored one.
     overrides: ModelConfig fields applied last (e.g. {"attention_impl": "cudnn"}).
@@ -103,8 +102,7 @@ class ModelSource:
 
     checkpoint: str | None = None
     hf_dir: str | None = None
-    preset: str | None = None
-    preset_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    config: ModelConfig | None = None
     dtype: str | None = None
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -140,13 +138,12 @@ def load_model(source: ModelSource, mesh=None) -> tuple[ModelConfig, Any]:
         return _with_overrides(cfg, source), params
     cfg = checkpointing.find_model_config(source.checkpoint)
     if cfg is None:
-        if not source.preset:
+        if source.config is None:
             raise EvalError(
-                f"{source.checkpoint}: no {checkpointing.MODEL_CONFIG_FILE} at or above it; set "
-                "MODEL_PRESET (and MODEL_OVERRIDES) to say which model it holds"
+                f"{source.checkpoint}: no {checkpointing.MODEL_CONFIG_FILE} at or above it; "
+                "include the gin_configs/models/*.gin file of the model it holds"
             )
-        cfg = model_config.get_preset(source.preset)
-        cfg = dataclasses.replace(cfg, **dict(source.preset_overrides))
+        cfg = source.config
     cfg = _with_overrides(cfg, source)
     shardings = decoding.param_shardings(cfg, mesh)
     abstract = jax.tree.map(

@@ -45,6 +45,7 @@ from ecomgpt_jax import (
 )
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.ecominstruct import reader
+from ecomgpt_jax.models import config as model_config
 
 FLAGS = launch.FLAGS
 # Ctrl-C saved and stopped: 130 as for any interrupted command, so that `train && eval`
@@ -60,6 +61,7 @@ def register_configurables() -> dict:
         {
             "TrainConfig": (trainer.TrainConfig, "trainer"),
             "ModelSpec": (trainer.ModelSpec, "trainer"),
+            "ModelConfig": (model_config.ModelConfig, "models"),
             "DataConfig": (input_pipeline.DataConfig, "input_pipeline"),
             "OptimizerConfig": (ts.OptimizerConfig, "train_step"),
             "StepConfig": (ts.StepConfig, "train_step"),

@@ -34,19 +34,19 @@ class UserError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """Which model: a preset plus field overrides, and its vocabulary.
+    """Which model, and its vocabulary.
 
-    With `TrainConfig.init_from_hf` the architecture comes from the HF folder's
-    config.json and only the run settings (`HF_RUN_SETTINGS`: remat policy, layer
-    scan, attention kernel) from the preset, which a config.json does not hold; with
-    `init_from_checkpoint`, everything comes from the checkpoint's model_config.json.
-    `overrides` (e.g. {"dtype": "bfloat16", "remat_policy": "full"}) apply in every case.
+    config: the ModelConfig bound by a gin_configs/models/*.gin file (and any
+    `--gin.ModelConfig.<field>` overrides). With `TrainConfig.init_from_hf` the
+    architecture comes from the HF folder's config.json, with `init_from_checkpoint`
+    from the checkpoint's model_config.json; in both cases the run settings
+    (`model_config.RUNTIME_FIELDS`: dtypes, remat policy, layer scan, attention kernel),
+    which neither file holds for this run, still come from `config`.
     vocabulary: "sentencepiece" (path None: the bundled sample model) or
     "huggingface" (path None: the tokenizer.json of `init_from_hf`).
     """
 
-    preset: str = "tiny-bloom"
-    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    config: model_config.ModelConfig
     vocabulary: str = "sentencepiece"
     vocabulary_path: str | None = None
 
@@ -90,27 +90,18 @@ class RunConfig:
     infer_eval: evaluation.EvalConfig | None = None
 
 
-# What a preset says about how to run its model that a HF config.json cannot: e.g.
-# bloomz-7b1's full rematerialisation, without which its activations do not fit a chip.
-HF_RUN_SETTINGS = ("remat_policy", "scan_layers", "attention_impl")
-
-
 def build_model_config(run: RunConfig) -> model_config.ModelConfig:
-    """Preset (or HF / checkpoint architecture) with the overrides applied."""
+    """The gin-bound ModelConfig, or the architecture of INIT_FROM_HF / INIT_FROM_CHECKPOINT
+    with the gin-bound run settings (e.g. bloomz-7b1's full rematerialisation, without
+    which its activations do not fit a chip)."""
     if run.train.init_from_hf:
         cfg = hf_io.read_hf_config(run.train.init_from_hf)
-        preset = model_config.get_preset(run.model.preset)
-        cfg = dataclasses.replace(cfg, **{f: getattr(preset, f) for f in HF_RUN_SETTINGS})
     elif run.train.init_from_checkpoint:
         cfg = _init_checkpoint_config(run.train.init_from_checkpoint)
     else:
-        cfg = model_config.get_preset(run.model.preset)
-    # Master weights in float32 unless asked otherwise; compute dtype from overrides.
-    cfg = dataclasses.replace(cfg, param_dtype="float32", dtype="float32")
-    try:
-        return dataclasses.replace(cfg, **dict(run.model.overrides))
-    except TypeError as e:
-        raise UserError(f"MODEL_OVERRIDES: {e}") from None
+        return run.model.config
+    runtime = {f: getattr(run.model.config, f) for f in model_config.RUNTIME_FIELDS}
+    return dataclasses.replace(cfg, **runtime)
 
 
 def _init_checkpoint_config(path: str) -> model_config.ModelConfig:
@@ -158,7 +149,7 @@ def check_shapes(cfg, shapes: Shapes, step: ts.StepConfig, mesh) -> None:
     if shapes.vocab_size > cfg.vocab_size:
         raise UserError(
             f"the vocabulary has {shapes.vocab_size} ids but the model's vocab_size is "
-            f"{cfg.vocab_size}; set MODEL_OVERRIDES = {{'vocab_size': ...}} or use the "
+            f"{cfg.vocab_size}; set --gin.ModelConfig.vocab_size=... or use the "
             "model's own vocabulary"
         )
 

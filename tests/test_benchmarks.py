@@ -42,14 +42,14 @@ def test_train_flops_terms_by_hand():
     assert flops["dense"] == 6 * 221184 * tokens
     # 12 * layers * heads * head_dim * seq * tokens (not halved for causality).
     assert flops["attention"] == 12 * 2 * 6 * 16 * 8 * tokens
-    assert flops["lm_head"] == 6 * 96 * 1024 * tokens
+    assert flops["lm_head"] == 6 * 96 * 2048 * tokens
     assert flops["total"] == flops["dense"] + flops["attention"] + flops["lm_head"]
 
 
 def test_train_flops_count_the_lm_head_on_weighted_tokens_only():
     full = bt.train_flops(TINY, batch=2, seq=8)
     answers = bt.train_flops(TINY, batch=2, seq=8, weighted=3)
-    assert answers["lm_head"] == 6 * 96 * 1024 * 3
+    assert answers["lm_head"] == 6 * 96 * 2048 * 3
     assert answers["dense"] == full["dense"] and answers["attention"] == full["attention"]
 
 

@@ -1,10 +1,12 @@
-"""ModelConfig, presets and the HF config.json mapping."""
+"""ModelConfig, presets (gin_configs/models/*.gin) and the HF config.json mapping."""
 
 import dataclasses
 
+import gin
 import numpy as np
 import pytest
 
+from ecomgpt_jax import launch
 from ecomgpt_jax.models import config as mc
 from ecomgpt_jax.models.config import ConfigError, ModelConfig, RopeScaling
 
@@ -27,8 +29,79 @@ def test_presets_published_values(name):
 
 
 def test_unknown_preset_names_known_ones():
-    with pytest.raises(ConfigError, match="unknown model preset 'gpt-5'.*bloomz-7b1"):
+    with pytest.raises(ConfigError, match="unknown model preset 'gpt-5'.*'bloomz_7b1'"):
         mc.get_preset("gpt-5")
+
+
+def test_preset_names_are_the_model_files():
+    assert mc.preset_names() == sorted(p.stem for p in mc.MODELS_DIR.glob("*.gin"))
+    assert {"tiny_bloom", "bloomz_7b1", "qwen2_5_0_5b", "bench_bloom_cpu"} <= set(mc.preset_names())
+    # Hub-style spellings name the same file.
+    assert mc.get_preset("qwen2.5-0.5b") == mc.read_model_file(mc.MODELS_DIR / "qwen2_5_0_5b.gin")
+    assert mc.get_preset("bloomz-7b1") == mc.read_model_file(mc.MODELS_DIR / "bloomz_7b1.gin")
+
+
+@pytest.fixture
+def gin_model_config():
+    """gin's ModelConfig configurable, on a clean gin config (cleared again afterwards)."""
+    configurable = launch.register_configurables({"ModelConfig": (ModelConfig, "models")})
+    gin.clear_config()
+    yield configurable["ModelConfig"]
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("name", mc.preset_names())
+def test_gin_reads_each_model_file_as_get_preset_does(gin_model_config, name):
+    gin.parse_config_file(str(mc.MODELS_DIR / f"{name}.gin"))
+    assert gin_model_config() == mc.get_preset(name)
+
+
+def test_the_last_model_file_included_replaces_all_of_an_earlier_one(gin_model_config):
+    # tiny_llama binds rope_scaling, untied embeddings and the llama family; tiny_bloom
+    # must replace each of them, not inherit them.
+    gin.parse_config_file(str(mc.MODELS_DIR / "tiny_llama.gin"))
+    gin.parse_config_file(str(mc.MODELS_DIR / "tiny_bloom.gin"))
+    assert gin_model_config() == mc.get_preset("tiny_bloom")
+
+
+def _model_file(tmp_path, *changes, drop=()):
+    lines = (mc.MODELS_DIR / "tiny_bloom.gin").read_text().splitlines()
+    lines = [ln for ln in lines if not any(ln.startswith(f"ModelConfig.{f} ") for f in drop)]
+    path = tmp_path / "m.gin"
+    path.write_text("\n".join([*lines, *changes]) + "\n")
+    return path
+
+
+def test_read_model_file_applies_later_bindings_and_ignores_macros(tmp_path):
+    path = _model_file(tmp_path, "ModelConfig.hidden = 48", "ModelConfig.head_dim = 8", "X = 3")
+    want = dataclasses.replace(mc.get_preset("tiny_bloom"), hidden=48, head_dim=8)
+    assert mc.read_model_file(path) == want
+
+
+@pytest.mark.parametrize(
+    "extra, drop, message",
+    [
+        ("include 'models/tiny_llama.gin'", (), r"m.gin:\d+: not a model file \(invalid syntax"),
+        ("ModelConfig.hidden = %HIDDEN", (), r"m.gin:\d+: not a model file"),
+        ("TrainConfig.seed = 1", (), r"m.gin:\d+: a model file holds `ModelConfig.<field> = "),
+        ("ModelConfig.hidden = 2 * 48", (), r"m.gin:\d+: ModelConfig.hidden: the value must be a "),
+        ("ModelConfig.widht = 96", (), r"m.gin: model config has unknown fields \['widht'\]"),
+        ("ModelConfig.heads = 4", (), r"m.gin: ModelConfig.kv_heads=6: must divide heads=4"),
+        ("", ("pad_id", "dtype"), r"m.gin: binds no value for ModelConfig fields \['dtype', 'pad"),
+        ("ModelConfig.rope_scaling = {'factr': 2.0}", (), r"m.gin: .*unexpected keyword.*factr"),
+    ],
+)
+def test_read_model_file_errors_name_the_file_and_line(tmp_path, extra, drop, message):
+    path = _model_file(tmp_path, extra, drop=drop)
+    with pytest.raises(ConfigError, match=message):
+        mc.read_model_file(path)
+
+
+def test_read_model_file_line_numbers_are_the_files(tmp_path):
+    path = _model_file(tmp_path, "TrainConfig.seed = 1")
+    line = len(path.read_text().splitlines())
+    with pytest.raises(ConfigError, match=f"m.gin:{line}: "):
+        mc.read_model_file(path)
 
 
 def test_tiny_bloom_has_non_power_of_two_heads():
@@ -36,7 +109,7 @@ def test_tiny_bloom_has_non_power_of_two_heads():
     assert heads & (heads - 1) != 0
 
 
-@pytest.mark.parametrize("name", sorted(mc.PRESETS))
+@pytest.mark.parametrize("name", mc.preset_names())
 def test_hf_config_round_trip(name):
     cfg = mc.get_preset(name)
     back = mc.from_hf_config(mc.to_hf_config(cfg))
@@ -45,7 +118,7 @@ def test_hf_config_round_trip(name):
     assert all(getattr(back, f) == getattr(ModelConfig, f) for f in mc.RUNTIME_FIELDS)
 
 
-@pytest.mark.parametrize("name", sorted(mc.PRESETS))
+@pytest.mark.parametrize("name", mc.preset_names())
 def test_json_round_trip(name):
     cfg = dataclasses.replace(mc.get_preset(name), dtype="bfloat16", remat_policy="full")
     assert ModelConfig.from_json_dict(cfg.to_json_dict()) == cfg

@@ -195,7 +195,9 @@ def test_model_source_errors(tmp_path):
     with pytest.raises(evaluation.EvalError, match="no model_config.json"):
         evaluation.load_model(ModelSource(checkpoint=str(tmp_path)))
     with pytest.raises(checkpointing.CheckpointError, match="do not match the model"):
-        evaluation.load_model(ModelSource(checkpoint=str(tmp_path), preset="tiny-bloom"))
+        evaluation.load_model(
+            ModelSource(checkpoint=str(tmp_path), config=mc.get_preset("tiny-bloom"))
+        )
     with pytest.raises(hf_io.CheckpointFormatError, match="not found"):
         evaluation.load_model(ModelSource(hf_dir=str(tmp_path)))
     with pytest.raises(evaluation.EvalError, match="max_examples"):

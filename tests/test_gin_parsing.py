@@ -153,7 +153,7 @@ def test_include_found_with_a_plain_folder_of_its_name_here(repo_cwd, tmp_path, 
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # as `python -m` puts the working directory
     gin_parsing.parse_gin([str(REPO / "gin_configs/eval.gin")], [], [], _UserError, "x")
-    assert gin.query_parameter("MODEL_PRESET/macro.value") == "tiny-bloom"
+    assert gin.query_parameter("ModelConfig.hidden") == 96  # models/tiny_bloom.gin
 
 
 def test_gin_errors_name_file_and_line(repo_cwd, tmp_path):

@@ -339,11 +339,12 @@ def test_paper_run_gins_resolve(name, devices):
         gin.clear_config()
     assert run.optimizer.learning_rate == 2e-5 and data.global_batch_size == 64
     assert data.mixture_or_task_name == "ecom_instruct_held_in" and data.sequence_length == 1024
-    assert run.model.preset == "bloomz-7b1" and run.model.vocabulary == "huggingface"
+    assert run.model.vocabulary == "huggingface"
     assert run.train.init_from_hf == "/hf" and run.train.train_steps == 1000
     shape = P.MeshConfig(run.train.mesh_shape).resolve(devices)
-    cfg = dataclasses.replace(model_config.get_preset("bloomz-7b1"), **run.model.overrides)
-    assert cfg.dtype == "bfloat16" and cfg.remat_policy == "full"
+    cfg = run.model.config  # models/bloomz_7b1.gin, then the run file's two overrides
+    assert cfg == dataclasses.replace(model_config.get_preset("bloomz-7b1"), dtype="bfloat16")
+    assert cfg.remat_policy == "full"
     mesh = types.SimpleNamespace(
         shape=dict(zip(P.MESH_AXES, shape, strict=True)), devices=np.empty(shape)
     )

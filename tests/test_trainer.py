@@ -33,7 +33,7 @@ TINY = dataclasses.replace(
 def run_config(tmp_path, **train) -> trainer.RunConfig:
     return trainer.RunConfig(
         train=trainer.TrainConfig(**{"model_dir": str(tmp_path / "run"), "train_steps": 4} | train),
-        model=trainer.ModelSpec(preset="tiny-bloom", overrides={"vocab_size": 2048}),
+        model=trainer.ModelSpec(config=model_config.get_preset("tiny-bloom")),
         optimizer=ts.OptimizerConfig(),
         step=ts.StepConfig(),
         checkpoint=checkpointing.CheckpointConfig(),
@@ -44,13 +44,10 @@ def mesh_of(shape, n=8):
     return P.make_mesh(P.MeshConfig(shape), jax.devices()[:n])
 
 
-def test_model_config_preset_with_overrides(tmp_path):
-    run = run_config(tmp_path)
-    cfg = trainer.build_model_config(run)
-    assert cfg == dataclasses.replace(model_config.get_preset("tiny-bloom"), vocab_size=2048)
-    bad = dataclasses.replace(run, model=trainer.ModelSpec(overrides={"widht": 3}))
-    with pytest.raises(trainer.UserError, match="MODEL_OVERRIDES: .*widht"):
-        trainer.build_model_config(bad)
+def test_model_config_from_scratch_is_the_gin_bound_one_as_it_is(tmp_path):
+    bf16 = dataclasses.replace(model_config.get_preset("tiny-bloom"), dtype="bfloat16")
+    run = dataclasses.replace(run_config(tmp_path), model=trainer.ModelSpec(config=bf16))
+    assert trainer.build_model_config(run) == bf16
 
 
 @pytest.mark.parametrize(
@@ -84,7 +81,8 @@ def test_init_from_hf_folder_and_from_converted_checkpoint(tmp_path):
         {"init_from_checkpoint": str(tmp_path / "orbax")},
     ):
         run = run_config(tmp_path / next(iter(init)), mesh_shape=(1, 2, 4), **init)
-        run = dataclasses.replace(run, model=trainer.ModelSpec(overrides={"dtype": "bfloat16"}))
+        bf16 = dataclasses.replace(model_config.get_preset("tiny-bloom"), dtype="bfloat16")
+        run = dataclasses.replace(run, model=trainer.ModelSpec(config=bf16))
         cfg = trainer.build_model_config(run)
         # Architecture from the source, float32 master weights, bfloat16 compute.
         assert (cfg.hidden, cfg.vocab_size, cfg.param_dtype, cfg.dtype) == (
@@ -103,26 +101,23 @@ def test_init_from_hf_folder_and_from_converted_checkpoint(tmp_path):
         job.checkpointer.close()
 
 
-def test_init_from_hf_takes_run_settings_from_the_preset(tmp_path):
-    """config.json gives the architecture; remat / scan / attention kernel come from
-    MODEL_PRESET (config.json has none), and MODEL_OVERRIDES still win."""
+@pytest.mark.parametrize("source", ["init_from_hf", "init_from_checkpoint"])
+def test_init_takes_run_settings_from_the_gin_config(tmp_path, source):
+    """config.json / model_config.json give the architecture; dtypes, remat, scan and the
+    attention kernel come from the gin-bound ModelConfig (bloomz_1b7.gin here)."""
     zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), decoder.abstract_params(TINY))
-    hf_io.save_hf(TINY, zeros, tmp_path)
-    preset = model_config.get_preset("bloomz-1b7")
-    assert (preset.remat_policy, preset.scan_layers) != (TINY.remat_policy, TINY.scan_layers)
-    run = run_config(tmp_path / "run", init_from_hf=str(tmp_path))
-    run = dataclasses.replace(run, model=trainer.ModelSpec(preset="bloomz-1b7"))
+    hf_io.save_hf(TINY, zeros, tmp_path / "hf")
+    convert.hf_to_orbax(tmp_path / "hf", tmp_path / "orbax")
+    path = tmp_path / ("hf" if source == "init_from_hf" else "orbax")
+    gin_bound = dataclasses.replace(
+        model_config.get_preset("bloomz-1b7"), dtype="bfloat16", scan_layers=False
+    )
+    assert gin_bound.remat_policy != TINY.remat_policy
+    run = run_config(tmp_path / "run", **{source: str(path)})
+    run = dataclasses.replace(run, model=trainer.ModelSpec(config=gin_bound))
     cfg = trainer.build_model_config(run)
-    assert (cfg.hidden, cfg.layers, cfg.vocab_size) == (TINY.hidden, TINY.layers, TINY.vocab_size)
-    assert (cfg.remat_policy, cfg.scan_layers, cfg.attention_impl) == (
-        preset.remat_policy,
-        preset.scan_layers,
-        preset.attention_impl,
-    )
-    run = dataclasses.replace(
-        run, model=trainer.ModelSpec(preset="bloomz-1b7", overrides={"remat_policy": "none"})
-    )
-    assert trainer.build_model_config(run).remat_policy == "none"
+    runtime = {f: getattr(gin_bound, f) for f in model_config.RUNTIME_FIELDS}
+    assert cfg == dataclasses.replace(TINY, **runtime)
 
 
 def test_metrics_logger_writes_rows_and_drops_rows_after_a_resumed_step(tmp_path):

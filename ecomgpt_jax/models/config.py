@@ -1,4 +1,4 @@
-"""Model configuration: one frozen dataclass, a presets registry, HF config mapping.
+"""Model configuration: one frozen dataclass, presets read from gin files, HF config mapping.
 
 Two decoder families share one `ModelConfig`:
 
@@ -8,15 +8,22 @@ Two decoder families share one `ModelConfig`:
            SwiGLU MLP, grouped-query attention, no biases except optional q/k/v
            biases (`qkv_bias=True` is exactly what makes a Llama a Qwen2).
 
-Override fields with `dataclasses.replace(cfg, dtype="bfloat16", remat_policy="full")`.
-Dtypes are strings ("float32", "bfloat16") so the config serialises to JSON and
-gin can bind them. This module imports neither jax nor gin.
+Presets are gin files, gin_configs/models/<name>.gin, each binding every field; gin
+runs include them, `get_preset(name)` reads them without gin. Override fields with
+`--gin.ModelConfig.dtype="'bfloat16'"` in a run, or `dataclasses.replace(cfg,
+dtype="bfloat16")` in code. Dtypes are strings ("float32", "bfloat16") so the config
+serialises to JSON and gin can bind them. This module imports neither jax nor gin.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import numbers
+import os
+import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +31,10 @@ FAMILIES = ("bloom", "llama")
 DTYPES = ("float32", "bfloat16", "float16")
 # "none" = no rematerialisation; "full" = save nothing (recompute the whole layer in
 # the backward pass); any other name is looked up in `jax.checkpoint_policies`.
+# Presets choose by size: a layer's activations at 8 x 2048 tokens in bf16 are ~1 GB for
+# 1B models, so up to ~1B parameters nothing is recomputed (fastest); 1.5-3B models keep
+# the projection matmul outputs ("dots_with_no_batch_dims_saveable": ~5% more FLOPs,
+# most of the memory back); 7-8B models save nothing ("full": ~33% more FLOPs).
 REMAT_POLICIES = (
     "none",
     "full",
@@ -138,155 +149,75 @@ class ModelConfig:
         return cls(**d)
 
 
-def _bloom(hidden, layers, heads, **kw) -> ModelConfig:
-    # Published BLOOM configs: vocab 250880, mlp 4*hidden, eps 1e-5, bos 1, eos 2, pad 3.
-    base = dict(vocab_size=250880, norm_eps=1e-5, bos_id=1, eos_id=2, pad_id=3)
-    base.update(kw)
-    return ModelConfig(
-        family="bloom",
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
-        kv_heads=heads,
-        head_dim=hidden // heads,
-        mlp_dim=4 * hidden,
-        tie_embeddings=True,
-        **base,
-    )
+# ----------------------------------------------------------------------------- presets
+
+# One small gin file per model, binding every ModelConfig field (T5X style), is the only
+# definition of a preset. Train and eval read them with gin; benchmarks and converters,
+# which must run without gin (GPU machines often lack it), read them with `read_model_file`.
+MODELS_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin_configs" / "models"
 
 
-def _qwen25(hidden, layers, heads, kv_heads, mlp_dim, **kw) -> ModelConfig:
-    base = dict(
-        vocab_size=151936,
-        norm_eps=1e-6,
-        rope_theta=1000000.0,
-        qkv_bias=True,
-        tie_embeddings=True,
-        max_positions=131072,
-        bos_id=151643,
-        eos_id=151643,
-    )
-    base.update(kw)
-    return ModelConfig(
-        family="llama",
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        head_dim=hidden // heads,
-        mlp_dim=mlp_dim,
-        **base,
-    )
+def _model_file_error(path: pathlib.Path, line: int | None, why: str) -> ConfigError:
+    return ConfigError(f"{path}{f':{line}' if line else ''}: {why}")
 
 
-# Rematerialisation defaults by size (override per run). Activations of a layer at
-# 8 x 2048 tokens in bf16 are ~1 GB for 1B models, so up to ~1B parameters nothing is
-# recomputed (fastest). 1.5-3B models keep the projection matmul outputs and recompute
-# attention scores and element-wise ops (~5% more FLOPs, most of the memory back);
-# 7-8B models save nothing (whole layer recomputed: ~33% more FLOPs, least memory).
-_SMALL = dict(remat_policy="none")
-_MEDIUM = dict(remat_policy="dots_with_no_batch_dims_saveable")
-_LARGE = dict(remat_policy="full")
+def read_model_file(path: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig a model gin file binds, read without gin.
 
-# Architectures copied from each model's published config.json on the HF hub.
-PRESETS: dict[str, ModelConfig] = {
-    "bloom-560m": _bloom(1024, 24, 16, **_SMALL),
-    "bloomz-560m": _bloom(1024, 24, 16, **_SMALL),
-    "bloomz-1b1": _bloom(1536, 24, 16, **_SMALL),
-    "bloomz-1b7": _bloom(2048, 24, 16, **_MEDIUM),
-    "bloomz-3b": _bloom(2560, 30, 32, **_MEDIUM),
-    "bloomz-7b1": _bloom(4096, 30, 32, **_LARGE),
-    "qwen2.5-0.5b": _qwen25(896, 24, 14, 2, 4864, max_positions=32768, **_SMALL),
-    "qwen2.5-1.5b": _qwen25(1536, 28, 12, 2, 8960, **_MEDIUM),
-    "qwen2.5-7b": _qwen25(
-        3584, 28, 28, 4, 18944, vocab_size=152064, tie_embeddings=False, **_LARGE
-    ),
-    "llama-3-8b": ModelConfig(
-        family="llama",
-        vocab_size=128256,
-        hidden=4096,
-        layers=32,
-        heads=32,
-        kv_heads=8,
-        head_dim=128,
-        mlp_dim=14336,
-        norm_eps=1e-5,
-        rope_theta=500000.0,
-        tie_embeddings=False,
-        max_positions=8192,
-        bos_id=128000,
-        eos_id=128001,
-        **_LARGE,
-    ),
-    # Benchmark shape for CPU comparisons with transformers (benchmarks/train_step.py):
-    # BLOOM architecture, a 32k vocabulary, width 512, 4 layers, 8 heads. The 4 layers
-    # are unrolled: XLA:CPU's layer loop costs ~15% of the body's time here (stacking
-    # the per-layer residuals), and 4 copies of the layer compile quickly.
-    "bench-bloom-cpu": _bloom(512, 4, 8, vocab_size=32000, max_positions=2048, scan_layers=False),
-    # Tiny models for tests and smoke runs (vocab_size 1024 keeps them tiny). The
-    # bundled SentencePiece vocabulary has 2000 ids (pad 0, eos 1): the tiny model gin
-    # files raise vocab_size to 2048 for it.
-    # tiny-bloom has 6 heads so the non-power-of-two ALiBi slopes are exercised.
-    "tiny-bloom": ModelConfig(
-        family="bloom",
-        vocab_size=1024,
-        hidden=96,
-        layers=2,
-        heads=6,
-        kv_heads=6,
-        head_dim=16,
-        mlp_dim=384,
-        norm_eps=1e-5,
-        tie_embeddings=True,
-        max_positions=512,
-        eos_id=1,
-        pad_id=0,
-    ),
-    "tiny-qwen2": ModelConfig(
-        family="llama",
-        vocab_size=1024,
-        hidden=64,
-        layers=2,
-        heads=4,
-        kv_heads=2,
-        head_dim=16,
-        mlp_dim=128,
-        norm_eps=1e-6,
-        rope_theta=1000000.0,
-        qkv_bias=True,
-        tie_embeddings=True,
-        max_positions=512,
-        eos_id=1,
-        pad_id=0,
-    ),
-    # Llama-3 rope scaling with a small original context so every frequency band
-    # (kept / smoothed / divided) is exercised at test sequence lengths.
-    "tiny-llama": ModelConfig(
-        family="llama",
-        vocab_size=1024,
-        hidden=64,
-        layers=2,
-        heads=4,
-        kv_heads=2,
-        head_dim=16,
-        mlp_dim=128,
-        norm_eps=1e-5,
-        rope_theta=500000.0,
-        rope_scaling=RopeScaling(8.0, 1.0, 4.0, 64),
-        tie_embeddings=False,
-        max_positions=512,
-        eos_id=1,
-        pad_id=0,
-    ),
-}
-
-
-def get_preset(name: str) -> ModelConfig:
-    """Returns the preset called `name` (see `PRESETS`)."""
+    A model file holds `ModelConfig.<field> = <literal>` bindings and `NAME = <literal>`
+    macros (VOCABULARY, VOCABULARY_PATH) only, so Python's literal parser reads exactly
+    what gin does (tests/test_config.py checks every file against gin). Raises
+    ConfigError naming the file and line of anything else.
+    """
+    path = pathlib.Path(path)
     try:
-        return PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except OSError as e:
+        raise _model_file_error(path, None, f"cannot read ({e.strerror})") from None
+    except SyntaxError as e:
+        raise _model_file_error(path, e.lineno, f"not a model file ({e.msg})") from None
+    fields = {}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else None
+        if isinstance(target, ast.Name):
+            continue  # a macro: read by gin only
+        if not (
+            isinstance(target, ast.Attribute)
+            and isinstance(target.value, ast.Name)
+            and target.value.id == "ModelConfig"
+        ):
+            raise _model_file_error(
+                path, node.lineno, "a model file holds `ModelConfig.<field> = <value>` lines only"
+            )
+        try:
+            fields[target.attr] = ast.literal_eval(node.value)
+        except ValueError:
+            raise _model_file_error(
+                path, node.lineno, f"ModelConfig.{target.attr}: the value must be a literal"
+            ) from None
+    missing = sorted(f.name for f in dataclasses.fields(ModelConfig) if f.name not in fields)
+    if missing:
+        # Every field, so that a model file included after another replaces all of it.
+        raise _model_file_error(path, None, f"binds no value for ModelConfig fields {missing}")
+    try:
+        return ModelConfig.from_json_dict(fields)
+    except (ConfigError, TypeError) as e:
+        raise _model_file_error(path, None, str(e)) from None
+
+
+def preset_names() -> list[str]:
+    """The presets: the stems of gin_configs/models/*.gin (e.g. "bloomz_1b1")."""
+    return sorted(p.stem for p in MODELS_DIR.glob("*.gin"))
+
+
+@functools.cache
+def get_preset(name: str) -> ModelConfig:
+    """The ModelConfig of gin_configs/models/<name>.gin; "-" and "." in `name` read as
+    "_", so "bloomz-1b1" and "qwen2.5-0.5b" name bloomz_1b1.gin and qwen2_5_0_5b.gin."""
+    stem = re.sub(r"[-.]", "_", name)
+    if stem not in preset_names():
+        raise ConfigError(f"unknown model preset {name!r}; known: {preset_names()} ({MODELS_DIR})")
+    return read_model_file(MODELS_DIR / f"{stem}.gin")
 
 
 # ----------------------------------------------------------------------------- HF mapping

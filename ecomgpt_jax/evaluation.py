@@ -137,11 +137,12 @@ def load_model(source: ModelSource, mesh=None) -> tuple[ModelConfig, Any]:
         cfg, params = hf_io.load_hf_params(source.hf_dir, dtype=source.dtype)
         return _with_overrides(cfg, source), params
     cfg = checkpointing.find_model_config(source.checkpoint)
-    if cfg is None:
+    from_source = cfg is None
+    if from_source:
         if source.config is None:
             raise EvalError(
                 f"{source.checkpoint}: no {checkpointing.MODEL_CONFIG_FILE} at or above it; "
-                "include the gin_configs/models/*.gin file of the model it holds"
+                "pass ModelSource(config=...) with the model it holds"
             )
         cfg = source.config
     cfg = _with_overrides(cfg, source)
@@ -151,7 +152,16 @@ def load_model(source: ModelSource, mesh=None) -> tuple[ModelConfig, Any]:
         decoder.abstract_params(cfg),
         shardings,
     )
-    return cfg, checkpointing.restore_params(source.checkpoint, abstract)
+    try:
+        return cfg, checkpointing.restore_params(source.checkpoint, abstract)
+    except checkpointing.CheckpointError as e:
+        if not from_source:
+            raise
+        # eval.gin's ModelConfig is tiny_bloom's unless a models/*.gin file says otherwise.
+        raise checkpointing.CheckpointError(
+            f"{e}; it has no {checkpointing.MODEL_CONFIG_FILE}, so the model is the gin "
+            "ModelConfig: include the gin_configs/models/*.gin file of the model it holds"
+        ) from None
 
 
 @functools.lru_cache(maxsize=8)

@@ -94,11 +94,23 @@ class _Sources:
     headers: shown path -> the file's leading comment block.
     required: macro -> (shown path, line) of its last `NAME = %gin.REQUIRED`.
     uses: macro -> where a binding first references it (`%NAME`).
+    sets: macro -> where it is first set (`NAME = ...`).
     """
 
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     required: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
     uses: dict[str, str] = dataclasses.field(default_factory=dict)
+    sets: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+# Macros earlier versions read, which nothing reads now: a gin file still setting one would
+# otherwise be accepted and silently train another model.
+RETIRED_MACROS = {
+    "MODEL_PRESET": "each gin_configs/models/*.gin file now binds ModelConfig itself; "
+    "include the model's file instead",
+    "MODEL_OVERRIDES": "bind the fields after the model file instead, e.g. "
+    "ModelConfig.dtype = 'bfloat16' (--gin.ModelConfig.dtype=\"'bfloat16'\")",
+}
 
 
 def _show(path: str) -> str:
@@ -193,6 +205,7 @@ def _record(statements, where, sources: _Sources) -> list[str]:
         if not statement.arg_name:
             name = "/".join(filter(None, (statement.scope, statement.selector)))
             bound.append(name)
+            sources.sets.setdefault(name, where(line))
             if statement.value in (_Name("%", "gin.REQUIRED"), _Name("%", "REQUIRED")):
                 sources.required[name] = (where(None), line)
     return bound
@@ -326,6 +339,9 @@ def _check_macros(cli: dict[str, str], sources: _Sources, required: bool) -> Non
     `required`) macros left at %gin.REQUIRED: gin accepts the first silently and
     reports the others with the whole config attached, or not before finalize."""
     used, bound = _macro_uses()
+    for name, why in RETIRED_MACROS.items():
+        if name in bound:
+            raise _GinProblem(f"{sources.sets.get(name, name)}: macro {name} is retired: {why}")
     for name, flag in cli.items():
         # scope/NAME counts as used by %NAME: gin reads it where %NAME is in that scope.
         if name not in used and name.rsplit("/", 1)[-1] not in used:

@@ -126,9 +126,10 @@ def check_infer_eval(eval_cfg: evaluation.EvalConfig) -> None:
         raise trainer.UserError(f"INFER_EVAL_MIXTURE: {e}") from None
 
 
-def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary) -> None:
-    """MODEL_DIR/config.gin (resolved gin config), model_config.json and, for a HF
-    vocabulary, its tokenizer files: what eval / convert need next to the checkpoints."""
+def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary, notes=()) -> None:
+    """MODEL_DIR/config.gin (resolved gin config, `notes` as header comments),
+    model_config.json and, for a HF vocabulary, its tokenizer files: what eval / convert
+    need next to the checkpoints."""
     import jax
 
     if jax.process_index() != 0:
@@ -144,6 +145,7 @@ def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary) -> None:
             if source.is_file():
                 (root / name).write_bytes(source.read_bytes())
     header = "# Resolved config of: python -m ecomgpt_jax.train " + shlex.join(argv[1:])
+    header += "".join(f"\n# {note}" for note in notes)
     (root / "config.gin").write_text(header + "\n\n" + gin.operative_config_str())
     checkpointing.save_model_config(root, cfg)
 
@@ -180,6 +182,11 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
     if run_cfg.infer_eval is not None:
         check_infer_eval(run_cfg.infer_eval)
     cfg = trainer.build_model_config(run_cfg)
+    notes = []
+    if unused := trainer.unused_bindings(run_cfg, cfg):  # config.gin would say otherwise
+        notes.append(f"note: the architecture is the initial weights'; unused: {', '.join(unused)}")
+        if jax.process_index() == 0:
+            print(notes[-1])
     shapes = trainer.Shapes(data.global_batch_size, data.sequence_length, vocabulary.vocab_size)
     trainer.check_shapes(cfg, shapes, run_cfg.step, mesh)
 
@@ -200,7 +207,7 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
             f"{expected.pipeline()}); skipping {position.batches_consumed} batches of the new one"
         )
     position = dataclasses.replace(expected, batches_consumed=position.batches_consumed)
-    write_run_files(run_cfg.train.model_dir, cfg, argv, vocabulary)
+    write_run_files(run_cfg.train.model_dir, cfg, argv, vocabulary, notes)
     if jax.process_index() == 0:
         print(
             f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh "

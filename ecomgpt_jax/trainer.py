@@ -93,15 +93,39 @@ class RunConfig:
 def build_model_config(run: RunConfig) -> model_config.ModelConfig:
     """The gin-bound ModelConfig, or the architecture of INIT_FROM_HF / INIT_FROM_CHECKPOINT
     with the gin-bound run settings (e.g. bloomz-7b1's full rematerialisation, without
-    which its activations do not fit a chip)."""
+    which its activations do not fit a chip).
+
+    Raises UserError when the weights are of another family than the gin-bound config:
+    its run settings were then chosen for another model (a models/*.gin file forgotten).
+    """
+    bound = run.model.config
     if run.train.init_from_hf:
-        cfg = hf_io.read_hf_config(run.train.init_from_hf)
+        source, cfg = "INIT_FROM_HF", hf_io.read_hf_config(run.train.init_from_hf)
     elif run.train.init_from_checkpoint:
+        source = "INIT_FROM_CHECKPOINT"
         cfg = _init_checkpoint_config(run.train.init_from_checkpoint)
     else:
-        return run.model.config
-    runtime = {f: getattr(run.model.config, f) for f in model_config.RUNTIME_FIELDS}
+        return bound
+    if cfg.family != bound.family:
+        raise UserError(
+            f"{source} holds a {cfg.hf_model_type} model but ModelConfig is a "
+            f"{bound.hf_model_type} one: include the model's gin_configs/models/*.gin file, "
+            "which sets how it runs (dtypes, remat policy, layer scan, attention kernel)"
+        )
+    runtime = {f: getattr(bound, f) for f in model_config.RUNTIME_FIELDS}
     return dataclasses.replace(cfg, **runtime)
+
+
+def unused_bindings(run: RunConfig, cfg: model_config.ModelConfig) -> list[str]:
+    """The gin-bound ModelConfig fields that `cfg` (from `build_model_config`) does not
+    have, as "field=bound (weights: value)": with INIT_FROM_HF / INIT_FROM_CHECKPOINT the
+    architecture is the weights', whatever a models/*.gin file or override says."""
+    bound = run.model.config
+    return [
+        f"{f.name}={getattr(bound, f.name)!r} (weights: {getattr(cfg, f.name)!r})"
+        for f in dataclasses.fields(cfg)
+        if getattr(bound, f.name) != getattr(cfg, f.name)
+    ]
 
 
 def _init_checkpoint_config(path: str) -> model_config.ModelConfig:
@@ -149,8 +173,8 @@ def check_shapes(cfg, shapes: Shapes, step: ts.StepConfig, mesh) -> None:
     if shapes.vocab_size > cfg.vocab_size:
         raise UserError(
             f"the vocabulary has {shapes.vocab_size} ids but the model's vocab_size is "
-            f"{cfg.vocab_size}; set --gin.ModelConfig.vocab_size=... or use the "
-            "model's own vocabulary"
+            f"{cfg.vocab_size}; use the model's own vocabulary (or, training from "
+            "scratch, a larger ModelConfig.vocab_size)"
         )
 
 

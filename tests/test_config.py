@@ -34,8 +34,22 @@ def test_unknown_preset_names_known_ones():
 
 
 def test_preset_names_are_the_model_files():
-    assert mc.preset_names() == sorted(p.stem for p in mc.MODELS_DIR.glob("*.gin"))
-    assert {"tiny_bloom", "bloomz_7b1", "qwen2_5_0_5b", "bench_bloom_cpu"} <= set(mc.preset_names())
+    assert mc.preset_names() == [
+        "bench_bloom_cpu",
+        "bloom_560m",
+        "bloomz_1b1",
+        "bloomz_1b7",
+        "bloomz_3b",
+        "bloomz_560m",
+        "bloomz_7b1",
+        "llama_3_8b",
+        "qwen2_5_0_5b",
+        "qwen2_5_1_5b",
+        "qwen2_5_7b",
+        "tiny_bloom",
+        "tiny_llama",
+        "tiny_qwen2",
+    ]
     # Hub-style spellings name the same file.
     assert mc.get_preset("qwen2.5-0.5b") == mc.read_model_file(mc.MODELS_DIR / "qwen2_5_0_5b.gin")
     assert mc.get_preset("bloomz-7b1") == mc.read_model_file(mc.MODELS_DIR / "bloomz_7b1.gin")
@@ -73,8 +87,19 @@ def _model_file(tmp_path, *changes, drop=()):
 
 
 def test_read_model_file_applies_later_bindings_and_ignores_macros(tmp_path):
-    path = _model_file(tmp_path, "ModelConfig.hidden = 48", "ModelConfig.head_dim = 8", "X = 3")
-    want = dataclasses.replace(mc.get_preset("tiny_bloom"), hidden=48, head_dim=8)
+    path = _model_file(
+        tmp_path,
+        "# café: offsets are UTF-8 bytes",
+        "ModelConfig.hidden = 48  # é",
+        "ModelConfig.head_dim = 8",
+        "X = (3, -4.5, {'a': [None, True]})",
+        "ModelConfig.rope_scaling = {",
+        "    'factor': 2.0,",
+        "}",
+    )
+    want = dataclasses.replace(
+        mc.get_preset("tiny_bloom"), hidden=48, head_dim=8, rope_scaling=RopeScaling(factor=2.0)
+    )
     assert mc.read_model_file(path) == want
 
 
@@ -89,6 +114,15 @@ def test_read_model_file_applies_later_bindings_and_ignores_macros(tmp_path):
         ("ModelConfig.heads = 4", (), r"m.gin: ModelConfig.kv_heads=6: must divide heads=4"),
         ("", ("pad_id", "dtype"), r"m.gin: binds no value for ModelConfig fields \['dtype', 'pad"),
         ("ModelConfig.rope_scaling = {'factr': 2.0}", (), r"m.gin: .*unexpected keyword.*factr"),
+        # Python literals gin does not take (ast.literal_eval would accept each of them).
+        ("ModelConfig.max_positions = 512,", (), r"m.gin:\d+: ModelConfig.max_positions: the v"),
+        ("ModelConfig.norm_eps = +1e-6", (), r"m.gin:\d+: ModelConfig.norm_eps: the value must"),
+        ("ModelConfig.norm_eps = 1e-5+0j", (), r"m.gin:\d+: ModelConfig.norm_eps: the value must"),
+        ("ModelConfig.rope_scaling = {1, 2}", (), r"m.gin:\d+: ModelConfig.rope_scaling: the va"),
+        ("ModelConfig.rope_scaling = {[1]: 2}", (), r"m.gin:\d+: ModelConfig.rope_scaling: the va"),
+        ("ModelConfig.hidden = ModelConfig.layers = 2", (), r"m.gin:\d+: a model file holds `Mod"),
+        ("ModelConfig.layers = 2; ModelConfig.hidden = 48", (), r"m.gin:\d+: a model file holds"),
+        ("X = foo()", (), r"m.gin:\d+: X: the value must be a literal"),
     ],
 )
 def test_read_model_file_errors_name_the_file_and_line(tmp_path, extra, drop, message):

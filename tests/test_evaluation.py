@@ -19,7 +19,7 @@ from ecomgpt_jax.decoding import DecodeConfig
 from ecomgpt_jax.ecominstruct import instructions, make_sample, reader
 from ecomgpt_jax.evaluation import EvalConfig, ModelSource
 from ecomgpt_jax.models import config as mc
-from ecomgpt_jax.models import hf_io
+from ecomgpt_jax.models import decoder, hf_io
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -194,7 +194,11 @@ def test_model_source_errors(tmp_path):
     checkpointing.save_params(tmp_path / "params", params)
     with pytest.raises(evaluation.EvalError, match="no model_config.json"):
         evaluation.load_model(ModelSource(checkpoint=str(tmp_path)))
-    with pytest.raises(checkpointing.CheckpointError, match="do not match the model"):
+    with pytest.raises(
+        checkpointing.CheckpointError,
+        match="do not match the model .*; it has no model_config.json, so the model is the "
+        "gin ModelConfig: include the gin_configs/models/.*gin file of the model it holds$",
+    ):
         evaluation.load_model(
             ModelSource(checkpoint=str(tmp_path), config=mc.get_preset("tiny-bloom"))
         )
@@ -202,3 +206,17 @@ def test_model_source_errors(tmp_path):
         evaluation.load_model(ModelSource(hf_dir=str(tmp_path)))
     with pytest.raises(evaluation.EvalError, match="max_examples"):
         EvalConfig(max_examples=0)
+
+
+def test_checkpoint_without_model_config_json_uses_the_source_config(tmp_path):
+    tiny = mc.get_preset("tiny-qwen2")
+    rs = np.random.RandomState(0)
+    params = jax.tree.map(
+        lambda a: rs.normal(size=a.shape).astype(np.float32), decoder.abstract_params(tiny)
+    )
+    checkpointing.save_params(tmp_path / "params", params)
+    source = ModelSource(checkpoint=str(tmp_path), config=tiny, overrides={"remat_policy": "full"})
+    cfg, restored = evaluation.load_model(source)
+    assert cfg == dataclasses.replace(tiny, remat_policy="full")
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)

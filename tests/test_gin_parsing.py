@@ -222,3 +222,20 @@ def test_train_cli_stops_at_a_mistyped_macro(tmp_path):
         "(did you mean TRAIN_STEPS?)"
     )
     assert not model_dir.exists()
+
+
+def test_retired_macros_are_errors_where_they_are_set(repo_cwd, tmp_path):
+    """A private gin file of an earlier version setting MODEL_PRESET would otherwise be
+    accepted, and train the model of the file it includes instead."""
+    old = tmp_path / "old.gin"
+    old.write_text("include 'gin_configs/eval.gin'\n\nMODEL_PRESET = 'bloomz-1b1'\n")
+    assert gin_error([str(old)]) == (
+        f"gin config: {old}, line 3: macro MODEL_PRESET is retired: each "
+        "gin_configs/models/*.gin file now binds ModelConfig itself; include the model's "
+        "file instead"
+    )
+    assert gin_error(["gin_configs/eval.gin"], ["MODEL_OVERRIDES = {'dtype': 'bfloat16'}"]) == (
+        "gin config: --gin.MODEL_OVERRIDES: macro MODEL_OVERRIDES is retired: bind the fields "
+        "after the model file instead, e.g. ModelConfig.dtype = 'bfloat16' "
+        "(--gin.ModelConfig.dtype=\"'bfloat16'\")"
+    )

@@ -15,6 +15,7 @@ import sys
 import types
 
 import gin
+import jax
 import numpy as np
 import pytest
 from absl import flags
@@ -22,7 +23,7 @@ from absl import flags
 from ecomgpt_jax import checkpointing, convert, train, trainer
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax.models import config as model_config
-from ecomgpt_jax.models import decoder
+from ecomgpt_jax.models import decoder, hf_io
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 10
@@ -118,6 +119,7 @@ def test_default_command_leaves_checkpoint_logs_and_config(default_run):
     assert events and events[0].stat().st_size > 0
     config = (model_dir / "config.gin").read_text()
     assert f"TRAIN_STEPS = {STEPS}" in config and "TrainConfig.train_steps = %TRAIN_STEPS" in config
+    assert "note:" not in stdout and "note:" not in config  # the model is ModelConfig's
     # The printed summary points at real things, including the evaluation command.
     assert f"checkpoint: {step_dir}" in stdout
     assert f"--gin.CHECKPOINT=\"'{step_dir}'\"" in stdout
@@ -304,12 +306,60 @@ def test_user_errors_are_one_line(tmp_path, args, message):
             ["--gin.INIT_FROM_CHECKPOINT='/no/such/orbax'"],
             "INIT_FROM_CHECKPOINT: checkpoint path /no/such/orbax does not exist",
         ),
+        (
+            ["--gin.ModelConfig.widht=3"],
+            "gin config: --gin.ModelConfig.widht: Configurable 'ModelConfig' doesn't have a "
+            "parameter named 'widht'",
+        ),
+        (
+            ["--gin.ModelConfig.remat_policy='fulll'"],
+            "gin config: ModelConfig.remat_policy='fulll': must be one of ('none', 'full', "
+            "'dots_saveable', 'dots_with_no_batch_dims_saveable', 'nothing_saveable', "
+            "'everything_saveable')",
+        ),
+        (
+            ["--gin.MODEL_PRESET='bloomz-1b1'"],
+            "gin config: --gin.MODEL_PRESET: macro MODEL_PRESET is retired: each "
+            "gin_configs/models/*.gin file now binds ModelConfig itself; include the model's "
+            "file instead",
+        ),
     ],
 )
 def test_bad_values_stop_before_anything_runs(tmp_path, args, message):
     """One exact line, and nothing written to MODEL_DIR (no step trained and then lost)."""
     assert run_in_process(tmp_path / "run", *args) == f"error: {message}"
     assert not (tmp_path / "run").exists()
+
+
+def test_initial_weights_give_the_architecture_and_the_note_says_so(tmp_path, capsys):
+    """INIT_FROM_CHECKPOINT's model (max_positions 256 here), not tiny_bloom.gin's (512):
+    the note names the ModelConfig bindings left unused, before the shape check stops."""
+    small = dataclasses.replace(
+        model_config.get_preset("tiny-bloom"),
+        hidden=32,
+        heads=4,
+        kv_heads=4,
+        head_dim=8,
+        mlp_dim=128,
+        max_positions=256,
+    )
+    zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), decoder.abstract_params(small))
+    hf_io.save_hf(small, zeros, tmp_path / "hf")
+    convert.hf_to_orbax(tmp_path / "hf", tmp_path / "init")
+    message = run_in_process(
+        tmp_path / "run",
+        f"--gin.INIT_FROM_CHECKPOINT='{tmp_path / 'init'}'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 300, 'targets': 64}",
+    )
+    assert message == (
+        "error: TASK_FEATURE_LENGTHS give 364 tokens per row (inputs + targets) but the "
+        "model's max_positions is 256"
+    )
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "note: the architecture is the initial weights'; unused: hidden=96 (weights: 32), "
+        "heads=6 (weights: 4), kv_heads=6 (weights: 4), head_dim=16 (weights: 8), "
+        "mlp_dim=384 (weights: 128), max_positions=512 (weights: 256)"
+    )
 
 
 def test_mixture_without_data_is_one_line(tmp_path):

@@ -107,17 +107,64 @@ def test_init_takes_run_settings_from_the_gin_config(tmp_path, source):
     attention kernel come from the gin-bound ModelConfig (bloomz_1b7.gin here)."""
     zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), decoder.abstract_params(TINY))
     hf_io.save_hf(TINY, zeros, tmp_path / "hf")
-    convert.hf_to_orbax(tmp_path / "hf", tmp_path / "orbax")
+    # model_config.json then says param_dtype bfloat16: the gin config's float32 wins.
+    stored = convert.hf_to_orbax(tmp_path / "hf", tmp_path / "orbax", dtype="bfloat16")
+    assert stored.param_dtype == "bfloat16"
     path = tmp_path / ("hf" if source == "init_from_hf" else "orbax")
     gin_bound = dataclasses.replace(
-        model_config.get_preset("bloomz-1b7"), dtype="bfloat16", scan_layers=False
+        model_config.get_preset("bloomz-1b7"),
+        dtype="bfloat16",
+        scan_layers=False,
+        attention_impl="cudnn",
     )
-    assert gin_bound.remat_policy != TINY.remat_policy
     run = run_config(tmp_path / "run", **{source: str(path)})
     run = dataclasses.replace(run, model=trainer.ModelSpec(config=gin_bound))
     cfg = trainer.build_model_config(run)
-    runtime = {f: getattr(gin_bound, f) for f in model_config.RUNTIME_FIELDS}
-    assert cfg == dataclasses.replace(TINY, **runtime)
+    assert cfg == dataclasses.replace(
+        TINY,
+        param_dtype="float32",
+        dtype="bfloat16",
+        remat_policy="dots_with_no_batch_dims_saveable",
+        scan_layers=False,
+        attention_impl="cudnn",
+    )
+    # What the gin config says about the architecture goes unused (train.py prints it).
+    assert trainer.unused_bindings(run, cfg) == [
+        "vocab_size=250880 (weights: 128)",
+        "hidden=2048 (weights: 32)",
+        "layers=24 (weights: 2)",
+        "heads=16 (weights: 4)",
+        "kv_heads=16 (weights: 4)",
+        "head_dim=128 (weights: 8)",
+        "mlp_dim=8192 (weights: 128)",
+        "max_positions=2048 (weights: 256)",
+        "bos_id=1 (weights: None)",
+        "eos_id=2 (weights: 1)",
+        "pad_id=3 (weights: 0)",
+    ]
+
+
+def test_init_from_weights_of_another_family_than_the_gin_config(tmp_path):
+    zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), decoder.abstract_params(TINY))
+    hf_io.save_hf(TINY, zeros, tmp_path / "hf")
+    run = run_config(tmp_path / "run", init_from_hf=str(tmp_path / "hf"))
+    qwen = trainer.ModelSpec(config=model_config.get_preset("tiny-qwen2"))
+    with pytest.raises(trainer.UserError) as info:
+        trainer.build_model_config(dataclasses.replace(run, model=qwen))
+    assert str(info.value) == (
+        "INIT_FROM_HF holds a bloom model but ModelConfig is a qwen2 one: include the "
+        "model's gin_configs/models/*.gin file, which sets how it runs (dtypes, remat "
+        "policy, layer scan, attention kernel)"
+    )
+    assert trainer.unused_bindings(run, trainer.build_model_config(run)) == [
+        "vocab_size=2048 (weights: 128)",
+        "hidden=96 (weights: 32)",
+        "heads=6 (weights: 4)",
+        "kv_heads=6 (weights: 4)",
+        "head_dim=16 (weights: 8)",
+        "mlp_dim=384 (weights: 128)",
+        "max_positions=512 (weights: 256)",
+    ]
 
 
 def test_metrics_logger_writes_rows_and_drops_rows_after_a_resumed_step(tmp_path):

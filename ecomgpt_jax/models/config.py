@@ -161,40 +161,81 @@ def _model_file_error(path: pathlib.Path, line: int | None, why: str) -> ConfigE
     return ConfigError(f"{path}{f':{line}' if line else ''}: {why}")
 
 
+class _NotLiteral(Exception):
+    pass
+
+
+def _literal(node: ast.expr, lines: list[bytes]) -> Any:
+    """The value of a gin literal, from its Python AST: a number (optionally negative),
+    a string, True/False/None, or a parenthesised tuple, a list or a dict of literals.
+    Anything else (an expression, a set, `1, 2` without parentheses) is refused, where
+    `ast.literal_eval` would accept some of it and gin would not."""
+    if isinstance(node, ast.Constant):
+        if node.value is None or isinstance(node.value, bool | int | float | str):
+            return node.value
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        if isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float):
+            return -node.operand.value
+    elif isinstance(node, ast.List):
+        return [_literal(e, lines) for e in node.elts]
+    elif isinstance(node, ast.Tuple):
+        if lines[node.lineno - 1][node.col_offset :].startswith(b"("):  # offsets: UTF-8
+            return tuple(_literal(e, lines) for e in node.elts)
+    elif isinstance(node, ast.Dict):
+        keys = [k for k in node.keys if isinstance(k, ast.Constant)]
+        if len(keys) == len(node.keys):  # constant keys only (no **spread, no lists)
+            return {
+                _literal(k, lines): _literal(v, lines)
+                for k, v in zip(keys, node.values, strict=True)
+            }
+    raise _NotLiteral
+
+
+def _binding(node: ast.stmt, previous_end: int) -> ast.expr | None:
+    """The target of a one-line-per-binding `target = value` statement, else None."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and node.lineno > previous_end:
+        return node.targets[0]
+    return None
+
+
 def read_model_file(path: str | os.PathLike) -> ModelConfig:
     """The ModelConfig a model gin file binds, read without gin.
 
     A model file holds `ModelConfig.<field> = <literal>` bindings and `NAME = <literal>`
-    macros (VOCABULARY, VOCABULARY_PATH) only, so Python's literal parser reads exactly
-    what gin does (tests/test_config.py checks every file against gin). Raises
-    ConfigError naming the file and line of anything else.
+    macros (VOCABULARY, VOCABULARY_PATH) only, one per line: gin reads those as this
+    does (tests/test_config.py checks every file against gin). Anything else raises
+    ConfigError naming the file and line, even where gin would accept it (scopes,
+    `models.ModelConfig`, references, includes).
     """
     path = pathlib.Path(path)
     try:
-        tree = ast.parse(path.read_text(), filename=str(path))
-    except OSError as e:
-        raise _model_file_error(path, None, f"cannot read ({e.strerror})") from None
+        text = path.read_text(encoding="utf-8")
+        tree = ast.parse(text, filename=str(path))
+    except (OSError, UnicodeDecodeError) as e:
+        raise _model_file_error(path, None, f"cannot read it ({e})") from None
     except SyntaxError as e:
         raise _model_file_error(path, e.lineno, f"not a model file ({e.msg})") from None
-    fields = {}
+    lines = [line.encode("utf-8") for line in text.splitlines()]
+    fields, previous_end = {}, 0
     for node in tree.body:
-        target = node.targets[0] if isinstance(node, ast.Assign) else None
-        if isinstance(target, ast.Name):
-            continue  # a macro: read by gin only
-        if not (
-            isinstance(target, ast.Attribute)
-            and isinstance(target.value, ast.Name)
-            and target.value.id == "ModelConfig"
-        ):
+        target = _binding(node, previous_end)
+        previous_end = node.end_lineno or node.lineno
+        field = None
+        if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
+            field = target.attr if target.value.id == "ModelConfig" else None
+        if field is None and not isinstance(target, ast.Name):
             raise _model_file_error(
                 path, node.lineno, "a model file holds `ModelConfig.<field> = <value>` lines only"
             )
         try:
-            fields[target.attr] = ast.literal_eval(node.value)
-        except ValueError:
+            value = _literal(node.value, lines)
+        except _NotLiteral:
+            what = f"ModelConfig.{field}" if field else target.id
             raise _model_file_error(
-                path, node.lineno, f"ModelConfig.{target.attr}: the value must be a literal"
+                path, node.lineno, f"{what}: the value must be a literal"
             ) from None
+        if field:  # macros (VOCABULARY, ...) are read by gin only
+            fields[field] = value
     missing = sorted(f.name for f in dataclasses.fields(ModelConfig) if f.name not in fields)
     if missing:
         # Every field, so that a model file included after another replaces all of it.
@@ -215,8 +256,11 @@ def get_preset(name: str) -> ModelConfig:
     """The ModelConfig of gin_configs/models/<name>.gin; "-" and "." in `name` read as
     "_", so "bloomz-1b1" and "qwen2.5-0.5b" name bloomz_1b1.gin and qwen2_5_0_5b.gin."""
     stem = re.sub(r"[-.]", "_", name)
-    if stem not in preset_names():
-        raise ConfigError(f"unknown model preset {name!r}; known: {preset_names()} ({MODELS_DIR})")
+    known = preset_names()
+    if not known:  # gin_configs/ is not package data: presets need the repository
+        raise ConfigError(f"model preset {name!r}: no model files in {MODELS_DIR}")
+    if stem not in known:
+        raise ConfigError(f"unknown model preset {name!r}; known: {known} ({MODELS_DIR})")
     return read_model_file(MODELS_DIR / f"{stem}.gin")
 
 

@@ -136,6 +136,7 @@ def load_model(source: ModelSource, mesh=None) -> tuple[ModelConfig, Any]:
     if source.hf_dir:
         cfg, params = hf_io.load_hf_params(source.hf_dir, dtype=source.dtype)
         return _with_overrides(cfg, source), params
+    checkpointing.resolve_params_path(source.checkpoint)  # missing: its own error first
     cfg = checkpointing.find_model_config(source.checkpoint)
     from_source = cfg is None
     if from_source:
@@ -159,8 +160,9 @@ def load_model(source: ModelSource, mesh=None) -> tuple[ModelConfig, Any]:
             raise
         # eval.gin's ModelConfig is tiny_bloom's unless a models/*.gin file says otherwise.
         raise checkpointing.CheckpointError(
-            f"{e}; it has no {checkpointing.MODEL_CONFIG_FILE}, so the model is the gin "
-            "ModelConfig: include the gin_configs/models/*.gin file of the model it holds"
+            f"{e}; it has no {checkpointing.MODEL_CONFIG_FILE}, so the model is "
+            "ModelSource.config (eval.gin: the included gin_configs/models/*.gin file): "
+            "include the one of the model it holds"
         ) from None
 
 

@@ -109,7 +109,9 @@ RETIRED_MACROS = {
     "MODEL_PRESET": "each gin_configs/models/*.gin file now binds ModelConfig itself; "
     "include the model's file instead",
     "MODEL_OVERRIDES": "bind the fields after the model file instead, e.g. "
-    "ModelConfig.dtype = 'bfloat16' (--gin.ModelConfig.dtype=\"'bfloat16'\")",
+    "ModelConfig.dtype = 'bfloat16' (--gin.ModelConfig.dtype=\"'bfloat16'\"); with "
+    "INIT_FROM_HF or INIT_FROM_CHECKPOINT only the run settings (dtypes, remat_policy, "
+    "scan_layers, attention_impl) apply, and eval takes DTYPE and MODEL_OVERRIDES_EVAL",
 }
 
 
@@ -176,7 +178,7 @@ def _statements(text: str, where, hint: str) -> list:
         if bracket:
             raise _GinProblem(f"{where(bracket[1])}: {bracket[0]!r} is never closed") from None
         raise _GinProblem(f"{where(e.args[1][0])}: {e.args[0]}") from None
-    except ValueError as e:  # a malformed binding key, e.g. `a.b.c.d = 1`
+    except (ValueError, TypeError) as e:  # a malformed key (`a.b.c.d = 1`), `{[1]: 2}`
         raise _GinProblem(f"{where(None)}: {str(e).strip().splitlines()[0]}") from None
 
 
@@ -288,7 +290,7 @@ def _gin_call(fn, *args, where: str | None) -> None:
     """fn(*args); gin's error -> _GinProblem at the innermost file and line it names."""
     try:
         fn(*args)
-    except (OSError, ValueError, ImportError, SyntaxError, tokenize.TokenError) as e:
+    except (OSError, ValueError, TypeError, ImportError, SyntaxError, tokenize.TokenError) as e:
         text = str(e).strip()
         what = text.splitlines()[0].rstrip(".") if text else type(e).__name__
         located = _LOCATION.search(text)
@@ -334,14 +336,20 @@ def _documented_in(name: str, sources: _Sources, first: str | None = None) -> st
     return None
 
 
+def _check_retired(sources: _Sources) -> None:
+    """A retired macro set or used anywhere (scoped or not), before gin reports what
+    it no longer has (e.g. `ModelSource.preset = %MODEL_PRESET` in an old eval.gin)."""
+    for name, where in [*sources.sets.items(), *sources.uses.items()]:
+        short = name.rsplit("/", 1)[-1]
+        if short in RETIRED_MACROS:
+            raise _GinProblem(f"{where}: macro {short} is retired: {RETIRED_MACROS[short]}")
+
+
 def _check_macros(cli: dict[str, str], sources: _Sources, required: bool) -> None:
     """Command-line macros nothing references, references to unset macros and (if
     `required`) macros left at %gin.REQUIRED: gin accepts the first silently and
     reports the others with the whole config attached, or not before finalize."""
     used, bound = _macro_uses()
-    for name, why in RETIRED_MACROS.items():
-        if name in bound:
-            raise _GinProblem(f"{sources.sets.get(name, name)}: macro {name} is retired: {why}")
     for name, flag in cli.items():
         # scope/NAME counts as used by %NAME: gin reads it where %NAME is in that scope.
         if name not in used and name.rsplit("/", 1)[-1] not in used:
@@ -408,6 +416,7 @@ def parse_gin(
         for binding in bindings:
             for name in _scan_binding(binding, sources):
                 cli.setdefault(name, _binding_flag(binding))
+        _check_retired(sources)
         for path in files:
             _gin_call(gin.parse_config_file, path, where=path)
         for binding in bindings:

@@ -182,11 +182,9 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
     if run_cfg.infer_eval is not None:
         check_infer_eval(run_cfg.infer_eval)
     cfg = trainer.build_model_config(run_cfg)
-    notes = []
-    if unused := trainer.unused_bindings(run_cfg, cfg):  # config.gin would say otherwise
-        notes.append(f"note: the architecture is the initial weights'; unused: {', '.join(unused)}")
-        if jax.process_index() == 0:
-            print(notes[-1])
+    note = trainer.unused_bindings_note(run_cfg, cfg)  # config.gin would say otherwise
+    if note and jax.process_index() == 0:
+        print(note, flush=True)
     shapes = trainer.Shapes(data.global_batch_size, data.sequence_length, vocabulary.vocab_size)
     trainer.check_shapes(cfg, shapes, run_cfg.step, mesh)
 
@@ -207,7 +205,7 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
             f"{expected.pipeline()}); skipping {position.batches_consumed} batches of the new one"
         )
     position = dataclasses.replace(expected, batches_consumed=position.batches_consumed)
-    write_run_files(run_cfg.train.model_dir, cfg, argv, vocabulary, notes)
+    write_run_files(run_cfg.train.model_dir, cfg, argv, vocabulary, [note] if note else [])
     if jax.process_index() == 0:
         print(
             f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh "

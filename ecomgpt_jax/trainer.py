@@ -109,23 +109,32 @@ def build_model_config(run: RunConfig) -> model_config.ModelConfig:
     if cfg.family != bound.family:
         raise UserError(
             f"{source} holds a {cfg.hf_model_type} model but ModelConfig is a "
-            f"{bound.hf_model_type} one: include the model's gin_configs/models/*.gin file, "
-            "which sets how it runs (dtypes, remat policy, layer scan, attention kernel)"
+            f"{bound.hf_model_type} one: include a gin_configs/models/*.gin file of its "
+            "family and size, which sets how it runs (dtypes, remat policy, layer scan, "
+            "attention kernel); the weights give the architecture"
         )
     runtime = {f: getattr(bound, f) for f in model_config.RUNTIME_FIELDS}
     return dataclasses.replace(cfg, **runtime)
 
 
-def unused_bindings(run: RunConfig, cfg: model_config.ModelConfig) -> list[str]:
-    """The gin-bound ModelConfig fields that `cfg` (from `build_model_config`) does not
-    have, as "field=bound (weights: value)": with INIT_FROM_HF / INIT_FROM_CHECKPOINT the
-    architecture is the weights', whatever a models/*.gin file or override says."""
+def unused_bindings_note(run: RunConfig, cfg: model_config.ModelConfig) -> str | None:
+    """None, or a line naming the gin-bound ModelConfig fields that `cfg` (from
+    `build_model_config`) does not have: with INIT_FROM_HF / INIT_FROM_CHECKPOINT the
+    architecture is the weights', whatever a models/*.gin file or override says. Many
+    of them mean the run settings were chosen for a model of another size."""
     bound = run.model.config
-    return [
+    unused = [
         f"{f.name}={getattr(bound, f.name)!r} (weights: {getattr(cfg, f.name)!r})"
         for f in dataclasses.fields(cfg)
         if getattr(bound, f.name) != getattr(cfg, f.name)
     ]
+    if not unused:
+        return None
+    source = "INIT_FROM_HF" if run.train.init_from_hf else "INIT_FROM_CHECKPOINT"
+    return (
+        f"note: {source} sets the architecture; these ModelConfig bindings are not used: "
+        + ", ".join(unused)
+    )
 
 
 def _init_checkpoint_config(path: str) -> model_config.ModelConfig:

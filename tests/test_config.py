@@ -82,17 +82,18 @@ def _model_file(tmp_path, *changes, drop=()):
     lines = (mc.MODELS_DIR / "tiny_bloom.gin").read_text().splitlines()
     lines = [ln for ln in lines if not any(ln.startswith(f"ModelConfig.{f} ") for f in drop)]
     path = tmp_path / "m.gin"
-    path.write_text("\n".join([*lines, *changes]) + "\n")
+    path.write_text("\n".join([*lines, *changes]) + "\n", encoding="utf-8")
     return path
 
 
 def test_read_model_file_applies_later_bindings_and_ignores_macros(tmp_path):
     path = _model_file(
         tmp_path,
-        "# café: offsets are UTF-8 bytes",
+        "# a form feed \x0c and a line separator \u2028 inside a comment end no line",
         "ModelConfig.hidden = 48  # é",
         "ModelConfig.head_dim = 8",
-        "X = (3, -4.5, {'a': [None, True]})",
+        "X = {'é': (3, -4.5, {'a': [None, True]})}  # the tuple's offset is in UTF-8 bytes",
+        "Y = ((1, 2), (3, 4))",
         "ModelConfig.rope_scaling = {",
         "    'factor': 2.0,",
         "}",
@@ -113,8 +114,12 @@ def test_read_model_file_applies_later_bindings_and_ignores_macros(tmp_path):
         ("ModelConfig.widht = 96", (), r"m.gin: model config has unknown fields \['widht'\]"),
         ("ModelConfig.heads = 4", (), r"m.gin: ModelConfig.kv_heads=6: must divide heads=4"),
         ("", ("pad_id", "dtype"), r"m.gin: binds no value for ModelConfig fields \['dtype', 'pad"),
-        ("ModelConfig.rope_scaling = {'factr': 2.0}", (), r"m.gin: .*unexpected keyword.*factr"),
-        # Python literals gin does not take (ast.literal_eval would accept each of them).
+        (
+            "ModelConfig.rope_scaling = {'factr': 2.0}",
+            (),
+            r"m.gin: ModelConfig.rope_scaling={'factr': 2.0}: keys must be among \['factor', ",
+        ),
+        # Python that gin does not take.
         ("ModelConfig.max_positions = 512,", (), r"m.gin:\d+: ModelConfig.max_positions: the v"),
         ("ModelConfig.norm_eps = +1e-6", (), r"m.gin:\d+: ModelConfig.norm_eps: the value must"),
         ("ModelConfig.norm_eps = 1e-5+0j", (), r"m.gin:\d+: ModelConfig.norm_eps: the value must"),
@@ -123,6 +128,10 @@ def test_read_model_file_applies_later_bindings_and_ignores_macros(tmp_path):
         ("ModelConfig.hidden = ModelConfig.layers = 2", (), r"m.gin:\d+: a model file holds `Mod"),
         ("ModelConfig.layers = 2; ModelConfig.hidden = 48", (), r"m.gin:\d+: a model file holds"),
         ("X = foo()", (), r"m.gin:\d+: X: the value must be a literal"),
+        ("X = (1), 2", (), r"m.gin:\d+: X: the value must be a literal"),
+        ("X = (1, 2), (3, 4)", (), r"m.gin:\d+: X: the value must be a literal"),
+        ("X = -(1)", (), r"m.gin:\d+: X: the value must be a literal"),
+        ("X = 1;", (), r"m.gin:\d+: a model file holds .* bindings only, one per line"),
     ],
 )
 def test_read_model_file_errors_name_the_file_and_line(tmp_path, extra, drop, message):

@@ -194,10 +194,17 @@ def test_model_source_errors(tmp_path):
     checkpointing.save_params(tmp_path / "params", params)
     with pytest.raises(evaluation.EvalError, match="no model_config.json"):
         evaluation.load_model(ModelSource(checkpoint=str(tmp_path)))
+    # A missing checkpoint says so, without the model hint.
+    missing = str(tmp_path / "nope")
+    tiny = mc.get_preset("tiny-bloom")
+    with pytest.raises(checkpointing.CheckpointError) as info:
+        evaluation.load_model(ModelSource(checkpoint=missing, config=tiny))
+    assert str(info.value) == f"checkpoint path {missing} does not exist"
     with pytest.raises(
         checkpointing.CheckpointError,
-        match="do not match the model .*; it has no model_config.json, so the model is the "
-        "gin ModelConfig: include the gin_configs/models/.*gin file of the model it holds$",
+        match=r"do not match the model .*; it has no model_config.json, so the model is "
+        r"ModelSource.config \(eval.gin: the included gin_configs/models/\*.gin file\): "
+        "include the one of the model it holds$",
     ):
         evaluation.load_model(
             ModelSource(checkpoint=str(tmp_path), config=mc.get_preset("tiny-bloom"))

@@ -234,8 +234,24 @@ def test_retired_macros_are_errors_where_they_are_set(repo_cwd, tmp_path):
         "gin_configs/models/*.gin file now binds ModelConfig itself; include the model's "
         "file instead"
     )
+    # Set in an included file, scoped, or only used (an old copy of eval.gin): the same.
+    outer = tmp_path / "outer.gin"
+    outer.write_text(f"include '{old}'\n")
+    assert gin_error([str(outer)]).startswith(f"gin config: {old}, line 3: macro MODEL_PRESET")
+    old.write_text("include 'gin_configs/eval.gin'\nfoo/MODEL_PRESET = 'x'\n")
+    assert gin_error([str(old)]).startswith(f"gin config: {old}, line 2: macro MODEL_PRESET is")
+    old.write_text("include 'gin_configs/eval.gin'\nModelSource.preset = %MODEL_PRESET\n")
+    assert gin_error([str(old)]).startswith(f"gin config: {old}, line 2: macro MODEL_PRESET is")
     assert gin_error(["gin_configs/eval.gin"], ["MODEL_OVERRIDES = {'dtype': 'bfloat16'}"]) == (
         "gin config: --gin.MODEL_OVERRIDES: macro MODEL_OVERRIDES is retired: bind the fields "
         "after the model file instead, e.g. ModelConfig.dtype = 'bfloat16' "
-        "(--gin.ModelConfig.dtype=\"'bfloat16'\")"
+        "(--gin.ModelConfig.dtype=\"'bfloat16'\"); with INIT_FROM_HF or INIT_FROM_CHECKPOINT "
+        "only the run settings (dtypes, remat_policy, scan_layers, attention_impl) apply, and "
+        "eval takes DTYPE and MODEL_OVERRIDES_EVAL"
+    )
+
+
+def test_unhashable_dict_keys_are_one_line(repo_cwd):
+    assert gin_error(["gin_configs/eval.gin"], ["DTYPE = {[1]: 2}"]).startswith(
+        "gin config: --gin.DTYPE: "
     )

@@ -318,6 +318,11 @@ def test_user_errors_are_one_line(tmp_path, args, message):
             "'everything_saveable')",
         ),
         (
+            ["--gin.ModelConfig.remat_polcy='full'"],
+            "gin config: --gin.ModelConfig.remat_polcy: Configurable 'ModelConfig' doesn't have "
+            "a parameter named 'remat_polcy' (did you mean remat_policy?)",
+        ),
+        (
             ["--gin.MODEL_PRESET='bloomz-1b1'"],
             "gin config: --gin.MODEL_PRESET: macro MODEL_PRESET is retired: each "
             "gin_configs/models/*.gin file now binds ModelConfig itself; include the model's "
@@ -356,9 +361,9 @@ def test_initial_weights_give_the_architecture_and_the_note_says_so(tmp_path, ca
         "model's max_positions is 256"
     )
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "note: the architecture is the initial weights'; unused: hidden=96 (weights: 32), "
-        "heads=6 (weights: 4), kv_heads=6 (weights: 4), head_dim=16 (weights: 8), "
-        "mlp_dim=384 (weights: 128), max_positions=512 (weights: 256)"
+        "note: INIT_FROM_CHECKPOINT sets the architecture; these ModelConfig bindings are not "
+        "used: hidden=96 (weights: 32), heads=6 (weights: 4), kv_heads=6 (weights: 4), "
+        "head_dim=16 (weights: 8), mlp_dim=384 (weights: 128), max_positions=512 (weights: 256)"
     )
 
 

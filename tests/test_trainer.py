@@ -18,6 +18,7 @@ from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
 
+TINY_BLOOM = model_config.get_preset("tiny-bloom")
 TINY = dataclasses.replace(
     model_config.get_preset("tiny-bloom"),
     hidden=32,
@@ -129,42 +130,39 @@ def test_init_takes_run_settings_from_the_gin_config(tmp_path, source):
         attention_impl="cudnn",
     )
     # What the gin config says about the architecture goes unused (train.py prints it).
-    assert trainer.unused_bindings(run, cfg) == [
-        "vocab_size=250880 (weights: 128)",
-        "hidden=2048 (weights: 32)",
-        "layers=24 (weights: 2)",
-        "heads=16 (weights: 4)",
-        "kv_heads=16 (weights: 4)",
-        "head_dim=128 (weights: 8)",
-        "mlp_dim=8192 (weights: 128)",
-        "max_positions=2048 (weights: 256)",
-        "bos_id=1 (weights: None)",
-        "eos_id=2 (weights: 1)",
-        "pad_id=3 (weights: 0)",
-    ]
+    assert trainer.unused_bindings_note(run, cfg) == (
+        f"note: {source.upper()} sets the architecture; these ModelConfig bindings are not "
+        "used: vocab_size=250880 (weights: 128), hidden=2048 (weights: 32), layers=24 "
+        "(weights: 2), heads=16 (weights: 4), kv_heads=16 (weights: 4), head_dim=128 "
+        "(weights: 8), mlp_dim=8192 (weights: 128), max_positions=2048 (weights: 256), "
+        "bos_id=1 (weights: None), eos_id=2 (weights: 1), pad_id=3 (weights: 0)"
+    )
 
 
-def test_init_from_weights_of_another_family_than_the_gin_config(tmp_path):
+@pytest.mark.parametrize("source", ["init_from_hf", "init_from_checkpoint"])
+def test_init_from_weights_of_another_family_than_the_gin_config(tmp_path, source):
     zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), decoder.abstract_params(TINY))
     hf_io.save_hf(TINY, zeros, tmp_path / "hf")
-    run = run_config(tmp_path / "run", init_from_hf=str(tmp_path / "hf"))
+    convert.hf_to_orbax(tmp_path / "hf", tmp_path / "orbax")
+    path = tmp_path / ("hf" if source == "init_from_hf" else "orbax")
+    run = run_config(tmp_path / "run", **{source: str(path)})
     qwen = trainer.ModelSpec(config=model_config.get_preset("tiny-qwen2"))
     with pytest.raises(trainer.UserError) as info:
         trainer.build_model_config(dataclasses.replace(run, model=qwen))
     assert str(info.value) == (
-        "INIT_FROM_HF holds a bloom model but ModelConfig is a qwen2 one: include the "
-        "model's gin_configs/models/*.gin file, which sets how it runs (dtypes, remat "
-        "policy, layer scan, attention kernel)"
+        f"{source.upper()} holds a bloom model but ModelConfig is a qwen2 one: include a "
+        "gin_configs/models/*.gin file of its family and size, which sets how it runs "
+        "(dtypes, remat policy, layer scan, attention kernel); the weights give the "
+        "architecture"
     )
-    assert trainer.unused_bindings(run, trainer.build_model_config(run)) == [
-        "vocab_size=2048 (weights: 128)",
-        "hidden=96 (weights: 32)",
-        "heads=6 (weights: 4)",
-        "kv_heads=6 (weights: 4)",
-        "head_dim=16 (weights: 8)",
-        "mlp_dim=384 (weights: 128)",
-        "max_positions=512 (weights: 256)",
-    ]
+    # The same family (tiny_bloom.gin) is fine; the note lists what the weights replace.
+    assert trainer.unused_bindings_note(run, trainer.build_model_config(run)) == (
+        f"note: {source.upper()} sets the architecture; these ModelConfig bindings are not "
+        "used: vocab_size=2048 (weights: 128), hidden=96 (weights: 32), heads=6 (weights: "
+        "4), kv_heads=6 (weights: 4), head_dim=16 (weights: 8), mlp_dim=384 (weights: 128), "
+        "max_positions=512 (weights: 256)"
+    )
+    assert trainer.unused_bindings_note(run_config(tmp_path / "scratch"), TINY_BLOOM) is None
 
 
 def test_metrics_logger_writes_rows_and_drops_rows_after_a_resumed_step(tmp_path):

@@ -20,10 +20,12 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import io
 import numbers
 import os
 import pathlib
 import re
+import tokenize
 from collections.abc import Mapping
 from typing import Any
 
@@ -127,7 +129,11 @@ class ModelConfig:
             bad("attention_impl", "splash has no additive bias for BLOOM's ALiBi: use xla or cudnn")
         if isinstance(self.rope_scaling, Mapping):
             # Convenience (gin, JSON): accept a dict and freeze it.
-            object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+            try:
+                object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+            except TypeError:
+                names = [f.name for f in dataclasses.fields(RopeScaling)]
+                bad("rope_scaling", f"keys must be among {names}")
 
     @property
     def hf_model_type(self) -> str:
@@ -165,37 +171,48 @@ class _NotLiteral(Exception):
     pass
 
 
-def _literal(node: ast.expr, lines: list[bytes]) -> Any:
+def _ops(segment: str) -> list[str]:
+    """The operator tokens of a source segment (strings and numbers skipped)."""
+    tokens = tokenize.generate_tokens(io.StringIO(segment).readline)
+    return [t.string for t in tokens if t.type == tokenize.OP]
+
+
+def _parenthesised(segment: str) -> bool:
+    """Whether `segment` is one parenthesised group: `(1, 2)`, not `(1), (2)` or `1, 2`."""
+    depth = 0
+    ops = _ops(segment)
+    for i, op in enumerate(ops):
+        depth += (op in "([{") - (op in ")]}")
+        if depth == 0:
+            return ops[0] == "(" and i == len(ops) - 1
+    return False
+
+
+def _literal(node: ast.expr, text: str) -> Any:
     """The value of a gin literal, from its Python AST: a number (optionally negative),
-    a string, True/False/None, or a parenthesised tuple, a list or a dict of literals.
-    Anything else (an expression, a set, `1, 2` without parentheses) is refused, where
-    `ast.literal_eval` would accept some of it and gin would not."""
+    a string, True/False/None, or a parenthesised tuple, a list or a dict of literals
+    with constant keys. Anything else (an expression, a set, `1, 2` without
+    parentheses) is refused, where Python would accept some of it and gin would not;
+    a few things gin takes are refused too (dict keys that are tuples or negative)."""
     if isinstance(node, ast.Constant):
         if node.value is None or isinstance(node.value, bool | int | float | str):
             return node.value
     elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        if isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float):
+        number = isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float)
+        if number and _ops(ast.get_source_segment(text, node)) == ["-"]:  # not -(1)
             return -node.operand.value
     elif isinstance(node, ast.List):
-        return [_literal(e, lines) for e in node.elts]
+        return [_literal(e, text) for e in node.elts]
     elif isinstance(node, ast.Tuple):
-        if lines[node.lineno - 1][node.col_offset :].startswith(b"("):  # offsets: UTF-8
-            return tuple(_literal(e, lines) for e in node.elts)
+        if _parenthesised(ast.get_source_segment(text, node)):
+            return tuple(_literal(e, text) for e in node.elts)
     elif isinstance(node, ast.Dict):
         keys = [k for k in node.keys if isinstance(k, ast.Constant)]
-        if len(keys) == len(node.keys):  # constant keys only (no **spread, no lists)
+        if len(keys) == len(node.keys):  # no **spread
             return {
-                _literal(k, lines): _literal(v, lines)
-                for k, v in zip(keys, node.values, strict=True)
+                _literal(k, text): _literal(v, text) for k, v in zip(keys, node.values, strict=True)
             }
     raise _NotLiteral
-
-
-def _binding(node: ast.stmt, previous_end: int) -> ast.expr | None:
-    """The target of a one-line-per-binding `target = value` statement, else None."""
-    if isinstance(node, ast.Assign) and len(node.targets) == 1 and node.lineno > previous_end:
-        return node.targets[0]
-    return None
 
 
 def read_model_file(path: str | os.PathLike) -> ModelConfig:
@@ -211,24 +228,30 @@ def read_model_file(path: str | os.PathLike) -> ModelConfig:
     try:
         text = path.read_text(encoding="utf-8")
         tree = ast.parse(text, filename=str(path))
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise _model_file_error(path, None, f"cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError as e:
         raise _model_file_error(path, None, f"cannot read it ({e})") from None
     except SyntaxError as e:
         raise _model_file_error(path, e.lineno, f"not a model file ({e.msg})") from None
-    lines = [line.encode("utf-8") for line in text.splitlines()]
-    fields, previous_end = {}, 0
+    lines = text.encode("utf-8").split(b"\n")  # as the AST counts lines and (byte) offsets
+    fields = {}
     for node in tree.body:
-        target = _binding(node, previous_end)
-        previous_end = node.end_lineno or node.lineno
+        target = node.targets[0] if isinstance(node, ast.Assign) else None
+        rest = lines[node.end_lineno - 1][node.end_col_offset :].strip()
+        if len(getattr(node, "targets", ())) != 1 or (rest and not rest.startswith(b"#")):
+            target = None  # `a = b = 1`, `a = 1; b = 2`, `a = 1;`
         field = None
         if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
             field = target.attr if target.value.id == "ModelConfig" else None
         if field is None and not isinstance(target, ast.Name):
             raise _model_file_error(
-                path, node.lineno, "a model file holds `ModelConfig.<field> = <value>` lines only"
+                path,
+                node.lineno,
+                "a model file holds `ModelConfig.<field> = <value>` bindings only, one per line",
             )
         try:
-            value = _literal(node.value, lines)
+            value = _literal(node.value, text)
         except _NotLiteral:
             what = f"ModelConfig.{field}" if field else target.id
             raise _model_file_error(

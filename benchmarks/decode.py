@@ -127,7 +127,7 @@ class HfDecoder:
             use_cache=True,
         )
         self.attn_impl = getattr(self.model.config, "_attn_implementation", None)
-        self.time()  # warm-up
+        self.time()  # untimed first run: kernel selection and caches, as our compile run
 
     def time(self) -> float:
         torch = self.torch

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-command GPU check (installs nothing; run from the repository root):
 #
-#   bash benchmarks/gpu_check.sh     # about 4 minutes on one H100 (hard limit ~5 minutes)
+#   bash benchmarks/gpu_check.sh [--out DIR] [--log_dir DIR] [--python PY] [--budget_s S]
 #
+# About 4 minutes on one H100 (the whole script stops within --budget_s, default 290 s).
 # 1. train step, bloom-560m shape, bf16, 8 x 2048 tokens, cuDNN attention, vs transformers
 # 2. train step, bloomz-1b1 shape, same settings, vs transformers (with remat if the
 #    preset's no-remat step does not fit)
@@ -13,17 +14,49 @@
 #    backward; cuDNN gets BLOOM's ALiBi as a full [B, H, L, S] bias plus its gradient)
 #
 # Each benchmark runs in its own process under `timeout`; a failure is printed and the
-# next one still runs. JSON results go to $LOG_DIR/results.jsonl and rows are appended to
-# benchmarks/RESULTS.md; with $OUT set, logs, results.jsonl and RESULTS.md are copied
-# there. A summary table is printed last. Needs jax (CUDA), flax, optax, torch and
-# transformers only (no TensorFlow, SeqIO or gin). Override the interpreter with $PYTHON.
+# next one still runs. JSON results go to LOG_DIR/results.jsonl (--log_dir, default a
+# new /tmp/gpu_check.* folder) and rows are appended to benchmarks/RESULTS.md; with
+# --out DIR, logs, results.jsonl and RESULTS.md are copied to DIR. A summary table is
+# printed last. Needs jax (CUDA), flax, optax, torch and transformers only (no
+# TensorFlow, SeqIO or gin); --python names the interpreter (default python3).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 
-PYTHON=${PYTHON:-python3}
+PYTHON=python3
+LOG_DIR=
+OUT_DIR=
+TOTAL_BUDGET_S=290  # the whole script stays under 5 minutes
+while (($#)); do
+  case $1 in
+    --python | --log_dir | --out | --budget_s)
+      if (($# < 2)); then
+        echo "gpu_check.sh: $1 needs a value" >&2
+        exit 2
+      fi
+      case $1 in
+        --python) PYTHON=$2 ;;
+        --log_dir) LOG_DIR=$2 ;;
+        --out) OUT_DIR=$2 ;;
+        --budget_s) TOTAL_BUDGET_S=$2 ;;
+      esac
+      shift 2
+      ;;
+    -h | --help)
+      sed -n '2,/^set -u/p' "$0" | sed '$d'
+      exit 0
+      ;;
+    *)
+      echo "gpu_check.sh: unknown argument $1 (see --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+if ! [[ $TOTAL_BUDGET_S =~ ^[0-9]+$ ]]; then
+  echo "gpu_check.sh: --budget_s must be a whole number of seconds, got $TOTAL_BUDGET_S" >&2
+  exit 2
+fi
 LOG_DIR=${LOG_DIR:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
-TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-290}  # whole script stays under 5 minutes
 mkdir -p "$LOG_DIR"
 RESULTS="$LOG_DIR/results.jsonl"
 : > "$RESULTS"
@@ -78,10 +111,10 @@ run train_bloomz_1b1_answers 95 "${TRAIN[@]}" --preset bloomz-1b1 --attention_im
 ((XLA_560M_DONE)) ||
   run train_bloom_560m_xla 80 "${TRAIN_OURS[@]}" --preset bloom-560m --attention_impl xla
 
-if [[ -n "${OUT:-}" ]]; then
-  mkdir -p "$OUT"
-  cp "$LOG_DIR"/*.log "$RESULTS" "$OUT"/ 2>/dev/null
-  cp benchmarks/RESULTS.md "$OUT"/RESULTS.md 2>/dev/null
+if [[ -n "$OUT_DIR" ]]; then
+  mkdir -p "$OUT_DIR"
+  cp "$LOG_DIR"/*.log "$RESULTS" "$OUT_DIR"/ 2>/dev/null
+  cp benchmarks/RESULTS.md "$OUT_DIR"/RESULTS.md 2>/dev/null
 fi
 
 echo

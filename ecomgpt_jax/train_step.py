@@ -322,7 +322,8 @@ def make_train_step(
             zero = jnp.zeros((), jnp.float32)
             (grads, loss_sum, correct), _ = jax.lax.scan(body, (zeros, zero, zero), (micro, rngs))
             grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-        # Divide once by the answer tokens of the whole global batch.
+        # Divide once by the answer tokens of the whole global batch, so that a token
+        # weighs the same whatever micro-batch (and however many answers) it came with.
         denom = jnp.maximum(total_weight, 1.0)
         grads = jax.tree.map(lambda g: g / denom.astype(g.dtype), grads)
         grad_norm = optax.global_norm(grads)

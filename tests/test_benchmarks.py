@@ -1,5 +1,8 @@
 """Benchmark helpers: FLOP count, synthetic batches, loss chunking, peak table, RESULTS rows."""
 
+import pathlib
+import subprocess
+import sys
 import types
 
 import jax
@@ -283,19 +286,14 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
     is retried with remat after a failure, the answer-only bloomz-1b1 row reuses the
     remat that worked, the XLA-attention row runs last without transformers, and the
     summary table has one line per record."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
     calls = tmp_path / "calls.txt"
     stub = tmp_path / "python"
     stub.write_text(_STUB.format(python=sys.executable, calls=str(calls)))
     stub.chmod(0o755)
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHON=str(stub), LOG_DIR=str(tmp_path / "logs"), OUT=str(out))
     script = pathlib.Path(bt.__file__).with_name("gpu_check.sh")
-    run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    flags = ["--python", str(stub), "--log_dir", str(tmp_path / "logs"), "--out", str(out)]
+    run = subprocess.run(["bash", str(script), *flags], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     invoked = [line.split() for line in calls.read_text().splitlines()]
     checks = [(a[1], a[a.index("--preset") + 1]) for a in invoked]
@@ -332,6 +330,31 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
     assert rows[5][4:7] == ["50,000", "-", "-"]  # no transformers in the XLA row
     copied = {p.name for p in out.iterdir()}
     assert {"results.jsonl", "train_bloom_560m.log", "train_bloomz_1b1.log"} <= copied
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out"], "gpu_check.sh: --out needs a value"),
+        (
+            ["--budget_s", "5m"],
+            "gpu_check.sh: --budget_s must be a whole number of seconds, got 5m",
+        ),
+        (["--gpu"], "gpu_check.sh: unknown argument --gpu (see --help)"),
+    ],
+)
+def test_gpu_check_bad_arguments_stop_before_anything_runs(tmp_path, args, message):
+    script = pathlib.Path(bt.__file__).with_name("gpu_check.sh")
+    run = subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
+    assert (run.returncode, run.stderr, run.stdout) == (2, message + "\n", "")
+
+
+def test_gpu_check_help_is_its_header():
+    script = pathlib.Path(bt.__file__).with_name("gpu_check.sh")
+    run = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
+    assert run.returncode == 0
+    assert run.stdout.startswith("# One-command GPU check")
+    assert "--budget_s S]" in run.stdout and "set -u" not in run.stdout
 
 
 def _exit(capsys, main, argv) -> tuple[int, str]:

@@ -139,7 +139,9 @@ CACHE_AXES = KVCache(
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
-    """An empty cache for `batch` rows of up to `max_len` tokens (prompt + generated)."""
+    """An empty cache for `batch` rows of up to `max_len` tokens (prompt + generated):
+    k, v [layers, batch, kv_heads, max_len, head_dim], segment_ids and positions int32
+    [batch, max_len], index int32 [batch] (the next slot of each row)."""
     dtype = dtype_of(cfg.dtype) if dtype is None else jnp.dtype(dtype)
     kv_shape = (cfg.layers, batch, cfg.kv_heads, max_len, cfg.head_dim)
     return KVCache(

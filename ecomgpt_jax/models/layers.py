@@ -31,7 +31,8 @@ def dtype_of(name: str) -> jnp.dtype:
 
 
 def param(module: nn.Module, name: str, shape, axes: Axes, init: Callable | None = None):
-    """Declares a parameter with logical axis names `axes` (one per dimension)."""
+    """Declares a parameter with logical axis names `axes` (one per dimension); returns
+    it as a `cfg.param_dtype` array of `shape`."""
     if len(axes) != len(shape):
         raise ValueError(f"{name}: {len(shape)} dims but axes {axes}")
     init = init or nn.initializers.normal(INIT_STD)
@@ -71,7 +72,8 @@ _dot_f32_acc.defvjp(_dot_f32_acc_fwd, _dot_f32_acc_bwd)
 
 
 def dot(spec: str, x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
-    """`jnp.einsum(spec, x, w)` with float32 accumulation, as `out_dtype` (default x's).
+    """`jnp.einsum(spec, x, w)` with float32 accumulation, as `out_dtype` (default x's):
+    shapes as `spec` says, e.g. "bli,io->blo": x [B, L, I], w [I, O] -> [B, L, O].
 
     Both operands must have one dtype (the compute dtype), and each index of `spec`
     must appear in exactly two of its three terms (true of every matmul here).
@@ -104,7 +106,8 @@ def add_bias(y: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def constrain(x: jax.Array, axes: Axes) -> jax.Array:
-    """Sharding hint on an activation (a no-op outside a mesh + rules context)."""
+    """Sharding hint on an activation x (one logical name in `axes` per dimension; the
+    shape is unchanged); a no-op outside a mesh + rules context."""
     return nn.with_logical_constraint(x, axes)
 
 

@@ -37,6 +37,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import report  # noqa: E402
+from benchmarks.hf_baselines import HfDecoder  # noqa: E402
 from ecomgpt_jax import decoding, partitioning  # noqa: E402
 from ecomgpt_jax.models import config as model_config  # noqa: E402
 from ecomgpt_jax.models import decoder  # noqa: E402
@@ -98,49 +99,6 @@ class JaxDecoder:
     def time(self) -> float:
         start = time.perf_counter()
         self.run_once()  # returns host arrays: the timing includes the device sync
-        return time.perf_counter() - start
-
-
-class HfDecoder:
-    """transformers' generate on `hf_batch` of the same prompts."""
-
-    def __init__(self, cfg, dcfg, prompts: np.ndarray, dtype: str, seed: int = 0):
-        import torch
-        import transformers
-
-        self.torch = torch
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch.manual_seed(seed)
-        hf_cfg = transformers.AutoConfig.for_model(**model_config.to_hf_config(cfg))
-        torch_dtype = getattr(torch, dtype)
-        self.model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch_dtype)
-        self.model.to(self.device).eval()
-        self.model.generation_config.eos_token_id = None  # run to max_new_tokens
-        self.ids = torch.as_tensor(prompts).long().to(self.device)
-        self.kwargs = dict(
-            max_new_tokens=dcfg.max_new_tokens,
-            min_new_tokens=dcfg.max_new_tokens,
-            do_sample=False,
-            num_beams=dcfg.num_beams if dcfg.effective_method == "beam" else 1,
-            length_penalty=dcfg.length_penalty,
-            pad_token_id=0,
-            use_cache=True,
-        )
-        self.attn_impl = getattr(self.model.config, "_attn_implementation", None)
-        self.time()  # untimed first run: kernel selection and caches, as our compile run
-
-    def time(self) -> float:
-        torch = self.torch
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = self.model.generate(
-                self.ids, attention_mask=torch.ones_like(self.ids), **self.kwargs
-            )
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        assert out.shape[1] == self.ids.shape[1] + self.kwargs["max_new_tokens"]
         return time.perf_counter() - start
 
 

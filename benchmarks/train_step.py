@@ -70,6 +70,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import report  # noqa: E402
+from benchmarks.hf_baselines import HfRunner  # noqa: E402
 from ecomgpt_jax import partitioning  # noqa: E402
 from ecomgpt_jax import train_step as ts  # noqa: E402
 from ecomgpt_jax.models import config as model_config  # noqa: E402
@@ -249,96 +250,6 @@ def _memory_bytes(compiled, kind: str) -> int | None:
         return int(getattr(compiled.memory_analysis(), f"{kind}_size_in_bytes"))
     except Exception:  # noqa: BLE001 - not every backend/version reports it
         return None
-
-
-class HfRunner:
-    """transformers' CausalLM + torch AdamW on the same tokens (see module docstring)."""
-
-    def __init__(self, cfg, batch_np, dtype: str, seed: int = 0):
-        import torch
-        import transformers
-
-        self.torch = torch
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch.manual_seed(seed)
-        hf_cfg = transformers.AutoConfig.for_model(**model_config.to_hf_config(cfg))
-        self.model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
-        self.model.to(self.device).train()
-        fused = {"fused": True} if self.device == "cuda" else {}
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, weight_decay=0.0, **fused)
-        self.autocast = dtype != "float32"
-        self.amp_dtype = getattr(torch, dtype)
-        self.ids = torch.as_tensor(batch_np[ts.INPUTS]).long().to(self.device)
-        # HF shifts labels inside the model: label j is the target of position j - 1.
-        # Position seq - 1's target lies outside `ids`, so HF has no loss there.
-        labels = self.ids.clone()
-        unweighted = torch.as_tensor(batch_np[ts.WEIGHTS][:, :-1] == 0).to(self.device)
-        labels[:, 1:][unweighted] = -100
-        self.labels = labels
-        self.rows = int(self.ids.shape[0])
-        self.info = {
-            "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
-            "params": int(sum(p.numel() for p in self.model.parameters())),
-        }
-        self._fit_batch()
-        self.times, self.cpu_times = [], []
-
-    def _step(self):
-        torch = self.torch
-        with torch.autocast(self.device, dtype=self.amp_dtype, enabled=self.autocast):
-            loss = self.model(input_ids=self.ids, labels=self.labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return loss
-
-    def _fit_batch(self):
-        """First (untimed) step; on GPU out-of-memory, halve the batch and retry."""
-        torch = self.torch
-        while True:
-            if self.device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            try:
-                self._step()
-                self._sync()
-                return
-            except torch.OutOfMemoryError:
-                if self.rows == 1:
-                    raise
-            # Outside the handler: the failed step's tensors (held by the traceback)
-            # are released before the cache is emptied.
-            self.opt.zero_grad(set_to_none=True)
-            gc.collect()
-            torch.cuda.empty_cache()
-            self.rows //= 2
-            self.ids = self.ids[: self.rows].contiguous()
-            self.labels = self.labels[: self.rows].contiguous()
-
-    def _sync(self):
-        if self.device == "cuda":
-            self.torch.cuda.synchronize()
-
-    def run(self, steps: int) -> None:
-        start, cpu = time.perf_counter(), time.process_time()
-        loss = None
-        for _ in range(steps):
-            loss = self._step()
-        self.info["loss"] = round(float(loss.detach()), 4)
-        self._sync()
-        self.cpu_times.append((time.process_time() - cpu) / steps)
-        self.times.append((time.perf_counter() - start) / steps)
-
-    def peak_memory_bytes(self) -> int | None:
-        if self.device != "cuda":
-            return None
-        return int(self.torch.cuda.max_memory_allocated())
-
-    def close(self):
-        del self.model, self.opt, self.ids, self.labels
-        gc.collect()
-        if self.device == "cuda":
-            self.torch.cuda.empty_cache()
 
 
 def _error(e: BaseException) -> str:

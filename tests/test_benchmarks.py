@@ -9,8 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import report
+from benchmarks import hf_baselines, report
 from benchmarks import train_step as bt
+from ecomgpt_jax import decoding as ts_decoding
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as mc
 from ecomgpt_jax.models import decoder
@@ -69,7 +70,7 @@ def test_transformers_runner_trains_on_the_same_weighted_targets():
     import torch
 
     batch_np = bt.synthetic_batch(TINY.vocab_size, 2, 16, answer_fraction=0.25, seed=3)
-    runner = bt.HfRunner(TINY, batch_np, "float32")
+    runner = hf_baselines.HfRunner(TINY, batch_np, "float32")
     try:
         with torch.no_grad():
             logits = runner.model(input_ids=runner.ids).logits
@@ -169,6 +170,38 @@ def test_decode_benchmark_records(capsys, tmp_path):
     mesh = bd.partitioning.make_mesh(bd.partitioning.MeshConfig((-1, 1, 1)))
     out = bd.JaxDecoder(TINY, dcfg, mesh, bd.synthetic_prompts(TINY.vocab_size, 8, 8)).run_once()
     np.testing.assert_array_equal(out.lengths, [4] * 8)
+
+
+def test_decode_benchmark_compare_hf_times_generate_on_the_same_prompts(capsys):
+    """--compare_hf: transformers' generate runs --hf_batch prompts to --new_tokens (its
+    own assertion) and the ratio is ours / theirs in sequences per second."""
+    import json
+
+    from benchmarks import decode as bd
+
+    bd.main(
+        ["--preset", "tiny-bloom", "--batch", "8", "--prompt_len", "8", "--new_tokens", "4"]
+        + ["--repeats", "1", "--no_record", "--compare_hf"]
+    )
+    records = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [r["method"] for r in records] == ["greedy", "beam"]
+    for r in records:
+        hf = r["hf"]
+        assert hf["batch"] == 2
+        assert hf["sequences_per_s"] == pytest.approx(2 / hf["seconds_per_batch"])
+        assert hf["new_tokens_per_s"] == pytest.approx(hf["sequences_per_s"] * 4)
+        assert r["speedup_vs_hf"] == pytest.approx(
+            r["sequences_per_s"] / hf["sequences_per_s"], rel=1e-4
+        )
+
+
+def test_hf_decoder_generates_exactly_new_tokens_with_eos_off():
+    dcfg = ts_decoding.DecodeConfig(method="beam", num_beams=4, max_new_tokens=5)
+    prompts = np.arange(2 * 6).reshape(2, 6) % TINY.vocab_size
+    hf = hf_baselines.HfDecoder(TINY, dcfg, prompts, "float32")
+    assert hf.kwargs["num_beams"] == 4 and hf.kwargs["min_new_tokens"] == 5
+    assert hf.model.generation_config.eos_token_id is None
+    assert hf.time() > 0  # asserts the output is prompt + 5 tokens long
 
 
 def test_compile_only_reports_the_memory_of_the_step_a_run_compiles(capsys):

@@ -34,6 +34,12 @@ def _model(cfg: model_config.ModelConfig, dtype: str, seed: int):
     return torch, device, model.to(device)
 
 
+def _sync(torch, device: str) -> None:
+    """Waits for queued CUDA work, so that timings cover it (nothing to wait for on CPU)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 class HfRunner:
     """transformers' CausalLM + torch AdamW on the same tokens (see module docstring)."""
 
@@ -79,7 +85,7 @@ class HfRunner:
                 torch.cuda.reset_peak_memory_stats()
             try:
                 self._step()
-                self._sync()
+                _sync(torch, self.device)
                 return
             except torch.OutOfMemoryError:
                 if self.rows == 1:
@@ -93,17 +99,13 @@ class HfRunner:
             self.ids = self.ids[: self.rows].contiguous()
             self.labels = self.labels[: self.rows].contiguous()
 
-    def _sync(self):
-        if self.device == "cuda":
-            self.torch.cuda.synchronize()
-
     def run(self, steps: int) -> None:
         start, cpu = time.perf_counter(), time.process_time()
         loss = None
         for _ in range(steps):
             loss = self._step()
         self.info["loss"] = round(float(loss.detach()), 4)
-        self._sync()
+        _sync(self.torch, self.device)
         self.cpu_times.append((time.process_time() - cpu) / steps)
         self.times.append((time.perf_counter() - start) / steps)
 
@@ -142,14 +144,12 @@ class HfDecoder:
 
     def time(self) -> float:
         torch = self.torch
-        if self.device == "cuda":
-            torch.cuda.synchronize()
+        _sync(torch, self.device)
         start = time.perf_counter()
         with torch.no_grad():
             out = self.model.generate(
                 self.ids, attention_mask=torch.ones_like(self.ids), **self.kwargs
             )
-        if self.device == "cuda":
-            torch.cuda.synchronize()
+        _sync(torch, self.device)
         assert out.shape[1] == self.ids.shape[1] + self.kwargs["max_new_tokens"]
         return time.perf_counter() - start

@@ -100,12 +100,12 @@ def build_model_config(run: RunConfig) -> model_config.ModelConfig:
     """
     bound = run.model.config
     if run.train.init_from_hf:
-        source, cfg = "INIT_FROM_HF", hf_io.read_hf_config(run.train.init_from_hf)
+        cfg = hf_io.read_hf_config(run.train.init_from_hf)
     elif run.train.init_from_checkpoint:
-        source = "INIT_FROM_CHECKPOINT"
         cfg = _init_checkpoint_config(run.train.init_from_checkpoint)
     else:
         return bound
+    source = _init_macro(run.train)
     if cfg.family != bound.family:
         raise UserError(
             f"{source} holds a {cfg.hf_model_type} model but ModelConfig is a "
@@ -130,11 +130,15 @@ def unused_bindings_note(run: RunConfig, cfg: model_config.ModelConfig) -> str |
     ]
     if not unused:
         return None
-    source = "INIT_FROM_HF" if run.train.init_from_hf else "INIT_FROM_CHECKPOINT"
     return (
-        f"note: {source} sets the architecture; these ModelConfig bindings are not used: "
-        + ", ".join(unused)
+        f"note: {_init_macro(run.train)} sets the architecture; these ModelConfig "
+        "bindings are not used: " + ", ".join(unused)
     )
+
+
+def _init_macro(train: TrainConfig) -> str:
+    """The macro naming the initial weights (INIT_FROM_HF first, as build_model_config)."""
+    return "INIT_FROM_HF" if train.init_from_hf else "INIT_FROM_CHECKPOINT"
 
 
 def _init_checkpoint_config(path: str) -> model_config.ModelConfig:

@@ -31,6 +31,12 @@ TINY = dataclasses.replace(
 )
 
 
+def zero_hf_folder(path):
+    """TINY with zero weights saved as a HF folder at `path`."""
+    zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), decoder.abstract_params(TINY))
+    hf_io.save_hf(TINY, zeros, path)
+
+
 def run_config(tmp_path, **train) -> trainer.RunConfig:
     return trainer.RunConfig(
         train=trainer.TrainConfig(**{"model_dir": str(tmp_path / "run"), "train_steps": 4} | train),
@@ -106,8 +112,7 @@ def test_init_from_hf_folder_and_from_converted_checkpoint(tmp_path):
 def test_init_takes_run_settings_from_the_gin_config(tmp_path, source):
     """config.json / model_config.json give the architecture; dtypes, remat, scan and the
     attention kernel come from the gin-bound ModelConfig (bloomz_1b7.gin here)."""
-    zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), decoder.abstract_params(TINY))
-    hf_io.save_hf(TINY, zeros, tmp_path / "hf")
+    zero_hf_folder(tmp_path / "hf")
     # model_config.json then says param_dtype bfloat16: the gin config's float32 wins.
     stored = convert.hf_to_orbax(tmp_path / "hf", tmp_path / "orbax", dtype="bfloat16")
     assert stored.param_dtype == "bfloat16"
@@ -141,8 +146,7 @@ def test_init_takes_run_settings_from_the_gin_config(tmp_path, source):
 
 @pytest.mark.parametrize("source", ["init_from_hf", "init_from_checkpoint"])
 def test_init_from_weights_of_another_family_than_the_gin_config(tmp_path, source):
-    zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), decoder.abstract_params(TINY))
-    hf_io.save_hf(TINY, zeros, tmp_path / "hf")
+    zero_hf_folder(tmp_path / "hf")
     convert.hf_to_orbax(tmp_path / "hf", tmp_path / "orbax")
     path = tmp_path / ("hf" if source == "init_from_hf" else "orbax")
     run = run_config(tmp_path / "run", **{source: str(path)})

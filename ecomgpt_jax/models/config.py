@@ -237,10 +237,10 @@ def read_model_file(path: str | os.PathLike) -> ModelConfig:
     lines = text.encode("utf-8").split(b"\n")  # as the AST counts lines and (byte) offsets
     fields = {}
     for node in tree.body:
-        target = node.targets[0] if isinstance(node, ast.Assign) else None
         rest = lines[node.end_lineno - 1][node.end_col_offset :].strip()
-        if len(getattr(node, "targets", ())) != 1 or (rest and not rest.startswith(b"#")):
-            target = None  # `a = b = 1`, `a = 1; b = 2`, `a = 1;`
+        alone = not rest or rest.startswith(b"#")  # not `a = 1; b = 2`, `a = 1;`
+        one = isinstance(node, ast.Assign) and len(node.targets) == 1  # not `a = b = 1`
+        target = node.targets[0] if one and alone else None
         field = None
         if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
             field = target.attr if target.value.id == "ModelConfig" else None

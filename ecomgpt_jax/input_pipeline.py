@@ -143,7 +143,11 @@ def next_token_layout(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def _shard_dataset(config: DataConfig, shard: seqio.ShardInfo) -> tf.data.Dataset:
+def _shard_dataset(
+    config: DataConfig, shard: seqio.ShardInfo | None, num_epochs: int | None = None
+) -> tf.data.Dataset:
+    """The converted (packed) examples of one shard (None: all), repeated unless
+    `num_epochs` is given."""
     converter = seqio.PrefixLMFeatureConverter(pack=config.pack, loss_on_targets_only=True)
     try:
         ds = seqio.get_dataset(
@@ -153,7 +157,7 @@ def _shard_dataset(config: DataConfig, shard: seqio.ShardInfo) -> tf.data.Datase
             dataset_split=config.split,
             use_cached=False,
             shuffle=config.shuffle,
-            num_epochs=None,
+            num_epochs=num_epochs,
             shard_info=shard,
             verbose=False,
             seed=config.seed,
@@ -225,10 +229,69 @@ class InputIterator:
         return self
 
     def __next__(self) -> dict[str, jax.Array]:
-        local = self.local_batch()
-        return {
-            k: jax.make_array_from_process_local_data(
-                self.sharding, v, self.global_shape + v.shape[2:]
-            )
-            for k, v in local.items()
-        }
+        return _global_batch(self.local_batch(), self.sharding, self.global_shape)
+
+
+def _global_batch(local, sharding, global_shape) -> dict[str, jax.Array]:
+    """This process's rows (numpy) -> global arrays [global_batch, length] over the mesh."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v, global_shape + v.shape[2:])
+        for k, v in local.items()
+    }
+
+
+def _task_names(name: str) -> list[str]:
+    """The SeqIO tasks of a mixture (sorted), or [name] for a task."""
+    provider = seqio.get_mixture_or_task(name)
+    if isinstance(provider, seqio.Mixture):
+        return sorted(task.name for task in provider.tasks)
+    return [provider.name]
+
+
+class EvalBatches:
+    """Fixed batches for the teacher-forced loss on held-out data, task by task.
+
+    Each task of `config.mixture_or_task_name` (its `config.split`) is read once in
+    file order (no shuffling, one epoch), converted and packed as for training, and cut
+    into global batches of `global_batch_size` rows, the last one padded with empty rows
+    (loss weight 0). The first `max_batches` batches of each task are kept as numpy and
+    replayed by every evaluation, so that successive losses are comparable.
+
+    Every process reads the whole task and keeps the rows its devices hold: processes
+    agree on the number of batches whatever the task's size, as jitted collectives need.
+    Iterating yields (task name, batch: dict name -> jax.Array [global_batch, length]).
+    """
+
+    def __init__(self, config: DataConfig, mesh: jax.sharding.Mesh, max_batches: int):
+        if not _positive_int(max_batches):
+            raise DataError(f"EVAL_LOSS_BATCHES must be >= 1, got {max_batches!r}")
+        b = int(config.global_batch_size)
+        self.sharding = partitioning.data_sharding(mesh)
+        self.global_shape = (b, config.sequence_length)
+        rows = _rows_of_process(self.sharding, self.global_shape)
+        try:
+            names = _task_names(config.mixture_or_task_name)
+        except ValueError as e:
+            raise DataError(f"mixture {config.mixture_or_task_name!r}: {_first_line(e)}") from None
+        self.tasks: dict[str, list[dict[str, np.ndarray]]] = {}
+        for name in names:
+            task_config = dataclasses.replace(config, mixture_or_task_name=name, shuffle=False)
+            ds = _shard_dataset(task_config, None, num_epochs=1)
+            ds = ds.map(lambda ex: {k: ex[k] for k in MODEL_FEATURES if k in ex})
+            batches = ds.batch(b).take(int(max_batches)).as_numpy_iterator()
+            self.tasks[name] = [
+                next_token_layout({k: _pad_rows(v, b)[rows] for k, v in batch.items()})
+                for batch in batches
+            ]
+            if not self.tasks[name]:
+                raise DataError(f"task {name!r} split {config.split!r} yields no examples")
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, jax.Array]]]:
+        for name, batches in self.tasks.items():
+            for local in batches:
+                yield name, _global_batch(local, self.sharding, self.global_shape)
+
+
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    """[n, ...] -> [rows, ...] with zero rows appended (an empty row has weight 0)."""
+    return np.concatenate([x, np.zeros((rows - len(x),) + x.shape[1:], x.dtype)])

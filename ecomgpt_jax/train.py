@@ -126,6 +126,20 @@ def check_infer_eval(eval_cfg: evaluation.EvalConfig) -> None:
         raise trainer.UserError(f"INFER_EVAL_MIXTURE: {e}") from None
 
 
+def make_eval_batches(data: input_pipeline.DataConfig, mesh, max_batches: int):
+    """The held-out loss's batches; a data error is prefixed with EVAL_LOSS_MIXTURE."""
+    import tasks
+
+    try:
+        tasks.get(data.mixture_or_task_name)  # an unknown name: the known ones, listed
+    except ValueError as e:  # DataError included
+        raise trainer.UserError(f"EVAL_LOSS_MIXTURE: {e}") from None
+    try:
+        return input_pipeline.EvalBatches(data, mesh, max_batches)
+    except reader.DataError as e:
+        raise trainer.UserError(f"EVAL_LOSS_MIXTURE: {e}") from None
+
+
 def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary, notes=()) -> None:
     """MODEL_DIR/config.gin (resolved gin config, `notes` as header comments),
     model_config.json and, for a HF vocabulary, its tokenizer files: what eval / convert
@@ -151,7 +165,12 @@ def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary, notes=()) 
 
 
 def load_configs(files, bindings, search_paths=()):
-    """Parses gin and builds (RunConfig, DataConfig); UserError names a missing binding."""
+    """Parses gin and builds (RunConfig, DataConfig, the held-out loss's DataConfig, or
+    None when no held-out loss is due); UserError names a missing binding.
+
+    The held-out loss reads `eval_loss/DataConfig`: the training DataConfig's bindings
+    with those of the `eval_loss` gin scope on top (mixture, split).
+    """
     configurables = register_configurables()
     parse_gin(files, bindings, search_paths)
     try:
@@ -164,7 +183,12 @@ def load_configs(files, bindings, search_paths=()):
         )
         if run_cfg.train.infer_eval_every_steps > 0:
             run_cfg = dataclasses.replace(run_cfg, infer_eval=configurables["EvalConfig"]())
-        return run_cfg, configurables["DataConfig"]()
+        eval_data = None
+        # Only when an evaluation will happen: reading the held-out data takes seconds.
+        if 0 < run_cfg.train.eval_loss_every_steps <= run_cfg.train.train_steps:
+            with gin.config_scope("eval_loss"):
+                eval_data = configurables["DataConfig"]()
+        return run_cfg, configurables["DataConfig"](), eval_data
     except (trainer.UserError, reader.DataError):  # the configs' own checks: one line already
         raise
     except ValueError as e:  # e.g. a %gin.REQUIRED macro left unset
@@ -175,7 +199,9 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
     launch.init_distributed()
     import jax
 
-    run_cfg, data = load_configs(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+    run_cfg, data, eval_data = load_configs(
+        FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths
+    )
     mesh = partitioning.make_mesh(partitioning.MeshConfig(tuple(run_cfg.train.mesh_shape)))
     vocabulary = make_vocabulary(run_cfg.model, run_cfg.train)
     register_tasks(run_cfg, data, vocabulary)
@@ -187,6 +213,18 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
         print(note, flush=True)
     shapes = trainer.Shapes(data.global_batch_size, data.sequence_length, vocabulary.vocab_size)
     trainer.check_shapes(cfg, shapes, run_cfg.step, mesh)
+    eval_batches = None
+    if eval_data is not None:  # read (and any data error found) before step 1
+        eval_shapes = dataclasses.replace(
+            shapes,
+            global_batch_size=eval_data.global_batch_size,
+            sequence_length=eval_data.sequence_length,
+        )
+        try:  # the eval_loss scope may set its own batch size or lengths
+            trainer.check_shapes(cfg, eval_shapes, run_cfg.step, mesh)
+        except trainer.UserError as e:
+            raise trainer.UserError(f"eval_loss/DataConfig: {e}") from None
+        eval_batches = make_eval_batches(eval_data, mesh, run_cfg.train.eval_loss_batches)
 
     job = trainer.Trainer(run_cfg, cfg, mesh)
     state, position = job.initial_state()
@@ -223,7 +261,7 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
                 params, cfg, mesh, vocabulary, run_cfg.infer_eval, step, eval_dir
             )
 
-    return job.fit(state, batches, position, infer_eval), run_cfg
+    return job.fit(state, batches, position, infer_eval, eval_batches), run_cfg
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

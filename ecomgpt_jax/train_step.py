@@ -1,4 +1,5 @@
-"""Train state, the answer-token loss, the AdamW schedule and gradient accumulation.
+"""Train state, the answer-token loss, the AdamW schedule, gradient accumulation and
+the held-out (evaluation) loss.
 
 One optimisation step sees a *global* batch of packed sequences (all arrays
 `[batch, length]`, the SeqIO decoder feature names):
@@ -44,6 +45,7 @@ WEIGHTS = "decoder_loss_weights"
 SEGMENT_IDS = "decoder_segment_ids"
 POSITIONS = "decoder_positions"
 BATCH_KEYS = (INPUTS, TARGETS, WEIGHTS, SEGMENT_IDS, POSITIONS)
+EVAL_SUMS = ("loss_sum", "weight_sum", "correct_sum")  # what make_eval_step returns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,14 +349,33 @@ def make_train_step(
     return step
 
 
-def make_eval_loss(model: nn.Module, config: StepConfig) -> Callable[[PyTree, Batch], jax.Array]:
-    """Returns `loss(params, batch) -> float32 scalar`, the same mean as the train step."""
+def make_eval_step(
+    model: nn.Module, config: StepConfig
+) -> Callable[[PyTree, Batch], dict[str, jax.Array]]:
+    """Returns `eval_step(params, batch) -> sums` (not jitted; see `jit_eval_step`).
 
-    def loss(params, batch):
-        total, aux = loss_sums(params, batch, model, config)
-        return total / jnp.maximum(aux["weight_sum"], 1.0)
+    sums (float32 scalars): loss_sum, weight_sum (answer tokens) and correct_sum over
+    the batch: the teacher-forced loss without gradients, summed so that several
+    batches combine into one token-weighted mean (loss_sum / weight_sum), as the
+    train step's loss. Split into `config.num_microbatches` like the train step.
+    """
+    m = int(config.num_microbatches)
 
-    return loss
+    def sums_of(params, batch):
+        loss_sum, aux = loss_sums(params, batch, model, config)
+        return {"loss_sum": loss_sum, **aux}
+
+    def eval_step(params, batch):
+        if m <= 1:
+            return sums_of(params, batch)
+
+        def body(acc, mb):
+            return jax.tree.map(jnp.add, acc, sums_of(params, mb)), None
+
+        acc = {k: jnp.zeros((), jnp.float32) for k in EVAL_SUMS}
+        return jax.lax.scan(body, acc, split_microbatches(batch, m))[0]
+
+    return eval_step
 
 
 # ----------------------------------------------------------------------------- state
@@ -461,4 +482,16 @@ def jit_train_step(
         in_shardings=(layout.shardings, batch_sharding),
         out_shardings=(layout.shardings, metric_sharding),
         donate_argnums=(0,),
+    )
+
+
+def jit_eval_step(
+    eval_fn: Callable, layout: StateLayout, batch_sharding: NamedSharding
+) -> Callable:
+    """`jax.jit` of `make_eval_step`'s function with the params/batch shardings."""
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return jax.jit(
+        eval_fn,
+        in_shardings=(layout.shardings.params, batch_sharding),
+        out_shardings=replicated,
     )

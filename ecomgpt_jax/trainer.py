@@ -15,7 +15,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -60,6 +60,9 @@ class TrainConfig:
     checkpoint yet (a checkpoint in MODEL_DIR always wins: that is a resume).
     infer_eval_every_steps: decode and score `RunConfig.infer_eval` every N steps
     (T5X's infer_eval; 0 = never).
+    eval_loss_every_steps: the teacher-forced loss on held-out batches every N steps
+    (T5X's training eval; 0 = never), on the first `eval_loss_batches` batches of each
+    task of the `eval_loss/DataConfig` mixture.
     """
 
     model_dir: str = "runs/ecom_default"
@@ -71,11 +74,15 @@ class TrainConfig:
     init_from_checkpoint: str | None = None
     data_dir: str | None = None
     infer_eval_every_steps: int = 0
+    eval_loss_every_steps: int = 0
+    eval_loss_batches: int = 2
 
     def __post_init__(self):
         # 0 or negative would "finish" at once and point at a checkpoint never written.
         if int(self.train_steps) < 1:
             raise UserError(f"TRAIN_STEPS must be >= 1, got {self.train_steps}")
+        if int(self.eval_loss_batches) < 1:
+            raise UserError(f"EVAL_LOSS_BATCHES must be >= 1, got {self.eval_loss_batches}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,12 +207,24 @@ def _host_params_to_layout(params, shardings):
     )
 
 
+EVAL_KINDS = ("eval_loss", "infer_eval")  # MetricsLogger.record_eval's kinds
+
+
+def _write_atomically(path: epath.Path, lines: list[str]) -> None:
+    """Whole file to a temporary, then renamed over: a kill mid-write cannot leave a
+    truncated log (rename is atomic locally; buckets copy whole objects)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
+
+
 class MetricsLogger:
     """metrics.jsonl + TensorBoard + console line, on process 0 only.
 
     One JSON line per logging step: step, loss, learning_rate, grad_norm,
-    accuracy, tokens_per_second, seconds_per_step. On resume, lines after the
-    restored step are dropped (they were computed after the last checkpoint).
+    accuracy, tokens_per_second, seconds_per_step; evaluations in <kind>.jsonl
+    (`record_eval`). On resume, lines after the restored step are dropped from all of
+    them (they were computed after the last checkpoint, and are computed again).
     """
 
     def __init__(self, model_dir, total_steps: int, start_step: int, schedule):
@@ -223,16 +242,21 @@ class MetricsLogger:
         if not self.enabled:
             return
         if self.path.exists():
-            self._lines = self._lines_up_to(start_step)
+            self._lines = self._lines_up_to(self.path, start_step)
+        for kind in EVAL_KINDS:  # evaluations after the restored step are redone
+            path = self.path.parent / f"{kind}.jsonl"
+            if path.exists():
+                _write_atomically(path, self._lines_up_to(path, start_step))
         from tensorboardX import SummaryWriter
 
         self._writer = SummaryWriter(str(self.tb_dir))
 
-    def _lines_up_to(self, start_step: int) -> list[str]:
-        """The lines of metrics.jsonl up to `start_step`; unreadable ones (a run killed
+    @staticmethod
+    def _lines_up_to(path: epath.Path, start_step: int) -> list[str]:
+        """The lines of a .jsonl log up to `start_step`; unreadable ones (a run killed
         mid-write before writes were atomic, a hand edit) are skipped with one warning."""
         kept, bad = [], []
-        for number, line in enumerate(self.path.read_text().splitlines(), 1):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -248,7 +272,7 @@ class MetricsLogger:
                 if len(bad) == 1
                 else f"skipped {len(bad)} unreadable lines ({', '.join(map(str, bad))})"
             )
-            print(f"warning: {self.path}:{bad[0]}: {what}", flush=True)
+            print(f"warning: {path}:{bad[0]}: {what}", flush=True)
         return kept
 
     def record(self, step: int, metrics: Mapping[str, jax.Array], force: bool = False) -> None:
@@ -282,11 +306,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         self._lines.append(json.dumps(row))
-        # Whole file to a temporary, then renamed over: a kill mid-write cannot leave a
-        # truncated metrics.jsonl (rename is atomic locally; buckets copy whole objects).
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("\n".join(self._lines) + "\n")
-        tmp.replace(self.path)
+        _write_atomically(self.path, self._lines)
         for key, value in row.items():
             if key != "step":
                 self._writer.add_scalar(f"train/{key}", value, step)
@@ -302,29 +322,53 @@ class MetricsLogger:
             flush=True,
         )
 
-    def record_eval(self, step: int, scores: Mapping[str, Mapping]) -> None:
-        """Logs infer_eval scores (metrics.json content) beside the loss.
+    def record_eval(self, kind: str, step: int, scores: Mapping[str, Mapping], summary: str):
+        """Logs an evaluation beside the loss.
 
-        MODEL_DIR/infer_eval.jsonl gets one line per evaluation; TensorBoard gets
-        `infer_eval/<task>/<score>` and `infer_eval/average/<score>`.
+        kind: "infer_eval" (`scores`: the metrics.json content) or "eval_loss" (`scores`:
+        `Trainer.eval_loss`). MODEL_DIR/<kind>.jsonl gets one line per evaluation,
+        TensorBoard `<kind>/<task>/<score>` per number, the console
+        `<kind> step <step>: <summary>`.
         """
         if not self.enabled:
             return
         row = {"step": step, **scores}
-        with (epath.Path(self.path).parent / "infer_eval.jsonl").open("a") as f:
+        with (epath.Path(self.path).parent / f"{kind}.jsonl").open("a") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
         for task, values in scores.items():
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._writer.add_scalar(f"infer_eval/{task}/{key}", value, step)
+                    self._writer.add_scalar(f"{kind}/{task}/{key}", value, step)
         self._writer.flush()
-        average = scores.get("average", {})
-        text = "  ".join(f"{k} {100 * v:.2f}" for k, v in average.items() if v is not None)
-        print(f"infer_eval step {step}: {text}", flush=True)
+        print(f"{kind} step {step}: {summary}", flush=True)
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def _loss_row(sums: Mapping[str, float]) -> dict[str, float]:
+    weight = sums["weight_sum"]
+    return {
+        "loss": sums["loss_sum"] / max(weight, 1.0),
+        "accuracy": sums["correct_sum"] / max(weight, 1.0),
+        "answer_tokens": weight,
+    }
+
+
+def loss_summary(scores: Mapping[str, Mapping]) -> str:
+    """The console text of an eval_loss: the "all" row and the number of tasks."""
+    every = scores["all"]
+    return (
+        f"loss {every['loss']:.4f}  accuracy {100 * every['accuracy']:.2f}%  "
+        f"({len(scores) - 1} tasks, {every['answer_tokens']:.0f} answer tokens)"
+    )
+
+
+def score_summary(scores: Mapping[str, Mapping]) -> str:
+    """The console text of an infer_eval: its average scores, in percent."""
+    average = scores.get("average", {})
+    return "  ".join(f"{k} {100 * v:.2f}" for k, v in average.items() if v is not None)
 
 
 class PreemptionGuard:
@@ -411,6 +455,7 @@ class Trainer:
         with jax.set_mesh(mesh), partitioning.axis_rules():
             self.layout = ts.state_layout(self.model, self.tx, mesh)
         self.checkpointer = checkpointing.Checkpointer(run.train.model_dir, run.checkpoint)
+        self._eval_step = None  # jitted on the first eval_loss
 
     def initial_state(self) -> tuple[ts.TrainState, checkpointing.DataPosition | None]:
         """The latest checkpoint in MODEL_DIR, else fresh / HF / orbax initial weights."""
@@ -430,17 +475,45 @@ class Trainer:
             state = ts.init_state(self.model, self.tx, self.layout, train.seed, params)
         return state, None
 
+    def eval_loss(
+        self, params, eval_batches: Iterable[tuple[str, ts.Batch]]
+    ) -> dict[str, dict[str, float]]:
+        """Teacher-forced loss of `params` on `eval_batches`, per task and over "all".
+
+        Each entry: loss (mean over answer tokens, as the training loss), accuracy
+        (next-token argmax on answer tokens) and answer_tokens. "all" weighs every answer
+        token of every task the same.
+        """
+        if self._eval_step is None:
+            self._eval_step = ts.jit_eval_step(
+                ts.make_eval_step(self.model, self.run.step),
+                self.layout,
+                partitioning.data_sharding(self.mesh),
+            )
+        sums: dict[str, list] = {}
+        for task, batch in eval_batches:
+            sums.setdefault(task, []).append(self._eval_step(params, batch))
+        totals = {
+            task: {k: float(sum(p[k] for p in parts)) for k in parts[0]}
+            for task, parts in jax.device_get(sums).items()
+        }
+        totals["all"] = {k: sum(t[k] for t in totals.values()) for k in ts.EVAL_SUMS}
+        return {task: _loss_row(t) for task, t in totals.items()}
+
     def fit(
         self,
         state: ts.TrainState,
         batches: Iterator[dict[str, jax.Array]],
         position: checkpointing.DataPosition,
         infer_eval: Callable[[Any, int], Mapping] | None = None,
+        eval_batches: Iterable[tuple[str, ts.Batch]] | None = None,
     ) -> Result:
         """Trains from `state.step` to `train_steps`; `batches.position` counts batches used.
 
         `infer_eval(params, step)` -> metrics.json dict, called every
-        `infer_eval_every_steps` steps when given. If it raises, the step is saved first.
+        `infer_eval_every_steps` steps when given; `eval_batches` ((task, batch) pairs,
+        e.g. `input_pipeline.EvalBatches`) give the held-out loss every
+        `eval_loss_every_steps` steps. If an evaluation raises, the step is saved first.
         """
         run = self.run
         total = int(run.train.train_steps)
@@ -452,12 +525,30 @@ class Trainer:
         every = max(int(run.train.log_every_steps), 1)
         save_every = max(int(run.checkpoint.save_every_steps), 1)
         eval_every = int(run.train.infer_eval_every_steps) if infer_eval is not None else 0
+        loss_every = int(run.train.eval_loss_every_steps) if eval_batches is not None else 0
 
         def save(force_log: bool = False) -> None:
             if force_log:
                 logger.flush(step)
             pos = dataclasses.replace(position, batches_consumed=int(batches.position))
             self.checkpointer.save(state, pos, force=True)
+
+        def evaluate(kind: str, compute: Callable[[Any, int], Mapping], summarise) -> None:
+            try:
+                scores = compute(state.params, step)
+            except Exception:
+                # Whatever went wrong in the evaluation, keep the steps trained.
+                save(force_log=True)
+                if jax.process_index() == 0:
+                    print(
+                        f"{kind} failed at step {step}; saved {self.checkpointer.step_dir(step)}",
+                        flush=True,
+                    )
+                raise
+            logger.record_eval(kind, step, scores, summarise(scores))
+
+        def held_out_loss(params, _step: int) -> dict:
+            return self.eval_loss(params, eval_batches)
 
         try:
             with jax.set_mesh(self.mesh), partitioning.axis_rules():
@@ -478,20 +569,10 @@ class Trainer:
                         save()
                     if preempted:
                         break
+                    if loss_every > 0 and step % loss_every == 0:
+                        evaluate("eval_loss", held_out_loss, loss_summary)
                     if eval_every > 0 and step % eval_every == 0:
-                        try:
-                            scores = infer_eval(state.params, step)
-                        except Exception:
-                            # Whatever went wrong in the evaluation, keep the steps trained.
-                            save(force_log=True)
-                            if jax.process_index() == 0:
-                                print(
-                                    f"infer_eval failed at step {step}; saved "
-                                    f"{self.checkpointer.step_dir(step)}",
-                                    flush=True,
-                                )
-                            raise
-                        logger.record_eval(step, scores)
+                        evaluate("infer_eval", infer_eval, score_summary)
                 last = None if metrics is None else float(jax.device_get(metrics["loss"]))
         finally:  # also on errors: finish pending async saves, restore the signal handlers
             self.checkpointer.close()

@@ -138,6 +138,60 @@ def test_global_batch_is_sharded_over_data_and_fsdp():
     assert shard_rows == {2}
 
 
+def segments(batch) -> list[tuple[tuple, tuple]]:
+    """(prompt tokens, answer tokens with EOS) of each packed example, row by row."""
+    found = []
+    for row in range(batch["decoder_segment_ids"].shape[0]):
+        seg = batch["decoder_segment_ids"][row]
+        for s in range(1, seg.max() + 1):
+            inputs = batch["decoder_input_tokens"][row][seg == s]
+            weights = batch["decoder_loss_weights"][row][seg == s]
+            answer = tuple(batch["decoder_target_tokens"][row][seg == s][weights == 1])
+            found.append((tuple(inputs[: len(inputs) - len(answer)]), answer))
+    return found
+
+
+def test_eval_batches_hold_each_test_example_once_in_file_order():
+    vocab = vocabularies.make_vocabulary()
+    info = reader.discover_tasks(reader.default_data_dir())[TASK_FOLDER]
+    expected = [
+        (tuple(vocab.encode(i.prompt)), tuple(vocab.encode(i.answer)) + (vocab.eos_id,))
+        for i in instructions.task_instructions(info, "test")
+    ]
+    assert len(expected) == 40
+    mesh = P.make_mesh(P.MeshConfig((2, 2, 2)))  # rows over 4 batch shards: all in-process
+    evals = ip.EvalBatches(config(split="test", shuffle=True), mesh, max_batches=100)
+    assert list(evals.tasks) == [TASK]
+    batches = evals.tasks[TASK]
+    # One epoch, unshuffled: every example once, in file order, the last batch padded.
+    assert sum((segments(b) for b in batches), []) == expected
+    rows = sum(int((b["decoder_segment_ids"] > 0).any(1).sum()) for b in batches)
+    assert len(batches) == -(-rows // 8) and rows % 8  # the last batch has empty rows
+    last = batches[-1]
+    empty = ~(last["decoder_segment_ids"] > 0).any(1)
+    assert empty.any() and not last["decoder_loss_weights"][empty].any()
+    # Iterating gives the same rows as global arrays over the mesh, every time.
+    for _ in range(2):
+        pairs = list(evals)
+        assert [name for name, _ in pairs] == [TASK] * len(batches)
+        for (_, got), want in zip(pairs, batches, strict=True):
+            for key in ip.MODEL_FEATURES:
+                assert got[key].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+                np.testing.assert_array_equal(np.asarray(got[key]), want[key])
+    # max_batches keeps the first ones.
+    first = ip.EvalBatches(config(split="test"), one_device_mesh(), max_batches=1).tasks[TASK]
+    assert len(first) == 1 and segments(first[0]) == segments(batches[0])
+
+
+def test_eval_batches_errors_name_the_problem():
+    with pytest.raises(reader.DataError, match="EVAL_LOSS_BATCHES must be >= 1, got 0"):
+        ip.EvalBatches(config(split="test"), one_device_mesh(), max_batches=0)
+    with pytest.raises(reader.DataError, match="mixture 'no_such_mixture'"):
+        ip.EvalBatches(config(mixture_or_task_name="no_such_mixture"), one_device_mesh(), 1)
+    with pytest.raises(reader.DataError, match="has no 'validation' split"):
+        ip.EvalBatches(config(split="validation"), one_device_mesh(), 1)
+
+
 def test_errors_name_the_problem():
     with pytest.raises(reader.DataError, match="mixture 'no_such_mixture'"):
         ip.InputIterator(config(mixture_or_task_name="no_such_mixture"), one_device_mesh())

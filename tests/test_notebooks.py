@@ -97,6 +97,13 @@ def test_quickstart_trains_with_a_loss_plot(quickstart):
     # From scratch the first loss is about ln(2048) (uniform over the vocabulary).
     assert rows[0]["loss"] == pytest.approx(math.log(2048), abs=0.3)
     assert rows[-1]["loss"] < 3.0
+    # The held-out tasks' loss, plotted beside it every 25 steps, on the same rows each time,
+    # ends far above the training loss, as the notebook says (nothing transfers from scratch).
+    held_out = [json.loads(x) for x in (ROOT / "runs/quickstart/model/eval_loss.jsonl").open()]
+    assert [r["step"] for r in held_out] == [25, 50, 75, 100, 125, 150]
+    assert len({r["all"]["answer_tokens"] for r in held_out}) == 1
+    assert held_out[-1]["all"]["loss"] > held_out[0]["all"]["loss"] > rows[-1]["loss"] + 2
+    assert "eval_loss step 150: loss " in stdout(train)
 
 
 def test_quickstart_score_table_and_chart_match_metrics_json(quickstart):

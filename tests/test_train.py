@@ -39,6 +39,9 @@ COMMON = [
 SHARDED = [
     "--gin.MIXTURE_OR_TASK_NAME='ecom:EN:Shop_Product:NER:product_entity'",
     "--gin.DataConfig.num_shards=2",
+    # The held-out loss on that task's test split, at steps 5 and 10.
+    "--gin.EVAL_LOSS_EVERY_STEPS=5",
+    "--gin.EVAL_LOSS_MIXTURE='ecom:EN:Shop_Product:NER:product_entity'",
 ]
 
 
@@ -72,9 +75,13 @@ def env(cache: str, devices: int = 8) -> dict:
     }
 
 
-def losses(model_dir) -> dict[int, float]:
-    lines = (pathlib.Path(model_dir) / "metrics.jsonl").read_text().splitlines()
-    return {row["step"]: row["loss"] for row in map(json.loads, lines)}
+def losses(model_dir, log: str = "metrics") -> dict[int, float]:
+    """step -> the loss of MODEL_DIR/<log>.jsonl ("eval_loss": over all held-out tokens)."""
+    lines = (pathlib.Path(model_dir) / f"{log}.jsonl").read_text().splitlines()
+    rows = map(json.loads, lines)
+    if log == "eval_loss":
+        return {row["step"]: row["all"]["loss"] for row in rows}
+    return {row["step"]: row["loss"] for row in rows}
 
 
 def run_ok(cmd, environ) -> subprocess.CompletedProcess:
@@ -182,6 +189,9 @@ def test_sigterm_saves_exits_0_and_resume_matches(sharded_reference, compile_cac
     got, want = losses(model_dir), losses(sharded_reference)
     assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-6)
+    got, want = losses(model_dir, "eval_loss"), losses(sharded_reference, "eval_loss")
+    assert sorted(want) == [5, STEPS] and STEPS in got  # step 5's, if the stop came before it
+    np.testing.assert_allclose([got[s] for s in got], [want[s] for s in got], rtol=1e-6)
 
 
 def test_first_ctrl_c_saves_and_exits_130_without_a_trace(compile_cache, tmp_path):
@@ -228,6 +238,10 @@ def test_two_processes_match_one_process(sharded_reference, compile_cache, tmp_p
     assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-5)
     assert (two / "checkpoints" / str(STEPS) / "params").is_dir()
+    # Each process holds half of every held-out batch; the loss is the one-process one.
+    got, want = losses(two, "eval_loss"), losses(sharded_reference, "eval_loss")
+    assert sorted(got) == sorted(want) == [5, STEPS]
+    np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-5)
 
 
 def run_in_process(tmp_path, *args) -> str:
@@ -301,6 +315,32 @@ def test_user_errors_are_one_line(tmp_path, args, message):
             "(ecom_instruct_held_out, ecom_instruct_held_in, ecom_instruct_en, ecom_instruct_zh, "
             "ecom_instruct_cls, ecom_instruct_ner, ecom_instruct_extract, "
             "ecom_instruct_condition_extract, ecom_instruct_generate)",
+        ),
+        (
+            ["--gin.EVAL_LOSS_EVERY_STEPS=4", "--gin.EVAL_LOSS_MIXTURE='ecom_instruct_heldout'"],
+            "EVAL_LOSS_MIXTURE: unknown task or mixture 'ecom_instruct_heldout'; EcomInstruct "
+            "mixtures: ecom_instruct_held_out, ecom_instruct_held_in, ecom_instruct_en, "
+            "ecom_instruct_zh, ecom_instruct_cls, ecom_instruct_ner, ecom_instruct_extract, "
+            "ecom_instruct_condition_extract, ecom_instruct_generate; tasks are named "
+            f"ecom:<LANG>:<Dataset>:<TYPE>:<name> (data root {ROOT}/ecomgpt_jax/ecominstruct/"
+            "sample)",
+        ),
+        (
+            [
+                "--gin.EVAL_LOSS_EVERY_STEPS=4",
+                "--gin.EVAL_LOSS_MIXTURE='ecom:EN:ABSA:CLS:review_topic_category'",
+                "--gin.eval_loss/DataConfig.split='validation'",
+            ],
+            "EVAL_LOSS_MIXTURE: mixture 'ecom:EN:ABSA:CLS:review_topic_category': "
+            f"{ROOT}/ecomgpt_jax/ecominstruct/sample/ABSA/tasks/EN-ABSA-CLS-review_topic_"
+            "category: task 'EN-ABSA-CLS-review_topic_category' has no 'validation' split "
+            "(has: ['test'])",
+        ),
+        (["--gin.EVAL_LOSS_BATCHES=0"], "EVAL_LOSS_BATCHES must be >= 1, got 0"),
+        (
+            ["--gin.EVAL_LOSS_EVERY_STEPS=4", "--gin.eval_loss/DataConfig.global_batch_size=12"],
+            "eval_loss/DataConfig: BATCH_SIZE 12 / num_microbatches 1 = 12 rows per micro-batch "
+            "is not divisible by the mesh's data x fsdp = 8 (MESH_SHAPE (8, 1, 1))",
         ),
         (
             ["--gin.INIT_FROM_CHECKPOINT='/no/such/orbax'"],
@@ -389,7 +429,7 @@ def test_paper_run_gins_resolve(name, devices):
         with pytest.raises(trainer.UserError, match="gin config: .*(Required|REQUIRED)"):
             train.load_configs([gin_file], required[1:])  # INIT_FROM_HF left unset
         gin.clear_config()
-        run, data = train.load_configs([gin_file], required)
+        run, data, _ = train.load_configs([gin_file], required)
     finally:
         gin.clear_config()
     assert run.optimizer.learning_rate == 2e-5 and data.global_batch_size == 64

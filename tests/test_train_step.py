@@ -148,12 +148,18 @@ def test_loss_is_mean_over_answer_tokens_of_whole_batch():
     nll = -np.take_along_axis(logp, batch[ts.TARGETS][..., None], -1)[..., 0]
     w = batch[ts.WEIGHTS]
     expected = (nll * w).sum() / w.sum()
+
     # Plain and chunked cross-entropy (final hidden states, 4 chunks of 8) agree, and so
     # do their gradients.
+    def mean_loss(config):
+        def f(p, b):
+            total, aux = ts.loss_sums(p, b, model, config)
+            return total / aux["weight_sum"]
+
+        return f
+
     results = [
-        jax.jit(jax.value_and_grad(ts.make_eval_loss(model, ts.StepConfig(loss_chunk_size=c))))(
-            params, batch
-        )
+        jax.jit(jax.value_and_grad(mean_loss(ts.StepConfig(loss_chunk_size=c))))(params, batch)
         for c in (0, 8)
     ]
     for loss, _ in results:
@@ -161,6 +167,13 @@ def test_loss_is_mean_over_answer_tokens_of_whole_batch():
     grads = [g for _, g in results]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    # The evaluation step returns the sums behind that mean, whole or in micro-batches.
+    correct = ((logits.argmax(-1) == batch[ts.TARGETS]) * w).sum()
+    for config in (ts.StepConfig(), ts.StepConfig(num_microbatches=4, loss_chunk_size=8)):
+        sums = jax.jit(ts.make_eval_step(model, config))(params, batch)
+        assert set(sums) == set(ts.EVAL_SUMS)
+        np.testing.assert_allclose(float(sums["loss_sum"]), (nll * w).sum(), rtol=1e-5)
+        assert float(sums["weight_sum"]) == w.sum() and float(sums["correct_sum"]) == correct
 
 
 def test_grad_accumulation_equals_one_big_batch():

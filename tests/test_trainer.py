@@ -324,19 +324,108 @@ class Batches:
         return self.batch
 
 
-def test_a_failing_infer_eval_saves_the_step_first(tmp_path, capsys):
-    run = run_config(tmp_path, train_steps=6, infer_eval_every_steps=2)
+@pytest.mark.parametrize("kind", trainer.EVAL_KINDS)
+def test_a_failing_evaluation_saves_the_step_first(tmp_path, capsys, kind):
+    run = run_config(tmp_path, train_steps=6, **{f"{kind}_every_steps": 2})
     job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
     state, _ = job.initial_state()
 
     def infer_eval(params, step):
-        raise RuntimeError("decoding ran out of memory")
+        raise RuntimeError("evaluation ran out of memory")
 
-    with pytest.raises(RuntimeError, match="decoding ran out of memory"):
-        job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), infer_eval)
+    def eval_batches():
+        yield "task", eval_batch(0)
+        raise RuntimeError("evaluation ran out of memory")
+
+    hooks = {"infer_eval": infer_eval} if kind == "infer_eval" else {}
+    hooks |= {"eval_batches": eval_batches()} if kind == "eval_loss" else {}
+    with pytest.raises(RuntimeError, match="evaluation ran out of memory"):
+        job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), **hooks)
     step_dir = tmp_path / "run" / "checkpoints" / "2"
-    assert f"infer_eval failed at step 2; saved {step_dir}\n" in capsys.readouterr().out
+    assert f"{kind} failed at step 2; saved {step_dir}\n" in capsys.readouterr().out
     saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
     assert saved.all_steps() == [2]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2]  # step 2 logged, too
+
+
+def eval_batch(seed: int, rows: int = 8) -> dict[str, np.ndarray]:
+    """Random packed-looking rows with loss weights on their second half (and one row
+    without any, as the padding of a last evaluation batch)."""
+    rs = np.random.RandomState(seed)
+    tokens = rs.randint(0, TINY.vocab_size, (2, rows, 16)).astype(np.int32)
+    weights = np.zeros((rows, 16), np.float32)
+    weights[:-1, 8 + seed % 4 :] = 1.0
+    return {
+        ts.INPUTS: tokens[0],
+        ts.TARGETS: tokens[1],
+        ts.WEIGHTS: weights,
+        ts.SEGMENT_IDS: np.ones((rows, 16), np.int32),
+        ts.POSITIONS: np.tile(np.arange(16, dtype=np.int32), (rows, 1)),
+    }
+
+
+EVAL_BATCHES = [("task_a", eval_batch(0)), ("task_b", eval_batch(1)), ("task_a", eval_batch(2))]
+
+
+def reference_eval_loss(params) -> dict[str, dict[str, float]]:
+    """Per-token float64 cross-entropy from the model's logits, summed per task."""
+    model = decoder.Decoder(TINY)
+    sums = {}
+    for task, batch in EVAL_BATCHES + [("all", b) for _, b in EVAL_BATCHES]:
+        logits = np.asarray(model.apply({"params": params}, batch[ts.INPUTS]), np.float64)
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        nll = logz - np.take_along_axis(logits, batch[ts.TARGETS][..., None], -1)[..., 0]
+        correct = logits.argmax(-1) == batch[ts.TARGETS]
+        w = batch[ts.WEIGHTS]
+        loss, right, weight = sums.get(task, (0.0, 0.0, 0.0))
+        sums[task] = (loss + (nll * w).sum(), right + (correct * w).sum(), weight + w.sum())
+    return {
+        task: {"loss": loss / weight, "accuracy": right / weight, "answer_tokens": weight}
+        for task, (loss, right, weight) in sums.items()
+    }
+
+
+@pytest.mark.parametrize("mesh_shape, microbatches", [((1, 1, 1), 1), ((2, 2, 2), 2)])
+def test_eval_loss_per_task_and_over_all_answer_tokens(tmp_path, mesh_shape, microbatches):
+    run = dataclasses.replace(
+        run_config(tmp_path), step=ts.StepConfig(num_microbatches=microbatches)
+    )
+    mesh = mesh_of(mesh_shape, n=int(np.prod(mesh_shape)))
+    job = trainer.Trainer(run, TINY, mesh)
+    state, _ = job.initial_state()
+    sharding = P.data_sharding(mesh)
+    batches = [(t, jax.device_put(b, sharding)) for t, b in EVAL_BATCHES]
+    got = job.eval_loss(state.params, batches)
+    want = reference_eval_loss(jax.device_get(state.params))
+    assert list(got) == ["task_a", "task_b", "all"]
+    for task in want:
+        assert got[task]["answer_tokens"] == want[task]["answer_tokens"]
+        assert got[task]["accuracy"] == want[task]["accuracy"]
+        np.testing.assert_allclose(got[task]["loss"], want[task]["loss"], rtol=1e-5)
+    assert want["all"]["answer_tokens"] == 7 * (8 + 7 + 6)  # 7 weighted rows per batch
+
+
+def test_eval_loss_is_logged_every_n_steps_and_redone_after_a_resume(tmp_path, capsys):
+    run = run_config(tmp_path, train_steps=4, eval_loss_every_steps=2)
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    position = checkpointing.DataPosition(0, "m", 0, 8, 1)
+    job.fit(state, Batches(), position, eval_batches=EVAL_BATCHES)
+    path = tmp_path / "run" / "eval_loss.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    params = checkpointing.restore_params(
+        tmp_path / "run" / "checkpoints" / "4", decoder.abstract_params(TINY)
+    )
+    want = reference_eval_loss(params)
+    np.testing.assert_allclose(rows[1]["all"]["loss"], want["all"]["loss"], rtol=1e-5)
+    assert set(rows[1]) == {"step", "task_a", "task_b", "all"}
+    every = rows[1]["all"]
+    assert capsys.readouterr().out.endswith(
+        f"eval_loss step 4: loss {every['loss']:.4f}  accuracy {100 * every['accuracy']:.2f}%  "
+        f"(2 tasks, {every['answer_tokens']:.0f} answer tokens)\n"
+    )
+    # A resume from step 2 drops the row of step 4 (computed after that checkpoint).
+    trainer.MetricsLogger(tmp_path / "run", 4, start_step=2, schedule=job.schedule).close()
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [2]

@@ -32,6 +32,7 @@ MLP = "mlp"
 HEADS = "heads"
 KV_HEADS = "kv_heads"
 HEAD_DIM = "head_dim"
+QKV = "qkv"  # BLOOM's fused query/key/value axis (size 3)
 LAYERS = "layers"
 # Logical axis names of activations.
 BATCH = "act_batch"
@@ -58,6 +59,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (HEADS, "tensor"),
     (KV_HEADS, "tensor"),
     (HEAD_DIM, None),
+    (QKV, None),
     (LAYERS, None),
 )
 # The mesh axes a batch dimension is split over (inputs, microbatches, decoded rows).

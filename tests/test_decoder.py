@@ -223,17 +223,18 @@ def test_every_parameter_has_logical_axes():
         )
         flat_shapes = jax.tree.leaves(shapes)
         assert len(flat_specs) == len(flat_shapes)
+        fused = [jax.tree_util.keystr(path) for path, spec in flat_specs if P.QKV in spec]
+        bloom = cfg.family == "bloom"
+        assert fused == (
+            ["['layers']['attn']['qkv_bias']", "['layers']['attn']['qkv_kernel']"] if bloom else []
+        ), preset
         for (path, spec), shape in zip(flat_specs, flat_shapes, strict=True):
             name = jax.tree_util.keystr(path)
             assert len(spec) == len(shape.shape), name
-            assert set(spec) - {None} <= rule_names, name
-            # Every dimension is named, except BLOOM's fused q/k/v axis (size 3, never
-            # sharded).
-            unnamed = [d for d, axis in enumerate(spec) if axis is None]
-            if name.endswith(("['qkv_kernel']", "['qkv_bias']")) and preset == "tiny-bloom":
-                assert unnamed == [len(spec) - 2] and shape.shape[-2] == 3, name
-            else:
-                assert unnamed == [], name
+            assert None not in spec and set(spec) <= rule_names, name  # every dimension named
+            if P.QKV in spec:  # BLOOM's fused q/k/v axis (size 3, never sharded)
+                assert name.endswith(("['qkv_kernel']", "['qkv_bias']")), name
+                assert spec[-2] == P.QKV and shape.shape[-2] == 3, name
             if name.startswith("['layers']"):
                 assert spec[0] == P.LAYERS, name
 

@@ -163,13 +163,14 @@ EXPECTED_RULES = {
     P.HEADS: "tensor",
     P.KV_HEADS: "tensor",
     P.HEAD_DIM: None,
+    P.QKV: None,
     P.LAYERS: None,
 }
 
 
 def test_rules_table_names_each_logical_axis_once_and_only_mesh_axes():
     names = [name for name, _ in P.RULES]
-    assert len(names) == len(set(names)) == 13
+    assert len(names) == len(set(names)) == 14
     assert dict(P.RULES) == EXPECTED_RULES
     for _, axes in P.RULES:
         used = () if axes is None else (axes,) if isinstance(axes, str) else axes

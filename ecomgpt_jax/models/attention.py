@@ -366,8 +366,8 @@ class Attention(nn.Module):
         d, h, kh, hd = cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim
         zeros = nn.initializers.zeros
         if cfg.family == "bloom":
-            w = param(self, "qkv_kernel", (d, h, 3, hd), (P.EMBED, P.HEADS, None, P.HEAD_DIM))
-            b = param(self, "qkv_bias", (h, 3, hd), (P.HEADS, None, P.HEAD_DIM), zeros)
+            w = param(self, "qkv_kernel", (d, h, 3, hd), (P.EMBED, P.HEADS, P.QKV, P.HEAD_DIM))
+            b = param(self, "qkv_bias", (h, 3, hd), (P.HEADS, P.QKV, P.HEAD_DIM), zeros)
             qkv = add_bias(dot("bld,dhtk->blhtk", x, w.astype(dtype)), b)
             q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
         else:

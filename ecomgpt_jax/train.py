@@ -165,8 +165,8 @@ def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary, notes=()) 
 
 
 def load_configs(files, bindings, search_paths=()):
-    """Parses gin and builds (RunConfig, DataConfig, the held-out loss's DataConfig, or
-    None when no held-out loss is due); UserError names a missing binding.
+    """Parses gin and builds (RunConfig, DataConfig, the held-out loss's DataConfig or
+    None); UserError names a missing binding.
 
     The held-out loss reads `eval_loss/DataConfig`: the training DataConfig's bindings
     with those of the `eval_loss` gin scope on top (mixture, split).
@@ -183,12 +183,15 @@ def load_configs(files, bindings, search_paths=()):
         )
         if run_cfg.train.infer_eval_every_steps > 0:
             run_cfg = dataclasses.replace(run_cfg, infer_eval=configurables["EvalConfig"]())
+        data = configurables["DataConfig"]()
         eval_data = None
-        # Only when an evaluation will happen: reading the held-out data takes seconds.
-        if 0 < run_cfg.train.eval_loss_every_steps <= run_cfg.train.train_steps:
-            with gin.config_scope("eval_loss"):
-                eval_data = configurables["DataConfig"]()
-        return run_cfg, configurables["DataConfig"](), eval_data
+        if run_cfg.train.eval_loss_every_steps > 0:
+            try:
+                with gin.config_scope("eval_loss"):
+                    eval_data = configurables["DataConfig"]()
+            except reader.DataError as e:
+                raise trainer.UserError(f"eval_loss/DataConfig: {e}") from None
+        return run_cfg, data, eval_data
     except (trainer.UserError, reader.DataError):  # the configs' own checks: one line already
         raise
     except ValueError as e:  # e.g. a %gin.REQUIRED macro left unset

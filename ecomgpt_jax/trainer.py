@@ -3,15 +3,15 @@
 `train.py` parses flags and gin, builds the vocabulary and the input iterator,
 and hands them to `Trainer`, which owns: the model config, shape checks, the
 sharded train state (fresh, from a HF folder, from an orbax params checkpoint,
-or resumed from MODEL_DIR), the jitted step, checkpoints, metrics and
-preemption. Every process runs the same code; only process 0 writes logs.
+or resumed from MODEL_DIR), the jitted step, the evaluations during training,
+checkpoints, logs (`metrics_logger`) and preemption. Every process runs the same
+code; only process 0 writes logs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import time
@@ -20,9 +20,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from etils import epath
 
-from ecomgpt_jax import checkpointing, evaluation, partitioning
+from ecomgpt_jax import checkpointing, evaluation, metrics_logger, partitioning
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
@@ -62,7 +61,8 @@ class TrainConfig:
     (T5X's infer_eval; 0 = never).
     eval_loss_every_steps: the teacher-forced loss on held-out batches every N steps
     (T5X's training eval; 0 = never), on the first `eval_loss_batches` batches of each
-    task of the `eval_loss/DataConfig` mixture.
+    task of the `eval_loss/DataConfig` mixture. Both evaluations also run at step 0 and
+    after the last step (`Trainer.fit`).
     """
 
     model_dir: str = "runs/ecom_default"
@@ -81,8 +81,13 @@ class TrainConfig:
         # 0 or negative would "finish" at once and point at a checkpoint never written.
         if int(self.train_steps) < 1:
             raise UserError(f"TRAIN_STEPS must be >= 1, got {self.train_steps}")
-        if int(self.eval_loss_batches) < 1:
-            raise UserError(f"EVAL_LOSS_BATCHES must be >= 1, got {self.eval_loss_batches}")
+        for macro, value, least in (
+            ("INFER_EVAL_EVERY_STEPS", self.infer_eval_every_steps, 0),
+            ("EVAL_LOSS_EVERY_STEPS", self.eval_loss_every_steps, 0),
+            ("EVAL_LOSS_BATCHES", self.eval_loss_batches, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UserError(f"{macro} must be an integer >= {least}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,146 +210,6 @@ def _host_params_to_layout(params, shardings):
         params,
         shardings,
     )
-
-
-EVAL_KINDS = ("eval_loss", "infer_eval")  # MetricsLogger.record_eval's kinds
-
-
-def _write_atomically(path: epath.Path, lines: list[str]) -> None:
-    """Whole file to a temporary, then renamed over: a kill mid-write cannot leave a
-    truncated log (rename is atomic locally; buckets copy whole objects)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(path)
-
-
-class MetricsLogger:
-    """metrics.jsonl + TensorBoard + console line, on process 0 only.
-
-    One JSON line per logging step: step, loss, learning_rate, grad_norm,
-    accuracy, tokens_per_second, seconds_per_step; evaluations in <kind>.jsonl
-    (`record_eval`). On resume, lines after the restored step are dropped from all of
-    them (they were computed after the last checkpoint, and are computed again).
-    """
-
-    def __init__(self, model_dir, total_steps: int, start_step: int, schedule):
-        self.enabled = jax.process_index() == 0
-        self.total = total_steps
-        self.schedule = schedule
-        self.path = epath.Path(model_dir) / "metrics.jsonl"
-        self.tb_dir = epath.Path(model_dir) / "tensorboard"
-        self._pending: list[dict] = []
-        self._lines: list[str] = []
-        self._last_time = time.time()
-        self._last_step = start_step
-        self._writer = None
-        self._flushes = 0
-        if not self.enabled:
-            return
-        if self.path.exists():
-            self._lines = self._lines_up_to(self.path, start_step)
-        for kind in EVAL_KINDS:  # evaluations after the restored step are redone
-            path = self.path.parent / f"{kind}.jsonl"
-            if path.exists():
-                _write_atomically(path, self._lines_up_to(path, start_step))
-        from tensorboardX import SummaryWriter
-
-        self._writer = SummaryWriter(str(self.tb_dir))
-
-    @staticmethod
-    def _lines_up_to(path: epath.Path, start_step: int) -> list[str]:
-        """The lines of a .jsonl log up to `start_step`; unreadable ones (a run killed
-        mid-write before writes were atomic, a hand edit) are skipped with one warning."""
-        kept, bad = [], []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                step = int(json.loads(line)["step"])
-            except (ValueError, KeyError, TypeError):
-                bad.append(number)
-                continue
-            if step <= start_step:
-                kept.append(line)
-        if bad:
-            what = (
-                "skipped an unreadable line"
-                if len(bad) == 1
-                else f"skipped {len(bad)} unreadable lines ({', '.join(map(str, bad))})"
-            )
-            print(f"warning: {path}:{bad[0]}: {what}", flush=True)
-        return kept
-
-    def record(self, step: int, metrics: Mapping[str, jax.Array], force: bool = False) -> None:
-        """Keeps the step's (device) metrics; writes when `force` (no sync otherwise)."""
-        self._pending.append(metrics)
-        if force:
-            self._flush(step)
-
-    def flush(self, step: int) -> None:
-        """Writes what `record` kept since the last write (if anything)."""
-        if self._pending:
-            self._flush(step)
-
-    def _flush(self, step: int) -> None:
-        pending = jax.device_get(self._pending)
-        self._pending = []
-        now = time.time()
-        steps = max(step - self._last_step, 1)
-        elapsed = max(now - self._last_time, 1e-9)
-        self._last_time, self._last_step = now, step
-        last = pending[-1]
-        row = {
-            "step": step,
-            "loss": float(last["loss"]),
-            "learning_rate": float(self.schedule(step - 1)),
-            "grad_norm": float(last["grad_norm"]),
-            "accuracy": float(last["accuracy"]),
-            "tokens_per_second": float(sum(float(p["tokens"]) for p in pending) / elapsed),
-            "seconds_per_step": elapsed / steps,
-        }
-        if not self.enabled:
-            return
-        self._lines.append(json.dumps(row))
-        _write_atomically(self.path, self._lines)
-        for key, value in row.items():
-            if key != "step":
-                self._writer.add_scalar(f"train/{key}", value, step)
-        self._writer.flush()
-        eta = (self.total - step) * row["seconds_per_step"]
-        # The first interval includes compilation: no ETA from it.
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if self._flushes else "-"
-        self._flushes += 1
-        print(
-            f"step {step}/{self.total}  loss {row['loss']:.4f}  lr {row['learning_rate']:.2e}  "
-            f"grad_norm {row['grad_norm']:.3f}  tok/s {row['tokens_per_second']:.0f}  "
-            f"ETA {eta_text}",
-            flush=True,
-        )
-
-    def record_eval(self, kind: str, step: int, scores: Mapping[str, Mapping], summary: str):
-        """Logs an evaluation beside the loss.
-
-        kind: "infer_eval" (`scores`: the metrics.json content) or "eval_loss" (`scores`:
-        `Trainer.eval_loss`). MODEL_DIR/<kind>.jsonl gets one line per evaluation,
-        TensorBoard `<kind>/<task>/<score>` per number, the console
-        `<kind> step <step>: <summary>`.
-        """
-        if not self.enabled:
-            return
-        row = {"step": step, **scores}
-        with (epath.Path(self.path).parent / f"{kind}.jsonl").open("a") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        for task, values in scores.items():
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._writer.add_scalar(f"{kind}/{task}/{key}", value, step)
-        self._writer.flush()
-        print(f"{kind} step {step}: {summary}", flush=True)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
 
 
 def _loss_row(sums: Mapping[str, float]) -> dict[str, float]:
@@ -493,6 +358,8 @@ class Trainer:
         sums: dict[str, list] = {}
         for task, batch in eval_batches:
             sums.setdefault(task, []).append(self._eval_step(params, batch))
+        if not sums:  # e.g. a generator, used up by an earlier evaluation
+            raise ValueError("eval_batches yielded no batch; pass a re-iterable collection")
         totals = {
             task: {k: float(sum(p[k] for p in parts)) for k in parts[0]}
             for task, parts in jax.device_get(sums).items()
@@ -510,22 +377,35 @@ class Trainer:
     ) -> Result:
         """Trains from `state.step` to `train_steps`; `batches.position` counts batches used.
 
-        `infer_eval(params, step)` -> metrics.json dict, called every
-        `infer_eval_every_steps` steps when given; `eval_batches` ((task, batch) pairs,
-        e.g. `input_pipeline.EvalBatches`) give the held-out loss every
-        `eval_loss_every_steps` steps. If an evaluation raises, the step is saved first.
+        Evaluations: `infer_eval(params, step)` -> metrics.json dict (when given) every
+        `infer_eval_every_steps` steps; the held-out loss on `eval_batches` ((task, batch)
+        pairs, re-iterable, e.g. `input_pipeline.EvalBatches`; when given) every
+        `eval_loss_every_steps` steps. Each runs at step 0 (the starting point), every N
+        steps and after the last step, unless its log already holds that step (a resume).
+        If one raises after steps were trained, they are saved first.
         """
         run = self.run
         total = int(run.train.train_steps)
-        step = int(jax.device_get(state.step))
-        logger = MetricsLogger(run.train.model_dir, total, step, self.schedule)
+        step = start = int(jax.device_get(state.step))
+        logger = metrics_logger.MetricsLogger(run.train.model_dir, total, step, self.schedule)
         guard = PreemptionGuard()
         first = metrics = None
         preempted = False
         every = max(int(run.train.log_every_steps), 1)
         save_every = max(int(run.checkpoint.save_every_steps), 1)
-        eval_every = int(run.train.infer_eval_every_steps) if infer_eval is not None else 0
-        loss_every = int(run.train.eval_loss_every_steps) if eval_batches is not None else 0
+
+        def held_out(params, _step: int) -> dict:
+            return self.eval_loss(params, eval_batches)
+
+        evaluations = []  # (kind, every N steps, compute(params, step), console summary)
+        if eval_batches is not None and run.train.eval_loss_every_steps > 0:
+            evaluations.append(
+                ("eval_loss", run.train.eval_loss_every_steps, held_out, loss_summary)
+            )
+        if infer_eval is not None and run.train.infer_eval_every_steps > 0:
+            evaluations.append(
+                ("infer_eval", run.train.infer_eval_every_steps, infer_eval, score_summary)
+            )
 
         def save(force_log: bool = False) -> None:
             if force_log:
@@ -533,22 +413,23 @@ class Trainer:
             pos = dataclasses.replace(position, batches_consumed=int(batches.position))
             self.checkpointer.save(state, pos, force=True)
 
-        def evaluate(kind: str, compute: Callable[[Any, int], Mapping], summarise) -> None:
-            try:
-                scores = compute(state.params, step)
-            except Exception:
-                # Whatever went wrong in the evaluation, keep the steps trained.
-                save(force_log=True)
-                if jax.process_index() == 0:
-                    print(
-                        f"{kind} failed at step {step}; saved {self.checkpointer.step_dir(step)}",
-                        flush=True,
-                    )
-                raise
-            logger.record_eval(kind, step, scores, summarise(scores))
-
-        def held_out_loss(params, _step: int) -> dict:
-            return self.eval_loss(params, eval_batches)
+        def evaluate() -> None:
+            """The evaluations due at `step` (all processes take part: collectives)."""
+            for kind, n, compute, summarise in evaluations:
+                if (step % n and step != total) or logger.logged(kind, step):
+                    continue
+                began = time.time()
+                try:
+                    scores = compute(state.params, step)
+                except Exception:
+                    if step > start:  # whatever went wrong, keep the steps trained
+                        save(force_log=True)
+                        if jax.process_index() == 0:
+                            saved = self.checkpointer.step_dir(step)
+                            print(f"{kind} failed at step {step}; saved {saved}", flush=True)
+                    raise
+                logger.record_eval(kind, step, scores, summarise(scores))
+                logger.exclude(time.time() - began)
 
         try:
             with jax.set_mesh(self.mesh), partitioning.axis_rules():
@@ -557,6 +438,7 @@ class Trainer:
                     self.layout,
                     partitioning.data_sharding(self.mesh),
                 )
+                evaluate()  # the starting point (or one a preemption or failure skipped)
                 while step < total:
                     state, metrics = step_fn(state, next(batches))
                     step += 1
@@ -569,10 +451,7 @@ class Trainer:
                         save()
                     if preempted:
                         break
-                    if loss_every > 0 and step % loss_every == 0:
-                        evaluate("eval_loss", held_out_loss, loss_summary)
-                    if eval_every > 0 and step % eval_every == 0:
-                        evaluate("infer_eval", infer_eval, score_summary)
+                    evaluate()
                 last = None if metrics is None else float(jax.device_get(metrics["loss"]))
         finally:  # also on errors: finish pending async saves, restore the signal handlers
             self.checkpointer.close()

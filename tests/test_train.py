@@ -142,7 +142,7 @@ def test_infer_eval_scores_logged_beside_the_loss(default_run):
     model_dir, stdout = default_run
     task = "EN-ABSA-CLS-review_topic_category"
     rows = [json.loads(x) for x in (model_dir / "infer_eval.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [5, STEPS]
+    assert [r["step"] for r in rows] == [0, 5, STEPS]  # the start, every 5, the end
     for row in rows:
         # The logged scores are the evaluation's metrics.json for that step, which the
         # evaluation tests prove equal to `python -m ecomgpt_jax.score` on its predictions.
@@ -189,9 +189,11 @@ def test_sigterm_saves_exits_0_and_resume_matches(sharded_reference, compile_cac
     got, want = losses(model_dir), losses(sharded_reference)
     assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-6)
+    # Evaluations at the start, every 5 steps and the end; one skipped by the stop (at
+    # step 5) is made on resume.
     got, want = losses(model_dir, "eval_loss"), losses(sharded_reference, "eval_loss")
-    assert sorted(want) == [5, STEPS] and STEPS in got  # step 5's, if the stop came before it
-    np.testing.assert_allclose([got[s] for s in got], [want[s] for s in got], rtol=1e-6)
+    assert sorted(got) == sorted(want) == [0, 5, STEPS]
+    np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-6)
 
 
 def test_first_ctrl_c_saves_and_exits_130_without_a_trace(compile_cache, tmp_path):
@@ -240,7 +242,7 @@ def test_two_processes_match_one_process(sharded_reference, compile_cache, tmp_p
     assert (two / "checkpoints" / str(STEPS) / "params").is_dir()
     # Each process holds half of every held-out batch; the loss is the one-process one.
     got, want = losses(two, "eval_loss"), losses(sharded_reference, "eval_loss")
-    assert sorted(got) == sorted(want) == [5, STEPS]
+    assert sorted(got) == sorted(want) == [0, 5, STEPS]
     np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-5)
 
 
@@ -336,7 +338,15 @@ def test_user_errors_are_one_line(tmp_path, args, message):
             "category: task 'EN-ABSA-CLS-review_topic_category' has no 'validation' split "
             "(has: ['test'])",
         ),
-        (["--gin.EVAL_LOSS_BATCHES=0"], "EVAL_LOSS_BATCHES must be >= 1, got 0"),
+        (["--gin.EVAL_LOSS_BATCHES=0"], "EVAL_LOSS_BATCHES must be an integer >= 1, got 0"),
+        (
+            ["--gin.EVAL_LOSS_EVERY_STEPS=-5"],
+            "EVAL_LOSS_EVERY_STEPS must be an integer >= 0, got -5",
+        ),
+        (
+            ["--gin.eval_loss/DataConfig.global_batch_size=0"],
+            "eval_loss/DataConfig: BATCH_SIZE must be >= 1, got 0",
+        ),
         (
             ["--gin.EVAL_LOSS_EVERY_STEPS=4", "--gin.eval_loss/DataConfig.global_batch_size=12"],
             "eval_loss/DataConfig: BATCH_SIZE 12 / num_microbatches 1 = 12 rows per micro-batch "

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from ecomgpt_jax import checkpointing, convert, trainer
+from ecomgpt_jax import checkpointing, convert, metrics_logger, trainer
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as model_config
@@ -169,32 +169,6 @@ def test_init_from_weights_of_another_family_than_the_gin_config(tmp_path, sourc
     assert trainer.unused_bindings_note(run_config(tmp_path / "scratch"), TINY_BLOOM) is None
 
 
-def test_metrics_logger_writes_rows_and_drops_rows_after_a_resumed_step(tmp_path):
-    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(learning_rate=1.0), 10)
-    logger = trainer.MetricsLogger(tmp_path, total_steps=10, start_step=0, schedule=schedule)
-    for step in range(1, 5):
-        metrics = {
-            "loss": np.float32(step),
-            "grad_norm": np.float32(0.5),
-            "accuracy": np.float32(0.25),
-            "tokens": np.float32(100),
-        }
-        logger.record(step, metrics, force=step % 2 == 0)
-    logger.close()
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [2, 4]
-    assert rows[1]["loss"] == 4.0 and rows[1]["grad_norm"] == 0.5
-    np.testing.assert_allclose(rows[1]["learning_rate"], float(schedule(3)))
-    assert rows[1]["tokens_per_second"] > 0 and rows[1]["seconds_per_step"] > 0
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    # Resuming from a checkpoint at step 3 forgets the row of step 4.
-    resumed = trainer.MetricsLogger(tmp_path, total_steps=10, start_step=3, schedule=schedule)
-    resumed.record(4, metrics, force=True)
-    resumed.close()
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [2, 4]
-
-
 def test_preemption_guard_sets_flag_on_sigterm_and_restores_handler():
     before = signal.getsignal(signal.SIGTERM)
     guard = trainer.PreemptionGuard()
@@ -229,6 +203,26 @@ def test_train_steps_must_be_at_least_one(tmp_path):
         assert str(info.value) == f"TRAIN_STEPS must be >= 1, got {steps}"
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("eval_loss_batches", 0, "EVAL_LOSS_BATCHES must be an integer >= 1, got 0"),
+        ("eval_loss_batches", 2.5, "EVAL_LOSS_BATCHES must be an integer >= 1, got 2.5"),
+        ("eval_loss_every_steps", -1, "EVAL_LOSS_EVERY_STEPS must be an integer >= 0, got -1"),
+        ("eval_loss_every_steps", None, "EVAL_LOSS_EVERY_STEPS must be an integer >= 0, got None"),
+        (
+            "infer_eval_every_steps",
+            True,
+            "INFER_EVAL_EVERY_STEPS must be an integer >= 0, got True",
+        ),
+    ],
+)
+def test_evaluation_settings_are_checked(tmp_path, field, value, message):
+    with pytest.raises(trainer.UserError) as info:
+        run_config(tmp_path, **{field: value})
+    assert str(info.value) == message
+
+
 def test_init_from_checkpoint_errors_name_the_macro(tmp_path):
     def error(path) -> str:
         with pytest.raises(trainer.UserError) as info:
@@ -251,25 +245,6 @@ def test_init_from_checkpoint_errors_name_the_macro(tmp_path):
         "model_config.json at or above it (train.py and `convert hf-to-orbax` write one); "
         "copy the one it was made with next to it"
     )
-
-
-def test_metrics_logger_skips_unreadable_lines_and_writes_atomically(tmp_path, capsys):
-    """A metrics.jsonl cut short by a kill (or edited by hand) does not block a resume."""
-    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(learning_rate=1.0), 10)
-    rows = [json.dumps({"step": s, "loss": float(s)}) for s in (1, 2, 3)]
-    path = tmp_path / "metrics.jsonl"
-    path.write_text(f'{rows[0]}\n{{"step": 2, "lo\n{rows[1]}\n[]\n{rows[2]}\n{rows[2][:9]}')
-    logger = trainer.MetricsLogger(tmp_path, total_steps=10, start_step=2, schedule=schedule)
-    assert capsys.readouterr().out == (f"warning: {path}:2: skipped 3 unreadable lines (2, 4, 6)\n")
-    metrics = {"loss": 5.0, "grad_norm": 0.5, "accuracy": 0.25, "tokens": 100.0}
-    logger.record(3, metrics, force=True)
-    logger.close()
-    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2, 3]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "tensorboard"]
-    capsys.readouterr()
-    path.write_text(f"{rows[0]}\n{rows[1][:5]}")
-    trainer.MetricsLogger(tmp_path, total_steps=10, start_step=2, schedule=schedule).close()
-    assert capsys.readouterr().out == f"warning: {path}:2: skipped an unreadable line\n"
 
 
 def test_first_ctrl_c_is_a_preemption_second_aborts_and_handlers_come_back(capfd):
@@ -324,45 +299,84 @@ class Batches:
         return self.batch
 
 
-@pytest.mark.parametrize("kind", trainer.EVAL_KINDS)
-def test_a_failing_evaluation_saves_the_step_first(tmp_path, capsys, kind):
+class FailingEvaluation:
+    """infer_eval and eval_batches that fail at the given evaluation (0: the first)."""
+
+    def __init__(self, fail_at: int):
+        self.calls, self.fail_at = 0, fail_at
+
+    def _call(self):
+        self.calls += 1
+        if self.calls > self.fail_at:
+            raise RuntimeError("evaluation ran out of memory")
+
+    def __call__(self, params, step):  # infer_eval
+        self._call()
+        return {"average": {"rouge-l-f1": 0.5}}
+
+    def __iter__(self):  # eval_batches
+        self._call()
+        return iter([("task", eval_batch(0))])
+
+
+def fit_with_failing_evaluation(tmp_path, kind: str, fail_at: int) -> dict:
+    """A 6-step run evaluating `kind` every 2 steps, whose evaluation number `fail_at`
+    (0: at the start) raises; returns the hook, for a resume."""
     run = run_config(tmp_path, train_steps=6, **{f"{kind}_every_steps": 2})
     job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
     state, _ = job.initial_state()
-
-    def infer_eval(params, step):
-        raise RuntimeError("evaluation ran out of memory")
-
-    def eval_batches():
-        yield "task", eval_batch(0)
-        raise RuntimeError("evaluation ran out of memory")
-
-    hooks = {"infer_eval": infer_eval} if kind == "infer_eval" else {}
-    hooks |= {"eval_batches": eval_batches()} if kind == "eval_loss" else {}
+    hook = {"infer_eval" if kind == "infer_eval" else "eval_batches": FailingEvaluation(fail_at)}
     with pytest.raises(RuntimeError, match="evaluation ran out of memory"):
-        job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), **hooks)
+        job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), **hook)
+    return hook
+
+
+@pytest.mark.parametrize("kind", metrics_logger.EVAL_KINDS)
+def test_a_failing_evaluation_saves_the_step_first(tmp_path, capsys, kind):
+    hook = fit_with_failing_evaluation(tmp_path, kind, fail_at=1)
     step_dir = tmp_path / "run" / "checkpoints" / "2"
     assert f"{kind} failed at step 2; saved {step_dir}\n" in capsys.readouterr().out
     saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
     assert saved.all_steps() == [2]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2]  # step 2 logged, too
+    # The resumed run makes the evaluation that failed, then goes on.
+    job = trainer.Trainer(
+        run_config(tmp_path, train_steps=6, **{f"{kind}_every_steps": 2}),
+        TINY,
+        mesh_of((1, 1, 1), n=1),
+    )
+    state, _ = job.initial_state()
+    hook = {k: FailingEvaluation(99) for k in hook}
+    job.fit(state, Batches(), checkpointing.DataPosition(2, "m", 0, 8, 1), **hook)
+    lines = (tmp_path / "run" / f"{kind}.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize("kind", metrics_logger.EVAL_KINDS)
+def test_a_failing_first_evaluation_saves_nothing(tmp_path, capsys, kind):
+    fit_with_failing_evaluation(tmp_path, kind, fail_at=0)
+    saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
+    assert saved.all_steps() == [] and "failed" not in capsys.readouterr().out
 
 
 def eval_batch(seed: int, rows: int = 8) -> dict[str, np.ndarray]:
-    """Random packed-looking rows with loss weights on their second half (and one row
-    without any, as the padding of a last evaluation batch)."""
+    """Random one-example rows with loss weights on their second half, the last row
+    empty (all zeros) as in the padded last batch of `input_pipeline.EvalBatches`."""
     rs = np.random.RandomState(seed)
     tokens = rs.randint(0, TINY.vocab_size, (2, rows, 16)).astype(np.int32)
     weights = np.zeros((rows, 16), np.float32)
-    weights[:-1, 8 + seed % 4 :] = 1.0
-    return {
+    weights[:, 8 + seed % 4 :] = 1.0
+    batch = {
         ts.INPUTS: tokens[0],
         ts.TARGETS: tokens[1],
         ts.WEIGHTS: weights,
         ts.SEGMENT_IDS: np.ones((rows, 16), np.int32),
         ts.POSITIONS: np.tile(np.arange(16, dtype=np.int32), (rows, 1)),
     }
+    for value in batch.values():
+        value[-1] = 0
+    return batch
 
 
 EVAL_BATCHES = [("task_a", eval_batch(0)), ("task_b", eval_batch(1)), ("task_a", eval_batch(2))]
@@ -373,7 +387,10 @@ def reference_eval_loss(params) -> dict[str, dict[str, float]]:
     model = decoder.Decoder(TINY)
     sums = {}
     for task, batch in EVAL_BATCHES + [("all", b) for _, b in EVAL_BATCHES]:
-        logits = np.asarray(model.apply({"params": params}, batch[ts.INPUTS]), np.float64)
+        logits = model.apply(
+            {"params": params}, batch[ts.INPUTS], batch[ts.POSITIONS], batch[ts.SEGMENT_IDS]
+        )
+        logits = np.asarray(logits, np.float64)
         logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
         nll = logz - np.take_along_axis(logits, batch[ts.TARGETS][..., None], -1)[..., 0]
         correct = logits.argmax(-1) == batch[ts.TARGETS]
@@ -403,29 +420,39 @@ def test_eval_loss_per_task_and_over_all_answer_tokens(tmp_path, mesh_shape, mic
         assert got[task]["answer_tokens"] == want[task]["answer_tokens"]
         assert got[task]["accuracy"] == want[task]["accuracy"]
         np.testing.assert_allclose(got[task]["loss"], want[task]["loss"], rtol=1e-5)
-    assert want["all"]["answer_tokens"] == 7 * (8 + 7 + 6)  # 7 weighted rows per batch
+    assert want["all"]["answer_tokens"] == 7 * (8 + 7 + 6)  # 7 rows with weights per batch
 
 
-def test_eval_loss_is_logged_every_n_steps_and_redone_after_a_resume(tmp_path, capsys):
-    run = run_config(tmp_path, train_steps=4, eval_loss_every_steps=2)
+def test_eval_loss_at_the_start_every_n_steps_and_the_end(tmp_path, capsys):
+    run = run_config(tmp_path, train_steps=5, eval_loss_every_steps=2)
     job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
     state, _ = job.initial_state()
-    position = checkpointing.DataPosition(0, "m", 0, 8, 1)
-    job.fit(state, Batches(), position, eval_batches=EVAL_BATCHES)
+    job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, EVAL_BATCHES)
     path = tmp_path / "run" / "eval_loss.jsonl"
     rows = [json.loads(x) for x in path.read_text().splitlines()]
-    assert [r["step"] for r in rows] == [2, 4]
+    assert [r["step"] for r in rows] == [0, 2, 4, 5]
     params = checkpointing.restore_params(
-        tmp_path / "run" / "checkpoints" / "4", decoder.abstract_params(TINY)
+        tmp_path / "run" / "checkpoints" / "5", decoder.abstract_params(TINY)
     )
     want = reference_eval_loss(params)
-    np.testing.assert_allclose(rows[1]["all"]["loss"], want["all"]["loss"], rtol=1e-5)
-    assert set(rows[1]) == {"step", "task_a", "task_b", "all"}
-    every = rows[1]["all"]
+    np.testing.assert_allclose(rows[-1]["all"]["loss"], want["all"]["loss"], rtol=1e-5)
+    assert set(rows[-1]) == {"step", "task_a", "task_b", "all"}
+    every = rows[-1]["all"]
     assert capsys.readouterr().out.endswith(
-        f"eval_loss step 4: loss {every['loss']:.4f}  accuracy {100 * every['accuracy']:.2f}%  "
+        f"eval_loss step 5: loss {every['loss']:.4f}  accuracy {100 * every['accuracy']:.2f}%  "
         f"(2 tasks, {every['answer_tokens']:.0f} answer tokens)\n"
     )
-    # A resume from step 2 drops the row of step 4 (computed after that checkpoint).
-    trainer.MetricsLogger(tmp_path / "run", 4, start_step=2, schedule=job.schedule).close()
-    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [2]
+    # A rerun of the finished run evaluates nothing again.
+    state, _ = job.initial_state()
+    job.fit(state, Batches(), checkpointing.DataPosition(5, "m", 0, 8, 1), None, EVAL_BATCHES)
+    assert path.read_text().splitlines() == [json.dumps(r) for r in rows]
+    # A resume from step 2 drops the rows after it (computed after that checkpoint).
+    metrics_logger.MetricsLogger(tmp_path / "run", 5, start_step=2, schedule=job.schedule).close()
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 2]
+
+
+def test_eval_loss_needs_batches(tmp_path):
+    job = trainer.Trainer(run_config(tmp_path), TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    with pytest.raises(ValueError, match="eval_batches yielded no batch"):
+        job.eval_loss(state.params, iter([]))

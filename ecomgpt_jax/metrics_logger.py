@@ -1,0 +1,164 @@
+"""The training run's logs, on process 0 only: metrics.jsonl, the evaluation logs
+(<kind>.jsonl), TensorBoard and the console line. Written whole and renamed over, so
+that a kill never leaves a cut line, and cut back to the restored step on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+
+import jax
+from etils import epath
+
+EVAL_KINDS = ("eval_loss", "infer_eval")  # MetricsLogger.record_eval's kinds
+
+
+def _write_atomically(path: epath.Path, lines: list[str]) -> None:
+    """Whole file to a temporary, then renamed over: a kill mid-write cannot leave a
+    truncated log (rename is atomic locally; buckets copy whole objects)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
+
+
+class MetricsLogger:
+    """metrics.jsonl + TensorBoard + console line, on process 0 only.
+
+    One JSON line per logging step: step, loss, learning_rate, grad_norm,
+    accuracy, tokens_per_second, seconds_per_step; evaluations in <kind>.jsonl
+    (`record_eval`). On resume, lines after the restored step are dropped from all of
+    them (they were computed after the last checkpoint, and are computed again).
+    Every process reads the evaluation logs (MODEL_DIR is shared, as checkpoints need),
+    so that all agree on `logged`; only process 0 writes.
+    """
+
+    def __init__(self, model_dir, total_steps: int, start_step: int, schedule):
+        self.enabled = jax.process_index() == 0
+        self.total = total_steps
+        self.schedule = schedule
+        self.path = epath.Path(model_dir) / "metrics.jsonl"
+        self.tb_dir = epath.Path(model_dir) / "tensorboard"
+        self._pending: list[dict] = []
+        self._lines: list[str] = []
+        self._last_time = time.time()
+        self._last_step = start_step
+        self._writer = None
+        self._flushes = 0
+        self._eval_lines: dict[str, list[str]] = {kind: [] for kind in EVAL_KINDS}
+        for kind in EVAL_KINDS:  # evaluations after the restored step are redone
+            path = self.path.parent / f"{kind}.jsonl"
+            if path.exists():
+                self._eval_lines[kind] = self._lines_up_to(path, start_step, self.enabled)
+                if self.enabled:
+                    _write_atomically(path, self._eval_lines[kind])
+        if not self.enabled:
+            return
+        if self.path.exists():
+            self._lines = self._lines_up_to(self.path, start_step)
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(str(self.tb_dir))
+
+    @staticmethod
+    def _lines_up_to(path: epath.Path, start_step: int, warn: bool = True) -> list[str]:
+        """The lines of a .jsonl log up to `start_step`; unreadable ones (a run killed
+        mid-write before writes were atomic, a hand edit) are skipped with one warning."""
+        kept, bad = [], []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                step = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                bad.append(number)
+                continue
+            if step <= start_step:
+                kept.append(line)
+        if bad and warn:
+            what = (
+                "skipped an unreadable line"
+                if len(bad) == 1
+                else f"skipped {len(bad)} unreadable lines ({', '.join(map(str, bad))})"
+            )
+            print(f"warning: {path}:{bad[0]}: {what}", flush=True)
+        return kept
+
+    def record(self, step: int, metrics: Mapping[str, jax.Array], force: bool = False) -> None:
+        """Keeps the step's (device) metrics; writes when `force` (no sync otherwise)."""
+        self._pending.append(metrics)
+        if force:
+            self._flush(step)
+
+    def flush(self, step: int) -> None:
+        """Writes what `record` kept since the last write (if anything)."""
+        if self._pending:
+            self._flush(step)
+
+    def _flush(self, step: int) -> None:
+        pending = jax.device_get(self._pending)
+        self._pending = []
+        now = time.time()
+        steps = max(step - self._last_step, 1)
+        elapsed = max(now - self._last_time, 1e-9)
+        self._last_time, self._last_step = now, step
+        last = pending[-1]
+        row = {
+            "step": step,
+            "loss": float(last["loss"]),
+            "learning_rate": float(self.schedule(step - 1)),
+            "grad_norm": float(last["grad_norm"]),
+            "accuracy": float(last["accuracy"]),
+            "tokens_per_second": float(sum(float(p["tokens"]) for p in pending) / elapsed),
+            "seconds_per_step": elapsed / steps,
+        }
+        if not self.enabled:
+            return
+        self._lines.append(json.dumps(row))
+        _write_atomically(self.path, self._lines)
+        for key, value in row.items():
+            if key != "step":
+                self._writer.add_scalar(f"train/{key}", value, step)
+        self._writer.flush()
+        eta = (self.total - step) * row["seconds_per_step"]
+        # The first interval includes compilation: no ETA from it.
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if self._flushes else "-"
+        self._flushes += 1
+        print(
+            f"step {step}/{self.total}  loss {row['loss']:.4f}  lr {row['learning_rate']:.2e}  "
+            f"grad_norm {row['grad_norm']:.3f}  tok/s {row['tokens_per_second']:.0f}  "
+            f"ETA {eta_text}",
+            flush=True,
+        )
+
+    def record_eval(self, kind: str, step: int, scores: Mapping[str, Mapping], summary: str):
+        """Logs an evaluation beside the loss.
+
+        kind: "infer_eval" (`scores`: the metrics.json content) or "eval_loss" (`scores`:
+        `Trainer.eval_loss`). MODEL_DIR/<kind>.jsonl gets one line per evaluation,
+        TensorBoard `<kind>/<task>/<score>` per number, the console
+        `<kind> step <step>: <summary>`.
+        """
+        self._eval_lines[kind].append(json.dumps({"step": step, **scores}, ensure_ascii=False))
+        if not self.enabled:
+            return
+        _write_atomically(self.path.parent / f"{kind}.jsonl", self._eval_lines[kind])
+        for task, values in scores.items():
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._writer.add_scalar(f"{kind}/{task}/{key}", value, step)
+        self._writer.flush()
+        print(f"{kind} step {step}: {summary}", flush=True)
+
+    def logged(self, kind: str, step: int) -> bool:
+        """Whether <kind>.jsonl holds an evaluation at `step` (read at start, or recorded)."""
+        return any(json.loads(line)["step"] == step for line in self._eval_lines[kind])
+
+    def exclude(self, seconds: float) -> None:
+        """Leaves `seconds` (an evaluation) out of the next tokens/s and s/step."""
+        self._last_time += seconds
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,73 @@
+"""The run's logs: rows, resume cut-back, unreadable lines, atomic writes, step time."""
+
+import json
+import time
+import types
+
+import numpy as np
+
+from ecomgpt_jax import metrics_logger
+from ecomgpt_jax import train_step as ts
+from ecomgpt_jax.metrics_logger import MetricsLogger
+
+
+def test_metrics_logger_writes_rows_and_drops_rows_after_a_resumed_step(tmp_path):
+    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(learning_rate=1.0), 10)
+    logger = MetricsLogger(tmp_path, total_steps=10, start_step=0, schedule=schedule)
+    for step in range(1, 5):
+        metrics = {
+            "loss": np.float32(step),
+            "grad_norm": np.float32(0.5),
+            "accuracy": np.float32(0.25),
+            "tokens": np.float32(100),
+        }
+        logger.record(step, metrics, force=step % 2 == 0)
+    logger.close()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert rows[1]["loss"] == 4.0 and rows[1]["grad_norm"] == 0.5
+    np.testing.assert_allclose(rows[1]["learning_rate"], float(schedule(3)))
+    assert rows[1]["tokens_per_second"] > 0 and rows[1]["seconds_per_step"] > 0
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    # Resuming from a checkpoint at step 3 forgets the row of step 4.
+    resumed = MetricsLogger(tmp_path, total_steps=10, start_step=3, schedule=schedule)
+    resumed.record(4, metrics, force=True)
+    resumed.close()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+
+
+def test_metrics_logger_skips_unreadable_lines_and_writes_atomically(tmp_path, capsys):
+    """A metrics.jsonl cut short by a kill (or edited by hand) does not block a resume."""
+    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(learning_rate=1.0), 10)
+    rows = [json.dumps({"step": s, "loss": float(s)}) for s in (1, 2, 3)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(f'{rows[0]}\n{{"step": 2, "lo\n{rows[1]}\n[]\n{rows[2]}\n{rows[2][:9]}')
+    logger = MetricsLogger(tmp_path, total_steps=10, start_step=2, schedule=schedule)
+    assert capsys.readouterr().out == (f"warning: {path}:2: skipped 3 unreadable lines (2, 4, 6)\n")
+    metrics = {"loss": 5.0, "grad_norm": 0.5, "accuracy": 0.25, "tokens": 100.0}
+    logger.record(3, metrics, force=True)
+    logger.close()
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "tensorboard"]
+    capsys.readouterr()
+    path.write_text(f"{rows[0]}\n{rows[1][:5]}")
+    MetricsLogger(tmp_path, total_steps=10, start_step=2, schedule=schedule).close()
+    assert capsys.readouterr().out == f"warning: {path}:2: skipped an unreadable line\n"
+
+
+def test_evaluation_time_is_left_out_of_the_step_time(tmp_path, monkeypatch):
+    clock = iter([100.0, 110.0])  # the logger starts at 100; step 2 is written at 110
+    fake = types.SimpleNamespace(
+        time=lambda: next(clock), strftime=time.strftime, gmtime=time.gmtime
+    )
+    monkeypatch.setattr(metrics_logger, "time", fake)
+    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(), 10)
+    logger = MetricsLogger(tmp_path, total_steps=10, start_step=0, schedule=schedule)
+    metrics = {"loss": 1.0, "grad_norm": 0.5, "accuracy": 0.25, "tokens": 100.0}
+    logger.record(1, metrics)
+    logger.exclude(6.0)  # an evaluation after step 1 took 6 s
+    logger.record(2, metrics, force=True)
+    logger.close()
+    [row] = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert row["seconds_per_step"] == 2.0 and row["tokens_per_second"] == 50.0

@@ -1,4 +1,4 @@
-"""The training run's logs, on process 0 only: metrics.jsonl, the evaluation logs
+"""The training run's logs, written by process 0: metrics.jsonl, the evaluation logs
 (<kind>.jsonl), TensorBoard and the console line. Written whole and renamed over, so
 that a kill never leaves a cut line, and cut back to the restored step on resume.
 """
@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 from etils import epath
 
 EVAL_KINDS = ("eval_loss", "infer_eval")  # MetricsLogger.record_eval's kinds
@@ -24,14 +25,13 @@ def _write_atomically(path: epath.Path, lines: list[str]) -> None:
 
 
 class MetricsLogger:
-    """metrics.jsonl + TensorBoard + console line, on process 0 only.
+    """metrics.jsonl + TensorBoard + console line, read and written by process 0 only.
 
     One JSON line per logging step: step, loss, learning_rate, grad_norm,
     accuracy, tokens_per_second, seconds_per_step; evaluations in <kind>.jsonl
     (`record_eval`). On resume, lines after the restored step are dropped from all of
-    them (they were computed after the last checkpoint, and are computed again).
-    Every process reads the evaluation logs (MODEL_DIR is shared, as checkpoints need),
-    so that all agree on `logged`; only process 0 writes.
+    them (they were computed after the last checkpoint, and are computed again); a run
+    starting at step 0 keeps no evaluation (left by a run whose checkpoints are gone).
     """
 
     def __init__(self, model_dir, total_steps: int, start_step: int, schedule):
@@ -47,22 +47,21 @@ class MetricsLogger:
         self._writer = None
         self._flushes = 0
         self._eval_lines: dict[str, list[str]] = {kind: [] for kind in EVAL_KINDS}
-        for kind in EVAL_KINDS:  # evaluations after the restored step are redone
-            path = self.path.parent / f"{kind}.jsonl"
-            if path.exists():
-                self._eval_lines[kind] = self._lines_up_to(path, start_step, self.enabled)
-                if self.enabled:
-                    _write_atomically(path, self._eval_lines[kind])
         if not self.enabled:
             return
         if self.path.exists():
             self._lines = self._lines_up_to(self.path, start_step)
+        for kind in EVAL_KINDS:  # evaluations after the restored step are redone
+            path = self.path.parent / f"{kind}.jsonl"
+            if path.exists():
+                self._eval_lines[kind] = self._lines_up_to(path, start_step or -1)
+                _write_atomically(path, self._eval_lines[kind])
         from tensorboardX import SummaryWriter
 
         self._writer = SummaryWriter(str(self.tb_dir))
 
     @staticmethod
-    def _lines_up_to(path: epath.Path, start_step: int, warn: bool = True) -> list[str]:
+    def _lines_up_to(path: epath.Path, start_step: int) -> list[str]:
         """The lines of a .jsonl log up to `start_step`; unreadable ones (a run killed
         mid-write before writes were atomic, a hand edit) are skipped with one warning."""
         kept, bad = [], []
@@ -76,7 +75,7 @@ class MetricsLogger:
                 continue
             if step <= start_step:
                 kept.append(line)
-        if bad and warn:
+        if bad:
             what = (
                 "skipped an unreadable line"
                 if len(bad) == 1
@@ -152,8 +151,18 @@ class MetricsLogger:
         print(f"{kind} step {step}: {summary}", flush=True)
 
     def logged(self, kind: str, step: int) -> bool:
-        """Whether <kind>.jsonl holds an evaluation at `step` (read at start, or recorded)."""
-        return any(json.loads(line)["step"] == step for line in self._eval_lines[kind])
+        """Whether <kind>.jsonl holds an evaluation at `step`, as process 0 knows it.
+
+        Every process gets process 0's answer (a broadcast: call it on all of them), so
+        that all take part in the evaluation's collectives or none does.
+        """
+        steps = {int(json.loads(line)["step"]) for line in self._eval_lines[kind]}
+        if jax.process_count() == 1:
+            return step in steps
+        from jax.experimental import multihost_utils
+
+        answer = np.int32(self.enabled and step in steps)
+        return bool(multihost_utils.broadcast_one_to_all(answer))
 
     def exclude(self, seconds: float) -> None:
         """Leaves `seconds` (an evaluation) out of the next tokens/s and s/step."""

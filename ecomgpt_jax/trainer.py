@@ -380,9 +380,10 @@ class Trainer:
         Evaluations: `infer_eval(params, step)` -> metrics.json dict (when given) every
         `infer_eval_every_steps` steps; the held-out loss on `eval_batches` ((task, batch)
         pairs, re-iterable, e.g. `input_pipeline.EvalBatches`; when given) every
-        `eval_loss_every_steps` steps. Each runs at step 0 (the starting point), every N
-        steps and after the last step, unless its log already holds that step (a resume).
-        If one raises after steps were trained, they are saved first.
+        `eval_loss_every_steps` steps. Each runs at step 0, every N steps and after the
+        last step, unless its log already holds that step: a resume makes, at its starting
+        step, only an evaluation that a preemption or failure skipped there. If one raises
+        after steps were trained, they are saved first.
         """
         run = self.run
         total = int(run.train.train_steps)
@@ -418,15 +419,21 @@ class Trainer:
             for kind, n, compute, summarise in evaluations:
                 if (step % n and step != total) or logger.logged(kind, step):
                     continue
+                jax.block_until_ready(state.params)  # time the evaluation, not queued steps
                 began = time.time()
                 try:
                     scores = compute(state.params, step)
                 except Exception:
                     if step > start:  # whatever went wrong, keep the steps trained
                         save(force_log=True)
-                        if jax.process_index() == 0:
-                            saved = self.checkpointer.step_dir(step)
-                            print(f"{kind} failed at step {step}; saved {saved}", flush=True)
+                        what = f"saved {self.checkpointer.step_dir(step)}"
+                    else:  # the same failure would stop every resume: say how to go on
+                        what = (
+                            "nothing trained is lost; to train on without it set "
+                            f"{kind.upper()}_EVERY_STEPS=0"
+                        )
+                    if jax.process_index() == 0:
+                        print(f"{kind} failed at step {step}; {what}", flush=True)
                     raise
                 logger.record_eval(kind, step, scores, summarise(scores))
                 logger.exclude(time.time() - began)
@@ -438,7 +445,7 @@ class Trainer:
                     self.layout,
                     partitioning.data_sharding(self.mesh),
                 )
-                evaluate()  # the starting point (or one a preemption or failure skipped)
+                evaluate()  # step 0, or one a preemption or failure skipped at a resume
                 while step < total:
                     state, metrics = step_fn(state, next(batches))
                     step += 1

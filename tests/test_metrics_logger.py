@@ -71,3 +71,41 @@ def test_evaluation_time_is_left_out_of_the_step_time(tmp_path, monkeypatch):
     logger.close()
     [row] = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert row["seconds_per_step"] == 2.0 and row["tokens_per_second"] == 50.0
+
+
+def eval_steps(path) -> list[int]:
+    return [json.loads(x)["step"] for x in path.read_text().splitlines()]
+
+
+def test_evaluation_logs_are_cut_back_on_resume_and_answer_logged(tmp_path, capsys):
+    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(), 10)
+    logger = MetricsLogger(tmp_path, total_steps=10, start_step=0, schedule=schedule)
+    for step in (0, 4, 8):
+        logger.record_eval("eval_loss", step, {"all": {"loss": 1.5}}, "loss 1.5")
+    logger.close()
+    path = tmp_path / "eval_loss.jsonl"
+    assert eval_steps(path) == [0, 4, 8]
+    assert capsys.readouterr().out == "".join(f"eval_loss step {s}: loss 1.5\n" for s in (0, 4, 8))
+    # A resume at step 4 keeps the evaluation at 4 (made after that checkpoint was saved).
+    resumed = MetricsLogger(tmp_path, total_steps=10, start_step=4, schedule=schedule)
+    assert eval_steps(path) == [0, 4]
+    assert resumed.logged("eval_loss", 4) and not resumed.logged("eval_loss", 8)
+    assert not resumed.logged("infer_eval", 4)
+    resumed.close()
+    # A run starting at step 0 (its checkpoints deleted) keeps none of them.
+    fresh = MetricsLogger(tmp_path, total_steps=10, start_step=0, schedule=schedule)
+    assert eval_steps(path) == [] and not fresh.logged("eval_loss", 0)
+    fresh.close()
+
+
+def test_other_processes_read_and_write_no_log(tmp_path, capsys, monkeypatch):
+    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(), 10)
+    (tmp_path / "eval_loss.jsonl").write_text('{"step": 0}\n{"step": 4}\n')
+    monkeypatch.setattr(metrics_logger.jax, "process_index", lambda: 1)
+    logger = MetricsLogger(tmp_path, total_steps=10, start_step=2, schedule=schedule)
+    logger.record(3, {"loss": 1.0, "grad_norm": 0.5, "accuracy": 0.25, "tokens": 1.0}, True)
+    logger.record_eval("eval_loss", 3, {"all": {"loss": 1.5}}, "loss 1.5")
+    assert not logger.logged("eval_loss", 0)  # process 0 answers (broadcast with several)
+    logger.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval_loss.jsonl"]
+    assert eval_steps(tmp_path / "eval_loss.jsonl") == [0, 4] and capsys.readouterr().out == ""

@@ -354,10 +354,37 @@ def test_a_failing_evaluation_saves_the_step_first(tmp_path, capsys, kind):
 
 
 @pytest.mark.parametrize("kind", metrics_logger.EVAL_KINDS)
-def test_a_failing_first_evaluation_saves_nothing(tmp_path, capsys, kind):
+def test_a_failing_first_evaluation_saves_nothing_and_says_how_to_go_on(tmp_path, capsys, kind):
     fit_with_failing_evaluation(tmp_path, kind, fail_at=0)
     saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
-    assert saved.all_steps() == [] and "failed" not in capsys.readouterr().out
+    assert saved.all_steps() == []
+    assert capsys.readouterr().out == (
+        f"{kind} failed at step 0; nothing trained is lost; to train on without it set "
+        f"{kind.upper()}_EVERY_STEPS=0\n"
+    )
+
+
+def test_an_evaluation_skipped_by_a_preemption_is_made_on_resume(tmp_path, monkeypatch):
+    run = run_config(tmp_path, train_steps=6, eval_loss_every_steps=2)
+    calls = []
+
+    def stop_after_step_2(guard):
+        calls.append(1)
+        return len(calls) == 2  # SIGTERM during step 2
+
+    monkeypatch.setattr(trainer.PreemptionGuard, "should_stop", stop_after_step_2)
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    result = job.fit(
+        state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, EVAL_BATCHES
+    )
+    path = tmp_path / "run" / "eval_loss.jsonl"
+    assert result.preempted and result.step == 2
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0]
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    job.fit(state, Batches(), checkpointing.DataPosition(2, "m", 0, 8, 1), None, EVAL_BATCHES)
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 2, 4, 6]
 
 
 def eval_batch(seed: int, rows: int = 8) -> dict[str, np.ndarray]:
@@ -446,9 +473,6 @@ def test_eval_loss_at_the_start_every_n_steps_and_the_end(tmp_path, capsys):
     state, _ = job.initial_state()
     job.fit(state, Batches(), checkpointing.DataPosition(5, "m", 0, 8, 1), None, EVAL_BATCHES)
     assert path.read_text().splitlines() == [json.dumps(r) for r in rows]
-    # A resume from step 2 drops the rows after it (computed after that checkpoint).
-    metrics_logger.MetricsLogger(tmp_path / "run", 5, start_step=2, schedule=job.schedule).close()
-    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 2]
 
 
 def test_eval_loss_needs_batches(tmp_path):

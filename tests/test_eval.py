@@ -122,6 +122,7 @@ def test_eval_cli_on_a_trainer_checkpoint(tmp_path):
         "--gin.TRAIN_STEPS=1",
         "--gin.BATCH_SIZE=8",
         "--gin.SAVE_EVERY_STEPS=1",
+        "--gin.EVAL_LOSS_EVERY_STEPS=0",  # tested in test_train
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     step_dir = run_dir / "checkpoints" / "1"

@@ -27,12 +27,14 @@ from ecomgpt_jax.models import decoder, hf_io
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 10
-# Few steps, every one logged, a checkpoint mid-way, a warm-up short enough to move.
+# Few steps, every one logged, a checkpoint mid-way, a warm-up short enough to move; no
+# held-out loss (~10 s of tf.data set-up per run) except where SHARDED asks for it.
 COMMON = [
     f"--gin.TRAIN_STEPS={STEPS}",
     "--gin.LOG_EVERY_STEPS=1",
     "--gin.SAVE_EVERY_STEPS=5",
     "--gin.WARMUP_STEPS=2",
+    "--gin.EVAL_LOSS_EVERY_STEPS=0",
 ]
 # The resume and multi-process runs read one task (a mixture of twelve costs ~10 s of
 # tf.data set-up per run) as 2 logical shards, so 1 and 2 processes see the same batches.

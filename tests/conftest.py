@@ -35,9 +35,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def pytest_configure(config):
-    """Stop at once, with the reason, if the sharding tests could not run (never skip)."""
+    """Stop at once, with the reason, if the sharding tests could not run (never skip).
+
+    Also shares compiled programs between tests: many build the same tiny model and step
+    (a fresh closure each time, so jax's in-memory cache misses), and XLA compiles on the
+    CPU take seconds. The cache lives in a temporary folder, removed at the end.
+    """
+    import shutil
+    import tempfile
+
     import jax
 
+    cache = tempfile.mkdtemp(prefix="ecomgpt-test-xla-cache-")
+    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     if jax.device_count() < 8:
         raise pytest.UsageError(
             f"the tests need 8 devices, found {jax.device_count()} "

@@ -264,7 +264,7 @@ class EvalBatches:
 
     def __init__(self, config: DataConfig, mesh: jax.sharding.Mesh, max_batches: int):
         if not _positive_int(max_batches):
-            raise DataError(f"EVAL_LOSS_BATCHES must be >= 1, got {max_batches!r}")
+            raise DataError(f"EVAL_LOSS_BATCHES must be an integer >= 1, got {max_batches!r}")
         b = int(config.global_batch_size)
         self.sharding = partitioning.data_sharding(mesh)
         self.global_shape = (b, config.sequence_length)

@@ -139,9 +139,9 @@ class MetricsLogger:
         TensorBoard `<kind>/<task>/<score>` per number, the console
         `<kind> step <step>: <summary>`.
         """
-        self._eval_lines[kind].append(json.dumps({"step": step, **scores}, ensure_ascii=False))
         if not self.enabled:
             return
+        self._eval_lines[kind].append(json.dumps({"step": step, **scores}, ensure_ascii=False))
         _write_atomically(self.path.parent / f"{kind}.jsonl", self._eval_lines[kind])
         for task, values in scores.items():
             for key, value in values.items():

@@ -109,12 +109,18 @@ def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, voca
     )
     if run.train.data_dir is not None or not default_vocab:
         tasks.register_ecom_tasks(run.train.data_dir, vocabulary)
+    check_mixture(data.mixture_or_task_name)
+
+
+def check_mixture(name: str, macro: str | None = None) -> None:
+    """UserError (prefixed `macro`) for a name `tasks` cannot give: an unknown name (the
+    message lists the known mixtures) or a mixture without data (it names the root)."""
+    import tasks
+
     try:
-        tasks.get(data.mixture_or_task_name)  # DataError naming the data root if absent
-    except reader.DataError:
-        raise
-    except ValueError as e:  # unknown name: the message lists the known mixtures
-        raise trainer.UserError(str(e)) from None
+        tasks.get(name)
+    except ValueError as e:  # DataError included
+        raise trainer.UserError(f"{macro}: {e}" if macro else str(e)) from None
 
 
 def check_infer_eval(eval_cfg: evaluation.EvalConfig) -> None:
@@ -128,12 +134,7 @@ def check_infer_eval(eval_cfg: evaluation.EvalConfig) -> None:
 
 def make_eval_batches(data: input_pipeline.DataConfig, mesh, max_batches: int):
     """The held-out loss's batches; a data error is prefixed with EVAL_LOSS_MIXTURE."""
-    import tasks
-
-    try:
-        tasks.get(data.mixture_or_task_name)  # an unknown name: the known ones, listed
-    except ValueError as e:  # DataError included
-        raise trainer.UserError(f"EVAL_LOSS_MIXTURE: {e}") from None
+    check_mixture(data.mixture_or_task_name, "EVAL_LOSS_MIXTURE")
     try:
         return input_pipeline.EvalBatches(data, mesh, max_batches)
     except reader.DataError as e:

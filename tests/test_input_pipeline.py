@@ -184,7 +184,7 @@ def test_eval_batches_hold_each_test_example_once_in_file_order():
 
 
 def test_eval_batches_errors_name_the_problem():
-    with pytest.raises(reader.DataError, match="EVAL_LOSS_BATCHES must be >= 1, got 0"):
+    with pytest.raises(reader.DataError, match="EVAL_LOSS_BATCHES must be an integer >= 1, got 0"):
         ip.EvalBatches(config(split="test"), one_device_mesh(), max_batches=0)
     with pytest.raises(reader.DataError, match="mixture 'no_such_mixture'"):
         ip.EvalBatches(config(mixture_or_task_name="no_such_mixture"), one_device_mesh(), 1)

@@ -69,7 +69,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import report  # noqa: E402
+from benchmarks import profile, report  # noqa: E402
 from benchmarks.hf_baselines import HfRunner  # noqa: E402
 from ecomgpt_jax import partitioning  # noqa: E402
 from ecomgpt_jax import train_step as ts  # noqa: E402
@@ -389,6 +389,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="compile for abstract state and report XLA's memory analysis; run nothing",
     )
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        default=None,
+        help="after timing, trace --steps more steps of ours into DIR and print the "
+        "operations that take the device time (benchmarks/profile.py; on GPU this turns "
+        "off XLA's CUDA graphs for the whole run)",
+    )
+    p.add_argument("--profile_top", type=count, default=25, help="rows of the --profile table")
     p.add_argument("--no_record", action="store_true", help="do not append to RESULTS.md")
     return p.parse_args(argv)
 
@@ -418,8 +427,9 @@ def model_config_from_args(args) -> model_config.ModelConfig:
 
 def check_options(args, mesh) -> None:
     """BenchmarkError for options the step cannot run with (before anything is built)."""
-    if args.compile_only and args.compare_hf:
-        raise report.BenchmarkError("--compile_only runs nothing: drop --compare_hf")
+    for flag, given in (("--compare_hf", args.compare_hf), ("--profile", args.profile)):
+        if args.compile_only and given:
+            raise report.BenchmarkError(f"--compile_only runs nothing: drop {flag}")
     if args.compare_hf and args.segments != 1:
         raise report.BenchmarkError(
             "--compare_hf needs --segments 1 (transformers has no packing here)"
@@ -440,6 +450,10 @@ def check_options(args, mesh) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.profile and profile.DISABLE_COMMAND_BUFFERS not in os.environ.get("XLA_FLAGS", ""):
+        # Before the backend starts: kernels in CUDA graphs would not name their operation.
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} {profile.DISABLE_COMMAND_BUFFERS}".strip()
     with report.exit_on_user_error():
         cfg = model_config_from_args(args)
         mesh = partitioning.make_mesh(partitioning.MeshConfig(args.mesh))
@@ -482,7 +496,20 @@ def run(args, cfg, mesh) -> dict:
     if args.compare_hf:
         # transformers first: on a GPU it then frees its memory before JAX allocates.
         makers["hf"] = lambda: HfRunner(cfg, batch_np, args.dtype)
-    makers["jax"] = lambda: JaxRunner(cfg, step_config, mesh, batch_np)
+    profiled = {}
+
+    def make_ours():
+        runner = JaxRunner(cfg, step_config, mesh, batch_np)
+        if args.profile:
+            # Traced before the timed rounds would free it (measure closes each runner).
+            rows, total = profile.trace_and_summarize(
+                runner.run, args.steps, args.profile, args.profile_top
+            )
+            runner.times, runner.cpu_times = [], []
+            profiled.update(profile_ms_per_step=total, profile_top=rows)
+        return runner
+
+    makers["jax"] = make_ours
     results = measure(makers, args.steps, args.rounds, interleave=device.platform == "cpu")
 
     peak = report.peak_flops_per_device(device)
@@ -501,7 +528,12 @@ def run(args, cfg, mesh) -> dict:
             paired = paired_speedup(ours, record["hf"])
             if paired is not None:
                 record["speedup_vs_hf_paired"] = paired
+    if profiled:
+        record["profile_ms_per_step"] = profiled["profile_ms_per_step"]
     report.emit(record)
+    if profiled:
+        print(f"profile ({args.steps} steps, trace in {args.profile}), device ms per step:")
+        print(profile.format_table(profiled["profile_top"]), flush=True)
     if "error" in ours:
         raise SystemExit(f"JAX train step failed: {ours['error']}")
     if not args.no_record:

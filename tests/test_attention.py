@@ -115,6 +115,63 @@ def test_xla_and_dot_product_attention_agree(heads, kv_heads, alibi):
     assert np.isfinite(np.asarray(ours)).all()
 
 
+@pytest.mark.parametrize(
+    "dtype,head_dim,rel_tol",
+    [("bfloat16", 64, 1e-6), ("bfloat16", 96, 1e-6), ("float16", 64, 1e-5)],
+)
+def test_alibi_columns_add_slope_times_key_position(dtype, head_dim, rel_tol):
+    """The extra head columns contribute slope_h * pos_k after the kernel's scale, to
+    float32 rounding, for positions up to 2**16 - 1; the original columns are unchanged."""
+    heads, scale = 12, 1.0 / math.sqrt(head_dim)
+    rng = np.random.RandomState(0)
+    q = jnp.asarray(rng.randn(1, 3, heads, head_dim), dtype)
+    k = jnp.asarray(rng.randn(1, 5, heads, head_dim), dtype)
+    pos = jnp.asarray([[0, 1, 255, 4097, 65535]], jnp.int32)
+    slopes = A.alibi_slopes(heads)
+    q2, k2 = A.alibi_columns(q, k, pos, slopes, scale)
+    assert q2.shape[-1] % 8 == 0 and head_dim + 6 <= q2.shape[-1] < head_dim + 14
+    np.testing.assert_array_equal(np.asarray(q2[..., :head_dim]), np.asarray(q))
+    np.testing.assert_array_equal(np.asarray(k2[..., :head_dim]), np.asarray(k))
+    # The extra products in float64 (each bf16 / f16 value is exact there).
+    qx = np.asarray(q2[..., head_dim:], np.float64)
+    kx = np.asarray(k2[..., head_dim:], np.float64)
+    extra = np.einsum("blhd,bshd->bhls", qx, kx) * scale
+    want = slopes.astype(np.float64)[None, :, None, None] * np.asarray(pos, np.float64)[0]
+    want = np.broadcast_to(want, extra.shape)
+    np.testing.assert_allclose(extra, want, rtol=0, atol=rel_tol * np.abs(want).max())
+    # Each product is exact in float32, so float32 accumulation only rounds the sum.
+    extra32 = jnp.einsum(
+        "blhd,bshd->bhls",
+        q2[..., head_dim:],
+        k2[..., head_dim:],
+        preferred_element_type=jnp.float32,
+    ) * jnp.float32(scale)
+    np.testing.assert_allclose(
+        np.asarray(extra32, np.float64), want, rtol=0, atol=4 * 2**-24 * np.abs(want).max()
+    )
+
+
+def test_dot_product_attention_in_bfloat16_matches_the_float32_reference():
+    """The cuDNN path's formulation (ALiBi as head columns, zero-padded v), run by
+    jax.nn's XLA implementation in bfloat16, against float32 attention: within bf16
+    rounding of the output, on packed segments and padding."""
+    heads, length = 8, 64
+    q, k, v = _random_qkv(heads, heads, length=length, hd=64, seed=3)
+    seg = np.zeros((2, length), np.int32)
+    seg[:, :20], seg[:, 20:50], seg[1, 50:] = 1, 2, 3
+    seg = jnp.asarray(seg)
+    pos = A.segment_positions(seg)
+    info = A.make_mask_info(seg, pos, seg, pos, 0, use_alibi=True)
+    slopes = A.alibi_slopes(heads)
+    ref = A._attend(q, k, v, info.mask, info.rel_pos, slopes)
+    bf = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    ours = A.attend_dot_product(*bf, info, slopes, implementation="xla")
+    assert ours.dtype == jnp.bfloat16 and ours.shape == q.shape
+    valid = np.asarray(seg != 0)
+    err = np.abs(np.asarray(ours, np.float32) - np.asarray(ref))[valid]
+    assert err.max() < 0.03 and err.mean() < 0.004
+
+
 @pytest.mark.parametrize("heads,kv_heads,alibi", [(6, 6, True), (4, 2, True), (8, 1, False)])
 def test_shared_prefix_equals_attention_over_the_repeated_prompt(heads, kv_heads, alibi):
     """Beam-search layout: B = 2 left-padded prompts of P = 5 slots shared by G = 3 rows

@@ -1,5 +1,6 @@
 """Benchmark helpers: FLOP count, synthetic batches, loss chunking, peak table, RESULTS rows."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import hf_baselines, report
+from benchmarks import hf_baselines, profile, report
 from benchmarks import train_step as bt
 from ecomgpt_jax import decoding as ts_decoding
 from ecomgpt_jax import train_step as ts
@@ -459,6 +460,10 @@ def results(tmp_path, monkeypatch):
             ["--compile_only", "--compare_hf"],
             "error: --compile_only runs nothing: drop --compare_hf",
         ),
+        (
+            ["--compile_only", "--profile", "/tmp/trace"],
+            "error: --compile_only runs nothing: drop --profile",
+        ),
     ],
 )
 def test_train_step_user_errors_are_one_line(capsys, results, argv, message):
@@ -547,3 +552,36 @@ def test_input_pipeline_user_errors_are_one_line(capsys, results, argv, message)
     from benchmarks import input_pipeline as bip
 
     assert _exit(capsys, bip.main, argv) == (2, message)
+
+
+def test_profile_sums_device_time_by_operation(tmp_path):
+    """A traced jitted program: its operations come back with their time per step; the
+    table is ordered by time and shares are of the summed time."""
+    x = jax.numpy.ones((256, 256))
+    f = jax.jit(lambda x: jax.numpy.tanh(x @ x) @ x)
+    f(x).block_until_ready()
+
+    def run_steps(n):
+        for _ in range(n):
+            out = f(x)
+        out.block_until_ready()
+
+    rows, total = profile.trace_and_summarize(run_steps, 2, tmp_path / "trace", top=3)
+    assert list((tmp_path / "trace").rglob("*.xplane.pb"))
+    assert 1 <= len(rows) <= 3 and total > 0
+    ms = [r["ms"] for r in rows]
+    assert ms == sorted(ms, reverse=True) and sum(ms) <= total + 1e-3 * len(ms)  # rounding
+    assert all(0 < r["share"] <= 1 and r["calls"] > 0 for r in rows)
+    assert abs(rows[0]["share"] - rows[0]["ms"] / total) < 0.01
+    table = profile.format_table(rows).splitlines()
+    assert len(table) == len(rows) + 1 and rows[0]["op"] in table[1]
+
+
+def test_profile_flag_prints_the_table_and_turns_off_cuda_graphs(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    argv = ["--preset", "tiny-bloom", "--batch", "8", "--seq", "32", "--steps", "1"]
+    record = bt.main([*argv, "--rounds", "1", "--no_record", "--profile", str(tmp_path)])
+    assert os.environ["XLA_FLAGS"].endswith(profile.DISABLE_COMMAND_BUFFERS)
+    assert record["profile_ms_per_step"] > 0
+    out = capsys.readouterr().out
+    assert "device ms per step" in out and "ms/step  share" in out

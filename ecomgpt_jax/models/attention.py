@@ -186,6 +186,7 @@ class MaskInfo:
     mask:      bool [B, L, S]  may query attend to key
     rel_pos:   float32 [B, L, S]  pos_k - pos_q (ALiBi) or None
     positions: int32 [B, L]  query positions (RoPE)
+    key_positions: int32 [B, S]  key positions (ALiBi as head columns) or None
     prefix:    keys shared by groups of rows (beam search), see `attend_prefixed`
     causal_self: see below (set by `make_mask_info` when q_offset is the literal 0, S == L)
     """
@@ -198,6 +199,7 @@ class MaskInfo:
     # Static: queries are slots 0..L-1 of the keys themselves (no cache), so key slot
     # j > query slot i is always masked and attention may skip those blocks.
     causal_self: bool = flax.struct.field(pytree_node=False, default=False)
+    key_positions: jax.Array | None = None
 
 
 def make_mask_info(
@@ -222,7 +224,12 @@ def make_mask_info(
     causal_self = causal_self and q_segments.shape[1] == k_segments.shape[1]
     segments = q_segments if causal_self else None  # for kernels taking segment ids
     return MaskInfo(
-        mask=mask, rel_pos=rel, positions=q_positions, segments=segments, causal_self=causal_self
+        mask=mask,
+        rel_pos=rel,
+        positions=q_positions,
+        segments=segments,
+        causal_self=causal_self,
+        key_positions=k_positions if use_alibi else None,
     )
 
 
@@ -322,28 +329,76 @@ def attend_prefixed(q, k, v, info: MaskInfo, slopes, pk, pv) -> jax.Array:
     return out.reshape(r, length, h, hd)
 
 
+def _split_exact(x: np.ndarray, dtype, parts: int) -> list[np.ndarray]:
+    """x (float64) as `parts` addends, each exactly representable in `dtype`, whose sum
+    is x to about parts * (mantissa bits + 1) bits."""
+    out, rest = [], np.asarray(x, np.float64)
+    for _ in range(parts):
+        part = rest.astype(dtype).astype(np.float64)
+        out.append(part)
+        rest = rest - part
+    return out
+
+
+def alibi_columns(q, k, key_positions, slopes, scale: float):
+    """BLOOM's ALiBi as extra head dimensions of q and k, for kernels without a bias.
+
+    q [B, L, H, Hd], k [B, S, H, Hd], key_positions int32 [B, S] (< 2**16), slopes [H]
+    -> q', k' [B, L | S, H, Hd'] with Hd' = Hd + 6 rounded up to a multiple of 8, such
+    that scale * q'.k' = scale * q.k + slope_h * pos_k (float32 accumulation).
+
+    Why this is ALiBi: the bias slope * (pos_k - pos_q) differs from slope * pos_k by a
+    constant per query row, which softmax ignores; keys of other segments, where
+    positions restart, are masked anyway (HF BLOOM adds slope * pos_k too). Why it is
+    exact: slope / scale is split into three addends c1 + c2 + c3 and pos_k into
+    hi + lo (hi = pos_k rounded down to a multiple of 2**m, lo the rest), each exactly
+    representable in the compute dtype (m + 1 mantissa bits), so each of the six
+    products c_i * hi, c_i * lo is exact in float32 and only their float32 sum rounds
+    (relative 2**-24 of |slope * pos_k|, e.g. 1e-4 at 2048 tokens). The kernel then
+    needs no [B, H, L, S] bias in memory and no bias gradient.
+    """
+    dtype = np.dtype(q.dtype)
+    bits = jnp.finfo(dtype).nmant + 1
+    c = _split_exact(np.asarray(slopes, np.float64) / scale, dtype, 3)  # 3 x [H]
+    h = q.shape[2]
+    width = q.shape[-1] + 6
+    pad = -width % 8
+    q_cols = np.stack(c + c + [np.zeros(h)] * pad, axis=-1)  # [H, 6 + pad]
+    q_cols = jnp.broadcast_to(jnp.asarray(q_cols, dtype), (*q.shape[:2], *q_cols.shape))
+    pos = key_positions.astype(jnp.int32)
+    lo = (pos & ((1 << bits) - 1)).astype(dtype)  # exact: < 2**bits
+    hi = (pos - (pos & ((1 << bits) - 1))).astype(dtype)  # exact: bits bits times 2**m
+    k_cols = jnp.stack([hi] * 3 + [lo] * 3 + [jnp.zeros_like(lo)] * pad, axis=-1)  # [B, S, 6+pad]
+    k_cols = jnp.broadcast_to(k_cols[:, :, None, :], (*k.shape[:3], k_cols.shape[-1]))
+    return jnp.concatenate([q, q_cols], axis=-1), jnp.concatenate([k, k_cols], axis=-1)
+
+
 def attend_dot_product(q, k, v, info: MaskInfo, slopes, implementation="cudnn") -> jax.Array:
     """`jax.nn.dot_product_attention` (cuDNN flash attention on GPU); same contract
-    as `attend_xla`. ALiBi becomes an explicit [B, H, L, S] bias.
+    as `attend_xla`. ALiBi enters as extra head dimensions of q and k
+    (`alibi_columns`), so the kernel gets no bias; the mask (segments, causality) is
+    its only [B, 1, L, S] input.
 
     For causal self-attention (`info.causal_self`) the kernel is also told
     `is_causal=True`: the mask already hides every key after the query, so the result
     is unchanged, but cuDNN then skips the tiles above the diagonal (half the work).
     """
-    bias = None
+    hd = q.shape[-1]
+    scale = 1.0 / math.sqrt(hd)
     if info.rel_pos is not None:
-        bias = jnp.asarray(slopes)[None, :, None, None] * info.rel_pos[:, None]
-        bias = bias.astype(q.dtype)
+        q, k = alibi_columns(q, k, info.key_positions, slopes, scale)
+        # The API wants one head dim for q, k and v: v gets zero columns, cut off again.
+        v = jnp.pad(v, [(0, 0)] * 3 + [(0, q.shape[-1] - hd)])
     out = jax.nn.dot_product_attention(
         q,
         k,
         v,
-        bias=bias,
         mask=info.mask[:, None],
+        scale=scale,
         is_causal=info.causal_self,
         implementation=implementation,
     )
-    return out.astype(q.dtype)
+    return out[..., :hd].astype(v.dtype)
 
 
 class Attention(nn.Module):

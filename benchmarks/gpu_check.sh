@@ -103,7 +103,7 @@ run train_bloomz_1b1 95 "${TRAIN[@]}" --preset bloomz-1b1 --attention_impl cudnn
   run train_bloomz_1b1_remat 80 "${TRAIN[@]}" --preset bloomz-1b1 --attention_impl cudnn \
     ${REMAT_1B1[@]+"${REMAT_1B1[@]}"}
 }
-run decode_bloom_560m 80 -m benchmarks.decode --preset bloom-560m --method both \
+run decode_bloom_560m 110 -m benchmarks.decode --preset bloom-560m --method both \
   --num_beams 4 --batch 16 --prompt_len 256 --new_tokens 64 --repeats 2 --compare_hf
 # (${A[@]+"${A[@]}"}: an empty array under `set -u` on bash before 4.4.)
 run train_bloomz_1b1_answers 95 "${TRAIN[@]}" --preset bloomz-1b1 --attention_impl cudnn \

@@ -87,6 +87,32 @@ def test_transformers_runner_trains_on_the_same_weighted_targets():
         runner.close()
 
 
+def test_transformers_runner_halves_the_batch_when_its_second_step_runs_out_of_memory(
+    monkeypatch,
+):
+    """The second step is the first to hold AdamW's moments too: an out-of-memory error
+    there (as bloom-560m at 8 x 2048 on an H200) halves the batch like one in the first."""
+    import torch
+
+    calls = []
+    real_step = hf_baselines.HfRunner._step
+
+    def step(self):
+        calls.append(self.rows)
+        if self.rows > 2 and len(calls) % 2 == 0:  # every batch's second step
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(self)
+
+    monkeypatch.setattr(hf_baselines.HfRunner, "_step", step)
+    batch_np = bt.synthetic_batch(TINY.vocab_size, 8, 16, seed=3)
+    runner = hf_baselines.HfRunner(TINY, batch_np, "float32")
+    try:
+        assert calls == [8, 8, 4, 4, 2, 2]
+        assert runner.rows == 2 and tuple(runner.ids.shape) == tuple(runner.labels.shape) == (2, 16)
+    finally:
+        runner.close()
+
+
 def test_synthetic_batch_packs_equal_segments_with_shifted_targets():
     b = bt.synthetic_batch(vocab=50, batch=2, seq=6, segments=2)
     assert set(b) == set(ts.BATCH_KEYS)
@@ -99,8 +125,9 @@ def test_synthetic_batch_packs_equal_segments_with_shifted_targets():
 def test_auto_loss_chunk_divides_and_fits_budget():
     cfg = mc.get_preset("bench-bloom-cpu")  # V = 32000: 64 MiB holds 8 x 64 positions
     assert bt.auto_loss_chunk(cfg, batch=8, seq=512, platform="cpu") == 64
-    big = mc.get_preset("bloom-560m")  # 1 GiB at V = 250880: 8 x 128 positions
-    assert bt.auto_loss_chunk(big, batch=8, seq=2048, platform="gpu") == 128
+    big = mc.get_preset("bloom-560m")  # 2 GiB at V = 250880: 8 x 256 positions
+    assert bt.auto_loss_chunk(big, batch=8, seq=2048, platform="gpu") == 256
+    assert bt.auto_loss_chunk(big, batch=16, seq=2048, platform="gpu") == 128
     chunk = bt.auto_loss_chunk(big, batch=8, seq=96, platform="cpu")
     assert 96 % chunk == 0 and 8 * chunk * big.vocab_size * 4 <= bt.LOSS_CHUNK_BYTES["cpu"]
 

@@ -1,6 +1,7 @@
 """Decoder vs transformers (BLOOM, Qwen2, Llama), packing, KV cache, scan/remat, sizes."""
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -10,8 +11,8 @@ import pytest
 from hf_reference import make_hf_model
 
 from ecomgpt_jax import partitioning as P
+from ecomgpt_jax.models import attention, decoder, hf_io
 from ecomgpt_jax.models import config as mc
-from ecomgpt_jax.models import decoder, hf_io
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -99,9 +100,13 @@ def _left_pad(prompts, length):
 
 
 @pytest.mark.parametrize("preset", KINDS)
-def test_kv_cache_prefill_and_steps_equal_full_forward(models, preset):
+@pytest.mark.parametrize("impl", ["xla", "cudnn"])
+def test_kv_cache_prefill_and_steps_equal_full_forward(models, preset, impl, monkeypatch):
+    """Prefill + one-token steps give the full forward's logits. With impl "cudnn" the
+    cached calls take the cuDNN path's formulation (ALiBi as head columns from the
+    cache's key positions, one mask), run by jax.nn's XLA implementation: CPUs have no
+    cuDNN. The reference stays the plain XLA forward (transformers-equal)."""
     _, cfg, params = models[preset]
-    model = decoder.Decoder(cfg)
     rng = np.random.RandomState(4)
     lengths, steps = [5, 8, 3], 4
     prompts = [rng.randint(0, cfg.vocab_size, n) for n in lengths]
@@ -115,6 +120,11 @@ def test_kv_cache_prefill_and_steps_equal_full_forward(models, preset):
         full_seg[i, : len(seq)] = 1
     ref = forward(cfg, params, jnp.asarray(full), segment_ids=jnp.asarray(full_seg))
 
+    if impl == "cudnn":
+        cudnn_math = functools.partial(attention.attend_dot_product, implementation="xla")
+        monkeypatch.setattr(attention, "attend_dot_product", cudnn_math)
+        cfg = dataclasses.replace(cfg, attention_impl="cudnn")
+    model = decoder.Decoder(cfg)
     apply = jax.jit(model.apply)
     tokens, mask = _left_pad(prompts, max(lengths))
     cache = decoder.init_cache(cfg, batch=3, max_len=max(lengths) + steps)

@@ -3,7 +3,9 @@
 #
 #   bash benchmarks/gpu_check.sh [--out DIR] [--log_dir DIR] [--python PY] [--budget_s S]
 #
-# About 4 minutes on one H100 (the whole script stops within --budget_s, default 290 s).
+# The whole script stops within --budget_s (default 290 s, which covers rows 1-3: on an
+# H200 rows 1 and 2 took 50 s each with layers in a scan, about 15 s more to compile
+# unrolled); --budget_s 600 runs all six rows.
 # 1. train step, bloom-560m shape, bf16, 8 x 2048 tokens, cuDNN attention, vs transformers
 # 2. train step, bloomz-1b1 shape, same settings, vs transformers (with remat if the
 #    preset's no-remat step does not fit)
@@ -11,7 +13,9 @@
 # 4. if time is left: train step 2 again with loss on the last tenth of each row only
 #    (--answer_fraction 0.1, EcomInstruct's answer share), vs transformers
 # 5. if time is left: train step 1 again with XLA attention (blocked, flash-style
-#    backward; cuDNN gets BLOOM's ALiBi as a full [B, H, L, S] bias plus its gradient)
+#    backward), without transformers
+# 6. if time is left: train step 1 under the profiler (--profile; CUDA graphs off): the
+#    operations that take its device time are printed in profile_bloom_560m.log
 #
 # Each benchmark runs in its own process under `timeout`; a failure is printed and the
 # next one still runs. JSON results go to LOG_DIR/results.jsonl (--log_dir, default a
@@ -110,6 +114,8 @@ run train_bloomz_1b1_answers 95 "${TRAIN[@]}" --preset bloomz-1b1 --attention_im
   ${REMAT_1B1[@]+"${REMAT_1B1[@]}"} --answer_fraction 0.1
 ((XLA_560M_DONE)) ||
   run train_bloom_560m_xla 80 "${TRAIN_OURS[@]}" --preset bloom-560m --attention_impl xla
+run profile_bloom_560m 80 "${TRAIN_OURS[@]}" --preset bloom-560m --attention_impl cudnn \
+  --steps 2 --rounds 1 --profile "$LOG_DIR/trace" --profile_top 40 --no_record
 
 if [[ -n "$OUT_DIR" ]]; then
   mkdir -p "$OUT_DIR"

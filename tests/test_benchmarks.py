@@ -345,8 +345,8 @@ print(json.dumps(record))
 def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
     """benchmarks/gpu_check.sh with a stub interpreter: the rows run in order, bloomz-1b1
     is retried with remat after a failure, the answer-only bloomz-1b1 row reuses the
-    remat that worked, the XLA-attention row runs last without transformers, and the
-    summary table has one line per record."""
+    remat that worked, the XLA-attention row runs without transformers, the profiled
+    row last, and the summary table has one line per record."""
     calls = tmp_path / "calls.txt"
     stub = tmp_path / "python"
     stub.write_text(_STUB.format(python=sys.executable, calls=str(calls)))
@@ -365,6 +365,7 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
         ("benchmarks.decode", "bloom-560m"),
         ("benchmarks.train_step", "bloomz-1b1"),
         ("benchmarks.train_step", "bloom-560m"),
+        ("benchmarks.train_step", "bloom-560m"),
     ]
     assert "--remat" not in invoked[1] and "dots_with_no_batch_dims_saveable" in invoked[2]
     assert "dots_with_no_batch_dims_saveable" in invoked[4] and "--compare_hf" in invoked[4]
@@ -372,10 +373,12 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
     assert invoked[0][invoked[0].index("--attention_impl") + 1] == "cudnn"
     assert invoked[5][invoked[5].index("--attention_impl") + 1] == "xla"
     assert "--compare_hf" in invoked[0] and "--compare_hf" not in invoked[5]
+    assert invoked[6][invoked[6].index("--profile") + 1] == str(tmp_path / "logs" / "trace")
+    assert "--no_record" in invoked[6] and "--compare_hf" not in invoked[6]
     assert "--- train_bloomz_1b1 FAILED (exit 1" in run.stdout
     assert "RESOURCE_EXHAUSTED" in run.stdout  # the failed row's last log lines
     table = run.stdout.split("=== summary")[1].splitlines()
-    rows = [line.split() for line in table if line.startswith(("train_", "decode_"))]
+    rows = [line.split() for line in table if line.startswith(("train_", "decode_", "profile_"))]
     assert [r[0] for r in rows] == [
         "train_bloom_560m",
         "train_bloomz_1b1_remat",
@@ -383,6 +386,7 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
         "decode_bloom_560m",
         "train_bloomz_1b1_answers",
         "train_bloom_560m_xla",
+        "profile_bloom_560m",
     ]
     # check, what (3 words), ours, transformers, ratio, MFU, memory
     assert rows[0][1:] == ["bloom-560m", "b8x2048", "tok/s", "50,000", "25,000", "2", "0.3", "60"]

@@ -69,7 +69,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import profile, report  # noqa: E402
+from benchmarks import op_profile, report  # noqa: E402
 from benchmarks.hf_baselines import HfRunner  # noqa: E402
 from ecomgpt_jax import partitioning  # noqa: E402
 from ecomgpt_jax import train_step as ts  # noqa: E402
@@ -78,8 +78,9 @@ from ecomgpt_jax.models import decoder  # noqa: E402
 
 # float32 logits of one loss chunk are kept under this many bytes (auto chunking):
 # cache-sized blocks on CPU, large matmuls on accelerators. 2 GiB gives bloom-560m at
-# 8 x 2048 chunks of 256 positions (the GPU run configs' StepConfig.loss_chunk_size),
-# 2% faster than 128 on an H200 (RESULTS.md, 2026-11-27 12:06 vs 12:01).
+# 8 x 2048 chunks of 256 positions (the GPU run configs' StepConfig.loss_chunk_size);
+# on an H200 one run each gave 0.2023 s vs 0.207 s with 128 (RESULTS.md, 2026-11-27
+# 12:06 vs 12:01): plausible, not conclusive.
 LOSS_CHUNK_BYTES = {"cpu": 64 << 20, "default": 2 << 30}
 
 
@@ -396,8 +397,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="DIR",
         default=None,
         help="after timing, trace --steps more steps of ours into DIR and print the "
-        "operations that take the device time (benchmarks/profile.py; on GPU this turns "
-        "off XLA's CUDA graphs for the whole run)",
+        "operations that take the device time (benchmarks/op_profile.py; on GPU this "
+        "turns off XLA's CUDA graphs for the whole run)",
     )
     p.add_argument("--profile_top", type=count, default=25, help="rows of the --profile table")
     p.add_argument("--no_record", action="store_true", help="do not append to RESULTS.md")
@@ -452,10 +453,10 @@ def check_options(args, mesh) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.profile and profile.DISABLE_COMMAND_BUFFERS not in os.environ.get("XLA_FLAGS", ""):
-        # Before the backend starts: kernels in CUDA graphs would not name their operation.
+    if args.profile:
+        # Before the backend starts: kernels inside CUDA graphs do not name their operation.
         flags = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = f"{flags} {profile.DISABLE_COMMAND_BUFFERS}".strip()
+        os.environ["XLA_FLAGS"] = op_profile.without_command_buffers(flags)
     with report.exit_on_user_error():
         cfg = model_config_from_args(args)
         mesh = partitioning.make_mesh(partitioning.MeshConfig(args.mesh))
@@ -486,6 +487,8 @@ def run(args, cfg, mesh) -> dict:
         "loss_chunk": chunk,
         "answer_fraction": args.answer_fraction,
     }
+    if args.profile:  # the whole run, timed rounds too, ran without CUDA graphs
+        settings["command_buffers"] = "off (--profile)"
     if args.compile_only:
         record = {"bench": "train_step_compile", **settings}
         record.update(compile_only(cfg, step_config, mesh, batch_np))
@@ -503,12 +506,15 @@ def run(args, cfg, mesh) -> dict:
     def make_ours():
         runner = JaxRunner(cfg, step_config, mesh, batch_np)
         if args.profile:
-            # Traced before the timed rounds would free it (measure closes each runner).
-            rows, total = profile.trace_and_summarize(
-                runner.run, args.steps, args.profile, args.profile_top
-            )
+            # Traced here, while the runner lives (measure closes it after its rounds).
+            try:
+                rows, total = op_profile.trace_and_summarize(
+                    runner.run, args.steps, args.profile, args.profile_top
+                )
+                profiled.update(profile_ms_per_step=total, profile_top=rows)
+            except Exception as e:  # noqa: BLE001 - the timings are still worth having
+                profiled["profile_error"] = _error(e)
             runner.times, runner.cpu_times = [], []
-            profiled.update(profile_ms_per_step=total, profile_top=rows)
         return runner
 
     makers["jax"] = make_ours
@@ -530,12 +536,11 @@ def run(args, cfg, mesh) -> dict:
             paired = paired_speedup(ours, record["hf"])
             if paired is not None:
                 record["speedup_vs_hf_paired"] = paired
-    if profiled:
-        record["profile_ms_per_step"] = profiled["profile_ms_per_step"]
+    record.update({k: v for k, v in profiled.items() if k != "profile_top"})
     report.emit(record)
-    if profiled:
+    if "profile_top" in profiled:
         print(f"profile ({args.steps} steps, trace in {args.profile}), device ms per step:")
-        print(profile.format_table(profiled["profile_top"]), flush=True)
+        print(op_profile.format_table(profiled["profile_top"]), flush=True)
     if "error" in ours:
         raise SystemExit(f"JAX train step failed: {ours['error']}")
     if not args.no_record:

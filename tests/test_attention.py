@@ -151,16 +151,26 @@ def test_alibi_columns_add_slope_times_key_position(dtype, head_dim, rel_tol):
     )
 
 
+def _long_segments(batch: int, length: int) -> jax.Array:
+    """Segment ids [batch, length]: row 0 one segment of length - 40 tokens then padding,
+    the others two segments (the second past position 256, where the ALiBi columns'
+    `hi` part is non-zero in bfloat16) and padding."""
+    seg = np.zeros((batch, length), np.int32)
+    seg[0, : length - 40] = 1
+    seg[1:, : length // 4] = 1
+    seg[1:, length // 4 : length - 20] = 2
+    return jnp.asarray(seg)
+
+
 def test_dot_product_attention_in_bfloat16_matches_the_float32_reference():
     """The cuDNN path's formulation (ALiBi as head columns, zero-padded v), run by
     jax.nn's XLA implementation in bfloat16, against float32 attention: within bf16
-    rounding of the output, on packed segments and padding."""
-    heads, length = 8, 64
+    rounding of the output, on packed segments reaching position 600 and padding."""
+    heads, length = 8, 640
     q, k, v = _random_qkv(heads, heads, length=length, hd=64, seed=3)
-    seg = np.zeros((2, length), np.int32)
-    seg[:, :20], seg[:, 20:50], seg[1, 50:] = 1, 2, 3
-    seg = jnp.asarray(seg)
+    seg = _long_segments(2, length)
     pos = A.segment_positions(seg)
+    assert int(pos.max()) > 256
     info = A.make_mask_info(seg, pos, seg, pos, 0, use_alibi=True)
     slopes = A.alibi_slopes(heads)
     ref = A._attend(q, k, v, info.mask, info.rel_pos, slopes)
@@ -170,6 +180,73 @@ def test_dot_product_attention_in_bfloat16_matches_the_float32_reference():
     valid = np.asarray(seg != 0)
     err = np.abs(np.asarray(ours, np.float32) - np.asarray(ref))[valid]
     assert err.max() < 0.03 and err.mean() < 0.004
+    # The columns carry the bias: without them the same call is far off.
+    no_alibi = A.attend_dot_product(*bf, dataclasses.replace(info, rel_pos=None), slopes, "xla")
+    assert np.abs(np.asarray(no_alibi, np.float32) - np.asarray(ref))[valid].max() > 0.3
+
+
+def _bloom_attention_case(heads, length, head_dim, seed):
+    """((q, k, v) [2, length, heads, head_dim] float32, MaskInfo with ALiBi over
+    `_long_segments`, slopes [heads], valid bool [2, length, 1, 1], cotangent ct
+    (zero on padding))."""
+    qkv = _random_qkv(heads, heads, length=length, hd=head_dim, seed=seed)
+    seg = _long_segments(2, length)
+    pos = A.segment_positions(seg)
+    info = A.make_mask_info(seg, pos, seg, pos, 0, use_alibi=True)
+    valid = (seg != 0)[:, :, None, None]
+    ct = jax.random.normal(jax.random.PRNGKey(9), qkv[0].shape) * valid
+    return qkv, info, A.alibi_slopes(heads), valid, ct
+
+
+@pytest.mark.parametrize("head_dim", [16, 128])
+def test_dot_product_attention_gradients_match_xla_attention(head_dim):
+    """Gradients through the ALiBi columns (head dim 16 -> 24) and through the explicit
+    bias kept for head dim 128, in float32, equal those of `attend_xla`."""
+    (q, k, v), info, slopes, valid, ct = _bloom_attention_case(4, 48, head_dim, seed=5)
+
+    def grads(attend):
+        return jax.grad(lambda q, k, v: jnp.sum(attend(q, k, v) * ct), argnums=(0, 1, 2))(q, k, v)
+
+    ours = grads(lambda q, k, v: A.attend_dot_product(q, k, v, info, slopes, "xla"))
+    ref = grads(lambda q, k, v: A.attend_xla(q, k, v, info, slopes))
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+
+
+def test_alibi_goes_in_as_columns_only_where_they_fit():
+    assert A.alibi_as_columns(64, 2048) and A.alibi_as_columns(96, 2**16)
+    assert not A.alibi_as_columns(128, 2048)  # 136 wide: the explicit bias instead
+    assert not A.alibi_as_columns(64, 2**16 + 1)  # positions past the exact hi / lo split
+
+
+needs_cudnn = pytest.mark.skipif(
+    jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU"
+)
+
+
+@needs_cudnn
+@pytest.mark.parametrize("head_dim", [64, 96, 128])
+def test_cudnn_attention_matches_float32_attention_on_long_segments(head_dim):
+    """On a GPU: cuDNN's output and q/k/v gradients in bfloat16, ALiBi as columns (64,
+    96) or as a bias (128), against float32 attention, with positions up to 2007."""
+    (q, k, v), info, slopes, valid, ct = _bloom_attention_case(16, 2048, head_dim, seed=7)
+
+    def run(attend, dtype):
+        def loss(q, k, v):
+            return jnp.sum(attend(q, k, v).astype(jnp.float32) * ct)
+
+        qkv = [x.astype(dtype) for x in (q, k, v)]
+        out = attend(*qkv).astype(jnp.float32)
+        return out, jax.grad(loss, argnums=(0, 1, 2))(*qkv)
+
+    out, grads = run(lambda q, k, v: A.attend_dot_product(q, k, v, info, slopes), jnp.bfloat16)
+    ref_out, ref_grads = run(
+        lambda q, k, v: A._attend(q, k, v, info.mask, info.rel_pos, slopes), jnp.float32
+    )
+    assert float(jnp.max(jnp.abs(jnp.where(valid, out - ref_out, 0)))) < 0.03
+    for g, r in zip(grads, ref_grads, strict=True):
+        err = float(jnp.max(jnp.abs(g.astype(jnp.float32) - r)))
+        assert err < 0.02 * float(jnp.max(jnp.abs(r)))
 
 
 @pytest.mark.parametrize("heads,kv_heads,alibi", [(6, 6, True), (4, 2, True), (8, 1, False)])

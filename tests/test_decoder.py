@@ -1,7 +1,6 @@
 """Decoder vs transformers (BLOOM, Qwen2, Llama), packing, KV cache, scan/remat, sizes."""
 
 import dataclasses
-import functools
 
 import flax.linen as nn
 import jax
@@ -120,8 +119,14 @@ def test_kv_cache_prefill_and_steps_equal_full_forward(models, preset, impl, mon
         full_seg[i, : len(seq)] = 1
     ref = forward(cfg, params, jnp.asarray(full), segment_ids=jnp.asarray(full_seg))
 
+    traced = []
     if impl == "cudnn":
-        cudnn_math = functools.partial(attention.attend_dot_product, implementation="xla")
+        real = attention.attend_dot_product
+
+        def cudnn_math(*args):
+            traced.append(args[0].shape)  # q [B, L, H, Hd]: one per layer and call shape
+            return real(*args, implementation="xla")
+
         monkeypatch.setattr(attention, "attend_dot_product", cudnn_math)
         cfg = dataclasses.replace(cfg, attention_impl="cudnn")
     model = decoder.Decoder(cfg)
@@ -143,6 +148,8 @@ def test_kv_cache_prefill_and_steps_equal_full_forward(models, preset, impl, mon
         for i, n in enumerate(lengths):
             np.testing.assert_allclose(logits[i, 0], ref[i, n + t], atol=TOL)
     np.testing.assert_array_equal(cache.index, [max(lengths) + steps] * 3)
+    if impl == "cudnn":  # prefill and the one-token step, each traced once
+        assert {shape[1] for shape in traced} == {max(lengths), 1}
 
 
 def test_kv_cache_reorders_along_batch(models):

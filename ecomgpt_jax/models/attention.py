@@ -343,18 +343,22 @@ def _split_exact(x: np.ndarray, dtype, parts: int) -> list[np.ndarray]:
 def alibi_columns(q, k, key_positions, slopes, scale: float):
     """BLOOM's ALiBi as extra head dimensions of q and k, for kernels without a bias.
 
-    q [B, L, H, Hd], k [B, S, H, Hd], key_positions int32 [B, S] (< 2**16), slopes [H]
-    -> q', k' [B, L | S, H, Hd'] with Hd' = Hd + 6 rounded up to a multiple of 8, such
-    that scale * q'.k' = scale * q.k + slope_h * pos_k (float32 accumulation).
+    q [B, L, H, Hd], k [B, S, K, Hd], key_positions int32 [B, S] (< 2**16), slopes [H],
+    q and k bfloat16 or float16 (float32 works to float32 rounding) -> q', k'
+    [B, L | S, H | K, Hd'] with Hd' = Hd + 6
+    rounded up to a multiple of 8, such that scale * q'.k' = scale * q.k + slope_h * pos_k
+    (float32 accumulation).
 
     Why this is ALiBi: the bias slope * (pos_k - pos_q) differs from slope * pos_k by a
     constant per query row, which softmax ignores; keys of other segments, where
     positions restart, are masked anyway (HF BLOOM adds slope * pos_k too). Why it is
-    exact: slope / scale is split into three addends c1 + c2 + c3 and pos_k into
-    hi + lo (hi = pos_k rounded down to a multiple of 2**m, lo the rest), each exactly
-    representable in the compute dtype (m + 1 mantissa bits), so each of the six
-    products c_i * hi, c_i * lo is exact in float32 and only their float32 sum rounds
-    (relative 2**-24 of |slope * pos_k|, e.g. 1e-4 at 2048 tokens). The kernel then
+    exact: with n = mantissa bits + 1 of the dtype (8 for bfloat16), pos_k is split into
+    hi + lo, lo = pos_k mod 2**n and hi = pos_k - lo (at most n significant bits when
+    pos_k < 2**(2n)), and slope / scale into three dtype values c1 + c2 + c3 (the third
+    leaves a relative remainder of about 2**-24 in bfloat16, 1e-5 in float16, whose
+    small parts are subnormal). Each of the six products c_i * hi, c_i * lo has at most
+    2n <= 24 significant bits, so it is exact in float32, and only the float32 sums
+    round (a few ulps of |slope * pos_k|, about 1e-4 at position 2047). The kernel then
     needs no [B, H, L, S] bias in memory and no bias gradient.
     """
     dtype = np.dtype(q.dtype)
@@ -366,18 +370,35 @@ def alibi_columns(q, k, key_positions, slopes, scale: float):
     q_cols = np.stack(c + c + [np.zeros(h)] * pad, axis=-1)  # [H, 6 + pad]
     q_cols = jnp.broadcast_to(jnp.asarray(q_cols, dtype), (*q.shape[:2], *q_cols.shape))
     pos = key_positions.astype(jnp.int32)
-    lo = (pos & ((1 << bits) - 1)).astype(dtype)  # exact: < 2**bits
-    hi = (pos - (pos & ((1 << bits) - 1))).astype(dtype)  # exact: bits bits times 2**m
+    lo = pos & ((1 << bits) - 1)
+    hi = pos - lo
+    lo, hi = lo.astype(dtype), hi.astype(dtype)
     k_cols = jnp.stack([hi] * 3 + [lo] * 3 + [jnp.zeros_like(lo)] * pad, axis=-1)  # [B, S, 6+pad]
     k_cols = jnp.broadcast_to(k_cols[:, :, None, :], (*k.shape[:3], k_cols.shape[-1]))
     return jnp.concatenate([q, q_cols], axis=-1), jnp.concatenate([k, k_cols], axis=-1)
 
 
+# ALiBi goes in as head columns only up to this padded head dim (BLOOM's 64 -> 72 and
+# 96 -> 104); BLOOM's 128 would become 136, past cuDNN's limit before Hopper and
+# untimed after it, so it keeps the explicit bias. Key lengths past 2**16 (positions
+# beyond what bfloat16's hi / lo split holds exactly) keep it too.
+MAX_COLUMNS_HEAD_DIM = 128
+MAX_COLUMNS_KEYS = 2**16
+
+
+def alibi_as_columns(head_dim: int, keys: int) -> bool:
+    """Whether `attend_dot_product` passes ALiBi as head columns (else as a bias)."""
+    return head_dim + 6 + (-(head_dim + 6) % 8) <= MAX_COLUMNS_HEAD_DIM and keys <= MAX_COLUMNS_KEYS
+
+
 def attend_dot_product(q, k, v, info: MaskInfo, slopes, implementation="cudnn") -> jax.Array:
     """`jax.nn.dot_product_attention` (cuDNN flash attention on GPU); same contract
-    as `attend_xla`. ALiBi enters as extra head dimensions of q and k
-    (`alibi_columns`), so the kernel gets no bias; the mask (segments, causality) is
-    its only [B, 1, L, S] input.
+    as `attend_xla`. ALiBi enters as extra head dimensions of q and k (`alibi_columns`)
+    where `alibi_as_columns` allows, so the kernel gets no bias and the mask (segments,
+    causality) is its only [B, 1, L, S] input; otherwise as an explicit [B, H, L, S]
+    bias (which cuDNN also differentiates). On an H200, one bloom-560m layer's attention
+    forward + backward at 8 x 2048 took 2.23 ms with columns, 2.99 ms with the bias
+    (benchmarks/RESULTS.md, 2026-11-27 11:47).
 
     For causal self-attention (`info.causal_self`) the kernel is also told
     `is_causal=True`: the mask already hides every key after the query, so the result
@@ -385,14 +406,19 @@ def attend_dot_product(q, k, v, info: MaskInfo, slopes, implementation="cudnn") 
     """
     hd = q.shape[-1]
     scale = 1.0 / math.sqrt(hd)
-    if info.rel_pos is not None:
+    bias = None
+    if info.rel_pos is not None and alibi_as_columns(hd, k.shape[1]):
         q, k = alibi_columns(q, k, info.key_positions, slopes, scale)
         # The API wants one head dim for q, k and v: v gets zero columns, cut off again.
         v = jnp.pad(v, [(0, 0)] * 3 + [(0, q.shape[-1] - hd)])
+    elif info.rel_pos is not None:
+        bias = jnp.asarray(slopes)[None, :, None, None] * info.rel_pos[:, None]
+        bias = bias.astype(q.dtype)
     out = jax.nn.dot_product_attention(
         q,
         k,
         v,
+        bias=bias,
         mask=info.mask[:, None],
         scale=scale,
         is_causal=info.causal_self,

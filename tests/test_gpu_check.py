@@ -1,0 +1,118 @@
+"""benchmarks/gpu_check.sh: its rows, fallbacks and table (with a stub interpreter), its
+argument errors and help."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import train_step as bt
+
+_STUB = """#!{python}
+# Stands in for the GPU's python in gpu_check.sh: benchmark modules print canned
+# records (bloomz-1b1 without remat "runs out of memory"); anything else is real python.
+import json, os, sys
+
+args = sys.argv[1:]
+if args[:1] != ["-m"]:
+    os.execv({python!r}, [{python!r}] + args)
+with open({calls!r}, "a") as f:
+    f.write(" ".join(args) + "\\n")
+preset = args[args.index("--preset") + 1]
+if args[1] == "benchmarks.decode":
+    for method in ("greedy", "beam"):
+        print(json.dumps(dict(bench="decode", preset=preset, method=method, batch=16,
+                              sequences_per_s=40.0, hf=dict(sequences_per_s=2.0),
+                              speedup_vs_hf=20.0, peak_memory_gb=5.0)))
+    sys.exit(0)
+if preset == "bloomz-1b1" and "--remat" not in args:
+    print("RESOURCE_EXHAUSTED: out of memory", file=sys.stderr)
+    sys.exit(1)
+answers = float(args[args.index("--answer_fraction") + 1]) if "--answer_fraction" in args else 1.0
+record = dict(bench="train_step", preset=preset, batch=8, seq=2048, tokens_per_s=50000.0,
+              mfu=0.3, peak_memory_gb=60.0, answer_fraction=answers)
+if "--compare_hf" in args:
+    record.update(hf=dict(tokens_per_s=25000.0), speedup_vs_hf=2.0)
+print(json.dumps(record))
+"""
+
+
+def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
+    """benchmarks/gpu_check.sh with a stub interpreter: the rows run in order, bloomz-1b1
+    is retried with remat after a failure, the answer-only bloomz-1b1 row reuses the
+    remat that worked, the XLA-attention row runs without transformers, the profiled
+    row last, and the summary table has one line per record."""
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "python"
+    stub.write_text(_STUB.format(python=sys.executable, calls=str(calls)))
+    stub.chmod(0o755)
+    out = tmp_path / "out"
+    script = pathlib.Path(bt.__file__).with_name("gpu_check.sh")
+    flags = ["--python", str(stub), "--log_dir", str(tmp_path / "logs"), "--out", str(out)]
+    run = subprocess.run(["bash", str(script), *flags], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    invoked = [line.split() for line in calls.read_text().splitlines()]
+    checks = [(a[1], a[a.index("--preset") + 1]) for a in invoked]
+    assert checks == [
+        ("benchmarks.train_step", "bloom-560m"),
+        ("benchmarks.train_step", "bloomz-1b1"),
+        ("benchmarks.train_step", "bloomz-1b1"),
+        ("benchmarks.decode", "bloom-560m"),
+        ("benchmarks.train_step", "bloomz-1b1"),
+        ("benchmarks.train_step", "bloom-560m"),
+        ("benchmarks.train_step", "bloom-560m"),
+    ]
+    assert "--remat" not in invoked[1] and "dots_with_no_batch_dims_saveable" in invoked[2]
+    assert "dots_with_no_batch_dims_saveable" in invoked[4] and "--compare_hf" in invoked[4]
+    assert invoked[4][invoked[4].index("--answer_fraction") + 1] == "0.1"
+    assert invoked[0][invoked[0].index("--attention_impl") + 1] == "cudnn"
+    assert invoked[5][invoked[5].index("--attention_impl") + 1] == "xla"
+    assert "--compare_hf" in invoked[0] and "--compare_hf" not in invoked[5]
+    assert invoked[6][invoked[6].index("--profile") + 1] == str(tmp_path / "logs" / "trace")
+    assert "--no_record" in invoked[6] and "--compare_hf" not in invoked[6]
+    assert "--- train_bloomz_1b1 FAILED (exit 1" in run.stdout
+    assert "RESOURCE_EXHAUSTED" in run.stdout  # the failed row's last log lines
+    table = run.stdout.split("=== summary")[1].splitlines()
+    rows = [line.split() for line in table if line.startswith(("train_", "decode_", "profile_"))]
+    assert [r[0] for r in rows] == [
+        "train_bloom_560m",
+        "train_bloomz_1b1_remat",
+        "decode_bloom_560m",
+        "decode_bloom_560m",
+        "train_bloomz_1b1_answers",
+        "train_bloom_560m_xla",
+        "profile_bloom_560m",
+    ]
+    # check, what (3 words), ours, transformers, ratio, MFU, memory
+    assert rows[0][1:] == ["bloom-560m", "b8x2048", "tok/s", "50,000", "25,000", "2", "0.3", "60"]
+    assert rows[2][1:] == ["bloom-560m", "greedy", "b16", "seq/s", "40", "2", "20", "-", "5"]
+    assert rows[4][1:4] == ["bloomz-1b1", "b8x2048a0.1", "tok/s"]
+    assert rows[5][4:7] == ["50,000", "-", "-"]  # no transformers in the XLA row
+    copied = {p.name for p in out.iterdir()}
+    assert {"results.jsonl", "train_bloom_560m.log", "train_bloomz_1b1.log"} <= copied
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out"], "gpu_check.sh: --out needs a value"),
+        (
+            ["--budget_s", "5m"],
+            "gpu_check.sh: --budget_s must be a whole number of seconds, got 5m",
+        ),
+        (["--gpu"], "gpu_check.sh: unknown argument --gpu (see --help)"),
+    ],
+)
+def test_gpu_check_bad_arguments_stop_before_anything_runs(tmp_path, args, message):
+    script = pathlib.Path(bt.__file__).with_name("gpu_check.sh")
+    run = subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
+    assert (run.returncode, run.stderr, run.stdout) == (2, message + "\n", "")
+
+
+def test_gpu_check_help_is_its_header():
+    script = pathlib.Path(bt.__file__).with_name("gpu_check.sh")
+    run = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
+    assert run.returncode == 0
+    assert run.stdout.startswith("# One-command GPU check")
+    assert "--budget_s S]" in run.stdout and "set -u" not in run.stdout

@@ -6,6 +6,8 @@
 # The whole script stops within --budget_s (default 290 s, which covers rows 1-3: on an
 # H200 rows 1 and 2 took 50 s each with layers in a scan, about 15 s more to compile
 # unrolled); --budget_s 600 runs all six rows.
+# 0. if pytest is installed: the cuDNN attention tests (tests/test_attention.py -k cudnn:
+#    output and gradients against float32 attention on 2048-token rows), about 30 s
 # 1. train step, bloom-560m shape, bf16, 8 x 2048 tokens, cuDNN attention, vs transformers
 # 2. train step, bloomz-1b1 shape, same settings, vs transformers (with remat if the
 #    preset's no-remat step does not fit)
@@ -91,6 +93,12 @@ run() {  # run NAME TIMEOUT_S ARGS... : one benchmark process, never fatal
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 "$PYTHON" -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tail -n 1
+
+# The numbers below mean little if the kernel computes the wrong attention.
+if "$PYTHON" -c "import pytest" 2>/dev/null; then
+  run attention_tests 90 -m pytest -q -p no:cacheprovider tests/test_attention.py -k cudnn
+  tail -n 1 "$LOG_DIR/attention_tests.log"
+fi
 
 TRAIN_OURS=(-m benchmarks.train_step --batch 8 --seq 2048 --dtype bfloat16 --steps 3 --rounds 2)
 TRAIN=("${TRAIN_OURS[@]}" --compare_hf)

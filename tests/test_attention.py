@@ -214,9 +214,13 @@ def test_dot_product_attention_gradients_match_xla_attention(head_dim):
 
 
 def test_alibi_goes_in_as_columns_only_where_they_fit():
-    assert A.alibi_as_columns(64, 2048) and A.alibi_as_columns(96, 2**16)
-    assert not A.alibi_as_columns(128, 2048)  # 136 wide: the explicit bias instead
-    assert not A.alibi_as_columns(64, 2**16 + 1)  # positions past the exact hi / lo split
+    assert [A.columns_width(d) for d in (16, 64, 96, 122, 128)] == [24, 72, 104, 128, 136]
+    bf16 = jnp.bfloat16
+    assert A.alibi_as_columns(64, 2048, bf16) and A.alibi_as_columns(96, 2**16, bf16)
+    assert A.alibi_as_columns(122, 2048, bf16) and A.alibi_as_columns(64, 2048, jnp.float32)
+    assert not A.alibi_as_columns(128, 2048, bf16)  # 136 wide: the explicit bias instead
+    assert not A.alibi_as_columns(64, 2**16 + 1, bf16)  # past the exact hi / lo split
+    assert not A.alibi_as_columns(64, 2048, jnp.float16)  # its mask value is too small
 
 
 needs_cudnn = pytest.mark.skipif(

@@ -20,7 +20,9 @@ if args[:1] != ["-m"]:
 with open({calls!r}, "a") as f:
     f.write(" ".join(args) + "\\n")
 if args[1] == "pytest":
-    print("3 passed in 30.00s")
+    with open({calls!r}, "a") as f:
+        f.write("JAX_PLATFORMS=" + os.environ.get("JAX_PLATFORMS", "") + "\\n")
+    print(os.environ.get("STUB_PYTEST_SUMMARY", "3 passed in 30.00s"))
     sys.exit(0)
 preset = args[args.index("--preset") + 1]
 if args[1] == "benchmarks.decode":
@@ -58,17 +60,11 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
     assert run.returncode == 0, run.stderr
     invoked = [line.split() for line in calls.read_text().splitlines()]
     # First the cuDNN attention tests (pytest is importable here), then the benchmarks.
-    assert invoked.pop(0) == [
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "tests/test_attention.py",
-        "-k",
-        "cudnn",
-    ]
+    tests = ["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_attention.py"]
+    assert invoked.pop(0) == [*tests, "-k", "cudnn"]
+    assert invoked.pop(0) == ["JAX_PLATFORMS=cuda"]  # else the tests' set-up picks the CPU
     assert "--- attention_tests ok" in run.stdout and "3 passed in 30.00s" in run.stdout
+    assert "distrust" not in run.stdout
     checks = [(a[1], a[a.index("--preset") + 1]) for a in invoked]
     assert checks == [
         ("benchmarks.train_step", "bloom-560m"),
@@ -132,3 +128,17 @@ def test_gpu_check_help_is_its_header():
     assert run.returncode == 0
     assert run.stdout.startswith("# One-command GPU check")
     assert "--budget_s S]" in run.stdout and "set -u" not in run.stdout
+
+
+def test_gpu_check_warns_when_the_attention_tests_skip_and_goes_on(tmp_path, monkeypatch):
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "python"
+    stub.write_text(_STUB.format(python=sys.executable, calls=str(calls)))
+    stub.chmod(0o755)
+    monkeypatch.setenv("STUB_PYTEST_SUMMARY", "3 skipped, 29 deselected in 1.00s")
+    script = pathlib.Path(bt.__file__).with_name("gpu_check.sh")
+    flags = ["--python", str(stub), "--log_dir", str(tmp_path / "logs"), "--budget_s", "60"]
+    run = subprocess.run(["bash", str(script), *flags], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "!!! the cuDNN attention tests did not all pass on the GPU" in run.stdout
+    assert "=== train_bloom_560m" in run.stdout  # the benchmarks still run

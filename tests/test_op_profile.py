@@ -42,11 +42,55 @@ def test_profile_sums_device_time_by_operation(tmp_path):
 
 
 def test_profile_rows_are_per_step(tmp_path):
-    """Three steps traced and divided by three give about one step's time: the summed
-    time of a 3-step trace is not three times that of a 1-step trace."""
-    _, one = _traced(tmp_path / "one", steps=1)
-    _, three = _traced(tmp_path / "three", steps=3)
-    assert 0.4 < three / one < 2
+    """A 1-step and a 3-step trace give the same calls per step for every operation."""
+    one, _ = _traced(tmp_path / "one", steps=1)
+    three, _ = _traced(tmp_path / "three", steps=3)
+    assert {r["op"]: r["calls"] for r in one} == {r["op"]: r["calls"] for r in three}
+
+
+class _Fake:  # stands in for jax.profiler's planes, lines and events
+    def __init__(self, name, **fields):
+        self.name = name
+        self.__dict__.update(fields)
+
+
+def _event(op, ns, kernel="k"):
+    return _Fake(kernel, duration_ns=ns, stats=[("hlo_op", op)] if op else [])
+
+
+def _gpu(name, *lines):
+    return _Fake(name, lines=[_Fake(n, events=e) for n, e in lines])
+
+
+def test_summary_reads_stream_lines_and_averages_over_busy_devices():
+    """GPU planes: kernels on "Stream" lines count, the "XLA Ops" spans that repeat them
+    do not; events without an operation are left out; two busy devices average, an idle
+    one does not dilute; a CUDA graph's kernels are keyed by kernel name."""
+    dev0 = _gpu(
+        "/device:GPU:0",
+        ("Stream #1(Compute)", [_event("dot.1", 3e6, "gemm"), _event(None, 5e6)]),
+        ("Stream #2(MemcpyD2D)", [_event("command_buffer_3", 1e6, "flash_fprop")]),
+        ("XLA Ops", [_event("dot.1", 3e6)]),
+    )
+    dev1 = _gpu("/device:GPU:1", ("Stream #1(Compute)", [_event("dot.1", 5e6, "gemm")]))
+    idle = _gpu("/device:GPU:2", ("Stream #1(Compute)", []))
+    host = _gpu("/host:CPU", ("python", [_event("dot.1", 9e9)]))
+    rows, total = op_profile.summarize_profile(_Fake("p", planes=[dev0, dev1, idle, host]), 2)
+    assert rows == [
+        {"op": "dot.1", "kernel": "gemm", "ms": 2.0, "share": 0.8889, "calls": 0.5},
+        {"op": "flash_fprop", "kernel": "flash_fprop", "ms": 0.25, "share": 0.1111, "calls": 0.25},
+    ]
+    assert total == 2.25  # (3 + 5 + 1) ms over 2 steps and 2 busy devices
+
+
+def test_summary_uses_the_xla_ops_line_where_a_device_has_no_streams():
+    tpu = _gpu(
+        "/device:TPU:0",
+        ("XLA Ops", [_event("fusion.2", 4e6)]),
+        ("XLA Modules", [_event("jit_step", 4e6)]),
+    )
+    rows, total = op_profile.summarize_profile(_Fake("p", planes=[tpu]), 1)
+    assert [(r["op"], r["ms"]) for r in rows] == [("fusion.2", 4.0)] and total == 4.0
 
 
 @pytest.mark.parametrize(

@@ -355,7 +355,7 @@ def alibi_columns(q, k, key_positions, slopes, scale: float):
     exact: with n = mantissa bits + 1 of the dtype (8 for bfloat16), pos_k is split into
     hi + lo, lo = pos_k mod 2**n and hi = pos_k - lo (at most n significant bits when
     pos_k < 2**(2n)), and slope / scale into three dtype values c1 + c2 + c3 (the third
-    leaves a relative remainder of about 2**-24 in bfloat16, 1e-5 in float16, whose
+    leaves a relative remainder below 2**-24 in bfloat16, below 2e-6 in float16, whose
     small parts are subnormal). Each of the six products c_i * hi, c_i * lo has at most
     2n <= 24 significant bits, so it is exact in float32, and only the float32 sums
     round (a few ulps of |slope * pos_k|, about 1e-4 at position 2047). The kernel then
@@ -365,8 +365,7 @@ def alibi_columns(q, k, key_positions, slopes, scale: float):
     bits = jnp.finfo(dtype).nmant + 1
     c = _split_exact(np.asarray(slopes, np.float64) / scale, dtype, 3)  # 3 x [H]
     h = q.shape[2]
-    width = q.shape[-1] + 6
-    pad = -width % 8
+    pad = columns_width(q.shape[-1]) - q.shape[-1] - 6
     q_cols = np.stack(c + c + [np.zeros(h)] * pad, axis=-1)  # [H, 6 + pad]
     q_cols = jnp.broadcast_to(jnp.asarray(q_cols, dtype), (*q.shape[:2], *q_cols.shape))
     pos = key_positions.astype(jnp.int32)
@@ -381,14 +380,26 @@ def alibi_columns(q, k, key_positions, slopes, scale: float):
 # ALiBi goes in as head columns only up to this padded head dim (BLOOM's 64 -> 72 and
 # 96 -> 104); BLOOM's 128 would become 136, past cuDNN's limit before Hopper and
 # untimed after it, so it keeps the explicit bias. Key lengths past 2**16 (positions
-# beyond what bfloat16's hi / lo split holds exactly) keep it too.
+# beyond what bfloat16's hi / lo split holds exactly) keep it too, and so does float16:
+# its mask value, -32768, is smaller than the columns' slope * pos_k can grow, so a
+# masked key far along could outscore the visible ones.
 MAX_COLUMNS_HEAD_DIM = 128
 MAX_COLUMNS_KEYS = 2**16
+COLUMNS_DTYPES = ("bfloat16", "float32")  # float32: jax.nn's XLA implementation only
 
 
-def alibi_as_columns(head_dim: int, keys: int) -> bool:
+def columns_width(head_dim: int) -> int:
+    """The head dim with the six ALiBi columns, rounded up to a multiple of 8."""
+    return -(-(head_dim + 6) // 8) * 8
+
+
+def alibi_as_columns(head_dim: int, keys: int, dtype) -> bool:
     """Whether `attend_dot_product` passes ALiBi as head columns (else as a bias)."""
-    return head_dim + 6 + (-(head_dim + 6) % 8) <= MAX_COLUMNS_HEAD_DIM and keys <= MAX_COLUMNS_KEYS
+    return (
+        columns_width(head_dim) <= MAX_COLUMNS_HEAD_DIM
+        and keys <= MAX_COLUMNS_KEYS
+        and np.dtype(dtype).name in COLUMNS_DTYPES
+    )
 
 
 def attend_dot_product(q, k, v, info: MaskInfo, slopes, implementation="cudnn") -> jax.Array:
@@ -407,11 +418,13 @@ def attend_dot_product(q, k, v, info: MaskInfo, slopes, implementation="cudnn") 
     hd = q.shape[-1]
     scale = 1.0 / math.sqrt(hd)
     bias = None
-    if info.rel_pos is not None and alibi_as_columns(hd, k.shape[1]):
+    if info.rel_pos is not None and alibi_as_columns(hd, k.shape[1], q.dtype):
         q, k = alibi_columns(q, k, info.key_positions, slopes, scale)
         # The API wants one head dim for q, k and v: v gets zero columns, cut off again.
         v = jnp.pad(v, [(0, 0)] * 3 + [(0, q.shape[-1] - hd)])
     elif info.rel_pos is not None:
+        # Rounded to the compute dtype (bfloat16: 2**-9 of slope * distance), as HF's
+        # BLOOM and the cuDNN API do; the columns above are exact.
         bias = jnp.asarray(slopes)[None, :, None, None] * info.rel_pos[:, None]
         bias = bias.astype(q.dtype)
     out = jax.nn.dot_product_attention(

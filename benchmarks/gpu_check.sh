@@ -23,8 +23,8 @@
 # Each benchmark runs in its own process under `timeout`; a failure is printed and the
 # next one still runs. JSON results go to LOG_DIR/results.jsonl (--log_dir, default a
 # new /tmp/gpu_check.* folder) and rows are appended to benchmarks/RESULTS.md; with
-# --out DIR, logs, results.jsonl and RESULTS.md are copied to DIR. A summary table is
-# printed last. Needs jax (CUDA), flax, optax, torch and transformers only (no
+# --out DIR, logs, results.jsonl and RESULTS.md are copied to DIR. A summary table and
+# the attention tests' result are printed last. Needs jax (CUDA), flax, optax, torch and transformers only (no
 # TensorFlow, SeqIO or gin); --python names the interpreter (default python3).
 set -u
 cd "$(dirname "$0")/.."
@@ -97,6 +97,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 
 # The numbers below mean little if the kernel computes the wrong attention. The tests'
 # set-up keeps jax on the CPU unless JAX_PLATFORMS says otherwise.
+ATTENTION="not run (no pytest)"
 if "$PYTHON" -c "import pytest" 2>/dev/null; then
   (
     export JAX_PLATFORMS=cuda
@@ -107,6 +108,9 @@ if "$PYTHON" -c "import pytest" 2>/dev/null; then
   if [[ $summary != *passed* || $summary == *skipped* || $summary == *failed* ||
     $summary == *error* ]]; then
     echo "!!! the cuDNN attention tests did not all pass on the GPU: distrust the numbers below"
+    ATTENTION="NOT ALL PASSED: ${summary:-no output}"
+  else
+    ATTENTION=$summary
   fi
 fi
 
@@ -173,3 +177,4 @@ for r in rows:
 if not rows:
     print("(no results)")
 EOF
+echo "cuDNN attention tests: $ATTENTION"

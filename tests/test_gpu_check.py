@@ -65,6 +65,7 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
     assert invoked.pop(0) == ["JAX_PLATFORMS=cuda"]  # else the tests' set-up picks the CPU
     assert "--- attention_tests ok" in run.stdout and "3 passed in 30.00s" in run.stdout
     assert "distrust" not in run.stdout
+    assert run.stdout.rstrip().endswith("cuDNN attention tests: 3 passed in 30.00s")
     checks = [(a[1], a[a.index("--preset") + 1]) for a in invoked]
     assert checks == [
         ("benchmarks.train_step", "bloom-560m"),
@@ -142,3 +143,5 @@ def test_gpu_check_warns_when_the_attention_tests_skip_and_goes_on(tmp_path, mon
     assert run.returncode == 0, run.stderr
     assert "!!! the cuDNN attention tests did not all pass on the GPU" in run.stdout
     assert "=== train_bloom_560m" in run.stdout  # the benchmarks still run
+    last = run.stdout.rstrip().splitlines()[-1]
+    assert last == "cuDNN attention tests: NOT ALL PASSED: 3 skipped, 29 deselected in 1.00s"

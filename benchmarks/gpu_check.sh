@@ -24,8 +24,9 @@
 # next one still runs. JSON results go to LOG_DIR/results.jsonl (--log_dir, default a
 # new /tmp/gpu_check.* folder) and rows are appended to benchmarks/RESULTS.md; with
 # --out DIR, logs, results.jsonl and RESULTS.md are copied to DIR. A summary table and
-# the attention tests' result are printed last. Needs jax (CUDA), flax, optax, torch and transformers only (no
-# TensorFlow, SeqIO or gin); --python names the interpreter (default python3).
+# the attention tests' result are printed last. Needs jax (CUDA), flax, optax, torch and
+# transformers only (no TensorFlow, SeqIO or gin; pytest for row 0); --python names the
+# interpreter (default python3).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3

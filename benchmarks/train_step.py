@@ -225,8 +225,12 @@ class JaxRunner:
             "compile_s": round(self.compile_s, 2),
             "compiled_temp_gb": _gb(_memory_bytes(self.compiled, "temp")),
         }
-        self.times, self.cpu_times = [], []
+        self.forget_times()
         self.run(1)  # first execution (allocations, autotuning) is not timed
+        self.forget_times()
+
+    def forget_times(self) -> None:
+        """Drop the timings so far (untimed warm-up or profiled steps)."""
         self.times, self.cpu_times = [], []
 
     def run(self, steps: int) -> None:
@@ -514,7 +518,7 @@ def run(args, cfg, mesh) -> dict:
                 profiled.update(profile_ms_per_step=total, profile_top=rows)
             except Exception as e:  # noqa: BLE001 - the timings are still worth having
                 profiled["profile_error"] = _error(e)
-            runner.times, runner.cpu_times = [], []
+            runner.forget_times()
         return runner
 
     makers["jax"] = make_ours

@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks import train_step as bt
 
+SCRIPT = pathlib.Path(bt.__file__).with_name("gpu_check.sh")
+
 _STUB = """#!{python}
 # Stands in for the GPU's python in gpu_check.sh: benchmark modules print canned
 # records (bloomz-1b1 without remat "runs out of memory"); anything else is real python.
@@ -43,20 +45,24 @@ print(json.dumps(record))
 """
 
 
-def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
-    """benchmarks/gpu_check.sh with a stub interpreter: the attention tests, then the
-    rows in order, bloomz-1b1
-    is retried with remat after a failure, the answer-only bloomz-1b1 row reuses the
-    remat that worked, the XLA-attention row runs without transformers, the profiled
-    row last, and the summary table has one line per record."""
+def _run_with_stub(tmp_path, *flags):
+    """gpu_check.sh with `_STUB` as its python: (completed process, calls file)."""
     calls = tmp_path / "calls.txt"
     stub = tmp_path / "python"
     stub.write_text(_STUB.format(python=sys.executable, calls=str(calls)))
     stub.chmod(0o755)
+    args = ["--python", str(stub), "--log_dir", str(tmp_path / "logs"), *flags]
+    run = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True)
+    return run, calls
+
+
+def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
+    """benchmarks/gpu_check.sh with a stub interpreter: the attention tests, then the
+    rows in order; bloomz-1b1 is retried with remat after a failure, the answer-only
+    bloomz-1b1 row reuses the remat that worked, the XLA-attention row runs without
+    transformers, the profiled row last, and the summary table has one line per record."""
     out = tmp_path / "out"
-    script = pathlib.Path(bt.__file__).with_name("gpu_check.sh")
-    flags = ["--python", str(stub), "--log_dir", str(tmp_path / "logs"), "--out", str(out)]
-    run = subprocess.run(["bash", str(script), *flags], capture_output=True, text=True)
+    run, calls = _run_with_stub(tmp_path, "--out", str(out))
     assert run.returncode == 0, run.stderr
     invoked = [line.split() for line in calls.read_text().splitlines()]
     # First the cuDNN attention tests (pytest is importable here), then the benchmarks.
@@ -118,28 +124,20 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
     ],
 )
 def test_gpu_check_bad_arguments_stop_before_anything_runs(tmp_path, args, message):
-    script = pathlib.Path(bt.__file__).with_name("gpu_check.sh")
-    run = subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
+    run = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True)
     assert (run.returncode, run.stderr, run.stdout) == (2, message + "\n", "")
 
 
 def test_gpu_check_help_is_its_header():
-    script = pathlib.Path(bt.__file__).with_name("gpu_check.sh")
-    run = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
+    run = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True)
     assert run.returncode == 0
     assert run.stdout.startswith("# One-command GPU check")
     assert "--budget_s S]" in run.stdout and "set -u" not in run.stdout
 
 
 def test_gpu_check_warns_when_the_attention_tests_skip_and_goes_on(tmp_path, monkeypatch):
-    calls = tmp_path / "calls.txt"
-    stub = tmp_path / "python"
-    stub.write_text(_STUB.format(python=sys.executable, calls=str(calls)))
-    stub.chmod(0o755)
     monkeypatch.setenv("STUB_PYTEST_SUMMARY", "3 skipped, 29 deselected in 1.00s")
-    script = pathlib.Path(bt.__file__).with_name("gpu_check.sh")
-    flags = ["--python", str(stub), "--log_dir", str(tmp_path / "logs"), "--budget_s", "60"]
-    run = subprocess.run(["bash", str(script), *flags], capture_output=True, text=True)
+    run, _ = _run_with_stub(tmp_path, "--budget_s", "60")
     assert run.returncode == 0, run.stderr
     assert "!!! the cuDNN attention tests did not all pass on the GPU" in run.stdout
     assert "=== train_bloom_560m" in run.stdout  # the benchmarks still run

@@ -344,10 +344,9 @@ def alibi_columns(q, k, key_positions, slopes, scale: float):
     """BLOOM's ALiBi as extra head dimensions of q and k, for kernels without a bias.
 
     q [B, L, H, Hd], k [B, S, K, Hd], key_positions int32 [B, S] (< 2**16), slopes [H],
-    q and k bfloat16 or float16 (float32 works to float32 rounding) -> q', k'
-    [B, L | S, H | K, Hd'] with Hd' = Hd + 6
-    rounded up to a multiple of 8, such that scale * q'.k' = scale * q.k + slope_h * pos_k
-    (float32 accumulation).
+    q and k bfloat16 or float16 (float32 works to float32 rounding) -> q' [B, L, H, Hd'],
+    k' [B, S, K, Hd'] with Hd' = `columns_width(Hd)` (Hd + 6 rounded up to a multiple of
+    8), such that scale * q'.k' = scale * q.k + slope_h * pos_k (float32 accumulation).
 
     Why this is ALiBi: the bias slope * (pos_k - pos_q) differs from slope * pos_k by a
     constant per query row, which softmax ignores; keys of other segments, where

@@ -111,25 +111,32 @@ def test_xla_and_dot_product_attention_agree(heads, kv_heads, alibi):
     ours = A.attend_xla(q, k, v, info, slopes)
     ref = A.attend_dot_product(q, k, v, info, slopes, implementation="xla")
     valid = np.asarray(seg != 0)
-    np.testing.assert_allclose(np.asarray(ours)[valid], np.asarray(ref)[valid], atol=1e-5)
-    assert np.isfinite(np.asarray(ours)).all()
+    # atol: the run columns lift scores to about run_gap * run (181 here), where float32
+    # holds 1.5e-5; the padding outputs differ by design (see attend_dot_product).
+    np.testing.assert_allclose(np.asarray(ours)[valid], np.asarray(ref)[valid], atol=5e-5)
+    assert np.isfinite(np.asarray(ours)).all() and np.isfinite(np.asarray(ref)).all()
 
 
 @pytest.mark.parametrize(
     "dtype,head_dim,rel_tol",
     [("bfloat16", 64, 1e-6), ("bfloat16", 96, 1e-6), ("float16", 64, 1e-5)],
 )
-def test_alibi_columns_add_slope_times_key_position(dtype, head_dim, rel_tol):
-    """The extra head columns contribute slope_h * pos_k after the kernel's scale, to
-    float32 rounding, for positions up to 2**16 - 1; the original columns are unchanged."""
+@pytest.mark.parametrize("runs", [False, True])
+def test_head_columns_add_alibi_and_the_run_gap(dtype, head_dim, rel_tol, runs):
+    """The extra head columns contribute slope_h * pos_k (+ run_gap * run_k) after the
+    kernel's scale, to float32 rounding, for positions and runs up to 2**16 - 1; the
+    original columns are unchanged."""
     heads, scale = 12, 1.0 / math.sqrt(head_dim)
     rng = np.random.RandomState(0)
     q = jnp.asarray(rng.randn(1, 3, heads, head_dim), dtype)
     k = jnp.asarray(rng.randn(1, 5, heads, head_dim), dtype)
     pos = jnp.asarray([[0, 1, 255, 4097, 65535]], jnp.int32)
+    key_runs = jnp.asarray([[0, 3, 300, 257, 65535]], jnp.int32) if runs else None
     slopes = A.alibi_slopes(heads)
-    q2, k2 = A.alibi_columns(q, k, pos, slopes, scale)
-    assert q2.shape[-1] % 8 == 0 and head_dim + 6 <= q2.shape[-1] < head_dim + 14
+    q2, k2 = A.head_columns(q, k, scale, slopes, pos, key_runs)
+    n = A.ALIBI_COLUMNS + A.RUN_COLUMNS * runs
+    assert q2.shape[-1] == A.columns_width(head_dim, n) == k2.shape[-1]
+    assert q2.shape[-1] % 8 == 0 and head_dim + n <= q2.shape[-1] < head_dim + n + 8
     np.testing.assert_array_equal(np.asarray(q2[..., :head_dim]), np.asarray(q))
     np.testing.assert_array_equal(np.asarray(k2[..., :head_dim]), np.asarray(k))
     # The extra products in float64 (each bf16 / f16 value is exact there).
@@ -137,6 +144,10 @@ def test_alibi_columns_add_slope_times_key_position(dtype, head_dim, rel_tol):
     kx = np.asarray(k2[..., head_dim:], np.float64)
     extra = np.einsum("blhd,bshd->bhls", qx, kx) * scale
     want = slopes.astype(np.float64)[None, :, None, None] * np.asarray(pos, np.float64)[0]
+    if runs:
+        gap = A.run_gap(scale)
+        assert gap >= A.RUN_GAP and gap / scale == 2 ** round(math.log2(gap / scale))
+        want = want + gap * np.asarray(key_runs, np.float64)[0]
     want = np.broadcast_to(want, extra.shape)
     np.testing.assert_allclose(extra, want, rtol=0, atol=rel_tol * np.abs(want).max())
     # Each product is exact in float32, so float32 accumulation only rounds the sum.
@@ -148,6 +159,13 @@ def test_alibi_columns_add_slope_times_key_position(dtype, head_dim, rel_tol):
     ) * jnp.float32(scale)
     np.testing.assert_allclose(
         np.asarray(extra32, np.float64), want, rtol=0, atol=4 * 2**-24 * np.abs(want).max()
+    )
+
+
+def test_segment_runs_count_changes_of_segment_id():
+    seg = jnp.array([[0, 0, 1, 1, 1, 2, 2, 0], [3, 3, 3, 3, 3, 3, 3, 3]])
+    np.testing.assert_array_equal(
+        np.asarray(A.segment_runs(seg)), [[0, 0, 1, 1, 1, 2, 2, 3], [0] * 8]
     )
 
 
@@ -213,14 +231,85 @@ def test_dot_product_attention_gradients_match_xla_attention(head_dim):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
 
 
-def test_alibi_goes_in_as_columns_only_where_they_fit():
+def test_columns_are_used_only_where_they_fit():
     assert [A.columns_width(d) for d in (16, 64, 96, 122, 128)] == [24, 72, 104, 128, 136]
-    bf16 = jnp.bfloat16
-    assert A.alibi_as_columns(64, 2048, bf16) and A.alibi_as_columns(96, 2**16, bf16)
-    assert A.alibi_as_columns(122, 2048, bf16) and A.alibi_as_columns(64, 2048, jnp.float32)
-    assert not A.alibi_as_columns(128, 2048, bf16)  # 136 wide: the explicit bias instead
-    assert not A.alibi_as_columns(64, 2**16 + 1, bf16)  # past the exact hi / lo split
-    assert not A.alibi_as_columns(64, 2048, jnp.float16)  # its mask value is too small
+    assert [A.columns_width(d, 8) for d in (16, 64, 96, 120, 128)] == [24, 72, 104, 128, 136]
+    bf16, plan = jnp.bfloat16, A.plan_columns
+    # BLOOM's 64 and 96: ALiBi and the segment runs both (causal self-attention).
+    assert plan(64, 2048, bf16, alibi=True, runs=True) == (True, True)
+    assert plan(96, 2**16, bf16, alibi=True, runs=True) == (True, True)
+    assert plan(64, 2048, jnp.float32, alibi=True, runs=False) == (True, False)
+    assert plan(64, 2048, bf16, alibi=False, runs=True) == (False, True)  # Qwen2.5-0.5B
+    # 122 + 6 fits 128, + 8 does not: ALiBi alone, the mask stays.
+    assert plan(122, 2048, bf16, alibi=True, runs=True) == (True, False)
+    assert plan(128, 2048, bf16, alibi=True, runs=True) == (False, False)  # explicit bias
+    assert plan(128, 2048, bf16, alibi=False, runs=True) == (False, False)  # Llama: mask
+    assert plan(64, 2**16 + 1, bf16, alibi=True, runs=True) == (False, False)  # hi / lo
+    assert plan(64, 2048, jnp.float16, alibi=True, runs=True) == (False, False)  # mask value
+    assert plan(64, 2048, bf16, alibi=False, runs=False) == (False, False)
+
+
+def _capture_kernel_args(monkeypatch):
+    """Records the bias / mask / is_causal that reach jax.nn.dot_product_attention."""
+    seen, real = [], jax.nn.dot_product_attention
+
+    def spy(q, k, v, bias=None, mask=None, **kw):
+        seen.append({"hd": q.shape[-1], "bias": bias, "mask": mask, "causal": kw["is_causal"]})
+        return real(q, k, v, bias=bias, mask=mask, **kw)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    return seen
+
+
+def test_causal_self_attention_reaches_the_kernel_without_mask_or_bias(monkeypatch):
+    """Packed causal self-attention: no [B, 1, L, S] mask and no bias for the kernel to
+    differentiate, only is_causal and 8 extra head columns; with a cache, the mask."""
+    seen = _capture_kernel_args(monkeypatch)
+    (q, k, v), info, slopes, _, _ = _bloom_attention_case(4, 64, 64, seed=1)
+    bf = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    A.attend_dot_product(*bf, info, slopes, "xla")
+    assert seen[-1] == {"hd": 72, "bias": None, "mask": None, "causal": True}
+    cached = dataclasses.replace(info, causal_self=False, segments=None)
+    A.attend_dot_product(*bf, cached, slopes, "xla")
+    assert seen[-1]["hd"] == 72 and seen[-1]["bias"] is None and not seen[-1]["causal"]
+    assert seen[-1]["mask"].shape == (2, 1, 64, 64)
+
+
+def test_run_columns_hide_earlier_segments_even_where_they_score_far_higher():
+    """Keys of earlier segments whose raw scores beat the query's own segment's by 30
+    get no weight (e**-34 at most), many short segments (runs up to 33) and left and
+    trailing padding included: float32 output and gradients equal masked attention."""
+    heads, length, hd = 4, 160, 16
+    q, k, v = _random_qkv(heads, heads, length=length, hd=hd, seed=11)
+    seg = np.zeros((2, length), np.int32)
+    seg[0, 3:150] = 1 + np.arange(147) // 5  # 30 segments of 5 (and 2 of padding)
+    seg[1, :] = 1 + np.arange(length) // 40
+    seg = jnp.asarray(seg)
+    assert int(A.segment_runs(seg).max()) == 31
+    # Every query's direction gets a large component on even segments' keys (and none
+    # on odd ones): raw scores to the earlier even segment are 30 above its own.
+    boost = jnp.zeros(hd).at[0].set(1.0)
+    even = ((seg % 2 == 0) & (seg != 0))[:, :, None, None]
+    k = jnp.where(even, k + 30.0 * math.sqrt(hd) * boost / 3.0, k)
+    q = q.at[..., 0].set(3.0)
+    pos = A.segment_positions(seg)
+    valid = (seg != 0)[:, :, None, None]
+    ct = jax.random.normal(jax.random.PRNGKey(2), q.shape) * valid
+    for alibi in (True, False):
+        info = A.make_mask_info(seg, pos, seg, pos, 0, use_alibi=alibi)
+        slopes = A.alibi_slopes(heads) if alibi else None
+
+        def grads(attend, info=info, slopes=slopes):
+            def loss(q, k, v):
+                return jnp.sum(attend(q, k, v, info, slopes) * ct)
+
+            return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+        ours = grads(lambda *a: A.attend_dot_product(*a, "xla"))
+        ref = grads(A.attend_xla)
+        np.testing.assert_allclose(float(ours[0]), float(ref[0]), rtol=1e-4)
+        for a, b in zip(ours[1], ref[1], strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4)
 
 
 needs_cudnn = pytest.mark.skipif(

@@ -5,7 +5,10 @@ Masking rule (training, prefill and decoding alike): query i may attend to key j
 (a padding query, segment 0, attends only to its own slot: its output is unused).
 where `slot` is the index along the (cache) sequence and segment 0 is padding.
 Positions restart at 0 in every segment, so RoPE phases and ALiBi distances
-(`slope * (pos_k - pos_q)`) are those of each sequence on its own.
+(`slope * (pos_k - pos_q)`) are those of each sequence on its own. Packed rows hold
+each segment as one run of slots, positions counting up by one inside it (what
+packing and `segment_positions` make); the cuDNN path relies on that
+(`attend_dot_product`).
 
 Shapes: B batch, L query length, S key length (L, or the cache length T), H query
 heads, K kv heads (H % K == 0, G = H // K), Hd head dim, D model width.
@@ -340,98 +343,158 @@ def _split_exact(x: np.ndarray, dtype, parts: int) -> list[np.ndarray]:
     return out
 
 
-def alibi_columns(q, k, key_positions, slopes, scale: float):
-    """BLOOM's ALiBi as extra head dimensions of q and k, for kernels without a bias.
+def _hi_lo(x: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """int32 x [B, S] in [0, 2**(2n)) -> (hi, lo) in `dtype`, hi + lo = x, each exact
+    (n = mantissa bits + 1: lo < 2**n, hi a multiple of 2**n with at most n bits)."""
+    bits = jnp.finfo(dtype).nmant + 1
+    x = x.astype(jnp.int32)
+    lo = x & ((1 << bits) - 1)
+    return (x - lo).astype(dtype), lo.astype(dtype)
 
-    q [B, L, H, Hd], k [B, S, K, Hd], key_positions int32 [B, S] (< 2**16), slopes [H],
-    q and k bfloat16 or float16 (float32 works to float32 rounding) -> q' [B, L, H, Hd'],
-    k' [B, S, K, Hd'] with Hd' = `columns_width(Hd)` (Hd + 6 rounded up to a multiple of
-    8), such that scale * q'.k' = scale * q.k + slope_h * pos_k (float32 accumulation).
 
-    Why this is ALiBi: the bias slope * (pos_k - pos_q) differs from slope * pos_k by a
-    constant per query row, which softmax ignores; keys of other segments, where
-    positions restart, are masked anyway (HF BLOOM adds slope * pos_k too). Why it is
-    exact: with n = mantissa bits + 1 of the dtype (8 for bfloat16), pos_k is split into
-    hi + lo, lo = pos_k mod 2**n and hi = pos_k - lo (at most n significant bits when
-    pos_k < 2**(2n)), and slope / scale into three dtype values c1 + c2 + c3 (the third
-    leaves a relative remainder below 2**-24 in bfloat16, below 2e-6 in float16, whose
-    small parts are subnormal). Each of the six products c_i * hi, c_i * lo has at most
-    2n <= 24 significant bits, so it is exact in float32, and only the float32 sums
-    round (a few ulps of |slope * pos_k|, about 1e-4 at position 2047). The kernel then
-    needs no [B, H, L, S] bias in memory and no bias gradient.
+def segment_runs(segment_ids: jax.Array) -> jax.Array:
+    """The index of the run of equal ids each slot is in: [B, S] -> int32 [B, S].
+
+    E.g. segments [0 0 1 1 1 2 2 0] -> [0 0 1 1 1 2 2 3] (trailing padding is a run too).
+    """
+    seg = segment_ids.astype(jnp.int32)
+    change = (seg[:, 1:] != seg[:, :-1]).astype(jnp.int32)
+    return jnp.concatenate([jnp.zeros_like(seg[:, :1]), jnp.cumsum(change, axis=1)], axis=1)
+
+
+# Score gap (in logits, after the softmax scale) between a key of the query's own run
+# and one of the run before it, at least: e**-64 of weight leaks across, even past
+# logit differences of 30.
+RUN_GAP = 64.0
+ALIBI_COLUMNS, RUN_COLUMNS = 6, 2
+
+
+def run_gap(scale: float) -> float:
+    """The gap actually used: RUN_GAP rounded up so gap / scale is a power of two (one
+    column value, exact in any float dtype): 64 for head dim 64, 104.5 for 96."""
+    return 2.0 ** math.ceil(math.log2(RUN_GAP / scale)) * scale
+
+
+def head_columns(q, k, scale: float, slopes=None, key_positions=None, key_runs=None):
+    """Score biases as extra head dimensions of q and k, for kernels that would
+    otherwise need a [B, H, L, S] bias or mask (and compute its gradient).
+
+    q [B, L, H, Hd], k [B, S, K, Hd] bfloat16 (or float32, to float32 rounding) ->
+    q' [B, L, H, Hd'], k' [B, S, K, Hd'], Hd' = `columns_width(Hd, n)` with n = 6 for
+    ALiBi (slopes [H], key_positions int32 [B, S] < 2**16) plus 2 for segment runs
+    (key_runs int32 [B, S] < 2**16, see `segment_runs`), such that (float32 accumulation)
+        scale * q'.k' = scale * q.k + slope_h * pos_k + run_gap(scale) * run_k.
+
+    ALiBi: BLOOM's bias slope * (pos_k - pos_q) differs from slope * pos_k by a constant
+    per query row, which softmax ignores (HF BLOOM adds slope * pos_k too).
+    Runs: with causal masking, every key a query sees is in its own run or an earlier
+    one; run_gap * run_k puts the latter at least run_gap below, which hides them
+    (weight e**-64 at equal scores) without any mask, as the masking rule requires of
+    segments (`attend_dot_product` says when this holds).
+    Exactness: with n = mantissa bits + 1 (8 for bfloat16), each integer splits into
+    hi + lo of at most n significant bits (`_hi_lo`) and slope / scale into three dtype
+    values c1 + c2 + c3 (relative remainder below 2**-24); gap / scale is a power of two.
+    Every product of a q and a k column then has at most 2n <= 24 significant bits, so
+    it is exact in float32 and only the float32 sums round: a few ulps of the biases,
+    about 1e-4 at position 2047 and 5e-4 at run 16.
     """
     dtype = np.dtype(q.dtype)
-    bits = jnp.finfo(dtype).nmant + 1
-    c = _split_exact(np.asarray(slopes, np.float64) / scale, dtype, 3)  # 3 x [H]
     h = q.shape[2]
-    pad = columns_width(q.shape[-1]) - q.shape[-1] - 6
-    q_cols = np.stack(c + c + [np.zeros(h)] * pad, axis=-1)  # [H, 6 + pad]
+    q_cols, k_cols = [], []  # numpy [H] constants / arrays [B, S]
+    if slopes is not None:
+        c = _split_exact(np.asarray(slopes, np.float64) / scale, dtype, 3)
+        hi, lo = _hi_lo(key_positions, dtype)
+        q_cols += c + c
+        k_cols += [hi] * 3 + [lo] * 3
+    if key_runs is not None:
+        q_cols += [np.full(h, run_gap(scale) / scale)] * RUN_COLUMNS
+        k_cols += list(_hi_lo(key_runs, dtype))
+    pad = columns_width(q.shape[-1], len(q_cols)) - q.shape[-1] - len(q_cols)
+    q_cols = np.stack(q_cols + [np.zeros(h)] * pad, axis=-1)  # [H, n + pad]
     q_cols = jnp.broadcast_to(jnp.asarray(q_cols, dtype), (*q.shape[:2], *q_cols.shape))
-    pos = key_positions.astype(jnp.int32)
-    lo = pos & ((1 << bits) - 1)
-    hi = pos - lo
-    lo, hi = lo.astype(dtype), hi.astype(dtype)
-    k_cols = jnp.stack([hi] * 3 + [lo] * 3 + [jnp.zeros_like(lo)] * pad, axis=-1)  # [B, S, 6+pad]
+    k_cols = jnp.stack(k_cols + [jnp.zeros_like(k_cols[0])] * pad, axis=-1)  # [B, S, n + pad]
     k_cols = jnp.broadcast_to(k_cols[:, :, None, :], (*k.shape[:3], k_cols.shape[-1]))
     return jnp.concatenate([q, q_cols], axis=-1), jnp.concatenate([k, k_cols], axis=-1)
 
 
-# ALiBi goes in as head columns only up to this padded head dim (BLOOM's 64 -> 72 and
-# 96 -> 104); BLOOM's 128 would become 136, past cuDNN's limit before Hopper and
-# untimed after it, so it keeps the explicit bias. Key lengths past 2**16 (positions
-# beyond what bfloat16's hi / lo split holds exactly) keep it too, and so does float16:
-# its mask value, -32768, is smaller than the columns' slope * pos_k can grow, so a
-# masked key far along could outscore the visible ones.
+# Columns are used only up to this padded head dim (BLOOM's 64 -> 72 and 96 -> 104);
+# BLOOM's 128 would become 136, past cuDNN's limit before Hopper and untimed after it,
+# so it keeps the explicit bias and mask. Key lengths past 2**16 (beyond what the
+# bfloat16 hi / lo split holds exactly) keep them too, and so does float16: its mask
+# value, -32768, is smaller than the columns' biases can grow.
 MAX_COLUMNS_HEAD_DIM = 128
 MAX_COLUMNS_KEYS = 2**16
 COLUMNS_DTYPES = ("bfloat16", "float32")  # float32: jax.nn's XLA implementation only
 
 
-def columns_width(head_dim: int) -> int:
-    """The head dim with the six ALiBi columns, rounded up to a multiple of 8."""
-    return -(-(head_dim + 6) // 8) * 8
+def columns_width(head_dim: int, columns: int = ALIBI_COLUMNS) -> int:
+    """The head dim with `columns` extra columns, rounded up to a multiple of 8."""
+    return -(-(head_dim + columns) // 8) * 8
 
 
-def alibi_as_columns(head_dim: int, keys: int, dtype) -> bool:
-    """Whether `attend_dot_product` passes ALiBi as head columns (else as a bias)."""
-    return (
-        columns_width(head_dim) <= MAX_COLUMNS_HEAD_DIM
-        and keys <= MAX_COLUMNS_KEYS
-        and np.dtype(dtype).name in COLUMNS_DTYPES
-    )
+def plan_columns(head_dim: int, keys: int, dtype, alibi: bool, runs: bool) -> tuple[bool, bool]:
+    """(ALiBi as columns, segment runs as columns) for `attend_dot_product`: both where
+    they fit (`MAX_COLUMNS_*`, `COLUMNS_DTYPES`), else ALiBi alone, else neither."""
+
+    def fits(n: int) -> bool:
+        return (
+            columns_width(head_dim, n) <= MAX_COLUMNS_HEAD_DIM
+            and keys <= MAX_COLUMNS_KEYS
+            and np.dtype(dtype).name in COLUMNS_DTYPES
+        )
+
+    if (alibi or runs) and fits(ALIBI_COLUMNS * alibi + RUN_COLUMNS * runs):
+        return alibi, runs
+    return alibi and fits(ALIBI_COLUMNS), False
 
 
 def attend_dot_product(q, k, v, info: MaskInfo, slopes, implementation="cudnn") -> jax.Array:
     """`jax.nn.dot_product_attention` (cuDNN flash attention on GPU); same contract
-    as `attend_xla`. ALiBi enters as extra head dimensions of q and k (`alibi_columns`)
-    where `alibi_as_columns` allows, so the kernel gets no bias and the mask (segments,
-    causality) is its only [B, 1, L, S] input; otherwise as an explicit [B, H, L, S]
-    bias (which cuDNN also differentiates). On an H200, one bloom-560m layer's attention
-    forward + backward at 8 x 2048 took 2.23 ms with columns, 2.99 ms with the bias
-    (benchmarks/RESULTS.md, 2026-11-27 11:47).
+    as `attend_xla`, with biases and masks as extra head columns (`head_columns`) where
+    `plan_columns` allows, because cuDNN differentiates any bias or mask it is given.
 
-    For causal self-attention (`info.causal_self`) the kernel is also told
-    `is_causal=True`: the mask already hides every key after the query, so the result
-    is unchanged, but cuDNN then skips the tiles above the diagonal (half the work).
+    Causal self-attention over packed rows (`info.causal_self`): the kernel gets
+    `is_causal=True` and no mask at all; segments enter as runs (`segment_runs`) and
+    ALiBi as slope * slot. That equals the masking rule for every non-padding query
+    when each segment is one run of slots and positions count up by one inside it (as
+    packing and `segment_positions` make them): ALiBi's distances are then slot
+    distances, and the keys of earlier runs are hidden by the run columns. Padding
+    queries see their own run of padding instead of their slot alone (their output is
+    unused; every row still has a key, so no NaN). Otherwise (cache, prefix) the
+    [B, 1, L, S] mask goes in, with ALiBi as columns of pos_k or as an explicit
+    [B, H, L, S] bias.
+
+    Measured on an H200, one bloom-560m layer's forward + backward at 8 x 2048: 2.99 ms
+    with bias and mask, 2.23 ms with ALiBi columns and the mask (benchmarks/RESULTS.md,
+    2026-11-27 11:47); the mask alone cost 1.36 ms against 0.86 causal-only.
     """
-    hd = q.shape[-1]
+    b, s, hd = k.shape[0], k.shape[1], q.shape[-1]
     scale = 1.0 / math.sqrt(hd)
-    bias = None
-    if info.rel_pos is not None and alibi_as_columns(hd, k.shape[1], q.dtype):
-        q, k = alibi_columns(q, k, info.key_positions, slopes, scale)
-        # The API wants one head dim for q, k and v: v gets zero columns, cut off again.
-        v = jnp.pad(v, [(0, 0)] * 3 + [(0, q.shape[-1] - hd)])
-    elif info.rel_pos is not None:
+    alibi = info.rel_pos is not None
+    runs = info.causal_self and info.segments is not None
+    alibi_cols, run_cols = plan_columns(hd, s, q.dtype, alibi, runs)
+    bias, mask = None, info.mask[:, None]
+    if run_cols:
+        slots = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+        key_runs = segment_runs(info.segments)
+        q, k = head_columns(q, k, scale, slopes if alibi else None, slots, key_runs)
+        mask = None
+    elif alibi_cols:
+        q, k = head_columns(q, k, scale, slopes, info.key_positions)
+    elif alibi:
         # Rounded to the compute dtype (bfloat16: 2**-9 of slope * distance), as HF's
         # BLOOM and the cuDNN API do; the columns above are exact.
         bias = jnp.asarray(slopes)[None, :, None, None] * info.rel_pos[:, None]
         bias = bias.astype(q.dtype)
+    if q.shape[-1] != hd:
+        # The API wants one head dim for q, k and v: v gets zero columns, cut off again.
+        v = jnp.pad(v, [(0, 0)] * 3 + [(0, q.shape[-1] - hd)])
     out = jax.nn.dot_product_attention(
         q,
         k,
         v,
         bias=bias,
-        mask=info.mask[:, None],
+        mask=mask,
         scale=scale,
         is_causal=info.causal_self,
         implementation=implementation,

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from benchmarks import report
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as model_config
 
@@ -30,8 +31,11 @@ def _model(cfg: model_config.ModelConfig, dtype: str, seed: int):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
     hf_cfg = transformers.AutoConfig.for_model(**model_config.to_hf_config(cfg))
-    model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=getattr(torch, dtype))
-    return torch, device, model.to(device)
+    # Built (and randomly initialised) on the device itself: on the CPU, initialising a
+    # billion parameters takes a good part of a GPU check's minute per model.
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=getattr(torch, dtype))
+    return torch, device, model
 
 
 def _sync(torch, device: str) -> None:
@@ -94,6 +98,7 @@ class HfRunner:
             except torch.OutOfMemoryError:
                 if self.rows == 1:
                     raise
+                report.progress(f"transformers: batch {self.rows} ran out of memory, halving")
             # Outside the handler: the failed step's tensors (held by the traceback)
             # are released before the cache is emptied.
             self.opt.zero_grad(set_to_none=True)

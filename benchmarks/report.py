@@ -17,6 +17,7 @@ import pathlib
 import platform
 import shlex
 import sys
+import time
 from collections.abc import Mapping
 
 import jax
@@ -206,6 +207,16 @@ def exit_on_user_error():
         text = str(e).strip()
         print(f"error: {text.splitlines()[0] if text else repr(e)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+_START = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """One `[benchmark +12.3s] message` line on stderr: where a run that is stopped by a
+    time limit got to (the JSON result is printed only at the end)."""
+    elapsed = time.perf_counter() - _START
+    print(f"[benchmark +{elapsed:.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def emit(record: Mapping) -> None:

@@ -64,7 +64,11 @@ import statistics
 import time
 
 # Allocate GPU memory on demand so transformers can share the device in this process.
+# JAX's allocator still stops at XLA_PYTHON_CLIENT_MEM_FRACTION of the card (75% unless
+# set): on an H100 80GB (2026-11-27) the unrolled bloomz-1b1 train step ran out of memory
+# asking for a 30.5 GiB temp buffer beside 17 GB of parameters and optimizer state.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -219,6 +223,7 @@ class JaxRunner:
         self.compiled, self.state, self.batch, self.compile_s = _compiled_step(
             cfg, step_config, mesh, batch_np, seed
         )
+        report.progress(f"jax: step compiled in {self.compile_s:.1f} s")
         self.rows = int(batch_np[ts.INPUTS].shape[0])
         self.info = {
             "params": _params(self.state),
@@ -298,19 +303,26 @@ def measure(makers: dict, steps: int, rounds: int, interleave: bool) -> dict[str
     A runner that fails is reported with its error; the others still run.
     """
     results: dict[str, dict] = {}
+
+    def failed(name: str, e: BaseException) -> None:
+        results[name] = {"error": _error(e)}
+        report.progress(f"{name}: failed: {results[name]['error'][:200]}")
+
     if interleave:
         built = {}
         for name, make in makers.items():
+            report.progress(f"{name}: building")
             try:
                 built[name] = make()
             except Exception as e:  # noqa: BLE001 - report and go on with the others
-                results[name] = {"error": _error(e)}
-        for _ in range(rounds):
+                failed(name, e)
+        for i in range(rounds):
             for name, runner in list(built.items()):
                 try:
                     runner.run(steps)
+                    report.progress(f"{name}: round {i + 1}: {runner.times[-1]:.4f} s/step")
                 except Exception as e:  # noqa: BLE001
-                    results[name] = {"error": _error(e)}
+                    failed(name, e)
                     del built[name]
         for name, runner in built.items():
             results[name] = _summary(runner, cpu_backend=True)
@@ -318,13 +330,15 @@ def measure(makers: dict, steps: int, rounds: int, interleave: bool) -> dict[str
         return {name: results[name] for name in makers}
     for name, make in makers.items():
         runner = None
+        report.progress(f"{name}: building")
         try:
             runner = make()
-            for _ in range(rounds):
+            for i in range(rounds):
                 runner.run(steps)
+                report.progress(f"{name}: round {i + 1}: {runner.times[-1]:.4f} s/step")
             results[name] = _summary(runner, cpu_backend=False)
         except Exception as e:  # noqa: BLE001
-            results[name] = {"error": _error(e)}
+            failed(name, e)
         if runner is not None:
             runner.close()
         del runner

@@ -84,7 +84,7 @@ def test_transformers_runner_trains_on_the_same_weighted_targets():
 
 
 def test_transformers_runner_halves_the_batch_when_its_second_step_runs_out_of_memory(
-    monkeypatch,
+    monkeypatch, capsys
 ):
     """The second step is the first to hold AdamW's moments too: an out-of-memory error
     there (as bloom-560m at 8 x 2048 on an H200) halves the batch like one in the first."""
@@ -105,6 +105,9 @@ def test_transformers_runner_halves_the_batch_when_its_second_step_runs_out_of_m
     try:
         assert calls == [8, 8, 4, 4, 2, 2]
         assert runner.rows == 2 and tuple(runner.ids.shape) == tuple(runner.labels.shape) == (2, 16)
+        err = capsys.readouterr().err
+        assert "transformers: batch 8 ran out of memory, halving" in err
+        assert "transformers: batch 4 ran out of memory, halving" in err
     finally:
         runner.close()
 
@@ -404,7 +407,12 @@ def test_train_step_records_no_row_when_the_step_fails(capsys, results, monkeypa
     monkeypatch.setattr(bt, "JaxRunner", Broken)
     with pytest.raises(SystemExit, match="^JAX train step failed: RuntimeError: out of memory$"):
         bt.main(["--preset", "tiny-bloom", "--seq", "16", "--rounds", "1", "--steps", "1"])
-    assert '"error": "RuntimeError: out of memory"' in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert '"error": "RuntimeError: out of memory"' in printed.out
+    # Progress on stderr says how far a run got (gpu_check keeps it in the row's log).
+    progress = [line.split("] ", 1) for line in printed.err.splitlines()]
+    assert all(stamp.startswith("[benchmark +") and stamp.endswith("s") for stamp, _ in progress)
+    assert [m for _, m in progress] == ["jax: building", "jax: failed: RuntimeError: out of memory"]
 
 
 @pytest.mark.parametrize(

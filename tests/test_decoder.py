@@ -211,6 +211,23 @@ def test_scan_unroll_and_remat_do_not_change_results(models, kind, length):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grad, base_grad)
 
 
+def test_unrolled_remat_keeps_its_recomputation_apart_from_the_forward(models):
+    """Unrolled layers are straight-line code: without jax.checkpoint's CSE barriers XLA
+    may merge the backward's recomputation with the forward pass, which undoes remat.
+    Under scan the loop separates them and the barriers (which cost time) are left out."""
+    _, cfg, params = models["tiny-bloom"]
+    tokens = jnp.zeros((2, 16), jnp.int32)
+
+    def lowered(**override):
+        c = dataclasses.replace(cfg, **override)
+        loss = lambda p: decoder.Decoder(c).apply({"params": p}, tokens).mean()  # noqa: E731
+        return jax.jit(jax.grad(loss)).lower(params).as_text()
+
+    assert "optimization_barrier" in lowered(remat_policy="full", scan_layers=False)
+    assert "optimization_barrier" not in lowered(remat_policy="full", scan_layers=True)
+    assert "optimization_barrier" not in lowered(remat_policy="none", scan_layers=False)
+
+
 @pytest.mark.parametrize("preset", ["tiny-bloom", "tiny-llama"])
 def test_bfloat16_params_and_compute_give_float32_logits(models, preset):
     _, cfg, params = models[preset]

@@ -34,7 +34,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 # "none" = no rematerialisation; "full" = save nothing (recompute the whole layer in
 # the backward pass); any other name is looked up in `jax.checkpoint_policies`.
 # Presets choose by size: a layer's activations at 8 x 2048 tokens in bf16 are ~1 GB for
-# 1B models, so up to ~1B parameters nothing is recomputed (fastest); 1.5-3B models keep
+# 1B models, so up to bloom-560m nothing is recomputed (fastest); bloomz-1b1 to 3B keep
 # the projection matmul outputs ("dots_with_no_batch_dims_saveable": ~5% more FLOPs,
 # most of the memory back); 7-8B models save nothing ("full": ~33% more FLOPs).
 REMAT_POLICIES = (

@@ -113,8 +113,15 @@ def _block_class(cfg: ModelConfig):
     policy = None
     if cfg.remat_policy not in ("full", "nothing_saveable"):
         policy = getattr(jax.checkpoint_policies, cfg.remat_policy)
-    # prevent_cse=False is safe (and faster) inside scan, which already blocks CSE.
-    return nn.remat(Block, policy=policy, prevent_cse=False)
+    # Inside a scan, the loop already keeps XLA from merging the recomputation with the
+    # forward pass (prevent_cse=False is then faster, as the JAX docs say). Unrolled,
+    # the layers are straight-line code and need jax.checkpoint's CSE barriers. Even so,
+    # remat saved no memory unrolled where measured: XLA:CPU's temp memory for an
+    # unrolled 4-layer tiny model was the same with "full" as with "none" (its scheduler
+    # runs the recomputation early), and on an H100 (2026-11-27) the unrolled bloomz-1b1
+    # step asked for the same 30.5 GiB temp buffer with and without remat. To save
+    # activation memory, keep layers in a scan.
+    return nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
 
 
 class Decoder(nn.Module):

@@ -397,6 +397,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="loss-weighted share of each packed sequence (its end); EcomInstruct: ~0.1",
     )
     p.add_argument("--remat", default=None, help="override the preset's remat_policy")
+    p.add_argument("--logits_dtype", default=None, help="float32 (default) | bfloat16")
     p.add_argument("--attention_impl", default=None, help="xla | cudnn (default: preset's)")
     p.add_argument("--scan_layers", default=None, choices=("true", "false"))
     p.add_argument("--loss_chunk", type=_loss_chunk, default=-1, help="-1 auto, 0 off, else length")
@@ -428,6 +429,8 @@ def model_config_from_args(args) -> model_config.ModelConfig:
     overrides = {"dtype": args.dtype}
     if args.remat is not None:
         overrides["remat_policy"] = args.remat
+    if args.logits_dtype is not None:
+        overrides["logits_dtype"] = args.logits_dtype
     if args.attention_impl is not None:
         overrides["attention_impl"] = args.attention_impl
     if args.scan_layers is not None:
@@ -501,6 +504,7 @@ def run(args, cfg, mesh) -> dict:
         "dtype": cfg.dtype,
         "remat": cfg.remat_policy,
         "scan_layers": cfg.scan_layers,
+        "logits_dtype": cfg.logits_dtype,
         "attention_impl": cfg.attention_impl,
         "loss_chunk": chunk,
         "answer_fraction": args.answer_fraction,

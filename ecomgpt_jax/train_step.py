@@ -242,7 +242,9 @@ def _chunked_loss(params, model, hidden, targets, weights, chunk):
     gradient: each chunk's logits are computed once, not recomputed in the backward.
     """
     w, vocab_major = losses.head_weights(model.cfg, params)
-    return losses.chunked_cross_entropy(hidden, w, targets, weights, chunk, vocab_major)
+    return losses.chunked_cross_entropy(
+        hidden, w, targets, weights, chunk, vocab_major, model.cfg.logits_dtype
+    )
 
 
 # ----------------------------------------------------------------------------- step

@@ -245,6 +245,18 @@ def test_bfloat16_params_and_compute_give_float32_logits(models, preset):
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(decoder.abstract_params(bf_cfg)))
 
 
+@pytest.mark.parametrize("preset", ["tiny-bloom", "tiny-llama"])  # tied and untied heads
+def test_bfloat16_logits_dtype_rounds_the_float32_logits(models, preset):
+    _, cfg, params = models[preset]
+    tokens = jnp.asarray(np.random.RandomState(8).randint(0, cfg.vocab_size, (2, 16)))
+    ref = forward(cfg, params, tokens)
+    out = forward(dataclasses.replace(cfg, logits_dtype="bfloat16"), params, tokens)
+    assert out.dtype == np.float32
+    rounded = np.asarray(jnp.asarray(ref).astype(jnp.bfloat16), np.float32)
+    np.testing.assert_array_equal(out, rounded)
+    assert (out != ref).mean() > 0.9
+
+
 def test_every_parameter_has_logical_axes():
     rule_names = {name for name, _ in P.RULES}
     for preset in KINDS:

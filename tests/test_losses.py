@@ -122,6 +122,39 @@ def test_bfloat16_hidden_gives_float32_sums_and_param_dtype_grads():
     np.testing.assert_allclose(loss, ref_loss, rtol=2e-2)
 
 
+def test_bfloat16_logits_are_the_float32_logits_rounded():
+    """logits_dtype="bfloat16": loss, accuracy and gradients are those of the float32
+    logits rounded to bfloat16 (autodiff of that reference, the rounding passing the
+    gradient straight through), and differ from float32's."""
+    hidden, w, targets, weights = _inputs(seed=4)
+
+    def reference(h, w):
+        exact = jnp.einsum("bld,vd->blv", h, w)
+        rounded = exact.astype(jnp.bfloat16).astype(jnp.float32)
+        # Straight through: autodiff of astype would round the logits' cotangent too.
+        logits = exact + jax.lax.stop_gradient(rounded - exact)
+        picked = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+        ce = jax.nn.logsumexp(logits, -1) - picked
+        return jnp.sum(ce * weights), jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
+
+    def ours(logits_dtype):
+        def f(h, w):
+            return losses.chunked_cross_entropy(h, w, targets, weights, 4, True, logits_dtype)
+
+        return jax.value_and_grad(f, (0, 1), has_aux=True)(hidden, w)
+
+    (loss, correct), grads = ours("bfloat16")
+    (ref_loss, ref_correct), ref_grads = jax.value_and_grad(reference, (0, 1), has_aux=True)(
+        hidden, w
+    )
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    assert correct == ref_correct
+    for g, r in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(g, r, atol=1e-5)
+    (loss32, _), _ = ours("float32")
+    assert abs(float(loss32 - loss)) > 1e-5 * float(loss32)  # float32 noise: ~1e-7
+
+
 def test_matches_decoder_logits_with_head_weights():
     for preset in ("tiny-bloom", "tiny-llama"):  # tied [V, D] and untied [D, V] heads
         cfg = mc.get_preset(preset)

@@ -93,6 +93,13 @@ def dot(spec: str, x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
     return jnp.einsum(spec, x, w).astype(out_dtype)
 
 
+def head_logits(spec: str, x: jax.Array, w: jax.Array, logits_dtype: str) -> jax.Array:
+    """The LM-head matmul `dot(spec, x, w)` written in `logits_dtype` (ModelConfig's), as
+    float32: a no-op cast for "float32"; for "bfloat16", logits rounded to bfloat16,
+    which XLA keeps in memory and widens where they are read."""
+    return dot(spec, x, w, dtype_of(logits_dtype)).astype(jnp.float32)
+
+
 def add_bias(y: jax.Array, b: jax.Array) -> jax.Array:
     """y [..., *b.shape] + b (rounded to y's dtype, as HF autocast does), added in
     float32 and returned in y's dtype.
@@ -172,7 +179,7 @@ class Embed(nn.Module):
         """Tied LM head: [..., D] -> float32 logits [..., V]."""
         dtype = dtype_of(self.cfg.dtype)
         w = self.embedding.astype(dtype)
-        return dot("...d,vd->...v", x.astype(dtype), w, jnp.float32)
+        return head_logits("...d,vd->...v", x.astype(dtype), w, self.cfg.logits_dtype)
 
 
 class LMHead(nn.Module):
@@ -185,7 +192,7 @@ class LMHead(nn.Module):
         """[..., D] -> float32 logits [..., V]."""
         w = param(self, "kernel", (self.cfg.hidden, self.cfg.vocab_size), (P.EMBED, P.VOCAB))
         dtype = dtype_of(self.cfg.dtype)
-        return dot("...d,dv->...v", x.astype(dtype), w.astype(dtype), jnp.float32)
+        return head_logits("...d,dv->...v", x.astype(dtype), w.astype(dtype), self.cfg.logits_dtype)
 
 
 class Mlp(nn.Module):

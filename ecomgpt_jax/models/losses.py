@@ -10,8 +10,9 @@
            correct_sum float32 scalar: sum of weights * (argmax(logits) == target)
 
 Logits of one chunk are float32 [B, chunk, V], computed like `Decoder.logits_from_hidden`
-(w cast to the hidden dtype, float32 accumulation). BLOOM's 250k vocabulary makes the full
-float32 logits of a 8 x 2048 batch 16 GB; here only one chunk is live.
+(w cast to the hidden dtype, float32 accumulation, written in `logits_dtype`). BLOOM's
+250k vocabulary makes the full float32 logits of a 8 x 2048 batch 16 GB; here only one
+chunk is live.
 
 Why a custom VJP: the loss is a sum, so d loss / d logits = weights * (softmax - onehot)
 is known as soon as a chunk's logits are. The forward pass therefore computes, per chunk,
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax.models.config import ModelConfig
-from ecomgpt_jax.models.layers import constrain, dot
+from ecomgpt_jax.models.layers import constrain, dot, head_logits
 
 LOGIT_AXES = (P.BATCH, P.LENGTH, P.ACT_VOCAB)
 
@@ -51,10 +52,10 @@ def head_weights(cfg: ModelConfig, params) -> tuple[jax.Array, bool]:
     return params["lm_head"]["kernel"], False
 
 
-def _logits(h, w, vocab_major):
+def _logits(h, w, vocab_major, logits_dtype):
     """h [B, C, D] -> float32 [B, C, V]."""
     spec = "bcd,vd->bcv" if vocab_major else "bcd,dv->bcv"
-    logits = dot(spec, h, w.astype(h.dtype), jnp.float32)
+    logits = head_logits(spec, h, w.astype(h.dtype), logits_dtype)
     return constrain(logits, LOGIT_AXES)
 
 
@@ -131,15 +132,15 @@ def _skip_idle_chunks(body, zeros, needed, chunk):
     return run
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _fused(hidden, w, targets, weights, chunk, vocab_major):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _fused(hidden, w, targets, weights, chunk, vocab_major, logits_dtype):
     hidden, targets, weights, _, needed = _compact(hidden, targets, weights)
     hs, ts, ws = _chunks(hidden, targets, weights, chunk)
     w = _head_for_loop(w, hidden.dtype, vocab_major)
 
     def body(carry, xs):
         h, t, wt = xs
-        token_loss, correct, _, _ = _chunk_stats(_logits(h, w, vocab_major), t, wt)
+        token_loss, correct, _, _ = _chunk_stats(_logits(h, w, vocab_major, logits_dtype), t, wt)
         return (carry[0] + jnp.sum(token_loss * wt), carry[1] + correct), None
 
     zero = jnp.zeros((), jnp.float32)
@@ -148,7 +149,7 @@ def _fused(hidden, w, targets, weights, chunk, vocab_major):
     return loss, correct
 
 
-def _fused_fwd(hidden, w, targets, weights, chunk, vocab_major):
+def _fused_fwd(hidden, w, targets, weights, chunk, vocab_major, logits_dtype):
     b, length, d = hidden.shape
     vocab = w.shape[0] if vocab_major else w.shape[1]
     packed, targets, weights, order, needed = _compact(hidden, targets, weights)
@@ -159,7 +160,7 @@ def _fused_fwd(hidden, w, targets, weights, chunk, vocab_major):
     def body(carry, xs):
         loss_acc, correct_acc, dw = carry
         h, t, wt = xs
-        logits = _logits(h, w, vocab_major)
+        logits = _logits(h, w, vocab_major, logits_dtype)
         token_loss, correct, e, s = _chunk_stats(logits, t, wt)
         # d(sum w * CE)/d logits, in the compute dtype for the two matmuls below.
         dlogits = (e / s - jax.nn.one_hot(t, vocab, dtype=e.dtype)) * wt[..., None]
@@ -189,7 +190,7 @@ def _fused_fwd(hidden, w, targets, weights, chunk, vocab_major):
     return (loss, correct), (dhidden, dw.astype(w_dtype))
 
 
-def _fused_bwd(chunk, vocab_major, res, cotangents):
+def _fused_bwd(chunk, vocab_major, logits_dtype, res, cotangents):
     dhidden, dw = res
     g = cotangents[0]  # correct_sum is piecewise constant: no gradient
     # Targets and weights are data: no cotangent (the positions of weight 0 were
@@ -207,11 +208,13 @@ def chunked_cross_entropy(
     weights: jax.Array,
     chunk: int,
     vocab_major: bool = True,
+    logits_dtype: str = "float32",
 ) -> tuple[jax.Array, jax.Array]:
     """(loss_sum, correct_sum) float32 scalars; see the module docstring for shapes.
+    `logits_dtype`: what the LM-head matmul writes (`ModelConfig.logits_dtype`).
 
     Differentiable in `hidden` and `w`; `targets` and `weights` get no gradient."""
     _check(hidden, targets, weights, chunk)
     targets = jnp.asarray(targets, jnp.int32)
     weights = jnp.asarray(weights, jnp.float32)
-    return _fused(hidden, w, targets, weights, int(chunk), bool(vocab_major))
+    return _fused(hidden, w, targets, weights, int(chunk), bool(vocab_major), str(logits_dtype))

@@ -139,17 +139,25 @@ def test_head_columns_add_alibi_and_the_run_gap(dtype, head_dim, rel_tol, runs):
     assert q2.shape[-1] % 8 == 0 and head_dim + n <= q2.shape[-1] < head_dim + n + 8
     np.testing.assert_array_equal(np.asarray(q2[..., :head_dim]), np.asarray(q))
     np.testing.assert_array_equal(np.asarray(k2[..., :head_dim]), np.asarray(k))
-    # The extra products in float64 (each bf16 / f16 value is exact there).
+    # The extra products in float64 (each bf16 / f16 value is exact there), the ALiBi
+    # columns (the first six) and the run columns (the next two) each on their own.
     qx = np.asarray(q2[..., head_dim:], np.float64)
     kx = np.asarray(k2[..., head_dim:], np.float64)
-    extra = np.einsum("blhd,bshd->bhls", qx, kx) * scale
-    want = slopes.astype(np.float64)[None, :, None, None] * np.asarray(pos, np.float64)[0]
+
+    def part(cols):
+        return np.einsum("blhd,bshd->bhls", qx[..., cols], kx[..., cols]) * scale
+
+    want_alibi = slopes.astype(np.float64)[None, :, None, None] * np.asarray(pos, np.float64)[0]
+    want_alibi = np.broadcast_to(want_alibi, (1, heads, 3, 5))
+    np.testing.assert_allclose(part(slice(0, 6)), want_alibi, rtol=rel_tol, atol=1e-12)
+    want = want_alibi
     if runs:
         gap = A.run_gap(scale)
         assert gap >= A.RUN_GAP and gap / scale == 2 ** round(math.log2(gap / scale))
-        want = want + gap * np.asarray(key_runs, np.float64)[0]
-    want = np.broadcast_to(want, extra.shape)
-    np.testing.assert_allclose(extra, want, rtol=0, atol=rel_tol * np.abs(want).max())
+        want_runs = np.broadcast_to(gap * np.asarray(key_runs, np.float64)[0], want.shape)
+        np.testing.assert_array_equal(part(slice(6, 8)), want_runs)  # exact
+        want = want_alibi + want_runs
+    np.testing.assert_array_equal(part(slice(n, None)), 0)  # the padding columns
     # Each product is exact in float32, so float32 accumulation only rounds the sum.
     extra32 = jnp.einsum(
         "blhd,bshd->bhls",
@@ -157,9 +165,8 @@ def test_head_columns_add_alibi_and_the_run_gap(dtype, head_dim, rel_tol, runs):
         k2[..., head_dim:],
         preferred_element_type=jnp.float32,
     ) * jnp.float32(scale)
-    np.testing.assert_allclose(
-        np.asarray(extra32, np.float64), want, rtol=0, atol=4 * 2**-24 * np.abs(want).max()
-    )
+    # (All terms are >= 0 here, so each rounding is within an ulp of the element's sum.)
+    np.testing.assert_allclose(np.asarray(extra32, np.float64), want, rtol=8 * 2**-24, atol=0)
 
 
 def test_segment_runs_count_changes_of_segment_id():
@@ -203,12 +210,19 @@ def test_dot_product_attention_in_bfloat16_matches_the_float32_reference():
     assert np.abs(np.asarray(no_alibi, np.float32) - np.asarray(ref))[valid].max() > 0.3
 
 
-def _bloom_attention_case(heads, length, head_dim, seed):
+def _many_segments(batch: int, length: int, size: int = 50) -> jax.Array:
+    """Segment ids [batch, length]: segments of `size` tokens, then 40 of padding."""
+    seg = np.zeros((batch, length), np.int32)
+    seg[:, : length - 40] = 1 + np.arange(length - 40) // size
+    return jnp.asarray(seg)
+
+
+def _bloom_attention_case(heads, length, head_dim, seed, segments=_long_segments):
     """((q, k, v) [2, length, heads, head_dim] float32, MaskInfo with ALiBi over
-    `_long_segments`, slopes [heads], valid bool [2, length, 1, 1], cotangent ct
+    `segments(2, length)`, slopes [heads], valid bool [2, length, 1, 1], cotangent ct
     (zero on padding))."""
     qkv = _random_qkv(heads, heads, length=length, hd=head_dim, seed=seed)
-    seg = _long_segments(2, length)
+    seg = segments(2, length)
     pos = A.segment_positions(seg)
     info = A.make_mask_info(seg, pos, seg, pos, 0, use_alibi=True)
     valid = (seg != 0)[:, :, None, None]
@@ -273,12 +287,21 @@ def test_causal_self_attention_reaches_the_kernel_without_mask_or_bias(monkeypat
     A.attend_dot_product(*bf, cached, slopes, "xla")
     assert seen[-1]["hd"] == 72 and seen[-1]["bias"] is None and not seen[-1]["causal"]
     assert seen[-1]["mask"].shape == (2, 1, 64, 64)
+    # Keys given apart from the queries (equal values here): the run columns, which read
+    # both from the queries, are not used; the mask is.
+    seg = info.segments
+    pos = A.segment_positions(seg)
+    apart = A.make_mask_info(seg, pos, seg + 0, pos + 0, 0, use_alibi=True)
+    assert apart.causal_self and apart.segments is None
+    A.attend_dot_product(*bf, apart, slopes, "xla")
+    assert seen[-1]["mask"].shape == (2, 1, 64, 64) and seen[-1]["causal"]
 
 
 def test_run_columns_hide_earlier_segments_even_where_they_score_far_higher():
     """Keys of earlier segments whose raw scores beat the query's own segment's by 30
-    get no weight (e**-34 at most), many short segments (runs up to 33) and left and
-    trailing padding included: float32 output and gradients equal masked attention."""
+    (queries of odd segments, keys of the even segment before) get no weight (e**-34
+    at most), with many short segments (29 of 5 tokens and one of 2: runs up to 31) and
+    left and trailing padding: float32 output and gradients equal masked attention."""
     heads, length, hd = 4, 160, 16
     q, k, v = _random_qkv(heads, heads, length=length, hd=hd, seed=11)
     seg = np.zeros((2, length), np.int32)
@@ -318,11 +341,17 @@ needs_cudnn = pytest.mark.skipif(
 
 
 @needs_cudnn
-@pytest.mark.parametrize("head_dim", [64, 96, 128])
-def test_cudnn_attention_matches_float32_attention_on_long_segments(head_dim):
-    """On a GPU: cuDNN's output and q/k/v gradients in bfloat16, ALiBi as columns (64,
-    96) or as a bias (128), against float32 attention, with positions up to 2007."""
-    (q, k, v), info, slopes, valid, ct = _bloom_attention_case(16, 2048, head_dim, seed=7)
+@pytest.mark.parametrize(
+    "head_dim,segments",
+    [(64, _long_segments), (96, _long_segments), (128, _long_segments), (64, _many_segments)],
+)
+def test_cudnn_attention_matches_float32_attention_on_long_segments(head_dim, segments):
+    """On a GPU: cuDNN's output and q/k/v gradients in bfloat16, segments and ALiBi as
+    columns (64, 96) or mask and bias (128), against float32 attention, with positions
+    up to 2007 (`_long_segments`) or 41 segments (`_many_segments`)."""
+    (q, k, v), info, slopes, valid, ct = _bloom_attention_case(
+        16, 2048, head_dim, seed=7, segments=segments
+    )
 
     def run(attend, dtype):
         def loss(q, k, v):

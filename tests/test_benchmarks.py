@@ -374,8 +374,7 @@ def results(tmp_path, monkeypatch):
         (["--override", "nope=1"], "error: --override nope=1: ModelConfig has no field 'nope'"),
         (
             ["--logits_dtype", "bf16"],
-            "error: ModelConfig.logits_dtype='bf16': must be one of "
-            "('float32', 'bfloat16', 'float16')",
+            "error: ModelConfig.logits_dtype='bf16': must be one of ('float32', 'bfloat16')",
         ),
         (
             ["--override", "remat_policy=full"],

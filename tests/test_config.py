@@ -220,6 +220,8 @@ def test_invalid_overrides_raise_naming_the_field():
         dataclasses.replace(cfg, dtype="fp8")
     with pytest.raises(ConfigError, match=r"^ModelConfig.logits_dtype='bf16': must be one of"):
         dataclasses.replace(cfg, logits_dtype="bf16")
+    with pytest.raises(ConfigError, match=r"^ModelConfig.logits_dtype='float16': must be one"):
+        dataclasses.replace(cfg, logits_dtype="float16")
     with pytest.raises(ConfigError, match="remat_policy"):
         dataclasses.replace(cfg, remat_policy="sometimes")
     # Sizes from gin or JSON overrides: a string, float or bool is a typo, not a size.

@@ -211,7 +211,7 @@ def test_scan_unroll_and_remat_do_not_change_results(models, kind, length):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grad, base_grad)
 
 
-def test_unrolled_remat_keeps_its_recomputation_apart_from_the_forward(models):
+def test_unrolled_remat_lowers_with_cse_barriers(models):
     """Unrolled layers are straight-line code: without jax.checkpoint's CSE barriers XLA
     may merge the backward's recomputation with the forward pass, which undoes remat.
     Under scan the loop separates them and the barriers (which cost time) are left out."""

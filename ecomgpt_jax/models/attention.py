@@ -225,7 +225,10 @@ def make_mask_info(
         rel = (k_positions[:, None, :] - q_positions[:, :, None]).astype(jnp.float32)
     causal_self = isinstance(q_offset, int) and q_offset == 0
     causal_self = causal_self and q_segments.shape[1] == k_segments.shape[1]
-    segments = q_segments if causal_self else None  # for kernels taking segment ids
+    # For kernels taking segment ids, and for `attend_dot_product`'s run columns, which
+    # read keys' segments and positions from the queries': only when they are the same.
+    same_keys = k_segments is q_segments and k_positions is q_positions
+    segments = q_segments if causal_self and same_keys else None
     return MaskInfo(
         mask=mask,
         rel_pos=rel,
@@ -395,8 +398,9 @@ def head_columns(q, k, scale: float, slopes=None, key_positions=None, key_runs=N
     hi + lo of at most n significant bits (`_hi_lo`) and slope / scale into three dtype
     values c1 + c2 + c3 (relative remainder below 2**-24); gap / scale is a power of two.
     Every product of a q and a k column then has at most 2n <= 24 significant bits, so
-    it is exact in float32 and only the float32 sums round: a few ulps of the biases,
-    about 1e-4 at position 2047 and 5e-4 at run 16.
+    it is exact in float32 and only the float32 sums round: a few float32 ulps of the
+    largest bias, slope * pos + gap * run (about 5e-4 logits at 2048 keys and 16 runs,
+    about 1e-2 near 2**16 keys).
     """
     dtype = np.dtype(q.dtype)
     h = q.shape[2]
@@ -464,9 +468,11 @@ def attend_dot_product(q, k, v, info: MaskInfo, slopes, implementation="cudnn") 
     [B, 1, L, S] mask goes in, with ALiBi as columns of pos_k or as an explicit
     [B, H, L, S] bias.
 
-    Measured on an H200, one bloom-560m layer's forward + backward at 8 x 2048: 2.99 ms
-    with bias and mask, 2.23 ms with ALiBi columns and the mask (benchmarks/RESULTS.md,
-    2026-11-27 11:47); the mask alone cost 1.36 ms against 0.86 causal-only.
+    Measured on an H100, one bloom-560m layer's forward + backward at 8 x 2048: 1.35 ms
+    with run columns and no mask, 2.31 ms with ALiBi columns and the mask, 0.89 ms for
+    the causal kernel without ALiBi or segments (benchmarks/RESULTS.md, 2026-11-27
+    14:42); on an H200 the explicit bias and mask took 2.99 ms. The run columns hide
+    earlier segments as long as raw scores differ by well under run_gap (64 logits).
     """
     b, s, hd = k.shape[0], k.shape[1], q.shape[-1]
     scale = 1.0 / math.sqrt(hd)

@@ -31,6 +31,7 @@ from typing import Any
 
 FAMILIES = ("bloom", "llama")
 DTYPES = ("float32", "bfloat16", "float16")
+LOGITS_DTYPES = ("float32", "bfloat16")  # float16 logits would overflow past 65504
 # "none" = no rematerialisation; "full" = save nothing (recompute the whole layer in
 # the backward pass); any other name is looked up in `jax.checkpoint_policies`.
 # Presets choose by size: a layer's activations at 8 x 2048 tokens in bf16 are ~1 GB for
@@ -98,12 +99,16 @@ class ModelConfig:
     # logits are returned, and the loss's softmax statistics computed, in float32).
     # "bfloat16" rounds them first, as MaxText's default and PyTorch autocast do, and
     # halves the loss's memory traffic over [B, chunk, V] logits: on an H100, bloom-560m's
-    # bf16 step at 8 x 2048 took 0.1542 s against 0.1634 (benchmarks/RESULTS.md, 14:44).
+    # fused LM head + loss (8 x 2048) took 49.1 ms against 57.0 (same process; the whole
+    # step 0.1542 s against 0.1634 in two runs; benchmarks/RESULTS.md, 2026-11-27 14:43-4).
+    # The chunked loss passes the logits' gradient through the rounding unrounded; the
+    # unchunked one (loss_chunk_size 0, autodiff) rounds it to bfloat16 too.
     logits_dtype: str = "float32"
     remat_policy: str = "none"
     scan_layers: bool = True  # False = same params, layer loop fully unrolled
-    # "cudnn": jax.nn.dot_product_attention on GPU; "splash": the Pallas TPU kernel
-    # (RoPE family only, see models/splash.py)
+    # "cudnn": jax.nn.dot_product_attention on GPU (packed segments must be runs of
+    # slots with positions counting up by one, see Decoder); "splash": the Pallas TPU
+    # kernel (RoPE family only, see models/splash.py)
     attention_impl: str = "xla"
     bos_id: int | None = None
     eos_id: int | None = None
@@ -131,9 +136,11 @@ class ModelConfig:
                 bad("tie_embeddings", "BLOOM always ties the LM head to the embeddings")
         if self.head_dim % 2 and self.family == "llama":
             bad("head_dim", "RoPE needs an even head_dim")
-        for field in ("param_dtype", "dtype", "logits_dtype"):
+        for field in ("param_dtype", "dtype"):
             if getattr(self, field) not in DTYPES:
                 bad(field, f"must be one of {DTYPES}")
+        if self.logits_dtype not in LOGITS_DTYPES:
+            bad("logits_dtype", f"must be one of {LOGITS_DTYPES}")
         if self.remat_policy not in REMAT_POLICIES:
             bad("remat_policy", f"must be one of {REMAT_POLICIES}")
         if self.attention_impl not in ATTENTION_IMPLS:

@@ -8,8 +8,12 @@ Forward pass (training / scoring)::
     logits = model.apply({"params": params}, tokens, positions=None, segment_ids=None)
         tokens       int32 [B, L]
         segment_ids  int32 [B, L]; 0 = padding; tokens attend causally within their
-                     segment only (packed sequences). Default: all ones.
-        positions    int32 [B, L]; default restarts at 0 in every segment.
+                     segment only (packed sequences). Default: all ones. Each
+                     segment must be one run of slots (as packing makes them):
+                     attention_impl "cudnn" tells segments apart by runs.
+        positions    int32 [B, L]; default restarts at 0 in every segment. Given,
+                     they must count up by one inside a segment ("cudnn" uses slots
+                     for ALiBi's distances).
         -> logits    float32 [B, L, V]
 
     hidden = model.apply({"params": params}, tokens, ..., return_hidden=True)
@@ -115,12 +119,12 @@ def _block_class(cfg: ModelConfig):
         policy = getattr(jax.checkpoint_policies, cfg.remat_policy)
     # Inside a scan, the loop already keeps XLA from merging the recomputation with the
     # forward pass (prevent_cse=False is then faster, as the JAX docs say). Unrolled,
-    # the layers are straight-line code and need jax.checkpoint's CSE barriers. Even so,
-    # remat saved no memory unrolled where measured: XLA:CPU's temp memory for an
-    # unrolled 4-layer tiny model was the same with "full" as with "none" (its scheduler
-    # runs the recomputation early), and on an H100 (2026-11-27) the unrolled bloomz-1b1
-    # step asked for the same 30.5 GiB temp buffer with and without remat. To save
-    # activation memory, keep layers in a scan.
+    # the layers are straight-line code and need jax.checkpoint's CSE barriers. Even with
+    # them, XLA:CPU's temp memory for an unrolled 4-layer tiny model was the same with
+    # "full" as with "none" (the recomputation is there, scheduled early). On an H100
+    # (2026-11-27, before the barriers) the unrolled bloomz-1b1 step asked for the same
+    # 30.5 GiB temp buffer with and without remat; unrolled remat with the barriers is
+    # unmeasured on a GPU. To save activation memory, keep layers in a scan.
     return nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
 
 

@@ -94,9 +94,10 @@ def dot(spec: str, x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
 
 
 def head_logits(spec: str, x: jax.Array, w: jax.Array, logits_dtype: str) -> jax.Array:
-    """The LM-head matmul `dot(spec, x, w)` written in `logits_dtype` (ModelConfig's), as
-    float32: a no-op cast for "float32"; for "bfloat16", logits rounded to bfloat16,
-    which XLA keeps in memory and widens where they are read."""
+    """The LM-head matmul `dot(spec, x, w)` (e.g. x [..., D], w [V, D] -> [..., V])
+    written in `logits_dtype` (ModelConfig's), returned as float32: a no-op cast for
+    "float32"; for "bfloat16", logits rounded to bfloat16, which XLA keeps in memory and
+    widens where they are read."""
     return dot(spec, x, w, dtype_of(logits_dtype)).astype(jnp.float32)
 
 

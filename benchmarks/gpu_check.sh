@@ -23,6 +23,8 @@
 #    backward), without transformers
 # 6. if time is left: train step 1 under the profiler (--profile; CUDA graphs off): the
 #    operations that take its device time are printed in profile_bloom_560m.log
+# 7. if time is left: train step 1 again with bfloat16 logits (--logits_dtype bfloat16),
+#    without transformers
 #
 # Each benchmark runs in its own process under `timeout`; a failure is printed and the
 # next one still runs. JSON results go to LOG_DIR/results.jsonl (--log_dir, default a
@@ -143,6 +145,8 @@ run train_bloomz_1b1_answers 150 "${TRAIN[@]}" --preset bloomz-1b1 --attention_i
   run train_bloom_560m_xla 120 "${TRAIN_OURS[@]}" --preset bloom-560m --attention_impl xla
 run profile_bloom_560m 120 "${TRAIN_OURS[@]}" --preset bloom-560m --attention_impl cudnn \
   --steps 2 --rounds 1 --profile "$LOG_DIR/trace" --profile_top 40 --no_record
+run train_bloom_560m_bf16_logits 120 "${TRAIN_OURS[@]}" --preset bloom-560m \
+  --attention_impl cudnn --logits_dtype bfloat16
 
 if [[ -n "$OUT_DIR" ]]; then
   mkdir -p "$OUT_DIR"

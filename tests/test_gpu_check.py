@@ -81,6 +81,7 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
         ("benchmarks.train_step", "bloomz-1b1"),
         ("benchmarks.train_step", "bloom-560m"),
         ("benchmarks.train_step", "bloom-560m"),
+        ("benchmarks.train_step", "bloom-560m"),
     ]
     remat = [a[a.index("--remat") + 1] if "--remat" in a else None for a in invoked]
     assert remat[1] is None and remat[2] == "full" and remat[4] == "full"
@@ -91,6 +92,8 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
     assert "--compare_hf" in invoked[0] and "--compare_hf" not in invoked[5]
     assert invoked[6][invoked[6].index("--profile") + 1] == str(tmp_path / "logs" / "trace")
     assert "--no_record" in invoked[6] and "--compare_hf" not in invoked[6]
+    assert invoked[7][invoked[7].index("--logits_dtype") + 1] == "bfloat16"
+    assert "--compare_hf" not in invoked[7] and "--no_record" not in invoked[7]
     assert "--- train_bloomz_1b1 FAILED (exit 1" in run.stdout
     assert "RESOURCE_EXHAUSTED" in run.stdout  # the failed row's last log lines
     table = run.stdout.split("=== summary")[1].splitlines()
@@ -103,6 +106,7 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
         "train_bloomz_1b1_answers",
         "train_bloom_560m_xla",
         "profile_bloom_560m",
+        "train_bloom_560m_bf16_logits",
     ]
     # check, what (3 words), ours, transformers, ratio, MFU, memory
     assert rows[0][1:] == ["bloom-560m", "b8x2048", "tok/s", "50,000", "25,000", "2", "0.3", "60"]

@@ -49,8 +49,8 @@ def segment_runs(segment_ids: jax.Array) -> jax.Array:
 
 
 # Score gap (in logits, after the softmax scale) between a key of the query's own run
-# and one of the run before it, at least: e**-64 of weight leaks across, even past
-# logit differences of 30.
+# and one of the run before it, at least: at equal raw scores e**-64 of the weight leaks
+# across, e**-34 where the earlier key's raw score is 30 higher.
 RUN_GAP = 64.0
 ALIBI_COLUMNS, RUN_COLUMNS = 6, 2
 

@@ -29,10 +29,8 @@ import os
 import statistics
 import time
 
-# Allocate GPU memory on demand so transformers can share the device in this process.
-# JAX's allocator still stops at XLA_PYTHON_CLIENT_MEM_FRACTION of the card (75% unless
-# set): on an H100 80GB (2026-11-27) the unrolled bloomz-1b1 train step ran out of memory
-# asking for a 30.5 GiB temp buffer beside 17 GB of parameters and optimizer state.
+# Allocate GPU memory on demand so transformers can share the device in this process;
+# why the memory fraction too: see benchmarks/train_step.py.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
 

@@ -5,11 +5,12 @@
 #
 # The whole script stops within --budget_s (default 330 s; a row that would start with
 # under 20 s left is skipped, so rows 0-3 fit only if they run well inside their limits;
-# --budget_s 600 gives every row room). Timings seen: on an H200 (2026-11-27, layers in a scan) rows 1 and 2
-# took 50 s each; on an H100 the same day, with bloom-560m unrolled, rows 1 and 2 each
-# ran past their 95 s limit before printing anything. The benchmarks now print progress
-# lines (transformers' fit, JAX's compile, each round) to their logs and the limits are
-# 150 s; the transformers model is now built on the GPU (it was built on the CPU).
+# --budget_s 600 gives every row room). Timings seen: on an H200 (2026-11-27, layers in
+# a scan) rows 1 and 2 took 50 s each; on an H100 the same day, with bloom-560m
+# unrolled, rows 1 and 2 each ran past their 95 s limit before printing anything. The
+# benchmarks now print progress lines (transformers' fit, JAX's compile, each round) to
+# their logs and the limits are 150 s; the transformers model is now built on the GPU
+# (it was built on the CPU).
 # 0. if pytest is installed: the cuDNN attention tests (tests/test_attention.py -k cudnn:
 #    output and gradients against float32 attention on 2048-token rows); a warning if
 #    they fail or skip

@@ -199,7 +199,8 @@ class MaskInfo:
     rel_pos: jax.Array | None
     positions: jax.Array
     prefix: PrefixInfo | None = None  # a prompt cache every row also attends to
-    segments: jax.Array | None = None  # int32 [B, L] query (= key) segments, causal_self
+    # int32 [B, L] query segments, set when causal_self and the keys are the queries
+    segments: jax.Array | None = None
     # Static: queries are slots 0..L-1 of the keys themselves (no cache), so key slot
     # j > query slot i is always masked and attention may skip those blocks.
     causal_self: bool = flax.struct.field(pytree_node=False, default=False)

@@ -92,6 +92,7 @@ def test_read_model_file_applies_later_bindings_and_ignores_macros(tmp_path):
         "# a form feed \x0c and a line separator \u2028 inside a comment end no line",
         "ModelConfig.hidden = 48  # é",
         "ModelConfig.head_dim = 8",
+        "ModelConfig.mlp_dim = 192",
         "X = {'é': (3, -4.5, {'a': [None, True]})}  # the tuple's offset is in UTF-8 bytes",
         "Y = ((1, 2), (3, 4))",
         "ModelConfig.rope_scaling = {",
@@ -99,7 +100,11 @@ def test_read_model_file_applies_later_bindings_and_ignores_macros(tmp_path):
         "}",
     )
     want = dataclasses.replace(
-        mc.get_preset("tiny_bloom"), hidden=48, head_dim=8, rope_scaling=RopeScaling(factor=2.0)
+        mc.get_preset("tiny_bloom"),
+        hidden=48,
+        head_dim=8,
+        mlp_dim=192,
+        rope_scaling=RopeScaling(factor=2.0),
     )
     assert mc.read_model_file(path) == want
 
@@ -191,6 +196,29 @@ def test_rope_parameters_new_and_legacy_spelling_agree():
     assert new.rope_scaling == RopeScaling(8.0, 1.0, 4.0, 8192)
 
 
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_keys_left_out_of_config_json_take_transformers_defaults(model_type):
+    """A config.json may omit tie_word_embeddings and num_key_value_heads: we must read
+    what transformers reads (an untied head taken as tied would be silently dropped)."""
+    import transformers
+
+    base = dict(
+        vocab_size=32,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=128,
+    )
+    if model_type == "qwen2":
+        base["num_attention_heads"] = 64  # Qwen2Config's default of 32 kv heads divides it
+        base["hidden_size"] = 1024
+    hf_class = {"qwen2": transformers.Qwen2Config, "llama": transformers.LlamaConfig}
+    ref = hf_class[model_type](**base)
+    ours = mc.from_hf_config({**base, "model_type": model_type})
+    assert ours.tie_embeddings is ref.tie_word_embeddings is False
+    assert ours.kv_heads == ref.num_key_value_heads == {"qwen2": 32, "llama": 4}[model_type]
+
+
 def test_unsupported_architecture_names_what_was_found():
     with pytest.raises(ConfigError, match="model_type='gpt2'.*GPT2LMHeadModel"):
         mc.from_hf_config({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
@@ -224,6 +252,9 @@ def test_invalid_overrides_raise_naming_the_field():
         dataclasses.replace(cfg, logits_dtype="float16")
     with pytest.raises(ConfigError, match="remat_policy"):
         dataclasses.replace(cfg, remat_policy="sometimes")
+    # HF's BloomConfig has no MLP width: any other would not survive an export.
+    with pytest.raises(ConfigError, match=r"^ModelConfig.mlp_dim=200: BLOOM's MLP is 4 \* hidden"):
+        dataclasses.replace(mc.get_preset("tiny-bloom"), mlp_dim=200)
     # Sizes from gin or JSON overrides: a string, float or bool is a typo, not a size.
     for bad in ("a", 2.0, True, 0):
         with pytest.raises(ConfigError, match=rf"^ModelConfig.layers={bad!r}: must be a positive"):

@@ -7,14 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 from hf_reference import make_hf_model
 
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax.models import attention, decoder, hf_io
 from ecomgpt_jax.models import config as mc
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 KINDS = ["tiny-bloom", "tiny-qwen2", "tiny-llama"]
 TOL = 1e-4
@@ -153,7 +152,8 @@ def test_kv_cache_prefill_and_steps_equal_full_forward(models, preset, impl, mon
 
 
 def test_kv_cache_reorders_along_batch(models):
-    """Beam search gathers rows with jax.tree.map(lambda x: x[idx], cache)."""
+    """Beam search gathers rows with `cache.take(idx)` (k/v are layers-first, so
+    `x[idx]` on every leaf would index the layers)."""
     _, cfg, params = models["tiny-llama"]
     apply = jax.jit(decoder.Decoder(cfg).apply)
     rng = np.random.RandomState(5)
@@ -169,6 +169,26 @@ def test_kv_cache_reorders_along_batch(models):
         seq = np.concatenate([prompts[src], np.asarray(nxt[row])])[None]
         ref = forward(cfg, params, jnp.asarray(seq))
         np.testing.assert_allclose(logits[row, 0], ref[0, -1], atol=TOL)
+
+
+def test_cache_overflow_and_prefix_without_cache_are_refused(models):
+    """XLA would clamp the write past the last slot over earlier tokens; refused instead."""
+    _, cfg, params = models["tiny-llama"]
+    model = decoder.Decoder(cfg)
+    variables = {"params": params}
+    tokens = jnp.ones((1, 4), jnp.int32)
+    _, full = model.apply(variables, tokens, cache=decoder.init_cache(cfg, batch=1, max_len=4))
+    with pytest.raises(
+        ValueError, match="writing 1 tokens at cache slot 4 needs 5 cache slots, the cache has 4"
+    ):
+        model.apply(variables, tokens[:, :1], cache=full)
+    # Under jit the slot is unknown: the call's own length is still checked.
+    with pytest.raises(ValueError, match="writing 5 tokens needs 5 cache slots, the cache has 4"):
+        jax.jit(model.apply)(
+            variables, jnp.ones((1, 5), jnp.int32), cache=decoder.init_cache(cfg, 1, 4)
+        )
+    with pytest.raises(ValueError, match="`prefix` .* needs `cache`"):
+        model.apply(variables, tokens, prefix=full)
 
 
 @pytest.mark.parametrize("preset", ["tiny-bloom", "tiny-llama"])

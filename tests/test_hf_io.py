@@ -11,12 +11,11 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+import torch
+import transformers
+from hf_reference import make_hf_model
 
 from ecomgpt_jax.models import decoder, hf_io
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-from hf_reference import make_hf_model  # noqa: E402
 
 TOL = 1e-4
 IDS = np.random.RandomState(0).randint(0, 1024, (2, 20))
@@ -151,3 +150,38 @@ def test_an_export_never_mixes_with_another(tmp_path):
         "config.json",
         "model.safetensors",
     ]
+
+
+def test_a_tied_config_beside_a_different_head_is_refused(tmp_path):
+    """config.json says tied (or leaves it out where that means tied, BLOOM) but the file
+    holds a head of its own: dropping it would silently change the model."""
+    from safetensors.numpy import save_file
+
+    hf_model = make_hf_model("tiny-bloom")
+    state = {k: v.numpy() for k, v in hf_model.state_dict().items()}
+    embedding = state["transformer.word_embeddings.weight"]
+    (tmp_path / "config.json").write_text(json.dumps(hf_model.config.to_dict()))
+    # A head equal to the embedding (as some BLOOM files store it) is the tied head.
+    save_file({**state, "lm_head.weight": embedding}, str(tmp_path / "model.safetensors"))
+    cfg, params = hf_io.load_hf_params(tmp_path)
+    np.testing.assert_array_equal(params["embed"]["embedding"], embedding)
+    save_file({**state, "lm_head.weight": embedding + 1}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(hf_io.CheckpointFormatError) as e:
+        hf_io.load_hf_params(tmp_path)
+    assert str(e.value) == (
+        f"{tmp_path / 'model.safetensors'}: lm_head.weight differs from the input embedding, "
+        "but config.json ties them (tie_word_embeddings true or left out for this "
+        "model_type): set tie_word_embeddings to false there"
+    )
+
+
+def test_a_failed_export_leaves_nothing_that_blocks_a_retry(tmp_path):
+    cfg, params = hf_io.load_hf_params(_saved(tmp_path / "hf", "tiny-llama"))
+    down = params["layers"]["mlp"].pop("down_kernel")  # fails after the first shards
+    with pytest.raises(KeyError, match="down_kernel"):
+        hf_io.save_hf(cfg, params, tmp_path / "out", max_shard_bytes=16 * 1024)
+    assert list((tmp_path / "out").iterdir()) == []
+    params["layers"]["mlp"]["down_kernel"] = down
+    hf_io.save_hf(cfg, params, tmp_path / "out", max_shard_bytes=16 * 1024)
+    _, again = hf_io.load_hf_params(tmp_path / "out")
+    jax.tree.map(np.testing.assert_array_equal, again, params)

@@ -134,6 +134,9 @@ class ModelConfig:
                 bad("head_dim", f"BLOOM needs heads * head_dim == hidden ({self.hidden})")
             if not self.tie_embeddings:
                 bad("tie_embeddings", "BLOOM always ties the LM head to the embeddings")
+            if self.mlp_dim != 4 * self.hidden:
+                # HF's BloomConfig has no MLP width: an export would silently change it.
+                bad("mlp_dim", f"BLOOM's MLP is 4 * hidden ({4 * self.hidden})")
         if self.head_dim % 2 and self.family == "llama":
             bad("head_dim", "RoPE needs an even head_dim")
         for field in ("param_dtype", "dtype"):
@@ -381,6 +384,9 @@ def from_hf_config(hf: Mapping[str, Any]) -> ModelConfig:
             raise ConfigError(f"config.json ({found}): use_sliding_window=true is unsupported")
         hidden = int(hf["hidden_size"])
         heads = int(hf["num_attention_heads"])
+        # transformers' defaults for keys a config.json leaves out: Qwen2Config's
+        # num_key_value_heads is 32 (None means heads), Llama's None; neither ties.
+        kv_heads = hf.get("num_key_value_heads", 32 if model_type == "qwen2" else None)
         theta, scaling = _rope_from_hf(hf)
         return ModelConfig(
             family="llama",
@@ -388,14 +394,14 @@ def from_hf_config(hf: Mapping[str, Any]) -> ModelConfig:
             hidden=hidden,
             layers=int(hf["num_hidden_layers"]),
             heads=heads,
-            kv_heads=int(hf.get("num_key_value_heads") or heads),
+            kv_heads=heads if kv_heads is None else int(kv_heads),
             head_dim=int(hf.get("head_dim") or hidden // heads),
             mlp_dim=int(hf["intermediate_size"]),
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             rope_theta=theta,
             rope_scaling=scaling,
             qkv_bias=model_type == "qwen2",
-            tie_embeddings=bool(hf.get("tie_word_embeddings", model_type == "qwen2")),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             max_positions=int(hf.get("max_position_embeddings", 2048)),
             **ids,
         )

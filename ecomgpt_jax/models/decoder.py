@@ -73,6 +73,7 @@ import jax
 import jax.numpy as jnp
 
 from ecomgpt_jax import partitioning as P
+from ecomgpt_jax.models import losses
 from ecomgpt_jax.models.attention import (
     Attention,
     KVCache,
@@ -168,6 +169,7 @@ class Decoder(nn.Module):
         r // (B / B') (beam search: the prompt is shared by an item's beams and `cache`
         holds only the generated tokens)."""
         tokens = jnp.asarray(tokens, jnp.int32)
+        _check_cache_use(tokens, cache, prefix)
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)
         segment_ids = jnp.asarray(segment_ids, jnp.int32)
@@ -222,11 +224,31 @@ class Decoder(nn.Module):
         return logits
 
 
+def _check_cache_use(tokens: jax.Array, cache: KVCache | None, prefix: KVCache | None):
+    """Refuses what would silently compute wrong logits: XLA clamps a cache write that
+    runs past the last slot (overwriting earlier tokens), and a prefix without a cache
+    would be ignored. The slot check is exact where `cache.index` is concrete; under
+    jit only the call's own length can be checked."""
+    if prefix is not None and cache is None:
+        raise ValueError("Decoder: `prefix` (a shared prompt cache) needs `cache` as well")
+    if cache is None:
+        return
+    length, slots = tokens.shape[1], cache.max_length
+    start = None if isinstance(cache.index, jax.core.Tracer) else int(cache.index[0])
+    if length + (start or 0) > slots:
+        at = "" if start is None else f" at cache slot {start}"
+        raise ValueError(
+            f"Decoder: writing {length} tokens{at} needs {length + (start or 0)} cache "
+            f"slots, the cache has {slots}: size it for prompt + new tokens "
+            "(init_cache(max_len=...))"
+        )
+
+
 def lm_head_kernel(cfg: ModelConfig, params) -> jax.Array:
-    """The output projection [D, V] (the transposed embedding when tied)."""
-    if cfg.tie_embeddings:
-        return params["embed"]["embedding"].T
-    return params["lm_head"]["kernel"]
+    """The output projection [D, V] (the transposed embedding when tied): the same
+    choice as `losses.head_weights`, in the [D, V] layout."""
+    w, vocab_major = losses.head_weights(cfg, params)
+    return w.T if vocab_major else w
 
 
 def abstract_params(cfg: ModelConfig, boxed: bool = False):

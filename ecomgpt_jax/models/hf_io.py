@@ -5,8 +5,9 @@
                                          # into a new or empty folder only
 
 Import streams one tensor at a time with `safetensors.safe_open`, writing each into
-preallocated stacked `[layers, ...]` arrays, so peak host memory is the model in the
-target dtype plus one tensor. Pickle checkpoints (`*.bin`, `*.pt`) are refused: loading
+preallocated stacked `[layers, ...]` arrays (the assignment casts), so peak host memory
+is the model in the target dtype plus one tensor (two while a transposed one is
+reshaped). Pickle checkpoints (`*.bin`, `*.pt`) are refused: loading
 a pickle can execute arbitrary code.
 
 Name mapping (HF weights are [out, in]; ours are [in, ...out] einsum kernels)::
@@ -49,7 +50,8 @@ from ecomgpt_jax.models.config import ConfigError, ModelConfig
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_FILE = "model.safetensors.index.json"
 # Buffers some HF checkpoints carry that are recomputed, never loaded.
-IGNORED_HF_KEYS = re.compile(r".*(rotary_emb\.inv_freq|attn\.masked_bias|attn\.bias)$")
+# Buffers older Llama checkpoints saved with the weights (recomputed from the config).
+IGNORED_HF_KEYS = re.compile(r".*rotary_emb\.inv_freq$")
 
 
 class CheckpointFormatError(ValueError):
@@ -292,13 +294,15 @@ def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]
     filled: set[tuple[tuple[str, ...], int]] = set()
 
     unexpected = []
+    tied_head_file = None  # a saved copy of a tied head: checked below, then dropped
     for path in _safetensors_files(hf_dir):
         with _damaged_file_errors(path), safe_open(str(path), framework="numpy") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
                 match = next(((m, e) for r, e in by_pattern if (m := r.fullmatch(key))), None)
                 if match is None:
-                    tied_head = key == "lm_head.weight" and cfg.tie_embeddings
-                    if not (tied_head or IGNORED_HF_KEYS.match(key)):
+                    if key == "lm_head.weight" and cfg.tie_embeddings:
+                        tied_head_file = path
+                    elif not IGNORED_HF_KEYS.match(key):
                         unexpected.append(key)
                     continue
                 m, e = match
@@ -308,7 +312,7 @@ def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]
                     continue
                 shape = shapes[e.ours][1:] if e.layered else shapes[e.ours]
                 try:
-                    value = to_ours(f.get_tensor(key), shape, e.transpose).astype(target)
+                    value = to_ours(f.get_tensor(key), shape, e.transpose)
                 except CheckpointFormatError as err:
                     raise CheckpointFormatError(f"{path.name}: {key}: {err}") from None
                 if e.layered:
@@ -328,6 +332,8 @@ def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]
     ]
     if missing:
         raise CheckpointFormatError(f"{hf_dir}: missing tensors {missing[:10]}")
+    if tied_head_file is not None:
+        _check_tied_head(tied_head_file, arrays[("embed", "embedding")])
 
     params: dict = {}
     for path, value in arrays.items():
@@ -336,6 +342,22 @@ def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]
             node = node.setdefault(part, {})
         node[path[-1]] = value
     return cfg, params
+
+
+def _check_tied_head(path: pathlib.Path, embedding: np.ndarray) -> None:
+    """A tied model's file may still hold `lm_head.weight` [V, D]: it must be the
+    embedding (in the target dtype), or config.json's tie_word_embeddings is wrong and
+    dropping the head would silently change the model."""
+    from safetensors import safe_open
+
+    with _damaged_file_errors(path), safe_open(str(path), framework="numpy") as f:
+        head = f.get_tensor("lm_head.weight")
+    if head.shape != embedding.shape or not np.array_equal(head.astype(embedding.dtype), embedding):
+        raise CheckpointFormatError(
+            f"{path}: lm_head.weight differs from the input embedding, but config.json ties "
+            "them (tie_word_embeddings true or left out for this model_type): set "
+            "tie_word_embeddings to false there"
+        )
 
 
 # ----------------------------------------------------------------------------- export
@@ -409,10 +431,10 @@ def save_hf(
     else:
         leaf = np.asarray(params["embed"]["embedding"][:1])
         hf_cfg["torch_dtype"] = "bfloat16" if leaf.dtype == ml_dtypes.bfloat16 else leaf.dtype.name
-    (out / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
-
     # Each shard is written as soon as it is full (temporary name, renamed once the
     # shard count is known), so at most one shard of tensors is held in memory.
+    # config.json comes last and a failure removes what was written, so a failed
+    # export (disk full, a missing parameter) leaves no folder that blocks a retry.
     metadata = {"format": "pt"}
     written: list[tuple[pathlib.Path, list[str]]] = []
     current: dict[str, np.ndarray] = {}
@@ -420,20 +442,26 @@ def save_hf(
 
     def flush():
         tmp = out / f"model-{len(written) + 1:05d}.partial.safetensors"
-        save_file(current, str(tmp), metadata=metadata)
         written.append((tmp, list(current)))
+        save_file(current, str(tmp), metadata=metadata)
 
-    for name, tensor in hf_tensors(cfg, params, dtype):
-        if current and size + tensor.nbytes > max_shard_bytes:
+    try:
+        for name, tensor in hf_tensors(cfg, params, dtype):
+            if current and size + tensor.nbytes > max_shard_bytes:
+                flush()
+                current, size = {}, 0
+            current[name] = tensor
+            size += tensor.nbytes
+            total += tensor.nbytes
+        if current:
             flush()
-            current, size = {}, 0
-        current[name] = tensor
-        size += tensor.nbytes
-        total += tensor.nbytes
-    if current:
-        flush()
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        raise
     if len(written) == 1:
         written[0][0].replace(out / "model.safetensors")
+        (out / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
         return out
     weight_map = {}
     for n, (tmp, names) in enumerate(written, 1):
@@ -442,4 +470,5 @@ def save_hf(
         weight_map.update(dict.fromkeys(names, fname))
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
     return out

@@ -26,6 +26,7 @@ Verified against the XLA path on CPU in interpret mode only; not yet run on a TP
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import flax.linen as nn
@@ -37,9 +38,17 @@ from ecomgpt_jax import partitioning as P
 
 MAX_BLOCK = 512  # query/key block of the kernel (TPU tiles are 128 x 128)
 
+log = logging.getLogger(__name__)
+
 
 @functools.lru_cache(maxsize=32)
 def _kernel(length: int, group: int, interpret: bool):
+    if interpret:  # once per shape (the cache): the CPU tests run it this way on purpose
+        log.warning(
+            "attention_impl 'splash' on %s runs the Pallas TPU kernel in interpret mode, "
+            "which is very slow: use 'xla' (or 'cudnn' on a GPU) off TPU",
+            jax.default_backend(),
+        )
     block = math.gcd(length, MAX_BLOCK)
     sizes = sa.BlockSizes(
         block_q=block,

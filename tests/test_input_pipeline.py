@@ -104,6 +104,50 @@ def test_deterministic_and_resume_skips_consumed_batches():
     )
 
 
+@pytest.mark.parametrize("pack", [True, False])
+def test_token_id_zero_survives_conversion(pack):
+    """Qwen2's and Llama 3's id 0 is "!". SeqIO's packer cuts such an example short (it
+    counts non-zero tokens) and splits its segment, and its loss weights skip answer
+    zeros; ZeroSafePrefixLM keeps every token, segment and weight."""
+    import tensorflow as tf
+
+    examples = [([3, 0, 4], [7, 0, 8, 1]), ([5], [0, 1])]  # (prompt, answer + EOS 1)
+    ds = tf.data.Dataset.from_generator(
+        lambda: ({"inputs": i, "targets": t} for i, t in examples),
+        output_signature={
+            "inputs": tf.TensorSpec([None], tf.int32),
+            "targets": tf.TensorSpec([None], tf.int32),
+        },
+    )
+    lengths = {"inputs": 4, "targets": 6}  # rows of 10: both examples fit in one
+
+    def rows(converter):
+        out = converter(ds, lengths).batch(2).as_numpy_iterator()
+        batch = next(out)
+        return ip.next_token_layout({k: v for k, v in batch.items() if k in ip.MODEL_FEATURES})
+
+    got = rows(ip.ZeroSafePrefixLM(pack=pack, loss_on_targets_only=True))
+    if pack:
+        want = {
+            "decoder_input_tokens": [[3, 0, 4, 7, 0, 8, 1, 5, 0, 1]],
+            "decoder_target_tokens": [[0, 4, 7, 0, 8, 1, 0, 0, 1, 0]],
+            "decoder_loss_weights": [[0, 0, 1, 1, 1, 1, 0, 1, 1, 0]],
+            "decoder_segment_ids": [[1, 1, 1, 1, 1, 1, 1, 2, 2, 2]],
+            "decoder_positions": [[0, 1, 2, 3, 4, 5, 6, 0, 1, 2]],
+        }
+    else:
+        want = {
+            "decoder_input_tokens": [[3, 0, 4, 7, 0, 8, 1, 0, 0, 0], [5, 0, 1] + [0] * 7],
+            "decoder_target_tokens": [[0, 4, 7, 0, 8, 1] + [0] * 4, [0, 1] + [0] * 8],
+            "decoder_loss_weights": [[0, 0, 1, 1, 1, 1] + [0] * 4, [1, 1] + [0] * 8],
+            "decoder_segment_ids": [[1] * 7 + [0] * 3, [1] * 3 + [0] * 7],
+            "decoder_positions": [list(range(10))] * 2,
+        }
+    assert {k: v.tolist() for k, v in got.items()} == want
+    plain = rows(seqio.PrefixLMFeatureConverter(pack=pack, loss_on_targets_only=True))
+    assert plain["decoder_loss_weights"].tolist() != want["decoder_loss_weights"]
+
+
 def test_logical_shards_fill_fixed_row_blocks():
     """Shard s of S fills rows [s*B/S, (s+1)*B/S) whatever the process count, so a
     2-host run sees the same global batches as a 1-host run with num_shards=2."""
@@ -204,6 +248,8 @@ def test_errors_name_the_problem():
     [
         ({"global_batch_size": 0}, "BATCH_SIZE must be >= 1, got 0"),
         ({"global_batch_size": -4}, "BATCH_SIZE must be >= 1, got -4"),
+        ({"seed": None}, "DataConfig.seed must be an integer >= 0, got None"),
+        ({"seed": 1.5}, "DataConfig.seed must be an integer >= 0, got 1.5"),
         (
             {"task_feature_lengths": {"input": 192, "targets": 64}},
             "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), got "

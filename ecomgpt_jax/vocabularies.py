@@ -161,6 +161,15 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
     def _encode(self, s: str) -> Sequence[int]:
         return self.tokenizer.encode(s, add_special_tokens=False).ids
 
+    def decode(self, ids) -> str:
+        """Text of `ids` (int iterable) up to the first eos. Unlike seqio.Vocabulary's
+        decode, ids past the tokenizer are dropped, not decoded as unk: a model's embedding
+        may have more rows than its tokenizer has tokens (BLOOM: 250880 against 250680),
+        and `tokenizers` (what transformers decodes with) skips such ids too."""
+        if isinstance(ids, tf.Tensor):
+            ids = ids.numpy()
+        return self._decode(np.asarray(ids).reshape(-1).tolist())
+
     def _decode(self, ids) -> str:
         """Text of `ids` up to (not including) the first eos; ids past the vocabulary dropped."""
         ids = [int(i) for i in ids]

@@ -23,16 +23,25 @@ over `partitioning.BATCH_MESH_AXES`, parameters by `partitioning.RULES`):
        before the first EOS; scores: beam -> the finished hypothesis' score, greedy/sample ->
        the sum of the chosen tokens' log-probabilities (EOS included).
 
-Beam search reproduces transformers' `generate(num_beams=W)` (`_beam_search`, 5.x): each
-step keeps the top 2W of the W x V continuations, a continuation ending in EOS (or reaching
-`max_new_tokens`) among the top W becomes a finished hypothesis with score
-`sum_logprobs / generated_len ** length_penalty` (generated_len counts the EOS), the best W
-finished hypotheses are kept, and `early_stopping` (False: transformers' heuristic on the
-current length; True: stop once W are finished; "never": heuristic on the maximum length)
-decides when a batch item cannot improve. The prompt is run once per item and its keys/
-values are shared by the item's beams (`Decoder(..., prefix=)`): each step reads them once
-per item, and reordering beams moves only the generated tokens' cache. Sampling applies
-temperature, top-k, then top-p with transformers' warper definitions.
+Beam search reproduces transformers' `generate(num_beams=W)` (`_beam_search`, 5.x, which
+the tests compare with): each step keeps the top 2W of the W x V continuations, a
+continuation ending in EOS (or reaching `max_new_tokens`) among the top W becomes a finished
+hypothesis with score `sum_logprobs / generated_len ** length_penalty` (generated_len counts
+the EOS), the best W finished hypotheses are kept, and `early_stopping` (False:
+transformers' heuristic on the current length; True: stop once W are finished; "never":
+heuristic on the maximum length) decides when a batch item cannot improve. The prompt is
+run once per item and its keys/values are shared by the item's beams (`Decoder(...,
+prefix=)`): each step reads them once per item, and reordering beams moves only the
+generated tokens' cache. Sampling applies temperature, top-k, then top-p with
+transformers' warper definitions.
+
+DecodeConfig's defaults meet the data contract's section 4 (4 beams, no sampling, prompts
+cut from the left to 800 tokens, 164 new tokens), not the paper's code token for token: that
+pinned transformers 4.27.4, which divided a beam's log-prob sum by the whole sequence length
+(the batch's left-padded prompt plus the generated tokens, EOS not counted; changed in
+transformers PRs #27351/#27808, late 2023), capped the TOTAL length at 800 + 164 (so a
+prompt padded to under 800 could get more than 164 new tokens), and decoded with
+clean_up_tokenization_spaces=True.
 
 Needs only jax and flax (no TensorFlow, SeqIO or gin).
 """
@@ -65,7 +74,7 @@ class DecodeConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-    """How to decode. Defaults are the paper's evaluation (data contract, section 4).
+    """How to decode. Defaults: the data contract's section 4 (beam scoring: module doc).
 
     method: "greedy", "beam" or "sample" ("beam" with num_beams=1 is greedy).
     length_penalty: exponent of the generated length dividing a finished beam's log-prob.

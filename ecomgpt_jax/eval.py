@@ -1,4 +1,4 @@
-r"""Evaluate a model on the EcomInstruct held-out tasks as the paper did, T5X style.
+r"""Evaluate a model on the EcomInstruct held-out tasks (data contract 4-5), T5X style.
 
     python -m ecomgpt_jax.eval --gin_file=gin_configs/eval.gin \
         --gin.CHECKPOINT="'runs/ecom_default/checkpoints/200'"          # a trainer checkpoint
@@ -7,8 +7,10 @@ r"""Evaluate a model on the EcomInstruct held-out tasks as the paper did, T5X st
         --gin.HF_DIR="'/data/EcomGPT'" --gin.EVAL_DIR="'/tmp/ecomgpt_eval'" --gin.DTYPE="'bfloat16'"
 
 writes EVAL_DIR/predictions/<task>.jsonl, metrics.json (as `python -m ecomgpt_jax.score`
-computes it), metrics.md and tensorboard/ (see `ecomgpt_jax.evaluation`). Paper settings
-(gin_configs/eval.gin): prompts cut from the left to 800 tokens, 164 new tokens, beam 4.
+computes it), metrics.md and tensorboard/ (see `ecomgpt_jax.evaluation`). The contract's
+settings (gin_configs/eval.gin): prompts cut from the left to 800 tokens, 164 new tokens,
+4 beams, no sampling; beam scoring is current transformers', not the paper's 4.27.4 one
+(see `ecomgpt_jax.decoding`).
 
 Flags: --gin_file (repeatable), --gin.NAME=VALUE (a binding, repeatable; same as
 --gin_bindings="NAME = VALUE"), --gin_search_paths (comma-separated folders for gin files;
@@ -68,6 +70,12 @@ def parse_gin(files, bindings, search_paths) -> None:
 def make_vocabulary(run: EvalRun, source: evaluation.ModelSource):
     from ecomgpt_jax import vocabularies
 
+    kinds = vocabularies.SENTENCEPIECE_KINDS + vocabularies.HUGGINGFACE_KINDS
+    if run.vocabulary.lower() not in kinds:  # a typo, not a missing VOCABULARY_PATH
+        raise evaluation.EvalError(
+            f"VOCABULARY={run.vocabulary!r}: unknown vocabulary kind; expected one of "
+            f"{', '.join(kinds)}"
+        )
     path = run.vocabulary_path
     if path is None and run.vocabulary.lower() not in vocabularies.SENTENCEPIECE_KINDS:
         path = source.hf_dir or (

@@ -1,4 +1,5 @@
-"""Evaluation as the paper did it: decode the held-out test prompts, score the predictions.
+"""Evaluation as the data contract (sections 4-5) fixes it: decode the held-out test
+prompts, score the predictions with the paper's metrics.
 
     cfg, host_params = load_model(ModelSource(checkpoint=PATH), mesh)   # or hf_dir=DIR
     result = evaluate(host_params, cfg, vocabulary, EvalConfig(), mesh=mesh, eval_dir=OUT)
@@ -7,8 +8,10 @@
 For every task of the mixture (test split) the prompts are those of the SeqIO tasks
 (`instructions.task_instructions` with the same CLS-candidate seed), tokenized with the
 vocabulary, cut FROM THE LEFT to `max_prompt_len` tokens and decoded in large batches
-(`decoding.Generator`; paper: beam 4, 164 new tokens). The prediction is the decoded
-continuation, verbatim, up to the first EOS. `eval_dir` receives::
+(`decoding.Generator`; contract section 4: 4 beams, no sampling, 800 prompt tokens, 164 new
+tokens). The prediction is the decoded continuation, verbatim, up to the first EOS. Beams
+are scored as current transformers scores them, not as the paper's pinned 4.27.4 did (see
+`decoding`), so predictions need not be the paper's token for token. `eval_dir` receives::
 
     predictions/<task folder>.jsonl   {"task", "index", "prediction", "inputs", "targets"}
     metrics.json   scoring.scores_json(scores): byte-identical to `python -m ecomgpt_jax.score`
@@ -44,7 +47,6 @@ from ecomgpt_jax.models import decoder, hf_io
 from ecomgpt_jax.models.config import ConfigError, ModelConfig
 
 PREDICTIONS_DIR = "predictions"
-SEQIO_PREFIX = "ecom:"
 
 
 class EvalError(ValueError):
@@ -68,9 +70,11 @@ class EvalConfig:
     mixture_or_task_name: a mixture of `tasks` (e.g. ecom_instruct_held_out), a SeqIO task
       name (ecom:EN:ABSA:CLS:...) or a task folder name; several joined by ",".
     data_dir: EcomInstruct root (None: $ECOMGPT_DATA_DIR, else the bundled sample).
+    split: which split of each task to decode and score against ("test").
     max_examples: at most this many examples per task, the first in file order (None: all).
     batch_size: prompts per decoding batch (rounded up to a multiple of data x fsdp).
     prompt_seed: CLS candidate seed of the prompts (the SeqIO tasks' `seed`).
+    decode: decoding.DecodeConfig (its defaults: the contract's section 4).
     """
 
     mixture_or_task_name: str = "ecom_instruct_held_out"
@@ -195,9 +199,15 @@ def resolve_task_names(name: str, data_dir) -> tuple[list[str], list[str]]:
 
 
 def _resolve_one(name: str, infos: Mapping[str, reader.TaskInfo], root):
-    folder = name[len(SEQIO_PREFIX) :].replace(":", "-") if name.startswith(SEQIO_PREFIX) else name
+    folder = scoring.task_folder_name(name)
     if folder in infos:
         return [folder], []
+    try:  # a well-formed task name is a task, never a mixture: say its data is missing
+        reader.parse_task_name(folder)
+    except reader.DataError:
+        pass
+    else:
+        raise reader.DataError(f"task {name!r} has no data under this root", root)
     from tasks import mixtures  # SeqIO (and TensorFlow) only when a mixture is asked for
 
     for spec in mixtures.MIXTURES:
@@ -209,7 +219,7 @@ def _resolve_one(name: str, infos: Mapping[str, reader.TaskInfo], root):
 
     if name in seqio.MixtureRegistry.names():
         tasks = [t.name for t in seqio.get_mixture_or_task(name).tasks]
-        folders = [t[len(SEQIO_PREFIX) :].replace(":", "-") for t in tasks]
+        folders = [scoring.task_folder_name(t) for t in tasks]
         return [f for f in folders if f in infos], [f for f in folders if f not in infos]
     raise reader.DataError(
         f"{name!r} is neither a task folder nor a known mixture "
@@ -230,8 +240,11 @@ class TaskPrompts:
 
 def check_tasks(eval_cfg: EvalConfig) -> tuple[list[reader.TaskInfo], list]:
     """(the tasks to evaluate, the mixture's missing tasks); DataError for a data root,
-    name or split that cannot work. Cheap (no example is read): the eval binary calls it
-    before loading a model that may take minutes."""
+    name, split or example line that cannot work ("file:line: field" for a bad line).
+
+    Reads every example of the split (seconds at most): the eval binary calls it before
+    loading a model that may take minutes, so bad data stops the run before that.
+    """
     root = reader.default_data_dir() if eval_cfg.data_dir is None else eval_cfg.data_dir
     names, missing = resolve_task_names(eval_cfg.mixture_or_task_name, root)
     infos = reader.discover_tasks(root)
@@ -240,6 +253,7 @@ def check_tasks(eval_cfg: EvalConfig) -> tuple[list[reader.TaskInfo], list]:
             raise reader.DataError(
                 f"task {name!r} has no {eval_cfg.split!r} split", infos[name].path
             )
+        reader.read_examples(infos[name], eval_cfg.split)
     return [infos[name] for name in names], missing
 
 
@@ -416,7 +430,11 @@ def write_outputs(eval_dir, result: EvalResult, eval_cfg: EvalConfig, describe="
 def metrics_markdown(result: EvalResult, eval_cfg: EvalConfig, describe="", step=None) -> str:
     d = eval_cfg.decode
     if d.effective_method == "beam":
-        how = f"beam search, {d.num_beams} beams, length_penalty {d.length_penalty}"
+        how = (
+            f"beam search, {d.num_beams} beams, finished beams scored as log-prob sum / "
+            f"(generated tokens incl. EOS) ** length_penalty {d.length_penalty}, "
+            f"early_stopping {d.early_stopping}"
+        )
     elif d.effective_method == "greedy":
         how = "greedy"
     else:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+import warnings
 
 import seqio
 
@@ -48,6 +49,14 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# `python -m tasks.tfds_builder` runs a module this package imported already (registration
+# needs it), and runpy warns about that before the run. Harmless here: that module's
+# __main__ block hands over to the imported copy, so the warning would only confuse.
+warnings.filterwarnings(
+    "ignore",
+    message="'tasks.tfds_builder' found in sys.modules after import of package 'tasks'",
+    category=RuntimeWarning,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +118,8 @@ def register_ecom_tasks(
       the registered SeqIO task names, sorted.
 
     Raises:
-      DataError: `data_dir` is missing or holds an invalid task folder.
+      DataError: `data_dir` is missing or holds an invalid task folder (also remembered in
+        :func:`registration`, so that :func:`get` repeats it).
     """
     global _registration
     root = reader.default_data_dir() if data_dir is None else pathlib.Path(data_dir)
@@ -118,14 +128,32 @@ def register_ecom_tasks(
         tfds_data_dir = ecom_instruct.tfds_builder.default_tfds_data_dir(root)
     _unregister_previous()
     _registration = Registration(root)
+    try:
+        return _register(root, vocabulary, seed, tfds_data_dir, rate_maximum)
+    except reader.DataError as e:
+        # Remembered so that get() repeats this cause instead of calling names "unknown".
+        _registration = dataclasses.replace(_registration, error=e)
+        raise
+
+
+def _register(
+    root: pathlib.Path,
+    vocabulary: seqio.Vocabulary,
+    seed: int,
+    tfds_data_dir: str | pathlib.Path,
+    rate_maximum: int | None,
+) -> list[str]:
+    """The body of :func:`register_ecom_tasks`: tasks, then mixtures, recorded as it goes."""
+    global _registration
     infos = reader.discover_tasks(root)
-    # An empty data file is valid (a task without examples yet) but takes no part in any
-    # mixture (its rate is 0): say so once, rather than leave the task silently unused.
+    # A data file without examples (empty, or blank lines only) is valid (a task without
+    # examples yet) but takes no part in any mixture: say so once, rather than leave the
+    # task silently unused.
     empty = [
         f"{info.path.name}/{split}.json"
         for info in infos.values()
         for split in ecom_instruct.SPLITS
-        if info.has_split(split) and info.split_path(split).stat().st_size == 0
+        if info.has_split(split) and not ecom_instruct.has_examples(info.split_path(split))
     ]
     if empty:
         log.warning("empty data files (no examples, left out of mixtures): %s", ", ".join(empty))
@@ -150,7 +178,7 @@ def get(name: str) -> seqio.Task | seqio.Mixture:
     root = state.data_dir if state else reader.default_data_dir()
     if state is not None and state.error is not None:
         raise reader.DataError(
-            f"EcomInstruct tasks were not registered ({state.error}); cannot get {name!r}", root
+            f"no task or mixture {name!r}: registering EcomInstruct tasks failed: {state.error}"
         )
     if state is not None and name in state.unavailable:
         raise reader.DataError(state.unavailable[name])  # the message names the root
@@ -165,14 +193,12 @@ def get(name: str) -> seqio.Task | seqio.Mixture:
 
 
 def _register_at_import() -> None:
-    global _registration
     try:
         register_ecom_tasks()
     except reader.DataError as e:
         # Keep `import tasks` usable (the trainer may re-register for another root); the
-        # error is repeated by get().
+        # error is remembered, and repeated by get().
         log.error("EcomInstruct tasks not registered: %s", e)
-        _registration = Registration(reader.default_data_dir(), error=e)
 
 
 _register_at_import()

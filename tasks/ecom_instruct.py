@@ -25,7 +25,7 @@ counted lazily for mixing rates, so registering the full release stays cheap).
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import seqio
@@ -78,16 +78,24 @@ def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
     }
 
 
-def count_examples(path: pathlib.Path) -> int:
-    """Number of examples in a JSON Lines file, counted as the reader does (no parsing)."""
-    count = 0
+def _example_lines(path: pathlib.Path) -> Iterator[bool]:
+    """Per line of a JSON Lines file, whether the reader takes it as an example (no parsing)."""
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             text = raw.decode("utf-8", errors="replace")
             if number == 1:
                 text = text.removeprefix("\ufeff")
-            count += bool(text.strip())
-    return count
+            yield bool(text.strip())
+
+
+def count_examples(path: pathlib.Path) -> int:
+    """Number of examples in a JSON Lines file, counted as the reader does (no parsing)."""
+    return sum(_example_lines(path))
+
+
+def has_examples(path: pathlib.Path) -> bool:
+    """Whether a JSON Lines file holds an example: reads only up to the first one."""
+    return any(_example_lines(path))
 
 
 def instruction_rows(task: reader.TaskInfo, split: str, seed: int) -> dict[str, np.ndarray]:

@@ -16,9 +16,11 @@ Rates are proportional to each task's number of examples in the mixture's split,
 ``rate_maximum`` (like T5's ``seqio.mixing_rate_num_examples(maximum=...)``, without its
 per-task "not cached" warning).
 
-A mixture is built from the tasks that are present under the data root. When some of a
-fixed list (the held-out twelve) are missing, ONE warning lists them; when none is present
-the mixture is not registered and :func:`tasks.get` raises an error naming the root.
+A mixture is built from the tasks that are present under the data root with at least one
+example in its split (a task whose file is empty or blank would have rate 0, and evaluating
+it would find nothing). When some of a fixed list (the held-out twelve) are missing, ONE
+warning lists them; when none is present the mixture is not registered and
+:func:`tasks.get` raises an error naming the root.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class MixtureSpec:
     Attributes:
       name: the SeqIO mixture name.
       split: the split its rates (and its use) refer to.
-      member: TaskInfo -> bool, whether a present task belongs to it.
+      member: TaskInfo -> bool, whether a present task belongs to it (a member also needs
+        an example in `split`, see :func:`register_mixtures`).
       needs: human description of its members (for the "none present" error).
       expected: fixed list of folder names, or None when membership is by discovery.
     """
@@ -153,9 +156,18 @@ def register_mixtures(
     """
     root = pathlib.Path(root)
     registered, unavailable = [], {}
+    with_examples = {
+        (name, split): task.has_split(split) and ecom_instruct.has_examples(task.split_path(split))
+        for name, task in tasks.items()
+        for split in ecom_instruct.SPLITS
+    }
     for spec in MIXTURES:
         seqio.MixtureRegistry.remove(spec.name)
-        members = [name for name, task in tasks.items() if spec.member(task)]
+        members = [
+            name
+            for name, task in tasks.items()
+            if spec.member(task) and with_examples[(name, spec.split)]
+        ]
         if not members:
             unavailable[spec.name] = none_present_message(spec, root)
             continue

@@ -10,11 +10,14 @@ reading sharded TFRecords is much cheaper; prepare them with::
 One builder config per task folder (config name = folder name, plus ``_seed<N>`` when the
 CLS candidate seed is not 0). Features: ``inputs`` and ``targets`` (the prompt and answer of
 ``ecominstruct.instructions``), ``task`` (folder name) and ``index`` (example position in
-its file). Examples keep file order (``disable_shuffling``), so a prepared task yields
-exactly what the JSON source yields. Prepared data lands under
+its file). A prepared task yields exactly the examples the JSON source yields, but in TFDS's
+write order (examples shuffled by key), not file order: join on ``index``. An ordered
+(``disable_shuffling``) dataset cannot be read with ``shuffle_files=True``, which every
+shuffled SeqIO read (training) asks for. Prepared data lands under
 ``<tfds_data_dir>/ecom_instruct/<config>/<version>/`` (default ``<data_dir>/_tfds``);
 ``tasks.register_ecom_tasks`` then reads it through ``seqio.TfdsDataSource`` whenever it
-exists and its recorded file sizes still match the JSON files.
+exists and its recorded :func:`fingerprint` (sha256 of the task's JSON files and of the
+prompt-building code) still matches.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import json
 import logging
 import pathlib
+import sys
 from collections.abc import Sequence
 
 import tensorflow as tf
@@ -36,6 +40,11 @@ BUILDER_NAME = "ecom_instruct"
 VERSION = "1.0.0"
 SPLITS = reader.SPLITS
 DEFAULT_TFDS_SUBDIR = "_tfds"
+# The modules that turn JSON examples into prompts and answers: an edit to them (a fixed
+# HEAD, a new answer format) changes what a prepared copy should hold, so it is part of the
+# fingerprint. Hashing their source, not a hand-bumped version, cannot be forgotten; a mere
+# comment edit costs one re-preparation.
+FORMAT_SOURCES = (pathlib.Path(instructions.__file__), pathlib.Path(reader.__file__))
 
 
 def config_name(folder: str, seed: int = 0) -> str:
@@ -48,17 +57,26 @@ def _digest(path: pathlib.Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
+def format_digest() -> str:
+    """sha256 (16 hex digits) of the :data:`FORMAT_SOURCES` files, in order."""
+    digest = hashlib.sha256()
+    for path in FORMAT_SOURCES:
+        digest.update(_digest(path).encode())
+    return digest.hexdigest()[:16]
+
+
 def fingerprint(task: reader.TaskInfo) -> str:
-    """``"meta-info.json=<sha>,test.json=<sha>,..."``: what the prepared prompts came from.
+    """``"meta-info.json=<sha>,test.json=<sha>,...,code=<sha>"``: what the prompts came from.
 
     Content hashes (sha256, 16 hex digits) of meta-info.json (definition, template, label
-    set) and of every split file, so any edit makes the prepared copy stale; only computed
-    where a prepared copy exists (about a second per GB of JSON).
+    set), of every split file and (``code``) of the prompt-building modules
+    (:func:`format_digest`), so any edit makes the prepared copy stale; only computed where
+    a prepared copy exists (about a second per GB of JSON).
     """
     files = [task.path / reader.META_FILE] + [
         task.split_path(s) for s in SPLITS if task.has_split(s)
     ]
-    return ",".join(sorted(f"{f.name}={_digest(f)}" for f in files))
+    return ",".join(sorted(f"{f.name}={_digest(f)}" for f in files)) + f",code={format_digest()}"
 
 
 def default_tfds_data_dir(data_dir: str | pathlib.Path) -> pathlib.Path:
@@ -74,7 +92,7 @@ def prepared_splits(task: reader.TaskInfo, tfds_data_dir, seed: int = 0) -> tupl
     """Splits of `task` prepared under `tfds_data_dir` and still current; () when none.
 
     Current means: the config's recorded fingerprint equals :func:`fingerprint` of the task
-    folder now (a changed JSON file makes the prepared copy stale).
+    folder and code now (a changed JSON file or prompt code makes the copy stale).
     """
     info_path = prepared_dir(tfds_data_dir, task.name, seed) / "dataset_info.json"
     if not info_path.is_file():
@@ -82,8 +100,8 @@ def prepared_splits(task: reader.TaskInfo, tfds_data_dir, seed: int = 0) -> tupl
     info = json.loads(info_path.read_text(encoding="utf-8"))
     if info.get("configDescription") != fingerprint(task):
         logging.getLogger(__name__).warning(
-            "%s: prepared TFDS data of task %s is stale (JSON files changed); reading JSON. "
-            "Re-run: python -m tasks.tfds_builder --data_dir <root>",
+            "%s: prepared TFDS data of task %s is stale (JSON files or prompt code changed); "
+            "reading JSON. Re-run: python -m tasks.tfds_builder --data_dir <root>",
             info_path.parent,
             task.name,
         )
@@ -140,8 +158,8 @@ class EcomInstruct(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 }
             ),
             supervised_keys=None,
-            # Keep file order: a prepared task yields exactly the JSON source's sequence.
-            disable_shuffling=True,
+            # Not `disable_shuffling`: training reads with shuffle_files=True, which TFDS
+            # refuses for an ordered dataset. Examples carry `index` for joins instead.
         )
 
     def _split_generators(self, dl_manager):
@@ -150,8 +168,10 @@ class EcomInstruct(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, task: reader.TaskInfo, split: str):
         for ins in instructions.task_instructions(task, split, seed=self.builder_config.seed):
+            # TFDS orders examples by a hash of the key: with the bare index, every task of
+            # the same size would come in the same permutation.
             yield (
-                ins.index,
+                f"{ins.task}:{ins.index}",
                 {
                     "inputs": ins.prompt,
                     "targets": ins.answer,
@@ -189,15 +209,22 @@ def prepare(
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status (2 with one ``error:`` line on bad data)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", required=True, help="EcomInstruct root")
     parser.add_argument("--tfds_data_dir", default=None, help="default: <data_dir>/_tfds")
     parser.add_argument("--seed", type=int, default=0, help="CLS candidate sampling seed")
     parser.add_argument("--task", action="append", help="task folder (repeatable); default all")
     args = parser.parse_args(argv)
-    for path in prepare(args.data_dir, args.tfds_data_dir, args.seed, args.task):
+    try:
+        prepared = prepare(args.data_dir, args.tfds_data_dir, args.seed, args.task)
+    except (reader.DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in prepared:
         print(path)
+    return 0
 
 
 if __name__ == "__main__":
@@ -205,4 +232,4 @@ if __name__ == "__main__":
     # the prepared dataset_info.json records the importable module name.
     from tasks import tfds_builder
 
-    tfds_builder.main()
+    sys.exit(tfds_builder.main())

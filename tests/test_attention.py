@@ -41,7 +41,7 @@ def test_alibi_slopes_known_values():
 
 
 def test_alibi_slopes_match_transformers():
-    torch = pytest.importorskip("torch")
+    import torch
     from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 
     for heads in (6, 12, 16):
@@ -52,19 +52,17 @@ def test_alibi_slopes_match_transformers():
 
 @pytest.mark.parametrize("name", ["tiny-llama", "llama-3-8b", "qwen2.5-7b"])
 def test_rope_inv_freq_matches_transformers(name):
-    pytest.importorskip("torch")
+    """Against the inv_freq buffer of transformers' own rotary module for the config."""
     import transformers
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 
     cfg = mc.get_preset(name)
     if name == "llama-3-8b":  # Llama 3.1 scaling on the 8B shape
         cfg = dataclasses.replace(cfg, max_positions=131072, rope_scaling=mc.RopeScaling())
     hf = transformers.AutoConfig.for_model(**mc.to_hf_config(cfg))
-    if cfg.rope_scaling is None:
-        inv = 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2) / cfg.head_dim))
-    else:
-        inv, _ = ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")
-        inv = inv.numpy()
+    rotary = Qwen2RotaryEmbedding if cfg.hf_model_type == "qwen2" else LlamaRotaryEmbedding
+    inv = rotary(config=hf).inv_freq.numpy()
     np.testing.assert_allclose(A.rope_inv_freq(cfg), inv, rtol=2e-6)
 
 

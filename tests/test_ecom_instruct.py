@@ -131,10 +131,27 @@ def test_register_is_idempotent_and_replaces_the_previous_root(tmp_path):
 
 
 def test_bad_root_is_a_clear_error(tmp_path):
-    with pytest.raises(reader.DataError, match=f"{tmp_path / 'nope'}: data directory does not"):
-        tasks.register_ecom_tasks(tmp_path / "nope")
     with pytest.raises(ValueError, match="unknown task or mixture 'bogus'"):
         tasks.get("bogus")
+    missing = tmp_path / "nope"
+    with pytest.raises(reader.DataError) as error:
+        tasks.register_ecom_tasks(missing)
+    assert str(error.value) == f"{missing}: data directory does not exist"
+    state = tasks.registration()
+    assert (state.data_dir, state.tasks, state.error) == (missing, (), error.value)
+    # The sample's mixtures went with the old registration: get() repeats why, rather
+    # than call a mixture it lists as an EcomInstruct mixture "unknown".
+    for name in ("ecom_instruct_held_in", "ecom:EN:ABSA:CLS:review_topic_category"):
+        with pytest.raises(reader.DataError) as error:
+            tasks.get(name)
+        assert str(error.value) == (
+            f"no task or mixture {name!r}: registering EcomInstruct tasks failed: "
+            f"{missing}: data directory does not exist"
+        )
+    # A later successful registration clears the error.
+    tasks.register_ecom_tasks(SAMPLE)
+    assert tasks.registration().error is None
+    assert tasks.get("ecom_instruct_held_in").name == "ecom_instruct_held_in"
 
 
 def test_empty_data_files_are_named_once(tmp_path, caplog):
@@ -142,14 +159,19 @@ def test_empty_data_files_are_named_once(tmp_path, caplog):
 
     for dataset in ("Shop_Review", "Multi_CPR"):
         shutil.copytree(SAMPLE / dataset, tmp_path / dataset)
-    folder = tmp_path / "Shop_Review/tasks/EN-Shop_Review-CLS-review_sentiment"
-    (folder / "train.json").write_bytes(b"")
+    tasks_dir = tmp_path / "Shop_Review/tasks"
+    (tasks_dir / "EN-Shop_Review-CLS-review_sentiment/train.json").write_bytes(b"")
+    # Blank lines are no examples either (the reader skips them).
+    (tasks_dir / "ZH-Shop_Review-CLS-review_sentiment/test.json").write_text(
+        "\ufeff\n \r\n", encoding="utf-8"
+    )
     with caplog.at_level(logging.WARNING, logger="tasks"):
         tasks.register_ecom_tasks(tmp_path)
     warnings = [r.getMessage() for r in caplog.records if "empty data files" in r.getMessage()]
     assert warnings == [
         "empty data files (no examples, left out of mixtures): "
-        "EN-Shop_Review-CLS-review_sentiment/train.json"
+        "EN-Shop_Review-CLS-review_sentiment/train.json, "
+        "ZH-Shop_Review-CLS-review_sentiment/test.json"
     ]
 
 

@@ -145,13 +145,19 @@ def test_errors_are_one_line(tmp_path):
         eval_main.run_eval(["gin_configs/eval.gin"], [f"HF_DIR = '{tmp_path}'"])
     with pytest.raises(evaluation.EvalError, match="gin config"):
         eval_main.run_eval(["gin_configs/eval.gin"], ["NoSuchThing.x = 1"])
-    bad_vocab = [
-        f"CHECKPOINT = '{tmp_path}'",
-        f"EVAL_DIR = '{tmp_path}'",
-        f"VOCABULARY_PATH = '{tmp_path}'",
-    ]
-    with pytest.raises(eval_main._user_errors(), match="unknown vocabulary kind 'sentencepeice'"):
-        eval_main.run_eval(["gin_configs/eval.gin"], [*bad_vocab, "VOCABULARY = 'sentencepeice'"])
+    bad_vocab = [f"CHECKPOINT = '{tmp_path}'", f"EVAL_DIR = '{tmp_path}'"]
+    typo = (
+        "VOCABULARY='sentencepeice': unknown vocabulary kind; expected one of sentencepiece, "
+        "spm, huggingface, hf, tokenizer.json"
+    )
+    # With or without VOCABULARY_PATH: the kind is checked first, not reported as a
+    # missing VOCABULARY_PATH.
+    for extra in ([], [f"VOCABULARY_PATH = '{tmp_path}'"]):
+        with pytest.raises(evaluation.EvalError) as info:
+            eval_main.run_eval(
+                ["gin_configs/eval.gin"], [*bad_vocab, *extra, "VOCABULARY = 'sentencepeice'"]
+            )
+        assert str(info.value) == typo
     # The data is checked before the model loads (CHECKPOINT here holds no checkpoint).
     no_data = [f"CHECKPOINT = '{tmp_path}'", f"EVAL_DIR = '{tmp_path}'", "DATA_DIR = '/no/data'"]
     with pytest.raises(reader.DataError, match="/no/data"):
@@ -159,6 +165,31 @@ def test_errors_are_one_line(tmp_path):
     proc = run_cli("ecomgpt_jax.eval", "--gin_file=gin_configs/eval.gin", *SMALL)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: set exactly one of CHECKPOINT")
+
+
+def test_bad_example_line_stops_before_the_model_loads(tmp_path, monkeypatch):
+    """A malformed line of a task's test.json: one "file:line: field" error, no model load."""
+    import shutil
+
+    name = "EN-ABSA-CLS-review_topic_category"
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE / "ABSA", data / "ABSA")
+    test_json = data / "ABSA" / "tasks" / name / "test.json"
+    lines = test_json.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[2] = '{"sentences": "No labels here."}\n'
+    test_json.write_text("".join(lines), encoding="utf-8")
+
+    def no_load(*args, **kwargs):
+        pytest.fail("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(evaluation, "load_model", no_load)
+    args = [f"HF_DIR = '{tmp_path}'", f"EVAL_DIR = '{tmp_path / 'out'}'", f"DATA_DIR = '{data}'"]
+    with pytest.raises(reader.DataError) as info:
+        eval_main.run_eval(["gin_configs/eval.gin"], [*args, f"MIXTURE_OR_TASK_NAME = '{name}'"])
+    assert str(info.value) == (
+        f"{test_json}:3: missing field 'labels.default' (label_key of a CLS task)"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_default_eval_dir_in_a_bucket(tmp_path, monkeypatch):
@@ -178,7 +209,7 @@ def test_default_eval_dir_in_a_bucket(tmp_path, monkeypatch):
     assert str(got) == "gs://bucket/run/eval/7/ecom:a+ecom:b"
 
 
-def test_eval_gin_is_the_papers_decoding():
+def test_eval_gin_is_the_contracts_decoding():
     """gin_configs/eval.gin and DecodeConfig's defaults: the contract's section 4 (beam
     search with 4 beams, no sampling, prompts cut from the left to 800 tokens, 164 new
     tokens) on the held-out mixture's test split."""

@@ -114,6 +114,37 @@ def test_one_warning_lists_the_missing_held_out_tasks(caplog):
     ]
 
 
+def test_tasks_without_examples_are_not_members(tmp_path, caplog):
+    """An empty (or blank) split file would be a rate-0 member that evaluation finds empty."""
+    for dataset in ("ABSA", "Lenovo", "Shop_Review"):
+        shutil.copytree(SAMPLE / dataset, tmp_path / dataset)
+    (tmp_path / "ABSA/tasks/EN-ABSA-CLS-review_topic_category/test.json").write_bytes(b"")
+    blank = tmp_path / "Shop_Review/tasks/EN-Shop_Review-CLS-review_sentiment/train.json"
+    blank.write_bytes(b"\n  \n\n")
+    with caplog.at_level(logging.WARNING, logger="tasks.mixtures"):
+        tasks.register_ecom_tasks(tmp_path)
+    # Both tasks stay registered (their other splits have examples) ...
+    assert "ecom:EN:ABSA:CLS:review_topic_category" in tasks.registration().tasks
+    assert "ecom:EN:Shop_Review:CLS:review_sentiment" in tasks.registration().tasks
+    # ... but no mixture reads their empty split, and the held-out warning counts it missing.
+    assert _members("ecom_instruct_held_out") == {
+        "ecom:EN:Lenovo:Condition_Extract:Condition_Extract": 30.0
+    }
+    assert _members("ecom_instruct_held_in") == {"ecom:ZH:Shop_Review:CLS:review_sentiment": 300.0}
+    assert "ecom_instruct_en" in tasks.registration().unavailable  # its only member left
+    assert [r.getMessage() for r in caplog.records if r.name == "tasks.mixtures"] == [
+        f"mixture 'ecom_instruct_held_out': 11 of its 12 tasks have no test data under "
+        f"{tmp_path}; using the 1 present. Missing: EN-Lenovo-NER-NER, "
+        "ZH-MEPAVE-NER-attribute_value_extraction, "
+        "ZH-MEPAVE-Condition_Extract-attribute_value_detection, "
+        "ZH-Multi_CPR-Extract-product_select_2, EN-Reddit_QA-Extract-Extract_QA, "
+        "ZH-OpenBG_Align-Generate-title_generate, ZH-OpenBG_Align-CLS-item_align, "
+        "ZH-OpenBG_Align-CLS-title_attribute_matching, "
+        "ZH-OpenBG_Align-CLS-item_coarse_classify, ZH-OpenBG_Align-CLS-item_fine_classify, "
+        "EN-ABSA-CLS-review_topic_category"
+    ]
+
+
 def _prompt_to_task(names):
     """prompt -> folder of every test example of the SeqIO tasks `names`."""
     infos = reader.discover_tasks(SAMPLE)

@@ -143,6 +143,42 @@ def test_discover_errors(tmp_path):
         reader.discover_tasks(bad)
 
 
+@pytest.mark.parametrize(
+    ("template", "what"),
+    [
+        # Each of these passed validation before and failed (or worse, did not) later.
+        ("{sentences}\nReturn JSON like {} ", "has positional placeholder '{}'; use a named one"),
+        ("{0}", "has positional placeholder '{0}'; use a named one"),
+        ("{sentences:d}", "has placeholder '{sentences:d}': only bare names are allowed"),
+        ("{label_set!z} {sentences}", "has placeholder '{label_set!z}': only bare names"),
+        ("{sentences.upper}", "has placeholder '{sentences.upper}': only bare names"),
+        ("{sentences[0]}", "has placeholder '{sentences[0]}': only bare names"),
+        ("{sentences} }", "is not a format template: Single '}' encountered"),
+    ],
+)
+def test_bad_templates_name_meta_file_and_field(tmp_path, template, what):
+    folder = make_task(
+        tmp_path, "EN-X-Extract-t", {"defi": "d", "test_prompt": {"instruction": template}}
+    )
+    with pytest.raises(DataError) as info:
+        reader.discover_tasks(tmp_path)
+    assert info.value.path == str(folder / "meta-info.json")
+    assert info.value.what.startswith(f"field 'test_prompt.instruction' {what}")
+    assert str(info.value).count("\n") == 0
+
+
+def test_truncated_crlf_line_reports_the_column_on_its_line(tmp_path):
+    folder = make_task(tmp_path, "EN-X-Extract-t", CLS_META)
+    (folder / "test.json").write_bytes(b'{"sentences": "ok", "spans": []}\r\n{"sentences": "a"\r\n')
+    task = reader.discover_tasks(tmp_path)["EN-X-Extract-t"]
+    with pytest.raises(DataError) as info:
+        reader.read_examples(task, "test")
+    assert str(info.value) == (
+        f"{folder / 'test.json'}:2: not a JSON object or Python literal "
+        "(Expecting ',' delimiter, column 18)"
+    )
+
+
 def test_read_examples_lines(tmp_path):
     lines = [
         '{"sentences": "The bread.", "labels": {"default": ["Food"]}}',
@@ -168,10 +204,11 @@ def test_read_examples_lines(tmp_path):
             "__import__('os').system('echo hi')",
             r"test.json:2: not a JSON object or Python literal",
         ),
-        (
+        (  # truncated: the column is JSON's, on this line (51 = just past its end)
             "EN-X-CLS-t",
             '{"sentences": "a", "labels": {"default": ["Food"]}',
-            r"test.json:2: not a JSON",
+            r"test.json:2: not a JSON object or Python literal "
+            r"\(Expecting ',' delimiter, column 51\)$",
         ),
         (
             "EN-X-CLS-t",

@@ -56,9 +56,12 @@ def test_values_and_gradients_match_xla_attention(heads, kv_heads):
         np.testing.assert_allclose(g, r, atol=5e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 2, 4), (8, 1, 1)])
-def test_sharded_equals_unsharded(shape):
-    q, k, v = _qkv(8, 4, batch=8)
+# kv_heads 1 on a tensor axis of 2: heads do not split, each shard computes them all.
+@pytest.mark.parametrize(
+    "shape,kv_heads", [((2, 2, 2), 4), ((1, 2, 4), 4), ((8, 1, 1), 4), ((2, 2, 2), 1)]
+)
+def test_sharded_equals_unsharded(shape, kv_heads):
+    q, k, v = _qkv(8, kv_heads, batch=8)
     seg = jnp.tile(_packed(), (4, 1))
     want = splash.attend_splash(q, k, v, seg)
     mesh = P.make_mesh(P.MeshConfig(shape))
@@ -69,7 +72,13 @@ def test_sharded_equals_unsharded(shape):
     assert "shard_map" in jaxpr  # the kernel ran per shard, not on gathered arrays
 
 
-def test_decoder_with_splash_matches_xla():
+def test_decoder_with_splash_matches_xla(monkeypatch):
+    """Also: the kernel first built inside the model's traces (as in training) is cached
+    with concrete arrays; it leaked nn.scan's tracers before it was built on a thread."""
+    splash._kernel.cache_clear()
+    calls = []
+    kernel = splash.attend_splash
+    monkeypatch.setattr(splash, "attend_splash", lambda *a: calls.append(1) or kernel(*a))
     cfg = dataclasses.replace(mc.get_preset("tiny-llama"), max_positions=LENGTH)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (2, LENGTH), 0, cfg.vocab_size)
     seg = _packed()
@@ -79,6 +88,7 @@ def test_decoder_with_splash_matches_xla():
     want = decoder.Decoder(cfg).apply({"params": params}, tokens, segment_ids=seg)
     valid = np.asarray(seg != 0)
     np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=1e-4)
+    assert calls  # the splash path was taken (nn.scan may trace its body more than once)
 
 
 def test_bloom_refuses_splash():

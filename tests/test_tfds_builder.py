@@ -1,12 +1,17 @@
-"""Tests for tasks/tfds_builder.py: prepared TFDS copies equal the JSON source; staleness."""
+"""Tests for tasks/tfds_builder.py: prepared TFDS copies equal the JSON source; staleness;
+shuffled training reads; the command line."""
 
 import json
 import logging
 import os
+import pathlib
 import shutil
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import jax
 import numpy as np
 import pytest
 import seqio
@@ -14,10 +19,14 @@ import tensorflow_datasets as tfds
 from conftest import seqio_examples
 
 import tasks
-from ecomgpt_jax.ecominstruct import make_sample, reader
+from ecomgpt_jax import input_pipeline as ip
+from ecomgpt_jax import partitioning as P
+from ecomgpt_jax import vocabularies
+from ecomgpt_jax.ecominstruct import instructions, make_sample, reader
 from tasks import ecom_instruct, tfds_builder
 
 SAMPLE = make_sample.SAMPLE_DIR
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("sample_tasks")
@@ -46,9 +55,11 @@ def test_tfds_builder_prepares_identical_examples(tmp_path, caplog):
         task = tasks.get(name)
         assert isinstance(task.source, seqio.TfdsDataSource)
         for split in task.splits:
-            got = seqio_examples(name, split)
+            # TFDS's write order is not file order (see the module docstring): join on index.
+            got = sorted(seqio_examples(name, split), key=lambda ex: int(ex["index"]))
             assert task.num_input_examples(split) == len(got)
             want = json_data[(name, split)]
+            assert [int(ex["index"]) for ex in want] == list(range(len(want)))
             assert len(got) == len(want)
             for a, b in zip(got, want, strict=True):
                 assert set(a) == set(b)
@@ -62,6 +73,7 @@ def test_tfds_builder_prepares_identical_examples(tmp_path, caplog):
     before = json.loads((prepared[1] / "dataset_info.json").read_text())["configDescription"]
     assert before == tfds_builder.fingerprint(reader.discover_tasks(root)[folder.name])
     assert before.startswith("meta-info.json=") and ",test.json=" in before
+    assert before.endswith(f",code={tfds_builder.format_digest()}")
     original = (folder / "test.json").read_bytes()
     meta = json.loads((folder / "meta-info.json").read_text(encoding="utf-8"))
     meta["defi"] += " (edited)"
@@ -86,6 +98,92 @@ def test_tfds_builder_prepares_identical_examples(tmp_path, caplog):
     assert isinstance(
         tasks.get("ecom:ZH:Multi_CPR:Extract:product_select_2").source, seqio.TfdsDataSource
     )
+
+
+def test_changed_prompt_code_makes_prepared_copies_stale(tmp_path, monkeypatch, caplog):
+    """The JSON files are unchanged, but the code that builds prompts from them is not."""
+    tfds.disable_progress_bar()
+    root = tmp_path / "root"
+    shutil.copytree(SAMPLE / "ABSA", root / "ABSA")
+    tfds_builder.prepare(root)
+    name = "ecom:EN:ABSA:CLS:review_topic_category"
+    tasks.register_ecom_tasks(root)
+    assert isinstance(tasks.get(name).source, seqio.TfdsDataSource)
+
+    edited = tmp_path / "instructions.py"
+    source = pathlib.Path(instructions.__file__).read_text(encoding="utf-8")
+    edited.write_text(source.replace("Below is an instruction", "Here is an instruction", 1))
+    monkeypatch.setattr(tfds_builder, "FORMAT_SOURCES", (edited, pathlib.Path(reader.__file__)))
+    with caplog.at_level(logging.WARNING, logger="tasks.tfds_builder"):
+        tasks.register_ecom_tasks(root)
+    assert (
+        f"{root}/_tfds/ecom_instruct/EN-ABSA-CLS-review_topic_category/1.0.0: prepared TFDS "
+        "data of task EN-ABSA-CLS-review_topic_category is stale (JSON files or prompt code "
+        "changed); reading JSON."
+    ) in caplog.text
+    assert isinstance(tasks.get(name).source, ecom_instruct.JsonInstructionSource)
+
+
+def test_shuffled_training_read_of_prepared_data(tmp_path):
+    """Training reads through InputIterator with shuffle=True (shuffle_files=True for TFDS)."""
+    tfds.disable_progress_bar()
+    root = tmp_path / "root"
+    shutil.copytree(SAMPLE / "Shop_Review", root / "Shop_Review")
+    tfds_builder.prepare(root)
+    tasks.register_ecom_tasks(root)
+    mixture = tasks.get("ecom_instruct_held_in")
+    assert [type(t.source) for t in mixture.tasks] == [seqio.TfdsDataSource] * 2
+    # Each training row, unpacked: prompt tokens, answer tokens, EOS, padding (id 0).
+    vocab = vocabularies.make_vocabulary()
+    where = {}
+    for folder, info in reader.discover_tasks(root).items():
+        for ins in instructions.task_instructions(info, "train"):
+            tokens = [*vocab.encode(ins.prompt), *vocab.encode(ins.answer), vocab.eos_id]
+            where[tuple(tokens)] = (folder, ins.index)
+    assert max(map(len, where)) <= 256 + 16  # no row is cut
+    config = ip.DataConfig(
+        mixture_or_task_name="ecom_instruct_held_in",
+        task_feature_lengths={"inputs": 256, "targets": 16},
+        global_batch_size=8,
+        pack=False,
+    )
+    mesh = P.make_mesh(P.MeshConfig((1, 1, 1)), jax.devices()[:1])
+    assert config.shuffle
+
+    def first_batch():
+        batch = ip.InputIterator(config, mesh).local_batch()
+        return [where[tuple(row[row > 0].tolist())] for row in batch["decoder_input_tokens"]]
+
+    rows = first_batch()
+    assert len(set(rows)) == 8
+    assert {folder for folder, _ in rows} == {
+        "EN-Shop_Review-CLS-review_sentiment",
+        "ZH-Shop_Review-CLS-review_sentiment",
+    }
+    assert max(index for _, index in rows) >= 8  # not the first examples of the files
+    assert first_batch() == rows  # the same seed draws the same batch
+
+
+def test_cli_bad_data_dir_is_one_error_line(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    assert tfds_builder.main(["--data_dir", str(missing)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {missing}: data directory does not exist\n"
+    assert captured.out == ""
+    # As a module: the same line last, no traceback, and no runpy warning about the module
+    # that `import tasks` had already imported.
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasks.tfds_builder", "--data_dir", str(missing)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == f"error: {missing}: data directory does not exist"
+    assert "Traceback" not in proc.stderr and "RuntimeWarning" not in proc.stderr
+    assert proc.stdout == ""
 
 
 def test_tfds_prepare_rejects_unknown_task(tmp_path):

@@ -180,6 +180,53 @@ def _load_meta(path: pathlib.Path) -> dict:
     return meta
 
 
+def _validate_template(template: str, path: pathlib.Path) -> None:
+    """Check that `template` formats with exactly the contract's keyword fields.
+
+    Only bare names of :data:`TEMPLATE_FIELDS` are allowed (every shipped template uses
+    nothing else): ``{}`` / ``{0}`` would fail at prompt-building time with an IndexError,
+    ``{sentences:d}`` / ``{label_set!z}`` with an error naming no file, and
+    ``{sentences.upper}`` would silently insert a method's repr into every prompt.
+    """
+    where = "field 'test_prompt.instruction'"
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise DataError(f"{where} is not a format template: {e}", path) from None
+    unknown = set()
+    for _, field, spec, conversion in parts:
+        if field is None:  # literal text only
+            continue
+        conversion_text = f"!{conversion}" if conversion else ""
+        spec_text = f":{spec}" if spec else ""
+        shown = f"{{{field}{conversion_text}{spec_text}}}"
+        base = field.split(".")[0].split("[")[0]
+        if not base or base.isdigit():
+            raise DataError(
+                f"{where} has positional placeholder {shown!r}; use a named one of "
+                f"{sorted(TEMPLATE_FIELDS)}",
+                path,
+            )
+        if base not in TEMPLATE_FIELDS:
+            unknown.add(base)
+        elif field != base or conversion or spec:
+            raise DataError(
+                f"{where} has placeholder {shown!r}: only bare names are allowed (no "
+                f"attribute/index access, conversion or format spec), e.g. '{{{base}}}'",
+                path,
+            )
+    if unknown:
+        raise DataError(
+            f"{where} uses unknown placeholder(s) {sorted(unknown)}; "
+            f"allowed: {sorted(TEMPLATE_FIELDS)}",
+            path,
+        )
+    try:  # the checks above should leave nothing to fail here; this proves it
+        template.format(**dict.fromkeys(TEMPLATE_FIELDS, ""))
+    except (ValueError, IndexError, KeyError, AttributeError) as e:
+        raise DataError(f"{where} does not format: {type(e).__name__}: {e}", path) from None
+
+
 def _validate_meta(meta: Mapping, task_type: str, path: pathlib.Path) -> None:
     """Check that `meta` has every key the paper's prompt/answer for `task_type` needs."""
     if not isinstance(meta.get("defi"), str):
@@ -187,19 +234,7 @@ def _validate_meta(meta: Mapping, task_type: str, path: pathlib.Path) -> None:
     prompt = meta.get("test_prompt")
     if not isinstance(prompt, Mapping) or not isinstance(prompt.get("instruction"), str):
         raise DataError("missing or non-string field 'test_prompt.instruction'", path)
-    try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(prompt["instruction"]) if f}
-    except ValueError as e:
-        raise DataError(
-            f"field 'test_prompt.instruction' is not a format template: {e}", path
-        ) from None
-    unknown = {f.split(".")[0].split("[")[0] for f in fields} - TEMPLATE_FIELDS
-    if unknown:
-        raise DataError(
-            f"field 'test_prompt.instruction' uses unknown placeholder(s) {sorted(unknown)}; "
-            f"allowed: {sorted(TEMPLATE_FIELDS)}",
-            path,
-        )
+    _validate_template(prompt["instruction"], path)
     if "label_sep" in meta and not isinstance(meta["label_sep"], str):
         raise DataError("field 'label_sep' must be a string", path)
     if task_type not in LABEL_SET_TYPES:
@@ -328,7 +363,8 @@ def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                 text = text.removeprefix("\ufeff")
             if not text.strip():
                 continue
-            yield number, parse_line(text, path, number)
+            # Without its line break, so JSON's error column is on this line.
+            yield number, parse_line(text.rstrip("\r\n"), path, number)
 
 
 def _check_example(task: TaskInfo, example: Any, path: pathlib.Path, line: int) -> dict:

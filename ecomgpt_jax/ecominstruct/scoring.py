@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import math
 import os
 import re
@@ -28,12 +27,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from ecomgpt_jax.ecominstruct import instructions, reader
 from ecomgpt_jax.ecominstruct.reader import DataError
 
-log = logging.getLogger(__name__)
-
 SCORE_KEYS = ("rouge-l-f1", "micro-f1", "macro-f1", "rouge-l-f1-cjk")
 SEQIO_PREFIX = "ecom:"
-# Kana, CJK ideographs (+ extension A and compatibility), Hangul: one token per character.
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+# Kana, CJK ideographs (+ extensions A-G and compatibility, U+3007 "〇"), Hangul: one
+# token per character. The supplementary-plane ideographs (extensions B-G) and 〇 are word
+# characters to `re`, so without them a run of them would be one token.
+_CJK = (
+    "\u3007\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\U00020000-\U0003134f"
+)
 _CJK_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
 
 
@@ -295,8 +296,9 @@ def score_task(
       golds: list[str], gold answers (:func:`instructions.build_answer`).
 
     Returns:
-      dict with float "rouge-l-f1", "micro-f1", "macro-f1", "rouge-l-f1-cjk" (in [0, 1])
-      and int "n".
+      dict with float "rouge-l-f1", "micro-f1", "macro-f1", "rouge-l-f1-cjk" (in [0, 1],
+      except a NER task's "macro-f1": NaN, seqeval's value, when no entity occurs in its
+      golds or predictions) and int "n".
     """
     if len(predictions) != len(golds) or not predictions:
         raise ValueError(f"need as many predictions as golds, and at least one: "
@@ -374,7 +376,7 @@ def score_predictions(
     """Score prediction rows against the gold answers of every task they name.
 
     A task with fewer rows than examples is scored on the rows given, marked
-    ``"complete": False`` with a ``"warning"`` (also logged).
+    ``"complete": False`` with a ``"warning"`` (not logged: the caller shows it, once).
 
     Args:
       data_dir: data root (None: :func:`reader.default_data_dir`).
@@ -432,13 +434,21 @@ def score_predictions(
         scores.update(complete=len(order) == total, n_total=total)
         if len(order) != total:
             scores["warning"] = f"scored on {len(order)} of {total} {split} examples"
-            log.warning("%s: %s", name, scores["warning"])
         results[name] = scores
     return results
 
 
+def average_counts(scores: Mapping[str, Mapping]) -> dict[str, int]:
+    """How many tasks each key of :func:`average_scores` averages over (its non-NaN ones)."""
+    return {key: sum(not math.isnan(s[key]) for s in scores.values()) for key in SCORE_KEYS}
+
+
 def average_scores(scores: Mapping[str, Mapping]) -> dict[str, float]:
-    """Unweighted mean over tasks of each score key (NaN values are left out)."""
+    """Unweighted mean over tasks of each score key.
+
+    NaN values (a NER task's macro-f1 when no entity occurs) are left out, so a key may
+    average over fewer tasks than there are (:func:`average_counts`); NaN if none is left.
+    """
     out = {}
     for key in SCORE_KEYS:
         values = [s[key] for s in scores.values() if not math.isnan(s[key])]
@@ -462,7 +472,9 @@ def scores_json(scores: Mapping[str, Mapping]) -> dict:
     """The score file's content: task folder name -> scores, plus an "average" row.
 
     Shared by `python -m ecomgpt_jax.score` and the evaluation binary, so their files are
-    byte-identical for the same predictions. NaN values become null.
+    byte-identical for the same predictions. NaN values become null; the average of a key
+    is over the tasks where it is not null. (The average row holds only the score keys:
+    the trainer prints every value in it as a percentage.)
     """
     return _json_safe({**scores, AVERAGE_KEY: average_scores(scores)})
 
@@ -470,7 +482,9 @@ def scores_json(scores: Mapping[str, Mapping]) -> dict:
 def format_table(scores: Mapping[str, Mapping]) -> str:
     """A plain-text table of per-task scores (x100, as in the paper) with an average row.
 
-    Tasks scored on part of their examples are marked with "*" after n.
+    Tasks scored on part of their examples are marked with "*" after n. An average over
+    fewer tasks than the row's count (NaN values left out) is marked "+" and footnoted
+    with its count.
     """
     headers = ("task", "n", *SCORE_KEYS)
     rows = []
@@ -478,9 +492,10 @@ def format_table(scores: Mapping[str, Mapping]) -> str:
         mark = "" if s.get("complete", True) else "*"
         rows.append((name, f"{s['n']}{mark}", *(f"{100 * s[k]:.2f}" for k in SCORE_KEYS)))
     avg = average_scores(scores) if scores else {k: math.nan for k in SCORE_KEYS}
-    rows.append(
-        ("average", str(len(scores)) + " tasks", *(f"{100 * avg[k]:.2f}" for k in SCORE_KEYS))
-    )
+    counts = average_counts(scores)
+    fewer = [k for k in SCORE_KEYS if counts[k] != len(scores)]
+    cells = [f"{100 * avg[k]:.2f}" + ("+" if k in fewer else "") for k in SCORE_KEYS]
+    rows.append(("average", str(len(scores)) + " tasks", *cells))
     widths = [max(len(str(r[i])) for r in (headers, *rows)) for i in range(len(headers))]
 
     def fmt(row):
@@ -493,4 +508,9 @@ def format_table(scores: Mapping[str, Mapping]) -> str:
     lines = [fmt(headers), rule, *(fmt(r) for r in rows[:-1]), rule, fmt(rows[-1])]
     if any(not s.get("complete", True) for s in scores.values()):
         lines.append("* scored on part of the task's examples")
+    for key in fewer:
+        lines.append(
+            f"+ {key}: average over the {counts[key]} of {len(scores)} tasks where it is "
+            "defined (NaN: a NER task with no entity in its golds or predictions)"
+        )
     return "\n".join(lines)

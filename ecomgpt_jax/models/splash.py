@@ -25,6 +25,7 @@ Verified against the XLA path on CPU in interpret mode only; not yet run on a TP
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import math
@@ -61,7 +62,17 @@ def _kernel(length: int, group: int, interpret: bool):
         block_kv_dq=block,
     )
     mask = sa.MultiHeadMask([sa.CausalMask((length, length)) for _ in range(group)])
-    return sa.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
+
+    def build():
+        return sa.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
+
+    # The first call comes inside a trace (jit, Flax's nn.scan), and the kernel keeps
+    # its mask tables as jax arrays: built there, the cached kernel would hold that
+    # trace's tracers and the next trace would fail (UnexpectedTracerError; also inside
+    # one nn.scan, whose partial evaluation `ensure_compile_time_eval` does not reach).
+    # JAX's trace state is per thread, so a fresh thread builds it with concrete arrays.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(build).result()
 
 
 def _local(q, k, v, segment_ids):

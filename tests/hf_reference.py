@@ -3,8 +3,8 @@
 A helper, not a test module (pytest collects only `test_*.py`). Tests import it as
 `from hf_reference import make_hf_model`, like `from conftest import REAL_DATA_DIR`: tests/
 has no `__init__.py`, so pytest puts tests/ itself on `sys.path`. torch and transformers are
-imported on call, so the importing test module's `pytest.importorskip` still decides whether
-it runs.
+imported on call (they are pinned in requirements-test.txt; the test modules import them
+plainly, so a broken install fails the suite instead of skipping the parity tests).
 """
 
 from ecomgpt_jax.models import config as mc

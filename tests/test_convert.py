@@ -7,14 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
+from hf_reference import make_hf_model
 
 from ecomgpt_jax import checkpointing, convert
 from ecomgpt_jax.models import config as mc
 from ecomgpt_jax.models import decoder, hf_io
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-from hf_reference import make_hf_model  # noqa: E402
 
 TOL = 1e-4
 

@@ -6,15 +6,14 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+import torch
+import transformers
 from hf_reference import make_hf_model
 
 from ecomgpt_jax import decoding
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax.decoding import DecodeConfig, DecodeConfigError
 from ecomgpt_jax.models import hf_io
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 KINDS = ["tiny-bloom", "tiny-qwen2"]
 NUM_PROMPTS = 32

@@ -12,15 +12,14 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest
+import torch
+import transformers
 from conftest import SAMPLE_HELD_OUT
 
 from ecomgpt_jax import eval as eval_main
 from ecomgpt_jax import evaluation, score
 from ecomgpt_jax.ecominstruct import make_sample, reader
 from ecomgpt_jax.models import config as mc
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SAMPLE = make_sample.SAMPLE_DIR

@@ -11,6 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax
 import numpy as np
 import pytest
+import torch
+import transformers
 from conftest import SAMPLE_HELD_OUT
 
 from ecomgpt_jax import checkpointing, evaluation, score, vocabularies
@@ -20,9 +22,6 @@ from ecomgpt_jax.ecominstruct import instructions, make_sample, reader
 from ecomgpt_jax.evaluation import EvalConfig, ModelSource
 from ecomgpt_jax.models import config as mc
 from ecomgpt_jax.models import decoder, hf_io
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 SAMPLE = make_sample.SAMPLE_DIR
 # Sample prompts have up to ~90 SentencePiece tokens: 64 cuts many of them (from the left).

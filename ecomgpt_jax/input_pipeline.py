@@ -289,8 +289,9 @@ def _task_names(name: str) -> list[str]:
 class EvalBatches:
     """Fixed batches for the teacher-forced loss on held-out data, task by task.
 
-    Each task of `config.mixture_or_task_name` (its `config.split`) is read once in
-    file order (no shuffling, one epoch), converted and packed as for training, and cut
+    Each task of `config.mixture_or_task_name` (its `config.split`) is read once in a
+    fixed order (no shuffling, one epoch: file order from the JSON files, TFDS's own
+    fixed order from prepared shards), converted and packed as for training, and cut
     into global batches of `global_batch_size` rows, the last one padded with empty rows
     (loss weight 0). The first `max_batches` batches of each task are kept as numpy and
     replayed by every evaluation, so that successive losses are comparable.

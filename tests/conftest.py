@@ -78,7 +78,8 @@ def sample_tasks():
 
 
 def seqio_examples(name: str, split: str) -> list[dict]:
-    """Every example of a registered SeqIO task or mixture split, in file order."""
+    """Every example of a registered SeqIO task or mixture split, unshuffled: in file order
+    from JSON files, in TFDS's fixed order from prepared shards."""
     import seqio
 
     task = seqio.get_mixture_or_task(name)

@@ -32,6 +32,7 @@ import gc
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -41,7 +42,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from ecomgpt_jax.models.config import ConfigError, ModelConfig
-from ecomgpt_jax.train_step import StateLayout, TrainState
+from ecomgpt_jax.train_step import StateLayout, TrainState, field_error, is_integer
 
 PyTree = Any
 
@@ -65,6 +66,14 @@ class CheckpointConfig:
     save_every_steps: int = 1000
     keep: int = 3
     async_save: bool = True
+
+    def __post_init__(self):
+        for field, macro in (("save_every_steps", "SAVE_EVERY_STEPS"), ("keep", None)):
+            value = getattr(self, field)
+            if not is_integer(value) or value < 1:
+                raise field_error(self, field, "must be an integer >= 1", macro)
+        if not isinstance(self.async_save, bool):
+            raise field_error(self, "async_save", "must be True or False")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +149,13 @@ def find_model_config(path, levels: int = 4) -> ModelConfig | None:
     return None if file is None else load_model_config(file)
 
 
+def has_checkpoint(model_dir) -> bool:
+    """Whether a run directory holds a step folder (the run resumes from it), without
+    creating anything as `Checkpointer` does. Orbax writes a step under a temporary name
+    and renames it when complete, so a digits-only name is a finished save."""
+    return bool(_numeric_subdirs(as_path(model_dir) / CHECKPOINTS_SUBDIR))
+
+
 class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` for `TrainState` + data position."""
 
@@ -194,7 +210,8 @@ class Checkpointer:
         """Restores step `step` into the shardings of `layout` (any mesh).
 
         CheckpointError (one line naming the step folder) when the stored parameters or
-        optimizer state do not fit `layout`, or when the step cannot be read.
+        optimizer state do not fit `layout`, when the step cannot be read (damaged), or
+        when its arrays cannot be placed on `layout`'s mesh and devices.
         """
         target = layout.abstract
         train_target = {"step": target.step, "opt_state": target.opt_state, "rng": target.rng}
@@ -227,14 +244,22 @@ class Checkpointer:
             train=ocp.args.StandardRestore(train_target),
             data=ocp.args.JsonRestore(),
         )
-        failure = None
+        failure = read_error = None
         try:
             restored = self._manager.restore(step, args=args)
         except Exception as e:  # orbax wraps tensorstore's read errors in a bare Exception
-            failure = _short(e.__cause__ or e)
+            # Text only: the exception's traceback holds the reads `_drop_failed_reads` ends.
+            failure, read_error = _short(e.__cause__ or e), _is_read_error(e.__cause__ or e)
         if failure is not None:  # outside `except`: its traceback no longer holds the reads
             _drop_failed_reads()
-            raise self._damaged(step, failure)
+            if read_error:
+                raise self._damaged(step, failure)
+            # Not the files: the target (mesh shardings, device memory). The checkpoint
+            # may be fine, so no advice to move it away.
+            mesh = dict(layout.shardings.step.mesh.shape)
+            raise CheckpointError(
+                f"{step_dir}: cannot be restored onto this mesh/device (mesh {mesh}): {failure}"
+            )
         train = restored["train"]
         state = TrainState(
             step=train["step"],
@@ -343,6 +368,19 @@ def _drop_failed_reads() -> None:
             time.sleep(0.1)
     finally:
         sys.unraisablehook = hook
+
+
+# How tensorstore's errors begin (an absl status code): its reads of the checkpoint's
+# files failed. XLA's errors (device memory) start so too, but are RuntimeErrors.
+_STATUS_CODE = re.compile(r"[A-Z][A-Z_]+: ")
+
+
+def _is_read_error(e: BaseException) -> bool:
+    """Whether a failed restore failed reading the checkpoint's files (missing, cut short,
+    unreadable) rather than placing the arrays (shardings, device memory)."""
+    if isinstance(e, OSError):
+        return True
+    return isinstance(e, ValueError) and bool(_STATUS_CODE.match(str(e).strip()))
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

@@ -87,13 +87,15 @@ class DataConfig:
                 f"got {lengths!r}"
             )
         if not _positive_int(self.global_batch_size):
-            raise DataError(f"BATCH_SIZE must be >= 1, got {self.global_batch_size!r}")
+            raise DataError(f"BATCH_SIZE must be an integer >= 1, got {self.global_batch_size!r}")
         seed = self.seed
         if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
             # None would draw a fresh order each run: no resume could repeat it.
             raise DataError(f"DataConfig.seed must be an integer >= 0, got {self.seed!r}")
         if self.num_shards is not None and not _positive_int(self.num_shards):
-            raise DataError(f"DataConfig.num_shards must be None or >= 1, got {self.num_shards!r}")
+            raise DataError(
+                f"DataConfig.num_shards must be None or an integer >= 1, got {self.num_shards!r}"
+            )
         if self.num_shards is not None and self.global_batch_size % self.num_shards:
             raise DataError(
                 f"BATCH_SIZE {self.global_batch_size} is not divisible by "

@@ -1,6 +1,7 @@
 """The training run's logs, written by process 0: metrics.jsonl, the evaluation logs
 (<kind>.jsonl), TensorBoard and the console line. Written whole and renamed over, so
-that a kill never leaves a cut line, and cut back to the restored step on resume.
+that a kill never leaves a cut line, and cut back to the restored step on resume
+(TensorBoard: hidden after it, see `MetricsLogger`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ class MetricsLogger:
                 _write_atomically(path, self._eval_lines[kind])
         from tensorboardX import SummaryWriter
 
-        self._writer = SummaryWriter(str(self.tb_dir))
+        # As the .jsonl logs: TensorBoard hides the events of earlier runs from this step
+        # on (a SessionLog.START at purge_step), which the resumed steps write again.
+        purge_step = start_step + 1 if start_step else 0
+        self._writer = SummaryWriter(str(self.tb_dir), purge_step=purge_step)
 
     @staticmethod
     def _lines_up_to(path: epath.Path, start_step: int) -> list[str]:

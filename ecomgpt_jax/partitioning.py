@@ -133,6 +133,14 @@ def batch_divisor(mesh: Mesh) -> int:
     return math.prod(mesh.shape[axis] for axis in BATCH_MESH_AXES)
 
 
+def mesh_split(logical: str, mesh) -> tuple[tuple[str, ...], int]:
+    """The mesh axes `RULES` splits the logical axis `logical` over, and into how many
+    parts (1: not split). `mesh` needs only `.shape` (axis name -> size)."""
+    axes = dict(RULES).get(logical)
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return axes, math.prod(mesh.shape[axis] for axis in axes)
+
+
 def axis_rules():
     """Context manager that makes `RULES` active for `nn.with_logical_constraint`."""
     return nn.logical_axis_rules(RULES)

@@ -89,7 +89,7 @@ def make_vocabulary(spec: trainer.ModelSpec, train: trainer.TrainConfig):
         )
     if kind in vocabularies.SENTENCEPIECE_KINDS:
         return vocabularies.make_vocabulary(kind, path)
-    path = path if path is not None else train.init_from_hf
+    path = path if path is not None else hf_tokenizer_dir(train)
     if path is None:
         raise vocabularies.VocabularyError(
             f"VOCABULARY = {spec.vocabulary!r} needs VOCABULARY_PATH (a tokenizer.json or "
@@ -98,6 +98,16 @@ def make_vocabulary(spec: trainer.ModelSpec, train: trainer.TrainConfig):
     vocabulary = vocabularies.make_vocabulary(kind, path)
     vocabulary.eos_id  # noqa: B018  (loads the tokenizer: a bad file fails now, as one line)
     return vocabulary
+
+
+def hf_tokenizer_dir(train: trainer.TrainConfig) -> str | None:
+    """The HF tokenizer's folder without VOCABULARY_PATH: on a resume MODEL_DIR, where
+    `write_run_files` copied it (INIT_FROM_HF's folder may be gone by then), else
+    INIT_FROM_HF."""
+    root = checkpointing.as_path(train.model_dir)
+    if checkpointing.has_checkpoint(root) and (root / "tokenizer.json").is_file():
+        return str(root)
+    return train.init_from_hf
 
 
 def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, vocabulary):

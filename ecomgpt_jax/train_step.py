@@ -22,6 +22,7 @@ Needs only jax, flax and optax (no TensorFlow, SeqIO or gin).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -35,6 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ecomgpt_jax import partitioning
 from ecomgpt_jax.models import losses
+from ecomgpt_jax.models.config import ConfigError
 
 Batch = Mapping[str, jax.Array]
 PyTree = Any
@@ -48,13 +50,36 @@ BATCH_KEYS = (INPUTS, TARGETS, WEIGHTS, SEGMENT_IDS, POSITIONS)
 EVAL_SUMS = ("loss_sum", "weight_sum", "correct_sum")  # what make_eval_step returns
 
 
+DECAYS = ("cosine", "linear", "constant")  # OptimizerConfig.decay
+
+
+def is_integer(value) -> bool:
+    """An integer, not a bool (gin and JSON give 8.0, '8' and True for typos)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """An int or float, not a bool or a string ('2e-5' from a quoted gin value)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def field_error(config, field: str, why: str, macro: str | None = None) -> ConfigError:
+    """One line in ModelConfig's style, `<Config>.<field>=<value> (<MACRO>): <why>`; the
+    macro is the one gin_configs/ecom.gin binds the field to."""
+    where = f" ({macro})" if macro else ""
+    value = getattr(config, field)
+    return ConfigError(f"{type(config).__name__}.{field}={value!r}{where}: {why}")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     """AdamW with linear warm-up then cosine / linear / constant decay, and clipping.
 
-    `final_lr_ratio` is the learning rate reached at the last step, as a
-    fraction of `learning_rate`. Weight decay never applies to biases and
-    normalisation parameters (see `decay_mask`).
+    `final_lr_ratio`, as a fraction of `learning_rate`, is where the decay ends: the
+    schedule reaches it at step `total_steps`. Update number s (1-based) uses the
+    schedule at s - 1, so the last update uses `schedule(total_steps - 1)`, one decay
+    step short of it (metrics.jsonl logs the rate each logged step used). Weight decay
+    never applies to biases and normalisation parameters (see `decay_mask`).
     """
 
     learning_rate: float = 2e-5
@@ -67,6 +92,27 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 or less: no clipping
 
+    def __post_init__(self):
+        def bad(field, why, macro=None):
+            raise field_error(self, field, why, macro)
+
+        if not is_number(self.learning_rate) or self.learning_rate <= 0:
+            bad("learning_rate", "must be a number > 0", "LEARNING_RATE")
+        if not is_integer(self.warmup_steps) or self.warmup_steps < 0:
+            bad("warmup_steps", "must be an integer >= 0", "WARMUP_STEPS")
+        if self.decay not in DECAYS:
+            bad("decay", f"must be one of {DECAYS}")
+        if not is_number(self.final_lr_ratio) or not 0 <= self.final_lr_ratio <= 1:
+            bad("final_lr_ratio", "must be a number from 0 to 1")
+        for field in ("b1", "b2"):
+            if not is_number(getattr(self, field)) or not 0 <= getattr(self, field) < 1:
+                bad(field, "must be a number >= 0 and < 1")
+        for field in ("eps", "weight_decay"):
+            if not is_number(getattr(self, field)) or getattr(self, field) < 0:
+                bad(field, "must be a number >= 0")
+        if not is_number(self.max_grad_norm):
+            bad("max_grad_norm", "must be a number (0 or less: no clipping)")
+
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
@@ -77,11 +123,21 @@ class StepConfig:
     micro-batch). `loss_chunk_size` > 0 fuses the vocabulary projection and the
     cross-entropy (`models/losses.py`), when the model can return its final hidden
     states: logits are computed for loss-weighted positions only, that many per
-    row at a time, and never all at once.
+    row at a time, and never all at once. It must then divide the row length and be
+    smaller (`trainer.check_shapes` says so at set-up; `loss_sums` raises otherwise).
+    0: the logits of whole rows, [batch, length, vocab] at once.
     """
 
     num_microbatches: int = 1
     loss_chunk_size: int = 0
+
+    def __post_init__(self):
+        if not is_integer(self.num_microbatches) or self.num_microbatches < 1:
+            raise field_error(
+                self, "num_microbatches", "must be an integer >= 1", "NUM_MICROBATCHES"
+            )
+        if not is_integer(self.loss_chunk_size) or self.loss_chunk_size < 0:
+            raise field_error(self, "loss_chunk_size", "must be an integer >= 0")
 
 
 class TrainState(struct.PyTreeNode):
@@ -100,7 +156,8 @@ class TrainState(struct.PyTreeNode):
 
 
 def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0 to `learning_rate`, then the chosen decay to the last step."""
+    """Linear warm-up from 0 to `learning_rate`, then the chosen decay, which reaches
+    `final_lr_ratio` at `total_steps` (the last update uses `total_steps - 1`)."""
     peak = config.learning_rate
     warmup = max(int(config.warmup_steps), 0)
     decay_steps = max(int(total_steps) - warmup, 1)
@@ -213,6 +270,9 @@ def loss_sums(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Sum of answer-token losses of `batch` (not a mean: the caller divides once).
 
+    batch: the `BATCH_KEYS` arrays, each [B, L] (a micro-batch's B); `config.loss_chunk_size`
+    > 0 must divide L and be smaller (ValueError otherwise: computing all [B, L, V] logits
+    instead would silently break the memory plan the chunk size was chosen for).
     Returns (loss_sum float32 scalar, {"weight_sum", "correct_sum"} float32 scalars).
     """
     weights = batch[WEIGHTS].astype(jnp.float32)
@@ -220,7 +280,12 @@ def loss_sums(
     rngs = {"dropout": rng} if rng is not None else None
     chunk = int(config.loss_chunk_size)
     length = targets.shape[1]
-    if chunk > 0 and chunk < length and length % chunk == 0 and _model_supports_hidden(model):
+    if chunk > 0 and (chunk >= length or length % chunk):
+        raise ValueError(
+            f"StepConfig.loss_chunk_size {chunk} does not split rows of {length} tokens "
+            "into equal chunks"
+        )
+    if chunk > 0 and _model_supports_hidden(model):
         hidden = model.apply(
             {"params": params}, batch[INPUTS], return_hidden=True, rngs=rngs, **_model_kwargs(batch)
         )

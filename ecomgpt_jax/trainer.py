@@ -56,7 +56,8 @@ class TrainConfig:
 
     mesh_shape: (data, fsdp, tensor) sizes, one may be -1 ("the rest").
     init_from_hf / init_from_checkpoint: initial weights when MODEL_DIR holds no
-    checkpoint yet (a checkpoint in MODEL_DIR always wins: that is a resume).
+    checkpoint yet (a checkpoint in MODEL_DIR always wins: that is a resume, which reads
+    neither folder: MODEL_DIR holds the architecture and the HF tokenizer files).
     infer_eval_every_steps: decode and score `RunConfig.infer_eval` every N steps
     (T5X's infer_eval; 0 = never).
     eval_loss_every_steps: the teacher-forced loss on held-out batches every N steps
@@ -78,16 +79,31 @@ class TrainConfig:
     eval_loss_batches: int = 2
 
     def __post_init__(self):
-        # 0 or negative would "finish" at once and point at a checkpoint never written.
-        if int(self.train_steps) < 1:
-            raise UserError(f"TRAIN_STEPS must be >= 1, got {self.train_steps}")
         for macro, value, least in (
+            # 0 or negative would "finish" at once and point at a checkpoint never written.
+            ("TRAIN_STEPS", self.train_steps, 1),
+            ("LOG_EVERY_STEPS", self.log_every_steps, 1),
             ("INFER_EVAL_EVERY_STEPS", self.infer_eval_every_steps, 0),
             ("EVAL_LOSS_EVERY_STEPS", self.eval_loss_every_steps, 0),
             ("EVAL_LOSS_BATCHES", self.eval_loss_batches, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if not ts.is_integer(value) or value < least:
                 raise UserError(f"{macro} must be an integer >= {least}, got {value!r}")
+        # It seeds the initial weights and dropout: None would draw other numbers on every
+        # run, and a resume would go on from numbers the first run never drew.
+        if not ts.is_integer(self.seed):
+            raise UserError(f"SEED must be an integer, got {self.seed!r}")
+        shape = self.mesh_shape
+        if (
+            not isinstance(shape, (tuple, list))
+            or len(shape) != 3
+            or not all(map(ts.is_integer, shape))
+        ):
+            raise UserError(
+                "MESH_SHAPE must be 3 integers (data, fsdp, tensor), one of them may be -1, "
+                f"got {shape!r}"
+            )
+        object.__setattr__(self, "mesh_shape", tuple(shape))  # a list from gin works too
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,17 +123,23 @@ def build_model_config(run: RunConfig) -> model_config.ModelConfig:
     with the gin-bound run settings (e.g. bloomz-7b1's full rematerialisation, without
     which its activations do not fit a chip).
 
+    A resume of such a run takes the architecture from MODEL_DIR/model_config.json (what
+    its checkpoints hold) and does not read the initial weights' folder, which may be
+    gone by then.
+
     Raises UserError when the weights are of another family than the gin-bound config:
     its run settings were then chosen for another model (a models/*.gin file forgotten).
     """
     bound = run.model.config
-    if run.train.init_from_hf:
-        cfg = hf_io.read_hf_config(run.train.init_from_hf)
-    elif run.train.init_from_checkpoint:
-        cfg = _init_checkpoint_config(run.train.init_from_checkpoint)
-    else:
+    source = _architecture_source(run.train)
+    if source is None:
         return bound
-    source = _init_macro(run.train)
+    if source == RESUMED_CONFIG:
+        cfg = checkpointing.load_model_config(run.train.model_dir)
+    elif source == "INIT_FROM_HF":
+        cfg = hf_io.read_hf_config(run.train.init_from_hf)
+    else:
+        cfg = _init_checkpoint_config(run.train.init_from_checkpoint)
     if cfg.family != bound.family:
         raise UserError(
             f"{source} holds a {cfg.hf_model_type} model but ModelConfig is a "
@@ -143,13 +165,23 @@ def unused_bindings_note(run: RunConfig, cfg: model_config.ModelConfig) -> str |
     if not unused:
         return None
     return (
-        f"note: {_init_macro(run.train)} sets the architecture; these ModelConfig "
+        f"note: {_architecture_source(run.train)} sets the architecture; these ModelConfig "
         "bindings are not used: " + ", ".join(unused)
     )
 
 
-def _init_macro(train: TrainConfig) -> str:
-    """The macro naming the initial weights (INIT_FROM_HF first, as build_model_config)."""
+RESUMED_CONFIG = "MODEL_DIR/model_config.json"
+
+
+def _architecture_source(train: TrainConfig) -> str | None:
+    """Where `build_model_config` takes the architecture from: RESUMED_CONFIG (a resume of
+    a run from initial weights), INIT_FROM_HF (first), INIT_FROM_CHECKPOINT, or None (the
+    gin-bound ModelConfig; a resume checks it against the checkpoint)."""
+    if not (train.init_from_hf or train.init_from_checkpoint):
+        return None
+    root = checkpointing.as_path(train.model_dir)
+    if checkpointing.has_checkpoint(root) and (root / checkpointing.MODEL_CONFIG_FILE).is_file():
+        return RESUMED_CONFIG
     return "INIT_FROM_HF" if train.init_from_hf else "INIT_FROM_CHECKPOINT"
 
 
@@ -178,9 +210,48 @@ class Shapes:
     vocab_size: int
 
 
+# The ModelConfig field that sizes each logical axis of the parameters and activations:
+# `check_shapes` checks it against the mesh axes `partitioning.RULES` split that axis over.
+_SIZED_BY = {
+    partitioning.VOCAB: "vocab_size",
+    partitioning.ACT_VOCAB: "vocab_size",
+    partitioning.EMBED: "hidden",
+    partitioning.ACT_EMBED: "hidden",
+    partitioning.MLP: "mlp_dim",
+    partitioning.ACT_MLP: "mlp_dim",
+    partitioning.HEADS: "heads",
+    partitioning.ACT_HEADS: "heads",
+    partitioning.KV_HEADS: "kv_heads",
+    partitioning.HEAD_DIM: "head_dim",
+    partitioning.LAYERS: "layers",
+}
+
+
+def check_mesh(cfg: model_config.ModelConfig, mesh) -> None:
+    """UserError naming each ModelConfig dimension the mesh axes it is split over do not
+    divide. Found here, before anything is laid out: jax's IndivisibleError would come as
+    a trace from the first jit (a fresh start) or from orbax (a resume)."""
+    problems = {}
+    for logical, field in _SIZED_BY.items():
+        axes, ways = partitioning.mesh_split(logical, mesh)
+        size = getattr(cfg, field)
+        if size % ways:
+            axis = " x ".join(axes) + (" axes" if len(axes) > 1 else " axis")
+            problems[field, axes] = (
+                f"ModelConfig.{field} {size} is not divisible by the mesh's {axis} ({ways})"
+            )
+    if problems:
+        raise UserError(
+            f"MESH_SHAPE {tuple(mesh.devices.shape)} does not fit the model: "
+            + "; ".join(problems.values())
+        )
+
+
 def check_shapes(cfg, shapes: Shapes, step: ts.StepConfig, mesh) -> None:
-    """Raises UserError (one line) for a batch/sequence/vocabulary that cannot work."""
-    b, m = shapes.global_batch_size, max(int(step.num_microbatches), 1)
+    """Raises UserError (one line) for a mesh/batch/sequence/vocabulary/loss chunk that
+    cannot work."""
+    check_mesh(cfg, mesh)
+    b, m = shapes.global_batch_size, int(step.num_microbatches)
     divisor = partitioning.batch_divisor(mesh)
     if b % m:
         raise UserError(f"BATCH_SIZE {b} is not divisible by num_microbatches {m}")
@@ -201,10 +272,23 @@ def check_shapes(cfg, shapes: Shapes, step: ts.StepConfig, mesh) -> None:
             f"{cfg.vocab_size}; use the model's own vocabulary (or, training from "
             "scratch, a larger ModelConfig.vocab_size)"
         )
+    length, chunk = shapes.sequence_length, step.loss_chunk_size
+    # A chunk that does not split the row into several would compute every logit at once.
+    if chunk and (chunk >= length or length % chunk):
+        raise UserError(
+            f"StepConfig.loss_chunk_size {chunk} does not split the {length} tokens per row "
+            "(TASK_FEATURE_LENGTHS inputs + targets) into equal chunks: use a divisor of "
+            f"{length} smaller than it, or 0 (no chunks: the logits of whole rows)"
+        )
 
 
 def _host_params_to_layout(params, shardings):
-    """Numpy params (same on every process) -> global arrays, each process copying its slices."""
+    """Numpy params (same on every process) -> global arrays, each process copying its slices.
+
+    params: pytree of numpy arrays, each of its parameter's full (global) shape, e.g.
+    `embed/embedding` [vocab_size, hidden]; shardings: the same
+    pytree of NamedSharding. Returns jax.Arrays of those shapes, laid out by `shardings`.
+    """
     return jax.tree.map(
         lambda a, s: jax.make_array_from_callback(a.shape, s, lambda idx: a[idx]),
         params,
@@ -345,9 +429,13 @@ class Trainer:
     ) -> dict[str, dict[str, float]]:
         """Teacher-forced loss of `params` on `eval_batches`, per task and over "all".
 
-        Each entry: loss (mean over answer tokens, as the training loss), accuracy
-        (next-token argmax on answer tokens) and answer_tokens. "all" weighs every answer
-        token of every task the same.
+        params: the train state's params (laid out by `self.layout`); eval_batches:
+        re-iterable (task name, batch) pairs, each batch the `ts.BATCH_KEYS` arrays of
+        shape [B, L] (B divisible by the mesh's data x fsdp and by num_microbatches).
+        Returns {task or "all": {"loss", "accuracy", "answer_tokens"}}, Python floats:
+        loss (mean over answer tokens, as the training loss), accuracy (next-token argmax
+        on answer tokens) and answer_tokens. "all" weighs every answer token of every task
+        the same.
         """
         if self._eval_step is None:
             self._eval_step = ts.jit_eval_step(

@@ -20,7 +20,7 @@ CFG = dataclasses.replace(
     heads=4,
     kv_heads=4,
     head_dim=8,
-    mlp_dim=64,
+    mlp_dim=128,  # BLOOM: 4 * hidden
     vocab_size=128,
 )
 MODEL = decoder.Decoder(CFG)
@@ -127,7 +127,7 @@ def test_clear_errors(tmp_path):
     with pytest.raises(ck.CheckpointError, match="no orbax checkpoint found"):
         ck.restore_params(tmp_path / "empty", target.abstract.params)
     # Parameters of another architecture.
-    other = decoder.abstract_params(dataclasses.replace(CFG, hidden=64, head_dim=16))
+    other = decoder.abstract_params(dataclasses.replace(CFG, hidden=64, head_dim=16, mlp_dim=256))
     ck.save_params(tmp_path / "other", jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), other))
     with pytest.raises(ck.CheckpointError, match="do not match the model"):
         ck.restore_params(tmp_path / "other", target.abstract.params)
@@ -187,7 +187,7 @@ def test_resume_of_another_model_or_a_damaged_step_is_one_line(tmp_path, trained
         manager.close()
         return str(info.value)
 
-    wider = dataclasses.replace(CFG, hidden=64, head_dim=16)
+    wider = dataclasses.replace(CFG, hidden=64, head_dim=16, mlp_dim=256)
     mesh = layout.shardings.step.mesh
     assert error(ts.state_layout(decoder.Decoder(wider), TX, mesh)) == (
         f"{step_dir}: parameters do not match the model (embed/embedding has shape (128, 32) "
@@ -232,3 +232,51 @@ def test_resume_of_another_model_or_a_damaged_step_is_one_line(tmp_path, trained
     )
     restored, _ = ck.Checkpointer(tmp_path, ck.CheckpointConfig()).restore(1, layout)
     assert int(restored.step) == 1
+
+
+def test_a_mesh_that_cannot_hold_the_arrays_is_not_called_damage(tmp_path, trained):
+    layout, state = trained
+    manager = ck.Checkpointer(tmp_path, ck.CheckpointConfig(save_every_steps=1))
+    manager.save(state, ck.DataPosition(2), force=True)
+    manager.close()
+    # 4 heads over a tensor axis of 8: jax cannot lay them out (a run never gets here:
+    # trainer.check_mesh stops it first). The files are fine: no advice to move them away.
+    manager = ck.Checkpointer(tmp_path, ck.CheckpointConfig())
+    with pytest.raises(ck.CheckpointError) as info:
+        manager.restore(2, layout_on((1, 1, 8)))
+    manager.close()
+    prefix = (
+        f"{tmp_path / 'checkpoints' / '2'}: cannot be restored onto this mesh/device (mesh "
+        "{'data': 1, 'fsdp': 1, 'tensor': 8}): Sharding NamedSharding(mesh=Mesh('data': 1, "
+        "'fsdp': 1, 'tensor': 8"
+    )
+    assert str(info.value).startswith(prefix)
+    assert re.search(r"partitioned 8 times, but the dimension size is 4 ", str(info.value))
+    assert "\n" not in str(info.value) and "move that folder" not in str(info.value)
+    restored, position = ck.Checkpointer(tmp_path, ck.CheckpointConfig()).restore(
+        2, layout_on((1, 2, 4))
+    )
+    assert_trees_equal(restored, state)
+    assert position == ck.DataPosition(2)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"save_every_steps": 0},
+            "CheckpointConfig.save_every_steps=0 (SAVE_EVERY_STEPS): must be an integer >= 1",
+        ),
+        (
+            {"save_every_steps": 100.0},
+            "CheckpointConfig.save_every_steps=100.0 (SAVE_EVERY_STEPS): must be an integer >= 1",
+        ),
+        ({"keep": "all"}, "CheckpointConfig.keep='all': must be an integer >= 1"),
+        ({"keep": 0}, "CheckpointConfig.keep=0: must be an integer >= 1"),
+        ({"async_save": "no"}, "CheckpointConfig.async_save='no': must be True or False"),
+    ],
+)
+def test_checkpoint_config_names_a_bad_field(config, message):
+    with pytest.raises(model_config.ConfigError) as info:
+        ck.CheckpointConfig(**config)
+    assert str(info.value) == message

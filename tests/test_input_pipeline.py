@@ -246,8 +246,9 @@ def test_errors_name_the_problem():
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"global_batch_size": 0}, "BATCH_SIZE must be >= 1, got 0"),
-        ({"global_batch_size": -4}, "BATCH_SIZE must be >= 1, got -4"),
+        ({"global_batch_size": 0}, "BATCH_SIZE must be an integer >= 1, got 0"),
+        ({"global_batch_size": -4}, "BATCH_SIZE must be an integer >= 1, got -4"),
+        ({"global_batch_size": 8.0}, "BATCH_SIZE must be an integer >= 1, got 8.0"),
         ({"seed": None}, "DataConfig.seed must be an integer >= 0, got None"),
         ({"seed": 1.5}, "DataConfig.seed must be an integer >= 0, got 1.5"),
         (
@@ -265,7 +266,7 @@ def test_errors_name_the_problem():
             "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), got "
             "{'inputs': 96, 'targets': 32.5}",
         ),
-        ({"num_shards": 0}, "DataConfig.num_shards must be None or >= 1, got 0"),
+        ({"num_shards": 0}, "DataConfig.num_shards must be None or an integer >= 1, got 0"),
         ({"num_shards": 3}, "BATCH_SIZE 8 is not divisible by DataConfig.num_shards 3"),
     ],
 )

@@ -1,6 +1,7 @@
 """The run's logs: rows, resume cut-back, unreadable lines, atomic writes, step time."""
 
 import json
+import struct
 import time
 import types
 
@@ -109,3 +110,50 @@ def test_other_processes_read_and_write_no_log(tmp_path, capsys, monkeypatch):
     logger.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval_loss.jsonl"]
     assert eval_steps(tmp_path / "eval_loss.jsonl") == [0, 4] and capsys.readouterr().out == ""
+
+
+def tensorboard_events(path) -> list[tuple]:
+    """(step, what) of each event of a TensorBoard file: "start" for a SessionLog.START
+    (TensorBoard hides the events of earlier files from its step on), (tag, value) for
+    a scalar."""
+    from tensorboardX.proto import event_pb2
+
+    data, events, i = path.read_bytes(), [], 0
+    while i < len(data):  # TFRecord: length (8 bytes), its CRC (4), the event, its CRC (4)
+        (size,) = struct.unpack("<Q", data[i : i + 8])
+        event = event_pb2.Event.FromString(data[i + 12 : i + 12 + size])
+        i += 12 + size + 4
+        if event.HasField("session_log"):
+            assert event.session_log.status == event_pb2.SessionLog.START
+            events.append((event.step, "start"))
+        for value in event.summary.value:
+            events.append((event.step, (value.tag, round(value.simple_value, 6))))
+    return events
+
+
+def test_tensorboard_hides_what_a_resume_computes_again(tmp_path):
+    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(learning_rate=1.0), 10)
+    metrics = {"loss": 1.0, "grad_norm": 0.5, "accuracy": 0.25, "tokens": 100.0}
+    logger = MetricsLogger(tmp_path, total_steps=10, start_step=0, schedule=schedule)
+    for step in (1, 2, 3):
+        logger.record(step, {**metrics, "loss": float(step)}, force=True)
+    logger.record_eval("eval_loss", 3, {"all": {"loss": 1.5}}, "loss 1.5")
+    logger.close()
+    [first] = (tmp_path / "tensorboard").iterdir()
+    # tensorboardX names files by the second: keep the first run's from being overwritten.
+    first = first.rename(first.with_name("events.out.tfevents.0000000001.first"))
+    resumed = MetricsLogger(tmp_path, total_steps=10, start_step=2, schedule=schedule)
+    resumed.record(3, {**metrics, "loss": 30.0}, force=True)
+    resumed.close()
+    [second] = set((tmp_path / "tensorboard").iterdir()) - {first}
+    losses = [(s, e) for s, e in tensorboard_events(first) if e == "start" or "loss" in e[0]]
+    assert losses == [
+        (0, "start"),  # a run at step 0 also hides what a run before it left
+        (1, ("train/loss", 1.0)),
+        (2, ("train/loss", 2.0)),
+        (3, ("train/loss", 3.0)),
+        (3, ("eval_loss/all/loss", 1.5)),
+    ]
+    # The resume from step 2 hides step 3 on of the first file: its loss and evaluation.
+    losses = [(s, e) for s, e in tensorboard_events(second) if e == "start" or "loss" in e[0]]
+    assert losses == [(3, "start"), (3, ("train/loss", 30.0))]

@@ -295,3 +295,17 @@ def test_data_sharding_row_counts():
     for shape, rows in [((8, 1, 1), 1), ((2, 2, 2), 2), ((1, 2, 4), 4), ((1, 1, 8), 8)]:
         placed = jax.device_put(x, P.data_sharding(P.make_mesh(P.MeshConfig(shape))))
         assert {s.data.shape for s in placed.addressable_shards} == {(rows, 5)}, shape
+
+
+@pytest.mark.parametrize(
+    "logical, shape, split",
+    [
+        (P.HEADS, (2, 1, 4), (("tensor",), 4)),
+        (P.EMBED, (2, 4, 1), (("fsdp",), 4)),
+        (P.BATCH, (2, 4, 1), (("data", "fsdp"), 8)),
+        (P.HEAD_DIM, (1, 2, 4), ((), 1)),
+        ("not_in_the_table", (1, 2, 4), ((), 1)),
+    ],
+)
+def test_mesh_split_reads_the_rules_table(logical, shape, split):
+    assert P.mesh_split(logical, P.make_mesh(P.MeshConfig(shape))) == split

@@ -289,9 +289,24 @@ def test_user_errors_are_one_line(tmp_path, args, message):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--gin.TRAIN_STEPS=0"], "TRAIN_STEPS must be >= 1, got 0"),
-        (["--gin.BATCH_SIZE=0"], "BATCH_SIZE must be >= 1, got 0"),
-        (["--gin.BATCH_SIZE=-4"], "BATCH_SIZE must be >= 1, got -4"),
+        (["--gin.TRAIN_STEPS=0"], "TRAIN_STEPS must be an integer >= 1, got 0"),
+        (
+            # tiny-bloom's 6 heads over 4 devices: before, a fresh start died in jax's
+            # IndivisibleError (leaving an empty MODEL_DIR/checkpoints), a resume called
+            # the checkpoint damaged.
+            ["--gin.MESH_SHAPE=(2, 1, 4)"],
+            "MESH_SHAPE (2, 1, 4) does not fit the model: ModelConfig.heads 6 is not divisible "
+            "by the mesh's tensor axis (4); ModelConfig.kv_heads 6 is not divisible by the "
+            "mesh's tensor axis (4)",
+        ),
+        (
+            ["--gin.StepConfig.loss_chunk_size=100"],
+            "StepConfig.loss_chunk_size 100 does not split the 256 tokens per row "
+            "(TASK_FEATURE_LENGTHS inputs + targets) into equal chunks: use a divisor of 256 "
+            "smaller than it, or 0 (no chunks: the logits of whole rows)",
+        ),
+        (["--gin.BATCH_SIZE=0"], "BATCH_SIZE must be an integer >= 1, got 0"),
+        (["--gin.BATCH_SIZE=-4"], "BATCH_SIZE must be an integer >= 1, got -4"),
         (
             ["--gin.TASK_FEATURE_LENGTHS={'input': 192, 'targets': 64}"],
             "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), got "
@@ -347,7 +362,7 @@ def test_user_errors_are_one_line(tmp_path, args, message):
         ),
         (
             ["--gin.eval_loss/DataConfig.global_batch_size=0"],
-            "eval_loss/DataConfig: BATCH_SIZE must be >= 1, got 0",
+            "eval_loss/DataConfig: BATCH_SIZE must be an integer >= 1, got 0",
         ),
         (
             ["--gin.EVAL_LOSS_EVERY_STEPS=4", "--gin.eval_loss/DataConfig.global_batch_size=12"],
@@ -419,6 +434,26 @@ def test_initial_weights_give_the_architecture_and_the_note_says_so(tmp_path, ca
     )
 
 
+def test_a_resume_reads_the_hf_tokenizer_copied_to_model_dir(tmp_path):
+    """INIT_FROM_HF's folder is gone: a resume reads the tokenizer.json that write_run_files
+    copied to MODEL_DIR; a fresh start still needs the folder."""
+    import tokenizers
+
+    words = {"<unk>": 0, "</s>": 1, "hello": 2}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(words, unk_token="<unk>"))
+    spec = trainer.ModelSpec(config=model_config.get_preset("tiny-bloom"), vocabulary="hf")
+    run_dir, gone = tmp_path / "run", tmp_path / "gone"
+    run = trainer.TrainConfig(model_dir=str(run_dir), init_from_hf=str(gone))
+    with pytest.raises(FileNotFoundError) as info:
+        train.make_vocabulary(spec, run)
+    assert str(info.value) == f"Hugging Face tokenizer file not found: {gone}"
+    (run_dir / "checkpoints" / "5").mkdir(parents=True)
+    tokenizer.save(str(run_dir / "tokenizer.json"))
+    vocabulary = train.make_vocabulary(spec, run)
+    assert vocabulary.path == run_dir / "tokenizer.json" and vocabulary.eos_id == 1
+    assert vocabulary.encode("hello") == [2]
+
+
 def test_mixture_without_data_is_one_line(tmp_path):
     import tasks
 
@@ -432,8 +467,62 @@ def test_mixture_without_data_is_one_line(tmp_path):
     assert str(empty) in text
 
 
-@pytest.mark.parametrize("name, devices", [("bloomz_7b1_tpu_v4", 16), ("bloomz_7b1_8xh100", 8)])
-def test_paper_run_gins_resolve(name, devices):
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ("TRAIN_STEPS = None", "TRAIN_STEPS must be an integer >= 1, got None"),
+        ("SEED = None", "SEED must be an integer, got None"),
+        (
+            "MESH_SHAPE = (1, 1)",
+            "MESH_SHAPE must be 3 integers (data, fsdp, tensor), one of them may be -1, got (1, 1)",
+        ),
+        (
+            "LEARNING_RATE = '2e-5'",
+            "gin config: OptimizerConfig.learning_rate='2e-5' (LEARNING_RATE): must be a "
+            "number > 0",
+        ),
+        (
+            "OptimizerConfig.decay = 'Cosine'",
+            "gin config: OptimizerConfig.decay='Cosine': must be one of ('cosine', 'linear', "
+            "'constant')",
+        ),
+        (
+            "NUM_MICROBATCHES = 0",
+            "gin config: StepConfig.num_microbatches=0 (NUM_MICROBATCHES): must be an integer >= 1",
+        ),
+        (
+            "SAVE_EVERY_STEPS = 100.0",
+            "gin config: CheckpointConfig.save_every_steps=100.0 (SAVE_EVERY_STEPS): must be an "
+            "integer >= 1",
+        ),
+        (
+            "CheckpointConfig.keep = 'all'",
+            "gin config: CheckpointConfig.keep='all': must be an integer >= 1",
+        ),
+    ],
+)
+def test_run_settings_name_the_field_and_macro(binding, message):
+    """What train.main prints (the first line of the UserError), for the settings the
+    configs check themselves."""
+    gin.clear_config()
+    try:
+        with pytest.raises(trainer.UserError) as info:
+            train.load_configs([str(ROOT / "gin_configs" / "ecom.gin")], [binding])
+    finally:
+        gin.clear_config()
+    assert str(info.value).splitlines()[0] == message
+
+
+@pytest.mark.parametrize(
+    "name, devices, mesh",
+    [
+        ("bloomz_7b1_tpu_v4", 16, (1, 16, 1)),
+        ("bloomz_7b1_8xh100", 8, (1, 8, 1)),
+        # Two hosts of 8 GPUs: FSDP within each host, data parallel across them.
+        ("bloomz_7b1_8xh100", 16, (2, 8, 1)),
+    ],
+)
+def test_paper_run_gins_resolve(name, devices, mesh):
     gin_file = str(ROOT / "gin_configs" / "runs" / f"{name}.gin")
     required = ["INIT_FROM_HF = '/hf'", "MODEL_DIR = '/run'", "TRAIN_STEPS = 1000"]
     gin.clear_config()
@@ -449,6 +538,7 @@ def test_paper_run_gins_resolve(name, devices):
     assert run.model.vocabulary == "huggingface"
     assert run.train.init_from_hf == "/hf" and run.train.train_steps == 1000
     shape = P.MeshConfig(run.train.mesh_shape).resolve(devices)
+    assert shape == mesh
     cfg = run.model.config  # models/bloomz_7b1.gin, then the run file's two overrides
     assert cfg == dataclasses.replace(model_config.get_preset("bloomz-7b1"), dtype="bfloat16")
     assert cfg.remat_policy == "full"

@@ -15,6 +15,7 @@ from ecomgpt_jax import partitioning as P
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder
+from ecomgpt_jax.models.config import ConfigError
 
 # Tiny BLOOM with 4 heads so a tensor axis of 4 divides heads, mlp and vocab.
 CFG = dataclasses.replace(
@@ -23,7 +24,7 @@ CFG = dataclasses.replace(
     heads=4,
     kv_heads=4,
     head_dim=16,
-    mlp_dim=128,
+    mlp_dim=256,  # BLOOM: 4 * hidden
     vocab_size=256,
 )
 B, L = 8, 32
@@ -91,8 +92,93 @@ def test_schedule_warmup_then_cosine_and_linear():
     np.testing.assert_allclose(float(lr(110)), 1e-4, rtol=1e-5)
     lin = ts.learning_rate_schedule(dataclasses.replace(cfg, decay="linear"), total_steps=110)
     np.testing.assert_allclose(float(lin(60)), 1e-3 - 0.5 * 0.9e-3, rtol=1e-5)
-    with pytest.raises(ValueError, match="unknown schedule 'exp'"):
-        ts.learning_rate_schedule(dataclasses.replace(cfg, decay="exp"), 10)
+
+
+@pytest.mark.parametrize(
+    "decay, last", [("linear", 0.2125), ("cosine", 0.1 + 0.9 * (1 + math.cos(7 * math.pi / 8)) / 2)]
+)
+def test_the_last_update_uses_the_schedule_one_step_before_final_lr_ratio(decay, last):
+    """10 updates, 2 of warm-up: update s uses schedule(s - 1), so the last one the rate
+    7/8 of the way through the decay (linear: 1 - 0.9 * 7/8; cosine: 0.1 + 0.9 * (1 +
+    cos(7 pi / 8)) / 2), not final_lr_ratio 0.1, which schedule(10) would give."""
+    cfg = ts.OptimizerConfig(
+        learning_rate=1.0, warmup_steps=2, decay=decay, final_lr_ratio=0.1, max_grad_norm=0
+    )
+    schedule = ts.learning_rate_schedule(cfg, total_steps=10)
+    # With zero gradients AdamW's update is -lr * weight_decay * param: the rate itself.
+    tx = ts.make_optimizer(dataclasses.replace(cfg, weight_decay=1.0), total_steps=10)
+    params = {"kernel": jnp.ones(())}
+    zeros = {"kernel": jnp.zeros(())}
+    opt_state, used = tx.init(params), []
+    for _ in range(10):
+        updates, opt_state = tx.update(zeros, opt_state, params)
+        used.append(-float(updates["kernel"]))
+    np.testing.assert_allclose(used[-1], last, rtol=1e-5)
+    np.testing.assert_allclose(used, [float(schedule(s)) for s in range(10)], rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(10)), 0.1, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"decay": "exp"},
+            "OptimizerConfig.decay='exp': must be one of ('cosine', 'linear', 'constant')",
+        ),
+        (
+            {"learning_rate": "2e-5"},
+            "OptimizerConfig.learning_rate='2e-5' (LEARNING_RATE): must be a number > 0",
+        ),
+        (
+            {"learning_rate": 0},
+            "OptimizerConfig.learning_rate=0 (LEARNING_RATE): must be a number > 0",
+        ),
+        (
+            {"warmup_steps": 10.0},
+            "OptimizerConfig.warmup_steps=10.0 (WARMUP_STEPS): must be an integer >= 0",
+        ),
+        (
+            {"final_lr_ratio": "0.1"},
+            "OptimizerConfig.final_lr_ratio='0.1': must be a number from 0 to 1",
+        ),
+        (
+            {"final_lr_ratio": 1.5},
+            "OptimizerConfig.final_lr_ratio=1.5: must be a number from 0 to 1",
+        ),
+        ({"b2": 1.0}, "OptimizerConfig.b2=1.0: must be a number >= 0 and < 1"),
+        ({"eps": None}, "OptimizerConfig.eps=None: must be a number >= 0"),
+        ({"weight_decay": -0.1}, "OptimizerConfig.weight_decay=-0.1: must be a number >= 0"),
+        (
+            {"max_grad_norm": True},
+            "OptimizerConfig.max_grad_norm=True: must be a number (0 or less: no clipping)",
+        ),
+    ],
+)
+def test_optimizer_config_names_a_bad_field(config, message):
+    with pytest.raises(ConfigError) as info:
+        ts.OptimizerConfig(**config)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"num_microbatches": 0},
+            "StepConfig.num_microbatches=0 (NUM_MICROBATCHES): must be an integer >= 1",
+        ),
+        (
+            {"num_microbatches": "2"},
+            "StepConfig.num_microbatches='2' (NUM_MICROBATCHES): must be an integer >= 1",
+        ),
+        ({"loss_chunk_size": -8}, "StepConfig.loss_chunk_size=-8: must be an integer >= 0"),
+        ({"loss_chunk_size": 8.0}, "StepConfig.loss_chunk_size=8.0: must be an integer >= 0"),
+    ],
+)
+def test_step_config_names_a_bad_field(config, message):
+    with pytest.raises(ConfigError) as info:
+        ts.StepConfig(**config)
+    assert str(info.value) == message
 
 
 def test_decay_mask_excludes_norms_and_biases():
@@ -167,6 +253,14 @@ def test_loss_is_mean_over_answer_tokens_of_whole_batch():
     grads = [g for _, g in results]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    # A chunk that does not split the rows of 32 into several equal ones: never the whole
+    # [B, L, V] logits in its place (check_shapes says so at set-up, in terms of the run).
+    for chunk in (12, 32, 64):
+        with pytest.raises(ValueError) as info:
+            ts.loss_sums(params, batch, model, ts.StepConfig(loss_chunk_size=chunk))
+        assert str(info.value) == (
+            f"StepConfig.loss_chunk_size {chunk} does not split rows of 32 tokens into equal chunks"
+        )
     # The evaluation step returns the sums behind that mean, whole or in micro-batches.
     correct = ((logits.argmax(-1) == batch[ts.TARGETS]) * w).sum()
     for config in (ts.StepConfig(), ts.StepConfig(num_microbatches=4, loss_chunk_size=8)):

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +75,68 @@ def test_check_shapes(shapes, step, message):
 def test_check_shapes_accepts_a_fitting_run():
     shapes = trainer.Shapes(16, 256, 128)
     trainer.check_shapes(TINY, shapes, ts.StepConfig(num_microbatches=2), mesh_of((2, 4, 1)))
+    # A loss chunk that splits the 256-token rows into two.
+    trainer.check_shapes(TINY, shapes, ts.StepConfig(loss_chunk_size=128), mesh_of((2, 4, 1)))
+
+
+def test_a_mesh_that_does_not_divide_the_model_is_one_line_before_any_layout(tmp_path):
+    """tiny-bloom's 6 heads over a tensor axis of 4: named before a fresh start's first jit
+    (jax's IndivisibleError) or a resume's restore (which took it for a damaged step)."""
+    with pytest.raises(trainer.UserError) as info:
+        trainer.check_shapes(
+            TINY_BLOOM, trainer.Shapes(8, 256, 2000), ts.StepConfig(), mesh_of((2, 1, 4))
+        )
+    assert str(info.value) == (
+        "MESH_SHAPE (2, 1, 4) does not fit the model: ModelConfig.heads 6 is not divisible by "
+        "the mesh's tensor axis (4); ModelConfig.kv_heads 6 is not divisible by the mesh's "
+        "tensor axis (4)"
+    )
+    # fsdp splits the model dimension: a hidden of 32 fits 8 of them, one of 36 does not.
+    trainer.check_mesh(TINY, mesh_of((1, 8, 1)))
+    with pytest.raises(trainer.UserError) as info:
+        trainer.check_mesh(TINY_BLOOM, mesh_of((1, 1, 8)))
+    assert str(info.value) == (
+        "MESH_SHAPE (1, 1, 8) does not fit the model: ModelConfig.heads 6 is not divisible by "
+        "the mesh's tensor axis (8); ModelConfig.kv_heads 6 is not divisible by the mesh's "
+        "tensor axis (8)"
+    )
+    wide = dataclasses.replace(TINY, vocab_size=102, hidden=36, head_dim=9, mlp_dim=144)
+    with pytest.raises(trainer.UserError) as info:
+        trainer.check_mesh(wide, mesh_of((1, 8, 1)))
+    assert str(info.value) == (
+        "MESH_SHAPE (1, 8, 1) does not fit the model: ModelConfig.hidden 36 is not divisible "
+        "by the mesh's fsdp axis (8)"
+    )
+    with pytest.raises(trainer.UserError) as info:
+        trainer.check_mesh(wide, mesh_of((2, 1, 4)))
+    assert str(info.value) == (
+        "MESH_SHAPE (2, 1, 4) does not fit the model: ModelConfig.vocab_size 102 is not "
+        "divisible by the mesh's tensor axis (4)"
+    )
+
+
+def test_every_model_sized_logical_axis_is_checked_against_the_mesh():
+    """A logical axis added to the rules table without a ModelConfig field here would
+    escape check_mesh (the batch is check_shapes' own; length and qkv are never split)."""
+    names = {name for name, _ in P.RULES}
+    assert names - set(trainer._SIZED_BY) == {P.BATCH, P.LENGTH, P.QKV}
+    assert set(trainer._SIZED_BY.values()) <= {f.name for f in dataclasses.fields(TINY)}
+
+
+@pytest.mark.parametrize("chunk", [96, 256, 512])
+def test_a_loss_chunk_that_does_not_split_the_rows_is_one_line(chunk):
+    with pytest.raises(trainer.UserError) as info:
+        trainer.check_shapes(
+            TINY,
+            trainer.Shapes(16, 256, 128),
+            ts.StepConfig(loss_chunk_size=chunk),
+            mesh_of((8, 1, 1)),
+        )
+    assert str(info.value) == (
+        f"StepConfig.loss_chunk_size {chunk} does not split the 256 tokens per row "
+        "(TASK_FEATURE_LENGTHS inputs + targets) into equal chunks: use a divisor of 256 "
+        "smaller than it, or 0 (no chunks: the logits of whole rows)"
+    )
 
 
 def test_init_from_hf_folder_and_from_converted_checkpoint(tmp_path):
@@ -144,6 +207,36 @@ def test_init_takes_run_settings_from_the_gin_config(tmp_path, source):
     )
 
 
+def test_a_resume_takes_the_architecture_from_model_dir_not_the_init_folder(tmp_path):
+    zero_hf_folder(tmp_path / "hf")
+    run = run_config(tmp_path, init_from_hf=str(tmp_path / "hf"))
+    cfg = trainer.build_model_config(run)
+    job = trainer.Trainer(run, cfg, mesh_of((2, 2, 2)))
+    state, _ = job.initial_state()
+    job.checkpointer.save(state.replace(step=jax.numpy.int32(3)), checkpointing.DataPosition(24))
+    job.checkpointer.close()
+    checkpointing.save_model_config(run.train.model_dir, cfg)  # as train.py does
+    shutil.rmtree(tmp_path / "hf")  # the initial weights are gone: the run goes on
+    assert trainer.build_model_config(run) == cfg
+    assert trainer.unused_bindings_note(run, cfg) == (
+        "note: MODEL_DIR/model_config.json sets the architecture; these ModelConfig bindings "
+        "are not used: vocab_size=2048 (weights: 128), hidden=96 (weights: 32), heads=6 "
+        "(weights: 4), kv_heads=6 (weights: 4), head_dim=16 (weights: 8), mlp_dim=384 "
+        "(weights: 128), max_positions=512 (weights: 256)"
+    )
+    job = trainer.Trainer(run, cfg, mesh_of((2, 2, 2)))
+    state, position = job.initial_state()
+    job.checkpointer.close()
+    assert int(state.step) == 3 and position.batches_consumed == 24
+    assert all(not np.asarray(leaf).any() for leaf in jax.tree.leaves(state.params))
+    # A fresh start still needs the folder, and says so.
+    fresh = run_config(tmp_path / "fresh", init_from_hf=str(tmp_path / "hf"))
+    with pytest.raises(hf_io.CheckpointFormatError) as info:
+        trainer.build_model_config(fresh)
+    hf = tmp_path / "hf"
+    assert str(info.value) == f"{hf}/config.json: not found (is {hf} a HF model directory?)"
+
+
 @pytest.mark.parametrize("source", ["init_from_hf", "init_from_checkpoint"])
 def test_init_from_weights_of_another_family_than_the_gin_config(tmp_path, source):
     zero_hf_folder(tmp_path / "hf")
@@ -197,10 +290,42 @@ import ecomgpt_jax.checkpointing, ecomgpt_jax.train_step, ecomgpt_jax.trainer
 
 
 def test_train_steps_must_be_at_least_one(tmp_path):
-    for steps in (0, -3):
+    for steps in (0, -3, None, 10.0):
         with pytest.raises(trainer.UserError) as info:
             run_config(tmp_path, train_steps=steps)
-        assert str(info.value) == f"TRAIN_STEPS must be >= 1, got {steps}"
+        assert str(info.value) == f"TRAIN_STEPS must be an integer >= 1, got {steps!r}"
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("seed", None, "SEED must be an integer, got None"),
+        ("seed", 1.5, "SEED must be an integer, got 1.5"),
+        ("log_every_steps", 0, "LOG_EVERY_STEPS must be an integer >= 1, got 0"),
+        (
+            "mesh_shape",
+            (1, 1),
+            "MESH_SHAPE must be 3 integers (data, fsdp, tensor), one of them may be -1, got (1, 1)",
+        ),
+        (
+            "mesh_shape",
+            (1, "8", 1),
+            "MESH_SHAPE must be 3 integers (data, fsdp, tensor), one of them may be -1, got "
+            "(1, '8', 1)",
+        ),
+        (
+            "mesh_shape",
+            8,
+            "MESH_SHAPE must be 3 integers (data, fsdp, tensor), one of them may be -1, got 8",
+        ),
+    ],
+)
+def test_run_settings_are_checked(tmp_path, field, value, message):
+    with pytest.raises(trainer.UserError) as info:
+        run_config(tmp_path, **{field: value})
+    assert str(info.value) == message
+    # A list (gin's [1, -1, 1]) is a shape too.
+    assert run_config(tmp_path, mesh_shape=[1, -1, 1]).train.mesh_shape == (1, -1, 1)
 
 
 @pytest.mark.parametrize(

@@ -91,10 +91,30 @@ class DataPosition:
     seed: int = 0
     global_batch_size: int = 0
     num_shards: int = 1
+    # (inputs, targets) lengths, split and packing; None in checkpoints written before
+    # they were recorded (then not compared).
+    lengths: tuple[int, int] | None = None
+    split: str | None = None
+    pack: bool | None = None
 
     def pipeline(self) -> tuple:
         """What must not change for `batches_consumed` to keep its meaning."""
-        return (self.mixture, self.seed, self.global_batch_size, self.num_shards)
+        return (
+            self.mixture,
+            self.seed,
+            self.global_batch_size,
+            self.num_shards,
+            self.lengths,
+            self.split,
+            self.pack,
+        )
+
+    def changed_from(self, stored: DataPosition) -> bool:
+        """Whether this pipeline differs from the `stored` one (fields it lacks aside)."""
+        return any(
+            old is not None and old != new
+            for old, new in zip(stored.pipeline(), self.pipeline(), strict=True)
+        )
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -102,7 +122,10 @@ class DataPosition:
     @classmethod
     def from_json(cls, obj: dict) -> DataPosition:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in obj.items() if k in known})
+        fields = {k: v for k, v in obj.items() if k in known}
+        if fields.get("lengths") is not None:  # a JSON list
+            fields["lengths"] = tuple(fields["lengths"])
+        return cls(**fields)
 
 
 def as_path(path) -> epath.Path:

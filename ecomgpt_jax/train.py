@@ -242,16 +242,10 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
 
     job = trainer.Trainer(run_cfg, cfg, mesh)
     state, position = job.initial_state()
-    expected = checkpointing.DataPosition(
-        0,
-        data.mixture_or_task_name,
-        data.seed,
-        data.global_batch_size,
-        int(data.num_shards or jax.process_count()),
-    )
+    data, expected = data_position(data, position)
     if position is None:
         position = expected
-    elif position.pipeline() != expected.pipeline() and jax.process_index() == 0:
+    elif expected.changed_from(position) and jax.process_index() == 0:
         print(
             f"warning: resuming with another input pipeline ({position.pipeline()} -> "
             f"{expected.pipeline()}); skipping {position.batches_consumed} batches of the new one"
@@ -280,6 +274,34 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     return (trainer.UserError, vocabularies.VocabularyError, *launch.user_errors())
+
+
+def data_position(
+    data: input_pipeline.DataConfig, stored: checkpointing.DataPosition | None
+) -> tuple[input_pipeline.DataConfig, checkpointing.DataPosition]:
+    """The data config to read with and its position at batch 0, given the checkpoint's
+    position (`stored`, None on a fresh start).
+
+    The logical shards fix which examples fill which rows, so a resume keeps the stored
+    shard count where DataConfig leaves it open (the default, one per process, would
+    change the order with the number of hosts).
+    """
+    import jax
+
+    if stored is not None and data.num_shards is None:
+        data = dataclasses.replace(data, num_shards=stored.num_shards)
+    lengths = data.task_feature_lengths
+    position = checkpointing.DataPosition(
+        0,
+        data.mixture_or_task_name,
+        data.seed,
+        data.global_batch_size,
+        int(data.num_shards or jax.process_count()),
+        (int(lengths["inputs"]), int(lengths["targets"])),
+        data.split,
+        data.pack,
+    )
+    return data, position
 
 
 def main(argv: list[str]) -> None:

@@ -67,7 +67,7 @@ def assert_trees_equal(a, b):
 def test_round_trip_onto_another_mesh(tmp_path, trained):
     _, state = trained
     manager = ck.Checkpointer(tmp_path, ck.CheckpointConfig(save_every_steps=1))
-    position = ck.DataPosition(batches_consumed=2, mixture="m", seed=3, global_batch_size=8)
+    position = ck.DataPosition(2, "m", 3, 8, 2, lengths=(96, 32), split="train", pack=True)
     assert manager.save(state, position)
     assert not manager.save(state, position)  # same step twice: no-op
     manager.close()
@@ -280,3 +280,16 @@ def test_checkpoint_config_names_a_bad_field(config, message):
     with pytest.raises(model_config.ConfigError) as info:
         ck.CheckpointConfig(**config)
     assert str(info.value) == message
+
+
+def test_a_changed_pipeline_is_detected_but_old_checkpoints_lack_fields():
+    now = ck.DataPosition(5, "m", 0, 8, 2, lengths=(96, 32), split="train", pack=True)
+    assert not now.changed_from(now)
+    for field, value in [("seed", 1), ("num_shards", 4), ("lengths", (64, 32)), ("pack", False)]:
+        assert now.changed_from(dataclasses.replace(now, **{field: value}))
+    # Written before lengths/split/pack were recorded: those are not compared.
+    old = ck.DataPosition.from_json(
+        {"batches_consumed": 5, "mixture": "m", "num_shards": 2, "seed": 0, "global_batch_size": 8}
+    )
+    assert old.lengths is None and not now.changed_from(old)
+    assert ck.DataPosition.from_json(now.to_json()) == now  # lengths back as a tuple

@@ -547,3 +547,20 @@ def test_paper_run_gins_resolve(name, devices, mesh):
     )
     # BLOOM's tokenizer has 250680 ids (the embedding 250880).
     trainer.check_shapes(cfg, trainer.Shapes(64, 1024, 250680), run.step, mesh)
+
+
+def test_a_resume_keeps_the_stored_data_shard_count():
+    """The default shard count is one per process: a resume on another number of hosts
+    would otherwise read another order."""
+    from ecomgpt_jax import input_pipeline
+
+    data = input_pipeline.DataConfig(task_feature_lengths={"inputs": 96, "targets": 32})
+    fresh, position = train.data_position(data, None)
+    assert fresh.num_shards is None and position.num_shards == jax.process_count() == 1
+    assert (position.lengths, position.split, position.pack) == ((96, 32), "train", True)
+    stored = dataclasses.replace(position, batches_consumed=7, num_shards=4)
+    resumed, position = train.data_position(data, stored)
+    assert resumed.num_shards == position.num_shards == 4 and not position.changed_from(stored)
+    # A shard count the config sets wins (and the change is reported by the caller).
+    _, position = train.data_position(dataclasses.replace(data, num_shards=2), stored)
+    assert position.num_shards == 2 and position.changed_from(stored)

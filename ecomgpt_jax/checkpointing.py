@@ -42,7 +42,13 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from ecomgpt_jax.models.config import ConfigError, ModelConfig
-from ecomgpt_jax.train_step import StateLayout, TrainState, field_error, is_integer
+from ecomgpt_jax.train_step import (
+    StateLayout,
+    TrainState,
+    field_error,
+    is_integer,
+    path_names,
+)
 
 PyTree = Any
 
@@ -417,12 +423,10 @@ def _leaf_shapes(tree) -> dict[str, tuple]:
     """Leaf name ("layers/attn/qkv_kernel") -> shape, of a tree of arrays or of metadata."""
     tree = getattr(tree, "item_metadata", tree)
     tree = getattr(tree, "tree", tree)
-    return {_key_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _key_name(path) -> str:
-    parts = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
-    return "/".join(str(p) for p in parts)
+    return {
+        "/".join(path_names(p)): tuple(m.shape)
+        for p, m in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def _some(names: list[str], shown: int = 3) -> str:

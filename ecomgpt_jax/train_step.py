@@ -146,7 +146,9 @@ class TrainState(struct.PyTreeNode):
     step: int32 scalar, number of updates applied.
     params: the model parameters (plain arrays, logical boxes removed).
     opt_state: the optax state for `params`.
-    rng: PRNG key data (uint32 [2]) for stochastic layers (dropout), split per step.
+    rng: PRNG key data (uint32 [2]), split per step and micro-batch and passed as the
+      "dropout" stream: reserved, as no model here has a stochastic layer yet (the
+      HF configs of BLOOM, Llama and Qwen2 set their dropout to 0).
     """
 
     step: jax.Array
@@ -189,7 +191,8 @@ def _no_decay_leaf(name: str) -> bool:
     return name in ("bias", "scale") or name.endswith("_bias")
 
 
-def _path_names(path) -> list[str]:
+def path_names(path) -> list[str]:
+    """A pytree key path (dict keys, attributes, sequence indices) as plain names."""
     names = []
     for key in path:
         name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))
@@ -204,7 +207,7 @@ def decay_mask(params: PyTree) -> PyTree:
     """
 
     def keep(path, _):
-        names = _path_names(path)
+        names = path_names(path)
         names = [n for n in names if n != "value"]  # flax boxes add a "value" field
         if not names:
             return True

@@ -189,19 +189,24 @@ def _shard_dataset(
     """The converted (packed) examples of one shard (None: all), repeated unless
     `num_epochs` is given."""
     converter = ZeroSafePrefixLM(pack=config.pack, loss_on_targets_only=True)
+    lengths = dict(config.task_feature_lengths)
     try:
-        ds = seqio.get_dataset(
-            config.mixture_or_task_name,
-            task_feature_lengths=dict(config.task_feature_lengths),
-            feature_converter=converter,
-            dataset_split=config.split,
+        # seqio.get_dataset, without SeqIO's in-memory cache of small tasks: it would keep
+        # the first epoch's order of a source that shuffles its whole split every epoch
+        # (tasks/ecom_instruct.py), leaving only SeqIO's 1000-example buffer to vary it.
+        # The JSON source holds its split in memory anyway.
+        provider = seqio.get_mixture_or_task(config.mixture_or_task_name)
+        ds = provider.get_dataset(
+            lengths,
+            split=config.split,
             use_cached=False,
             shuffle=config.shuffle,
-            num_epochs=num_epochs,
-            shard_info=shard,
-            verbose=False,
             seed=config.seed,
+            shard_info=shard,
+            num_epochs=num_epochs,
+            try_in_mem_cache=False,
         )
+        ds = converter(ds, task_feature_lengths=lengths)
     except ValueError as e:
         raise DataError(f"mixture {config.mixture_or_task_name!r}: {_first_line(e)}") from None
     return ds

@@ -148,24 +148,48 @@ def test_token_id_zero_survives_conversion(pack):
     assert plain["decoder_loss_weights"].tolist() != want["decoder_loss_weights"]
 
 
+def test_every_epoch_is_a_new_order(monkeypatch):
+    """The JSON source shuffles its whole split each epoch; SeqIO's in-memory cache of
+    small tasks would replay epoch 1's order (only its 1000-example buffer varying it,
+    here 1 to show the source's own order)."""
+    task = seqio.get_mixture_or_task(TASK)
+    monkeypatch.setattr(task, "_shuffle_buffer_size", 1)
+    n = task.source.num_input_examples("train")
+    cfg = config(pack=False, task_feature_lengths={"inputs": 160, "targets": 32})
+    rows = [
+        tuple(ex["decoder_target_tokens"])
+        for ex in ip._shard_dataset(cfg, None, num_epochs=2).as_numpy_iterator()
+    ]
+    assert len(rows) == 2 * n and sorted(rows[:n]) == sorted(rows[n:])
+    assert rows[:n] != rows[n:]
+
+
 def test_logical_shards_fill_fixed_row_blocks():
     """Shard s of S fills rows [s*B/S, (s+1)*B/S) whatever the process count, so a
     2-host run sees the same global batches as a 1-host run with num_shards=2."""
     batch = ip.InputIterator(config(num_shards=2), one_device_mesh()).local_batch()
+    task = seqio.get_mixture_or_task(TASK)
     converter = seqio.PrefixLMFeatureConverter(pack=True)
-    for s in range(2):
-        ref = seqio.get_dataset(
-            TASK,
+
+    def shard(s, **kw):
+        return task.get_dataset(
             LENGTHS,
-            converter,
             shuffle=True,
-            num_epochs=None,
-            shard_info=seqio.ShardInfo(s, 2),
             seed=0,
+            shard_info=seqio.ShardInfo(s, 2),
+            try_in_mem_cache=False,
+            **kw,
         )
+
+    for s in range(2):
+        ref = converter(shard(s, num_epochs=None), LENGTHS)
         ref = ip.next_token_layout(next(iter(ref.batch(4).as_numpy_iterator())))
         for key in ip.MODEL_FEATURES:
             np.testing.assert_array_equal(batch[key][4 * s : 4 * s + 4], ref[key])
+    # The shards split the examples: disjoint, and together the whole split.
+    seen = [[int(ex["index"]) for ex in shard(s, num_epochs=1).as_numpy_iterator()] for s in (0, 1)]
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(task.source.num_input_examples("train")))
 
 
 def test_global_batch_is_sharded_over_data_and_fsdp():

@@ -180,3 +180,13 @@ def test_committed_notebooks_carry_outputs(path):
     assert any(data(c, "image/png") for c in code)
     assert not any(o.output_type == "error" for c in code for o in c.outputs)
     assert str(ROOT) not in json.dumps(nb)  # no machine-specific paths in the outputs
+
+
+def test_committed_quickstart_outputs_are_current(quickstart):
+    """The committed outputs of the cells that depend only on the code and the bundled
+    sample (not on training's floating point) equal a fresh run's: a change to prompts,
+    scoring or the sample that leaves the committed notebook stale fails here. (Rerun
+    `python notebooks/execute.py` after such a change.)"""
+    committed = nbformat.read(QUICKSTART, as_version=4)
+    for tag in ("tasks", "instructions"):
+        assert cell(committed, tag).outputs == cell(quickstart, tag).outputs, tag

@@ -502,8 +502,10 @@ class Trainer:
             pos = dataclasses.replace(position, batches_consumed=int(batches.position))
             self.checkpointer.save(state, pos, force=True)
 
-        def evaluate() -> None:
-            """The evaluations due at `step` (all processes take part: collectives)."""
+        def evaluate() -> bool:
+            """The evaluations due at `step` (all processes take part: collectives);
+            whether any ran."""
+            ran = False
             for kind, n, compute, summarise in evaluations:
                 if (step % n and step != total) or logger.logged(kind, step):
                     continue
@@ -525,6 +527,8 @@ class Trainer:
                     raise
                 logger.record_eval(kind, step, scores, summarise(scores))
                 logger.exclude(time.time() - began)
+                ran = True
+            return ran
 
         try:
             with jax.set_mesh(self.mesh), partitioning.axis_rules():
@@ -546,7 +550,13 @@ class Trainer:
                         save()
                     if preempted:
                         break
-                    evaluate()
+                    # A stop asked for during an evaluation (infer_eval can take minutes)
+                    # is answered now, not after one more step: preemption notices are
+                    # short. Checked only after an evaluation (a collective per host).
+                    if evaluate() and guard.should_stop():
+                        preempted = True
+                        save(force_log=True)
+                        break
                 last = None if metrics is None else float(jax.device_get(metrics["loss"]))
         finally:  # also on errors: finish pending async saves, restore the signal handlers
             self.checkpointer.close()

@@ -512,6 +512,27 @@ def test_an_evaluation_skipped_by_a_preemption_is_made_on_resume(tmp_path, monke
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 2, 4, 6]
 
 
+def test_a_stop_asked_for_during_an_evaluation_saves_before_another_step(tmp_path, monkeypatch):
+    run = run_config(tmp_path, train_steps=6, eval_loss_every_steps=2)
+    calls = []
+
+    def stop_during_the_step_2_evaluation(guard):
+        calls.append(1)
+        return len(calls) == 3  # after steps 1, 2, then after step 2's evaluation
+
+    monkeypatch.setattr(trainer.PreemptionGuard, "should_stop", stop_during_the_step_2_evaluation)
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    result = job.fit(
+        state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, EVAL_BATCHES
+    )
+    assert result.preempted and result.step == 2 and len(calls) == 3
+    path = tmp_path / "run" / "eval_loss.jsonl"
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 2]
+    saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
+    assert saved.all_steps() == [2]
+
+
 def eval_batch(seed: int, rows: int = 8) -> dict[str, np.ndarray]:
     """Random one-example rows with loss weights on their second half, the last row
     empty (all zeros) as in the padded last batch of `input_pipeline.EvalBatches`."""

@@ -13,12 +13,26 @@ hypotheses). One result per method (greedy and beam search with `--num_beams`, p
                         compiling warm-up run)
     new_tokens_per_s  = batch * new_tokens / seconds per batch (returned sequences only;
                         beams are not counted)
+    peak_memory_gb    the device allocator's peak in GiB (2**30 bytes; RESULTS.md's
+                        decode rows up to 2026-11-27 used GB, 1e9 bytes); null on CPU
 
-`--compare_hf` runs transformers' `generate` at batch size 2 (`--hf_batch`) with the same
-prompt length, new tokens and method in the same process (bfloat16 on GPU, float32 on
-CPU; KV cache on) and reports its throughput and `speedup_vs_hf` = ours / theirs in
-sequences per second. Each result is a JSON line and a row appended to
-benchmarks/RESULTS.md (`benchmarks.report`). Never imports TensorFlow, SeqIO or gin.
+`--compare_hf` (on a 1-device mesh only: transformers runs on one device) runs
+transformers' `generate` on the first `--hf_batch` prompts (default 2, the paper's
+evaluation batch size) with the same prompt length, new tokens and method in the same
+process (bfloat16 on GPU, float32 on CPU; KV cache on). It adds
+
+    hf                        transformers at batch `hf.batch` (= --hf_batch):
+                              seconds_per_batch, sequences_per_s, new_tokens_per_s
+    ours_at_hf_batch          ours on the same first --hf_batch prompts (its own
+                              compiled program, timed in the same rounds)
+    speedup_vs_hf             ours at `batch` / transformers at `hf.batch`, in
+                              sequences per second: issue #6's target (20x
+                              transformers' generate at batch size 2), where each
+                              side runs at its own batch size
+    speedup_vs_hf_same_batch  ours_at_hf_batch / transformers: both at `hf.batch`
+
+Each result is a JSON line and a row appended to benchmarks/RESULTS.md
+(`benchmarks.report`). Never imports TensorFlow, SeqIO or gin.
 """
 
 from __future__ import annotations
@@ -63,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--repeats", type=count, default=3)
     p.add_argument("--compare_hf", action="store_true")
-    p.add_argument("--hf_batch", type=count, default=2)
+    p.add_argument("--hf_batch", type=count, default=2, help="transformers' batch (paper: 2)")
     p.add_argument("--no_record", action="store_true", help="do not append to RESULTS.md")
     return p.parse_args(argv)
 
@@ -76,15 +90,18 @@ def synthetic_prompts(vocab: int, batch: int, length: int, seed: int = 0) -> np.
 class JaxDecoder:
     """The project's jitted decoding of one fixed batch (compiled in the constructor)."""
 
-    def __init__(self, cfg, dcfg, mesh, prompts: np.ndarray, seed: int = 0):
+    def __init__(self, cfg, dcfg, mesh, prompts: np.ndarray, seed: int = 0, params=None):
+        """`params`: another JaxDecoder's (same cfg and mesh), shared rather than a
+        second copy on the device; default: random ones from `seed`."""
         self.gen = decoding.Generator(cfg, dcfg, eos_id=NO_EOS, pad_id=0, mesh=mesh)
-        tokens = np.zeros((1, 1), np.int32)
-        init = jax.jit(
-            lambda key: nn.unbox(decoder.Decoder(cfg).init(key, tokens))["params"],
-            out_shardings=self.gen.param_shardings,
-        )
-        with jax.set_mesh(mesh), partitioning.axis_rules():
-            params = init(jax.random.PRNGKey(seed))  # created sharded, never on one host
+        if params is None:
+            tokens = np.zeros((1, 1), np.int32)
+            init = jax.jit(
+                lambda key: nn.unbox(decoder.Decoder(cfg).init(key, tokens))["params"],
+                out_shardings=self.gen.param_shardings,
+            )
+            with jax.set_mesh(mesh), partitioning.axis_rules():
+                params = init(jax.random.PRNGKey(seed))  # created sharded, never on one host
         self.params = params
         self.num_params = sum(x.size for x in jax.tree.leaves(params))
         self.tokens = prompts
@@ -142,6 +159,8 @@ def setup(args, methods) -> Setup:
             f"--hf_batch {args.hf_batch} exceeds --batch {args.batch} (transformers decodes "
             "the first --hf_batch of the same prompts)"
         )
+    if args.compare_hf:
+        report.check_compare_hf_mesh(mesh)
     return Setup(cfg, dtype, mesh, dcfgs)
 
 
@@ -151,15 +170,19 @@ def measure(args, checked: Setup, method: str) -> dict:
     prompts = synthetic_prompts(cfg.vocab_size, args.batch, args.prompt_len)
     report.progress(f"jax {method}: building")
     ours = JaxDecoder(cfg, dcfg, mesh, prompts)
-    hf = None
+    ours_small = hf = None
     if args.compare_hf:
+        report.progress(f"jax {method}: building at batch {args.hf_batch}")
+        small = prompts[: args.hf_batch]
+        ours_small = JaxDecoder(cfg, dcfg, mesh, small, params=ours.params)
         report.progress(f"transformers {method}: building")
-        hf = HfDecoder(cfg, dcfg, prompts[: args.hf_batch], dtype)
-    times, hf_times = [], []
+        hf = HfDecoder(cfg, dcfg, small, dtype)
+    times, small_times, hf_times = [], [], []
     for i in range(max(args.repeats, 1)):
-        # Interleaved rounds: load from other processes (shared CPUs) hits both alike.
+        # Interleaved rounds: load from other processes (shared CPUs) hits all alike.
         times.append(ours.time())
         if hf is not None:
+            small_times.append(ours_small.time())
             hf_times.append(hf.time())
         report.progress(f"{method}: repeat {i + 1} timed")
     seconds = statistics.median(times)
@@ -179,24 +202,27 @@ def measure(args, checked: Setup, method: str) -> dict:
         "seconds_per_batch": seconds,
         "sequences_per_s": args.batch / seconds,
         "new_tokens_per_s": args.batch * args.new_tokens / seconds,
-        "peak_memory_gb": _gb(report.peak_memory_bytes(jax.devices()[0])),
+        "peak_memory_gb": report.gib(report.peak_memory_bytes(jax.devices()[0])),
     }
     if hf is not None:
-        hf_seconds = statistics.median(hf_times)
-        hf_rate = args.hf_batch / hf_seconds
-        record["hf"] = {
-            "batch": args.hf_batch,
-            "attn": hf.attn_impl,
-            "seconds_per_batch": hf_seconds,
-            "sequences_per_s": hf_rate,
-            "new_tokens_per_s": hf_rate * args.new_tokens,
-        }
+        record["hf"] = {"attn": hf.attn_impl, **_rates(args, hf_times)}
+        record["ours_at_hf_batch"] = _rates(args, small_times)
+        hf_rate = record["hf"]["sequences_per_s"]
         record["speedup_vs_hf"] = record["sequences_per_s"] / hf_rate
+        same = record["ours_at_hf_batch"]["sequences_per_s"] / hf_rate
+        record["speedup_vs_hf_same_batch"] = same
     return record
 
 
-def _gb(value) -> float | None:
-    return None if value is None else value / 1e9
+def _rates(args, times: list[float]) -> dict:
+    """Batch, median seconds and rates of runs at --hf_batch prompts."""
+    seconds = statistics.median(times)
+    return {
+        "batch": args.hf_batch,
+        "seconds_per_batch": seconds,
+        "sequences_per_s": args.hf_batch / seconds,
+        "new_tokens_per_s": args.hf_batch * args.new_tokens / seconds,
+    }
 
 
 def main(argv=None) -> None:
@@ -212,7 +238,8 @@ def main(argv=None) -> None:
             print(
                 f"{method}: ours {record['sequences_per_s']:.3g} seq/s at batch {args.batch}, "
                 f"transformers {record['hf']['sequences_per_s']:.3g} seq/s at batch "
-                f"{args.hf_batch}: ratio {record['speedup_vs_hf']:.2f}x",
+                f"{args.hf_batch}: ratio {record['speedup_vs_hf']:.2f}x; at batch "
+                f"{args.hf_batch} both: {record['speedup_vs_hf_same_batch']:.2f}x",
                 flush=True,
             )
         if not args.no_record:

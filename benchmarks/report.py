@@ -40,6 +40,7 @@ uses the FLOP count in each benchmark's module docstring and the bf16 dense peak
 # `device.device_kind`, lower-cased; the first key contained in it wins.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("h100 pcie", 756e12),
+    ("h100 nvl", 835e12),  # before "h100": the NVL card's kind contains it too
     ("h100", 989e12),  # SXM / HBM3 (the "NVIDIA H100 80GB HBM3" kind)
     ("h200", 989e12),
     ("a100", 312e12),
@@ -48,6 +49,7 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("tpu v5e", 197e12),
     ("tpu v5p", 459e12),
     ("tpu v5", 459e12),  # v5p reports its kind as "TPU v5"
+    ("tpu v6 lite", 918e12),  # v6e (Trillium) reports its kind as "TPU v6 lite"
 )
 
 
@@ -78,6 +80,12 @@ def device_description() -> str:
     if devices[0].platform == "cpu":
         return f"CPU: {os.cpu_count()}-core {platform.machine()} ({_cpu_model()})"
     return f"{len(devices)}x {devices[0].device_kind}"
+
+
+def gib(num_bytes: int | None) -> float | None:
+    """Bytes as GiB (2**30 bytes), 3 decimals: the unit of every `*_gb` field the
+    benchmarks report (the key names predate the unit being stated)."""
+    return None if num_bytes is None else round(num_bytes / 2**30, 3)
 
 
 def peak_memory_bytes(device: jax.Device) -> int | None:
@@ -176,12 +184,27 @@ def mesh_shape(text: str) -> tuple[int, ...]:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The project's "your input is wrong" exceptions, imported only when one is raised
-    (the launcher module imports gin, which the benchmarks otherwise never load)."""
-    from ecomgpt_jax import launch
-    from ecomgpt_jax.decoding import DecodeConfigError
+    """The project's "your input is wrong" exceptions, imported only when one is raised.
 
-    return (BenchmarkError, DecodeConfigError, *launch.user_errors())
+    Only from modules that need neither gin nor TensorFlow (not `ecomgpt_jax.launch`,
+    which imports gin): the GPU machines have neither, and a typo must still be one line
+    there, not a ModuleNotFoundError."""
+    from ecomgpt_jax import checkpointing, partitioning
+    from ecomgpt_jax.decoding import DecodeConfigError
+    from ecomgpt_jax.ecominstruct.reader import DataError
+    from ecomgpt_jax.models.config import ConfigError
+    from ecomgpt_jax.models.hf_io import CheckpointFormatError
+
+    return (
+        BenchmarkError,
+        DecodeConfigError,
+        partitioning.MeshError,
+        DataError,
+        ConfigError,
+        CheckpointFormatError,
+        checkpointing.CheckpointError,
+        FileNotFoundError,
+    )
 
 
 def check_batch_over_mesh(batch: int, mesh) -> None:
@@ -193,6 +216,17 @@ def check_batch_over_mesh(batch: int, mesh) -> None:
         raise BenchmarkError(
             f"--batch {batch} does not divide over the mesh's data x fsdp = {divisor} "
             f"(mesh {list(mesh.devices.shape)})"
+        )
+
+
+def check_compare_hf_mesh(mesh) -> None:
+    """BenchmarkError unless the mesh is one device: transformers runs on one device, so
+    a ratio against a larger mesh's throughput would credit ours with its device count."""
+    if mesh.size != 1:
+        raise BenchmarkError(
+            f"--compare_hf needs a 1-device mesh (transformers runs on one device), got mesh "
+            f"{list(mesh.devices.shape)} of {mesh.size} devices; expose one device (e.g. "
+            "CUDA_VISIBLE_DEVICES=0)"
         )
 
 

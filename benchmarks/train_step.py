@@ -36,21 +36,23 @@ FLOP count per step (what MFU divides by), for T = batch * seq tokens:
                                    work only
 
 MFU = FLOPs / step time / (devices * bf16 dense peak of the device, see
-`benchmarks.report.PEAK_FLOPS`); null on CPU. Peak memory is the device
-allocator's `peak_bytes_in_use` (null on CPU; `compiled_temp_gb` is XLA's
-scratch size for the step, on every backend).
+`benchmarks.report.PEAK_FLOPS`); null on CPU. Peak memory (`peak_memory_gb`) is the
+device allocator's `peak_bytes_in_use` (null on CPU; `compiled_temp_gb` is XLA's
+scratch size for the step, on every backend); every `*_gb` field is in GiB (2**30
+bytes).
 
-`--compare_hf` trains the same architecture in PyTorch transformers (random
-init from `to_hf_config`) on the same token batch in the same process: float32 on
-CPU; on GPU float32 parameters with bf16 autocast and fused AdamW (the standard
-mixed-precision recipe; our `--dtype bfloat16` likewise keeps float32 parameters
-and computes in bf16). transformers' default attention is used (SDPA for
-Llama/Qwen2, eager for BLOOM, which has no SDPA path). If transformers runs out of
-GPU memory its batch is halved until it fits (reported as `hf.batch`). On CPU the
-two are timed in interleaved rounds so that load from other processes hits both
-alike; each reported step time is the median over rounds, and
-`speedup_vs_hf_paired` is the median of the round-by-round ratios (the box's speed
-drifts by 10-20% between minutes; a round's two timings are seconds apart).
+`--compare_hf` (on a 1-device mesh only: transformers runs on one device) trains the
+same architecture in PyTorch transformers (random init from `to_hf_config`) on the
+same token batch in the same process: float32 on CPU; on GPU float32 parameters
+with bf16 autocast and fused AdamW (the standard mixed-precision recipe; our `--dtype
+bfloat16` likewise keeps float32 parameters and computes in bf16). transformers'
+default attention is used (SDPA for Llama/Qwen2, eager for BLOOM, which has no SDPA
+path). If transformers runs out of GPU memory its batch is halved until it fits
+(reported as `hf.batch`). On CPU the two are timed in interleaved rounds so that
+load from other processes hits both alike; each reported step time is the median
+over rounds, and `speedup_vs_hf_paired` is the median of the round-by-round ratios of
+tokens/s (the box's speed drifts by 10-20% between minutes; a round's two timings are
+seconds apart).
 """
 
 from __future__ import annotations
@@ -211,8 +213,8 @@ def compile_only(cfg, step_config: ts.StepConfig, mesh, batch_np) -> dict:
     return {
         "params": _params(state),
         "compile_s": round(compile_s, 2),
-        "compiled_temp_gb": _gb(_memory_bytes(compiled, "temp")),
-        "compiled_argument_gb": _gb(_memory_bytes(compiled, "argument")),
+        "compiled_temp_gb": report.gib(_memory_bytes(compiled, "temp")),
+        "compiled_argument_gb": report.gib(_memory_bytes(compiled, "argument")),
     }
 
 
@@ -228,7 +230,7 @@ class JaxRunner:
         self.info = {
             "params": _params(self.state),
             "compile_s": round(self.compile_s, 2),
-            "compiled_temp_gb": _gb(_memory_bytes(self.compiled, "temp")),
+            "compiled_temp_gb": report.gib(_memory_bytes(self.compiled, "temp")),
         }
         self.forget_times()
         self.run(1)  # first execution (allocations, autotuning) is not timed
@@ -276,7 +278,7 @@ def _summary(runner, cpu_backend: bool) -> dict:
         "step_time_s": round(statistics.median(runner.times), 5),
         "step_time_min_s": round(min(runner.times), 5),
         "cpu_s_per_step": round(statistics.median(runner.cpu_times), 4) if cpu_backend else None,
-        "peak_memory_gb": _gb(runner.peak_memory_bytes()),
+        "peak_memory_gb": report.gib(runner.peak_memory_bytes()),
     }
     if cpu_backend:  # interleaved rounds: kept for the round-by-round ratio
         out["round_times_s"] = [round(t, 4) for t in runner.times]
@@ -285,13 +287,15 @@ def _summary(runner, cpu_backend: bool) -> dict:
 
 
 def paired_speedup(ours: dict, hf: dict) -> float | None:
-    """Median over interleaved rounds of (transformers' step time / ours) in the same
+    """Median over interleaved rounds of (our tokens/s / transformers') in the same
     round: steadier than the ratio of medians when the box's speed drifts between
     rounds. None when the rounds were not interleaved."""
     a, b = ours.get("round_times_s"), hf.get("round_times_s")
     if not a or not b or len(a) != len(b):
         return None
-    return round(statistics.median(h / o for o, h in zip(a, b, strict=True)), 3)
+    # Rows per step differ when transformers halved its batch to fit.
+    rows = ours["batch"] / hf["batch"]
+    return round(statistics.median(h / o * rows for o, h in zip(a, b, strict=True)), 3)
 
 
 def measure(makers: dict, steps: int, rounds: int, interleave: bool) -> dict[str, dict]:
@@ -344,10 +348,6 @@ def measure(makers: dict, steps: int, rounds: int, interleave: bool) -> dict[str
         del runner
         gc.collect()
     return results
-
-
-def _gb(x):
-    return None if x is None else round(x / 2**30, 3)
 
 
 def _add_rates(summary: dict, cfg, batch_np: dict, peak: float | None, devices: int) -> dict:
@@ -405,7 +405,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--override", action="append", default=[], help="ModelConfig field=JSON value, repeatable"
     )
-    p.add_argument("--compare_hf", action="store_true", help="also time transformers")
+    p.add_argument(
+        "--compare_hf", action="store_true", help="also time transformers (1-device mesh only)"
+    )
     p.add_argument(
         "--compile_only",
         action="store_true",
@@ -454,6 +456,8 @@ def check_options(args, mesh) -> None:
     for flag, given in (("--compare_hf", args.compare_hf), ("--profile", args.profile)):
         if args.compile_only and given:
             raise report.BenchmarkError(f"--compile_only runs nothing: drop {flag}")
+    if args.compare_hf:
+        report.check_compare_hf_mesh(mesh)
     if args.compare_hf and args.segments != 1:
         raise report.BenchmarkError(
             "--compare_hf needs --segments 1 (transformers has no packing here)"

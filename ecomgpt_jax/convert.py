@@ -153,8 +153,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--output", required=True)
     b.add_argument("--tokenizer_dir", default=None)
     b.add_argument("--dtype", choices=model_config.DTYPES, default=None)
-    b.add_argument("--preset", default=None, help="model preset: a gin_configs/models/*.gin name")
-    b.add_argument("--model_config", default=None, help="path to a model_config.json")
+    # Both would name the architecture: one must not silently win over the other.
+    source = b.add_mutually_exclusive_group()
+    source.add_argument(
+        "--preset", default=None, help="model preset: a gin_configs/models/*.gin name"
+    )
+    source.add_argument("--model_config", default=None, help="path to a model_config.json")
     return parser
 
 

@@ -1,5 +1,10 @@
 """Benchmark helpers: FLOP count, synthetic batches, loss chunking, peak table, RESULTS rows."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
 import types
 
 import jax
@@ -136,11 +141,13 @@ def test_auto_loss_chunk_divides_and_fits_budget():
     [
         ("gpu", "NVIDIA H100 80GB HBM3", 989e12),
         ("gpu", "NVIDIA H100 PCIe", 756e12),
+        ("gpu", "NVIDIA H100 NVL", 835e12),  # not the "h100" (SXM) entry after it
         ("gpu", "NVIDIA H200", 989e12),
         ("gpu", "NVIDIA A100-SXM4-80GB", 312e12),
         ("tpu", "TPU v4", 275e12),
         ("tpu", "TPU v5 lite", 197e12),
         ("tpu", "TPU v5", 459e12),
+        ("tpu", "TPU v6 lite", 918e12),
         ("gpu", "Some Future GPU", None),
         ("cpu", "cpu", None),
     ],
@@ -199,9 +206,24 @@ def test_decode_benchmark_records(capsys, tmp_path):
     np.testing.assert_array_equal(out.lengths, [4] * 8)
 
 
-def test_decode_benchmark_compare_hf_times_generate_on_the_same_prompts(capsys):
+@pytest.fixture
+def one_device(monkeypatch):
+    """Meshes over the first device only, as on the one-GPU machine --compare_hf is for
+    (the test session has 8 simulated devices, and --compare_hf refuses a larger mesh)."""
+    from ecomgpt_jax import partitioning
+
+    make = partitioning.make_mesh
+
+    def first_device(config, devices=None):
+        return make(config, jax.devices()[:1] if devices is None else devices)
+
+    monkeypatch.setattr(partitioning, "make_mesh", first_device)
+
+
+def test_decode_benchmark_compare_hf_times_generate_on_the_same_prompts(capsys, one_device):
     """--compare_hf: transformers' generate runs --hf_batch prompts to --new_tokens (its
-    own assertion) and the ratio is ours / theirs in sequences per second."""
+    own assertion); ours runs at --batch and, on the same first prompts, at --hf_batch;
+    the ratios are ours / theirs in sequences per second."""
     import json
 
     from benchmarks import decode as bd
@@ -213,13 +235,47 @@ def test_decode_benchmark_compare_hf_times_generate_on_the_same_prompts(capsys):
     records = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert [r["method"] for r in records] == ["greedy", "beam"]
     for r in records:
-        hf = r["hf"]
-        assert hf["batch"] == 2
-        assert hf["sequences_per_s"] == pytest.approx(2 / hf["seconds_per_batch"])
-        assert hf["new_tokens_per_s"] == pytest.approx(hf["sequences_per_s"] * 4)
+        assert (r["batch"], r["mesh"]) == (8, {"data": 1, "fsdp": 1, "tensor": 1})
+        hf, same = r["hf"], r["ours_at_hf_batch"]
+        assert hf["batch"] == same["batch"] == 2
+        for rates in (hf, same):
+            assert rates["sequences_per_s"] == pytest.approx(2 / rates["seconds_per_batch"])
+            assert rates["new_tokens_per_s"] == pytest.approx(rates["sequences_per_s"] * 4)
         assert r["speedup_vs_hf"] == pytest.approx(
             r["sequences_per_s"] / hf["sequences_per_s"], rel=1e-4
         )
+        assert r["speedup_vs_hf_same_batch"] == pytest.approx(
+            same["sequences_per_s"] / hf["sequences_per_s"], rel=1e-4
+        )
+
+
+def test_decode_rates_and_ratios_from_fixed_timings(capsys, monkeypatch, one_device):
+    """With each run's time fixed (ours: 0.5 s + 1/16 s a row; transformers: 4 s) the
+    record's rates and both ratios are exact; speedup_vs_hf_same_batch divides our rate
+    at transformers' batch (2 rows: 0.625 s), not at --batch (8 rows: 1 s). Memory is
+    reported in GiB."""
+    from benchmarks import decode as bd
+
+    monkeypatch.setattr(bd.JaxDecoder, "time", lambda self: 0.5 + 0.0625 * len(self.tokens))
+    monkeypatch.setattr(hf_baselines.HfDecoder, "time", lambda self: 4.0)
+    monkeypatch.setattr(report, "peak_memory_bytes", lambda device: 3 * 2**30 + 2**29)
+    bd.main(
+        ["--preset", "tiny-bloom", "--batch", "8", "--prompt_len", "8", "--new_tokens", "4"]
+        + ["--method", "greedy", "--repeats", "2", "--no_record", "--compare_hf"]
+    )
+    out = capsys.readouterr().out.splitlines()
+    (record,) = [json.loads(x) for x in out if x.startswith("{")]
+    assert (record["batch"], record["seconds_per_batch"]) == (8, 1.0)
+    assert (record["sequences_per_s"], record["new_tokens_per_s"]) == (8.0, 32.0)
+    assert record["peak_memory_gb"] == 3.5
+    keys = ("batch", "seconds_per_batch", "sequences_per_s", "new_tokens_per_s")
+    assert [record["hf"][k] for k in keys] == [2, 4.0, 0.5, 2.0]
+    assert record["ours_at_hf_batch"] == dict(zip(keys, [2, 0.625, 3.2, 12.8], strict=True))
+    assert (record["speedup_vs_hf"], record["speedup_vs_hf_same_batch"]) == (16.0, 6.4)
+    assert out[-1] == (
+        "greedy: ours 8 seq/s at batch 8, transformers 0.5 seq/s at batch 2: ratio 16.00x; "
+        "at batch 2 both: 6.40x"
+    )
 
 
 def test_hf_decoder_generates_exactly_new_tokens_with_eos_off():
@@ -279,16 +335,17 @@ def test_compile_only_reports_the_memory_of_the_step_a_run_compiles(capsys):
 class _FakeRunner:
     """A runner whose step takes a scripted time per round (no JAX, no clock)."""
 
-    def __init__(self, times):
-        self.rows, self.info, self._times = 8, {}, list(times)
+    def __init__(self, times, rows=8, peak_bytes=None):
+        self.rows, self.info, self._times = rows, {}, list(times)
         self.times, self.cpu_times = [], []
+        self.peak_bytes = peak_bytes
 
     def run(self, steps):
         self.times.append(self._times.pop(0))
         self.cpu_times.append(0.0)
 
     def peak_memory_bytes(self):
-        return None
+        return self.peak_bytes
 
     def close(self):
         pass
@@ -312,6 +369,47 @@ def test_paired_speedup_is_the_median_of_round_by_round_ratios():
     assert bt.paired_speedup(apart["jax"], results["hf"]) is None
 
 
+def test_train_step_rates_from_a_fixed_step_time(capsys, monkeypatch, one_device):
+    """Fake runners (1 ms a step for ours at 8 x 16 tokens; 4 ms for transformers, whose
+    batch was halved to 4 rows) and a peak of 2 TFLOP/s a device: tokens/s = rows * seq /
+    t, TFLOP/s per device = FLOPs / t / devices, MFU = FLOPs / (t * peak * devices), for
+    8 devices and for 1 beside transformers. tiny-bloom at 8 x 16: 325582848 FLOPs a step
+    (the hand count of test_train_flops_terms_by_hand at 8 rows)."""
+    flops = 6 * 221184 * 128 + 12 * 2 * 6 * 16 * 16 * 128 + 6 * 96 * 2048 * 128
+    assert flops == 325582848 == bt.train_flops(TINY, 8, 16)["total"]
+    monkeypatch.setattr(report, "peak_flops_per_device", lambda device: 2e12)
+    monkeypatch.setattr(bt, "JaxRunner", lambda *a: _FakeRunner([1e-3] * 2, peak_bytes=2**31))
+    monkeypatch.setattr(bt, "HfRunner", lambda *a: _FakeRunner([4e-3] * 2, rows=4))
+    argv = ["--preset", "tiny-bloom", "--seq", "16", "--rounds", "2", "--steps", "1"]
+    argv += ["--no_record"]
+
+    # 8 devices (a mesh over all of them, past the fixture's default of one).
+    args = bt.parse_args(argv)
+    mesh = bt.partitioning.make_mesh(bt.partitioning.MeshConfig((-1, 1, 1)), jax.devices())
+    record = bt.run(args, bt.model_config_from_args(args), mesh)
+    assert record["mesh"] == [8, 1, 1]
+    assert (record["step_time_s"], record["flops_per_step"]) == (1e-3, flops)
+    assert record["tokens_per_s"] == 8 * 16 / 1e-3 == 128000.0
+    assert record["tflops_per_s_per_device"] == round(flops / 1e-3 / 8 / 1e12, 4) == 0.0407
+    assert record["mfu"] == round(flops / (1e-3 * 2e12 * 8), 4) == 0.0203
+    assert record["peak_memory_gb"] == 2.0  # 2**31 bytes, in GiB
+    assert "hf" not in record
+
+    # One device, beside transformers at 4 rows (half the FLOPs, 4 x 16 tokens).
+    record = bt.main(argv + ["--compare_hf"])
+    assert record["mesh"] == [1, 1, 1]
+    assert record["tokens_per_s"] == 128000.0
+    assert record["tflops_per_s_per_device"] == round(flops / 1e-3 / 1e12, 4) == 0.3256
+    assert record["mfu"] == round(flops / (1e-3 * 2e12), 4) == 0.1628
+    hf = record["hf"]
+    assert (hf["batch"], hf["step_time_s"]) == (4, 4e-3)
+    assert hf["tokens_per_s"] == 4 * 16 / 4e-3 == 16000.0
+    assert hf["tflops_per_s_per_device"] == round(flops / 2 / 4e-3 / 1e12, 4) == 0.0407
+    assert hf["mfu"] == round(flops / 2 / (4e-3 * 2e12), 4) == 0.0203
+    # Tokens per second, not step times: transformers' steps hold half the rows.
+    assert record["speedup_vs_hf"] == record["speedup_vs_hf_paired"] == 8.0
+
+
 def _exit(capsys, main, argv) -> tuple[int, str]:
     """(exit status, last stderr line) of a benchmark main() that must stop."""
     with pytest.raises(SystemExit) as e:
@@ -326,6 +424,14 @@ def results(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", path)
     yield path
     assert not path.exists()
+
+
+# transformers' throughput is one device's: a ratio against a mesh's would credit ours
+# with the device count.
+COMPARE_HF_MESH = (
+    "error: --compare_hf needs a 1-device mesh (transformers runs on one device), got mesh "
+    "[8, 1, 1] of 8 devices; expose one device (e.g. CUDA_VISIBLE_DEVICES=0)"
+)
 
 
 @pytest.mark.parametrize(
@@ -389,6 +495,7 @@ def results(tmp_path, monkeypatch):
             ["--compile_only", "--profile", "/tmp/trace"],
             "error: --compile_only runs nothing: drop --profile",
         ),
+        (["--compare_hf"], COMPARE_HF_MESH),
     ],
 )
 def test_train_step_user_errors_are_one_line(capsys, results, argv, message):
@@ -445,12 +552,50 @@ def test_train_step_records_no_row_when_the_step_fails(capsys, results, monkeypa
             ["--mesh", "1,1"],
             "error: MESH_SHAPE must have 3 entries (data, fsdp, tensor), got (1, 1)",
         ),
+        (["--compare_hf"], COMPARE_HF_MESH),
     ],
 )
 def test_decode_user_errors_are_one_line(capsys, results, argv, message):
     from benchmarks import decode as bd
 
     _assert_one_line_error(capsys, bd.main, argv, message)
+
+
+def test_user_errors_are_one_line_without_gin_tensorflow_or_seqio():
+    """The GPU machines have no gin, TensorFlow or SeqIO: there the benchmarks import,
+    and a user error (a mistyped preset, a mesh that does not fit) is still one line and
+    exit status 2, not a ModuleNotFoundError from collecting the project's errors."""
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "seqio", "gin"):
+            raise ModuleNotFoundError("No module named " + repr(name), name=name)
+sys.meta_path.insert(0, Block())
+from benchmarks import decode, hf_baselines, op_profile, report, train_step
+for main, argv in (
+    (train_step.main, ["--preset", "tiny-blom"]),
+    (decode.main, ["--preset", "tiny-bloom", "--mesh", "3,1,1"]),
+):
+    try:
+        main(argv)
+    except SystemExit as e:
+        print(e.code)
+print(sorted({"gin", "tensorflow", "seqio"} & set(sys.modules)))
+"""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, env=os.environ
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["2", "2", "[]"]
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("[benchmark")]
+    assert len(errors) == 2, proc.stderr[-2000:]
+    assert errors[0].startswith("error: unknown model preset 'tiny-blom'; known: ")
+    assert errors[1] == (
+        "error: MESH_SHAPE (3, 1, 1) needs 3 devices but 8 are available; use -1 for one axis "
+        "to take the rest"
+    )
 
 
 def test_decode_config_errors_exit_with_one_line(capsys):

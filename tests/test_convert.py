@@ -162,3 +162,18 @@ def test_hf_to_orbax_names_a_broken_file(converted, tmp_path, capsys):
         "header: incomplete metadata, file not fully covered)\n",
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_orbax_to_hf_refuses_both_preset_and_model_config(tmp_path, capsys):
+    """--preset and --model_config both name the architecture: argparse refuses the pair
+    (one used to win silently) before anything is read or written."""
+    argv = ["orbax-to-hf", "--checkpoint", str(tmp_path / "ox"), "--output", str(tmp_path / "b")]
+    with pytest.raises(SystemExit) as e:
+        convert.main([*argv, "--preset", "tiny-llama", "--model_config", str(tmp_path / "c")])
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (
+        "python -m ecomgpt_jax.convert orbax-to-hf: error: argument --model_config: not "
+        "allowed with argument --preset"
+    )
+    assert not (tmp_path / "b").exists()

@@ -85,3 +85,30 @@ def seqio_examples(name: str, split: str) -> list[dict]:
     task = seqio.get_mixture_or_task(name)
     ds = task.get_dataset(sequence_length=None, split=split, shuffle=False)
     return list(ds.as_numpy_iterator())
+
+
+@pytest.fixture
+def one_device(monkeypatch):
+    """Meshes over the first device only, as on the one-GPU machine --compare_hf is for
+    (the test session has 8 simulated devices, and --compare_hf refuses a larger mesh)."""
+    import jax
+
+    from ecomgpt_jax import partitioning
+
+    make = partitioning.make_mesh
+
+    def first_device(config, devices=None):
+        return make(config, jax.devices()[:1] if devices is None else devices)
+
+    monkeypatch.setattr(partitioning, "make_mesh", first_device)
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """RESULTS.md redirected to a file that must stay absent (no row for a failed run)."""
+    from benchmarks import report
+
+    path = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(report, "RESULTS", path)
+    yield path
+    assert not path.exists()

@@ -116,7 +116,7 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
         source = conf["ModelSource"]()
         run = conf["EvalRun"]()
     evaluation.check_source(source)
-    mesh = partitioning.make_mesh(partitioning.MeshConfig(tuple(run.mesh_shape)))
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(run.mesh_shape))
     eval_dir = run.eval_dir or default_eval_dir(source, eval_cfg.mixture_or_task_name)
     vocabulary = make_vocabulary(run, source)
     evaluation.check_tasks(eval_cfg)  # bad data root / names / split: before the model loads

@@ -259,6 +259,15 @@ def _scan_binding(binding: str, sources: _Sources) -> list[str]:
     value = binding.partition("=")[2].strip()
     hint = f"strings need quotes, e.g. {flag}=\"'{value}'\""
     statements = _statements(binding, lambda line: flag, hint)
+    # One binding per flag: an import would run a module's code at parse time, an
+    # include skips this pre-scan, and a second statement (a value with a newline) would
+    # be blamed on this flag. Imports and includes belong in gin files.
+    if len(statements) != 1 or not isinstance(statements[0], config_parser.BindingStatement):
+        kinds = ", ".join(type(st).__name__.removesuffix("Statement").lower() for st in statements)
+        raise _GinProblem(
+            f"{flag}: a command-line binding must be exactly one `name = value` (got: "
+            f"{kinds or 'nothing'}); put imports and includes in a gin file"
+        )
     return _record(statements, lambda line: flag, sources)
 
 

@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [t for t in args.tasks.split(",") if t]
         unknown = sorted(set(wanted) - set(tasks))
         if unknown:
-            raise reader.DataError(f"unknown task(s) {unknown}", args.data_dir)
+            raise reader.DataError(
+                f"unknown task(s) {unknown}; tasks here: {sorted(tasks)}",
+                args.data_dir or reader.default_data_dir(),
+            )
         chosen = {name: task for name, task in tasks.items() if not wanted or name in wanted}
         if not any(task.has_split(args.split) for task in chosen.values()):
             which = "none of the chosen tasks" if wanted else "no task"

@@ -17,6 +17,22 @@ from etils import epath
 EVAL_KINDS = ("eval_loss", "infer_eval")  # MetricsLogger.record_eval's kinds
 
 
+def missing_writer_package(model_dir) -> str | None:
+    """The package tensorboardX lacks to write under `model_dir`, or None. It writes
+    gs:// itself, with google-cloud-storage (in requirements.txt). Every process checks
+    before training: the writer exists on process 0 only, and its failure there, after
+    the restore, would leave the other hosts waiting in the first step's collectives."""
+    import importlib.util
+
+    if not str(model_dir).startswith("gs://"):
+        return None
+    try:
+        found = importlib.util.find_spec("google.cloud.storage") is not None
+    except ModuleNotFoundError:  # no google.cloud namespace at all
+        found = False
+    return None if found else "google-cloud-storage"
+
+
 def _write_atomically(path: epath.Path, lines: list[str]) -> None:
     """Whole file to a temporary, then renamed over: a kill mid-write cannot leave a
     truncated log (rename is atomic locally; buckets copy whole objects)."""

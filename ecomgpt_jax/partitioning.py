@@ -78,7 +78,13 @@ class MeshConfig:
 
     def resolve(self, num_devices: int) -> tuple[int, int, int]:
         """Returns the concrete shape for `num_devices`, or raises MeshError."""
-        shape = tuple(int(s) for s in self.shape)
+        shape = self.shape
+        # Exact ints only: int() would make 2.7 a 2 and True a 1 without a word.
+        if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape
+        ):
+            raise MeshError(f"MESH_SHAPE must be 3 integers (data, fsdp, tensor), got {shape!r}")
+        shape = tuple(int(s) for s in shape)
         if len(shape) != 3:
             raise MeshError(f"MESH_SHAPE must have 3 entries (data, fsdp, tensor), got {shape}")
         if shape.count(-1) > 1:

@@ -39,6 +39,7 @@ from ecomgpt_jax import (
     gin_parsing,
     input_pipeline,
     launch,
+    metrics_logger,
     partitioning,
     trainer,
     vocabularies,
@@ -227,6 +228,12 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
         print(note, flush=True)
     shapes = trainer.Shapes(data.global_batch_size, data.sequence_length, vocabulary.vocab_size)
     trainer.check_shapes(cfg, shapes, run_cfg.step, mesh)
+    missing = metrics_logger.missing_writer_package(run_cfg.train.model_dir)
+    if missing:
+        raise trainer.UserError(
+            f"MODEL_DIR {run_cfg.train.model_dir} needs the package {missing} for its "
+            f"TensorBoard logs: pip install -r requirements.txt"
+        )
     eval_batches = None
     if eval_data is not None:  # read (and any data error found) before step 1
         eval_shapes = dataclasses.replace(

@@ -197,6 +197,29 @@ def test_command_line_binding_errors_name_the_flag(repo_cwd):
     )
 
 
+@pytest.mark.parametrize(
+    "binding, flag, got",
+    [
+        ("import os", "--gin_bindings='import os'", "import"),
+        ("from os import path", "--gin_bindings='from os import path'", "import"),
+        (
+            "include 'models/tiny_bloom.gin'",
+            "--gin_bindings=\"include 'models/tiny_bloom.gin'\"",
+            "include",
+        ),
+        ("BATCH_SIZE = 3\nEVAL_MAX_EXAMPLES = 2", "--gin.BATCH_SIZE", "binding, binding"),
+        ("BATCH_SIZE = 3\nimport os", "--gin.BATCH_SIZE", "binding, import"),
+    ],
+)
+def test_a_command_line_binding_is_one_binding(repo_cwd, binding, flag, got):
+    """An import on the command line would run a module's code while parsing; a second
+    statement would be blamed on the first flag. Both belong in a gin file."""
+    assert gin_error(["gin_configs/eval.gin"], [binding]) == (
+        f"gin config: {flag}: a command-line binding must be exactly one `name = value` "
+        f"(got: {got}); put imports and includes in a gin file"
+    )
+
+
 def test_train_cli_stops_at_a_mistyped_macro(tmp_path):
     """The reviewer's command: it trained all 200 steps with TRAIN_STEP ignored."""
     model_dir = tmp_path / "run"

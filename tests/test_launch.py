@@ -94,3 +94,21 @@ def test_init_distributed_reports_jax_failures_as_one_line(monkeypatch):
         "--coordinator_address h:1: jax.distributed.initialize() failed: DEADLINE_EXCEEDED: "
         "Barrier timed out"
     )
+
+
+def test_init_distributed_passes_the_flags_to_jax(monkeypatch):
+    import jax
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    if not launch.FLAGS.is_parsed():
+        launch.FLAGS(["prog"])
+    given = dict(coordinator_address="h:1234", num_processes=4, process_id=3)
+    with flagsaver.flagsaver(multihost=False, **given):
+        launch.init_distributed()
+    unset = dict(coordinator_address=None, num_processes=None, process_id=None)
+    with flagsaver.flagsaver(multihost=True, **unset):
+        launch.init_distributed()  # a TPU slice or SLURM: jax finds the cluster itself
+    with flagsaver.flagsaver(multihost=False, **unset):
+        launch.init_distributed()  # one process: nothing to initialize
+    assert calls == [given, {}]

@@ -157,3 +157,18 @@ def test_tensorboard_hides_what_a_resume_computes_again(tmp_path):
     # The resume from step 2 hides step 3 on of the first file: its loss and evaluation.
     losses = [(s, e) for s, e in tensorboard_events(second) if e == "start" or "loss" in e[0]]
     assert losses == [(3, "start"), (3, ("train/loss", 30.0))]
+
+
+def test_missing_writer_package_for_gs(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def without_gcs(name, *args):
+        if name.startswith("google.cloud"):
+            raise ModuleNotFoundError(name)  # what find_spec does without google.cloud
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_gcs)
+    assert metrics_logger.missing_writer_package("gs://bucket/run") == "google-cloud-storage"
+    assert metrics_logger.missing_writer_package("/local/run") is None

@@ -71,6 +71,11 @@ def test_default_mesh_config_is_data_parallel():
             "MESH_SHAPE (2, 2, 4) needs 16 devices but 8 are available; "
             "use -1 for one axis to take the rest",
         ),
+        # Not silently rounded or read as 1: gin and JSON give floats, bools, strings.
+        ((2.7, 1, 1), 2, "MESH_SHAPE must be 3 integers (data, fsdp, tensor), got (2.7, 1, 1)"),
+        ((True, -1, 1), 8, "MESH_SHAPE must be 3 integers (data, fsdp, tensor), got (True, -1, 1)"),
+        ((1, 1, "a"), 1, "MESH_SHAPE must be 3 integers (data, fsdp, tensor), got (1, 1, 'a')"),
+        (8, 8, "MESH_SHAPE must be 3 integers (data, fsdp, tensor), got 8"),
     ],
 )
 def test_resolve_errors_name_the_shape_and_the_problem(shape, num_devices, message):

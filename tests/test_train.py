@@ -564,3 +564,19 @@ def test_a_resume_keeps_the_stored_data_shard_count():
     # A shard count the config sets wins (and the change is reported by the caller).
     _, position = train.data_position(dataclasses.replace(data, num_shards=2), stored)
     assert position.num_shards == 2 and position.changed_from(stored)
+
+
+def test_a_gs_model_dir_without_its_package_stops_every_process_first(tmp_path, monkeypatch):
+    """TensorBoard on gs:// needs google-cloud-storage; without it process 0's writer
+    would fail after the restore while the other hosts wait in a collective."""
+    from ecomgpt_jax import metrics_logger
+
+    assert metrics_logger.missing_writer_package("gs://bucket/run") is None  # pinned
+    assert metrics_logger.missing_writer_package(tmp_path) is None
+    monkeypatch.setattr(metrics_logger, "missing_writer_package", lambda d: "google-cloud-storage")
+    text = run_in_process(tmp_path / "run")
+    assert text == (
+        f"error: MODEL_DIR {tmp_path / 'run'} needs the package google-cloud-storage for its "
+        "TensorBoard logs: pip install -r requirements.txt"
+    )
+    assert not (tmp_path / "run").exists()  # stopped before anything was written

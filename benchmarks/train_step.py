@@ -169,7 +169,7 @@ def auto_loss_chunk(cfg: model_config.ModelConfig, batch: int, seq: int, platfor
     for chunk in range(seq // 2, 0, -1):
         if seq % chunk == 0 and batch * chunk * cfg.vocab_size * 4 <= budget:
             return chunk
-    return 1
+    return 1 if seq > 1 else 0  # a 1-token row has no smaller chunk: unchunked
 
 
 # ----------------------------------------------------------------------------- runners
@@ -464,10 +464,11 @@ def check_options(args, mesh) -> None:
         )
     if args.segments > args.seq:
         raise report.BenchmarkError(f"--segments {args.segments} exceeds --seq {args.seq}")
-    if args.loss_chunk > 0 and args.seq % args.loss_chunk:
-        # The step would silently compute the loss unchunked.
+    if args.loss_chunk > 0 and (args.seq % args.loss_chunk or args.loss_chunk >= args.seq):
+        # The step refuses a chunk that does not split the row into several.
         raise report.BenchmarkError(
-            f"--loss_chunk {args.loss_chunk} does not divide --seq {args.seq}"
+            f"--loss_chunk {args.loss_chunk} must divide --seq {args.seq} and be smaller "
+            "(0: unchunked)"
         )
     if args.batch % args.microbatches:
         raise report.BenchmarkError(

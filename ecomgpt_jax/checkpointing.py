@@ -179,10 +179,16 @@ def find_model_config(path, levels: int = 4) -> ModelConfig | None:
 
 
 def has_checkpoint(model_dir) -> bool:
-    """Whether a run directory holds a step folder (the run resumes from it), without
-    creating anything as `Checkpointer` does. Orbax writes a step under a temporary name
-    and renames it when complete, so a digits-only name is a finished save."""
-    return bool(_numeric_subdirs(as_path(model_dir) / CHECKPOINTS_SUBDIR))
+    """Whether a run directory holds a finished step (the run resumes from it), without
+    creating anything as `Checkpointer` does. Locally Orbax writes a step under a
+    temporary name and renames it when complete, so a digits-only name is a finished
+    save; in a bucket (no atomic rename) it writes in place and marks the end with
+    `commit_success.txt`."""
+    root = as_path(model_dir) / CHECKPOINTS_SUBDIR
+    steps = _numeric_subdirs(root)
+    if "://" in str(root):
+        steps = [s for s in steps if (root / str(s) / "commit_success.txt").exists()]
+    return bool(steps)
 
 
 class Checkpointer:
@@ -407,7 +413,7 @@ _STATUS_CODE = re.compile(r"[A-Z][A-Z_]+: ")
 def _is_read_error(e: BaseException) -> bool:
     """Whether a failed restore failed reading the checkpoint's files (missing, cut short,
     unreadable) rather than placing the arrays (shardings, device memory)."""
-    if isinstance(e, OSError):
+    if isinstance(e, (OSError, json.JSONDecodeError, UnicodeDecodeError)):  # data/: JSON
         return True
     return isinstance(e, ValueError) and bool(_STATUS_CODE.match(str(e).strip()))
 

@@ -295,7 +295,13 @@ def data_position(
     """
     import jax
 
-    if stored is not None and data.num_shards is None:
+    if (
+        stored is not None
+        and data.num_shards is None
+        and data.global_batch_size % stored.num_shards == 0
+    ):
+        # (A batch size the stored count does not divide is a changed pipeline anyway:
+        # the caller warns that the skipped batches mean another order.)
         data = dataclasses.replace(data, num_shards=stored.num_shards)
     lengths = data.task_feature_lengths
     position = checkpointing.DataPosition(

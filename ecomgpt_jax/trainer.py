@@ -553,7 +553,7 @@ class Trainer:
                     # A stop asked for during an evaluation (infer_eval can take minutes)
                     # is answered now, not after one more step: preemption notices are
                     # short. Checked only after an evaluation (a collective per host).
-                    if evaluate() and guard.should_stop():
+                    if evaluate() and step < total and guard.should_stop():
                         preempted = True
                         save(force_log=True)
                         break

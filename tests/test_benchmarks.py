@@ -136,6 +136,9 @@ def test_auto_loss_chunk_divides_and_fits_budget():
     assert bt.auto_loss_chunk(big, batch=16, seq=2048, platform="gpu") == 128
     chunk = bt.auto_loss_chunk(big, batch=8, seq=96, platform="cpu")
     assert 96 % chunk == 0 and 8 * chunk * big.vocab_size * 4 <= bt.LOSS_CHUNK_BYTES["cpu"]
+    # Always smaller than the row (the step refuses a chunk of the whole row).
+    assert bt.auto_loss_chunk(big, batch=8, seq=2, platform="gpu") == 1
+    assert bt.auto_loss_chunk(big, batch=8, seq=1, platform="gpu") == 0
 
 
 @pytest.mark.parametrize(
@@ -340,7 +343,14 @@ def test_train_step_rates_from_a_fixed_step_time(capsys, monkeypatch, one_device
             ["--microbatches", "3"],
             "error: --batch 8 is not divisible by --microbatches 3",
         ),
-        (["--loss_chunk", "7"], "error: --loss_chunk 7 does not divide --seq 512"),
+        (
+            ["--loss_chunk", "7"],
+            "error: --loss_chunk 7 must divide --seq 512 and be smaller (0: unchunked)",
+        ),
+        (
+            ["--loss_chunk", "512"],
+            "error: --loss_chunk 512 must divide --seq 512 and be smaller (0: unchunked)",
+        ),
         (
             ["--answer_fraction", "0"],
             "python -m benchmarks.train_step: error: argument --answer_fraction: '0': use a "

@@ -234,6 +234,23 @@ def test_resume_of_another_model_or_a_damaged_step_is_one_line(tmp_path, trained
     assert int(restored.step) == 1
 
 
+@pytest.mark.parametrize("content", [b'{"batches_consumed": 2, "mix', b"\xff\xfe{}"])
+def test_a_damaged_data_position_is_called_damage(tmp_path, trained, content):
+    """The data item is JSON: cut short or not text, it is damage like a bad array file
+    (not a mesh problem), and the message says how to go on."""
+    layout, state = trained
+    manager = ck.Checkpointer(tmp_path, ck.CheckpointConfig(save_every_steps=1))
+    manager.save(state.replace(step=jnp.int32(2)), ck.DataPosition(2), force=True)
+    manager.close()
+    step_dir = tmp_path / "checkpoints" / "2"
+    (step_dir / "data" / "metadata").write_bytes(content)  # the position's JSON
+    with pytest.raises(ck.CheckpointError) as info:
+        ck.Checkpointer(tmp_path, ck.CheckpointConfig()).restore(2, layout)
+    message = str(info.value)
+    assert message.startswith(f"{step_dir}: checkpoint cannot be read, damaged or incomplete (")
+    assert message.endswith("move that folder away to start from scratch")
+
+
 def test_a_mesh_that_cannot_hold_the_arrays_is_not_called_damage(tmp_path, trained):
     layout, state = trained
     manager = ck.Checkpointer(tmp_path, ck.CheckpointConfig(save_every_steps=1))

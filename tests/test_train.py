@@ -564,6 +564,9 @@ def test_a_resume_keeps_the_stored_data_shard_count():
     # A shard count the config sets wins (and the change is reported by the caller).
     _, position = train.data_position(dataclasses.replace(data, num_shards=2), stored)
     assert position.num_shards == 2 and position.changed_from(stored)
+    # A new batch size the stored count does not divide: one shard per process again.
+    _, position = train.data_position(dataclasses.replace(data, global_batch_size=6), stored)
+    assert position.num_shards == 1 and position.changed_from(stored)
 
 
 def test_a_gs_model_dir_without_its_package_stops_every_process_first(tmp_path, monkeypatch):

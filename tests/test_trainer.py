@@ -533,6 +533,26 @@ def test_a_stop_asked_for_during_an_evaluation_saves_before_another_step(tmp_pat
     assert saved.all_steps() == [2]
 
 
+def test_a_stop_asked_for_during_the_final_evaluation_leaves_a_finished_run(tmp_path, monkeypatch):
+    run = run_config(tmp_path, train_steps=2, eval_loss_every_steps=2)
+    stop, evaluations = [], []
+    monkeypatch.setattr(trainer.PreemptionGuard, "should_stop", lambda guard: bool(stop))
+
+    class AskedToStop:  # SIGTERM arrives while the last step's evaluation runs
+        def __iter__(self):
+            evaluations.append(1)
+            if len(evaluations) == 2:
+                stop.append(1)
+            return iter(EVAL_BATCHES)
+
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    result = job.fit(
+        state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, AskedToStop()
+    )
+    assert len(evaluations) == 2 and stop and result.step == 2 and not result.preempted
+
+
 def eval_batch(seed: int, rows: int = 8) -> dict[str, np.ndarray]:
     """Random one-example rows with loss weights on their second half, the last row
     empty (all zeros) as in the padded last batch of `input_pipeline.EvalBatches`."""

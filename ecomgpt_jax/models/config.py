@@ -134,9 +134,6 @@ class ModelConfig:
                 bad("head_dim", f"BLOOM needs heads * head_dim == hidden ({self.hidden})")
             if not self.tie_embeddings:
                 bad("tie_embeddings", "BLOOM always ties the LM head to the embeddings")
-            if self.mlp_dim != 4 * self.hidden:
-                # HF's BloomConfig has no MLP width: an export would silently change it.
-                bad("mlp_dim", f"BLOOM's MLP is 4 * hidden ({4 * self.hidden})")
         if self.head_dim % 2 and self.family == "llama":
             bad("head_dim", "RoPE needs an even head_dim")
         for field in ("param_dtype", "dtype"):
@@ -423,6 +420,14 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
         use_cache=True,
     )
     if cfg.family == "bloom":
+        if cfg.mlp_dim != 4 * cfg.hidden:
+            # HF's BloomConfig has no MLP width (always 4 x hidden): exported, this model
+            # would silently become another. (Checked here, not in ModelConfig, so that
+            # runs saved with another width still load, train and evaluate.)
+            raise ConfigError(
+                f"ModelConfig.mlp_dim={cfg.mlp_dim}: a BLOOM export needs 4 * hidden "
+                f"({4 * cfg.hidden}); HF's BloomConfig cannot say otherwise"
+            )
         return dict(
             architectures=["BloomForCausalLM"],
             model_type="bloom",

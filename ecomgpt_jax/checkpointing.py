@@ -274,6 +274,13 @@ class Checkpointer:
                 f"{step_dir}: optimizer state does not match the optimizer ({difference}); use "
                 "a new MODEL_DIR or the optimizer settings it was trained with"
             )
+        mesh = dict(layout.shardings.step.mesh.shape)
+        unplaceable = _unplaceable(target)
+        if unplaceable is not None:  # before orbax starts reads it would leave behind
+            raise CheckpointError(
+                f"{step_dir}: cannot be restored onto this mesh/device (mesh {mesh}): "
+                f"{unplaceable}"
+            )
         args = ocp.args.Composite(
             params=ocp.args.StandardRestore(target.params),
             train=ocp.args.StandardRestore(train_target),
@@ -289,9 +296,8 @@ class Checkpointer:
             _drop_failed_reads()
             if read_error:
                 raise self._damaged(step, failure)
-            # Not the files: the target (mesh shardings, device memory). The checkpoint
-            # may be fine, so no advice to move it away.
-            mesh = dict(layout.shardings.step.mesh.shape)
+            # Not the files: the target (device memory, ...). The checkpoint may be
+            # fine, so no advice to move it away.
             raise CheckpointError(
                 f"{step_dir}: cannot be restored onto this mesh/device (mesh {mesh}): {failure}"
             )
@@ -408,6 +414,21 @@ def _drop_failed_reads() -> None:
 # How tensorstore's errors begin (an absl status code): its reads of the checkpoint's
 # files failed. XLA's errors (device memory) start so too, but are RuntimeErrors.
 _STATUS_CODE = re.compile(r"[A-Z][A-Z_]+: ")
+
+
+def _unplaceable(target: PyTree) -> str | None:
+    """The first line of the error for the first leaf of `target` (abstract arrays with
+    shardings) that its sharding cannot hold, e.g. 4 heads over a tensor axis of 8; None
+    if all fit."""
+    for leaf in jax.tree_util.tree_leaves(target):
+        sharding = getattr(leaf, "sharding", None)
+        if sharding is None:
+            continue
+        try:
+            sharding.shard_shape(leaf.shape)
+        except ValueError as e:
+            return _short(e)
+    return None
 
 
 def _is_read_error(e: BaseException) -> bool:

@@ -184,27 +184,13 @@ def mesh_shape(text: str) -> tuple[int, ...]:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The project's "your input is wrong" exceptions, imported only when one is raised.
-
-    Only from modules that need neither gin nor TensorFlow (not `ecomgpt_jax.launch`,
-    which imports gin): the GPU machines have neither, and a typo must still be one line
-    there, not a ModuleNotFoundError."""
-    from ecomgpt_jax import checkpointing, partitioning
+    """The project's "your input is wrong" exceptions (`launch.user_errors`, which needs
+    neither gin nor TensorFlow: the GPU machines have neither, and a typo must still be
+    one line there) plus the benchmarks' own, imported only when one is raised."""
+    from ecomgpt_jax import launch
     from ecomgpt_jax.decoding import DecodeConfigError
-    from ecomgpt_jax.ecominstruct.reader import DataError
-    from ecomgpt_jax.models.config import ConfigError
-    from ecomgpt_jax.models.hf_io import CheckpointFormatError
 
-    return (
-        BenchmarkError,
-        DecodeConfigError,
-        partitioning.MeshError,
-        DataError,
-        ConfigError,
-        CheckpointFormatError,
-        checkpointing.CheckpointError,
-        FileNotFoundError,
-    )
+    return (BenchmarkError, DecodeConfigError, *launch.user_errors())
 
 
 def check_batch_over_mesh(batch: int, mesh) -> None:

@@ -278,8 +278,7 @@ class Checkpointer:
         unplaceable = _unplaceable(target)
         if unplaceable is not None:  # before orbax starts reads it would leave behind
             raise CheckpointError(
-                f"{step_dir}: cannot be restored onto this mesh/device (mesh {mesh}): "
-                f"{unplaceable}"
+                f"{step_dir}: cannot be restored onto this mesh/device (mesh {mesh}): {unplaceable}"
             )
         args = ocp.args.Composite(
             params=ocp.args.StandardRestore(target.params),

@@ -6,13 +6,13 @@ repository's gin_configs/ is always searched). Multi-host: `--multihost`
 (auto-detection on Cloud TPU VMs, SLURM, Open MPI) or explicit
 `--coordinator_address=host:port --num_processes=N --process_id=i`.
 
-Gin is imported here, in `gin_parsing` and in the entry points only; the library takes
-dataclasses.
+Gin is imported here (when configurables are registered: the benchmarks use this
+module's errors on machines without gin), in `gin_parsing` and in the entry points only;
+the library takes dataclasses.
 """
 
 from __future__ import annotations
 
-import gin
 from absl import flags
 
 FLAGS = flags.FLAGS
@@ -55,6 +55,8 @@ def register_configurables(classes: dict[str, tuple[type, str]]) -> dict:
     Returns:
       gin name -> the configurable (call it to get the class with gin's bindings applied).
     """
+    import gin
+
     registered = {}
     for name, (cls, module) in classes.items():
         try:  # a second call (tests run several jobs in one process) finds the first one

@@ -325,14 +325,22 @@ class PreemptionGuard:
     and stops. A second Ctrl-C goes to the handler from before (KeyboardInterrupt: abort
     now, without saving). `close` puts the previous handlers back.
 
-    With several processes the request is max-ed over all of them every step, so
-    every host stops after the same step (checkpointing is collective).
+    With several processes (`collective`, default: when there are) every host must stop
+    after the same step (checkpointing is collective), so the requests are max-ed over
+    all devices of `mesh` by a small jitted all-reduce. It is pipelined: each check
+    starts this step's reduction and reads the previous one's, whose value every host
+    shares. Reading this step's would wait for the step just dispatched on every step
+    (no async dispatch on multi-host runs); a request is acted on one step later.
     """
 
     TERM, INT = 1, 2  # requests, by precedence: an interrupt is reported as one
 
-    def __init__(self):
+    def __init__(self, mesh: jax.sharding.Mesh | None = None, collective: bool | None = None):
         self.requested = 0
+        self._mesh = mesh
+        self._collective = jax.process_count() > 1 if collective is None else collective
+        self._pending: jax.Array | None = None
+        self._reduce = None
         self._previous: dict[int, Any] = {}
         for signum in (signal.SIGTERM, signal.SIGINT):
             # An ignored SIGINT (nohup, `cmd &` in a script) stays ignored.
@@ -368,12 +376,32 @@ class PreemptionGuard:
         return self.requested == self.INT
 
     def should_stop(self) -> bool:
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
+        """Whether to stop now: one answer for all hosts, which all call it alike."""
+        if not self._collective:
+            return self.requested > 0
+        pending, self._pending = self._pending, self._start_reduce(self.requested)
+        if pending is None:
+            return False
+        agreed = int(np.asarray(pending))  # the previous check's max over all hosts
+        self.requested = max(self.requested, agreed)
+        return agreed > 0
 
-            gathered = multihost_utils.process_allgather(np.int32(self.requested))
-            self.requested = int(np.max(gathered))
-        return self.requested > 0
+    def _start_reduce(self, value: int) -> jax.Array:
+        """Dispatches max(value over every device of the mesh); returns at once."""
+        mesh = self._mesh
+        if mesh is None:
+            raise ValueError("PreemptionGuard(collective=True) needs the mesh")
+        flat = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+        if self._reduce is None:
+            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            self._reduce = jax.jit(lambda flags: flags.max(), out_shardings=replicated)
+        # Every local device carries this host's value, so the order of devices within
+        # the flat axis does not matter.
+        shards = [
+            jax.device_put(np.full((1,), value, np.int32), d) for d in flat.addressable_devices
+        ]
+        flags = jax.make_array_from_single_device_arrays((mesh.size,), flat, shards)
+        return self._reduce(flags)
 
     def close(self) -> None:
         for signum in list(self._previous):
@@ -477,7 +505,7 @@ class Trainer:
         total = int(run.train.train_steps)
         step = start = int(jax.device_get(state.step))
         logger = metrics_logger.MetricsLogger(run.train.model_dir, total, step, self.schedule)
-        guard = PreemptionGuard()
+        guard = PreemptionGuard(self.mesh)
         first = metrics = None
         preempted = False
         every = max(int(run.train.log_every_steps), 1)

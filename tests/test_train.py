@@ -248,6 +248,38 @@ def test_two_processes_match_one_process(sharded_reference, compile_cache, tmp_p
     np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-5)
 
 
+def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(compile_cache, tmp_path):
+    """A preemption notice may reach one host only: the hosts agree through the
+    pipelined all-reduce, save the same step together and exit 0."""
+    run = tmp_path / "two"
+    port = _free_port()
+    procs = []
+    for i in range(2):
+        flags_i = [f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+        with open(tmp_path / f"stderr{i}.txt", "w") as log:
+            procs.append(
+                subprocess.Popen(
+                    command(run, *SHARDED, *flags_i, f"--process_id={i}"),
+                    cwd=ROOT,
+                    env=env(compile_cache, devices=2),
+                    stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
+                    stderr=log,
+                    text=True,
+                )
+            )
+    for line in procs[0].stdout:
+        if line.startswith("step 2/"):
+            procs[1].send_signal(signal.SIGTERM)  # process 1 only
+            break
+    out = procs[0].stdout.read()
+    codes = [p.wait(timeout=600) for p in procs]
+    assert codes == [0, 0], (tmp_path / "stderr1.txt").read_text()[-3000:]
+    stopped = max(losses(run))
+    assert 2 < stopped < STEPS and f"preempted at step {stopped}" in out
+    saved = checkpointing.Checkpointer(run, checkpointing.CheckpointConfig()).all_steps()
+    assert saved[-1] == stopped and sorted(losses(run)) == list(range(1, stopped + 1))
+
+
 def run_in_process(tmp_path, *args) -> str:
     """train.main in this process (no TensorFlow start-up cost); returns its exit message."""
     argv = train.rewrite_gin_args(

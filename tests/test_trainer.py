@@ -272,6 +272,26 @@ def test_preemption_guard_sets_flag_on_sigterm_and_restores_handler():
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_preemption_guard_across_hosts_agrees_one_check_later():
+    """The multi-host path (forced here on one process's 8 devices): each check reads the
+    all-reduce the previous check started, so a request is acted on one check later, the
+    same on every host, without waiting on the step just dispatched."""
+    guard = trainer.PreemptionGuard(mesh_of((2, 2, 2)), collective=True)
+    try:
+        assert [guard.should_stop() for _ in range(3)] == [False, False, False]
+        guard.requested = trainer.PreemptionGuard.TERM  # SIGTERM during a step
+        assert not guard.should_stop()  # this check starts the reduction carrying it
+        assert guard.should_stop() and guard.requested == trainer.PreemptionGuard.TERM
+    finally:
+        guard.close()
+    meshless = trainer.PreemptionGuard(collective=True)
+    try:
+        with pytest.raises(ValueError, match="needs the mesh"):
+            meshless.should_stop()
+    finally:
+        meshless.close()  # its signal handlers must not outlive the test
+
+
 def test_library_needs_no_tensorflow_seqio_or_gin():
     """The GPU box has no TensorFlow, SeqIO or gin: the trainer library must not need them."""
     code = """

@@ -20,6 +20,8 @@ Open MPI clusters pass --multihost (auto-detection); elsewhere pass
 A checkpoint already in MODEL_DIR is resumed (parameters, optimizer, step,
 RNG and data position). SIGTERM finishes the current step, saves and exits 0; so
 does a first Ctrl-C, exiting 130 (a second Ctrl-C stops at once, without saving).
+With several hosts, a signal to any of them stops all after the same step (one step
+later than on one host: `trainer.PreemptionGuard`).
 """
 
 from __future__ import annotations

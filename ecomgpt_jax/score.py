@@ -5,7 +5,8 @@
 Predictions are JSON Lines rows ``{"task", "index", "prediction"}`` (task: folder name or
 its SeqIO name; index: 0-based example position in the split). The output JSON is
 ``{<task folder>: scores, ..., "average": {...}}`` with scores in [0, 1] (NaN written as
-null; a key's average is over the tasks where it is not null); the printed table shows them
+null; a key's average is over the tasks where it is not null, counted per key in the
+average's "tasks"); the printed table shows them
 x100 and footnotes such an average with its task count. A task with predictions for part of
 its examples gets one "warning:" line on stderr.
 Bad input gives one line on stderr naming the file and line, and exit status 2.

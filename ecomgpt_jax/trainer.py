@@ -316,8 +316,8 @@ def loss_summary(scores: Mapping[str, Mapping]) -> str:
 
 def score_summary(scores: Mapping[str, Mapping]) -> str:
     """The console text of an infer_eval: its average scores, in percent."""
-    average = scores.get("average", {})
-    return "  ".join(f"{k} {100 * v:.2f}" for k, v in average.items() if v is not None)
+    average = scores.get("average", {})  # scores, and "tasks": {key: count} (skipped)
+    return "  ".join(f"{k} {100 * v:.2f}" for k, v in average.items() if isinstance(v, float))
 
 
 class PreemptionGuard:

@@ -234,7 +234,9 @@ def check_against_reference(data_dir, tmp_path):
     proc = run_score(data_dir, preds_path, out)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(out.read_text(encoding="utf-8"))
-    assert set(got.pop("average")) == {"rouge-l-f1", "micro-f1", "macro-f1", "rouge-l-f1-cjk"}
+    average = got.pop("average")
+    assert set(average) == {"rouge-l-f1", "micro-f1", "macro-f1", "rouge-l-f1-cjk", "tasks"}
+    assert max(average["tasks"].values()) == len(tasks)  # tasks each key averages over
     assert sorted(got) == sorted(tasks)
     for name, (task_type, meta, examples) in tasks.items():
         golds = [ref_gold(task_type, meta, ex) for ex in examples]

@@ -408,6 +408,7 @@ def test_average_leaves_out_nan_and_says_over_how_many_tasks():
     assert data["EN-Shop-NER-ents"]["macro-f1"] is None
     assert data["average"] == {
         "rouge-l-f1": ONE, "micro-f1": 0.5, "macro-f1": 1.0, "rouge-l-f1-cjk": 1.0,
+        "tasks": {"rouge-l-f1": 2, "micro-f1": 2, "macro-f1": 1, "rouge-l-f1-cjk": 2},
     }  # fmt: skip
     lines = scoring.format_table(scores).splitlines()
     assert lines[3].split() == ["EN-Shop-NER-ents", "1", "100.00", "0.00", "nan", "100.00"]

@@ -473,10 +473,11 @@ def scores_json(scores: Mapping[str, Mapping]) -> dict:
 
     Shared by `python -m ecomgpt_jax.score` and the evaluation binary, so their files are
     byte-identical for the same predictions. NaN values become null; the average of a key
-    is over the tasks where it is not null. (The average row holds only the score keys:
-    the trainer prints every value in it as a percentage.)
+    is over the tasks where it is not null, and the average row's "tasks" says how many
+    that is per key ({key: count}).
     """
-    return _json_safe({**scores, AVERAGE_KEY: average_scores(scores)})
+    average = {**average_scores(scores), "tasks": average_counts(scores)}
+    return _json_safe({**scores, AVERAGE_KEY: average})
 
 
 def format_table(scores: Mapping[str, Mapping]) -> str:

@@ -464,7 +464,7 @@ def check_options(args, mesh) -> None:
         )
     if args.segments > args.seq:
         raise report.BenchmarkError(f"--segments {args.segments} exceeds --seq {args.seq}")
-    if args.loss_chunk > 0 and (args.seq % args.loss_chunk or args.loss_chunk >= args.seq):
+    if args.loss_chunk > 0 and not ts.splits_rows(args.loss_chunk, args.seq):
         # The step refuses a chunk that does not split the row into several.
         raise report.BenchmarkError(
             f"--loss_chunk {args.loss_chunk} must divide --seq {args.seq} and be smaller "

@@ -275,11 +275,17 @@ class Checkpointer:
                 "a new MODEL_DIR or the optimizer settings it was trained with"
             )
         mesh = dict(layout.shardings.step.mesh.shape)
+
+        def not_placeable(why: str) -> CheckpointError:
+            # The target (mesh shardings, device memory), not the files: the checkpoint
+            # may be fine, so no advice to move it away.
+            return CheckpointError(
+                f"{step_dir}: cannot be restored onto this mesh/device (mesh {mesh}): {why}"
+            )
+
         unplaceable = _unplaceable(target)
         if unplaceable is not None:  # before orbax starts reads it would leave behind
-            raise CheckpointError(
-                f"{step_dir}: cannot be restored onto this mesh/device (mesh {mesh}): {unplaceable}"
-            )
+            raise not_placeable(unplaceable)
         args = ocp.args.Composite(
             params=ocp.args.StandardRestore(target.params),
             train=ocp.args.StandardRestore(train_target),
@@ -293,13 +299,7 @@ class Checkpointer:
             failure, read_error = _short(e.__cause__ or e), _is_read_error(e.__cause__ or e)
         if failure is not None:  # outside `except`: its traceback no longer holds the reads
             _drop_failed_reads()
-            if read_error:
-                raise self._damaged(step, failure)
-            # Not the files: the target (device memory, ...). The checkpoint may be
-            # fine, so no advice to move it away.
-            raise CheckpointError(
-                f"{step_dir}: cannot be restored onto this mesh/device (mesh {mesh}): {failure}"
-            )
+            raise self._damaged(step, failure) if read_error else not_placeable(failure)
         train = restored["train"]
         state = TrainState(
             step=train["step"],

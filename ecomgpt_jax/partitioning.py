@@ -76,17 +76,24 @@ class MeshConfig:
 
     shape: tuple[int, int, int] = (-1, 1, 1)
 
+    def __post_init__(self):
+        # Exact ints only (a list from gin is fine): int() would make 2.7 a 2 and True a 1
+        # without a word. TrainConfig checks MESH_SHAPE through this too.
+        shape = self.shape
+        if (
+            not isinstance(shape, (tuple, list))
+            or len(shape) != 3
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape)
+        ):
+            raise MeshError(
+                "MESH_SHAPE must be 3 integers (data, fsdp, tensor), one of them may be -1, "
+                f"got {shape!r}"
+            )
+        object.__setattr__(self, "shape", tuple(int(s) for s in shape))
+
     def resolve(self, num_devices: int) -> tuple[int, int, int]:
         """Returns the concrete shape for `num_devices`, or raises MeshError."""
         shape = self.shape
-        # Exact ints only: int() would make 2.7 a 2 and True a 1 without a word.
-        if not isinstance(shape, (tuple, list)) or not all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape
-        ):
-            raise MeshError(f"MESH_SHAPE must be 3 integers (data, fsdp, tensor), got {shape!r}")
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 3:
-            raise MeshError(f"MESH_SHAPE must have 3 entries (data, fsdp, tensor), got {shape}")
         if shape.count(-1) > 1:
             raise MeshError(f"MESH_SHAPE {shape}: at most one axis may be -1")
         if any(s == 0 or s < -1 for s in shape):

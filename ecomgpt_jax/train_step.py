@@ -114,6 +114,12 @@ class OptimizerConfig:
             bad("max_grad_norm", "must be a number (0 or less: no clipping)")
 
 
+def splits_rows(loss_chunk_size: int, length: int) -> bool:
+    """Whether a loss chunk of `loss_chunk_size` positions splits rows of `length`
+    tokens into several equal chunks (what the chunked loss needs; 0 is no chunking)."""
+    return 0 < loss_chunk_size < length and length % loss_chunk_size == 0
+
+
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
     """How one global batch is turned into one update.
@@ -283,7 +289,7 @@ def loss_sums(
     rngs = {"dropout": rng} if rng is not None else None
     chunk = int(config.loss_chunk_size)
     length = targets.shape[1]
-    if chunk > 0 and (chunk >= length or length % chunk):
+    if chunk > 0 and not splits_rows(chunk, length):
         raise ValueError(
             f"StepConfig.loss_chunk_size {chunk} does not split rows of {length} tokens "
             "into equal chunks"

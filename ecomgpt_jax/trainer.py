@@ -93,17 +93,11 @@ class TrainConfig:
         # run, and a resume would go on from numbers the first run never drew.
         if not ts.is_integer(self.seed):
             raise UserError(f"SEED must be an integer, got {self.seed!r}")
-        shape = self.mesh_shape
-        if (
-            not isinstance(shape, (tuple, list))
-            or len(shape) != 3
-            or not all(map(ts.is_integer, shape))
-        ):
-            raise UserError(
-                "MESH_SHAPE must be 3 integers (data, fsdp, tensor), one of them may be -1, "
-                f"got {shape!r}"
-            )
-        object.__setattr__(self, "mesh_shape", tuple(shape))  # a list from gin works too
+        try:  # the mesh's own check (eval's MESH_SHAPE gets the same)
+            shape = partitioning.MeshConfig(self.mesh_shape).shape
+        except partitioning.MeshError as e:
+            raise UserError(str(e)) from None
+        object.__setattr__(self, "mesh_shape", shape)  # a list from gin works too
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,7 +268,7 @@ def check_shapes(cfg, shapes: Shapes, step: ts.StepConfig, mesh) -> None:
         )
     length, chunk = shapes.sequence_length, step.loss_chunk_size
     # A chunk that does not split the row into several would compute every logit at once.
-    if chunk and (chunk >= length or length % chunk):
+    if chunk and not ts.splits_rows(chunk, length):
         raise UserError(
             f"StepConfig.loss_chunk_size {chunk} does not split the {length} tokens per row "
             "(TASK_FEATURE_LENGTHS inputs + targets) into equal chunks: use a divisor of "
@@ -391,17 +385,17 @@ class PreemptionGuard:
         mesh = self._mesh
         if mesh is None:
             raise ValueError("PreemptionGuard(collective=True) needs the mesh")
-        flat = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
-        if self._reduce is None:
+        if self._reduce is None:  # built once: this runs every step
+            flat = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
             replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-            self._reduce = jax.jit(lambda flags: flags.max(), out_shardings=replicated)
+            self._reduce = (flat, jax.jit(lambda flags: flags.max(), out_shardings=replicated))
+        flat, reduce = self._reduce
         # Every local device carries this host's value, so the order of devices within
         # the flat axis does not matter.
         shards = [
             jax.device_put(np.full((1,), value, np.int32), d) for d in flat.addressable_devices
         ]
-        flags = jax.make_array_from_single_device_arrays((mesh.size,), flat, shards)
-        return self._reduce(flags)
+        return reduce(jax.make_array_from_single_device_arrays((mesh.size,), flat, shards))
 
     def close(self) -> None:
         for signum in list(self._previous):

@@ -133,7 +133,8 @@ def test_hf_decoder_generates_exactly_new_tokens_with_eos_off():
         ),
         (
             ["--mesh", "1,1"],
-            "error: MESH_SHAPE must have 3 entries (data, fsdp, tensor), got (1, 1)",
+            "error: MESH_SHAPE must be 3 integers (data, fsdp, tensor), one of them may be -1, "
+            "got (1, 1)",
         ),
         (["--compare_hf"], COMPARE_HF_MESH),
     ],

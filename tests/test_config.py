@@ -172,16 +172,18 @@ def test_json_round_trip(name):
     assert ModelConfig.from_json_dict(cfg.to_json_dict()) == cfg
 
 
+# The config.json keys every small Llama/Qwen2 mapping test starts from.
+SMALL_HF_CONFIG = dict(
+    vocab_size=32,
+    hidden_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    intermediate_size=128,
+)
+
+
 def test_rope_parameters_new_and_legacy_spelling_agree():
-    base = dict(
-        model_type="llama",
-        vocab_size=32,
-        hidden_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-    )
+    base = dict(SMALL_HF_CONFIG, model_type="llama", num_key_value_heads=2)
     scaling = dict(
         rope_type="llama3",
         factor=8.0,
@@ -202,13 +204,7 @@ def test_keys_left_out_of_config_json_take_transformers_defaults(model_type):
     what transformers reads (an untied head taken as tied would be silently dropped)."""
     import transformers
 
-    base = dict(
-        vocab_size=32,
-        hidden_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=128,
-    )
+    base = dict(SMALL_HF_CONFIG)
     if model_type == "qwen2":
         base["num_attention_heads"] = 64  # Qwen2Config's default of 32 kv heads divides it
         base["hidden_size"] = 1024
@@ -225,13 +221,7 @@ def test_unsupported_architecture_names_what_was_found():
 
 
 def test_unsupported_features_rejected():
-    base = dict(
-        vocab_size=32,
-        hidden_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=128,
-    )
+    base = dict(SMALL_HF_CONFIG)
     with pytest.raises(ConfigError, match="rope type 'yarn'"):
         mc.from_hf_config({**base, "model_type": "llama", "rope_scaling": {"rope_type": "yarn"}})
     with pytest.raises(ConfigError, match="use_sliding_window"):

@@ -16,6 +16,9 @@ from ecomgpt_jax import partitioning as P
 # MeshConfig.resolve ---------------------------------------------------------------------
 
 
+NOT_THREE_INTS = "MESH_SHAPE must be 3 integers (data, fsdp, tensor), one of them may be -1, got "
+
+
 @pytest.mark.parametrize(
     "shape, num_devices, expected",
     [
@@ -44,8 +47,16 @@ def test_default_mesh_config_is_data_parallel():
 @pytest.mark.parametrize(
     "shape, num_devices, message",
     [
-        ((2, 4), 8, "MESH_SHAPE must have 3 entries (data, fsdp, tensor), got (2, 4)"),
-        ((1, 2, 2, 2), 8, "MESH_SHAPE must have 3 entries (data, fsdp, tensor), got (1, 2, 2, 2)"),
+        (
+            (2, 4),
+            8,
+            NOT_THREE_INTS + "(2, 4)",
+        ),
+        (
+            (1, 2, 2, 2),
+            8,
+            NOT_THREE_INTS + "(1, 2, 2, 2)",
+        ),
         ((-1, -1, 2), 8, "MESH_SHAPE (-1, -1, 2): at most one axis may be -1"),
         ((0, 1, 8), 8, "MESH_SHAPE (0, 1, 8): sizes must be positive or -1"),
         ((-2, 1, 4), 8, "MESH_SHAPE (-2, 1, 4): sizes must be positive or -1"),
@@ -72,10 +83,22 @@ def test_default_mesh_config_is_data_parallel():
             "use -1 for one axis to take the rest",
         ),
         # Not silently rounded or read as 1: gin and JSON give floats, bools, strings.
-        ((2.7, 1, 1), 2, "MESH_SHAPE must be 3 integers (data, fsdp, tensor), got (2.7, 1, 1)"),
-        ((True, -1, 1), 8, "MESH_SHAPE must be 3 integers (data, fsdp, tensor), got (True, -1, 1)"),
-        ((1, 1, "a"), 1, "MESH_SHAPE must be 3 integers (data, fsdp, tensor), got (1, 1, 'a')"),
-        (8, 8, "MESH_SHAPE must be 3 integers (data, fsdp, tensor), got 8"),
+        (
+            (2.7, 1, 1),
+            2,
+            NOT_THREE_INTS + "(2.7, 1, 1)",
+        ),
+        (
+            (True, -1, 1),
+            8,
+            NOT_THREE_INTS + "(True, -1, 1)",
+        ),
+        (
+            (1, 1, "a"),
+            1,
+            NOT_THREE_INTS + "(1, 1, 'a')",
+        ),
+        (8, 8, NOT_THREE_INTS + "8"),
     ],
 )
 def test_resolve_errors_name_the_shape_and_the_problem(shape, num_devices, message):

@@ -220,22 +220,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(sharded_reference, compile_cache, tmp_path):
-    two = tmp_path / "two"
+def _two_processes(model_dir, compile_cache, tmp_path, read_stdout_of_0=False) -> list:
+    """The sharded command as processes 0 and 1 of a 2-process run on one machine (2
+    devices each); stderr in tmp_path/stderr<i>.txt, process 0's stdout piped if asked."""
     port = _free_port()
     procs = []
     for i in range(2):
         flags_i = [f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+        piped = read_stdout_of_0 and i == 0
         with open(tmp_path / f"stderr{i}.txt", "w") as log:
             procs.append(
                 subprocess.Popen(
-                    command(two, *SHARDED, *flags_i, f"--process_id={i}"),
+                    command(model_dir, *SHARDED, *flags_i, f"--process_id={i}"),
                     cwd=ROOT,
                     env=env(compile_cache, devices=2),
-                    stdout=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE if piped else subprocess.DEVNULL,
                     stderr=log,
+                    text=True,
                 )
             )
+    return procs
+
+
+def test_two_processes_match_one_process(sharded_reference, compile_cache, tmp_path):
+    two = tmp_path / "two"
+    procs = _two_processes(two, compile_cache, tmp_path)
     codes = [p.wait(timeout=600) for p in procs]
     assert codes == [0, 0], (tmp_path / "stderr0.txt").read_text()[-3000:]
     got, want = losses(two), losses(sharded_reference)
@@ -252,21 +261,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(compile_
     """A preemption notice may reach one host only: the hosts agree through the
     pipelined all-reduce, save the same step together and exit 0."""
     run = tmp_path / "two"
-    port = _free_port()
-    procs = []
-    for i in range(2):
-        flags_i = [f"--coordinator_address=localhost:{port}", "--num_processes=2"]
-        with open(tmp_path / f"stderr{i}.txt", "w") as log:
-            procs.append(
-                subprocess.Popen(
-                    command(run, *SHARDED, *flags_i, f"--process_id={i}"),
-                    cwd=ROOT,
-                    env=env(compile_cache, devices=2),
-                    stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
-                    stderr=log,
-                    text=True,
-                )
-            )
+    procs = _two_processes(run, compile_cache, tmp_path, read_stdout_of_0=True)
     for line in procs[0].stdout:
         if line.startswith("step 2/"):
             procs[1].send_signal(signal.SIGTERM)  # process 1 only

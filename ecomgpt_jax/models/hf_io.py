@@ -461,14 +461,13 @@ def save_hf(
         raise
     if len(written) == 1:
         written[0][0].replace(out / "model.safetensors")
-        (out / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
-        return out
-    weight_map = {}
-    for n, (tmp, names) in enumerate(written, 1):
-        fname = f"model-{n:05d}-of-{len(written):05d}.safetensors"
-        tmp.replace(out / fname)
-        weight_map.update(dict.fromkeys(names, fname))
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    else:
+        weight_map = {}
+        for n, (tmp, names) in enumerate(written, 1):
+            fname = f"model-{n:05d}-of-{len(written):05d}.safetensors"
+            tmp.replace(out / fname)
+            weight_map.update(dict.fromkeys(names, fname))
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     (out / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
     return out

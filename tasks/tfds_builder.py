@@ -196,7 +196,10 @@ def prepare(
     tasks = reader.discover_tasks(data_dir)
     missing = sorted(set(folders or ()) - set(tasks))
     if missing:
-        raise reader.DataError(f"no such task folder(s): {', '.join(missing)}", data_dir)
+        have = ", ".join(tasks) or "none"
+        raise reader.DataError(
+            f"no such task folder(s): {', '.join(missing)} (task folders here: {have})", data_dir
+        )
     out = []
     for name in folders or list(tasks):
         builder = EcomInstruct(
@@ -215,7 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data_dir", required=True, help="EcomInstruct root")
     parser.add_argument("--tfds_data_dir", default=None, help="default: <data_dir>/_tfds")
     parser.add_argument("--seed", type=int, default=0, help="CLS candidate sampling seed")
-    parser.add_argument("--task", action="append", help="task folder (repeatable); default all")
+    parser.add_argument(
+        "--task",
+        action="append",
+        help="task folder name, e.g. EN-ABSA-CLS-review_topic_category (repeatable); default all",
+    )
     args = parser.parse_args(argv)
     try:
         prepared = prepare(args.data_dir, args.tfds_data_dir, args.seed, args.task)

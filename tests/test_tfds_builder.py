@@ -187,5 +187,9 @@ def test_cli_bad_data_dir_is_one_error_line(tmp_path, capsys):
 
 
 def test_tfds_prepare_rejects_unknown_task(tmp_path):
-    with pytest.raises(reader.DataError, match="no such task folder"):
+    with pytest.raises(reader.DataError) as e:
         tfds_builder.prepare(SAMPLE, tmp_path, folders=["EN-X-CLS-y"])
+    # The message names the missing folder and the ones there are, so a user who gave the
+    # dataset's outer folder (ABSA) sees the names it expects.
+    have = ", ".join(reader.discover_tasks(SAMPLE))
+    assert f"no such task folder(s): EN-X-CLS-y (task folders here: {have})" in str(e.value)

@@ -114,14 +114,16 @@ def hf_tokenizer_dir(train: trainer.TrainConfig) -> str | None:
 
 
 def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, vocabulary):
-    """Re-registers the EcomInstruct tasks when the data root or vocabulary differ."""
+    """Re-registers the EcomInstruct tasks when the data root, the prepared TFDS folder or
+    the vocabulary differ from the import-time registration's."""
     import tasks
 
     default_vocab = run.model.vocabulary.lower() in vocabularies.SENTENCEPIECE_KINDS and (
         run.model.vocabulary_path is None
     )
-    if run.train.data_dir is not None or not default_vocab:
-        tasks.register_ecom_tasks(run.train.data_dir, vocabulary)
+    train = run.train
+    if train.data_dir is not None or train.tfds_data_dir is not None or not default_vocab:
+        tasks.register_ecom_tasks(train.data_dir, vocabulary, tfds_data_dir=train.tfds_data_dir)
     check_mixture(data.mixture_or_task_name)
 
 

@@ -478,31 +478,35 @@ def _strip_boxes(tree: PyTree) -> PyTree:
     )
 
 
-def _boxed_state(model, tx, init_batch_shape, rng):
-    tokens = jnp.zeros(init_batch_shape, jnp.int32)
-    boxed = model.init(rng, tokens)["params"]
+# The token batch [B, L] the parameters are initialised with: their shapes do not depend
+# on it, so the smallest that every model takes.
+_INIT_TOKENS_SHAPE = (1, 8)
+
+
+def _state_from(tx, params, rng) -> TrainState:
+    """Step 0 with `params` and fresh optimizer moments (boxed params give boxed moments)."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
-        params=boxed,
-        opt_state=tx.init(boxed),
+        params=params,
+        opt_state=tx.init(params),
         rng=jax.random.key_data(rng),
     )
 
 
+def _boxed_state(model, tx, rng):
+    tokens = jnp.zeros(_INIT_TOKENS_SHAPE, jnp.int32)
+    return _state_from(tx, model.init(rng, tokens)["params"], rng)
+
+
 def state_layout(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    mesh: jax.sharding.Mesh,
-    init_batch_shape: tuple[int, int] = (1, 8),
+    model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
 ) -> StateLayout:
     """Shapes and shardings of the train state from the model's logical axis names.
 
     The optimizer moments inherit their parameter's logical names because
     `tx.init` runs on the logically boxed parameters.
     """
-    boxed = jax.eval_shape(
-        lambda r: _boxed_state(model, tx, init_batch_shape, r), jax.random.key(0)
-    )
+    boxed = jax.eval_shape(lambda r: _boxed_state(model, tx, r), jax.random.key(0))
     specs = nn.get_partition_spec(boxed)
     shardings = partitioning.logical_sharding(specs, mesh)
     plain = _strip_boxes(boxed)
@@ -525,18 +529,12 @@ def init_state(
     initialisation; they are resharded to the layout and the optimizer state is
     initialised from them.
     """
-    init_shape = (1, 8)
 
     def fresh(rng):
-        return nn.meta.unbox(_boxed_state(model, tx, init_shape, rng))
+        return nn.meta.unbox(_boxed_state(model, tx, rng))
 
     def from_params(rng, p):
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=p,
-            opt_state=tx.init(p),
-            rng=jax.random.key_data(rng),
-        )
+        return _state_from(tx, p, rng)
 
     key = jax.random.key(seed)
     with partitioning.axis_rules():

@@ -58,6 +58,9 @@ class TrainConfig:
     init_from_hf / init_from_checkpoint: initial weights when MODEL_DIR holds no
     checkpoint yet (a checkpoint in MODEL_DIR always wins: that is a resume, which reads
     neither folder: MODEL_DIR holds the architecture and the HF tokenizer files).
+    data_dir: the EcomInstruct root (None: $ECOMGPT_DATA_DIR, else the bundled sample).
+    tfds_data_dir: where `python -m tasks.tfds_builder` prepared the tasks (None: its
+    default, <data root>/_tfds); tasks without a current copy there read their JSON.
     infer_eval_every_steps: decode and score `RunConfig.infer_eval` every N steps
     (T5X's infer_eval; 0 = never).
     eval_loss_every_steps: the teacher-forced loss on held-out batches every N steps
@@ -74,6 +77,7 @@ class TrainConfig:
     init_from_hf: str | None = None
     init_from_checkpoint: str | None = None
     data_dir: str | None = None
+    tfds_data_dir: str | None = None
     infer_eval_every_steps: int = 0
     eval_loss_every_steps: int = 0
     eval_loss_batches: int = 2

@@ -216,8 +216,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status (2 with one ``error:`` line on bad data)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", required=True, help="EcomInstruct root")
-    parser.add_argument("--tfds_data_dir", default=None, help="default: <data_dir>/_tfds")
-    parser.add_argument("--seed", type=int, default=0, help="CLS candidate sampling seed")
+    parser.add_argument(
+        "--tfds_data_dir",
+        default=None,
+        help="default: <data_dir>/_tfds (where training looks; else set its TFDS_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="CLS candidate sampling seed (training reads seed 0's copies)",
+    )
     parser.add_argument(
         "--task",
         action="append",

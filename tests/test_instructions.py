@@ -11,7 +11,6 @@ from conftest import REAL_DATA_DIR
 
 from ecomgpt_jax.ecominstruct import instructions, reader
 from ecomgpt_jax.ecominstruct.instructions import HEAD, Instruction
-from ecomgpt_jax.ecominstruct.reader import DataError
 
 REAL = REAL_DATA_DIR
 needs_real = pytest.mark.skipif(
@@ -179,44 +178,6 @@ def test_cls_candidates(tmp_path):
     other = instructions.task_instructions(task, "test", seed=1)
     assert [i.answer for i in other] == [i.answer for i in insts]
     assert sum(a.prompt != b.prompt for a, b in zip(other, insts, strict=True)) > 150
-
-
-def test_read_instruction_file(tmp_path):
-    path = tmp_path / "mine.jsonl"
-    path.write_text(
-        '{"prompt": "P1", "answer": "A1"}\n'
-        "\n"
-        '{"instruction": "Do it", "input": "with this", "output": "done", '
-        '"task": "t", "index": 9}\n'
-        "{'instruction': 'No input', 'input': '', 'output': 'ok'}\n"
-        '{"instruction": "Bare", "output": "x"}\n',
-        encoding="utf-8",
-    )
-    assert instructions.read_instruction_file(path) == [
-        Instruction("mine", 0, "P1", "A1"),
-        Instruction("t", 9, "Do it\nwith this", "done"),
-        Instruction("mine", 2, "No input", "ok"),
-        Instruction("mine", 3, "Bare", "x"),
-    ]
-
-
-@pytest.mark.parametrize(
-    ("line", "pattern"),
-    [
-        ('{"prompt": "P"}', "bad.jsonl:2: missing field 'answer'"),
-        ('{"instruction": "I", "input": "x"}', "bad.jsonl:2: missing field 'output'"),
-        ('{"prompt": 1, "answer": "a"}', "bad.jsonl:2: field 'prompt' is not a string"),
-        ('{"text": "x"}', "bad.jsonl:2: row needs 'prompt' and 'answer'"),
-        ('{"prompt": "p", "answer": "a", "index": -1}', "bad.jsonl:2: field 'index'"),
-        ("prompt=1", "bad.jsonl:2: not a JSON object or Python literal"),
-        ('"just a string"', "bad.jsonl:2: expected an object, got str"),
-    ],
-)
-def test_read_instruction_file_errors(tmp_path, line, pattern):
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"prompt": "p", "answer": "a"}\n' + line + "\n", encoding="utf-8")
-    with pytest.raises(DataError, match=pattern):
-        instructions.read_instruction_file(path)
 
 
 def run_cli(*args):

@@ -226,6 +226,21 @@ def test_read_examples_lines(tmp_path):
             '{"sentences": "a", "labels": {"default": "Food"}}',
             r"test.json:2: field 'labels.default' must be a list",
         ),
+        (  # json.loads takes NaN and Infinity; strict JSON and Python literals do not
+            "EN-X-CLS-t",
+            '{"sentences": "a", "labels": {"default": ["Food"]}, "score": NaN}',
+            r"test.json:2: not a JSON object or Python literal \(NaN is not JSON\)$",
+        ),
+        (
+            "EN-X-CLS-t",
+            '{"sentences": "a", "labels": {"default": ["Food"]}, "score": -Infinity}',
+            r"test.json:2: not a JSON object or Python literal \(-Infinity is not JSON\)$",
+        ),
+        (  # a leading no-break space: neither JSON nor a literal (str.strip would drop it)
+            "EN-X-CLS-t",
+            '\xa0{"sentences": "a", "labels": {"default": ["Food"]}}',
+            r"test.json:2: not a JSON object or Python literal \(Expecting value, column 1\)$",
+        ),
         ("EN-X-CLS-t", "[1, 2]", r"test.json:2: expected an object, got list"),
         ("EN-X-NER-t", '{"sentences": "a"}', r"test.json:2: missing field 'spans'"),
         (

@@ -74,6 +74,9 @@ def test_clean_gold():
         (" ", "a", 0.0),
         (" ", " ", ONE),  # a whitespace-only sentence is one empty token
         ("Food, Price", "Food", 0.0),  # "Food," is a token
+        ("Food", "food", 0.0),  # no lower-casing
+        ("红色\u3000长裙", "红色 长裙", ONE),  # Unicode whitespace splits too
+        ("a\xa0b", "a b", ONE),
     ],
 )
 def test_rouge_l_paper_hand(pred, gold, expect):
@@ -85,7 +88,8 @@ def test_rouge_l_paper_hand(pred, gold, expect):
 
 def test_rouge_l_paper_matches_package_on_random_text():
     rng = random.Random(1)
-    vocab = ["a", "b", "c", "d", "红", "色", " ", "  ", ".", ". ", "\n", "\t", "x y"]
+    vocab = ["a", "B", "b", "c", "d", "红", "色", " ", "  ", ".", ". ", "\n", "\t", "x y"]
+    vocab += ["\u3000", "\xa0"]
     for _ in range(3000):
         pred = "".join(rng.choice(vocab) for _ in range(rng.randrange(20)))
         gold = "".join(rng.choice(vocab) for _ in range(rng.randrange(20)))
@@ -153,6 +157,12 @@ def test_score_cls_hand():
     assert got["rouge-l-f1"] == pytest.approx(ONE / 4)  # "Food," and "Service," are tokens
     assert got["rouge-l-f1-cjk"] == pytest.approx((1 + 0 + 2 / 3 + 2 / 3) / 4)
     assert got["n"] == 4
+
+
+def test_f1_items_are_case_sensitive():
+    """No lower-casing (contract 5.1, 5.3): "food" is not the label "Food"."""
+    got = scoring.score_task(ScoreSpec("CLS"), None, ["food", "Food"], ["Food", "Food"])
+    assert (got["micro-f1"], got["macro-f1"]) == (0.5, 0.5)  # lower-cased: (1.0, 1.0)
 
 
 def test_score_extract_hand():

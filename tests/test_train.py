@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -494,6 +495,35 @@ def test_mixture_without_data_is_one_line(tmp_path):
     assert str(empty) in text
 
 
+def test_tfds_data_dir_points_the_tasks_at_prepared_copies(tmp_path, sample_tasks):
+    """Copies prepared with `tfds_builder --tfds_data_dir` elsewhere than the data root's
+    _tfds are read where TFDS_DATA_DIR says (and JSON without it)."""
+    import seqio
+
+    from ecomgpt_jax import vocabularies
+    from ecomgpt_jax.ecominstruct import make_sample
+    from tasks import ecom_instruct, tfds_builder
+
+    root, prepared = tmp_path / "root", tmp_path / "fast_disk"
+    shutil.copytree(make_sample.SAMPLE_DIR / "Multi_CPR", root / "Multi_CPR")
+    tfds_builder.prepare(root, prepared)
+    name = "ecom:ZH:Multi_CPR:Extract:product_select_2"
+    vocabulary = vocabularies.make_vocabulary()
+    sources = {}
+    for extra in ([], [f"TFDS_DATA_DIR = '{prepared}'"]):
+        gin.clear_config()
+        try:
+            run, data, _ = train.load_configs(
+                [str(ROOT / "gin_configs" / "ecom.gin")],
+                [f"DATA_DIR = '{root}'", f"MIXTURE_OR_TASK_NAME = '{name}'", *extra],
+            )
+        finally:
+            gin.clear_config()
+        train.register_tasks(run, data, vocabulary)
+        sources[bool(extra)] = type(sample_tasks.get(name).source)
+    assert sources == {False: ecom_instruct.JsonInstructionSource, True: seqio.TfdsDataSource}
+
+
 @pytest.mark.parametrize(
     "binding, message",
     [
@@ -569,11 +599,29 @@ def test_paper_run_gins_resolve(name, devices, mesh):
     cfg = run.model.config  # models/bloomz_7b1.gin, then the run file's two overrides
     assert cfg == dataclasses.replace(model_config.get_preset("bloomz-7b1"), dtype="bfloat16")
     assert cfg.remat_policy == "full"
+    assert run.checkpoint.save_every_steps == 500 and run.checkpoint.keep == 3
     mesh = types.SimpleNamespace(
         shape=dict(zip(P.MESH_AXES, shape, strict=True)), devices=np.empty(shape)
     )
     # BLOOM's tokenizer has 250680 ids (the embedding 250880).
     trainer.check_shapes(cfg, trainer.Shapes(64, 1024, 250680), run.step, mesh)
+
+
+def test_the_paper_recipe_alone_asks_for_a_mesh():
+    """runs/bloomz_7b1_recipe.gin holds the settings both run files share; alone it is
+    incomplete, and says which macro is missing."""
+    gin_file = str(ROOT / "gin_configs" / "runs" / "bloomz_7b1_recipe.gin")
+    required = ["INIT_FROM_HF = '/hf'", "MODEL_DIR = '/run'", "TRAIN_STEPS = 1000"]
+    gin.clear_config()
+    try:
+        with pytest.raises(trainer.UserError) as info:
+            train.load_configs([gin_file], required)
+    finally:
+        gin.clear_config()
+    assert str(info.value) == (
+        "gin config: macro MESH_SHAPE is REQUIRED (see the header of "
+        "gin_configs/runs/bloomz_7b1_recipe.gin)"
+    )
 
 
 def test_a_resume_keeps_the_stored_data_shard_count():

@@ -5,19 +5,16 @@ Implements sections 2 and 3 of the data contract (docs/ecominstruct.md) exactly:
     prompt = HEAD.format(defi=meta["defi"]) + meta["test_prompt"]["instruction"].format(
         sentences=<sentences>, label_set=<label_set text>, ex="")
 
-and reads ready-made instruction files (JSON Lines of prompt/answer or
-instruction/input/output rows). Pure Python: no TensorFlow.
+Pure Python: no TensorFlow.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import pathlib
 import random
 
 from ecomgpt_jax.ecominstruct import reader
-from ecomgpt_jax.ecominstruct.reader import DataError, TaskInfo
+from ecomgpt_jax.ecominstruct.reader import TaskInfo
 
 HEAD = (
     "Below is an instruction that describes the {defi} task. "
@@ -162,59 +159,4 @@ def task_instructions(task: TaskInfo, split: str, seed: int = 0) -> list[Instruc
     for index, example in enumerate(reader.read_examples(task, split)):
         prompt = build_prompt(task, example, example_rng(seed, task.name, index))
         out.append(Instruction(task.name, index, prompt, build_answer(task, example)))
-    return out
-
-
-def _string_field(row: dict, key: str, path: pathlib.Path, line: int, default=None) -> str:
-    value = row.get(key, default)
-    if not isinstance(value, str):
-        what = f"missing field {key!r}" if value is None else f"field {key!r} is not a string"
-        raise DataError(what, path, line)
-    return value
-
-
-def read_instruction_file(path: str | os.PathLike) -> list[Instruction]:
-    """Read a ready-made instruction file (JSON Lines, python-literal lines accepted).
-
-    Each row is either ``{"prompt", "answer"}`` or Alpaca style
-    ``{"instruction", "input"?, "output"}``. Alpaca rows are assembled as
-    ``prompt = instruction + ("\\n" + input if input else "")`` and ``answer = output``:
-    no HEAD is added, because such files already hold the text the model should see.
-    Optional ``task`` (str) and ``index`` (int) fields are kept; by default the task is the
-    file name without extension and the index is the row's position among non-blank rows.
-
-    Args:
-      path: the file.
-
-    Returns:
-      list[Instruction] in file order.
-
-    Raises:
-      DataError: unreadable file, bad line, or a row without the fields above
-        ("file:line: what").
-    """
-    path = pathlib.Path(path)
-    out = []
-    for position, (line, row) in enumerate(reader.iter_json_lines(path)):
-        if not isinstance(row, dict):
-            raise DataError(f"expected an object, got {type(row).__name__}", path, line)
-        if "prompt" in row or "answer" in row:
-            prompt = _string_field(row, "prompt", path, line)
-            answer = _string_field(row, "answer", path, line)
-        elif "instruction" in row:
-            instruction = _string_field(row, "instruction", path, line)
-            extra = _string_field(row, "input", path, line, default="")
-            prompt = instruction + ("\n" + extra if extra else "")
-            answer = _string_field(row, "output", path, line)
-        else:
-            raise DataError(
-                "row needs 'prompt' and 'answer', or 'instruction', 'input' and 'output'",
-                path,
-                line,
-            )
-        task = _string_field(row, "task", path, line, default=path.stem)
-        index = row.get("index", position)
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise DataError("field 'index' must be a non-negative integer", path, line)
-        out.append(Instruction(task, index, prompt, answer))
     return out

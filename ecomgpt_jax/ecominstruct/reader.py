@@ -307,6 +307,19 @@ def discover_tasks(root: str | os.PathLike | None = None) -> dict[str, TaskInfo]
     return dict(sorted(tasks.items()))
 
 
+class _NotJson(ValueError):
+    pass
+
+
+def _not_json(name: str):
+    """json.loads' hook for NaN / Infinity / -Infinity, which it accepts but strict JSON
+    (and a Python literal) does not."""
+    raise _NotJson(name)
+
+
+_JSON_WHITESPACE = " \t\r\n"
+
+
 def parse_line(text: str, path: str | os.PathLike, line: int) -> Any:
     """Parse one JSON Lines record: strict JSON, else a Python literal (single quotes).
 
@@ -323,10 +336,16 @@ def parse_line(text: str, path: str | os.PathLike, line: int) -> Any:
       DataError: neither JSON nor a Python literal.
     """
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
+    except _NotJson as e:
+        raise DataError(
+            f"not a JSON object or Python literal ({e} is not JSON)", path, line
+        ) from None
     except json.JSONDecodeError as json_error:
         try:
-            return ast.literal_eval(text.strip())
+            # JSON's own whitespace only: a line json.loads refuses for a leading NBSP or
+            # form feed is no literal either.
+            return ast.literal_eval(text.strip(_JSON_WHITESPACE))
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             raise DataError(
                 f"not a JSON object or Python literal "

@@ -168,7 +168,8 @@ def test_predictions_equal_transformers_beam_search(model, first_run, vocab):
     hf_model, cfg, _, _ = model
     result, _ = first_run
     d = EVAL.decode
-    for row in result.rows[:8]:
+    assert len(result.rows) == 4 * len(SAMPLE_HELD_OUT)  # every task's rows, not a few
+    for row in result.rows:
         ids = list(vocab.encode(row["inputs"]))[-d.max_prompt_len :]
         with torch.no_grad():
             seq = hf_model.generate(

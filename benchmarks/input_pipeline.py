@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def batch_counts(batch: dict[str, np.ndarray]) -> dict[str, int]:
-    """Examples (segments), non-padding tokens and answer tokens of one packed batch."""
+    """Examples (segments), non-padding tokens and answer tokens of one packed batch
+    ({feature: [rows, L]}, `decoder_segment_ids` 0 on padding)."""
     seg = batch["decoder_segment_ids"]
     examples = 0
     for row in seg:

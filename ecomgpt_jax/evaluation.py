@@ -472,10 +472,8 @@ def metrics_markdown(result: EvalResult, eval_cfg: EvalConfig, describe="", step
 
 def write_summaries(eval_dir, result: EvalResult, step: int | None, timing: Mapping) -> None:
     """TensorBoard scalars <task>/<metric>, average/<metric>, <task>/examples_per_second."""
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:  # pragma: no cover - tensorboardX is in requirements.txt
-        return
+    from tensorboardX import SummaryWriter  # here: decoding alone runs without it
+
     writer = SummaryWriter(str(checkpointing.as_path(eval_dir) / "tensorboard"))
     s = 0 if step is None else int(step)
     for name, values in result.metrics.items():

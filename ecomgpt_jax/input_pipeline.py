@@ -258,7 +258,8 @@ class InputIterator:
         self._it = iter(ds.prefetch(2).as_numpy_iterator())
 
     def local_batch(self) -> dict[str, np.ndarray]:
-        """The next batch's rows held by this process, as numpy (advances the position)."""
+        """The next batch's rows held by this process, as numpy (advances the position):
+        {feature: [local rows, L]} for each of MODEL_FEATURES."""
         try:
             batch = next(self._it)
         except StopIteration:

@@ -171,7 +171,8 @@ def _param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
 
 
 def to_ours(t: np.ndarray, shape: tuple[int, ...], transpose: bool) -> np.ndarray:
-    """HF tensor -> our layout (`shape` without the layers axis)."""
+    """HF tensor (torch's [out, in] for a linear weight) -> our layout `shape` (without
+    the layers axis), e.g. [out, in] -> [hidden, heads, head_dim] with `transpose`."""
     if transpose:
         t = t.T
     if t.size != int(np.prod(shape)):

@@ -92,14 +92,6 @@ def _local(q, k, v, segment_ids):
     return out.transpose(0, 3, 1, 2, 4).reshape(b, length, h, hd)
 
 
-def _size(mesh, axes) -> int:
-    """Devices along mesh axis name(s) `axes` (None, a name or a tuple of names)."""
-    if axes is None:
-        return 1
-    names = (axes,) if isinstance(axes, str) else axes
-    return math.prod(mesh.shape[name] for name in names)
-
-
 def attend_splash(q, k, v, segment_ids) -> jax.Array:
     """See the module docstring for shapes. Must be called inside `partitioning.axis_rules()`
     when a mesh is set (as the model always is)."""
@@ -109,7 +101,8 @@ def attend_splash(q, k, v, segment_ids) -> jax.Array:
     q_spec = nn.logical_to_mesh_axes((P.BATCH, P.LENGTH, P.ACT_HEADS, P.HEAD_DIM))
     kv_spec = nn.logical_to_mesh_axes((P.BATCH, P.LENGTH, P.KV_HEADS, P.HEAD_DIM))
     seg_spec = nn.logical_to_mesh_axes((P.BATCH, P.LENGTH))
-    if q.shape[2] % _size(mesh, q_spec[2]) or k.shape[2] % _size(mesh, kv_spec[2]):
+    heads_split, kv_heads_split = (P.mesh_split(a, mesh)[1] for a in (P.ACT_HEADS, P.KV_HEADS))
+    if q.shape[2] % heads_split or k.shape[2] % kv_heads_split:
         # Heads that do not split evenly (e.g. one KV head on a tensor axis of 2):
         # every shard computes all heads of its batch rows.
         q_spec = PartitionSpec(q_spec[0], None, None, None)

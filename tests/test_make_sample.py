@@ -7,7 +7,7 @@ import pytest
 import sentencepiece as spm
 from conftest import SAMPLE_HELD_OUT
 
-from ecomgpt_jax.ecominstruct import instructions, make_sample, reader
+from ecomgpt_jax.ecominstruct import make_sample, reader
 
 SAMPLE = make_sample.SAMPLE_DIR
 
@@ -89,39 +89,6 @@ def test_meta_info_has_the_real_format(tasks):
             assert meta["label_key"] in meta["label_set"]
     absa = tasks["EN-ABSA-CLS-review_topic_category"]
     assert absa.label_set == ["Food", "Service", "Price", "Ambience", "Anecdotes/Miscellaneous"]
-
-
-def test_examples_are_consistent(tasks):
-    for task in tasks.values():
-        splits = [s for s in ("train", "test") if task.has_split(s)]
-        seen = {}
-        for split in splits:
-            examples = reader.read_examples(task, split)
-            sentences = [ex["sentences"] for ex in examples]
-            assert len(set(sentences)) == len(sentences)
-            seen[split] = set(sentences)
-            for ex in examples:
-                if task.type == "CLS":
-                    gold = ex["labels"][task.label_key]
-                    assert gold and set(gold) <= set(task.label_set)
-                elif task.type != "Generate":
-                    # Only NER may have no span (its answer is then "<type>: None" lines).
-                    assert ex["spans"] or (task.type == "NER")
-                    for span in ex["spans"]:
-                        assert ex["sentences"][span["start"] : span["end"]] == span["term"]
-                        if task.type in ("NER", "Condition_Extract"):
-                            assert span["type"] in task.label_set
-        if len(seen) == 2:
-            assert not seen["train"] & seen["test"]  # test never repeats train
-
-
-def test_instructions_build_for_every_task(tasks):
-    ner = tasks["EN-Shop_Product-NER-product_entity"]
-    first = instructions.task_instructions(ner, "test")[0]
-    assert first.prompt.endswith("### Response:")
-    assert first.answer == ("Brand: Bluepeak\nColor: green\nMaterial: bamboo\nProduct: keyboard")
-    gen = instructions.task_instructions(tasks["ZH-OpenBG_Align-Generate-title_generate"], "test")
-    assert gen[0].answer == "初夏2022秋季新款休闲藏青色羊毛针织衫"
 
 
 def test_sample_is_small():

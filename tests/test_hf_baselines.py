@@ -1,0 +1,62 @@
+"""benchmarks/hf_baselines.py: the transformers train step of --compare_hf (`HfRunner`;
+`HfDecoder` is tested with the decode benchmark, in test_benchmarks_decode.py)."""
+
+import numpy as np
+
+from benchmarks import hf_baselines
+from benchmarks import train_step as bt
+from ecomgpt_jax import train_step as ts
+from ecomgpt_jax.models import config as mc
+
+TINY = mc.get_preset("tiny-bloom")
+
+
+def test_transformers_runner_trains_on_the_same_weighted_targets():
+    """HF's loss (labels with -100) is the mean CE over our weighted positions and
+    targets, except the last position, whose target is not among HF's input ids."""
+    import torch
+
+    batch_np = bt.synthetic_batch(TINY.vocab_size, 2, 16, answer_fraction=0.25, seed=3)
+    runner = hf_baselines.HfRunner(TINY, batch_np, "float32")
+    try:
+        with torch.no_grad():
+            logits = runner.model(input_ids=runner.ids).logits
+            loss = runner.model(input_ids=runner.ids, labels=runner.labels).loss
+        mask = torch.as_tensor(batch_np[ts.WEIGHTS][:, :-1] > 0)
+        assert int(mask.sum()) == 2 * 3  # 4 weighted per row, the last one not in HF
+        targets = torch.as_tensor(batch_np[ts.TARGETS][:, :-1]).long()
+        ce = torch.nn.functional.cross_entropy(
+            logits[:, :-1][mask], targets[mask], reduction="mean"
+        )
+        np.testing.assert_allclose(float(loss), float(ce), rtol=1e-6)
+    finally:
+        runner.close()
+
+
+def test_transformers_runner_halves_the_batch_when_its_second_step_runs_out_of_memory(
+    monkeypatch, capsys
+):
+    """The second step is the first to hold AdamW's moments too: an out-of-memory error
+    there (as bloom-560m at 8 x 2048 on an H200) halves the batch like one in the first."""
+    import torch
+
+    calls = []
+    real_step = hf_baselines.HfRunner._step
+
+    def step(self):
+        calls.append(self.rows)
+        if self.rows > 2 and len(calls) % 2 == 0:  # every batch's second step
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(self)
+
+    monkeypatch.setattr(hf_baselines.HfRunner, "_step", step)
+    batch_np = bt.synthetic_batch(TINY.vocab_size, 8, 16, seed=3)
+    runner = hf_baselines.HfRunner(TINY, batch_np, "float32")
+    try:
+        assert calls == [8, 8, 4, 4, 2, 2]
+        assert runner.rows == 2 and tuple(runner.ids.shape) == tuple(runner.labels.shape) == (2, 16)
+        err = capsys.readouterr().err
+        assert "transformers: batch 8 ran out of memory, halving" in err
+        assert "transformers: batch 4 ran out of memory, halving" in err
+    finally:
+        runner.close()

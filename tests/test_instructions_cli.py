@@ -1,0 +1,74 @@
+"""Tests for the CLI `python -m ecomgpt_jax.instructions` (ecomgpt_jax/instructions.py):
+prompts and answers exported as JSON Lines, one-line errors."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+from test_instructions import cls_task, make_task
+
+from ecomgpt_jax.ecominstruct import instructions
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "ecomgpt_jax.instructions", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def test_cli(tmp_path):
+    task, labels = cls_task(tmp_path / "data", n_rows=3)
+    out = tmp_path / "out.jsonl"
+    proc = run_cli(
+        "--data_dir", str(tmp_path / "data"), "--split", "test", "--output", str(out), "--seed", "3"
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    expect = instructions.task_instructions(task, "test", seed=3)
+    assert rows == [
+        {"task": i.task, "index": i.index, "inputs": i.prompt, "targets": i.answer} for i in expect
+    ]
+
+    bad = tmp_path / "bad"
+    make_task(
+        bad,
+        "EN-Shop-Extract-x",
+        {"defi": "d", "test_prompt": {"instruction": "{sentences}"}},
+        [{"spans": []}],
+    )
+    proc = run_cli("--data_dir", str(bad), "--output", str(out))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {bad}/Shop/tasks/EN-Shop-Extract-x/test.json:1: missing field 'sentences' "
+        "(expected a string or a list of strings)"
+    ]
+
+
+def test_cli_split_errors(tmp_path, capsys):
+    """A mistyped split, or one no chosen task has, is an error, not an empty file."""
+    from ecomgpt_jax import instructions as cli
+
+    cls_task(tmp_path / "data", n_rows=2)  # test split only
+    out = tmp_path / "out.jsonl"
+    argv = ["--data_dir", str(tmp_path / "data"), "--output", str(out)]
+    assert cli.main([*argv, "--split", "tset"]) == 2
+    assert capsys.readouterr().err == "error: --split 'tset': unknown split (use train or test)\n"
+    assert cli.main([*argv, "--split", "train"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'data'}: no task has a 'train' split (no train.json)\n"
+    )
+    assert cli.main([*argv, "--split", "train", "--tasks", "EN-Shop-CLS-cat"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'data'}: none of the chosen tasks has a 'train' split "
+        "(no train.json)\n"
+    )
+    assert not out.exists()
+    assert cli.main([*argv, "--split", "test"]) == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 2

@@ -1,0 +1,262 @@
+"""Trainer evaluations while training (ecomgpt_jax/trainer.py): the held-out loss per task,
+when evaluations run, and what a failing or interrupted evaluation leaves."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+from test_trainer import TINY, mesh_of, run_config
+
+from ecomgpt_jax import checkpointing, metrics_logger, trainer
+from ecomgpt_jax import partitioning as P
+from ecomgpt_jax import train_step as ts
+from ecomgpt_jax.models import decoder
+
+
+class Batches:
+    """Random tiny batches, with the `position` InputIterator keeps."""
+
+    def __init__(self):
+        self.position = 0
+        rs = np.random.RandomState(0)
+        tokens = rs.randint(0, TINY.vocab_size, (2, 8, 16)).astype(np.int32)
+        self.batch = {
+            ts.INPUTS: tokens[0],
+            ts.TARGETS: tokens[1],
+            ts.WEIGHTS: np.ones((8, 16), np.float32),
+            ts.SEGMENT_IDS: np.ones((8, 16), np.int32),
+            ts.POSITIONS: np.tile(np.arange(16, dtype=np.int32), (8, 1)),
+        }
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.position += 1
+        return self.batch
+
+
+class FailingEvaluation:
+    """infer_eval and eval_batches that fail at the given evaluation (0: the first)."""
+
+    def __init__(self, fail_at: int):
+        self.calls, self.fail_at = 0, fail_at
+
+    def _call(self):
+        self.calls += 1
+        if self.calls > self.fail_at:
+            raise RuntimeError("evaluation ran out of memory")
+
+    def __call__(self, params, step):  # infer_eval
+        self._call()
+        return {"average": {"rouge-l-f1": 0.5}}
+
+    def __iter__(self):  # eval_batches
+        self._call()
+        return iter([("task", eval_batch(0))])
+
+
+def fit_with_failing_evaluation(tmp_path, kind: str, fail_at: int) -> dict:
+    """A 6-step run evaluating `kind` every 2 steps, whose evaluation number `fail_at`
+    (0: at the start) raises; returns the hook, for a resume."""
+    run = run_config(tmp_path, train_steps=6, **{f"{kind}_every_steps": 2})
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    hook = {"infer_eval" if kind == "infer_eval" else "eval_batches": FailingEvaluation(fail_at)}
+    with pytest.raises(RuntimeError, match="evaluation ran out of memory"):
+        job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), **hook)
+    return hook
+
+
+@pytest.mark.parametrize("kind", metrics_logger.EVAL_KINDS)
+def test_a_failing_evaluation_saves_the_step_first(tmp_path, capsys, kind):
+    hook = fit_with_failing_evaluation(tmp_path, kind, fail_at=1)
+    step_dir = tmp_path / "run" / "checkpoints" / "2"
+    assert f"{kind} failed at step 2; saved {step_dir}\n" in capsys.readouterr().out
+    saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
+    assert saved.all_steps() == [2]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]  # step 2 logged, too
+    # The resumed run makes the evaluation that failed, then goes on.
+    job = trainer.Trainer(
+        run_config(tmp_path, train_steps=6, **{f"{kind}_every_steps": 2}),
+        TINY,
+        mesh_of((1, 1, 1), n=1),
+    )
+    state, _ = job.initial_state()
+    hook = {k: FailingEvaluation(99) for k in hook}
+    job.fit(state, Batches(), checkpointing.DataPosition(2, "m", 0, 8, 1), **hook)
+    lines = (tmp_path / "run" / f"{kind}.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize("kind", metrics_logger.EVAL_KINDS)
+def test_a_failing_first_evaluation_saves_nothing_and_says_how_to_go_on(tmp_path, capsys, kind):
+    fit_with_failing_evaluation(tmp_path, kind, fail_at=0)
+    saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
+    assert saved.all_steps() == []
+    assert capsys.readouterr().out == (
+        f"{kind} failed at step 0; nothing trained is lost; to train on without it set "
+        f"{kind.upper()}_EVERY_STEPS=0\n"
+    )
+
+
+def test_an_evaluation_skipped_by_a_preemption_is_made_on_resume(tmp_path, monkeypatch):
+    run = run_config(tmp_path, train_steps=6, eval_loss_every_steps=2)
+    calls = []
+
+    def stop_after_step_2(guard):
+        calls.append(1)
+        return len(calls) == 2  # SIGTERM during step 2
+
+    monkeypatch.setattr(trainer.PreemptionGuard, "should_stop", stop_after_step_2)
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    result = job.fit(
+        state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, EVAL_BATCHES
+    )
+    path = tmp_path / "run" / "eval_loss.jsonl"
+    assert result.preempted and result.step == 2
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0]
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    job.fit(state, Batches(), checkpointing.DataPosition(2, "m", 0, 8, 1), None, EVAL_BATCHES)
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 2, 4, 6]
+
+
+def test_a_stop_asked_for_during_an_evaluation_saves_before_another_step(tmp_path, monkeypatch):
+    run = run_config(tmp_path, train_steps=6, eval_loss_every_steps=2)
+    calls = []
+
+    def stop_during_the_step_2_evaluation(guard):
+        calls.append(1)
+        return len(calls) == 3  # after steps 1, 2, then after step 2's evaluation
+
+    monkeypatch.setattr(trainer.PreemptionGuard, "should_stop", stop_during_the_step_2_evaluation)
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    result = job.fit(
+        state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, EVAL_BATCHES
+    )
+    assert result.preempted and result.step == 2 and len(calls) == 3
+    path = tmp_path / "run" / "eval_loss.jsonl"
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 2]
+    saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
+    assert saved.all_steps() == [2]
+
+
+def test_a_stop_asked_for_during_the_final_evaluation_leaves_a_finished_run(tmp_path, monkeypatch):
+    run = run_config(tmp_path, train_steps=2, eval_loss_every_steps=2)
+    stop, evaluations = [], []
+    monkeypatch.setattr(trainer.PreemptionGuard, "should_stop", lambda guard: bool(stop))
+
+    class AskedToStop:  # SIGTERM arrives while the last step's evaluation runs
+        def __iter__(self):
+            evaluations.append(1)
+            if len(evaluations) == 2:
+                stop.append(1)
+            return iter(EVAL_BATCHES)
+
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    result = job.fit(
+        state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, AskedToStop()
+    )
+    assert len(evaluations) == 2 and stop and result.step == 2 and not result.preempted
+
+
+def eval_batch(seed: int, rows: int = 8) -> dict[str, np.ndarray]:
+    """Random one-example rows with loss weights on their second half, the last row
+    empty (all zeros) as in the padded last batch of `input_pipeline.EvalBatches`."""
+    rs = np.random.RandomState(seed)
+    tokens = rs.randint(0, TINY.vocab_size, (2, rows, 16)).astype(np.int32)
+    weights = np.zeros((rows, 16), np.float32)
+    weights[:, 8 + seed % 4 :] = 1.0
+    batch = {
+        ts.INPUTS: tokens[0],
+        ts.TARGETS: tokens[1],
+        ts.WEIGHTS: weights,
+        ts.SEGMENT_IDS: np.ones((rows, 16), np.int32),
+        ts.POSITIONS: np.tile(np.arange(16, dtype=np.int32), (rows, 1)),
+    }
+    for value in batch.values():
+        value[-1] = 0
+    return batch
+
+
+EVAL_BATCHES = [("task_a", eval_batch(0)), ("task_b", eval_batch(1)), ("task_a", eval_batch(2))]
+
+
+def reference_eval_loss(params) -> dict[str, dict[str, float]]:
+    """Per-token float64 cross-entropy from the model's logits, summed per task."""
+    model = decoder.Decoder(TINY)
+    sums = {}
+    for task, batch in EVAL_BATCHES + [("all", b) for _, b in EVAL_BATCHES]:
+        logits = model.apply(
+            {"params": params}, batch[ts.INPUTS], batch[ts.POSITIONS], batch[ts.SEGMENT_IDS]
+        )
+        logits = np.asarray(logits, np.float64)
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        nll = logz - np.take_along_axis(logits, batch[ts.TARGETS][..., None], -1)[..., 0]
+        correct = logits.argmax(-1) == batch[ts.TARGETS]
+        w = batch[ts.WEIGHTS]
+        loss, right, weight = sums.get(task, (0.0, 0.0, 0.0))
+        sums[task] = (loss + (nll * w).sum(), right + (correct * w).sum(), weight + w.sum())
+    return {
+        task: {"loss": loss / weight, "accuracy": right / weight, "answer_tokens": weight}
+        for task, (loss, right, weight) in sums.items()
+    }
+
+
+@pytest.mark.parametrize("mesh_shape, microbatches", [((1, 1, 1), 1), ((2, 2, 2), 2)])
+def test_eval_loss_per_task_and_over_all_answer_tokens(tmp_path, mesh_shape, microbatches):
+    run = dataclasses.replace(
+        run_config(tmp_path), step=ts.StepConfig(num_microbatches=microbatches)
+    )
+    mesh = mesh_of(mesh_shape, n=int(np.prod(mesh_shape)))
+    job = trainer.Trainer(run, TINY, mesh)
+    state, _ = job.initial_state()
+    sharding = P.data_sharding(mesh)
+    batches = [(t, jax.device_put(b, sharding)) for t, b in EVAL_BATCHES]
+    got = job.eval_loss(state.params, batches)
+    want = reference_eval_loss(jax.device_get(state.params))
+    assert list(got) == ["task_a", "task_b", "all"]
+    for task in want:
+        assert got[task]["answer_tokens"] == want[task]["answer_tokens"]
+        assert got[task]["accuracy"] == want[task]["accuracy"]
+        np.testing.assert_allclose(got[task]["loss"], want[task]["loss"], rtol=1e-5)
+    assert want["all"]["answer_tokens"] == 7 * (8 + 7 + 6)  # 7 rows with weights per batch
+
+
+def test_eval_loss_at_the_start_every_n_steps_and_the_end(tmp_path, capsys):
+    run = run_config(tmp_path, train_steps=5, eval_loss_every_steps=2)
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, EVAL_BATCHES)
+    path = tmp_path / "run" / "eval_loss.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 4, 5]
+    params = checkpointing.restore_params(
+        tmp_path / "run" / "checkpoints" / "5", decoder.abstract_params(TINY)
+    )
+    want = reference_eval_loss(params)
+    np.testing.assert_allclose(rows[-1]["all"]["loss"], want["all"]["loss"], rtol=1e-5)
+    assert set(rows[-1]) == {"step", "task_a", "task_b", "all"}
+    every = rows[-1]["all"]
+    assert capsys.readouterr().out.endswith(
+        f"eval_loss step 5: loss {every['loss']:.4f}  accuracy {100 * every['accuracy']:.2f}%  "
+        f"(2 tasks, {every['answer_tokens']:.0f} answer tokens)\n"
+    )
+    # A rerun of the finished run evaluates nothing again.
+    state, _ = job.initial_state()
+    job.fit(state, Batches(), checkpointing.DataPosition(5, "m", 0, 8, 1), None, EVAL_BATCHES)
+    assert path.read_text().splitlines() == [json.dumps(r) for r in rows]
+
+
+def test_eval_loss_needs_batches(tmp_path):
+    job = trainer.Trainer(run_config(tmp_path), TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    with pytest.raises(ValueError, match="eval_batches yielded no batch"):
+        job.eval_loss(state.params, iter([]))

@@ -35,10 +35,16 @@ def define_flags() -> None:
 
 
 def rewrite_gin_args(argv: list[str]) -> list[str]:
-    """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (T5X convention)."""
+    """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (T5X convention).
+
+    Raises SystemExit with one line for `--gin.NAME VALUE` (a space, not "="), which absl
+    would report as an unknown flag `gin.NAME`.
+    """
     out = []
     for arg in argv:
-        if arg.startswith("--gin.") and "=" in arg:
+        if arg.startswith("--gin.") and "=" not in arg:
+            raise SystemExit(f"error: {arg}: write the binding as {arg}=VALUE (one argument)")
+        if arg.startswith("--gin."):
             name, value = arg[len("--gin.") :].split("=", 1)
             out.append(f"--gin_bindings={name} = {value}")
         else:

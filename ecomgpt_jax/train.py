@@ -21,7 +21,7 @@ A checkpoint already in MODEL_DIR is resumed (parameters, optimizer, step,
 RNG and data position). SIGTERM finishes the current step, saves and exits 0; so
 does a first Ctrl-C, exiting 130 (a second Ctrl-C stops at once, without saving).
 With several hosts, a signal to any of them stops all after the same step (one step
-later than on one host: `trainer.PreemptionGuard`).
+later than on one host: `preemption.PreemptionGuard`).
 """
 
 from __future__ import annotations
@@ -212,6 +212,29 @@ def load_configs(files, bindings, search_paths=()):
         raise
     except ValueError as e:  # e.g. a %gin.REQUIRED macro left unset
         raise trainer.UserError(f"gin config: {str(e).strip().splitlines()[0]}") from None
+    except TypeError as e:
+        if "required" not in str(e):
+            raise
+        # A config with nothing bound: the files lack the recipe (e.g. a models/*.gin file
+        # given alone), which binds every config to its macros.
+        raise trainer.UserError(
+            f"gin config: {str(e).strip().splitlines()[0]}; give the recipe first "
+            "(--gin_file=gin_configs/ecom.gin or a gin_configs/runs/ file), model files after it"
+        ) from None
+
+
+def check_model_dir(model_dir: str) -> None:
+    """UserError for a local MODEL_DIR that cannot be a folder: it, or a folder it would
+    be created in, is a file (orbax would fail with a trace at its first write)."""
+    if "://" in model_dir:
+        return
+    path = pathlib.Path(model_dir).absolute()
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == path else f"is inside {p}, a file"
+                raise trainer.UserError(f"MODEL_DIR {model_dir} {what}: give a folder")
+            return
 
 
 def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
@@ -221,6 +244,7 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
     run_cfg, data, eval_data = load_configs(
         FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths
     )
+    check_model_dir(run_cfg.train.model_dir)
     mesh = partitioning.make_mesh(partitioning.MeshConfig(tuple(run_cfg.train.mesh_shape)))
     vocabulary = make_vocabulary(run_cfg.model, run_cfg.train)
     register_tasks(run_cfg, data, vocabulary)
@@ -262,12 +286,27 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
             f"{expected.pipeline()}); skipping {position.batches_consumed} batches of the new one"
         )
     position = dataclasses.replace(expected, batches_consumed=position.batches_consumed)
-    write_run_files(run_cfg.train.model_dir, cfg, argv, vocabulary, [note] if note else [])
+    start, total = int(jax.device_get(state.step)), run_cfg.train.train_steps
+    if start > total:
+        raise trainer.UserError(
+            f"MODEL_DIR {run_cfg.train.model_dir} holds step {start}, past TRAIN_STEPS = "
+            f"{total}: nothing to train (raise TRAIN_STEPS, or give another MODEL_DIR)"
+        )
+    if start < total:
+        write_run_files(run_cfg.train.model_dir, cfg, argv, vocabulary, [note] if note else [])
+    elif jax.process_index() == 0:
+        # config.gin records what trained these steps; this command trains none of them
+        # (it only redoes an evaluation a stop left unfinished at the last step, if any).
+        print(
+            f"MODEL_DIR is at its last step ({total}) already: nothing to train, "
+            "config.gin left as it was",
+            flush=True,
+        )
     if jax.process_index() == 0:
         print(
             f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh "
             f"{dict(mesh.shape)}, processes: {jax.process_count()}, starting at step "
-            f"{int(jax.device_get(state.step))}/{run_cfg.train.train_steps}",
+            f"{start}/{total}",
             flush=True,
         )
     batches = input_pipeline.InputIterator(data, mesh, start=position.batches_consumed)
@@ -347,6 +386,8 @@ def print_summary(result: trainer.Result, model_dir: str) -> None:
     else:
         what = "preempted at" if result.preempted else "finished"
         losses = f"first loss {result.first_loss}, last {result.last_loss}"
+        if result.first_loss is None:
+            losses = "no step trained"
         print(f"\n{what} step {result.step}; {losses}")
     print(f"checkpoint: {result.checkpoint_dir}")
     print(f"logs:       {model_dir}/metrics.jsonl, TensorBoard: {model_dir}/tensorboard")

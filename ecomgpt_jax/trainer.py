@@ -10,19 +10,16 @@ code; only process 0 writes logs.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
-import numpy as np
 
-from ecomgpt_jax import checkpointing, evaluation, metrics_logger, partitioning
+from ecomgpt_jax import checkpointing, evaluation, metrics_logger, partitioning, preemption
 from ecomgpt_jax import train_step as ts
+from ecomgpt_jax.ecominstruct import reader
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
 
@@ -93,6 +90,11 @@ class TrainConfig:
         ):
             if not ts.is_integer(value) or value < least:
                 raise UserError(f"{macro} must be an integer >= {least}, got {value!r}")
+        if self.init_from_hf and self.init_from_checkpoint:
+            # Two starting points: either choice would silently drop the other.
+            raise UserError(
+                "INIT_FROM_HF and INIT_FROM_CHECKPOINT are both set: give one (the other None)"
+            )
         # It seeds the initial weights and dropout: None would draw other numbers on every
         # run, and a resume would go on from numbers the first run never drew.
         if not ts.is_integer(self.seed):
@@ -318,94 +320,6 @@ def score_summary(scores: Mapping[str, Mapping]) -> str:
     return "  ".join(f"{k} {100 * v:.2f}" for k, v in average.items() if isinstance(v, float))
 
 
-class PreemptionGuard:
-    """SIGTERM or a first Ctrl-C (SIGINT) sets a flag; the loop finishes its step, saves
-    and stops. A second Ctrl-C goes to the handler from before (KeyboardInterrupt: abort
-    now, without saving). `close` puts the previous handlers back.
-
-    With several processes (`collective`, default: when there are) every host must stop
-    after the same step (checkpointing is collective), so the requests are max-ed over
-    all devices of `mesh` by a small jitted all-reduce. It is pipelined: each check
-    starts this step's reduction and reads the previous one's, whose value every host
-    shares. Reading this step's would wait for the step just dispatched on every step
-    (no async dispatch on multi-host runs); a request is acted on one step later.
-    """
-
-    TERM, INT = 1, 2  # requests, by precedence: an interrupt is reported as one
-
-    def __init__(self, mesh: jax.sharding.Mesh | None = None, collective: bool | None = None):
-        self.requested = 0
-        self._mesh = mesh
-        self._collective = jax.process_count() > 1 if collective is None else collective
-        self._pending: jax.Array | None = None
-        self._reduce = None
-        self._previous: dict[int, Any] = {}
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            # An ignored SIGINT (nohup, `cmd &` in a script) stays ignored.
-            if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
-                continue
-            # ValueError: not the main thread (e.g. inside a test runner thread).
-            with contextlib.suppress(ValueError):
-                self._previous[signum] = signal.signal(signum, self._handle)
-
-    def _handle(self, signum, frame):
-        if signum != signal.SIGINT:
-            self.requested = max(self.requested, self.TERM)
-            return
-        self.requested = self.INT
-        self._restore(signal.SIGINT)  # the next Ctrl-C aborts at once
-        # os.write to fd 2, not print: the loop may be inside a print to the same buffered
-        # stream, and sys.stderr may be a stand-in without a file (notebooks, pytest).
-        with contextlib.suppress(OSError):
-            os.write(
-                2,
-                b"\ninterrupt: saving a checkpoint after this step (Ctrl-C again: stop now, "
-                b"without saving)\n",
-            )
-
-    def _restore(self, signum) -> None:
-        if signum in self._previous:
-            previous = self._previous.pop(signum)
-            # None: a handler installed outside Python, which cannot be put back.
-            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
-
-    @property
-    def interrupted(self) -> bool:
-        return self.requested == self.INT
-
-    def should_stop(self) -> bool:
-        """Whether to stop now: one answer for all hosts, which all call it alike."""
-        if not self._collective:
-            return self.requested > 0
-        pending, self._pending = self._pending, self._start_reduce(self.requested)
-        if pending is None:
-            return False
-        agreed = int(np.asarray(pending))  # the previous check's max over all hosts
-        self.requested = max(self.requested, agreed)
-        return agreed > 0
-
-    def _start_reduce(self, value: int) -> jax.Array:
-        """Dispatches max(value over every device of the mesh); returns at once."""
-        mesh = self._mesh
-        if mesh is None:
-            raise ValueError("PreemptionGuard(collective=True) needs the mesh")
-        if self._reduce is None:  # built once: this runs every step
-            flat = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
-            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-            self._reduce = (flat, jax.jit(lambda flags: flags.max(), out_shardings=replicated))
-        flat, reduce = self._reduce
-        # Every local device carries this host's value, so the order of devices within
-        # the flat axis does not matter.
-        shards = [
-            jax.device_put(np.full((1,), value, np.int32), d) for d in flat.addressable_devices
-        ]
-        return reduce(jax.make_array_from_single_device_arrays((mesh.size,), flat, shards))
-
-    def close(self) -> None:
-        for signum in list(self._previous):
-            self._restore(signum)
-
-
 @dataclasses.dataclass(frozen=True)
 class Result:
     """What a run leaves behind (printed by train.py)."""
@@ -503,7 +417,7 @@ class Trainer:
         total = int(run.train.train_steps)
         step = start = int(jax.device_get(state.step))
         logger = metrics_logger.MetricsLogger(run.train.model_dir, total, step, self.schedule)
-        guard = PreemptionGuard(self.mesh)
+        guard = preemption.PreemptionGuard(self.mesh)
         first = metrics = None
         preempted = False
         every = max(int(run.train.log_every_steps), 1)
@@ -556,6 +470,21 @@ class Trainer:
                 ran = True
             return ran
 
+        def next_batch():
+            try:
+                return next(batches)
+            except reader.DataError:
+                # Keep the steps trained. One process only: on several, the others wait
+                # in this step's collectives and could not join the save.
+                if step > start and jax.process_count() == 1:
+                    save(force_log=True)
+                    print(
+                        f"reading data failed at step {step}; saved "
+                        f"{self.checkpointer.step_dir(step)}",
+                        flush=True,
+                    )
+                raise
+
         try:
             with jax.set_mesh(self.mesh), partitioning.axis_rules():
                 step_fn = ts.jit_train_step(
@@ -565,7 +494,7 @@ class Trainer:
                 )
                 evaluate()  # step 0, or one a preemption or failure skipped at a resume
                 while step < total:
-                    state, metrics = step_fn(state, next(batches))
+                    state, metrics = step_fn(state, next_batch())
                     step += 1
                     preempted = guard.should_stop()
                     flush = step % every == 0 or step == total or preempted or first is None

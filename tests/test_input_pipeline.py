@@ -298,3 +298,30 @@ def test_config_errors_are_found_before_any_data_is_read(fields, message):
     with pytest.raises(reader.DataError) as info:
         config(**fields)
     assert str(info.value) == message
+
+
+def test_a_damaged_prepared_file_is_one_data_error(tmp_path, sample_tasks):
+    """A truncated TFRecord (a copy cut short, a disk error) fails inside tf.data; the
+    error names the mixture and says how to mend it, not a TensorFlow trace."""
+    import shutil
+
+    from ecomgpt_jax.ecominstruct import make_sample
+    from tasks import tfds_builder
+
+    root = tmp_path / "root"
+    shutil.copytree(make_sample.SAMPLE_DIR / "Shop_Review", root / "Shop_Review")
+    tfds_builder.prepare(root)
+    for record in (root / "_tfds").rglob("*train.tfrecord*"):
+        record.write_bytes(record.read_bytes()[:100])
+    sample_tasks.register_ecom_tasks(root)  # the fingerprint holds: the copy counts as current
+    data = config(mixture_or_task_name="ecom_instruct_held_in", pack=False)
+    with pytest.raises(reader.DataError) as info:
+        ip.InputIterator(data, one_device_mesh()).local_batch()
+    message = str(info.value)
+    assert message.startswith(
+        "reading mixture 'ecom_instruct_held_in' failed after 0 batches: DataLossError: "
+    )
+    assert message.endswith(
+        "(a prepared TFDS file damaged or removed? prepare it again: python -m tasks.tfds_builder)"
+    )
+    assert "\n" not in message

@@ -16,6 +16,15 @@ def test_rewrite_gin_args_t5x_form():
     ]
 
 
+def test_a_gin_binding_with_a_space_is_one_line():
+    """absl would call `--gin.TRAIN_STEPS 3` an unknown flag `gin.TRAIN_STEPS`."""
+    with pytest.raises(SystemExit) as info:
+        launch.rewrite_gin_args(["prog", "--gin.TRAIN_STEPS", "3"])
+    assert info.value.code == (
+        "error: --gin.TRAIN_STEPS: write the binding as --gin.TRAIN_STEPS=VALUE (one argument)"
+    )
+
+
 def test_define_flags_twice_is_harmless():
     launch.define_flags()
     launch.define_flags()

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -292,6 +293,36 @@ def run_in_process(tmp_path, *args) -> str:
     return str(exit_info.value.code)
 
 
+def test_a_finished_run_is_left_as_it_was(default_run, tmp_path, capsys):
+    """Rerunning a finished run trains nothing, so its config.gin keeps what trained it;
+    TRAIN_STEPS below its step is an error, not "starting at step 10/5"."""
+    model_dir = tmp_path / "run"
+    shutil.copytree(default_run[0], model_dir)
+    recorded = (model_dir / "config.gin").read_text()
+    argv = train.rewrite_gin_args(
+        ["train", "--gin_file=gin_configs/ecom.gin", f"--gin.MODEL_DIR='{model_dir}'", *COMMON]
+    )
+    argv.append("--gin_bindings=LEARNING_RATE = 0.01")
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    gin.clear_config()
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        train.main(argv)
+    finally:
+        os.chdir(cwd)
+        gin.clear_config()
+    out = capsys.readouterr().out
+    assert "MODEL_DIR is at its last step (10) already: nothing to train" in out
+    assert f"finished step {STEPS}; no step trained" in out
+    assert (model_dir / "config.gin").read_text() == recorded
+    assert run_in_process(model_dir, *COMMON, "--gin.TRAIN_STEPS=5") == (
+        f"error: MODEL_DIR {model_dir} holds step 10, past TRAIN_STEPS = 5: nothing to train "
+        "(raise TRAIN_STEPS, or give another MODEL_DIR)"
+    )
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -303,6 +334,11 @@ def run_in_process(tmp_path, *args) -> str:
         ),
         (["--gin.MIXTURE_OR_TASK_NAME='ecom_instruct_nope'"], "unknown task or mixture"),
         (["--gin.NO_SUCH_THING.x=1"], "gin config:"),
+        (["--gin.MODEL_DIR='/dev/null'"], "MODEL_DIR /dev/null is a file: give a folder"),
+        (
+            ["--gin.MODEL_DIR='/dev/null/run'"],
+            "MODEL_DIR /dev/null/run is inside /dev/null, a file: give a folder",
+        ),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, args, message):

@@ -166,3 +166,17 @@ def test_a_resume_keeps_the_stored_data_shard_count():
     # A new batch size the stored count does not divide: one shard per process again.
     _, position = train.data_position(dataclasses.replace(data, global_batch_size=6), stored)
     assert position.num_shards == 1 and position.changed_from(stored)
+
+
+def test_a_model_file_alone_asks_for_the_recipe():
+    gin.clear_config()
+    try:
+        with pytest.raises(trainer.UserError) as info:
+            train.load_configs([str(ROOT / "gin_configs" / "models" / "tiny_bloom.gin")], [])
+    finally:
+        gin.clear_config()
+    assert str(info.value) == (
+        "gin config: ModelSpec.__init__() missing 1 required positional argument: 'config'; "
+        "give the recipe first (--gin_file=gin_configs/ecom.gin or a gin_configs/runs/ file), "
+        "model files after it"
+    )

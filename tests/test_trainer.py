@@ -1,13 +1,12 @@
 """Trainer pieces (ecomgpt_jax/trainer.py): model config, shape and setting checks, initial
-weights, SIGTERM and Ctrl-C (evaluations while training: test_trainer_evaluation.py)."""
+weights (evaluations while training: test_trainer_evaluation.py; SIGTERM and Ctrl-C:
+test_preemption.py)."""
 
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -262,36 +261,6 @@ def test_init_from_weights_of_another_family_than_the_gin_config(tmp_path, sourc
     assert trainer.unused_bindings_note(run_config(tmp_path / "scratch"), TINY_BLOOM) is None
 
 
-def test_preemption_guard_sets_flag_on_sigterm_and_restores_handler():
-    before = signal.getsignal(signal.SIGTERM)
-    guard = trainer.PreemptionGuard()
-    assert not guard.should_stop()
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert guard.should_stop()
-    guard.close()
-    assert signal.getsignal(signal.SIGTERM) == before
-
-
-def test_preemption_guard_across_hosts_agrees_one_check_later():
-    """The multi-host path (forced here on one process's 8 devices): each check reads the
-    all-reduce the previous check started, so a request is acted on one check later, the
-    same on every host, without waiting on the step just dispatched."""
-    guard = trainer.PreemptionGuard(mesh_of((2, 2, 2)), collective=True)
-    try:
-        assert [guard.should_stop() for _ in range(3)] == [False, False, False]
-        guard.requested = trainer.PreemptionGuard.TERM  # SIGTERM during a step
-        assert not guard.should_stop()  # this check starts the reduction carrying it
-        assert guard.should_stop() and guard.requested == trainer.PreemptionGuard.TERM
-    finally:
-        guard.close()
-    meshless = trainer.PreemptionGuard(collective=True)
-    try:
-        with pytest.raises(ValueError, match="needs the mesh"):
-            meshless.should_stop()
-    finally:
-        meshless.close()  # its signal handlers must not outlive the test
-
-
 def test_library_needs_no_tensorflow_seqio_or_gin():
     """The GPU box has no TensorFlow, SeqIO or gin: the trainer library must not need them."""
     code = """
@@ -368,6 +337,14 @@ def test_evaluation_settings_are_checked(tmp_path, field, value, message):
     assert str(info.value) == message
 
 
+def test_two_starting_points_are_refused(tmp_path):
+    with pytest.raises(trainer.UserError) as info:
+        run_config(tmp_path, init_from_hf="/hf", init_from_checkpoint="/orbax")
+    assert str(info.value) == (
+        "INIT_FROM_HF and INIT_FROM_CHECKPOINT are both set: give one (the other None)"
+    )
+
+
 def test_init_from_checkpoint_errors_name_the_macro(tmp_path):
     def error(path) -> str:
         with pytest.raises(trainer.UserError) as info:
@@ -390,32 +367,3 @@ def test_init_from_checkpoint_errors_name_the_macro(tmp_path):
         "model_config.json at or above it (train.py and `convert hf-to-orbax` write one); "
         "copy the one it was made with next to it"
     )
-
-
-def test_first_ctrl_c_is_a_preemption_second_aborts_and_handlers_come_back(capfd):
-    before_int, before_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    guard = trainer.PreemptionGuard()
-    try:
-        assert not guard.should_stop()
-        os.kill(os.getpid(), signal.SIGINT)
-        assert guard.should_stop() and guard.interrupted
-        assert capfd.readouterr().err == (
-            "\ninterrupt: saving a checkpoint after this step (Ctrl-C again: stop now, "
-            "without saving)\n"
-        )
-        with pytest.raises(KeyboardInterrupt):  # the handler from before: abort now
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)
-    finally:
-        guard.close()
-    assert signal.getsignal(signal.SIGINT) is before_int
-    assert signal.getsignal(signal.SIGTERM) is before_term
-    # A SIGINT ignored by the caller (nohup, `cmd &` in a script) stays ignored.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        guard = trainer.PreemptionGuard()
-        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-        guard.close()
-        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, before_int)

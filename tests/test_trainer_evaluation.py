@@ -1,5 +1,5 @@
 """Trainer evaluations while training (ecomgpt_jax/trainer.py): the held-out loss per task,
-when evaluations run, and what a failing or interrupted evaluation leaves."""
+when evaluations run, and what a failing or interrupted evaluation (or data read) leaves."""
 
 import dataclasses
 import json
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from test_trainer import TINY, mesh_of, run_config
 
-from ecomgpt_jax import checkpointing, metrics_logger, trainer
+from ecomgpt_jax import checkpointing, metrics_logger, preemption, trainer
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax import train_step as ts
+from ecomgpt_jax.ecominstruct.reader import DataError
 from ecomgpt_jax.models import decoder
 
 
@@ -92,6 +93,41 @@ def test_a_failing_evaluation_saves_the_step_first(tmp_path, capsys, kind):
     assert [json.loads(x)["step"] for x in lines] == [0, 2, 4, 6]
 
 
+class FailingBatches(Batches):
+    """Batches whose read number `fail_at` (1-based) raises, as InputIterator does on a
+    damaged file."""
+
+    def __init__(self, fail_at: int):
+        super().__init__()
+        self.fail_at = fail_at
+
+    def __next__(self):
+        if self.position + 1 == self.fail_at:
+            raise DataError("reading mixture 'm' failed after 2 batches: DataLossError")
+        return super().__next__()
+
+
+def test_a_failing_data_read_saves_the_steps_trained(tmp_path, capsys):
+    job = trainer.Trainer(run_config(tmp_path, train_steps=6), TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    with pytest.raises(DataError, match="DataLossError"):
+        job.fit(state, FailingBatches(3), checkpointing.DataPosition(0, "m", 0, 8, 1))
+    step_dir = tmp_path / "run" / "checkpoints" / "2"
+    assert capsys.readouterr().out.endswith(f"reading data failed at step 2; saved {step_dir}\n")
+    saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
+    assert saved.all_steps() == [2]
+    _, position = saved.restore(2, job.layout)
+    assert position.batches_consumed == 2  # the failed read is not counted
+    # A failure at the first read has nothing to save.
+    job = trainer.Trainer(run_config(tmp_path / "b", train_steps=6), TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    with pytest.raises(DataError):
+        job.fit(state, FailingBatches(1), checkpointing.DataPosition(0, "m", 0, 8, 1))
+    assert not (tmp_path / "b" / "run" / "checkpoints").exists() or not any(
+        (tmp_path / "b" / "run" / "checkpoints").iterdir()
+    )
+
+
 @pytest.mark.parametrize("kind", metrics_logger.EVAL_KINDS)
 def test_a_failing_first_evaluation_saves_nothing_and_says_how_to_go_on(tmp_path, capsys, kind):
     fit_with_failing_evaluation(tmp_path, kind, fail_at=0)
@@ -111,7 +147,7 @@ def test_an_evaluation_skipped_by_a_preemption_is_made_on_resume(tmp_path, monke
         calls.append(1)
         return len(calls) == 2  # SIGTERM during step 2
 
-    monkeypatch.setattr(trainer.PreemptionGuard, "should_stop", stop_after_step_2)
+    monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", stop_after_step_2)
     job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
     state, _ = job.initial_state()
     result = job.fit(
@@ -134,7 +170,9 @@ def test_a_stop_asked_for_during_an_evaluation_saves_before_another_step(tmp_pat
         calls.append(1)
         return len(calls) == 3  # after steps 1, 2, then after step 2's evaluation
 
-    monkeypatch.setattr(trainer.PreemptionGuard, "should_stop", stop_during_the_step_2_evaluation)
+    monkeypatch.setattr(
+        preemption.PreemptionGuard, "should_stop", stop_during_the_step_2_evaluation
+    )
     job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
     state, _ = job.initial_state()
     result = job.fit(
@@ -150,7 +188,7 @@ def test_a_stop_asked_for_during_an_evaluation_saves_before_another_step(tmp_pat
 def test_a_stop_asked_for_during_the_final_evaluation_leaves_a_finished_run(tmp_path, monkeypatch):
     run = run_config(tmp_path, train_steps=2, eval_loss_every_steps=2)
     stop, evaluations = [], []
-    monkeypatch.setattr(trainer.PreemptionGuard, "should_stop", lambda guard: bool(stop))
+    monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", lambda guard: bool(stop))
 
     class AskedToStop:  # SIGTERM arrives while the last step's evaluation runs
         def __iter__(self):

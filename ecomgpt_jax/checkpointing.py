@@ -103,24 +103,26 @@ class DataPosition:
     split: str | None = None
     pack: bool | None = None
 
-    def pipeline(self) -> tuple:
-        """What must not change for `batches_consumed` to keep its meaning."""
-        return (
-            self.mixture,
-            self.seed,
-            self.global_batch_size,
-            self.num_shards,
-            self.lengths,
-            self.split,
-            self.pack,
-        )
+    # What must not change for `batches_consumed` to keep its meaning: field -> the
+    # setting that decides it, as the user wrote it.
+    PIPELINE = {
+        "mixture": "MIXTURE_OR_TASK_NAME",
+        "seed": "SEED",
+        "global_batch_size": "BATCH_SIZE",
+        "num_shards": "DataConfig.num_shards",
+        "lengths": "TASK_FEATURE_LENGTHS (inputs, targets)",
+        "split": "DataConfig.split",
+        "pack": "DataConfig.pack",
+    }
 
-    def changed_from(self, stored: DataPosition) -> bool:
-        """Whether this pipeline differs from the `stored` one (fields it lacks aside)."""
-        return any(
-            old is not None and old != new
-            for old, new in zip(stored.pipeline(), self.pipeline(), strict=True)
-        )
+    def changes_from(self, stored: DataPosition) -> list[str]:
+        """How this pipeline differs from the `stored` one, e.g. ["BATCH_SIZE 8 -> 4"]
+        (fields the stored one lacks aside); [] when it does not."""
+        return [
+            f"{setting} {getattr(stored, name)!r} -> {getattr(self, name)!r}"
+            for name, setting in self.PIPELINE.items()
+            if getattr(stored, name) is not None and getattr(stored, name) != getattr(self, name)
+        ]
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

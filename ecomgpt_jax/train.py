@@ -280,10 +280,10 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
     data, expected = data_position(data, position)
     if position is None:
         position = expected
-    elif expected.changed_from(position) and jax.process_index() == 0:
+    elif (changes := expected.changes_from(position)) and jax.process_index() == 0:
         print(
-            f"warning: resuming with another input pipeline ({position.pipeline()} -> "
-            f"{expected.pipeline()}); skipping {position.batches_consumed} batches of the new one"
+            f"warning: resuming with another input pipeline ({', '.join(changes)}): the new "
+            f"one reads in another order; skipping its first {position.batches_consumed} batches"
         )
     position = dataclasses.replace(expected, batches_consumed=position.batches_consumed)
     start, total = int(jax.device_get(state.step)), run_cfg.train.train_steps

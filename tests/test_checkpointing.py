@@ -301,12 +301,19 @@ def test_checkpoint_config_names_a_bad_field(config, message):
 
 def test_a_changed_pipeline_is_detected_but_old_checkpoints_lack_fields():
     now = ck.DataPosition(5, "m", 0, 8, 2, lengths=(96, 32), split="train", pack=True)
-    assert not now.changed_from(now)
-    for field, value in [("seed", 1), ("num_shards", 4), ("lengths", (64, 32)), ("pack", False)]:
-        assert now.changed_from(dataclasses.replace(now, **{field: value}))
+    assert now.changes_from(now) == []
+    for field, value, change in [
+        ("seed", 1, "SEED 1 -> 0"),
+        ("num_shards", 4, "DataConfig.num_shards 4 -> 2"),
+        ("lengths", (64, 32), "TASK_FEATURE_LENGTHS (inputs, targets) (64, 32) -> (96, 32)"),
+        ("pack", False, "DataConfig.pack False -> True"),
+    ]:
+        assert now.changes_from(dataclasses.replace(now, **{field: value})) == [change]
+    two = dataclasses.replace(now, mixture="n", global_batch_size=4)
+    assert now.changes_from(two) == ["MIXTURE_OR_TASK_NAME 'n' -> 'm'", "BATCH_SIZE 4 -> 8"]
     # Written before lengths/split/pack were recorded: those are not compared.
     old = ck.DataPosition.from_json(
         {"batches_consumed": 5, "mixture": "m", "num_shards": 2, "seed": 0, "global_batch_size": 8}
     )
-    assert old.lengths is None and not now.changed_from(old)
+    assert old.lengths is None and now.changes_from(old) == []
     assert ck.DataPosition.from_json(now.to_json()) == now  # lengths back as a tuple

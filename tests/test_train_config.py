@@ -159,13 +159,14 @@ def test_a_resume_keeps_the_stored_data_shard_count():
     assert (position.lengths, position.split, position.pack) == ((96, 32), "train", True)
     stored = dataclasses.replace(position, batches_consumed=7, num_shards=4)
     resumed, position = train.data_position(data, stored)
-    assert resumed.num_shards == position.num_shards == 4 and not position.changed_from(stored)
+    assert resumed.num_shards == position.num_shards == 4 and position.changes_from(stored) == []
     # A shard count the config sets wins (and the change is reported by the caller).
     _, position = train.data_position(dataclasses.replace(data, num_shards=2), stored)
-    assert position.num_shards == 2 and position.changed_from(stored)
+    assert position.changes_from(stored) == ["DataConfig.num_shards 4 -> 2"]
     # A new batch size the stored count does not divide: one shard per process again.
     _, position = train.data_position(dataclasses.replace(data, global_batch_size=6), stored)
-    assert position.num_shards == 1 and position.changed_from(stored)
+    assert position.num_shards == 1
+    assert position.changes_from(stored) == ["BATCH_SIZE 8 -> 6", "DataConfig.num_shards 4 -> 1"]
 
 
 def test_a_model_file_alone_asks_for_the_recipe():

@@ -2,7 +2,7 @@
 
     python -m ecomgpt_jax.convert hf-to-orbax --hf_dir DIR --output OUT [--dtype bfloat16]
         (default float32; the compute dtype in model_config.json is set to the same)
-    python -m ecomgpt_jax.convert orbax-to-hf --checkpoint CKPT --output DIR \
+    python -m ecomgpt_jax.convert orbax-to-hf --checkpoint CKPT --output DIR
         [--tokenizer_dir DIR] [--dtype bfloat16] [--preset NAME | --model_config FILE]
 
 hf-to-orbax writes::
@@ -121,6 +121,8 @@ def orbax_to_hf(
     import jax
     import numpy as np
 
+    from ecomgpt_jax import checkpointing
+
     hf_io.check_output_dir(output, "--output")
     tokenizer_files = []
     if tokenizer_dir is not None:
@@ -133,6 +135,8 @@ def orbax_to_hf(
             raise hf_io.CheckpointFormatError(
                 f"--tokenizer_dir {tokenizer_dir}: none of {', '.join(TOKENIZER_FILES)} found"
             )
+    # Before looking for its model_config.json: a missing checkpoint is the real problem.
+    checkpointing.resolve_params_path(checkpoint)
     cfg = cfg or find_model_config(checkpoint)
     params = jax.tree.map(np.asarray, load_params_host(checkpoint, cfg))
     out = hf_io.save_hf(cfg, params, output, dtype=dtype)
@@ -142,17 +146,45 @@ def orbax_to_hf(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ecomgpt_jax.convert", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m ecomgpt_jax.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps usage lines and layout
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("hf-to-orbax", help="HF safetensors directory -> orbax params")
-    a.add_argument("--hf_dir", required=True)
-    a.add_argument("--output", required=True)
-    a.add_argument("--dtype", choices=model_config.DTYPES, default=None)
-    b = sub.add_parser("orbax-to-hf", help="orbax params -> HF safetensors directory")
-    b.add_argument("--checkpoint", required=True)
-    b.add_argument("--output", required=True)
-    b.add_argument("--tokenizer_dir", default=None)
-    b.add_argument("--dtype", choices=model_config.DTYPES, default=None)
+    a = sub.add_parser(
+        "hf-to-orbax",
+        help="HF safetensors directory -> orbax params",
+        description="Write OUT/params (orbax) and OUT/model_config.json from a HF folder.",
+    )
+    a.add_argument("--hf_dir", required=True, help="HF folder (config.json, *.safetensors)")
+    a.add_argument("--output", required=True, help="OUT: local path or gs://...")
+    a.add_argument(
+        "--dtype",
+        choices=model_config.DTYPES,
+        default=None,
+        help="parameter and compute dtype (default float32)",
+    )
+    b = sub.add_parser(
+        "orbax-to-hf",
+        help="orbax params -> HF safetensors directory",
+        description="Write a transformers-loadable folder from orbax parameters.",
+    )
+    b.add_argument(
+        "--checkpoint",
+        required=True,
+        help="converted directory, training run directory or step directory",
+    )
+    b.add_argument("--output", required=True, help="new or empty local folder")
+    b.add_argument(
+        "--tokenizer_dir", default=None, help="folder whose tokenizer files are copied along"
+    )
+    b.add_argument(
+        "--dtype",
+        choices=model_config.DTYPES,
+        default=None,
+        help="saved dtype (default: as stored)",
+    )
     # Both would name the architecture: one must not silently win over the other.
     source = b.add_mutually_exclusive_group()
     source.add_argument(

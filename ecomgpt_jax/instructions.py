@@ -19,7 +19,11 @@ from ecomgpt_jax.ecominstruct import instructions, reader
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ecomgpt_jax.instructions", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m ecomgpt_jax.instructions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the usage line
+    )
     parser.add_argument(
         "--data_dir",
         type=pathlib.Path,
@@ -43,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             raise reader.DataError(
                 f"--split {args.split!r}: unknown split (use {' or '.join(reader.SPLITS)})"
             )
-        tasks = reader.discover_tasks(args.data_dir)
+        reader.check_output_file(args.output)
+        tasks = reader.discover_tasks(args.data_dir, allow_empty=False)
         wanted = [t for t in args.tasks.split(",") if t]
         unknown = sorted(set(wanted) - set(tasks))
         if unknown:

@@ -1,9 +1,13 @@
 """Score model predictions with the EcomGPT paper's metrics.
 
     python -m ecomgpt_jax.score --data_dir DIR --predictions FILE.jsonl --output FILE.json
+    python -m ecomgpt_jax.score --data_dir DIR --predictions EVAL_DIR/predictions --output FILE.json
 
 Predictions are JSON Lines rows ``{"task", "index", "prediction"}`` (task: folder name or
-its SeqIO name; index: 0-based example position in the split). The output JSON is
+its SeqIO name; index: 0-based example position in the split), in one file or in every
+*.jsonl file of a folder. A row that also carries ``targets`` (the evaluation writes them)
+must match the gold answer under DIR, else predictions made on other data would be scored
+against this data's answers. The output JSON is
 ``{<task folder>: scores, ..., "average": {...}}`` with scores in [0, 1] (NaN written as
 null; a key's average is over the tasks where it is not null, counted per key in the
 average's "tasks"); the printed table shows them
@@ -23,14 +27,23 @@ from ecomgpt_jax.ecominstruct import reader, scoring
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ecomgpt_jax.score", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m ecomgpt_jax.score",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the usage lines
+    )
     parser.add_argument(
         "--data_dir",
         type=pathlib.Path,
         default=None,
         help="data root (<Dataset>/tasks/<task>/); default $ECOMGPT_DATA_DIR or the bundled sample",
     )
-    parser.add_argument("--predictions", type=pathlib.Path, required=True, help="JSON Lines file")
+    parser.add_argument(
+        "--predictions",
+        type=pathlib.Path,
+        required=True,
+        help="JSON Lines file, or a folder of them (the evaluation's predictions/)",
+    )
     parser.add_argument("--output", type=pathlib.Path, required=True, help="scores .json file")
     parser.add_argument("--split", default="test", help="split the predictions are for")
     return parser.parse_args(argv)
@@ -40,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = _parse_args(argv)
     try:
+        reader.check_output_file(args.output)
         rows = scoring.read_predictions(args.predictions)
         if not rows:
             raise reader.DataError("no predictions", args.predictions)

@@ -193,7 +193,7 @@ def prepare(
       the prepared ``<tfds_data_dir>/ecom_instruct/<config>/<version>`` directories.
     """
     tfds_data_dir = pathlib.Path(tfds_data_dir or default_tfds_data_dir(data_dir))
-    tasks = reader.discover_tasks(data_dir)
+    tasks = reader.discover_tasks(data_dir, allow_empty=False)
     missing = sorted(set(folders or ()) - set(tasks))
     if missing:
         have = ", ".join(tasks) or "none"
@@ -214,7 +214,9 @@ def prepare(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status (2 with one ``error:`` line on bad data)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.tfds_builder", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--data_dir", required=True, help="EcomInstruct root")
     parser.add_argument(
         "--tfds_data_dir",

@@ -164,6 +164,26 @@ def test_hf_to_orbax_names_a_broken_file(converted, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_orbax_to_hf_missing_checkpoint_is_said_first(tmp_path, capsys):
+    """Not "no model_config.json found at or above it; pass --preset" for a mistyped path."""
+    missing = tmp_path / "nope"
+    argv = ["orbax-to-hf", "--checkpoint", missing, "--output", tmp_path / "b"]
+    expect = (2, f"error: checkpoint path {missing} does not exist\n")
+    assert _cli(capsys, *argv) == expect
+    assert _cli(capsys, *argv, "--preset", "tiny-llama") == expect
+    assert not (tmp_path / "b").exists()
+
+
+def test_help_keeps_the_usage_lines(capsys):
+    with pytest.raises(SystemExit):
+        convert.main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "    python -m ecomgpt_jax.convert orbax-to-hf --checkpoint CKPT --output DIR" in lines
+    with pytest.raises(SystemExit):
+        convert.main(["orbax-to-hf", "--help"])
+    assert "converted directory, training run directory or step" in capsys.readouterr().out
+
+
 def test_orbax_to_hf_refuses_both_preset_and_model_config(tmp_path, capsys):
     """--preset and --model_config both name the architecture: argparse refuses the pair
     (one used to win silently) before anything is read or written."""

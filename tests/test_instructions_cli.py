@@ -72,3 +72,37 @@ def test_cli_split_errors(tmp_path, capsys):
     assert not out.exists()
     assert cli.main([*argv, "--split", "test"]) == 0
     assert len(out.read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_cli_checks_output_and_data_root_first(tmp_path, capsys):
+    """--output problems name --output (not "[Errno 21] Is a directory"); a data root one
+    level too high names the layout and the level to point at (not "no task has a 'test'
+    split")."""
+    from ecomgpt_jax import instructions as cli
+
+    cls_task(tmp_path / "up" / "data", n_rows=2)
+    argv = ["--data_dir", str(tmp_path / "up" / "data"), "--output"]
+    assert cli.main([*argv, str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: --output {tmp_path}: is a folder; give a file name\n"
+    missing = tmp_path / "nodir" / "out.jsonl"
+    assert cli.main([*argv, str(missing)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --output {missing}: folder {missing.parent} does not exist\n"
+    )
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["--data_dir", str(tmp_path / "up"), "--output", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'up'}: no task folders found; expected "
+        "<root>/<Dataset>/tasks/<LANG>-<Dataset>-<TYPE>-<name>/meta-info.json "
+        f"(task folders are one level down: point at {tmp_path / 'up' / 'data'})\n"
+    )
+    assert not out.exists()
+
+
+def test_cli_help_keeps_the_usage_line():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    assert (
+        "    python -m ecomgpt_jax.instructions --data_dir DIR --split test --output FILE.jsonl "
+        "[--seed 0]" in proc.stdout.splitlines()
+    )

@@ -96,6 +96,10 @@ def test_discover_errors(tmp_path):
     with pytest.raises(DataError, match="data directory does not exist"):
         reader.discover_tasks(tmp_path / "missing")
     assert reader.discover_tasks(tmp_path) == {}
+    (tmp_path / "file.json").write_text("{}")
+    with pytest.raises(DataError) as e:
+        reader.discover_tasks(tmp_path / "file.json")
+    assert str(e.value) == f"{tmp_path / 'file.json'}: data directory is a file, not a folder"
 
     bad = tmp_path / "a"
     make_task(bad, "EN-X-CLS-t", {k: v for k, v in CLS_META.items() if k != "label_key"})
@@ -141,6 +145,33 @@ def test_discover_errors(tmp_path):
     (bad / "X" / "tasks" / "EN-X-Extract-t").mkdir(parents=True)
     with pytest.raises(DataError, match="task folder has no meta-info.json"):
         reader.discover_tasks(bad)
+
+
+LAYOUT = "expected <root>/<Dataset>/tasks/<LANG>-<Dataset>-<TYPE>-<name>/meta-info.json"
+
+
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        ("", ""),  # an empty root: the layout only
+        ("up", " (task folders are one level down: point at {root})"),
+        ("up/root/ABSA", " (this is a <Dataset> folder: point at {root})"),
+        ("up/root/ABSA/tasks", " (this is a <Dataset>/tasks folder: point at {root})"),
+        ("up/root/ABSA/tasks/EN-ABSA-CLS-topic", " (this is a task folder: point at {root})"),
+    ],
+)
+def test_discover_without_task_folders_names_the_layout(tmp_path, given, hint):
+    """A root one level off is the usual mistake: say what was expected and where to point
+    (not "no task has a 'test' split" further on). Registration still accepts an empty root."""
+    up = tmp_path / "up"
+    root = up / "root"
+    make_task(root, "EN-ABSA-CLS-topic", CLS_META)
+    given = tmp_path / "empty" if not given else tmp_path / given
+    given.mkdir(exist_ok=True)
+    assert reader.discover_tasks(given) == {}  # the default: valid, e.g. for registration
+    with pytest.raises(DataError) as e:
+        reader.discover_tasks(given, allow_empty=False)
+    assert str(e.value) == f"{given}: no task folders found; {LAYOUT}{hint.format(root=root)}"
 
 
 @pytest.mark.parametrize(

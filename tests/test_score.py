@@ -388,3 +388,108 @@ def test_score_cli_task_without_examples_names_its_file(tmp_path, capsys):
         f"error: {test_json}: task 'EN-Shop-Extract-pick' has no test examples to score against\n"
     )
     assert not (tmp_path / "s.json").exists()
+
+
+def eval_predictions(folder, root):
+    """The evaluation's predictions/: one .jsonl per task, rows with inputs and targets
+    (here made with `python -m ecomgpt_jax.instructions`, the same prompts and answers)."""
+    from ecomgpt_jax import instructions as instructions_cli
+
+    made = folder.parent / "instructions.jsonl"
+    assert instructions_cli.main(["--data_dir", str(root), "--output", str(made)]) == 0
+    folder.mkdir()
+    for line in made.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        row["prediction"] = row["targets"][:3]
+        with open(folder / f"{row['task']}.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def test_score_cli_reads_the_eval_predictions_folder(tmp_path, capsys):
+    """README: eval's scores equal `score` on its predictions/ folder."""
+    from ecomgpt_jax import score
+
+    tiny_data(tmp_path / "data")
+    eval_predictions(tmp_path / "predictions", tmp_path / "data")
+    single = tmp_path / "single.jsonl"
+    single.write_text(
+        "".join(
+            p.read_text(encoding="utf-8") for p in sorted((tmp_path / "predictions").iterdir())
+        ),
+        encoding="utf-8",
+    )
+    from_folder, from_file = tmp_path / "a.json", tmp_path / "b.json"
+    argv = ["--data_dir", str(tmp_path / "data"), "--predictions"]
+    assert score.main([*argv, str(tmp_path / "predictions"), "--output", str(from_folder)]) == 0
+    assert score.main([*argv, str(single), "--output", str(from_file)]) == 0
+    capsys.readouterr()
+    scores = json.loads(from_folder.read_text(encoding="utf-8"))
+    assert sorted(scores) == ["EN-Shop-Extract-pick", "ZH-Shop-NER-attrs", "average"]
+    assert from_folder.read_bytes() == from_file.read_bytes()
+
+
+def test_score_cli_refuses_predictions_made_on_other_data(tmp_path, capsys):
+    """Predictions made on one data root, scored against another with the same task names
+    (e.g. the bundled sample when --data_dir is left out), used to give a table and exit 0."""
+    from ecomgpt_jax import score
+
+    tiny_data(tmp_path / "made_on")
+    eval_predictions(tmp_path / "predictions", tmp_path / "made_on")
+    capsys.readouterr()
+    other = tmp_path / "other"
+    tiny_data(other)
+    ext = other / "Shop" / "tasks" / "EN-Shop-Extract-pick" / "test.json"
+    ext.write_text(ext.read_text(encoding="utf-8").replace('"c d"', '"e"'), encoding="utf-8")
+    out = tmp_path / "s.json"
+    argv = ["--predictions", str(tmp_path / "predictions"), "--output", str(out)]
+    assert score.main(["--data_dir", str(other), *argv]) == 2
+    predictions = tmp_path / "predictions" / "EN-Shop-Extract-pick.jsonl"
+    assert capsys.readouterr() == (
+        "",
+        f"error: {predictions}:2: 'targets' of task 'EN-Shop-Extract-pick' index 1 differ "
+        f"from the gold answer under {other}: were the predictions made on another data "
+        "root? Pass that root as --data_dir\n",
+    )
+    assert not out.exists()
+    assert score.main(["--data_dir", str(tmp_path / "made_on"), *argv]) == 0
+
+
+def test_score_cli_checks_output_before_scoring(tmp_path, capsys):
+    """One line naming --output, not "[Errno 2] ..." after the work (or "[Errno 21]")."""
+    from ecomgpt_jax import score
+
+    argv = ["--predictions", str(tmp_path / "not_read.jsonl"), "--output"]
+    assert score.main([*argv, str(tmp_path / "nodir" / "x.json")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --output {tmp_path / 'nodir' / 'x.json'}: folder {tmp_path / 'nodir'} "
+        "does not exist\n"
+    )
+    assert score.main([*argv, str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: --output {tmp_path}: is a folder; give a file name\n"
+
+
+def test_score_cli_wrong_data_root_says_what_layout_it_expects(tmp_path, capsys):
+    from ecomgpt_jax import score
+
+    tiny_data(tmp_path / "data")
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"task": "EN-Shop-Extract-pick", "index": 0, "prediction": "a"}\n')
+    argv = ["--predictions", str(preds), "--output", str(tmp_path / "s.json"), "--data_dir"]
+    assert score.main([*argv, str(tmp_path / "data" / "Shop")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'data' / 'Shop'}: no task folders found; expected "
+        "<root>/<Dataset>/tasks/<LANG>-<Dataset>-<TYPE>-<name>/meta-info.json "
+        f"(this is a <Dataset> folder: point at {tmp_path / 'data'})\n"
+    )
+
+
+def test_score_help_keeps_the_usage_lines(capsys):
+    from ecomgpt_jax import score
+
+    with pytest.raises(SystemExit):
+        score.main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        "    python -m ecomgpt_jax.score --data_dir DIR --predictions FILE.jsonl --output FILE.json"
+        in lines
+    )

@@ -356,12 +356,59 @@ def test_read_predictions(tmp_path):
         '{"task": "b", "index": 3, "prediction": "x"}\n'
     )
     assert scoring.read_predictions(path) == [
-        scoring.PredictionRow("a", 0, "", 1),
-        scoring.PredictionRow("b", 3, "x", 3),
+        scoring.PredictionRow("a", 0, "", 1, source=str(path)),
+        scoring.PredictionRow("b", 3, "x", 3, source=str(path)),
     ]
     path.write_text('{"task": "a", "index": 0, "prediction": ""}\n{"task": "a", "index": true}\n')
     with pytest.raises(DataError, match=r"p.jsonl:2: field 'index' missing or not an integer"):
         scoring.read_predictions(path)
+
+
+def test_score_predictions_checks_targets_against_the_gold(data_dir):
+    """Rows that carry `targets` (the evaluation writes them) were made on some data root:
+    scored against another one with the same task names, they must not pass silently."""
+    rows = [
+        {"task": "EN-Shop-CLS-topic", "index": 0, "prediction": "Food", "targets": "Food"},
+        {"task": "EN-Shop-CLS-topic", "index": 1, "prediction": "x", "targets": "Food"},
+    ]
+    with pytest.raises(DataError) as e:
+        scoring.score_predictions(data_dir, rows, source="preds")
+    assert str(e.value) == (
+        "preds:2: 'targets' of task 'EN-Shop-CLS-topic' index 1 differ from the gold answer "
+        f"under {data_dir}: were the predictions made on another data root? "
+        "Pass that root as --data_dir"
+    )
+    rows[1]["targets"] = "Price"
+    assert scoring.score_predictions(data_dir, rows)["EN-Shop-CLS-topic"]["n"] == 2
+    rows[1]["targets"] = ["Price"]
+    with pytest.raises(DataError, match="preds:2: field 'targets' is not a string"):
+        scoring.score_predictions(data_dir, rows, source="preds")
+
+
+def test_read_predictions_from_a_folder(tmp_path, data_dir):
+    """The evaluation's predictions/ folder (one .jsonl per task) reads as one file would,
+    and errors name the file the row came from."""
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    with pytest.raises(DataError, match="folder holds no \\*.jsonl predictions files"):
+        scoring.read_predictions(folder)
+    b = folder / "b.jsonl"
+    b.write_text('{"task": "ZH-Shop-Generate-title", "index": 0, "prediction": "y"}\n')
+    a = folder / "a.jsonl"
+    a.write_text('{"task": "EN-Shop-CLS-topic", "index": 0, "prediction": "Food"}\n')
+    (folder / "notes.txt").write_text("not predictions")
+    rows = scoring.read_predictions(folder)
+    assert [(r.task, r.source, r.line) for r in rows] == [
+        ("EN-Shop-CLS-topic", str(a), 1),
+        ("ZH-Shop-Generate-title", str(b), 1),
+    ]
+    assert list(scoring.score_predictions(data_dir, rows)) == [r.task for r in rows]
+    b.write_text('{"task": "EN-Shop-CLS-topic", "index": 0, "prediction": "y"}\n')
+    with pytest.raises(DataError) as e:
+        scoring.score_predictions(data_dir, scoring.read_predictions(folder))
+    assert str(e.value) == (
+        f"{b}:1: repeated prediction for 'EN-Shop-CLS-topic' index 0 (first on {a}:1)"
+    )
 
 
 def test_condition_extract_with_another_label_sep(tmp_path):

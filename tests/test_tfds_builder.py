@@ -193,3 +193,15 @@ def test_tfds_prepare_rejects_unknown_task(tmp_path):
     # dataset's outer folder (ABSA) sees the names it expects.
     have = ", ".join(reader.discover_tasks(SAMPLE))
     assert f"no such task folder(s): EN-X-CLS-y (task folders here: {have})" in str(e.value)
+
+
+def test_cli_names_itself_and_the_expected_layout(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        tfds_builder.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m tasks.tfds_builder ")
+    # An empty root used to prepare nothing and exit 0.
+    assert tfds_builder.main(["--data_dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path}: no task folders found; expected "
+        "<root>/<Dataset>/tasks/<LANG>-<Dataset>-<TYPE>-<name>/meta-info.json\n"
+    )

@@ -275,22 +275,53 @@ def load_task(folder: str | os.PathLike) -> TaskInfo:
     return TaskInfo(folder.name, lang, dataset, task_type, short_name, folder, meta)
 
 
-def discover_tasks(root: str | os.PathLike | None = None) -> dict[str, TaskInfo]:
+LAYOUT = "<root>/<Dataset>/tasks/<LANG>-<Dataset>-<TYPE>-<name>/meta-info.json"
+
+
+def _no_tasks_error(root: pathlib.Path) -> DataError:
+    """Why `root` holds no task folder; where to point instead when the layout shows it.
+
+    The usual cause is a root one level off (the folder above the data root, a <Dataset>
+    folder, a task folder), so the level actually found is named.
+    """
+    what = f"no task folders found; expected {LAYOUT}"
+    up = root.absolute().parents
+    if (root / META_FILE).is_file() and len(up) >= 3:
+        return DataError(f"{what} (this is a task folder: point at {up[2]})", root)
+    if any(root.glob(f"*/{META_FILE}")) and len(up) >= 2:
+        return DataError(f"{what} (this is a <Dataset>/tasks folder: point at {up[1]})", root)
+    if any(root.glob(f"tasks/*/{META_FILE}")) and len(up) >= 1:
+        return DataError(f"{what} (this is a <Dataset> folder: point at {up[0]})", root)
+    below = sorted({str(p.parents[3]) for p in root.glob(f"*/*/tasks/*/{META_FILE}")})
+    if below:
+        return DataError(f"{what} (task folders are one level down: point at {below[0]})", root)
+    return DataError(what, root)
+
+
+def discover_tasks(
+    root: str | os.PathLike | None = None, *, allow_empty: bool = True
+) -> dict[str, TaskInfo]:
     """Find every task folder ``<root>/<Dataset>/tasks/<task>/``.
 
     Args:
       root: data root; ``None`` means :func:`default_data_dir`.
+      allow_empty: if False, a root without task folders is an error that says which
+        layout was expected (CLIs: a mistyped root is the likely cause). Registration keeps
+        the default, where an empty root is valid and registers nothing.
 
     Returns:
       dict folder name -> TaskInfo, sorted by name. Empty if no task folder exists.
 
     Raises:
-      DataError: `root` is not a directory, two datasets hold the same task name, or a
-        task folder is invalid (see :func:`load_task`).
+      DataError: `root` is not a directory, holds no task folder (`allow_empty` False), two
+        datasets hold the same task name, or a task folder is invalid (see
+        :func:`load_task`).
     """
     root = default_data_dir() if root is None else pathlib.Path(root)
-    if not root.is_dir():
+    if not root.exists():
         raise DataError("data directory does not exist", root)
+    if not root.is_dir():
+        raise DataError("data directory is a file, not a folder", root)
     tasks: dict[str, TaskInfo] = {}
     for tasks_dir in sorted(root.glob("*/tasks")):
         if not tasks_dir.is_dir():
@@ -304,7 +335,31 @@ def discover_tasks(root: str | os.PathLike | None = None) -> dict[str, TaskInfo]
                     f"task {task.name!r} also defined in {tasks[task.name].path}", folder
                 )
             tasks[task.name] = task
+    if not tasks and not allow_empty:
+        raise _no_tasks_error(root)
     return dict(sorted(tasks.items()))
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--output") -> None:
+    """Check, before any work, that a file can be written at `path`.
+
+    Raises:
+      DataError: one line naming `flag` and the problem (a folder, a missing or
+        unwritable parent folder), instead of an OSError after the work is done.
+    """
+    path = pathlib.Path(path)
+    parent = path.parent
+    if path.is_dir():
+        problem = "is a folder; give a file name"
+    elif not parent.exists():
+        problem = f"folder {parent} does not exist"
+    elif not parent.is_dir():
+        problem = f"{parent} is a file, not a folder"
+    elif not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        problem = "not writable"
+    else:
+        return
+    raise DataError(f"{flag} {path}: {problem}")
 
 
 class _NotJson(ValueError):

@@ -15,7 +15,7 @@ import json
 import pathlib
 import sys
 
-from ecomgpt_jax.ecominstruct import instructions, reader
+from ecomgpt_jax.ecominstruct import instructions, reader, scoring
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +34,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=pathlib.Path, required=True, help="output .jsonl file")
     parser.add_argument("--seed", type=int, default=0, help="seed of the CLS candidate sampling")
     parser.add_argument(
-        "--tasks", default="", help="comma-separated task folder names (default: all)"
+        "--tasks",
+        default="",
+        help="comma-separated task folder (or SeqIO ecom:...) names (default: all)",
     )
     return parser.parse_args(argv)
 
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         reader.check_output_file(args.output)
         tasks = reader.discover_tasks(args.data_dir, allow_empty=False)
-        wanted = [t for t in args.tasks.split(",") if t]
+        wanted = [scoring.task_folder_name(t) for t in args.tasks.split(",") if t]
         unknown = sorted(set(wanted) - set(tasks))
         if unknown:
             raise reader.DataError(

@@ -34,7 +34,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ecomgpt_jax.ecominstruct import instructions, reader
+from ecomgpt_jax.ecominstruct import instructions, reader, scoring
 
 BUILDER_NAME = "ecom_instruct"
 VERSION = "1.0.0"
@@ -232,11 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--task",
         action="append",
-        help="task folder name, e.g. EN-ABSA-CLS-review_topic_category (repeatable); default all",
+        help="task folder name, e.g. EN-ABSA-CLS-review_topic_category, or its SeqIO name "
+        "ecom:EN:ABSA:CLS:review_topic_category (repeatable); default all",
     )
     args = parser.parse_args(argv)
     try:
-        prepared = prepare(args.data_dir, args.tfds_data_dir, args.seed, args.task)
+        folders = [scoring.task_folder_name(t) for t in args.task] if args.task else None
+        prepared = prepare(args.data_dir, args.tfds_data_dir, args.seed, folders)
     except (reader.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -72,6 +72,12 @@ def test_cli_split_errors(tmp_path, capsys):
     assert not out.exists()
     assert cli.main([*argv, "--split", "test"]) == 0
     assert len(out.read_text(encoding="utf-8").splitlines()) == 2
+    # A task may be named as SeqIO names it, as score and the mixtures take it.
+    out.unlink()
+    assert cli.main([*argv, "--split", "test", "--tasks", "ecom:EN:Shop:CLS:cat"]) == 0
+    assert {json.loads(x)["task"] for x in out.read_text(encoding="utf-8").splitlines()} == {
+        "EN-Shop-CLS-cat"
+    }
 
 
 def test_cli_checks_output_and_data_root_first(tmp_path, capsys):

@@ -186,6 +186,16 @@ def test_cli_bad_data_dir_is_one_error_line(tmp_path, capsys):
     assert proc.stdout == ""
 
 
+def test_cli_takes_seqio_task_names(tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(SAMPLE / "Multi_CPR", root / "Multi_CPR")
+    argv = ["--data_dir", str(root), "--tfds_data_dir", str(tmp_path / "tfds")]
+    assert tfds_builder.main([*argv, "--task", "ecom:ZH:Multi_CPR:Extract:product_select_2"]) == 0
+    prepared = tfds_builder.prepared_dir(tmp_path / "tfds", "ZH-Multi_CPR-Extract-product_select_2")
+    # (TFDS's own progress lines come first.)
+    assert capsys.readouterr().out.endswith(f"\n{prepared}\n") and prepared.is_dir()
+
+
 def test_tfds_prepare_rejects_unknown_task(tmp_path):
     with pytest.raises(reader.DataError) as e:
         tfds_builder.prepare(SAMPLE, tmp_path, folders=["EN-X-CLS-y"])

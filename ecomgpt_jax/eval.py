@@ -16,11 +16,16 @@ Flags: --gin_file (repeatable), --gin.NAME=VALUE (a binding, repeatable; same as
 --gin_bindings="NAME = VALUE"), --gin_search_paths (comma-separated folders for gin files;
 the repository's gin_configs/ is always searched). Multi-host: --multihost, or
 --coordinator_address / --num_processes / --process_id.
+
+Bad input: one "error: ..." line, exit status 2, before the model loads where it can be
+known then. Each task's predictions file is written when the task is decoded: a Ctrl-C
+leaves the finished ones, says which in one line, exit status 130.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 
 import gin
@@ -30,6 +35,8 @@ from ecomgpt_jax import checkpointing, decoding, evaluation, gin_parsing, launch
 from ecomgpt_jax.models import config as model_config
 
 FLAGS = launch.FLAGS
+USAGE_EXIT_CODE = 2  # bad input: one "error: ..." line
+INTERRUPTED_EXIT_CODE = 130  # Ctrl-C, as a shell reports SIGINT
 launch.define_flags()
 rewrite_gin_args = launch.rewrite_gin_args  # the T5X --gin.NAME=VALUE form
 
@@ -61,10 +68,36 @@ def register_configurables() -> dict:
     return launch.register_configurables(classes)
 
 
+# Configurables only ecomgpt_jax.train registers: a gin file binding one is a training
+# recipe (gin_configs/ecom.gin, gin_configs/runs/*.gin), which gin reports as unknown here.
+TRAINING_CONFIGURABLES = (
+    "TrainConfig",
+    "ModelSpec",
+    "DataConfig",
+    "OptimizerConfig",
+    "StepConfig",
+    "CheckpointConfig",
+)
+_UNKNOWN = re.compile(r"No configurable matching (?:reference )?'@?(?:[\w.]+/)?(?:[\w.]+\.)?(\w+)'")
+
+
 def parse_gin(files, bindings, search_paths) -> None:
-    gin_parsing.parse_gin(
-        files, bindings, search_paths, evaluation.EvalError, "gin_configs/eval.gin"
-    )
+    try:
+        gin_parsing.parse_gin(
+            files, bindings, search_paths, evaluation.EvalError, "gin_configs/eval.gin"
+        )
+    except evaluation.EvalError as e:
+        text = str(e)
+        unknown = _UNKNOWN.search(text)
+        if not unknown or unknown.group(1) not in TRAINING_CONFIGURABLES:
+            raise
+        # gin's "did you mean EvalConfig?" would send the user further down the wrong file.
+        text = text[: unknown.end()]
+        raise evaluation.EvalError(
+            f"{text}, a training setting: eval takes --gin_file=gin_configs/eval.gin (plus "
+            "gin_configs/models/*.gin files); ecom.gin and gin_configs/runs/*.gin are training "
+            "recipes for python -m ecomgpt_jax.train"
+        ) from None
 
 
 def make_vocabulary(run: EvalRun, source: evaluation.ModelSource):
@@ -120,6 +153,8 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
     eval_dir = run.eval_dir or default_eval_dir(source, eval_cfg.mixture_or_task_name)
     vocabulary = make_vocabulary(run, source)
     evaluation.check_tasks(eval_cfg)  # bad data root / names / split: before the model loads
+    if jax.process_index() == 0:  # the writer; a bad EVAL_DIR now, not after decoding
+        evaluation.check_eval_dir(eval_dir)
     cfg, params = evaluation.load_model(source, mesh)
     if jax.process_index() == 0:
         d = eval_cfg.decode
@@ -162,7 +197,15 @@ def main(argv: list[str]) -> None:
         launch.init_distributed()  # bad multi-host flags: one line too
         result, eval_dir = run_eval(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     except _user_errors() as e:
-        sys.exit(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}")
+        text = str(e).strip()
+        print(f"error: {text.splitlines()[0] if text else repr(e)}", file=sys.stderr)
+        sys.exit(USAGE_EXIT_CODE)
+    except KeyboardInterrupt as e:
+        # Ctrl-C: what was written, not a trace (finished tasks' predictions are on disk).
+        if jax.process_index() == 0:
+            what = str(e) if isinstance(e, evaluation.EvalInterrupted) else ""
+            print(what or "interrupted before decoding: nothing written", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)
     if jax.process_index() != 0:
         return
     from ecomgpt_jax.ecominstruct import scoring

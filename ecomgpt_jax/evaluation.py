@@ -13,7 +13,8 @@ tokens). The prediction is the decoded continuation, verbatim, up to the first E
 are scored as current transformers scores them, not as the paper's pinned 4.27.4 did (see
 `decoding`), so predictions need not be the paper's token for token. `eval_dir` receives::
 
-    predictions/<task folder>.jsonl   {"task", "index", "prediction", "inputs", "targets"}
+    predictions/<task folder>.jsonl   {"task", "index", "prediction", "inputs", "targets"},
+                   each as soon as its task is decoded; other *.jsonl there are removed
     metrics.json   scoring.scores_json(scores): byte-identical to `python -m ecomgpt_jax.score`
                    on the same predictions
     metrics.md     the settings and a readable table (scores x100, n per task)
@@ -29,6 +30,7 @@ mixture name is resolved through the `tasks` package, which needs SeqIO).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
 import pathlib
@@ -44,7 +46,7 @@ from ecomgpt_jax import checkpointing, decoding
 from ecomgpt_jax.decoding import DecodeConfig
 from ecomgpt_jax.ecominstruct import instructions, reader, scoring
 from ecomgpt_jax.models import decoder, hf_io
-from ecomgpt_jax.models.config import ConfigError, ModelConfig
+from ecomgpt_jax.models.config import DTYPES, ConfigError, ModelConfig
 
 PREDICTIONS_DIR = "predictions"
 
@@ -123,14 +125,33 @@ def _with_overrides(cfg: ModelConfig, source: ModelSource) -> ModelConfig:
         cfg = dataclasses.replace(cfg, param_dtype=source.dtype, dtype=source.dtype)
     try:
         return dataclasses.replace(cfg, **dict(source.overrides))
-    except TypeError as e:
-        raise ConfigError(f"ModelSource.overrides {dict(source.overrides)}: {e}") from None
+    except ConfigError as e:  # a bad value ("ModelConfig.attention_impl='x': ...")
+        raise ConfigError(f"MODEL_OVERRIDES_EVAL: {e}") from None
 
 
 def check_source(source: ModelSource) -> None:
-    """EvalError unless exactly one of checkpoint and hf_dir is set."""
+    """EvalError unless exactly one of checkpoint and hf_dir is set, dtype is None or a
+    known dtype and every override key is a ModelConfig field. The messages name the eval
+    binary's macros (DTYPE, MODEL_OVERRIDES_EVAL): ModelConfig's own errors would name
+    fields the user never set, and come only after the weights are read."""
     if bool(source.checkpoint) == bool(source.hf_dir):
         raise EvalError("set exactly one of CHECKPOINT (orbax) and HF_DIR (Hugging Face folder)")
+    if source.dtype is not None and source.dtype not in DTYPES:
+        raise EvalError(
+            f"DTYPE={source.dtype!r}: must be one of {', '.join(map(repr, DTYPES))}, or None"
+        )
+    overrides = source.overrides
+    if not isinstance(overrides, Mapping):
+        raise EvalError(
+            f"MODEL_OVERRIDES_EVAL={overrides!r}: must be a dict of ModelConfig fields, e.g. "
+            "{'attention_impl': 'cudnn'}"
+        )
+    fields = [f.name for f in dataclasses.fields(ModelConfig)]
+    for key in overrides:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"fields: {', '.join(fields)}"
+            raise EvalError(f"MODEL_OVERRIDES_EVAL: {key!r} is not a ModelConfig field ({hint})")
 
 
 def load_model(source: ModelSource, mesh=None) -> tuple[ModelConfig, Any]:
@@ -138,6 +159,8 @@ def load_model(source: ModelSource, mesh=None) -> tuple[ModelConfig, Any]:
     directly into the mesh's shardings (any mesh; single device without one)."""
     check_source(source)
     if source.hf_dir:
+        # Overrides checked on config.json first: reading the weights can take minutes.
+        _with_overrides(hf_io.read_hf_config(source.hf_dir), source)
         cfg, params = hf_io.load_hf_params(source.hf_dir, dtype=source.dtype)
         return _with_overrides(cfg, source), params
     checkpointing.resolve_params_path(source.checkpoint)  # missing: its own error first
@@ -340,23 +363,27 @@ def evaluate(
 
     params: host (numpy) or device arrays; placed onto `mesh` by the parameter rules.
     describe: a line naming the model, for metrics.md.
+    Predictions are written per task as it finishes: a Ctrl-C (EvalInterrupted) or a
+    failure keeps the finished tasks' files.
     """
     tasks, missing = prepare_tasks(eval_cfg, vocabulary)
+    lead = jax.process_index() == 0
+    pred_dir = check_eval_dir(eval_dir) if eval_dir is not None and lead else None
     gen = get_generator(cfg, eval_cfg.decode, int(vocabulary.eos_id), int(vocabulary.pad_id), mesh)
     params = gen.shard_params(params)
-    lead = jax.process_index() == 0
-    rows, seconds, examples, timing = [], 0.0, 0, {}
-    for task in tasks:
-        bar = _Progress(task.name, len(task.prompt_ids), progress and lead)
-        seeds = [row_seed(task.name, r.index) for r in task.instructions]
-        results = gen.generate(
-            params, task.prompt_ids, eval_cfg.batch_size, row_ids=seeds, on_batch=bar.update
-        )
-        took = bar.close()
-        seconds, examples = seconds + took, examples + len(results)
-        timing[task.name] = len(results) / max(took, 1e-9)
-        for inst, res in zip(task.instructions, results, strict=True):
-            rows.append(
+    earlier = replace_previous(pred_dir, [t.name for t in tasks]) if pred_dir else []
+    rows, seconds, examples, timing, written, bar = [], 0.0, 0, {}, [], None
+    try:
+        for task in tasks:
+            bar = _Progress(task.name, len(task.prompt_ids), progress and lead)
+            seeds = [row_seed(task.name, r.index) for r in task.instructions]
+            results = gen.generate(
+                params, task.prompt_ids, eval_cfg.batch_size, row_ids=seeds, on_batch=bar.update
+            )
+            took = bar.close()
+            seconds, examples = seconds + took, examples + len(results)
+            timing[task.name] = len(results) / max(took, 1e-9)
+            task_rows = [
                 {
                     "task": task.name,
                     "index": inst.index,
@@ -364,15 +391,25 @@ def evaluate(
                     "inputs": inst.prompt,
                     "targets": inst.answer,
                 }
-            )
-    root = reader.default_data_dir() if eval_cfg.data_dir is None else eval_cfg.data_dir
-    scores = scoring.score_predictions(
-        root, [{k: r[k] for k in ("task", "index", "prediction")} for r in rows], eval_cfg.split
-    )
-    result = EvalResult(scores, rows, missing, seconds, examples)
-    if eval_dir is not None and lead:
-        write_outputs(eval_dir, result, eval_cfg, describe, step)
-        write_summaries(eval_dir, result, step, timing)
+                for inst, res in zip(task.instructions, results, strict=True)
+            ]
+            if pred_dir is not None:
+                write_predictions(pred_dir, task.name, task_rows)
+                written.append(task.name)
+            rows += task_rows
+        root = reader.default_data_dir() if eval_cfg.data_dir is None else eval_cfg.data_dir
+        scores = scoring.score_predictions(
+            root, [{k: r[k] for k in ("task", "index", "prediction")} for r in rows], eval_cfg.split
+        )
+        result = EvalResult(scores, rows, missing, seconds, examples)
+        if pred_dir is not None:
+            write_metrics(eval_dir, result, eval_cfg, describe, step)
+            write_summaries(eval_dir, result, step, timing)
+    except KeyboardInterrupt:  # scoring included: metrics.json may then be missing or old
+        if bar is not None:
+            bar.close()  # its last refresh before the message, not after it
+        older = [n for n in earlier if n not in written]
+        raise EvalInterrupted(pred_dir, written, len(tasks), older) from None
     return result
 
 
@@ -410,17 +447,91 @@ def metrics_text(metrics: Mapping) -> str:
     return json.dumps(metrics, ensure_ascii=False, indent=2) + "\n"
 
 
-def write_outputs(eval_dir, result: EvalResult, eval_cfg: EvalConfig, describe="", step=None):
-    """predictions/<task>.jsonl, metrics.json and metrics.md under eval_dir."""
+class EvalInterrupted(KeyboardInterrupt):
+    """Ctrl-C during decoding. pred_dir: None if this process writes nothing; written:
+    the tasks written there; older: tasks not reached whose file is an earlier one's."""
+
+    def __init__(self, pred_dir, written: Sequence[str], total: int, older: Sequence[str]):
+        super().__init__()
+        self.pred_dir, self.written, self.total, self.older = pred_dir, written, total, older
+
+    def __str__(self) -> str:
+        if self.pred_dir is None:
+            return f"interrupted after {len(self.written)} of {self.total} tasks; nothing written"
+        if not self.written:
+            text = f"interrupted before the first of {self.total} tasks finished: nothing written"
+        else:
+            text = (
+                f"interrupted: predictions of {len(self.written)} of {self.total} tasks written "
+                f"to {self.pred_dir}/ ({', '.join(self.written)}); not scored (python -m "
+                "ecomgpt_jax.score scores that folder)"
+            )
+        if self.older:
+            text += f"; the files of {', '.join(self.older)} there are an earlier evaluation's"
+        return text
+
+
+def check_eval_dir(eval_dir):
+    """Creates eval_dir/predictions/ and returns it (an epath.Path); EvalError, naming
+    EVAL_DIR, if that cannot be done or written to. Called before a model loads and
+    decodes for minutes (the eval binary) and before the first task (`evaluate`)."""
     out = checkpointing.as_path(eval_dir)
     pred_dir = out / PREDICTIONS_DIR
-    pred_dir.mkdir(parents=True, exist_ok=True)
-    by_task: dict[str, list] = {}
-    for row in result.rows:
-        by_task.setdefault(row["task"], []).append(row)
-    for name, rows in by_task.items():
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        (pred_dir / f"{name}.jsonl").write_text(text, encoding="utf-8")
+    try:
+        pred_dir.mkdir(parents=True, exist_ok=True)
+        probe = pred_dir / ".write_check"  # an existing folder may still be read-only
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        there = next((p for p in (pred_dir, *pred_dir.parents) if p.exists()), None)
+        if there is not None and not there.is_dir():
+            what = "is a file" if there == out else f"is inside {there}, a file"
+            raise EvalError(f"EVAL_DIR {eval_dir} {what}: give a folder") from None
+        why = e.strerror or str(e)
+        raise EvalError(f"EVAL_DIR {eval_dir}: cannot write {pred_dir} ({why})") from None
+    return pred_dir
+
+
+def replace_previous(pred_dir, names: Sequence[str]) -> list[str]:
+    """Removes the prediction files (*.jsonl) in pred_dir of tasks not in `names`, and
+    says so on stderr; returns the tasks in `names` that have an earlier file (each is
+    overwritten when its task finishes). An evaluation owns its predictions folder:
+    files of an earlier one next to the new metrics.json would look like part of it."""
+    old = sorted(pred_dir.glob("*.jsonl"), key=lambda p: p.name)
+    if not old:
+        return []
+    mine = {f"{n}.jsonl" for n in names}
+    gone = [p for p in old if p.name not in mine]
+    kept = [p.name.removesuffix(".jsonl") for p in old if p.name in mine]
+    parts = []
+    if gone:
+        shown = ", ".join(p.name for p in gone[:5]) + (", ..." if len(gone) > 5 else "")
+        files = "file" if len(gone) == 1 else "files"
+        parts.append(f"removed {len(gone)} {files} of tasks not in this one ({shown})")
+    if kept:
+        parts.append(f"{len(kept)} overwritten as their tasks finish")
+    print(
+        f"replacing the previous evaluation's predictions in {pred_dir}/: {'; '.join(parts)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    for path in gone:
+        path.unlink()
+    return kept
+
+
+def write_predictions(pred_dir, name: str, rows: Sequence[Mapping]) -> None:
+    """pred_dir/<name>.jsonl, through a temporary file: a Ctrl-C while writing leaves
+    the earlier file or the whole new one, never part of one."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    tmp = pred_dir / f".{name}.jsonl.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(pred_dir / f"{name}.jsonl")
+
+
+def write_metrics(eval_dir, result: EvalResult, eval_cfg: EvalConfig, describe="", step=None):
+    """metrics.json and metrics.md under eval_dir (predictions are written per task)."""
+    out = checkpointing.as_path(eval_dir)
     (out / "metrics.json").write_text(metrics_text(result.metrics), encoding="utf-8")
     (out / "metrics.md").write_text(
         metrics_markdown(result, eval_cfg, describe, step), encoding="utf-8"

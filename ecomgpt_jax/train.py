@@ -53,6 +53,7 @@ from ecomgpt_jax.models import config as model_config
 FLAGS = launch.FLAGS
 # Ctrl-C saved and stopped: 130 as for any interrupted command, so that `train && eval`
 # goes no further (SIGTERM, a preemption, exits 0 for the scheduler to restart the job).
+USAGE_EXIT_CODE = 2  # bad input: one "error: ..." line, as eval and the other CLIs
 INTERRUPTED_EXIT_CODE = 130
 launch.define_flags()
 rewrite_gin_args = launch.rewrite_gin_args  # the T5X --gin.NAME=VALUE form
@@ -369,7 +370,9 @@ def main(argv: list[str]) -> None:
     try:
         result, run_cfg = run(argv)
     except _user_errors() as e:
-        sys.exit(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}")
+        text = str(e).strip()
+        print(f"error: {text.splitlines()[0] if text else repr(e)}", file=sys.stderr)
+        sys.exit(USAGE_EXIT_CODE)
     if jax.process_index() == 0:
         print_summary(result, run_cfg.train.model_dir)
     if result.interrupted:

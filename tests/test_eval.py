@@ -46,6 +46,25 @@ def run_cli(module: str, *args: str, cwd=REPO) -> subprocess.CompletedProcess:
     )
 
 
+def run_cli_code(code: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -c code args` as run_cli runs a module."""
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": str(REPO),
+    }
+    env.pop("ECOMGPT_DATA_DIR", None)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def bindings(args):
     """--gin.X=V flags -> gin binding strings (as eval.main passes them)."""
     return [a.split("=", 1)[1] for a in eval_main.rewrite_gin_args(args)]
@@ -162,8 +181,98 @@ def test_errors_are_one_line(tmp_path):
     with pytest.raises(reader.DataError, match="/no/data"):
         eval_main.run_eval(["gin_configs/eval.gin"], no_data)
     proc = run_cli("ecomgpt_jax.eval", "--gin_file=gin_configs/eval.gin", *SMALL)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: set exactly one of CHECKPOINT")
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_eval_dir_that_is_a_file_stops_before_the_model_loads(tmp_path, monkeypatch):
+    """Not after decoding every task, in the first write."""
+
+    def no_load(*args, **kwargs):
+        pytest.fail("the model was loaded before EVAL_DIR was checked")
+
+    monkeypatch.setattr(evaluation, "load_model", no_load)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    args = [f"HF_DIR = '{tmp_path}'", f"EVAL_DIR = '{afile}'", f"DATA_DIR = '{SAMPLE}'"]
+    with pytest.raises(evaluation.EvalError) as info:
+        eval_main.run_eval(["gin_configs/eval.gin"], args)
+    assert str(info.value) == f"EVAL_DIR {afile} is a file: give a folder"
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "gin_configs/ecom.gin",
+        *sorted(
+            p.relative_to(REPO).as_posix() for p in (REPO / "gin_configs" / "runs").glob("*.gin")
+        ),
+    ],
+)
+def test_a_training_recipe_says_eval_takes_eval_gin(recipe):
+    """gin alone says "No configurable matching 'TrainConfig' (did you mean EvalConfig?)"."""
+    with pytest.raises(evaluation.EvalError) as info:
+        eval_main.run_eval([recipe], ["CHECKPOINT = '/tmp/x'"])
+    message = str(info.value)
+    assert message.startswith("gin config: ") and "did you mean" not in message
+    assert message.endswith(
+        "No configurable matching 'TrainConfig', a training setting: eval takes "
+        "--gin_file=gin_configs/eval.gin (plus gin_configs/models/*.gin files); ecom.gin and "
+        "gin_configs/runs/*.gin are training recipes for python -m ecomgpt_jax.train"
+    )
+    # An eval typo keeps gin's suggestion.
+    with pytest.raises(evaluation.EvalError, match=r"did you mean EvalConfig\?\)$"):
+        eval_main.run_eval(["gin_configs/eval.gin"], ["EvalConfg.batch_size = 1"])
+
+
+# The eval CLI, with a Ctrl-C (KeyboardInterrupt) raised when the third task's decoding
+# starts: deterministic, unlike a SIGINT sent from here at some moment.
+CTRL_C_AT_TASK_3 = """
+import sys
+from absl import app
+from ecomgpt_jax import eval as eval_main, evaluation
+
+real, calls = evaluation.get_generator, []
+
+class StopAtTask3:
+    def __init__(self, gen):
+        self.gen = gen
+    def shard_params(self, params):
+        return self.gen.shard_params(params)
+    def generate(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return self.gen.generate(*args, **kwargs)
+
+evaluation.get_generator = lambda *args: StopAtTask3(real(*args))
+app.run(eval_main.main, argv=eval_main.rewrite_gin_args(sys.argv))
+"""
+
+
+def test_ctrl_c_keeps_the_finished_tasks_and_says_so_in_one_line(hf_dir, tmp_path):
+    out = tmp_path / "out"
+    (out / "predictions").mkdir(parents=True)
+    (out / "predictions" / "EN-Old-CLS-old.jsonl").write_text("{}\n")
+    args = [f"--gin.HF_DIR='{hf_dir}'", f"--gin.EVAL_DIR='{out}'", *SMALL]
+    proc = run_cli_code(CTRL_C_AT_TASK_3, "--gin_file=gin_configs/eval.gin", *args)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+    done = SAMPLE_HELD_OUT[:2]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"interrupted: predictions of 2 of 6 tasks written to {out}/predictions/ "
+        f"({', '.join(done)}); not scored (python -m ecomgpt_jax.score scores that folder)"
+    )
+    assert (
+        f"replacing the previous evaluation's predictions in {out}/predictions/: removed 1 file "
+        "of tasks not in this one (EN-Old-CLS-old.jsonl)"
+    ) in lines
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == [f"{t}.jsonl" for t in done]
+    for task in done:
+        rows = (out / "predictions" / f"{task}.jsonl").read_text(encoding="utf-8").splitlines()
+        assert [json.loads(r)["index"] for r in rows] == [0, 1, 2]
 
 
 def test_bad_example_line_stops_before_the_model_loads(tmp_path, monkeypatch):
@@ -252,7 +361,7 @@ def test_flag_and_gin_typos_are_one_line():
         "binding (did you mean EVAL_MAX_EXAMPLES?)"
     )
     proc = run_cli("ecomgpt_jax.eval", "--multihost", "--gin_file=gin_configs/eval.gin")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: --multihost: jax.distributed.initialize() found no cluster "
         "(coordinator_address should be defined); on one machine drop --multihost, "

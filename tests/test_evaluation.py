@@ -185,15 +185,95 @@ def test_predictions_equal_transformers_beam_search(model, first_run, vocab):
     assert len({r["prediction"] for r in result.rows}) > 1
 
 
-def test_infer_eval_reruns_are_byte_identical(model, first_run, vocab, tmp_path):
+def test_infer_eval_reruns_are_byte_identical(model, first_run, vocab, tmp_path, capsys):
     _, cfg, params, _ = model
     _, first = first_run
+    # An earlier evaluation's files in the same folder: its other tasks' predictions go
+    # (they would sit next to a metrics.json that does not cover them), nothing else does.
+    (tmp_path / "predictions").mkdir()
+    (tmp_path / "predictions" / "EN-Old-CLS-old.jsonl").write_text("{}\n")
+    (tmp_path / "predictions" / f"{SAMPLE_HELD_OUT[0]}.jsonl").write_text("{}\n")
+    (tmp_path / "predictions" / "notes.txt").write_text("mine")
     metrics = evaluation.run_infer_eval(params, cfg, None, vocab, EVAL, step=7, eval_dir=tmp_path)
     assert metrics == json.loads((first / "metrics.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == sorted(
+        ["notes.txt", *(f"{name}.jsonl" for name in SAMPLE_HELD_OUT)]
+    )
     for name in SAMPLE_HELD_OUT:
         path = f"predictions/{name}.jsonl"
         assert (tmp_path / path).read_bytes() == (first / path).read_bytes()
     assert "- step: 7" in (tmp_path / "metrics.md").read_text()
+    assert capsys.readouterr().err.splitlines() == [
+        f"replacing the previous evaluation's predictions in {tmp_path}/predictions/: removed "
+        "1 file of tasks not in this one (EN-Old-CLS-old.jsonl); 1 overwritten as their tasks "
+        "finish"
+    ]
+
+
+class _StopAtTask:
+    """A Generator that raises KeyboardInterrupt (a Ctrl-C) when asked for task `stop`."""
+
+    def __init__(self, gen, stop: int):
+        self.gen, self.stop, self.calls = gen, stop, 0
+
+    def shard_params(self, params):
+        return self.gen.shard_params(params)
+
+    def generate(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.stop:
+            raise KeyboardInterrupt
+        return self.gen.generate(*args, **kwargs)
+
+
+def test_a_ctrl_c_keeps_the_finished_tasks_predictions(
+    model, first_run, vocab, tmp_path, monkeypatch
+):
+    """Each task's file is written when it is decoded: a Ctrl-C in the third task leaves
+    the first two (as a full run writes them) and says so; the fifth task's file from an
+    earlier evaluation is named as such."""
+    _, cfg, params, _ = model
+    _, first = first_run
+    real = evaluation.get_generator
+    monkeypatch.setattr(evaluation, "get_generator", lambda *a: _StopAtTask(real(*a), 3))
+    (tmp_path / "predictions").mkdir()
+    (tmp_path / "predictions" / f"{SAMPLE_HELD_OUT[4]}.jsonl").write_text("{}\n")
+    with pytest.raises(KeyboardInterrupt) as info:  # not EvalInterrupted: would end pytest
+        evaluation.evaluate(params, cfg, vocab, EVAL, eval_dir=tmp_path, progress=False)
+    assert isinstance(info.value, evaluation.EvalInterrupted)
+    done = SAMPLE_HELD_OUT[:2]
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == sorted(
+        f"{name}.jsonl" for name in [*done, SAMPLE_HELD_OUT[4]]
+    )
+    for name in done:
+        path = f"predictions/{name}.jsonl"
+        assert (tmp_path / path).read_bytes() == (first / path).read_bytes()
+    assert not (tmp_path / "metrics.json").exists()
+    assert str(info.value) == (
+        f"interrupted: predictions of 2 of 6 tasks written to {tmp_path}/predictions/ "
+        f"({', '.join(done)}); not scored (python -m ecomgpt_jax.score scores that folder); "
+        f"the files of {SAMPLE_HELD_OUT[4]} there are an earlier evaluation's"
+    )
+
+
+def test_an_eval_dir_that_cannot_be_a_folder_stops_before_decoding(
+    model, vocab, tmp_path, monkeypatch
+):
+    _, cfg, params, _ = model
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    with pytest.raises(evaluation.EvalError) as info:
+        evaluation.check_eval_dir(afile / "sub")
+    assert str(info.value) == f"EVAL_DIR {afile / 'sub'} is inside {afile}, a file: give a folder"
+
+    def no_decoding(*args):
+        pytest.fail("decoding started before EVAL_DIR was checked")
+
+    monkeypatch.setattr(evaluation, "get_generator", no_decoding)
+    with pytest.raises(evaluation.EvalError) as info:
+        evaluation.evaluate(params, cfg, vocab, EVAL, eval_dir=afile, progress=False)
+    assert str(info.value) == f"EVAL_DIR {afile} is a file: give a folder"
+    assert afile.read_text() == "not a folder"
 
 
 def test_checkpoint_restored_onto_a_mesh_gives_the_same_predictions(model, first_run, tmp_path):
@@ -239,6 +319,36 @@ def test_model_source_errors(tmp_path):
         )
     with pytest.raises(hf_io.CheckpointFormatError, match="not found"):
         evaluation.load_model(ModelSource(hf_dir=str(tmp_path)))
+    # DTYPE and MODEL_OVERRIDES_EVAL: errors name the macro, before anything loads.
+    for source, message in [
+        (
+            ModelSource(checkpoint=missing, dtype="bf16"),
+            "DTYPE='bf16': must be one of 'float32', 'bfloat16', 'float16', or None",
+        ),
+        (
+            ModelSource(checkpoint=missing, overrides={"attention": "cudnn"}),
+            "MODEL_OVERRIDES_EVAL: 'attention' is not a ModelConfig field (did you mean "
+            "'attention_impl'?)",
+        ),
+        (
+            ModelSource(checkpoint=missing, overrides={"zzz": 1}),
+            "MODEL_OVERRIDES_EVAL: 'zzz' is not a ModelConfig field (fields: family, "
+            "vocab_size, hidden, layers, heads, kv_heads, head_dim, mlp_dim, norm_eps, "
+            "rope_theta, rope_scaling, qkv_bias, tie_embeddings, max_positions, param_dtype, "
+            "dtype, logits_dtype, remat_policy, scan_layers, attention_impl, bos_id, eos_id, "
+            "pad_id)",
+        ),
+        (
+            ModelSource(checkpoint=missing, overrides=["attention_impl"]),
+            "MODEL_OVERRIDES_EVAL=['attention_impl']: must be a dict of ModelConfig fields, "
+            "e.g. {'attention_impl': 'cudnn'}",
+        ),
+    ]:
+        with pytest.raises(evaluation.EvalError) as info:
+            evaluation.load_model(source)
+        assert str(info.value) == message
+    with pytest.raises(evaluation.EvalError, match="^DTYPE='bf16'"):
+        evaluation.check_source(ModelSource(hf_dir=str(tmp_path), dtype="bf16"))
     with pytest.raises(evaluation.EvalError, match="max_examples"):
         EvalConfig(max_examples=0)
 
@@ -255,3 +365,19 @@ def test_checkpoint_without_model_config_json_uses_the_source_config(tmp_path):
     assert cfg == dataclasses.replace(tiny, remat_policy="full")
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_a_bad_override_value_is_reported_before_the_hf_weights_load(model, monkeypatch):
+    _, _, _, path = model
+
+    def no_load(*args, **kwargs):
+        pytest.fail("the weights were read before the overrides were checked")
+
+    monkeypatch.setattr(hf_io, "load_hf_params", no_load)
+    source = ModelSource(hf_dir=str(path), overrides={"attention_impl": "cudnnn"})
+    with pytest.raises(mc.ConfigError) as info:
+        evaluation.load_model(source)
+    assert str(info.value) == (
+        "MODEL_OVERRIDES_EVAL: ModelConfig.attention_impl='cudnnn': must be one of "
+        "('xla', 'cudnn', 'splash')"
+    )

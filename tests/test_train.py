@@ -4,7 +4,9 @@ Subprocess runs use the default recipe (gin_configs/ecom.gin) for a few steps.
 Losses are compared through MODEL_DIR/metrics.jsonl (one line per step here).
 """
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import pathlib
@@ -284,13 +286,15 @@ def run_in_process(tmp_path, *args) -> str:
     gin.clear_config()
     cwd = os.getcwd()
     os.chdir(ROOT)
+    stderr = io.StringIO()
     try:
-        with pytest.raises(SystemExit) as exit_info:
+        with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(stderr):
             train.main(argv)
     finally:
         os.chdir(cwd)
         gin.clear_config()
-    return str(exit_info.value.code)
+    assert exit_info.value.code == train.USAGE_EXIT_CODE
+    return stderr.getvalue().removesuffix("\n")
 
 
 def test_a_finished_run_is_left_as_it_was(default_run, tmp_path, capsys):

@@ -193,6 +193,7 @@ def main(argv: list[str]) -> None:
     del argv
     import jax
 
+    launch.quiet_logs()
     try:
         launch.init_distributed()  # bad multi-host flags: one line too
         result, eval_dir = run_eval(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)

@@ -495,26 +495,22 @@ def check_eval_dir(eval_dir):
 def replace_previous(pred_dir, names: Sequence[str]) -> list[str]:
     """Removes the prediction files (*.jsonl) in pred_dir of tasks not in `names`, and
     says so on stderr; returns the tasks in `names` that have an earlier file (each is
-    overwritten when its task finishes). An evaluation owns its predictions folder:
-    files of an earlier one next to the new metrics.json would look like part of it."""
+    overwritten when its task finishes: a rerun, said nothing about). An evaluation owns
+    its predictions folder: files of an earlier one next to the new metrics.json would
+    look like part of it."""
     old = sorted(pred_dir.glob("*.jsonl"), key=lambda p: p.name)
-    if not old:
-        return []
     mine = {f"{n}.jsonl" for n in names}
     gone = [p for p in old if p.name not in mine]
     kept = [p.name.removesuffix(".jsonl") for p in old if p.name in mine]
-    parts = []
     if gone:
         shown = ", ".join(p.name for p in gone[:5]) + (", ..." if len(gone) > 5 else "")
         files = "file" if len(gone) == 1 else "files"
-        parts.append(f"removed {len(gone)} {files} of tasks not in this one ({shown})")
-    if kept:
-        parts.append(f"{len(kept)} overwritten as their tasks finish")
-    print(
-        f"replacing the previous evaluation's predictions in {pred_dir}/: {'; '.join(parts)}",
-        file=sys.stderr,
-        flush=True,
-    )
+        print(
+            f"replacing the previous evaluation's predictions in {pred_dir}/: removed "
+            f"{len(gone)} {files} of tasks not in this one ({shown})",
+            file=sys.stderr,
+            flush=True,
+        )
     for path in gone:
         path.unlink()
     return kept

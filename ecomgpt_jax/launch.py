@@ -34,6 +34,23 @@ def define_flags() -> None:
     define("DEFINE_integer", "process_id", None, "This process's index.")
 
 
+def quiet_logs() -> None:
+    """absl logs at WARNING unless --verbosity is given: orbax logs every file it reads or
+    writes at INFO. Also drops orbax's warning that a params item has no
+    _CHECKPOINT_METADATA: items are read on their own, and that file is the step's."""
+    import logging as py_logging
+
+    from absl import logging
+
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    py_logging.getLogger("absl").addFilter(_not_item_metadata_warning)  # once: same object
+
+
+def _not_item_metadata_warning(record) -> bool:
+    return not record.getMessage().startswith("Metadata file does not exist")
+
+
 def rewrite_gin_args(argv: list[str]) -> list[str]:
     """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (T5X convention).
 

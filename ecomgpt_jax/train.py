@@ -363,10 +363,8 @@ def data_position(
 
 def main(argv: list[str]) -> None:
     import jax
-    from absl import logging
 
-    if not FLAGS["verbosity"].present:  # orbax logs every file it writes at INFO
-        logging.set_verbosity(logging.WARNING)
+    launch.quiet_logs()
     try:
         result, run_cfg = run(argv)
     except _user_errors() as e:

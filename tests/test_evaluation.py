@@ -205,8 +205,7 @@ def test_infer_eval_reruns_are_byte_identical(model, first_run, vocab, tmp_path,
     assert "- step: 7" in (tmp_path / "metrics.md").read_text()
     assert capsys.readouterr().err.splitlines() == [
         f"replacing the previous evaluation's predictions in {tmp_path}/predictions/: removed "
-        "1 file of tasks not in this one (EN-Old-CLS-old.jsonl); 1 overwritten as their tasks "
-        "finish"
+        "1 file of tasks not in this one (EN-Old-CLS-old.jsonl)"
     ]
 
 

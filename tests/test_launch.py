@@ -25,6 +25,28 @@ def test_a_gin_binding_with_a_space_is_one_line():
     )
 
 
+def test_quiet_logs_drops_only_the_item_metadata_warning(caplog):
+    import logging
+
+    from absl import logging as absl_logging
+
+    launch.define_flags()
+    verbosity = absl_logging.get_verbosity()
+    absl_logger = logging.getLogger("absl")
+    try:
+        launch.quiet_logs()
+        launch.quiet_logs()  # idempotent: one filter
+        assert absl_logging.get_verbosity() == absl_logging.WARNING
+        assert absl_logger.filters.count(launch._not_item_metadata_warning) == 1
+        with caplog.at_level(logging.WARNING, logger="absl"):
+            absl_logger.warning("Metadata file does not exist: /run/checkpoints/3/params/_CHECK")
+            absl_logger.warning("something else")
+        assert [r.getMessage() for r in caplog.records] == ["something else"]
+    finally:
+        absl_logging.set_verbosity(verbosity)
+        absl_logger.removeFilter(launch._not_item_metadata_warning)
+
+
 def test_define_flags_twice_is_harmless():
     launch.define_flags()
     launch.define_flags()

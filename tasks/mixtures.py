@@ -134,8 +134,8 @@ def missing_message(spec: MixtureSpec, root: pathlib.Path, missing: list[str], p
 def none_present_message(spec: MixtureSpec, root: pathlib.Path) -> str:
     return (
         f"mixture {spec.name!r} has no tasks under {root}: it needs {spec.needs} "
-        f"(<root>/<Dataset>/tasks/<task>/{spec.split}.json). Set ECOMGPT_DATA_DIR or "
-        "re-register with tasks.register_ecom_tasks(data_dir=...)."
+        f"(<root>/<Dataset>/tasks/<task>/{spec.split}.json); point DATA_DIR (train, eval) "
+        "or $ECOMGPT_DATA_DIR at a root that has them"
     )
 
 

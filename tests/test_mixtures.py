@@ -182,8 +182,8 @@ def test_none_present_error_names_the_root(tmp_path):
     assert str(error.value) == (
         f"mixture 'ecom_instruct_held_in' has no tasks under {root}: it needs task folders "
         "with a train.json that are not among the paper's held-out tasks "
-        "(<root>/<Dataset>/tasks/<task>/train.json). Set ECOMGPT_DATA_DIR or re-register "
-        "with tasks.register_ecom_tasks(data_dir=...)."
+        "(<root>/<Dataset>/tasks/<task>/train.json); point DATA_DIR (train, eval) or "
+        "$ECOMGPT_DATA_DIR at a root that has them"
     )
     with pytest.raises(reader.DataError, match=f"'ecom_instruct_zh' has no tasks under {root}: "):
         tasks.get("ecom_instruct_zh")

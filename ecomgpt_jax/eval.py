@@ -100,6 +100,29 @@ def parse_gin(files, bindings, search_paths) -> None:
         ) from None
 
 
+def check_eval_dir(eval_dir) -> None:
+    """EvalError on every process if process 0, the writer, cannot write EVAL_DIR: the
+    others would otherwise go on to load the model and wait in the decoding collectives
+    for a process that has stopped."""
+    import jax
+    import numpy as np
+
+    error = None
+    if jax.process_index() == 0:
+        try:
+            evaluation.check_eval_dir(eval_dir)
+        except evaluation.EvalError as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+        if int(failed) and error is None:
+            error = evaluation.EvalError(f"EVAL_DIR {eval_dir}: process 0 cannot write it")
+    if error is not None:
+        raise error
+
+
 def make_vocabulary(run: EvalRun, source: evaluation.ModelSource):
     from ecomgpt_jax import vocabularies
 
@@ -153,8 +176,7 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
     eval_dir = run.eval_dir or default_eval_dir(source, eval_cfg.mixture_or_task_name)
     vocabulary = make_vocabulary(run, source)
     evaluation.check_tasks(eval_cfg)  # bad data root / names / split: before the model loads
-    if jax.process_index() == 0:  # the writer; a bad EVAL_DIR now, not after decoding
-        evaluation.check_eval_dir(eval_dir)
+    check_eval_dir(eval_dir)  # a bad EVAL_DIR now, not after decoding
     cfg, params = evaluation.load_model(source, mesh)
     if jax.process_index() == 0:
         d = eval_cfg.decode

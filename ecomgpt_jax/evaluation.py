@@ -372,7 +372,7 @@ def evaluate(
     gen = get_generator(cfg, eval_cfg.decode, int(vocabulary.eos_id), int(vocabulary.pad_id), mesh)
     params = gen.shard_params(params)
     earlier = replace_previous(pred_dir, [t.name for t in tasks]) if pred_dir else []
-    rows, seconds, examples, timing, written, bar = [], 0.0, 0, {}, [], None
+    rows, seconds, examples, timing, finished, bar = [], 0.0, 0, {}, [], None
     try:
         for task in tasks:
             bar = _Progress(task.name, len(task.prompt_ids), progress and lead)
@@ -395,7 +395,7 @@ def evaluate(
             ]
             if pred_dir is not None:
                 write_predictions(pred_dir, task.name, task_rows)
-                written.append(task.name)
+            finished.append(task.name)  # decoded (and written, where this process writes)
             rows += task_rows
         root = reader.default_data_dir() if eval_cfg.data_dir is None else eval_cfg.data_dir
         scores = scoring.score_predictions(
@@ -408,8 +408,8 @@ def evaluate(
     except KeyboardInterrupt:  # scoring included: metrics.json may then be missing or old
         if bar is not None:
             bar.close()  # its last refresh before the message, not after it
-        older = [n for n in earlier if n not in written]
-        raise EvalInterrupted(pred_dir, written, len(tasks), older) from None
+        older = [n for n in earlier if n not in finished]
+        raise EvalInterrupted(pred_dir, finished, len(tasks), older) from None
     return result
 
 
@@ -449,7 +449,8 @@ def metrics_text(metrics: Mapping) -> str:
 
 class EvalInterrupted(KeyboardInterrupt):
     """Ctrl-C during decoding. pred_dir: None if this process writes nothing; written:
-    the tasks written there; older: tasks not reached whose file is an earlier one's."""
+    the tasks finished (their files written to pred_dir, if any); older: tasks not
+    reached whose file is an earlier one's."""
 
     def __init__(self, pred_dir, written: Sequence[str], total: int, older: Sequence[str]):
         super().__init__()
@@ -497,7 +498,8 @@ def replace_previous(pred_dir, names: Sequence[str]) -> list[str]:
     says so on stderr; returns the tasks in `names` that have an earlier file (each is
     overwritten when its task finishes: a rerun, said nothing about). An evaluation owns
     its predictions folder: files of an earlier one next to the new metrics.json would
-    look like part of it."""
+    look like part of it. The earlier metrics.json / metrics.md go too: beside predictions
+    that a stop leaves half new, they would score what is no longer there."""
     old = sorted(pred_dir.glob("*.jsonl"), key=lambda p: p.name)
     mine = {f"{n}.jsonl" for n in names}
     gone = [p for p in old if p.name not in mine]
@@ -513,6 +515,8 @@ def replace_previous(pred_dir, names: Sequence[str]) -> list[str]:
         )
     for path in gone:
         path.unlink()
+    for name in ("metrics.json", "metrics.md"):
+        (pred_dir.parent / name).unlink(missing_ok=True)
     return kept
 
 

@@ -13,6 +13,8 @@ the library takes dataclasses.
 
 from __future__ import annotations
 
+import sys
+
 from absl import flags
 
 FLAGS = flags.FLAGS
@@ -48,19 +50,25 @@ def quiet_logs() -> None:
 
 
 def _not_item_metadata_warning(record) -> bool:
-    return not record.getMessage().startswith("Metadata file does not exist")
+    message = record.getMessage()
+    return not (
+        message.startswith("Metadata file does not exist")
+        and message.endswith("/params/_CHECKPOINT_METADATA")
+    )
 
 
 def rewrite_gin_args(argv: list[str]) -> list[str]:
     """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (T5X convention).
 
-    Raises SystemExit with one line for `--gin.NAME VALUE` (a space, not "="), which absl
-    would report as an unknown flag `gin.NAME`.
+    Exits (status 2, one line on stderr, as every entry point's bad input) for
+    `--gin.NAME VALUE` (a space, not "="), which absl would report as an unknown flag
+    `gin.NAME`.
     """
     out = []
     for arg in argv:
         if arg.startswith("--gin.") and "=" not in arg:
-            raise SystemExit(f"error: {arg}: write the binding as {arg}=VALUE (one argument)")
+            print(f"error: {arg}: write the binding as {arg}=VALUE (one argument)", file=sys.stderr)
+            raise SystemExit(2)
         if arg.startswith("--gin."):
             name, value = arg[len("--gin.") :].split("=", 1)
             out.append(f"--gin_bindings={name} = {value}")

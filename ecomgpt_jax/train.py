@@ -27,6 +27,7 @@ later than on one host: `preemption.PreemptionGuard`).
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import shlex
 import sys
@@ -229,11 +230,12 @@ def check_model_dir(model_dir: str) -> None:
     be created in, is a file (orbax would fail with a trace at its first write)."""
     if "://" in model_dir:
         return
-    path = pathlib.Path(model_dir).absolute()
+    path = pathlib.Path(os.path.abspath(model_dir))
     for p in (path, *path.parents):
-        if p.exists():
+        if os.path.lexists(p):  # a dangling link too: it cannot be made a folder
             if not p.is_dir():
-                what = "is a file" if p == path else f"is inside {p}, a file"
+                kind = "a link to nothing" if not p.exists() else "a file"
+                what = f"is {kind}" if p == path else f"is inside {p}, {kind}"
                 raise trainer.UserError(f"MODEL_DIR {model_dir} {what}: give a folder")
             return
 

@@ -33,36 +33,23 @@ SMALL = [
 ]
 
 
-def run_cli(module: str, *args: str, cwd=REPO) -> subprocess.CompletedProcess:
+def run_python(*argv: str, cwd=REPO) -> subprocess.CompletedProcess:
+    """`python argv...` on the CPU, without the real-data root."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env["PYTHONPATH"] = str(REPO)
     env.pop("ECOMGPT_DATA_DIR", None)
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
+
+
+def run_cli(module: str, *args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    return run_python("-m", module, *args, cwd=cwd)
 
 
 def run_cli_code(code: str, *args: str) -> subprocess.CompletedProcess:
     """`python -c code args` as run_cli runs a module."""
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "PYTHONPATH": str(REPO),
-    }
-    env.pop("ECOMGPT_DATA_DIR", None)
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_python("-c", code, *args)
 
 
 def bindings(args):
@@ -199,6 +186,26 @@ def test_an_eval_dir_that_is_a_file_stops_before_the_model_loads(tmp_path, monke
     with pytest.raises(evaluation.EvalError) as info:
         eval_main.run_eval(["gin_configs/eval.gin"], args)
     assert str(info.value) == f"EVAL_DIR {afile} is a file: give a folder"
+
+
+def test_every_process_stops_when_process_0_cannot_write_eval_dir(tmp_path, monkeypatch):
+    """Process 0 writes; the others learn of its failure rather than wait for it in the
+    decoding collectives."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    for flag in (0, 1):  # process 0's answer
+        monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x, f=flag: np.int32(f))
+        if flag:
+            with pytest.raises(evaluation.EvalError) as info:
+                eval_main.check_eval_dir(tmp_path / "out")
+            assert str(info.value) == f"EVAL_DIR {tmp_path / 'out'}: process 0 cannot write it"
+        else:
+            eval_main.check_eval_dir(tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # only process 0 creates it
 
 
 @pytest.mark.parametrize(

@@ -237,6 +237,8 @@ def test_a_ctrl_c_keeps_the_finished_tasks_predictions(
     monkeypatch.setattr(evaluation, "get_generator", lambda *a: _StopAtTask(real(*a), 3))
     (tmp_path / "predictions").mkdir()
     (tmp_path / "predictions" / f"{SAMPLE_HELD_OUT[4]}.jsonl").write_text("{}\n")
+    (tmp_path / "metrics.json").write_text("{}")  # the earlier evaluation's scores
+    (tmp_path / "metrics.md").write_text("old")
     with pytest.raises(KeyboardInterrupt) as info:  # not EvalInterrupted: would end pytest
         evaluation.evaluate(params, cfg, vocab, EVAL, eval_dir=tmp_path, progress=False)
     assert isinstance(info.value, evaluation.EvalInterrupted)
@@ -247,12 +249,17 @@ def test_a_ctrl_c_keeps_the_finished_tasks_predictions(
     for name in done:
         path = f"predictions/{name}.jsonl"
         assert (tmp_path / path).read_bytes() == (first / path).read_bytes()
-    assert not (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "metrics.md").exists()
     assert str(info.value) == (
         f"interrupted: predictions of 2 of 6 tasks written to {tmp_path}/predictions/ "
         f"({', '.join(done)}); not scored (python -m ecomgpt_jax.score scores that folder); "
         f"the files of {SAMPLE_HELD_OUT[4]} there are an earlier evaluation's"
     )
+    # Writing nothing (eval_dir None, or a process other than the writer): the count of
+    # tasks decoded all the same.
+    with pytest.raises(KeyboardInterrupt) as info:
+        evaluation.evaluate(params, cfg, vocab, EVAL, eval_dir=None, progress=False)
+    assert str(info.value) == "interrupted after 2 of 6 tasks; nothing written"
 
 
 def test_an_eval_dir_that_cannot_be_a_folder_stops_before_decoding(

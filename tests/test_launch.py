@@ -16,12 +16,13 @@ def test_rewrite_gin_args_t5x_form():
     ]
 
 
-def test_a_gin_binding_with_a_space_is_one_line():
+def test_a_gin_binding_with_a_space_is_one_line(capsys):
     """absl would call `--gin.TRAIN_STEPS 3` an unknown flag `gin.TRAIN_STEPS`."""
     with pytest.raises(SystemExit) as info:
         launch.rewrite_gin_args(["prog", "--gin.TRAIN_STEPS", "3"])
-    assert info.value.code == (
-        "error: --gin.TRAIN_STEPS: write the binding as --gin.TRAIN_STEPS=VALUE (one argument)"
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: --gin.TRAIN_STEPS: write the binding as --gin.TRAIN_STEPS=VALUE (one argument)\n"
     )
 
 
@@ -39,9 +40,17 @@ def test_quiet_logs_drops_only_the_item_metadata_warning(caplog):
         assert absl_logging.get_verbosity() == absl_logging.WARNING
         assert absl_logger.filters.count(launch._not_item_metadata_warning) == 1
         with caplog.at_level(logging.WARNING, logger="absl"):
-            absl_logger.warning("Metadata file does not exist: /run/checkpoints/3/params/_CHECK")
+            absl_logger.warning(
+                "Metadata file does not exist: /run/checkpoints/3/params/_CHECKPOINT_METADATA"
+            )
+            absl_logger.warning(
+                "Metadata file does not exist: /run/checkpoints/3/_CHECKPOINT_METADATA"
+            )
             absl_logger.warning("something else")
-        assert [r.getMessage() for r in caplog.records] == ["something else"]
+        assert [r.getMessage() for r in caplog.records] == [
+            "Metadata file does not exist: /run/checkpoints/3/_CHECKPOINT_METADATA",  # the step's
+            "something else",
+        ]
     finally:
         absl_logging.set_verbosity(verbosity)
         absl_logger.removeFilter(launch._not_item_metadata_warning)

@@ -323,3 +323,15 @@ def test_real_data():
         "sentences": "The bread is top notch as well.",
         "labels": {"default": ["Food"]},
     }
+
+
+def test_no_task_folders_hint_resolves_dots(tmp_path, monkeypatch):
+    """`--data_dir ..` from inside a task folder: the hint names the real data root, not
+    a path climbing the literal ".." (pathlib's parents do not resolve it)."""
+    root = tmp_path / "root"
+    make_task(root, "EN-ABSA-CLS-topic", CLS_META)
+    monkeypatch.chdir(root / "ABSA" / "tasks" / "EN-ABSA-CLS-topic")
+    for given, what in [("..", "<Dataset>/tasks"), ("../..", "<Dataset>")]:
+        with pytest.raises(DataError) as e:
+            reader.discover_tasks(given, allow_empty=False)
+        assert str(e.value).endswith(f" (this is a {what} folder: point at {root})")

@@ -285,7 +285,7 @@ def _no_tasks_error(root: pathlib.Path) -> DataError:
     folder, a task folder), so the level actually found is named.
     """
     what = f"no task folders found; expected {LAYOUT}"
-    up = root.absolute().parents
+    up = pathlib.Path(os.path.abspath(root)).parents  # ".." resolved, as the user means it
     if (root / META_FILE).is_file() and len(up) >= 3:
         return DataError(f"{what} (this is a task folder: point at {up[2]})", root)
     if any(root.glob(f"*/{META_FILE}")) and len(up) >= 2:

@@ -15,7 +15,9 @@ settings (gin_configs/eval.gin): prompts cut from the left to 800 tokens, 164 ne
 Flags: --gin_file (repeatable), --gin.NAME=VALUE (a binding, repeatable; same as
 --gin_bindings="NAME = VALUE"), --gin_search_paths (comma-separated folders for gin files;
 the repository's gin_configs/ is always searched). Multi-host: --multihost, or
---coordinator_address / --num_processes / --process_id.
+--coordinator_address / --num_processes / --process_id. The settings (CHECKPOINT,
+HF_DIR, EVAL_DIR, MIXTURE_OR_TASK_NAME, EVAL_MAX_EXAMPLES, DTYPE, ...): the header of
+gin_configs/eval.gin.
 
 Bad input: one "error: ..." line, exit status 2, before the model loads where it can be
 known then. Each task's predictions file is written when the task is decoded: a Ctrl-C

@@ -22,6 +22,9 @@ RNG and data position). SIGTERM finishes the current step, saves and exits 0; so
 does a first Ctrl-C, exiting 130 (a second Ctrl-C stops at once, without saving).
 With several hosts, a signal to any of them stops all after the same step (one step
 later than on one host: `preemption.PreemptionGuard`).
+
+The settings (macros such as MODEL_DIR, TRAIN_STEPS, BATCH_SIZE, DATA_DIR) and what each
+means: the header of gin_configs/ecom.gin. Bad input: one "error: ..." line, exit status 2.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ Both are ``seqio.Vocabulary`` objects and both are lossless on the text EcomInst
 punctuation, digits and emoji.
 
 * ``SentencePieceVocabulary``: seqio's own class on a model trained like the bundled
-  ``ecominstruct/sample/spm.model`` (identity normalisation, no dummy prefix, byte fallback;
-  see ``ecominstruct/make_sample.py``). Ids: pad 0, eos 1, unk 2. seqio's decode of such a
-  model is already lossless (python and TF paths), so no subclass is needed.
+  ``ecominstruct/sample/spm.model`` (identity normalisation but for U+FFFF, no dummy
+  prefix, byte fallback; see ``ecominstruct/make_sample.py``). Ids: pad 0, eos 1, unk 2.
+  seqio's decode of such a model is already lossless (python and TF paths), so no
+  subclass is needed.
 * ``HuggingFaceVocabulary``: a ``tokenizer.json`` (BLOOM's, Qwen's, ...) through the
   ``tokenizers`` library; the TF ops wrap the python calls in ``tf.numpy_function``. The
   tokenizer keeps its own ids: eos from the argument, else ``tokenizer_config.json`` next to

@@ -207,3 +207,15 @@ def test_errors_name_what_and_where(tmp_path, hf_path):
     (tmp_path / "tokenizer.json").write_bytes(hf_path.read_bytes())
     with pytest.raises(vocabularies.VocabularyError, match="tokenizer_config.json: not valid JSON"):
         vocabularies.HuggingFaceVocabulary(tmp_path).eos_id  # noqa: B018
+
+
+def test_the_bundled_model_loads_in_tf_without_a_log_line(capfd):
+    """An identity model with an empty character map logs "precompiled_charsmap is empty"
+    from TensorFlow's SentencePiece at every load (24 lines a training run); the bundled
+    model's one rule (U+FFFF -> U+FFFD) keeps the map non-empty and the ids identity's."""
+    capfd.readouterr()
+    vocab = vocabularies.make_vocabulary()  # a new instance: a new TF model load
+    ids = vocab.encode_tf(tf.constant("Red dress, 红色长裙\n")).numpy().tolist()
+    assert ids == vocab.encode("Red dress, 红色长裙\n")
+    assert "precompiled_charsmap" not in capfd.readouterr().err
+    assert vocab.decode(vocab.encode("a\uffffb")) == "a\ufffdb"  # the one rule

@@ -24,7 +24,8 @@ held-out folder names) is refused before anything is written.
 
 ``sample/spm.model`` is a byte-fallback BPE SentencePiece model trained on the prompts and
 answers of every split (``instructions.task_instructions(..., seed=0)``): identity
-normalisation, no dummy prefix, whitespace runs and ``"\\n"`` kept, so decoding is lossless.
+normalisation (but for U+FFFF, a noncharacter, read as U+FFFD: see `train_spm`), no dummy
+prefix, whitespace runs and ``"\\n"`` kept, so decoding is lossless.
 Ids: pad 0, eos 1, unk 2, no bos; 256 byte pieces.
 """
 
@@ -323,13 +324,32 @@ def train_spm(texts: Sequence[str], vocab_size: int = SPM_VOCAB_SIZE) -> bytes:
 
     spm.set_random_generator_seed(SEED)
     model = io.BytesIO()
+    with tempfile.TemporaryDirectory() as tmp:
+        # Identity normalisation but for one rule, U+FFFF (a noncharacter: no text holds
+        # it) -> U+FFFD. A plain identity model has an empty character map, and every
+        # load of it logs "precompiled_charsmap is empty" (TensorFlow's copy of the
+        # library, once per task and feature in tf.data, cannot be silenced).
+        rules = pathlib.Path(tmp) / "rules.tsv"
+        rules.write_text("FFFF\tFFFD\n", encoding="utf-8")
+        _train(texts, vocab_size, model, str(rules))
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model.getvalue())
+    proto.normalizer_spec.normalization_rule_tsv = rules.name  # not the temporary folder
+    return proto.SerializeToString()
+
+
+def _train(texts: Sequence[str], vocab_size: int, model: io.BytesIO, rules: str) -> None:
+    import sentencepiece as spm
+
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
         model_writer=model,
         vocab_size=vocab_size,
         model_type="bpe",
         # Lossless: no NFKC, no dummy "▁" prefix, whitespace runs kept as pieces.
-        normalization_rule_name="identity",
+        normalization_rule_tsv=rules,
         add_dummy_prefix=False,
         remove_extra_whitespaces=False,
         allow_whitespace_only_pieces=True,
@@ -345,7 +365,6 @@ def train_spm(texts: Sequence[str], vocab_size: int = SPM_VOCAB_SIZE) -> bytes:
         num_threads=1,
         minloglevel=2,
     )
-    return model.getvalue()
 
 
 class SampleError(Exception):

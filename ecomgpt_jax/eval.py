@@ -19,6 +19,8 @@ the repository's gin_configs/ is always searched). Multi-host: --multihost, or
 HF_DIR, EVAL_DIR, MIXTURE_OR_TASK_NAME, EVAL_MAX_EXAMPLES, DTYPE, ...): the header of
 gin_configs/eval.gin.
 
+An evaluation replaces an earlier one in EVAL_DIR: other tasks' predictions/*.jsonl
+(with one note on stderr) and the old metrics.json / metrics.md are removed first.
 Bad input: one "error: ..." line, exit status 2, before the model loads where it can be
 known then. Each task's predictions file is written when the task is decoded: a Ctrl-C
 leaves the finished ones, says which in one line, exit status 130.
@@ -244,4 +246,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, argv=rewrite_gin_args(sys.argv))
+    app.run(main, argv=rewrite_gin_args(sys.argv), flags_parser=launch.parse_flags)

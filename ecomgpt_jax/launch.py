@@ -36,6 +36,17 @@ def define_flags() -> None:
     define("DEFINE_integer", "process_id", None, "This process's index.")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for `app.run(flags_parser=...)`, with a bad flag (unknown,
+    mistyped, a bad value) as one "error: ..." line and exit status 2, as every other bad
+    input here (absl prints two lines and exits 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e} (--helpfull lists the flags)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def quiet_logs() -> None:
     """absl logs at WARNING unless --verbosity is given: orbax logs every file it reads or
     writes at INFO. Also drops orbax's warning that a params item has no

@@ -18,8 +18,10 @@ Open MPI clusters pass --multihost (auto-detection); elsewhere pass
 --coordinator_address=host:port --num_processes=N --process_id=i.
 
 A checkpoint already in MODEL_DIR is resumed (parameters, optimizer, step,
-RNG and data position). SIGTERM finishes the current step, saves and exits 0; so
-does a first Ctrl-C, exiting 130 (a second Ctrl-C stops at once, without saving).
+RNG and data position); one already at TRAIN_STEPS trains nothing and leaves config.gin
+as it was, and a TRAIN_STEPS below its step is an error. SIGTERM finishes the current
+step, saves and exits 0; so does a first Ctrl-C, exiting 130 (a second Ctrl-C stops at
+once, without saving).
 With several hosts, a signal to any of them stops all after the same step (one step
 later than on one host: `preemption.PreemptionGuard`).
 
@@ -161,8 +163,19 @@ def make_eval_batches(data: input_pipeline.DataConfig, mesh, max_batches: int):
         raise trainer.UserError(f"EVAL_LOSS_MIXTURE: {e}") from None
 
 
-def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary, notes=()) -> None:
-    """MODEL_DIR/config.gin (resolved gin config, `notes` as header comments),
+def command_line() -> str:
+    """This run's command, from the parsed flags (absl hands `main` only what is left):
+    the gin files, bindings and search paths, in their order."""
+    args = [f"--gin_file={f}" for f in FLAGS.gin_file]
+    args += [f"--gin_bindings={b}" for b in FLAGS.gin_bindings]
+    if FLAGS.gin_search_paths:
+        args.append("--gin_search_paths=" + ",".join(FLAGS.gin_search_paths))
+    return "python -m ecomgpt_jax.train " + shlex.join(args)
+
+
+def write_run_files(model_dir: str, cfg, command: str, vocabulary, notes=()) -> None:
+    """MODEL_DIR/config.gin (`command` and `notes` as header comments, then the resolved
+    gin config),
     model_config.json and, for a HF vocabulary, its tokenizer files: what eval / convert
     need next to the checkpoints."""
     import jax
@@ -179,7 +192,7 @@ def write_run_files(model_dir: str, cfg, argv: list[str], vocabulary, notes=()) 
             source = pathlib.Path(tokenizer).parent / name
             if source.is_file():
                 (root / name).write_bytes(source.read_bytes())
-    header = "# Resolved config of: python -m ecomgpt_jax.train " + shlex.join(argv[1:])
+    header = f"# Resolved config of: {command}"
     header += "".join(f"\n# {note}" for note in notes)
     (root / "config.gin").write_text(header + "\n\n" + gin.operative_config_str())
     checkpointing.save_model_config(root, cfg)
@@ -243,7 +256,7 @@ def check_model_dir(model_dir: str) -> None:
             return
 
 
-def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
+def run() -> tuple[trainer.Result, trainer.RunConfig]:
     launch.init_distributed()
     import jax
 
@@ -299,7 +312,8 @@ def run(argv: list[str]) -> tuple[trainer.Result, trainer.RunConfig]:
             f"{total}: nothing to train (raise TRAIN_STEPS, or give another MODEL_DIR)"
         )
     if start < total:
-        write_run_files(run_cfg.train.model_dir, cfg, argv, vocabulary, [note] if note else [])
+        notes = [note] if note else []
+        write_run_files(run_cfg.train.model_dir, cfg, command_line(), vocabulary, notes)
     elif jax.process_index() == 0:
         # config.gin records what trained these steps; this command trains none of them
         # (it only redoes an evaluation a stop left unfinished at the last step, if any).
@@ -371,7 +385,7 @@ def main(argv: list[str]) -> None:
 
     launch.quiet_logs()
     try:
-        result, run_cfg = run(argv)
+        result, run_cfg = run()
     except _user_errors() as e:
         text = str(e).strip()
         print(f"error: {text.splitlines()[0] if text else repr(e)}", file=sys.stderr)
@@ -405,4 +419,4 @@ def print_summary(result: trainer.Result, model_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, argv=rewrite_gin_args(sys.argv))
+    app.run(main, argv=rewrite_gin_args(sys.argv), flags_parser=launch.parse_flags)

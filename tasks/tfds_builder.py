@@ -1,7 +1,7 @@
 """TFDS builder that prepares EcomInstruct tasks as sharded files (for the full 1.5M scale).
 
-At registration every SeqIO task reads its JSON Lines files directly (fine for the sample
-and the 12 held-out sets). For the full EcomInstruct release, building the prompts once and
+Without prepared copies every SeqIO task reads its JSON Lines files directly (fine for the
+sample and the 12 held-out sets). For the full EcomInstruct release, building the prompts once and
 reading sharded TFRecords is much cheaper; prepare them with::
 
     python -m tasks.tfds_builder --data_dir /path/to/ecom_instruct            # every task
@@ -17,7 +17,8 @@ shuffled SeqIO read (training) asks for. Prepared data lands under
 ``<tfds_data_dir>/ecom_instruct/<config>/<version>/`` (default ``<data_dir>/_tfds``);
 ``tasks.register_ecom_tasks`` then reads it through ``seqio.TfdsDataSource`` whenever it
 exists and its recorded :func:`fingerprint` (sha256 of the task's JSON files and of the
-prompt-building code) still matches.
+prompt-building code) still matches; a ``--tfds_data_dir`` elsewhere is read when training
+sets ``--gin.TFDS_DATA_DIR`` to it.
 """
 
 from __future__ import annotations

@@ -56,6 +56,20 @@ def test_quiet_logs_drops_only_the_item_metadata_warning(caplog):
         absl_logger.removeFilter(launch._not_item_metadata_warning)
 
 
+def test_a_bad_flag_is_one_line_and_exit_2(capsys):
+    launch.define_flags()
+    with pytest.raises(SystemExit) as info:
+        launch.parse_flags(["prog", "--gin_files=a.gin"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: Unknown command line flag 'gin_files'. Did you mean: gin_file ? "
+        "(--helpfull lists the flags)\n"
+    )
+    with pytest.raises(SystemExit):
+        launch.parse_flags(["prog", "--num_processes=abc"])
+    assert capsys.readouterr().err.startswith("error: flag --num_processes=abc: ")
+
+
 def test_define_flags_twice_is_harmless():
     launch.define_flags()
     launch.define_flags()

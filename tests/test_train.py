@@ -129,6 +129,12 @@ def test_default_command_leaves_checkpoint_logs_and_config(default_run):
     assert events and events[0].stat().st_size > 0
     config = (model_dir / "config.gin").read_text()
     assert f"TRAIN_STEPS = {STEPS}" in config and "TrainConfig.train_steps = %TRAIN_STEPS" in config
+    # The command that made it (absl hands main only the program name).
+    assert config.startswith(
+        "# Resolved config of: python -m ecomgpt_jax.train --gin_file=gin_configs/ecom.gin "
+        f"'--gin_bindings=MODEL_DIR = '\"'\"'{model_dir}'\"'\"'' "
+        f"'--gin_bindings=TRAIN_STEPS = {STEPS}'"
+    )
     assert "note:" not in stdout and "note:" not in config  # the model is ModelConfig's
     # The printed summary points at real things, including the evaluation command.
     assert f"checkpoint: {step_dir}" in stdout

@@ -7,6 +7,7 @@ that a kill never leaves a cut line, and cut back to the restored step on resume
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 
@@ -68,6 +69,8 @@ class MetricsLogger:
             return
         if self.path.exists():
             self._lines = self._lines_up_to(self.path, start_step)
+            if start_step:
+                self._check_schedule()
         for kind in EVAL_KINDS:  # evaluations after the restored step are redone
             path = self.path.parent / f"{kind}.jsonl"
             if path.exists():
@@ -79,6 +82,25 @@ class MetricsLogger:
         # on (a SessionLog.START at purge_step), which the resumed steps write again.
         purge_step = start_step + 1 if start_step else 0
         self._writer = SummaryWriter(str(self.tb_dir), purge_step=purge_step)
+
+    def _check_schedule(self) -> None:
+        """Warns when the learning rate the last kept row logged is not what the schedule
+        gives at that step now: a resume with another TRAIN_STEPS, LEARNING_RATE,
+        WARMUP_STEPS or decay goes on from another point of another curve (the checkpoint
+        holds the optimizer's step, not the schedule's settings)."""
+        if not self._lines:
+            return
+        row = json.loads(self._lines[-1])
+        logged, step = row.get("learning_rate"), int(row["step"])
+        now = float(self.schedule(step - 1))
+        if isinstance(logged, float) and not math.isclose(logged, now, rel_tol=1e-5, abs_tol=1e-12):
+            print(
+                f"warning: the learning-rate schedule changed: step {step} was logged with "
+                f"{logged:.3e}, the schedule now gives {now:.3e} there (TRAIN_STEPS, "
+                "LEARNING_RATE, WARMUP_STEPS or OptimizerConfig changed); training goes on "
+                "with the new one",
+                flush=True,
+            )
 
     @staticmethod
     def _lines_up_to(path: epath.Path, start_step: int) -> list[str]:

@@ -38,6 +38,29 @@ def test_metrics_logger_writes_rows_and_drops_rows_after_a_resumed_step(tmp_path
     assert [r["step"] for r in rows] == [2, 4]
 
 
+def test_a_resume_with_another_schedule_is_warned_about(tmp_path, capsys):
+    """The checkpoint holds the optimizer's step, not the schedule: a resume with another
+    TRAIN_STEPS (here 10 -> 6, so the decay is further along at step 4) is said."""
+    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(learning_rate=1.0), 10)
+    logger = MetricsLogger(tmp_path, total_steps=10, start_step=0, schedule=schedule)
+    metrics = {k: np.float32(1) for k in ("loss", "grad_norm", "accuracy", "tokens")}
+    for step in range(1, 5):
+        logger.record(step, metrics, force=True)
+    logger.close()
+    capsys.readouterr()
+    MetricsLogger(tmp_path, total_steps=10, start_step=4, schedule=schedule).close()
+    assert "schedule changed" not in capsys.readouterr().out  # the same schedule
+    shorter = ts.learning_rate_schedule(ts.OptimizerConfig(learning_rate=1.0), 6)
+    MetricsLogger(tmp_path, total_steps=6, start_step=4, schedule=shorter).close()
+    assert capsys.readouterr().out == (
+        f"warning: the learning-rate schedule changed: step 4 was logged with "
+        f"{float(schedule(3)):.3e}, the schedule now gives {float(shorter(3)):.3e} there "
+        "(TRAIN_STEPS, LEARNING_RATE, WARMUP_STEPS or OptimizerConfig changed); training "
+        "goes on with the new one\n"
+    )
+    assert float(schedule(3)) != float(shorter(3))
+
+
 def test_metrics_logger_skips_unreadable_lines_and_writes_atomically(tmp_path, capsys):
     """A metrics.jsonl cut short by a kill (or edited by hand) does not block a resume."""
     schedule = ts.learning_rate_schedule(ts.OptimizerConfig(learning_rate=1.0), 10)

@@ -9,7 +9,6 @@ and jax (torch / transformers versions are added when they are importable).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -216,17 +215,12 @@ def check_compare_hf_mesh(mesh) -> None:
         )
 
 
-@contextlib.contextmanager
 def exit_on_user_error():
-    """A user error inside becomes one `error: ...` line on stderr and exit status 2."""
-    try:
-        yield
-    except Exception as e:
-        if not isinstance(e, user_errors()):
-            raise
-        text = str(e).strip()
-        print(f"error: {text.splitlines()[0] if text else repr(e)}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """A user error inside becomes one `error: ...` line on stderr and exit status 2
+    (`launch.exit_on_user_error` with the benchmarks' own errors too)."""
+    from ecomgpt_jax import launch
+
+    return launch.exit_on_user_error(user_errors)
 
 
 _START = time.perf_counter()

@@ -32,6 +32,7 @@ import gc
 import json
 import logging
 import os
+import pathlib
 import re
 import sys
 import time
@@ -134,6 +135,23 @@ class DataPosition:
         if fields.get("lengths") is not None:  # a JSON list
             fields["lengths"] = tuple(fields["lengths"])
         return cls(**fields)
+
+
+def not_a_folder(path) -> str | None:
+    """Why a local `path` cannot be (made) a folder: "is a file", "is inside <p>, a file"
+    or "is a link to nothing"; None where it can, and for gs:// paths (their writes say).
+    For MODEL_DIR and EVAL_DIR, which orbax and the writers would otherwise fail on with a
+    trace after minutes of work."""
+    if "://" in str(path):
+        return None
+    path = pathlib.Path(os.path.abspath(path))
+    for p in (path, *path.parents):
+        if os.path.lexists(p):  # a dangling link too: it cannot be made a folder
+            if p.is_dir():
+                return None
+            kind = "a link to nothing" if not p.exists() else "a file"
+            return f"is {kind}" if p == path else f"is inside {p}, {kind}"
+    return None
 
 
 def as_path(path) -> epath.Path:

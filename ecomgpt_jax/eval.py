@@ -39,8 +39,6 @@ from ecomgpt_jax import checkpointing, decoding, evaluation, gin_parsing, launch
 from ecomgpt_jax.models import config as model_config
 
 FLAGS = launch.FLAGS
-USAGE_EXIT_CODE = 2  # bad input: one "error: ..." line
-INTERRUPTED_EXIT_CODE = 130  # Ctrl-C, as a shell reports SIGINT
 launch.define_flags()
 rewrite_gin_args = launch.rewrite_gin_args  # the T5X --gin.NAME=VALUE form
 
@@ -221,18 +219,16 @@ def main(argv: list[str]) -> None:
 
     launch.quiet_logs()
     try:
-        launch.init_distributed()  # bad multi-host flags: one line too
-        result, eval_dir = run_eval(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
-    except _user_errors() as e:
-        text = str(e).strip()
-        print(f"error: {text.splitlines()[0] if text else repr(e)}", file=sys.stderr)
-        sys.exit(USAGE_EXIT_CODE)
+        with launch.exit_on_user_error(_user_errors):
+            launch.init_distributed()  # bad multi-host flags: one line too
+            files, bindings, paths = FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths
+            result, eval_dir = run_eval(files, bindings, paths)
     except KeyboardInterrupt as e:
         # Ctrl-C: what was written, not a trace (finished tasks' predictions are on disk).
         if jax.process_index() == 0:
             what = str(e) if isinstance(e, evaluation.EvalInterrupted) else ""
             print(what or "interrupted before decoding: nothing written", file=sys.stderr)
-        sys.exit(INTERRUPTED_EXIT_CODE)
+        sys.exit(launch.INTERRUPTED_EXIT_CODE)
     if jax.process_index() != 0:
         return
     from ecomgpt_jax.ecominstruct import scoring

@@ -222,7 +222,7 @@ def resolve_task_names(name: str, data_dir) -> tuple[list[str], list[str]]:
 
 
 def _resolve_one(name: str, infos: Mapping[str, reader.TaskInfo], root):
-    folder = scoring.task_folder_name(name)
+    folder = reader.as_folder_name(name)
     if folder in infos:
         return [folder], []
     try:  # a well-formed task name is a task, never a mixture: say its data is missing
@@ -242,7 +242,7 @@ def _resolve_one(name: str, infos: Mapping[str, reader.TaskInfo], root):
 
     if name in seqio.MixtureRegistry.names():
         tasks = [t.name for t in seqio.get_mixture_or_task(name).tasks]
-        folders = [scoring.task_folder_name(t) for t in tasks]
+        folders = [reader.as_folder_name(t) for t in tasks]
         return [f for f in folders if f in infos], [f for f in folders if f not in infos]
     raise reader.DataError(
         f"{name!r} is neither a task folder nor a known mixture "
@@ -484,10 +484,9 @@ def check_eval_dir(eval_dir):
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        there = next((p for p in (pred_dir, *pred_dir.parents) if p.exists()), None)
-        if there is not None and not there.is_dir():
-            what = "is a file" if there == out else f"is inside {there}, a file"
-            raise EvalError(f"EVAL_DIR {eval_dir} {what}: give a folder") from None
+        problem = checkpointing.not_a_folder(eval_dir)
+        if problem:
+            raise EvalError(f"EVAL_DIR {eval_dir} {problem}: give a folder") from None
         why = e.strerror or str(e)
         raise EvalError(f"EVAL_DIR {eval_dir}: cannot write {pred_dir} ({why})") from None
     return pred_dir

@@ -269,11 +269,10 @@ class InputIterator:
                 "this split?)"
             ) from None
         except tf.errors.OpError as e:  # e.g. DataLossError: a truncated TFRecord
-            first = str(e.message).strip().splitlines()[0] if str(e.message).strip() else ""
             raise DataError(
                 f"reading mixture {self.config.mixture_or_task_name!r} failed after "
-                f"{self.position} batches: {type(e).__name__}: {first} (a prepared TFDS file "
-                "damaged or removed? prepare it again: python -m tasks.tfds_builder)"
+                f"{self.position} batches: {type(e).__name__}: {_first_line(e)} (a prepared "
+                "TFDS file damaged or removed? prepare it again: python -m tasks.tfds_builder)"
             ) from None
         self.position += 1
         return next_token_layout({k: v[self._take] for k, v in batch.items()})

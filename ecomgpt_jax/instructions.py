@@ -15,7 +15,7 @@ import json
 import pathlib
 import sys
 
-from ecomgpt_jax.ecominstruct import instructions, reader, scoring
+from ecomgpt_jax.ecominstruct import instructions, reader
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         reader.check_output_file(args.output)
         tasks = reader.discover_tasks(args.data_dir, allow_empty=False)
-        wanted = [scoring.task_folder_name(t) for t in args.tasks.split(",") if t]
+        wanted = [reader.as_folder_name(t) for t in args.tasks.split(",") if t]
         unknown = sorted(set(wanted) - set(tasks))
         if unknown:
             raise reader.DataError(

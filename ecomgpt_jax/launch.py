@@ -13,11 +13,37 @@ the library takes dataclasses.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 from absl import flags
 
 FLAGS = flags.FLAGS
+USAGE_EXIT_CODE = 2  # bad input: one "error: ..." line on stderr, in every entry point
+# Ctrl-C saved and stopped: 130 as for any interrupted command, so that `train && eval`
+# goes no further (SIGTERM, a preemption, exits 0 for the scheduler to restart the job).
+INTERRUPTED_EXIT_CODE = 130
+
+
+def exit_usage(message: str) -> NoReturn:
+    """`error: message` on stderr, exit status USAGE_EXIT_CODE."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(USAGE_EXIT_CODE)
+
+
+@contextlib.contextmanager
+def exit_on_user_error(errors: Callable[[], tuple[type[BaseException], ...]]):
+    """An exception inside of a type `errors()` names (called only then: the list imports
+    the library) becomes its first line via `exit_usage`, without a trace."""
+    try:
+        yield
+    except Exception as e:
+        if not isinstance(e, errors()):
+            raise
+        text = str(e).strip()
+        exit_usage(text.splitlines()[0] if text else repr(e))
 
 
 def define_flags() -> None:
@@ -43,8 +69,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        print(f"error: {e} (--helpfull lists the flags)", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_usage(f"{e} (--helpfull lists the flags)")
 
 
 def quiet_logs() -> None:
@@ -78,8 +103,7 @@ def rewrite_gin_args(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
         if arg.startswith("--gin.") and "=" not in arg:
-            print(f"error: {arg}: write the binding as {arg}=VALUE (one argument)", file=sys.stderr)
-            raise SystemExit(2)
+            exit_usage(f"{arg}: write the binding as {arg}=VALUE (one argument)")
         if arg.startswith("--gin."):
             name, value = arg[len("--gin.") :].split("=", 1)
             out.append(f"--gin_bindings={name} = {value}")

@@ -32,7 +32,6 @@ means: the header of gin_configs/ecom.gin. Bad input: one "error: ..." line, exi
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import shlex
 import sys
@@ -57,10 +56,6 @@ from ecomgpt_jax.ecominstruct import reader
 from ecomgpt_jax.models import config as model_config
 
 FLAGS = launch.FLAGS
-# Ctrl-C saved and stopped: 130 as for any interrupted command, so that `train && eval`
-# goes no further (SIGTERM, a preemption, exits 0 for the scheduler to restart the job).
-USAGE_EXIT_CODE = 2  # bad input: one "error: ..." line, as eval and the other CLIs
-INTERRUPTED_EXIT_CODE = 130
 launch.define_flags()
 rewrite_gin_args = launch.rewrite_gin_args  # the T5X --gin.NAME=VALUE form
 
@@ -244,16 +239,9 @@ def load_configs(files, bindings, search_paths=()):
 def check_model_dir(model_dir: str) -> None:
     """UserError for a local MODEL_DIR that cannot be a folder: it, or a folder it would
     be created in, is a file (orbax would fail with a trace at its first write)."""
-    if "://" in model_dir:
-        return
-    path = pathlib.Path(os.path.abspath(model_dir))
-    for p in (path, *path.parents):
-        if os.path.lexists(p):  # a dangling link too: it cannot be made a folder
-            if not p.is_dir():
-                kind = "a link to nothing" if not p.exists() else "a file"
-                what = f"is {kind}" if p == path else f"is inside {p}, {kind}"
-                raise trainer.UserError(f"MODEL_DIR {model_dir} {what}: give a folder")
-            return
+    problem = checkpointing.not_a_folder(model_dir)
+    if problem:
+        raise trainer.UserError(f"MODEL_DIR {model_dir} {problem}: give a folder")
 
 
 def run() -> tuple[trainer.Result, trainer.RunConfig]:
@@ -384,16 +372,12 @@ def main(argv: list[str]) -> None:
     import jax
 
     launch.quiet_logs()
-    try:
+    with launch.exit_on_user_error(_user_errors):
         result, run_cfg = run()
-    except _user_errors() as e:
-        text = str(e).strip()
-        print(f"error: {text.splitlines()[0] if text else repr(e)}", file=sys.stderr)
-        sys.exit(USAGE_EXIT_CODE)
     if jax.process_index() == 0:
         print_summary(result, run_cfg.train.model_dir)
     if result.interrupted:
-        sys.exit(INTERRUPTED_EXIT_CODE)
+        sys.exit(launch.INTERRUPTED_EXIT_CODE)
 
 
 def print_summary(result: trainer.Result, model_dir: str) -> None:

@@ -34,21 +34,12 @@ import tensorflow as tf
 from ecomgpt_jax.ecominstruct import instructions, reader
 from tasks import tfds_builder
 
-TASK_PREFIX = "ecom:"
+# The folder <-> SeqIO name mapping lives with the other task-name rules in `reader`
+# (pure Python: scoring and the CLIs use it without SeqIO); re-exported for `tasks`.
+TASK_PREFIX = reader.SEQIO_PREFIX
 SPLITS = reader.SPLITS
-
-
-def seqio_task_name(folder: str) -> str:
-    """``"ecom:" + folder.replace("-", ":")``; DataError for a malformed folder name."""
-    reader.parse_task_name(folder)  # rejects ":" (would make the mapping ambiguous)
-    return TASK_PREFIX + folder.replace("-", ":")
-
-
-def folder_name(seqio_name: str) -> str:
-    """Inverse of :func:`seqio_task_name`."""
-    if not seqio_name.startswith(TASK_PREFIX):
-        raise ValueError(f"not an EcomInstruct SeqIO task name (no {TASK_PREFIX!r}): {seqio_name}")
-    return seqio_name[len(TASK_PREFIX) :].replace(":", "-")
+seqio_task_name = reader.seqio_task_name
+folder_name = reader.folder_name
 
 
 def keep_prompt_tail(

@@ -1,8 +1,8 @@
 """TFDS builder that prepares EcomInstruct tasks as sharded files (for the full 1.5M scale).
 
 Without prepared copies every SeqIO task reads its JSON Lines files directly (fine for the
-sample and the 12 held-out sets). For the full EcomInstruct release, building the prompts once and
-reading sharded TFRecords is much cheaper; prepare them with::
+sample and the 12 held-out sets). For the full EcomInstruct release, building the prompts
+once and reading sharded TFRecords is much cheaper; prepare them with::
 
     python -m tasks.tfds_builder --data_dir /path/to/ecom_instruct            # every task
     python -m tasks.tfds_builder --data_dir ... --tfds_data_dir /fast/disk --task EN-...
@@ -35,7 +35,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ecomgpt_jax.ecominstruct import instructions, reader, scoring
+from ecomgpt_jax.ecominstruct import instructions, reader
 
 BUILDER_NAME = "ecom_instruct"
 VERSION = "1.0.0"
@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        folders = [scoring.task_folder_name(t) for t in args.task] if args.task else None
+        folders = [reader.as_folder_name(t) for t in args.task] if args.task else None
         prepared = prepare(args.data_dir, args.tfds_data_dir, args.seed, folders)
     except (reader.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from ecomgpt_jax import checkpointing, convert, train, trainer
+from ecomgpt_jax import checkpointing, convert, launch, train, trainer
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
 
@@ -209,7 +209,7 @@ def test_first_ctrl_c_saves_and_exits_130_without_a_trace(compile_cache, tmp_pat
     model_dir = tmp_path / "run"
     environ = env(compile_cache, devices=4)
     rc, out = _signal_at_step_2(model_dir, environ, signal.SIGINT, tmp_path / "stderr.txt")
-    assert rc == train.INTERRUPTED_EXIT_CODE == 130
+    assert rc == launch.INTERRUPTED_EXIT_CODE == 130
     stopped = max(losses(model_dir))
     step_dir = model_dir / "checkpoints" / str(stopped)
     assert 2 <= stopped < STEPS
@@ -299,7 +299,7 @@ def run_in_process(tmp_path, *args) -> str:
     finally:
         os.chdir(cwd)
         gin.clear_config()
-    assert exit_info.value.code == train.USAGE_EXIT_CODE
+    assert exit_info.value.code == launch.USAGE_EXIT_CODE
     return stderr.getvalue().removesuffix("\n")
 
 

@@ -70,6 +70,29 @@ def default_data_dir() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parent / "sample"
 
 
+# SeqIO names a task "ecom:" + its folder name with "-" -> ":" (reversible: folder names
+# with ":" are refused, see `parse_task_name`).
+SEQIO_PREFIX = "ecom:"
+
+
+def seqio_task_name(folder: str) -> str:
+    """``"ecom:" + folder.replace("-", ":")``; DataError for a malformed folder name."""
+    parse_task_name(folder)  # rejects ":" (would make the mapping ambiguous)
+    return SEQIO_PREFIX + folder.replace("-", ":")
+
+
+def folder_name(seqio_name: str) -> str:
+    """Inverse of :func:`seqio_task_name`."""
+    if not seqio_name.startswith(SEQIO_PREFIX):
+        raise ValueError(f"not an EcomInstruct SeqIO task name (no {SEQIO_PREFIX!r}): {seqio_name}")
+    return seqio_name[len(SEQIO_PREFIX) :].replace(":", "-")
+
+
+def as_folder_name(name: str) -> str:
+    """A task as users name it, folder or SeqIO name -> its folder name."""
+    return folder_name(name) if name.startswith(SEQIO_PREFIX) else name
+
+
 def parse_task_name(name: str) -> tuple[str, str, str, str]:
     """Split a task folder name into its four fields.
 

@@ -29,7 +29,6 @@ from ecomgpt_jax.ecominstruct import instructions, reader
 from ecomgpt_jax.ecominstruct.reader import DataError
 
 SCORE_KEYS = ("rouge-l-f1", "micro-f1", "macro-f1", "rouge-l-f1-cjk")
-SEQIO_PREFIX = "ecom:"
 # Kana, CJK ideographs (+ extensions A-G and compatibility, U+3007 "〇"), Hangul: one
 # token per character. The supplementary-plane ideographs (extensions B-G) and 〇 are word
 # characters to `re`, so without them a run of them would be one token.
@@ -340,13 +339,6 @@ class PredictionRow:
     source: str | None = None
 
 
-def task_folder_name(name: str) -> str:
-    """Accept a folder name or its SeqIO name ("ecom:" + name with "-" -> ":")."""
-    if name.startswith(SEQIO_PREFIX):
-        return name[len(SEQIO_PREFIX) :].replace(":", "-")
-    return name
-
-
 def _to_row(value: object, source: str, line: int) -> PredictionRow:
     if isinstance(value, PredictionRow):
         return value
@@ -362,7 +354,7 @@ def _to_row(value: object, source: str, line: int) -> PredictionRow:
     targets = value.get("targets")
     if targets is not None and not isinstance(targets, str):
         raise DataError("field 'targets' is not a string", source, line)
-    return PredictionRow(task_folder_name(task), index, prediction, line, targets, source)
+    return PredictionRow(reader.as_folder_name(task), index, prediction, line, targets, source)
 
 
 def read_predictions(path: str | os.PathLike) -> list[PredictionRow]:

@@ -28,6 +28,7 @@ import pathlib
 import re
 import tokenize
 import typing
+from collections.abc import Mapping
 
 import gin
 from gin import config_parser, resource_reader
@@ -95,12 +96,15 @@ class _Sources:
     required: macro -> (shown path, line) of its last `NAME = %gin.REQUIRED`.
     uses: macro -> where a binding first references it (`%NAME`).
     sets: macro -> where it is first set (`NAME = ...`).
+    configurables: configurable name (without scope or module) -> where a binding first
+      names it (`Name.param = ...` or `@Name`).
     """
 
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     required: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
     uses: dict[str, str] = dataclasses.field(default_factory=dict)
     sets: dict[str, str] = dataclasses.field(default_factory=dict)
+    configurables: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 # Macros earlier versions read, which nothing reads now: a gin file still setting one would
@@ -204,7 +208,13 @@ def _record(statements, where, sources: _Sources) -> list[str]:
         for item in _walk(statement.value):
             if isinstance(item, _Name) and item.kind == "%":
                 sources.uses.setdefault(item.name, where(line))
-        if not statement.arg_name:
+            if isinstance(item, _Name) and item.kind == "@":
+                configurable = item.name.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+                sources.configurables.setdefault(configurable, where(line))
+        if statement.arg_name:
+            configurable = statement.selector.rsplit(".", 1)[-1]
+            sources.configurables.setdefault(configurable, where(line))
+        else:
             name = "/".join(filter(None, (statement.scope, statement.selector)))
             bound.append(name)
             sources.sets.setdefault(name, where(line))
@@ -390,7 +400,13 @@ def _check_macros(cli: dict[str, str], sources: _Sources, required: bool) -> Non
 
 
 def parse_gin(
-    files, bindings, search_paths, error: type[Exception], example: str, finalize: bool = False
+    files,
+    bindings,
+    search_paths,
+    error: type[Exception],
+    example: str,
+    finalize: bool = False,
+    foreign: Mapping[str, str] | None = None,
 ) -> None:
     """Parses gin files and bindings; any problem raises `error` with one line.
 
@@ -406,6 +422,9 @@ def parse_gin(
       example: a gin file to name when none was given.
       finalize: lock the config; this also reports unset REQUIRED macros now, as one
         line, instead of later from deep inside the job.
+      foreign: configurable name -> why this entry point does not take it (another entry
+        point's settings). Checked on the files' text, not on gin's registry: a process
+        that ran the other entry point (a notebook, the tests) has them registered too.
     """
     logging.getLogger().addFilter(_quiet_gin_package_lookups)  # gin logs via the root logger
     _fix_gin_package_lookup()
@@ -426,6 +445,9 @@ def parse_gin(
             for name in _scan_binding(binding, sources):
                 cli.setdefault(name, _binding_flag(binding))
         _check_retired(sources)
+        for name, where in sources.configurables.items():
+            if name in (foreign or {}):
+                raise _GinProblem(f"{where}: {name} {foreign[name]}")
         for path in files:
             _gin_call(gin.parse_config_file, path, where=path)
         for binding in bindings:

@@ -62,14 +62,25 @@ def define_flags() -> None:
     define("DEFINE_integer", "process_id", None, "This process's index.")
 
 
+# absl's help flags (app.define_help_flags): each prints its text and exits 1. absl
+# knows no -h (an unknown flag); it is --help here, as in most commands.
+HELP_FLAGS = ("-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing for `app.run(flags_parser=...)`, with a bad flag (unknown,
     mistyped, a bad value) as one "error: ..." line and exit status 2, as every other bad
-    input here (absl prints two lines and exits 1)."""
+    input here (absl prints two lines and exits 1), and asked-for help exiting 0."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    options = ["--help" if arg == "-h" else arg for arg in argv[1:end]]
     try:
-        return FLAGS(argv)
+        return FLAGS([*argv[:1], *options, *argv[end:]])
     except flags.Error as e:
         exit_usage(f"{e} (--helpfull lists the flags)")
+    except SystemExit as e:
+        if e.code == 1 and any(arg.split("=", 1)[0] in HELP_FLAGS for arg in options):
+            raise SystemExit(0) from None
+        raise
 
 
 def quiet_logs() -> None:

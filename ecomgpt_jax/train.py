@@ -78,9 +78,23 @@ def register_configurables() -> dict:
     )
 
 
+# Configurables only ecomgpt_jax.eval takes: a gin file binding one is eval.gin (or a copy),
+# where gin alone would say "No configurable matching 'ModelSource' (did you mean ModelSpec?)".
+_NOT_TRAINING = (
+    "is an evaluation setting: train takes a training recipe, --gin_file=gin_configs/ecom.gin "
+    "or gin_configs/runs/*.gin; eval.gin is for python -m ecomgpt_jax.eval"
+)
+
+
 def parse_gin(files, bindings, search_paths) -> None:
     gin_parsing.parse_gin(
-        files, bindings, search_paths, trainer.UserError, "gin_configs/ecom.gin", finalize=True
+        files,
+        bindings,
+        search_paths,
+        trainer.UserError,
+        "gin_configs/ecom.gin",
+        finalize=True,
+        foreign=dict.fromkeys(("ModelSource", "EvalRun"), _NOT_TRAINING),
     )
 
 

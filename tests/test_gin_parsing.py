@@ -278,3 +278,31 @@ def test_unhashable_dict_keys_are_one_line(repo_cwd):
     assert gin_error(["gin_configs/eval.gin"], ["DTYPE = {[1]: 2}"]).startswith(
         "gin config: --gin.DTYPE: "
     )
+
+
+def test_another_entry_points_configurable_is_named_where_it_is_bound(repo_cwd, tmp_path):
+    """`foreign` is read from the files' text (scoped, with a module, as an `@` reference
+    or a command-line binding): gin's registry may hold the other entry point's classes."""
+    foreign = {"Other": "belongs elsewhere"}
+
+    def error(text, bindings=()):
+        path = tmp_path / "f.gin"
+        path.write_text(text)
+        with pytest.raises(_UserError) as info:
+            gin_parsing.parse_gin(
+                [str(path)], list(bindings), [], _UserError, "x.gin", foreign=foreign
+            )
+        return str(info.value)
+
+    shown = str(tmp_path / "f.gin")
+    assert error("X = 1\nscope/mod.Other.x = 1\n") == (
+        f"gin config: {shown}, line 2: Other belongs elsewhere"
+    )
+    assert error("launch_test_fn.value = [@scope/Other()]\n") == (
+        f"gin config: {shown}, line 1: Other belongs elsewhere"
+    )
+    assert error("launch_test_fn.value = 1\n", ["Other.x = 2"]) == (
+        "gin config: --gin.Other.x: Other belongs elsewhere"
+    )
+    # A configurable of this entry point whose name ends like a foreign one is not one.
+    assert error("NotOther.x = 1\n").endswith("No configurable matching 'NotOther'")

@@ -70,6 +70,24 @@ def test_a_bad_flag_is_one_line_and_exit_2(capsys):
     assert capsys.readouterr().err.startswith("error: flag --num_processes=abc: ")
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h", "--helpfull", "--helpshort", "-?"])
+def test_help_prints_the_usage_and_exits_0(flag, capsys):
+    from absl import app
+
+    launch.define_flags()
+    app.define_help_flags()
+    try:
+        with pytest.raises(SystemExit) as info:
+            launch.parse_flags(["prog", "--gin_file=a.gin", flag])
+    finally:
+        launch.FLAGS.unparse_flags()
+    assert info.value.code == 0  # absl's own exit status is 1
+    assert "--helpfull" in capsys.readouterr().out
+    # A help flag after "--" is an argument of the program, not a request for help.
+    assert launch.parse_flags(["prog", "--", flag]) == ["prog", flag]
+    launch.FLAGS.unparse_flags()
+
+
 def test_define_flags_twice_is_harmless():
     launch.define_flags()
     launch.define_flags()

@@ -344,6 +344,11 @@ def test_a_finished_run_is_left_as_it_was(default_run, tmp_path, capsys):
         ),
         (["--gin.MIXTURE_OR_TASK_NAME='ecom_instruct_nope'"], "unknown task or mixture"),
         (["--gin.NO_SUCH_THING.x=1"], "gin config:"),
+        (  # eval's recipe, where gin would suggest ModelSpec for eval's ModelSource
+            ["--gin_file=gin_configs/eval.gin"],
+            "gin config: gin_configs/eval.gin, line 77: ModelSource is an evaluation setting: "
+            "train takes a training recipe, --gin_file=gin_configs/ecom.gin or",
+        ),
         (["--gin.MODEL_DIR='/dev/null'"], "MODEL_DIR /dev/null is a file: give a folder"),
         (
             ["--gin.MODEL_DIR='/dev/null/run'"],

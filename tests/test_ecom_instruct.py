@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest
 import seqio
 import tokenizers
-from conftest import REAL_DATA_DIR, seqio_examples
+from conftest import REAL_DATA_DIR, SAMPLE_TASKS, seqio_examples
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import tasks
@@ -17,29 +17,6 @@ from ecomgpt_jax.ecominstruct import instructions, make_sample, reader
 
 SAMPLE = make_sample.SAMPLE_DIR
 REAL = REAL_DATA_DIR
-SAMPLE_TASKS = sorted(
-    "ecom:" + t.replace("-", ":")
-    for t in [
-        "EN-ABSA-CLS-review_topic_category",
-        "EN-Lenovo-Condition_Extract-Condition_Extract",
-        "EN-Shop_Product-CLS-product_category",
-        "EN-Shop_Product-Condition_Extract-attribute_detection",
-        "EN-Shop_Product-Generate-title_generate",
-        "EN-Shop_Product-NER-product_entity",
-        "EN-Shop_QA-Extract-answer_extract",
-        "EN-Shop_Review-CLS-review_sentiment",
-        "ZH-MEPAVE-NER-attribute_value_extraction",
-        "ZH-Multi_CPR-Extract-product_select_2",
-        "ZH-OpenBG_Align-CLS-item_coarse_classify",
-        "ZH-OpenBG_Align-Generate-title_generate",
-        "ZH-Shop_Product-CLS-product_category",
-        "ZH-Shop_Product-Condition_Extract-attribute_detection",
-        "ZH-Shop_Product-Generate-description_generate",
-        "ZH-Shop_Product-NER-attribute_extraction",
-        "ZH-Shop_QA-Extract-answer_extract",
-        "ZH-Shop_Review-CLS-review_sentiment",
-    ]
-)
 REAL_TASKS = [
     "ecom:EN:ABSA:CLS:review_topic_category",
     "ecom:EN:Lenovo:Condition_Extract:Condition_Extract",

@@ -1,12 +1,11 @@
 """Tests for prompts and gold answers (ecomgpt_jax/ecominstruct/instructions.py; its CLI,
 ecomgpt_jax/instructions.py, in test_instructions_cli.py)."""
 
-import json
-import pathlib
 import random
 
 import pytest
 from conftest import REAL_DATA_DIR
+from task_folders import cls_task, make_task
 
 from ecomgpt_jax.ecominstruct import instructions, reader
 from ecomgpt_jax.ecominstruct.instructions import HEAD, Instruction
@@ -15,15 +14,6 @@ REAL = REAL_DATA_DIR
 needs_real = pytest.mark.skipif(
     not REAL, reason="ECOMGPT_DATA_DIR is not set (real EcomInstruct held-out data)"
 )
-
-
-def make_task(root, name, meta, rows):
-    folder = pathlib.Path(root) / name.split("-")[1] / "tasks" / name
-    folder.mkdir(parents=True)
-    (folder / "meta-info.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    (folder / "test.json").write_text(text, encoding="utf-8")
-    return reader.load_task(folder)
 
 
 def head(defi):
@@ -121,22 +111,6 @@ def test_extract_and_generate(tmp_path):
     [inst] = instructions.task_instructions(task, "test")
     assert inst.prompt == head("title") + "颜色#:#红\nGenerate.\n### Response:"
     assert inst.answer == "红色T恤"
-
-
-def cls_task(tmp_path, n_labels=100, n_rows=200):
-    labels = [f"L{i}" for i in range(n_labels)]
-    meta = {
-        "defi": "cat",
-        "test_prompt": {"instruction": "{sentences}\nCandidates: {label_set}\n### Response:"},
-        "label_set": {"k": labels},
-        "label_key": "k",
-        "label_sep": ", ",
-    }
-    rows = [
-        {"sentences": f"s{i}", "labels": {"k": [labels[i % n_labels], "Other"]}}
-        for i in range(n_rows)
-    ]
-    return make_task(tmp_path, "EN-Shop-CLS-cat", meta, rows), labels
 
 
 def test_cls_candidates(tmp_path):

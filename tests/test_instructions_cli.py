@@ -6,7 +6,7 @@ import pathlib
 import subprocess
 import sys
 
-from test_instructions import cls_task, make_task
+from task_folders import cls_task, make_task
 
 from ecomgpt_jax.ecominstruct import instructions
 

@@ -1,10 +1,10 @@
 """Tests for ecomgpt_jax.ecominstruct.reader: discovery, meta validation, JSON Lines parsing."""
 
-import json
 import pathlib
 
 import pytest
 from conftest import REAL_DATA_DIR
+from task_folders import write_task
 
 from ecomgpt_jax.ecominstruct import reader
 from ecomgpt_jax.ecominstruct.reader import DataError
@@ -27,14 +27,8 @@ CLS_META = {
 
 
 def make_task(root, name, meta, lines=None, split="test"):
-    """Write <root>/<Dataset>/tasks/<name>/ with meta-info.json and optionally <split>.json."""
-    folder = pathlib.Path(root) / name.split("-")[1] / "tasks" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    text = meta if isinstance(meta, str) else json.dumps(meta, ensure_ascii=False)
-    (folder / "meta-info.json").write_text(text, encoding="utf-8")
-    if lines is not None:
-        (folder / f"{split}.json").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder
+    """write_task with the split's lines as text (malformed JSON lines here)."""
+    return write_task(root, name, meta, lines=lines, split=split)
 
 
 def test_parse_task_name():

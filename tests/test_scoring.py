@@ -3,12 +3,12 @@
 import json
 import logging
 import math
-import pathlib
 import random
 
 import pytest
 import rouge
 from seqeval.metrics import classification_report
+from task_folders import write_task
 
 from ecomgpt_jax.ecominstruct import instructions, reader, scoring
 from ecomgpt_jax.ecominstruct.reader import DataError
@@ -260,18 +260,9 @@ def test_ner_no_entities_anywhere_is_nan_macro():
     assert micro == 0.0 and math.isnan(macro)
 
 
-def make_task(root, name, meta, rows):
-    folder = pathlib.Path(root) / name.split("-")[1] / "tasks" / name
-    folder.mkdir(parents=True)
-    (folder / "meta-info.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
-    (folder / "test.json").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
-    )
-
-
 @pytest.fixture
 def data_dir(tmp_path):
-    make_task(
+    write_task(
         tmp_path,
         "EN-Shop-CLS-topic",
         {
@@ -285,7 +276,7 @@ def data_dir(tmp_path):
             {"sentences": "t", "labels": {"k": ["Price"]}},
         ],
     )
-    make_task(
+    write_task(
         tmp_path,
         "ZH-Shop-Generate-title",
         {"defi": "title", "test_prompt": {"instruction": "{sentences}"}},
@@ -415,7 +406,7 @@ def test_condition_extract_with_another_label_sep(tmp_path):
     """Contract 3 joins a Condition_Extract gold with ", " (the paper hard-coded it) while
     5.1 splits golds and predictions on label_sep: with label_sep "|" a two-term gold is
     ONE item, matched only by a prediction that repeats it with ", "."""
-    make_task(
+    write_task(
         tmp_path,
         "ZH-Shop-Condition_Extract-attr",
         {

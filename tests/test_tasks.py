@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import seqio
-from test_ecom_instruct import SAMPLE_TASKS
+from conftest import SAMPLE_TASKS
 
 import tasks
 from ecomgpt_jax.ecominstruct import make_sample, reader

@@ -11,6 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from trainer_helpers import TINY, mesh_of, run_config
 
 from ecomgpt_jax import checkpointing, convert, trainer
 from ecomgpt_jax import partitioning as P
@@ -19,36 +20,12 @@ from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
 
 TINY_BLOOM = model_config.get_preset("tiny-bloom")
-TINY = dataclasses.replace(
-    model_config.get_preset("tiny-bloom"),
-    hidden=32,
-    heads=4,
-    kv_heads=4,
-    head_dim=8,
-    mlp_dim=128,  # BLOOM: 4 * hidden (as HF config.json implies)
-    vocab_size=128,
-    max_positions=256,
-)
 
 
 def zero_hf_folder(path):
     """TINY with zero weights saved as a HF folder at `path`."""
     zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), decoder.abstract_params(TINY))
     hf_io.save_hf(TINY, zeros, path)
-
-
-def run_config(tmp_path, **train) -> trainer.RunConfig:
-    return trainer.RunConfig(
-        train=trainer.TrainConfig(**{"model_dir": str(tmp_path / "run"), "train_steps": 4} | train),
-        model=trainer.ModelSpec(config=model_config.get_preset("tiny-bloom")),
-        optimizer=ts.OptimizerConfig(),
-        step=ts.StepConfig(),
-        checkpoint=checkpointing.CheckpointConfig(),
-    )
-
-
-def mesh_of(shape, n=8):
-    return P.make_mesh(P.MeshConfig(shape), jax.devices()[:n])
 
 
 def test_model_config_from_scratch_is_the_gin_bound_one_as_it_is(tmp_path):

@@ -7,7 +7,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from test_trainer import TINY, mesh_of, run_config
+from trainer_helpers import TINY, mesh_of, run_config
 
 from ecomgpt_jax import checkpointing, metrics_logger, preemption, trainer
 from ecomgpt_jax import partitioning as P

@@ -1,0 +1,39 @@
+"""What the trainer tests share (a helper module, not a test module: pytest collects only
+`test_*.py`): a tiny model, a run configuration, meshes of the simulated CPU devices."""
+
+import dataclasses
+
+import jax
+
+from ecomgpt_jax import checkpointing, trainer
+from ecomgpt_jax import partitioning as P
+from ecomgpt_jax import train_step as ts
+from ecomgpt_jax.models import config as model_config
+
+# tiny-bloom made smaller still: steps here cost milliseconds.
+TINY = dataclasses.replace(
+    model_config.get_preset("tiny-bloom"),
+    hidden=32,
+    heads=4,
+    kv_heads=4,
+    head_dim=8,
+    mlp_dim=128,  # BLOOM: 4 * hidden (as HF config.json implies)
+    vocab_size=128,
+    max_positions=256,
+)
+
+
+def run_config(tmp_path, **train) -> trainer.RunConfig:
+    """A 4-step tiny-bloom run in tmp_path/run; `train` overrides TrainConfig fields."""
+    return trainer.RunConfig(
+        train=trainer.TrainConfig(**{"model_dir": str(tmp_path / "run"), "train_steps": 4} | train),
+        model=trainer.ModelSpec(config=model_config.get_preset("tiny-bloom")),
+        optimizer=ts.OptimizerConfig(),
+        step=ts.StepConfig(),
+        checkpoint=checkpointing.CheckpointConfig(),
+    )
+
+
+def mesh_of(shape, n=8):
+    """A (data, fsdp, tensor) mesh of `shape` over the first `n` devices."""
+    return P.make_mesh(P.MeshConfig(shape), jax.devices()[:n])

@@ -5,26 +5,12 @@ import pathlib
 
 import pytest
 import sentencepiece as spm
-from conftest import SAMPLE_HELD_OUT
+from conftest import SAMPLE_HELD_IN, SAMPLE_HELD_OUT
 
 from ecomgpt_jax.ecominstruct import make_sample, reader
 
 SAMPLE = make_sample.SAMPLE_DIR
 
-HELD_IN = [
-    "EN-Shop_Product-CLS-product_category",
-    "EN-Shop_Product-Condition_Extract-attribute_detection",
-    "EN-Shop_Product-Generate-title_generate",
-    "EN-Shop_Product-NER-product_entity",
-    "EN-Shop_QA-Extract-answer_extract",
-    "EN-Shop_Review-CLS-review_sentiment",
-    "ZH-Shop_Product-CLS-product_category",
-    "ZH-Shop_Product-Condition_Extract-attribute_detection",
-    "ZH-Shop_Product-Generate-description_generate",
-    "ZH-Shop_Product-NER-attribute_extraction",
-    "ZH-Shop_QA-Extract-answer_extract",
-    "ZH-Shop_Review-CLS-review_sentiment",
-]
 # Contract section 6: the paper's twelve held-out tasks.
 PAPER_HELD_OUT = {
     "EN-Lenovo-NER-NER",
@@ -66,12 +52,12 @@ def test_write_data_is_byte_identical_and_matches_bundled_sample(tmp_path):
 
 
 def test_task_names_and_split_sizes(tasks):
-    assert sorted(tasks) == sorted(HELD_IN + SAMPLE_HELD_OUT)
+    assert sorted(tasks) == sorted(SAMPLE_HELD_IN + SAMPLE_HELD_OUT)
     assert set(SAMPLE_HELD_OUT) <= PAPER_HELD_OUT
-    assert not set(HELD_IN) & PAPER_HELD_OUT
+    assert not set(SAMPLE_HELD_IN) & PAPER_HELD_OUT
     assert {t.lang for t in tasks.values()} == {"EN", "ZH"}
     assert {t.type for t in tasks.values()} == set(reader.TASK_TYPES)
-    for name in HELD_IN:
+    for name in SAMPLE_HELD_IN:
         assert len(reader.read_examples(tasks[name], "train")) == 300
         assert len(reader.read_examples(tasks[name], "test")) == 40
     for name in SAMPLE_HELD_OUT:

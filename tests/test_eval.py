@@ -1,11 +1,13 @@
 """`python -m ecomgpt_jax.eval` end to end on the bundled sample: a HF folder and a checkpoint
 written by `python -m ecomgpt_jax.train`; files, metrics.json equal to `python -m
-ecomgpt_jax.score`, byte-identical reruns, one-line errors."""
+ecomgpt_jax.score`, byte-identical reruns, two processes writing what one writes, one-line
+errors."""
 
 import dataclasses
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -33,13 +35,18 @@ SMALL = [
 ]
 
 
-def run_python(*argv: str, cwd=REPO) -> subprocess.CompletedProcess:
-    """`python argv...` on the CPU, without the real-data root."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+def cli_env(**extra: str) -> dict:
+    """The subprocesses' environment: the CPU, this checkout, no real-data root."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
     env["PYTHONPATH"] = str(REPO)
     env.pop("ECOMGPT_DATA_DIR", None)
+    return env
+
+
+def run_python(*argv: str, cwd=REPO) -> subprocess.CompletedProcess:
+    """`python argv...` on the CPU, without the real-data root."""
     return subprocess.run(
-        [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, *argv], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=600
     )
 
 
@@ -208,6 +215,136 @@ def test_every_process_stops_when_process_0_cannot_write_eval_dir(tmp_path, monk
     assert not (tmp_path / "out").exists()  # only process 0 creates it
 
 
+# Two real processes (jax.distributed over localhost, 2 simulated CPU devices each) against
+# one process on 4 devices: the same global mesh, so the same programs and the same bytes.
+# 5 examples per task do not divide over 2 processes or 4 devices: BATCH_SIZE 2 rounds up
+# to 4 rows, so each task is a full batch and one of 1 real row and 3 dummy rows.
+TWO_TASKS = "EN-ABSA-CLS-review_topic_category,ZH-OpenBG_Align-Generate-title_generate"
+MULTI = [
+    f"--gin.DATA_DIR='{SAMPLE}'",
+    f"--gin.MIXTURE_OR_TASK_NAME='{TWO_TASKS}'",
+    "--gin.EVAL_MAX_EXAMPLES=5",
+    "--gin.BATCH_SIZE=2",
+    "--gin.DecodeConfig.max_new_tokens=6",
+    "--gin.DecodeConfig.min_bucket=128",
+]
+
+
+@pytest.fixture(scope="module")
+def orbax_dir(hf_dir, tmp_path_factory):
+    """hf_dir as an orbax checkpoint: every process restores its shards (the pod path)."""
+    from ecomgpt_jax import convert
+
+    path = tmp_path_factory.mktemp("orbax_tiny_qwen2")
+    convert.hf_to_orbax(hf_dir, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A persistent XLA cache shared by the subprocesses (as in test_train)."""
+    return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+def run_eval_processes(
+    eval_dirs, devices: int, cache: str, logs: pathlib.Path, *args: str
+) -> list[subprocess.CompletedProcess]:
+    """The eval CLI as len(eval_dirs) processes (process i writes to eval_dirs[i], if it
+    writes), `devices` CPU devices each; output through files in `logs` (a full pipe would
+    stall a process that its peers then wait for). A hang fails the test: 300 s each."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    n = len(eval_dirs)
+    env = cli_env(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_COMPILATION_CACHE_DIR=cache,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    procs, files = [], []
+    try:
+        for i, eval_dir in enumerate(eval_dirs):
+            cmd = [sys.executable, "-m", "ecomgpt_jax.eval", "--gin_file=gin_configs/eval.gin"]
+            cmd += [*args, f"--gin.EVAL_DIR='{eval_dir}'"]
+            if n > 1:
+                cmd += [f"--coordinator_address=localhost:{port}", f"--num_processes={n}"]
+                cmd += [f"--process_id={i}"]
+            out, err = logs / f"stdout{i}.txt", logs / f"stderr{i}.txt"
+            files.append((out, err))
+            with open(out, "w") as o, open(err, "w") as e:
+                procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=o, stderr=e))
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [
+        subprocess.CompletedProcess(p.args, code, out.read_text(), err.read_text())
+        for p, code, (out, err) in zip(procs, codes, files, strict=True)
+    ]
+
+
+def test_two_processes_write_what_one_process_writes(orbax_dir, compile_cache, tmp_path):
+    args = [f"--gin.CHECKPOINT='{orbax_dir}'", *MULTI]
+    (tmp_path / "logs1").mkdir()
+    [one] = run_eval_processes([tmp_path / "one"], 4, compile_cache, tmp_path / "logs1", *args)
+    assert one.returncode == 0, one.stderr[-3000:]
+    # Process 1 gets an EVAL_DIR of its own: on one shared disk, the only way to see that
+    # it writes nothing (it never reads the setting but for an error message).
+    dirs = [tmp_path / "two", tmp_path / "two_process_1"]
+    (tmp_path / "logs2").mkdir()
+    procs = run_eval_processes(dirs, 2, compile_cache, tmp_path / "logs2", *args)
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr[-3000:] for p in procs]
+    assert not dirs[1].exists()
+    # Process 0 reports, process 1 says nothing (jax's Gloo and TensorFlow print lines of
+    # their own): no table, no progress bars.
+    tasks = TWO_TASKS.split(",")
+    assert "predictions:" in procs[0].stdout and "average" in procs[0].stdout
+    assert all(f"{t}: 100%" in procs[0].stderr for t in tasks)
+    assert "model:" not in procs[1].stdout and "average" not in procs[1].stdout
+    assert not any(t in procs[1].stderr for t in tasks)
+    assert "error:" not in procs[1].stderr and "Traceback" not in procs[1].stderr
+
+    def files(root):
+        """Every file under root; TensorBoard's is named by time and host, and holds
+        wall times: only its presence is compared."""
+        names = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        return sorted(n.split(".")[0] if n.startswith("tensorboard/") else n for n in names)
+
+    compared = [*(f"predictions/{t}.jsonl" for t in tasks), "metrics.json", "metrics.md"]
+    assert files(dirs[0]) == files(tmp_path / "one") == sorted([*compared, "tensorboard/events"])
+    for path in compared:
+        assert (dirs[0] / path).read_bytes() == (tmp_path / "one" / path).read_bytes(), path
+    for task in tasks:
+        rows = (dirs[0] / "predictions" / f"{task}.jsonl").read_text(encoding="utf-8")
+        assert [json.loads(r)["index"] for r in rows.splitlines()] == [0, 1, 2, 3, 4]
+    metrics = json.loads((dirs[0] / "metrics.json").read_text())
+    assert [metrics[t]["n"] for t in tasks] == [5, 5]
+
+
+def test_two_processes_stop_in_one_line_when_process_0_cannot_write_eval_dir(
+    orbax_dir, compile_cache, tmp_path
+):
+    """The stubbed test above for real: process 1 learns of process 0's failure through
+    jax.distributed and stops too, before the model loads, instead of waiting for it."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    args = [f"--gin.CHECKPOINT='{orbax_dir}'", *MULTI]
+    procs = run_eval_processes([afile, afile], 2, compile_cache, tmp_path, *args)
+    assert [p.returncode for p in procs] == [2, 2], [p.stderr[-3000:] for p in procs]
+    want = [
+        f"error: EVAL_DIR {afile} is a file: give a folder",
+        f"error: EVAL_DIR {afile}: process 0 cannot write it",
+    ]
+    for proc, line in zip(procs, want, strict=True):
+        assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == [line]
+        assert proc.stderr.strip().splitlines()[-1] == line
+        assert "Traceback" not in proc.stderr and "model:" not in proc.stdout
+    assert afile.read_text() == ""
+
+
 @pytest.mark.parametrize(
     "recipe",
     [
@@ -239,7 +376,7 @@ def test_a_training_recipe_says_eval_takes_eval_gin(recipe):
         eval_main.run_eval(["gin_configs/eval.gin"], ["EvalConfg.batch_size = 1"])
 
 
-def _first_training_binding(path: pathlib.Path) -> str:
+def _first_training_binding(path: pathlib.Path) -> str | None:
     """`file, line N` of the first `TrainConfig.` binding in `path` or its includes, in
     the order gin reads them (the recipe files bind TrainConfig before anything else of
     train's)."""

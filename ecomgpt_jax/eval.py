@@ -98,29 +98,6 @@ def parse_gin(files, bindings, search_paths) -> None:
     )
 
 
-def check_eval_dir(eval_dir) -> None:
-    """EvalError on every process if process 0, the writer, cannot write EVAL_DIR: the
-    others would otherwise go on to load the model and wait in the decoding collectives
-    for a process that has stopped."""
-    import jax
-    import numpy as np
-
-    error = None
-    if jax.process_index() == 0:
-        try:
-            evaluation.check_eval_dir(eval_dir)
-        except evaluation.EvalError as e:
-            error = e
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
-        if int(failed) and error is None:
-            error = evaluation.EvalError(f"EVAL_DIR {eval_dir}: process 0 cannot write it")
-    if error is not None:
-        raise error
-
-
 def make_vocabulary(run: EvalRun, source: evaluation.ModelSource):
     from ecomgpt_jax import vocabularies
 
@@ -164,17 +141,26 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
     import jax
 
     conf = register_configurables()
-    parse_gin(list(files), list(bindings), list(search_paths))
-    with gin.unlock_config():
-        eval_cfg = conf["EvalConfig"]()
-        source = conf["ModelSource"]()
-        run = conf["EvalRun"]()
-    evaluation.check_source(source)
-    mesh = partitioning.make_mesh(partitioning.MeshConfig(run.mesh_shape))
-    eval_dir = run.eval_dir or default_eval_dir(source, eval_cfg.mixture_or_task_name)
-    vocabulary = make_vocabulary(run, source)
-    evaluation.check_tasks(eval_cfg)  # bad data root / names / split: before the model loads
-    check_eval_dir(eval_dir)  # a bad EVAL_DIR now, not after decoding
+
+    def set_up():
+        parse_gin(list(files), list(bindings), list(search_paths))
+        with gin.unlock_config():
+            eval_cfg = conf["EvalConfig"]()
+            source = conf["ModelSource"]()
+            run = conf["EvalRun"]()
+        evaluation.check_source(source)
+        mesh = partitioning.make_mesh(partitioning.MeshConfig(run.mesh_shape))
+        eval_dir = run.eval_dir or default_eval_dir(source, eval_cfg.mixture_or_task_name)
+        vocabulary = make_vocabulary(run, source)
+        evaluation.check_tasks(eval_cfg)  # bad data root / names / split: before the model
+        if jax.process_index() == 0:  # the writer: a bad EVAL_DIR now, not after decoding
+            evaluation.check_eval_dir(eval_dir)
+        return eval_cfg, source, mesh, eval_dir, vocabulary
+
+    # A failure on any process stops all, before the model loads (its collectives).
+    eval_cfg, source, mesh, eval_dir, vocabulary = launch.on_every_process(
+        set_up, evaluation.EvalError
+    )
     cfg, params = evaluation.load_model(source, mesh)
     if jax.process_index() == 0:
         d = eval_cfg.decode

@@ -35,6 +35,7 @@ import dataclasses
 import pathlib
 import shlex
 import sys
+import typing
 
 import gin
 from absl import app
@@ -54,6 +55,9 @@ from ecomgpt_jax import (
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.ecominstruct import reader
 from ecomgpt_jax.models import config as model_config
+
+if typing.TYPE_CHECKING:
+    import jax
 
 FLAGS = launch.FLAGS
 launch.define_flags()
@@ -258,8 +262,21 @@ def check_model_dir(model_dir: str) -> None:
         raise trainer.UserError(f"MODEL_DIR {model_dir} {problem}: give a folder")
 
 
-def run() -> tuple[trainer.Result, trainer.RunConfig]:
-    launch.init_distributed()
+class SetUp(typing.NamedTuple):
+    """What `set_up` read and checked, before the job's first collective."""
+
+    run_cfg: trainer.RunConfig
+    data: input_pipeline.DataConfig
+    mesh: jax.sharding.Mesh
+    vocabulary: object  # a seqio.Vocabulary
+    cfg: model_config.ModelConfig
+    note: str | None  # unused gin bindings, for config.gin
+    eval_batches: list | None  # the held-out loss batches, or None
+
+
+def set_up() -> SetUp:
+    """The flags' gin config, read and checked on this process: every setting, the data,
+    the vocabulary, the model's shapes against the mesh. Raises trainer.UserError."""
     import jax
 
     run_cfg, data, eval_data = load_configs(
@@ -295,7 +312,18 @@ def run() -> tuple[trainer.Result, trainer.RunConfig]:
         except trainer.UserError as e:
             raise trainer.UserError(f"eval_loss/DataConfig: {e}") from None
         eval_batches = make_eval_batches(eval_data, mesh, run_cfg.train.eval_loss_batches)
+    return SetUp(run_cfg, data, mesh, vocabulary, cfg, note, eval_batches)
 
+
+def run() -> tuple[trainer.Result, trainer.RunConfig]:
+    launch.init_distributed()
+    import jax
+
+    # A failure on any process (data missing on one host) stops all, before the restore's
+    # collectives, where the others would wait for it.
+    run_cfg, data, mesh, vocabulary, cfg, note, eval_batches = launch.on_every_process(
+        set_up, trainer.UserError
+    )
     job = trainer.Trainer(run_cfg, cfg, mesh)
     state, position = job.initial_state()
     data, expected = data_position(data, position)

@@ -184,3 +184,41 @@ def test_init_distributed_passes_the_flags_to_jax(monkeypatch):
     with flagsaver.flagsaver(multihost=False, **unset):
         launch.init_distributed()  # one process: nothing to initialize
     assert calls == [given, {}]
+
+
+def test_a_set_up_failure_on_any_process_stops_every_process(monkeypatch):
+    """Two or three stubbed processes (the real two-process runs: test_eval.py): what each
+    raises given the others' answers to the all-gather."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    assert launch.on_every_process(lambda: 7, ValueError) == 7  # one process: no gather
+    monkeypatch.setattr(jax, "process_count", lambda: 3)
+    sent = []
+
+    def gather(others):
+        def fake(flag):
+            sent.append(int(flag))
+            return np.array([flag, *others], np.int32)  # this process is process 0
+
+        monkeypatch.setattr(multihost_utils, "process_allgather", fake)
+
+    gather([0, 0])
+    assert launch.on_every_process(lambda: 7, ValueError) == 7
+    gather([1, 0])
+    with pytest.raises(ValueError) as info:
+        launch.on_every_process(lambda: 7, ValueError)
+    assert str(info.value) == "process 1 stopped in set-up (its error says why); stopping too"
+    gather([1, 1])
+    with pytest.raises(ValueError, match=r"^processes 1, 2 stopped in set-up \(their error"):
+        launch.on_every_process(lambda: 7, ValueError)
+    own = OSError("disk")  # this process's own failure, of any type, is what it raises
+
+    def fail():
+        raise own
+
+    with pytest.raises(OSError) as info:
+        launch.on_every_process(fail, ValueError)
+    assert info.value is own
+    assert sent == [0, 0, 0, 1]  # every call took part in the gather, failed or not

@@ -227,9 +227,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(model_dir, compile_cache, tmp_path, read_stdout_of_0=False) -> list:
+def _two_processes(model_dir, compile_cache, tmp_path, read_stdout_of_0=False, only=None) -> list:
     """The sharded command as processes 0 and 1 of a 2-process run on one machine (2
-    devices each); stderr in tmp_path/stderr<i>.txt, process 0's stdout piped if asked."""
+    devices each); stderr in tmp_path/stderr<i>.txt, process 0's stdout piped if asked.
+    `only`: process index -> arguments that process alone gets."""
     port = _free_port()
     procs = []
     for i in range(2):
@@ -238,7 +239,9 @@ def _two_processes(model_dir, compile_cache, tmp_path, read_stdout_of_0=False) -
         with open(tmp_path / f"stderr{i}.txt", "w") as log:
             procs.append(
                 subprocess.Popen(
-                    command(model_dir, *SHARDED, *flags_i, f"--process_id={i}"),
+                    command(
+                        model_dir, *SHARDED, *flags_i, f"--process_id={i}", *(only or {}).get(i, [])
+                    ),
                     cwd=ROOT,
                     env=env(compile_cache, devices=2),
                     stdout=subprocess.PIPE if piped else subprocess.DEVNULL,
@@ -262,6 +265,27 @@ def test_two_processes_match_one_process(sharded_reference, compile_cache, tmp_p
     got, want = losses(two, "eval_loss"), losses(sharded_reference, "eval_loss")
     assert sorted(got) == sorted(want) == [0, 5, STEPS]
     np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-5)
+
+
+def test_a_set_up_error_on_process_1_alone_stops_both(compile_cache, tmp_path):
+    """Data missing on one host of a pod: process 0 would otherwise wait for process 1 in
+    the restore's collectives until a timeout ended it with a trace."""
+    only = {1: [f"--gin.DATA_DIR='{tmp_path / 'no_data'}'"]}
+    procs = _two_processes(tmp_path / "run", compile_cache, tmp_path, only=only)
+    try:
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [2, 2], (tmp_path / "stderr0.txt").read_text()[-3000:]
+    want = [
+        "error: process 1 stopped in set-up (its error says why); stopping too",
+        f"error: {tmp_path / 'no_data'}: data directory does not exist",
+    ]
+    for i, line in enumerate(want):
+        stderr = (tmp_path / f"stderr{i}.txt").read_text()
+        assert stderr.strip().splitlines()[-1] == line and "Traceback" not in stderr
+    assert not (tmp_path / "run").exists()  # neither process wrote anything
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(compile_cache, tmp_path):

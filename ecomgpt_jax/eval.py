@@ -34,8 +34,17 @@ import sys
 import gin
 from absl import app
 
-from ecomgpt_jax import checkpointing, decoding, evaluation, gin_parsing, launch, partitioning
+from ecomgpt_jax import (
+    checkpointing,
+    decoding,
+    evaluation,
+    gin_parsing,
+    launch,
+    multihost,
+    partitioning,
+)
 from ecomgpt_jax.models import config as model_config
+from ecomgpt_jax.models import hf_io
 
 FLAGS = launch.FLAGS
 launch.define_flags()
@@ -155,10 +164,16 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
         evaluation.check_tasks(eval_cfg)  # bad data root / names / split: before the model
         if jax.process_index() == 0:  # the writer: a bad EVAL_DIR now, not after decoding
             evaluation.check_eval_dir(eval_dir)
+        # Every process reads the weights: a folder missing on one host (a local disk) stops
+        # all now, not in orbax's restore or in decoding, where the others wait for it.
+        if source.hf_dir:
+            hf_io.read_hf_config(source.hf_dir)
+        else:
+            checkpointing.resolve_params_path(source.checkpoint)
         return eval_cfg, source, mesh, eval_dir, vocabulary
 
     # A failure on any process stops all, before the model loads (its collectives).
-    eval_cfg, source, mesh, eval_dir, vocabulary = launch.on_every_process(
+    eval_cfg, source, mesh, eval_dir, vocabulary = multihost.on_every_process(
         set_up, evaluation.EvalError
     )
     cfg, params = evaluation.load_model(source, mesh)

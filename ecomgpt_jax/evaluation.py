@@ -42,9 +42,10 @@ from typing import Any, Protocol
 
 import jax
 
-from ecomgpt_jax import checkpointing, decoding
+from ecomgpt_jax import checkpointing, decoding, multihost
 from ecomgpt_jax.decoding import DecodeConfig
 from ecomgpt_jax.ecominstruct import instructions, reader, scoring
+from ecomgpt_jax.eval_outputs import write_metrics, write_summaries
 from ecomgpt_jax.models import decoder, hf_io
 from ecomgpt_jax.models.config import DTYPES, ConfigError, ModelConfig
 
@@ -364,14 +365,18 @@ def evaluate(
     params: host (numpy) or device arrays; placed onto `mesh` by the parameter rules.
     describe: a line naming the model, for metrics.md.
     Predictions are written per task as it finishes: a Ctrl-C (EvalInterrupted) or a
-    failure keeps the finished tasks' files.
+    failure keeps the finished tasks' files. Process 0 writes; a write that fails there
+    (EvalError naming the file) stops every process after that task (`_agreed_write`).
     """
     tasks, missing = prepare_tasks(eval_cfg, vocabulary)
     lead = jax.process_index() == 0
-    pred_dir = check_eval_dir(eval_dir) if eval_dir is not None and lead else None
+    writes = eval_dir is not None and lead
+    check = functools.partial(check_eval_dir, eval_dir)
+    pred_dir = _agreed_write(eval_dir, check if writes else None, f"{PREDICTIONS_DIR}/")
     gen = get_generator(cfg, eval_cfg.decode, int(vocabulary.eos_id), int(vocabulary.pad_id), mesh)
     params = gen.shard_params(params)
-    earlier = replace_previous(pred_dir, [t.name for t in tasks]) if pred_dir else []
+    clear = functools.partial(replace_previous, pred_dir, [t.name for t in tasks])
+    earlier = _agreed_write(eval_dir, clear if writes else None, f"{PREDICTIONS_DIR}/") or []
     rows, seconds, examples, timing, finished, bar = [], 0.0, 0, {}, [], None
     try:
         for task in tasks:
@@ -393,8 +398,8 @@ def evaluate(
                 }
                 for inst, res in zip(task.instructions, results, strict=True)
             ]
-            if pred_dir is not None:
-                write_predictions(pred_dir, task.name, task_rows)
+            write = functools.partial(write_predictions, pred_dir, task.name, task_rows)
+            _agreed_write(eval_dir, write if writes else None, f"the predictions of {task.name}")
             finished.append(task.name)  # decoded (and written, where this process writes)
             rows += task_rows
         root = reader.default_data_dir() if eval_cfg.data_dir is None else eval_cfg.data_dir
@@ -402,15 +407,39 @@ def evaluate(
             root, [{k: r[k] for k in ("task", "index", "prediction")} for r in rows], eval_cfg.split
         )
         result = EvalResult(scores, rows, missing, seconds, examples)
-        if pred_dir is not None:
+
+        def write_scores():
             write_metrics(eval_dir, result, eval_cfg, describe, step)
             write_summaries(eval_dir, result, step, timing)
+
+        _agreed_write(eval_dir, write_scores if writes else None, "metrics and tensorboard/")
     except KeyboardInterrupt:  # scoring included: metrics.json may then be missing or old
         if bar is not None:
             bar.close()  # its last refresh before the message, not after it
         older = [n for n in earlier if n not in finished]
         raise EvalInterrupted(pred_dir, finished, len(tasks), older) from None
     return result
+
+
+def _agreed_write(eval_dir, write, what: str):
+    """`write()` on the process that writes eval_dir (None on the others), then every
+    process learns whether it failed (an all-gather, nothing on one process; none without
+    eval_dir): all stop with one line, instead of the others waiting for process 0 in the
+    next task's decoding or, in training, its next step. Returns what `write` returns."""
+    if eval_dir is None:
+        return None
+
+    def attempt():
+        try:
+            return None if write is None else write()
+        except OSError as e:  # a full disk, a permission, a folder made a file mid-run
+            path = e.filename2 or e.filename  # a rename's: where it was going
+            where = f"{path}: " if path else ""
+            raise EvalError(
+                f"EVAL_DIR {eval_dir}: cannot write {what} ({where}{e.strerror or e})"
+            ) from None
+
+    return multihost.on_every_process(attempt, EvalError, f"while writing {what} to EVAL_DIR")
 
 
 def run_infer_eval(
@@ -440,11 +469,6 @@ def run_infer_eval(
 
 
 # ----------------------------------------------------------------------------- outputs
-
-
-def metrics_text(metrics: Mapping) -> str:
-    """The metrics.json text (same bytes as `python -m ecomgpt_jax.score`)."""
-    return json.dumps(metrics, ensure_ascii=False, indent=2) + "\n"
 
 
 class EvalInterrupted(KeyboardInterrupt):
@@ -526,70 +550,3 @@ def write_predictions(pred_dir, name: str, rows: Sequence[Mapping]) -> None:
     tmp = pred_dir / f".{name}.jsonl.tmp"
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(pred_dir / f"{name}.jsonl")
-
-
-def write_metrics(eval_dir, result: EvalResult, eval_cfg: EvalConfig, describe="", step=None):
-    """metrics.json and metrics.md under eval_dir (predictions are written per task)."""
-    out = checkpointing.as_path(eval_dir)
-    (out / "metrics.json").write_text(metrics_text(result.metrics), encoding="utf-8")
-    (out / "metrics.md").write_text(
-        metrics_markdown(result, eval_cfg, describe, step), encoding="utf-8"
-    )
-
-
-def metrics_markdown(result: EvalResult, eval_cfg: EvalConfig, describe="", step=None) -> str:
-    d = eval_cfg.decode
-    if d.effective_method == "beam":
-        how = (
-            f"beam search, {d.num_beams} beams, finished beams scored as log-prob sum / "
-            f"(generated tokens incl. EOS) ** length_penalty {d.length_penalty}, "
-            f"early_stopping {d.early_stopping}"
-        )
-    elif d.effective_method == "greedy":
-        how = "greedy"
-    else:
-        how = (
-            f"sampling, temperature {d.temperature}, top_k {d.top_k}, top_p {d.top_p}, "
-            f"seed {d.seed}"
-        )
-    root = reader.default_data_dir() if eval_cfg.data_dir is None else eval_cfg.data_dir
-    lines = ["# EcomInstruct evaluation", ""]
-    if describe:
-        lines.append(f"- model: {describe}")
-    if step is not None:
-        lines.append(f"- step: {step}")
-    lines += [
-        f"- tasks: {eval_cfg.mixture_or_task_name} ({eval_cfg.split} split) under {root}",
-        f"- examples per task: {eval_cfg.max_examples or 'all'}; CLS prompt seed "
-        f"{eval_cfg.prompt_seed}",
-        f"- decoding: {how}; prompts cut from the left to {d.max_prompt_len} tokens; at "
-        f"most {d.max_new_tokens} new tokens; prediction = continuation up to the first EOS",
-    ]
-    if result.missing:
-        lines.append(f"- tasks of the mixture without data here: {', '.join(result.missing)}")
-    lines += [
-        "",
-        "Scores x100. rouge-l-f1, micro-f1, macro-f1: the paper's metrics (data contract 5);",
-        "rouge-l-f1-cjk: ROUGE-L over CJK characters and words. n: examples scored.",
-        "",
-        "```text",
-        scoring.format_table(result.scores),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def write_summaries(eval_dir, result: EvalResult, step: int | None, timing: Mapping) -> None:
-    """TensorBoard scalars <task>/<metric>, average/<metric>, <task>/examples_per_second."""
-    from tensorboardX import SummaryWriter  # here: decoding alone runs without it
-
-    writer = SummaryWriter(str(checkpointing.as_path(eval_dir) / "tensorboard"))
-    s = 0 if step is None else int(step)
-    for name, values in result.metrics.items():
-        for key in scoring.SCORE_KEYS:
-            if values.get(key) is not None:
-                writer.add_scalar(f"{name}/{key}", float(values[key]), s)
-    for name, rate in timing.items():
-        writer.add_scalar(f"{name}/examples_per_second", float(rate), s)
-    writer.close()

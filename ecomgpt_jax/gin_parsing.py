@@ -429,9 +429,10 @@ def parse_gin(
     logging.getLogger().addFilter(_quiet_gin_package_lookups)  # gin logs via the root logger
     _fix_gin_package_lookup()
     gin.clear_config()
-    for path in [*search_paths, str(REPO_GIN_DIR), str(REPO_GIN_DIR.parent)]:
-        if path not in gin.config._LOCATION_PREFIXES:  # not once more per call
-            gin.add_config_file_search_path(path)
+    # This call's folders only: gin's add_config_file_search_path keeps every folder
+    # ever added, so an earlier call's --gin_search_paths would still find includes.
+    folders = [*search_paths, str(REPO_GIN_DIR), str(REPO_GIN_DIR.parent)]
+    gin.config._LOCATION_PREFIXES[:] = ["", *dict.fromkeys(folders)]
     if not files:
         raise error(f"pass at least one --gin_file (e.g. {example})")
     sources = _Sources()

@@ -16,12 +16,11 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 from absl import flags
 
 FLAGS = flags.FLAGS
-T = TypeVar("T")
 USAGE_EXIT_CODE = 2  # bad input: one "error: ..." line on stderr, in every entry point
 # Ctrl-C saved and stopped: 130 as for any interrupted command, so that `train && eval`
 # goes no further (SIGTERM, a preemption, exits 0 for the scheduler to restart the job).
@@ -215,41 +214,6 @@ def init_distributed() -> None:
                 "--num_processes/--process_id"
             ) from None
         raise FlagError(f"--multihost: jax.distributed.initialize() failed: {reason}") from None
-
-
-def on_every_process(set_up: Callable[[], T], error: type[Exception]) -> T:
-    """`set_up()`, the checks and reads before a job's first collective, where a failure
-    on any process stops every process.
-
-    On several processes each says whether its `set_up` raised (an all-gather). A process
-    whose set-up failed raises its own error; the others raise `error` naming the ones
-    that failed. Otherwise they would go on to the job's first collective and wait there
-    for a peer that has stopped, until a timeout ends them with a trace (a data folder
-    missing on one host of a pod, a file where process 0 writes).
-    """
-    import jax
-
-    failure = None
-    try:
-        result = set_up()
-    except Exception as e:  # Ctrl-C (not an Exception) stops this process at once
-        failure = e
-    if jax.process_count() > 1:
-        import numpy as np
-        from jax.experimental import multihost_utils
-
-        failed = multihost_utils.process_allgather(np.int32(failure is not None))
-        stopped = [str(i) for i, flag in enumerate(np.ravel(failed)) if flag]
-        if stopped and failure is None:
-            who, whose = (
-                (f"process {stopped[0]}", "its")
-                if len(stopped) == 1
-                else (f"processes {', '.join(stopped)}", "their")
-            )
-            raise error(f"{who} stopped in set-up ({whose} error says why); stopping too")
-    if failure is not None:
-        raise failure
-    return result
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -48,6 +48,7 @@ from ecomgpt_jax import (
     input_pipeline,
     launch,
     metrics_logger,
+    multihost,
     partitioning,
     trainer,
     vocabularies,
@@ -134,16 +135,21 @@ def hf_tokenizer_dir(train: trainer.TrainConfig) -> str | None:
 
 
 def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, vocabulary):
-    """Re-registers the EcomInstruct tasks when the data root, the prepared TFDS folder or
-    the vocabulary differ from the import-time registration's."""
+    """Registers the EcomInstruct tasks for this run's data root, prepared TFDS folder and
+    vocabulary, unless the current registration is the import-time one and so is this.
+    (Compared with what is registered, not with the defaults: in one process, a notebook,
+    a run after one on another DATA_DIR must not train on that run's tasks.)"""
     import tasks
 
     default_vocab = run.model.vocabulary.lower() in vocabularies.SENTENCEPIECE_KINDS and (
         run.model.vocabulary_path is None
     )
     train = run.train
+    current = tasks.registration()
     if train.data_dir is not None or train.tfds_data_dir is not None or not default_vocab:
         tasks.register_ecom_tasks(train.data_dir, vocabulary, tfds_data_dir=train.tfds_data_dir)
+    elif current is None or not current.default:
+        tasks.register_ecom_tasks()
     check_mixture(data.mixture_or_task_name)
 
 
@@ -321,7 +327,7 @@ def run() -> tuple[trainer.Result, trainer.RunConfig]:
 
     # A failure on any process (data missing on one host) stops all, before the restore's
     # collectives, where the others would wait for it.
-    run_cfg, data, mesh, vocabulary, cfg, note, eval_batches = launch.on_every_process(
+    run_cfg, data, mesh, vocabulary, cfg, note, eval_batches = multihost.on_every_process(
         set_up, trainer.UserError
     )
     job = trainer.Trainer(run_cfg, cfg, mesh)
@@ -373,7 +379,14 @@ def run() -> tuple[trainer.Result, trainer.RunConfig]:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    return (trainer.UserError, vocabularies.VocabularyError, *launch.user_errors())
+    # EvalError: an infer_eval that cannot write its folder (on any process, see
+    # `evaluation.evaluate`) stops training with one line, after saving the steps trained.
+    return (
+        trainer.UserError,
+        vocabularies.VocabularyError,
+        evaluation.EvalError,
+        *launch.user_errors(),
+    )
 
 
 def data_position(

@@ -69,6 +69,8 @@ class Registration:
       mixtures: registered mixture names.
       unavailable: mixture name -> why it is not registered (no task under data_dir).
       error: the data error that stopped registration at import, if any.
+      default: registered with every argument left at its default (what `import tasks`
+        registers): the default data root, the bundled vocabulary, <root>/_tfds.
     """
 
     data_dir: pathlib.Path
@@ -76,6 +78,7 @@ class Registration:
     mixtures: tuple[str, ...] = ()
     unavailable: dict = dataclasses.field(default_factory=dict)
     error: Exception | None = None
+    default: bool = False
 
 
 _registration: Registration | None = None
@@ -122,12 +125,19 @@ def register_ecom_tasks(
         :func:`registration`, so that :func:`get` repeats it).
     """
     global _registration
+    default = (data_dir, vocabulary, seed, tfds_data_dir, rate_maximum) == (
+        None,
+        None,
+        0,
+        None,
+        mixtures.RATE_MAXIMUM,
+    )
     root = reader.default_data_dir() if data_dir is None else pathlib.Path(data_dir)
     vocabulary = vocabulary if vocabulary is not None else vocabularies.make_vocabulary()
     if tfds_data_dir is None:
         tfds_data_dir = ecom_instruct.tfds_builder.default_tfds_data_dir(root)
     _unregister_previous()
-    _registration = Registration(root)
+    _registration = Registration(root, default=default)
     try:
         return _register(root, vocabulary, seed, tfds_data_dir, rate_maximum)
     except reader.DataError as e:
@@ -158,9 +168,12 @@ def _register(
     if empty:
         log.warning("empty data files (no examples, left out of mixtures): %s", ", ".join(empty))
     names = ecom_instruct.register_tasks(infos, vocabulary, seed, tfds_data_dir)
-    _registration = Registration(root, tuple(names))  # recorded before mixtures can fail
+    # Recorded before mixtures can fail.
+    _registration = dataclasses.replace(_registration, tasks=tuple(names))
     mixture_names, unavailable = mixtures.register_mixtures(infos, root, rate_maximum)
-    _registration = Registration(root, tuple(names), tuple(mixture_names), unavailable)
+    _registration = dataclasses.replace(
+        _registration, mixtures=tuple(mixture_names), unavailable=unavailable
+    )
     return names
 
 

@@ -227,11 +227,11 @@ def compile_cache(tmp_path_factory):
 
 
 def run_eval_processes(
-    eval_dirs, devices: int, cache: str, logs: pathlib.Path, *args: str, only=None
+    eval_dirs, devices: int, cache: str, logs: pathlib.Path, *args: str, only=None, timeout=300
 ) -> list[subprocess.CompletedProcess]:
     """The eval CLI as len(eval_dirs) processes (process i writes to eval_dirs[i], if it
     writes), `devices` CPU devices each; output through files in `logs` (a full pipe would
-    stall a process that its peers then wait for). A hang fails the test: 300 s each.
+    stall a process that its peers then wait for). A hang fails the test: `timeout` s each.
     `only`: process index -> arguments that process alone gets, after `args`."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -255,7 +255,7 @@ def run_eval_processes(
             files.append((out, err))
             with open(out, "w") as o, open(err, "w") as e:
                 procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=o, stderr=e))
-        codes = [p.wait(timeout=300) for p in procs]
+        codes = [p.wait(timeout=timeout) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -343,6 +343,51 @@ def test_a_set_up_error_on_process_1_alone_stops_both(orbax_dir, compile_cache, 
     want = [
         "error: process 1 stopped in set-up (its error says why); stopping too",
         f"error: {tmp_path / 'no_data'}: data directory does not exist",
+    ]
+    assert_one_error_line_each(procs, want)
+
+
+def test_a_write_failing_on_process_0_mid_run_stops_both_after_that_task(
+    orbax_dir, compile_cache, tmp_path
+):
+    """Process 0 cannot write the first task's predictions (a folder where its file goes):
+    process 1 used to go on to the second task's decoding and wait there for process 0
+    until a gloo deadline (~5 minutes) ended both with a trace."""
+    first, second = TWO_TASKS.split(",")
+    out = tmp_path / "out"
+    (out / "predictions" / f"{first}.jsonl").mkdir(parents=True)
+    args = [f"--gin.CHECKPOINT='{orbax_dir}'", *MULTI]
+    procs = run_eval_processes(
+        [out, tmp_path / "out_1"], 2, compile_cache, tmp_path, *args, timeout=120
+    )
+    assert [p.returncode for p in procs] == [2, 2], [p.stderr[-3000:] for p in procs]
+    what = f"the predictions of {first}"
+    want = [
+        f"error: EVAL_DIR {out}: cannot write {what} (Cannot overwrite: "
+        f"{out / 'predictions' / first}.jsonl is a directory)",
+        f"error: process 0 stopped while writing {what} to EVAL_DIR (its error says why); "
+        "stopping too",
+    ]
+    for proc, line in zip(procs, want, strict=True):
+        assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == [line]
+        assert proc.stderr.strip().splitlines()[-1] == line and "Traceback" not in proc.stderr
+    assert f"{second}:" not in procs[0].stderr  # no progress bar: the second task never began
+    assert not (out / "metrics.json").exists()
+
+
+def test_weights_missing_on_process_1_alone_stop_both_before_the_model_loads(
+    orbax_dir, compile_cache, tmp_path
+):
+    """A checkpoint on a local disk that one host lacks: process 0 used to restore alone
+    and wait for process 1 in orbax's barrier until a timeout ended it with a trace."""
+    args = [f"--gin.CHECKPOINT='{orbax_dir}'", *MULTI]
+    only = {1: [f"--gin.CHECKPOINT='{tmp_path / 'gone'}'"]}
+    out = [tmp_path / "out", tmp_path / "out_1"]
+    procs = run_eval_processes(out, 2, compile_cache, tmp_path, *args, only=only, timeout=120)
+    assert [p.returncode for p in procs] == [2, 2], [p.stderr[-3000:] for p in procs]
+    want = [
+        "error: process 1 stopped in set-up (its error says why); stopping too",
+        f"error: checkpoint path {tmp_path / 'gone'} does not exist",
     ]
     assert_one_error_line_each(procs, want)
 

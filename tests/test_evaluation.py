@@ -111,29 +111,6 @@ def test_task_names_resolve_from_folders_seqio_names_and_mixtures():
         assert str(info.value) == f"{SAMPLE}: task {name!r} has no data under this root"
 
 
-def test_metrics_markdown_states_the_decoding_and_nan_averages():
-    ner = {"rouge-l-f1": 0.5, "micro-f1": 0.0, "macro-f1": float("nan"), "rouge-l-f1-cjk": 0.25}
-    cls = {"rouge-l-f1": 1.0, "micro-f1": 1.0, "macro-f1": 0.5, "rouge-l-f1-cjk": 1.0}
-    scores = {"EN-A-CLS-a": {**cls, "n": 2}, "EN-A-NER-b": {**ner, "n": 3}}
-    result = evaluation.EvalResult(scores, [], ["ZH-X-CLS-x"], 1.0, 5)
-    lines = evaluation.metrics_markdown(result, EVAL, "m", 3).splitlines()
-    assert lines[:7] == [
-        "# EcomInstruct evaluation",
-        "",
-        "- model: m",
-        "- step: 3",
-        f"- tasks: ecom_instruct_held_out (test split) under {SAMPLE}",
-        "- examples per task: 4; CLS prompt seed 0",
-        "- decoding: beam search, 2 beams, finished beams scored as log-prob sum / (generated "
-        "tokens incl. EOS) ** length_penalty 1.0, early_stopping False; prompts cut from the "
-        "left to 64 tokens; at most 6 new tokens; prediction = continuation up to the first EOS",
-    ]
-    [average] = [line.split() for line in lines if line.startswith("average")]
-    assert average == ["average", "2", "tasks", "75.00", "50.00", "50.00+", "62.50"]
-    assert "+ macro-f1: average over the 1 of 2 tasks where it is defined " in "\n".join(lines)
-    assert evaluation.EvalResult(scores, [], [], 1.0, 5).metrics["EN-A-NER-b"]["macro-f1"] is None
-
-
 def test_outputs_and_metrics_equal_the_score_cli(first_run, tmp_path):
     result, out = first_run
     files = sorted(p.name for p in (out / "predictions").iterdir())

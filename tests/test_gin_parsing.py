@@ -306,3 +306,16 @@ def test_another_entry_points_configurable_is_named_where_it_is_bound(repo_cwd, 
     )
     # A configurable of this entry point whose name ends like a foreign one is not one.
     assert error("NotOther.x = 1\n").endswith("No configurable matching 'NotOther'")
+
+
+def test_search_paths_are_those_of_the_call(repo_cwd, tmp_path):
+    """A folder given to an earlier call (--gin_search_paths) is not searched later."""
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "inc.gin").write_text("launch_test_fn.value = 1\n")
+    main = tmp_path / "main.gin"
+    main.write_text("include 'inc.gin'\n")
+    gin_parsing.parse_gin([str(main)], [], [str(tmp_path / "inc")], _UserError, "x.gin")
+    assert gin.query_parameter("launch_test_fn.value") == 1
+    message = gin_error([str(main)])
+    assert message.startswith(f"gin config: {main}, line 1: include 'inc.gin': ")
+    assert str(tmp_path / "inc") not in message

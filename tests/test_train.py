@@ -4,9 +4,7 @@ Subprocess runs use the default recipe (gin_configs/ecom.gin) for a few steps.
 Losses are compared through MODEL_DIR/metrics.jsonl (one line per step here).
 """
 
-import contextlib
 import dataclasses
-import io
 import json
 import os
 import pathlib
@@ -21,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
+from trainer_helpers import run_in_process
 
 from ecomgpt_jax import checkpointing, convert, launch, train, trainer
 from ecomgpt_jax.models import config as model_config
@@ -252,10 +251,28 @@ def _two_processes(model_dir, compile_cache, tmp_path, read_stdout_of_0=False, o
     return procs
 
 
+def _wait(procs, timeout: float) -> list[int]:
+    """The exit codes; a process still running after `timeout` s is killed (a hang fails
+    the test instead of blocking CI)."""
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def _assert_error_lines(tmp_path, lines) -> None:
+    """Process i's stderr ends with lines[i], its only `error:` line, without a trace."""
+    for i, line in enumerate(lines):
+        stderr = (tmp_path / f"stderr{i}.txt").read_text()
+        assert [x for x in stderr.splitlines() if x.startswith("error:")] == [line]
+        assert stderr.strip().splitlines()[-1] == line and "Traceback" not in stderr
+
+
 def test_two_processes_match_one_process(sharded_reference, compile_cache, tmp_path):
     two = tmp_path / "two"
     procs = _two_processes(two, compile_cache, tmp_path)
-    codes = [p.wait(timeout=600) for p in procs]
+    codes = _wait(procs, 600)
     assert codes == [0, 0], (tmp_path / "stderr0.txt").read_text()[-3000:]
     got, want = losses(two), losses(sharded_reference)
     assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
@@ -272,20 +289,47 @@ def test_a_set_up_error_on_process_1_alone_stops_both(compile_cache, tmp_path):
     the restore's collectives until a timeout ended it with a trace."""
     only = {1: [f"--gin.DATA_DIR='{tmp_path / 'no_data'}'"]}
     procs = _two_processes(tmp_path / "run", compile_cache, tmp_path, only=only)
-    try:
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
+    codes = _wait(procs, 300)
     assert codes == [2, 2], (tmp_path / "stderr0.txt").read_text()[-3000:]
     want = [
         "error: process 1 stopped in set-up (its error says why); stopping too",
         f"error: {tmp_path / 'no_data'}: data directory does not exist",
     ]
-    for i, line in enumerate(want):
-        stderr = (tmp_path / f"stderr{i}.txt").read_text()
-        assert stderr.strip().splitlines()[-1] == line and "Traceback" not in stderr
+    _assert_error_lines(tmp_path, want)
     assert not (tmp_path / "run").exists()  # neither process wrote anything
+
+
+def test_an_infer_eval_write_failing_mid_run_on_process_0_stops_both(compile_cache, tmp_path):
+    """Process 0 writes infer_eval's folders: a file where step 2's must go. Process 1
+    used to go on to step 3's collectives while process 0 saved alone, until a gloo
+    deadline ended both with a trace; now both save step 2 and stop, one line each."""
+    run = tmp_path / "run"
+    (run / "infer_eval").mkdir(parents=True)
+    (run / "infer_eval" / "2").write_text("")
+    infer_eval = [
+        "--gin.EVAL_LOSS_EVERY_STEPS=0",
+        "--gin.INFER_EVAL_EVERY_STEPS=2",
+        "--gin.INFER_EVAL_MAX_EXAMPLES=2",
+        "--gin.INFER_EVAL_MIXTURE='ecom:EN:ABSA:CLS:review_topic_category'",
+        "--gin.DecodeConfig.max_new_tokens=4",
+    ]
+    only = {0: infer_eval, 1: infer_eval}
+    procs = _two_processes(run, compile_cache, tmp_path, read_stdout_of_0=True, only=only)
+    try:
+        out = procs[0].communicate(timeout=150)[0]
+    finally:
+        codes = _wait(procs, 30)
+    assert codes == [2, 2], (tmp_path / "stderr1.txt").read_text()[-3000:]
+    want = [
+        f"error: EVAL_DIR {run}/infer_eval/2 is a file: give a folder",
+        "error: process 0 stopped while writing predictions/ to EVAL_DIR (its error says "
+        "why); stopping too",
+    ]
+    _assert_error_lines(tmp_path, want)
+    assert f"infer_eval failed at step 2; saved {run}/checkpoints/2" in out
+    assert sorted(losses(run)) == [1, 2]
+    assert checkpointing.Checkpointer(run, checkpointing.CheckpointConfig()).all_steps() == [2]
+    assert (run / "infer_eval" / "0" / "metrics.json").is_file()
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(compile_cache, tmp_path):
@@ -298,33 +342,12 @@ def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(compile_
             procs[1].send_signal(signal.SIGTERM)  # process 1 only
             break
     out = procs[0].stdout.read()
-    codes = [p.wait(timeout=600) for p in procs]
+    codes = _wait(procs, 600)
     assert codes == [0, 0], (tmp_path / "stderr1.txt").read_text()[-3000:]
     stopped = max(losses(run))
     assert 2 < stopped < STEPS and f"preempted at step {stopped}" in out
     saved = checkpointing.Checkpointer(run, checkpointing.CheckpointConfig()).all_steps()
     assert saved[-1] == stopped and sorted(losses(run)) == list(range(1, stopped + 1))
-
-
-def run_in_process(tmp_path, *args) -> str:
-    """train.main in this process (no TensorFlow start-up cost); returns its exit message."""
-    argv = train.rewrite_gin_args(
-        ["train", "--gin_file=gin_configs/ecom.gin", f"--gin.MODEL_DIR='{tmp_path}'", *args]
-    )
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(argv)
-    gin.clear_config()
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    stderr = io.StringIO()
-    try:
-        with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(stderr):
-            train.main(argv)
-    finally:
-        os.chdir(cwd)
-        gin.clear_config()
-    assert exit_info.value.code == launch.USAGE_EXIT_CODE
-    return stderr.getvalue().removesuffix("\n")
 
 
 def test_a_finished_run_is_left_as_it_was(default_run, tmp_path, capsys):
@@ -384,123 +407,6 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     text = run_in_process(tmp_path, *args)
     assert text.startswith("error: ") and "\n" not in text
     assert message in text
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--gin.TRAIN_STEPS=0"], "TRAIN_STEPS must be an integer >= 1, got 0"),
-        (
-            # tiny-bloom's 6 heads over 4 devices: before, a fresh start died in jax's
-            # IndivisibleError (leaving an empty MODEL_DIR/checkpoints), a resume called
-            # the checkpoint damaged.
-            ["--gin.MESH_SHAPE=(2, 1, 4)"],
-            "MESH_SHAPE (2, 1, 4) does not fit the model: ModelConfig.heads 6 is not divisible "
-            "by the mesh's tensor axis (4); ModelConfig.kv_heads 6 is not divisible by the "
-            "mesh's tensor axis (4)",
-        ),
-        (
-            ["--gin.StepConfig.loss_chunk_size=100"],
-            "StepConfig.loss_chunk_size 100 does not split the 256 tokens per row "
-            "(TASK_FEATURE_LENGTHS inputs + targets) into equal chunks: use a divisor of 256 "
-            "smaller than it, or 0 (no chunks: the logits of whole rows)",
-        ),
-        (["--gin.BATCH_SIZE=0"], "BATCH_SIZE must be an integer >= 1, got 0"),
-        (["--gin.BATCH_SIZE=-4"], "BATCH_SIZE must be an integer >= 1, got -4"),
-        (
-            ["--gin.TASK_FEATURE_LENGTHS={'input': 192, 'targets': 64}"],
-            "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), got "
-            "{'input': 192, 'targets': 64}",
-        ),
-        (
-            ["--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 64}"],
-            "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), got "
-            "{'inputs': 0, 'targets': 64}",
-        ),
-        (
-            ["--gin.VOCABULARY='sentencepeice'"],
-            "VOCABULARY: unknown vocabulary kind 'sentencepeice'; expected one of "
-            "sentencepiece, spm, huggingface, hf, tokenizer.json",
-        ),
-        (
-            ["--gin.VOCABULARY='huggingface'"],
-            "VOCABULARY = 'huggingface' needs VOCABULARY_PATH (a tokenizer.json or its folder) "
-            "or INIT_FROM_HF (whose tokenizer.json is used)",
-        ),
-        (
-            ["--gin.INFER_EVAL_EVERY_STEPS=4", "--gin.INFER_EVAL_MIXTURE='ecom_instruct_heldout'"],
-            f"INFER_EVAL_MIXTURE: {ROOT}/ecomgpt_jax/ecominstruct/sample: "
-            "'ecom_instruct_heldout' is neither a task folder nor a known mixture "
-            "(ecom_instruct_held_out, ecom_instruct_held_in, ecom_instruct_en, ecom_instruct_zh, "
-            "ecom_instruct_cls, ecom_instruct_ner, ecom_instruct_extract, "
-            "ecom_instruct_condition_extract, ecom_instruct_generate)",
-        ),
-        (
-            ["--gin.EVAL_LOSS_EVERY_STEPS=4", "--gin.EVAL_LOSS_MIXTURE='ecom_instruct_heldout'"],
-            "EVAL_LOSS_MIXTURE: unknown task or mixture 'ecom_instruct_heldout'; EcomInstruct "
-            "mixtures: ecom_instruct_held_out, ecom_instruct_held_in, ecom_instruct_en, "
-            "ecom_instruct_zh, ecom_instruct_cls, ecom_instruct_ner, ecom_instruct_extract, "
-            "ecom_instruct_condition_extract, ecom_instruct_generate; tasks are named "
-            f"ecom:<LANG>:<Dataset>:<TYPE>:<name> (data root {ROOT}/ecomgpt_jax/ecominstruct/"
-            "sample)",
-        ),
-        (
-            [
-                "--gin.EVAL_LOSS_EVERY_STEPS=4",
-                "--gin.EVAL_LOSS_MIXTURE='ecom:EN:ABSA:CLS:review_topic_category'",
-                "--gin.eval_loss/DataConfig.split='validation'",
-            ],
-            "EVAL_LOSS_MIXTURE: mixture 'ecom:EN:ABSA:CLS:review_topic_category': "
-            f"{ROOT}/ecomgpt_jax/ecominstruct/sample/ABSA/tasks/EN-ABSA-CLS-review_topic_"
-            "category: task 'EN-ABSA-CLS-review_topic_category' has no 'validation' split "
-            "(has: ['test'])",
-        ),
-        (["--gin.EVAL_LOSS_BATCHES=0"], "EVAL_LOSS_BATCHES must be an integer >= 1, got 0"),
-        (
-            ["--gin.EVAL_LOSS_EVERY_STEPS=-5"],
-            "EVAL_LOSS_EVERY_STEPS must be an integer >= 0, got -5",
-        ),
-        (
-            ["--gin.eval_loss/DataConfig.global_batch_size=0"],
-            "eval_loss/DataConfig: BATCH_SIZE must be an integer >= 1, got 0",
-        ),
-        (
-            ["--gin.EVAL_LOSS_EVERY_STEPS=4", "--gin.eval_loss/DataConfig.global_batch_size=12"],
-            "eval_loss/DataConfig: BATCH_SIZE 12 / num_microbatches 1 = 12 rows per micro-batch "
-            "is not divisible by the mesh's data x fsdp = 8 (MESH_SHAPE (8, 1, 1))",
-        ),
-        (
-            ["--gin.INIT_FROM_CHECKPOINT='/no/such/orbax'"],
-            "INIT_FROM_CHECKPOINT: checkpoint path /no/such/orbax does not exist",
-        ),
-        (
-            ["--gin.ModelConfig.widht=3"],
-            "gin config: --gin.ModelConfig.widht: Configurable 'ModelConfig' doesn't have a "
-            "parameter named 'widht'",
-        ),
-        (
-            ["--gin.ModelConfig.remat_policy='fulll'"],
-            "gin config: ModelConfig.remat_policy='fulll': must be one of ('none', 'full', "
-            "'dots_saveable', 'dots_with_no_batch_dims_saveable', 'nothing_saveable', "
-            "'everything_saveable')",
-        ),
-        (
-            ["--gin.ModelConfig.remat_polcy='full'"],
-            "gin config: --gin.ModelConfig.remat_polcy: Configurable 'ModelConfig' doesn't have "
-            "a parameter named 'remat_polcy' (did you mean remat_policy?)",
-        ),
-        (
-            ["--gin.MODEL_PRESET='bloomz-1b1'"],
-            "gin config: --gin.MODEL_PRESET: macro MODEL_PRESET is retired: each "
-            "gin_configs/models/*.gin file now binds ModelConfig itself; include the model's "
-            "file instead",
-        ),
-    ],
-)
-def test_bad_values_stop_before_anything_runs(tmp_path, args, message):
-    """One exact line, and nothing written to MODEL_DIR (no step trained and then lost)."""
-    assert run_in_process(tmp_path / "run", *args) == f"error: {message}"
-    assert not (tmp_path / "run").exists()
 
 
 def test_initial_weights_give_the_architecture_and_the_note_says_so(tmp_path, capsys):

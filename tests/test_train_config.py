@@ -1,6 +1,6 @@
 """Tests for ecomgpt_jax/train.py's configuration, without a training run: gin files to
-configs (the field and macro named on bad values), the paper's run files, task
-registration (TFDS_DATA_DIR) and the data position kept on resume."""
+configs (the field and macro named on bad values, in one line before anything runs), the
+paper's run files, task registration (TFDS_DATA_DIR) and the data position kept on resume."""
 
 import dataclasses
 import pathlib
@@ -11,6 +11,7 @@ import gin
 import jax
 import numpy as np
 import pytest
+from trainer_helpers import run_in_process
 
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax import train, trainer
@@ -46,6 +47,32 @@ def test_tfds_data_dir_points_the_tasks_at_prepared_copies(tmp_path, sample_task
         train.register_tasks(run, data, vocabulary)
         sources[bool(extra)] = type(sample_tasks.get(name).source)
     assert sources == {False: ecom_instruct.JsonInstructionSource, True: seqio.TfdsDataSource}
+
+
+def test_a_default_run_after_one_on_another_root_reads_the_default_root(tmp_path, sample_tasks):
+    """In one process (a notebook): the second, default run used to keep the first run's
+    registration, and so train on its DATA_DIR's tasks."""
+    from ecomgpt_jax import vocabularies
+    from ecomgpt_jax.ecominstruct import make_sample
+
+    root = tmp_path / "root"
+    shutil.copytree(make_sample.SAMPLE_DIR / "Multi_CPR", root / "Multi_CPR")
+    name = "ecom:ZH:Multi_CPR:Extract:product_select_2"
+    vocabulary = vocabularies.make_vocabulary()
+    registered = []
+    for extra in ([f"DATA_DIR = '{root}'"], [], []):
+        gin.clear_config()
+        try:
+            run, data, _ = train.load_configs(
+                [str(ROOT / "gin_configs" / "ecom.gin")],
+                [f"MIXTURE_OR_TASK_NAME = '{name}'", *extra],
+            )
+        finally:
+            gin.clear_config()
+        train.register_tasks(run, data, vocabulary)
+        registered.append(sample_tasks.registration())
+    assert [r.data_dir for r in registered] == [root, *[make_sample.SAMPLE_DIR] * 2]
+    assert registered[2] is registered[1]  # the default kept, not registered again
 
 
 @pytest.mark.parametrize(
@@ -196,3 +223,120 @@ def test_model_dir_that_cannot_be_a_folder(tmp_path):
         assert str(info.value) == f"MODEL_DIR {model_dir} {what}: give a folder"
     train.check_model_dir(str(tmp_path / "new" / "run"))  # to be made: fine
     train.check_model_dir("gs://bucket/run")  # not checked here
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gin.TRAIN_STEPS=0"], "TRAIN_STEPS must be an integer >= 1, got 0"),
+        (
+            # tiny-bloom's 6 heads over 4 devices: before, a fresh start died in jax's
+            # IndivisibleError (leaving an empty MODEL_DIR/checkpoints), a resume called
+            # the checkpoint damaged.
+            ["--gin.MESH_SHAPE=(2, 1, 4)"],
+            "MESH_SHAPE (2, 1, 4) does not fit the model: ModelConfig.heads 6 is not divisible "
+            "by the mesh's tensor axis (4); ModelConfig.kv_heads 6 is not divisible by the "
+            "mesh's tensor axis (4)",
+        ),
+        (
+            ["--gin.StepConfig.loss_chunk_size=100"],
+            "StepConfig.loss_chunk_size 100 does not split the 256 tokens per row "
+            "(TASK_FEATURE_LENGTHS inputs + targets) into equal chunks: use a divisor of 256 "
+            "smaller than it, or 0 (no chunks: the logits of whole rows)",
+        ),
+        (["--gin.BATCH_SIZE=0"], "BATCH_SIZE must be an integer >= 1, got 0"),
+        (["--gin.BATCH_SIZE=-4"], "BATCH_SIZE must be an integer >= 1, got -4"),
+        (
+            ["--gin.TASK_FEATURE_LENGTHS={'input': 192, 'targets': 64}"],
+            "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), got "
+            "{'input': 192, 'targets': 64}",
+        ),
+        (
+            ["--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 64}"],
+            "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), got "
+            "{'inputs': 0, 'targets': 64}",
+        ),
+        (
+            ["--gin.VOCABULARY='sentencepeice'"],
+            "VOCABULARY: unknown vocabulary kind 'sentencepeice'; expected one of "
+            "sentencepiece, spm, huggingface, hf, tokenizer.json",
+        ),
+        (
+            ["--gin.VOCABULARY='huggingface'"],
+            "VOCABULARY = 'huggingface' needs VOCABULARY_PATH (a tokenizer.json or its folder) "
+            "or INIT_FROM_HF (whose tokenizer.json is used)",
+        ),
+        (
+            ["--gin.INFER_EVAL_EVERY_STEPS=4", "--gin.INFER_EVAL_MIXTURE='ecom_instruct_heldout'"],
+            f"INFER_EVAL_MIXTURE: {ROOT}/ecomgpt_jax/ecominstruct/sample: "
+            "'ecom_instruct_heldout' is neither a task folder nor a known mixture "
+            "(ecom_instruct_held_out, ecom_instruct_held_in, ecom_instruct_en, ecom_instruct_zh, "
+            "ecom_instruct_cls, ecom_instruct_ner, ecom_instruct_extract, "
+            "ecom_instruct_condition_extract, ecom_instruct_generate)",
+        ),
+        (
+            ["--gin.EVAL_LOSS_EVERY_STEPS=4", "--gin.EVAL_LOSS_MIXTURE='ecom_instruct_heldout'"],
+            "EVAL_LOSS_MIXTURE: unknown task or mixture 'ecom_instruct_heldout'; EcomInstruct "
+            "mixtures: ecom_instruct_held_out, ecom_instruct_held_in, ecom_instruct_en, "
+            "ecom_instruct_zh, ecom_instruct_cls, ecom_instruct_ner, ecom_instruct_extract, "
+            "ecom_instruct_condition_extract, ecom_instruct_generate; tasks are named "
+            f"ecom:<LANG>:<Dataset>:<TYPE>:<name> (data root {ROOT}/ecomgpt_jax/ecominstruct/"
+            "sample)",
+        ),
+        (
+            [
+                "--gin.EVAL_LOSS_EVERY_STEPS=4",
+                "--gin.EVAL_LOSS_MIXTURE='ecom:EN:ABSA:CLS:review_topic_category'",
+                "--gin.eval_loss/DataConfig.split='validation'",
+            ],
+            "EVAL_LOSS_MIXTURE: mixture 'ecom:EN:ABSA:CLS:review_topic_category': "
+            f"{ROOT}/ecomgpt_jax/ecominstruct/sample/ABSA/tasks/EN-ABSA-CLS-review_topic_"
+            "category: task 'EN-ABSA-CLS-review_topic_category' has no 'validation' split "
+            "(has: ['test'])",
+        ),
+        (["--gin.EVAL_LOSS_BATCHES=0"], "EVAL_LOSS_BATCHES must be an integer >= 1, got 0"),
+        (
+            ["--gin.EVAL_LOSS_EVERY_STEPS=-5"],
+            "EVAL_LOSS_EVERY_STEPS must be an integer >= 0, got -5",
+        ),
+        (
+            ["--gin.eval_loss/DataConfig.global_batch_size=0"],
+            "eval_loss/DataConfig: BATCH_SIZE must be an integer >= 1, got 0",
+        ),
+        (
+            ["--gin.EVAL_LOSS_EVERY_STEPS=4", "--gin.eval_loss/DataConfig.global_batch_size=12"],
+            "eval_loss/DataConfig: BATCH_SIZE 12 / num_microbatches 1 = 12 rows per micro-batch "
+            "is not divisible by the mesh's data x fsdp = 8 (MESH_SHAPE (8, 1, 1))",
+        ),
+        (
+            ["--gin.INIT_FROM_CHECKPOINT='/no/such/orbax'"],
+            "INIT_FROM_CHECKPOINT: checkpoint path /no/such/orbax does not exist",
+        ),
+        (
+            ["--gin.ModelConfig.widht=3"],
+            "gin config: --gin.ModelConfig.widht: Configurable 'ModelConfig' doesn't have a "
+            "parameter named 'widht'",
+        ),
+        (
+            ["--gin.ModelConfig.remat_policy='fulll'"],
+            "gin config: ModelConfig.remat_policy='fulll': must be one of ('none', 'full', "
+            "'dots_saveable', 'dots_with_no_batch_dims_saveable', 'nothing_saveable', "
+            "'everything_saveable')",
+        ),
+        (
+            ["--gin.ModelConfig.remat_polcy='full'"],
+            "gin config: --gin.ModelConfig.remat_polcy: Configurable 'ModelConfig' doesn't have "
+            "a parameter named 'remat_polcy' (did you mean remat_policy?)",
+        ),
+        (
+            ["--gin.MODEL_PRESET='bloomz-1b1'"],
+            "gin config: --gin.MODEL_PRESET: macro MODEL_PRESET is retired: each "
+            "gin_configs/models/*.gin file now binds ModelConfig itself; include the model's "
+            "file instead",
+        ),
+    ],
+)
+def test_bad_values_stop_before_anything_runs(tmp_path, args, message):
+    """One exact line, and nothing written to MODEL_DIR (no step trained and then lost)."""
+    assert run_in_process(tmp_path / "run", *args) == f"error: {message}"
+    assert not (tmp_path / "run").exists()

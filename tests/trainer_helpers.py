@@ -1,14 +1,24 @@
-"""What the trainer tests share (a helper module, not a test module: pytest collects only
-`test_*.py`): a tiny model, a run configuration, meshes of the simulated CPU devices."""
+"""What the trainer and train tests share (a helper module, not a test module: pytest
+collects only `test_*.py`): a tiny model, a run configuration, meshes of the simulated CPU
+devices, `python -m ecomgpt_jax.train` run in this process."""
 
+import contextlib
 import dataclasses
+import io
+import os
+import pathlib
 
+import gin
 import jax
+import pytest
+from absl import flags
 
-from ecomgpt_jax import checkpointing, trainer
+from ecomgpt_jax import checkpointing, launch, train, trainer
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as model_config
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # tiny-bloom made smaller still: steps here cost milliseconds.
 TINY = dataclasses.replace(
@@ -37,3 +47,24 @@ def run_config(tmp_path, **train) -> trainer.RunConfig:
 def mesh_of(shape, n=8):
     """A (data, fsdp, tensor) mesh of `shape` over the first `n` devices."""
     return P.make_mesh(P.MeshConfig(shape), jax.devices()[:n])
+
+
+def run_in_process(tmp_path, *args) -> str:
+    """train.main in this process (no TensorFlow start-up cost); returns its exit message."""
+    argv = train.rewrite_gin_args(
+        ["train", "--gin_file=gin_configs/ecom.gin", f"--gin.MODEL_DIR='{tmp_path}'", *args]
+    )
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    gin.clear_config()
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    stderr = io.StringIO()
+    try:
+        with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(stderr):
+            train.main(argv)
+    finally:
+        os.chdir(cwd)
+        gin.clear_config()
+    assert exit_info.value.code == launch.USAGE_EXIT_CODE
+    return stderr.getvalue().removesuffix("\n")

@@ -51,8 +51,11 @@ def _write_kernel_spec(folder: pathlib.Path) -> None:
     (folder / "python3" / "kernel.json").write_text(json.dumps(spec))
 
 
-def execute(path: str | os.PathLike, timeout: int = CELL_TIMEOUT_S) -> nbformat.NotebookNode:
-    """Executes the notebook at `path` and returns it with outputs (the file is unchanged).
+def execute(
+    path: str | os.PathLike, timeout: int = CELL_TIMEOUT_S, cwd: str | os.PathLike = ROOT
+) -> nbformat.NotebookNode:
+    """Executes the notebook at `path` from `cwd` and returns it with outputs (the file is
+    unchanged). The notebooks work in the repository at or above `cwd` (its runs/ folder).
 
     Raises nbclient.exceptions.CellExecutionError naming the failing cell.
     """
@@ -67,7 +70,7 @@ def execute(path: str | os.PathLike, timeout: int = CELL_TIMEOUT_S) -> nbformat.
             timeout=timeout,
             kernel_name="python3",
             record_timing=False,  # no timestamps: re-executing changes only real outputs
-            resources={"metadata": {"path": str(ROOT)}},
+            resources={"metadata": {"path": str(cwd)}},
         )
         client.execute(env=kernel_env())
     return nb

@@ -1,16 +1,18 @@
 """The notebooks run top to bottom and show what they promise.
 
 Each notebook is executed once per module (`notebooks/execute.py`: a fresh kernel of this
-interpreter, from the repository root, on the CPU): the quickstart as committed (~4 min on
-2 cores), the TPU fine-tuning notebook with its committed `SMOKE = True` (~2 min). Cells are
-found by their tags. The committed files are also checked to carry their outputs, so that
-they render on GitHub.
+interpreter, on the CPU): the quickstart as committed (~4 min on 2 cores), the TPU
+fine-tuning notebook with its committed `SMOKE = True` (~2 min). They run in a copy of the
+repository, so that their runs/ folders (which they empty first) are not this checkout's,
+where a user's own notebook runs live. Cells are found by their tags. The committed files
+are also checked to carry their outputs, so that they render on GitHub.
 """
 
 import importlib.util
 import json
 import math
 import pathlib
+import shutil
 
 import nbformat
 import pytest
@@ -65,14 +67,37 @@ def pct(value) -> str:
     return "" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
-@pytest.fixture(scope="module")
-def quickstart():
-    return execute.execute(QUICKSTART)
+# What the notebooks use of the repository (the package, its sample data, the gin files).
+COPIED = ("ecomgpt_jax", "tasks", "gin_configs", "notebooks")
+BEFORE: dict[str, int] = {}  # this checkout's runs/, before the notebooks ran
+
+
+def runs_snapshot(root: pathlib.Path) -> dict[str, int]:
+    """Every path under root/runs with its modification time."""
+    runs = root / "runs"
+    return {str(p.relative_to(runs)): p.stat().st_mtime_ns for p in runs.rglob("*")}
 
 
 @pytest.fixture(scope="module")
-def finetune():
-    return execute.execute(FINETUNE)
+def checkout(tmp_path_factory):
+    """A copy of the repository's code, data and notebooks, where the notebooks run; and
+    this checkout's runs/ as it was before."""
+    root = tmp_path_factory.mktemp("checkout")
+    BEFORE.update(runs_snapshot(ROOT))
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in COPIED:
+        shutil.copytree(ROOT / name, root / name, ignore=ignore)
+    return root
+
+
+@pytest.fixture(scope="module")
+def quickstart(checkout):
+    return execute.execute(checkout / "notebooks" / "quickstart.ipynb", cwd=checkout)
+
+
+@pytest.fixture(scope="module")
+def finetune(checkout):
+    return execute.execute(checkout / "notebooks" / "finetune_bloomz_tpu.ipynb", cwd=checkout)
 
 
 # ----------------------------------------------------------------------------- quickstart
@@ -88,11 +113,11 @@ def test_quickstart_shows_sample_tasks_and_instructions(quickstart):
     assert f"--- prompt:\n{example[0].prompt}\n--- answer:\n{example[0].answer}\n" in shown
 
 
-def test_quickstart_trains_with_a_loss_plot(quickstart):
+def test_quickstart_trains_with_a_loss_plot(quickstart, checkout):
     train = cell(quickstart, "train")
     assert len(data(train, "image/png")) == 1  # the live plot, updated in place
     assert "finished step 150;" in stdout(train)
-    rows = [json.loads(x) for x in (ROOT / "runs/quickstart/model/metrics.jsonl").open()]
+    rows = [json.loads(x) for x in (checkout / "runs/quickstart/model/metrics.jsonl").open()]
     assert rows[-1]["step"] == 150
     # From scratch the first loss is about ln(2048) (uniform over the vocabulary).
     assert rows[0]["loss"] == pytest.approx(math.log(2048), abs=0.3)
@@ -100,15 +125,15 @@ def test_quickstart_trains_with_a_loss_plot(quickstart):
     # The held-out tasks' loss, plotted beside it every 25 steps, on the same rows each time:
     # it rises from its start and ends far above the training loss, as the notebook says
     # (from scratch, nothing carries over).
-    held_out = [json.loads(x) for x in (ROOT / "runs/quickstart/model/eval_loss.jsonl").open()]
+    held_out = [json.loads(x) for x in (checkout / "runs/quickstart/model/eval_loss.jsonl").open()]
     assert [r["step"] for r in held_out] == [0, 25, 50, 75, 100, 125, 150]
     assert len({r["all"]["answer_tokens"] for r in held_out}) == 1
     assert held_out[-1]["all"]["loss"] > held_out[0]["all"]["loss"] > rows[-1]["loss"] + 2
     assert "eval_loss step 150: loss " in stdout(train)
 
 
-def test_quickstart_score_table_and_chart_match_metrics_json(quickstart):
-    metrics = json.loads((ROOT / "runs/quickstart/eval/metrics.json").read_text())
+def test_quickstart_score_table_and_chart_match_metrics_json(quickstart, checkout):
+    metrics = json.loads((checkout / "runs/quickstart/eval/metrics.json").read_text())
     [html] = data(cell(quickstart, "scores-table"), "text/html")
     rows = {r[0]: r for r in html_cells(html)[1:]}
     tasks = reader.discover_tasks(SAMPLE)
@@ -147,12 +172,12 @@ def test_finetune_smoke_chooses_mesh_from_chip_count(finetune):
     assert mesh.splitlines()[-1].endswith("too small   (2, 8, 1)")
 
 
-def test_finetune_smoke_trains_evaluates_and_exports(finetune):
+def test_finetune_smoke_trains_evaluates_and_exports(finetune, checkout):
     train = cell(finetune, "train")
     assert len(data(train, "image/png")) == 1
     assert "finished step 30;" in stdout(train)
     assert "--gin.INIT_FROM_CHECKPOINT='runs/finetune_smoke/init'" in stdout(train)
-    held_out = ROOT / "runs/finetune_smoke/model/eval_loss.jsonl"
+    held_out = checkout / "runs/finetune_smoke/model/eval_loss.jsonl"
     assert [json.loads(x)["step"] for x in held_out.open()] == [0, 10, 20, 30]
     assert "eval_loss step 30: loss " in stdout(train)
     [html] = data(cell(finetune, "scores-table"), "text/html")
@@ -160,12 +185,20 @@ def test_finetune_smoke_trains_evaluates_and_exports(finetune):
     held_out = sorted(n for n in reader.discover_tasks(SAMPLE) if n in HELD_OUT_TASKS)
     assert sorted(n for n in rows if n != "average") == held_out
     assert all(rows[n][1] == "4" for n in held_out)
-    export = ROOT / "runs/finetune_smoke/hf_export"
+    export = checkout / "runs/finetune_smoke/hf_export"
     assert sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors"]
     # transformers' beam search on the export reproduces the JAX evaluation's predictions.
     assert "transformers reproduces 3/3 evaluation predictions" in stdout(
         cell(finetune, "export-check")
     )
+
+
+def test_the_notebooks_run_in_the_copy_and_leave_this_checkout_alone(
+    quickstart, finetune, checkout
+):
+    assert (checkout / "runs" / "quickstart" / "eval" / "metrics.json").is_file()
+    assert (checkout / "runs" / "finetune_smoke" / "hf_export").is_dir()
+    assert runs_snapshot(ROOT) == BEFORE
 
 
 # ----------------------------------------------------------------------------- committed

@@ -423,21 +423,19 @@ def evaluate(
 
 def _agreed_write(eval_dir, write, what: str):
     """`write()` on the process that writes eval_dir (None on the others), then every
-    process learns whether it failed (an all-gather, nothing on one process; none without
-    eval_dir): all stop with one line, instead of the others waiting for process 0 in the
-    next task's decoding or, in training, its next step. Returns what `write` returns."""
-    if eval_dir is None:
-        return None
+    process learns whether it failed: all stop with one line, instead of the others
+    waiting for process 0 in the next task's decoding or, in training, its next step.
+    An all-gather on several processes, on each of them whatever its eval_dir (one
+    without, or with write None, takes part all the same); nothing on one process.
+    Returns what `write` returns."""
 
     def attempt():
         try:
             return None if write is None else write()
         except OSError as e:  # a full disk, a permission, a folder made a file mid-run
             path = e.filename2 or e.filename  # a rename's: where it was going
-            where = f"{path}: " if path else ""
-            raise EvalError(
-                f"EVAL_DIR {eval_dir}: cannot write {what} ({where}{e.strerror or e})"
-            ) from None
+            reason = f"{path}: {e.strerror}" if path and e.strerror else str(e)
+            raise EvalError(f"EVAL_DIR {eval_dir}: cannot write {what} ({reason})") from None
 
     return multihost.on_every_process(attempt, EvalError, f"while writing {what} to EVAL_DIR")
 

@@ -417,7 +417,9 @@ def parse_gin(
     Args:
       files: gin files, applied in order.
       bindings: "NAME = VALUE" strings, applied after the files.
-      search_paths: extra folders for gin files and their includes.
+      search_paths: extra folders for gin files and their includes; with the
+        repository's gin_configs/ (and the working directory), the only ones searched:
+        folders added to gin by other means are dropped.
       error: the entry point's user-error class.
       example: a gin file to name when none was given.
       finalize: lock the config; this also reports unset REQUIRED macros now, as one

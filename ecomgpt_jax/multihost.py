@@ -50,6 +50,7 @@ def on_every_process(work: Callable[[], T], error: type[Exception], during: str 
         failure = e
     stopped = any_process_failed(failure is not None)
     if failure is not None:
+        failure._on_every_process = True  # see stopped_together
         raise failure
     if stopped:
         who, whose = (
@@ -57,5 +58,16 @@ def on_every_process(work: Callable[[], T], error: type[Exception], during: str 
             if len(stopped) == 1
             else (f"processes {', '.join(map(str, stopped))}", "their")
         )
-        raise error(f"{who} stopped {during} ({whose} error says why); stopping too")
+        other = error(f"{who} stopped {during} ({whose} error says why); stopping too")
+        other._on_every_process = True
+        raise other
     return result
+
+
+def stopped_together(error: BaseException) -> bool:
+    """Whether every process raises `error` (or its own) at this same point: one process,
+    or an error of `on_every_process`. Only then may a handler enter a collective, such
+    as saving a checkpoint; otherwise the processes that did not raise are elsewhere."""
+    import jax
+
+    return jax.process_count() == 1 or getattr(error, "_on_every_process", False)

@@ -136,9 +136,9 @@ def hf_tokenizer_dir(train: trainer.TrainConfig) -> str | None:
 
 def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, vocabulary):
     """Registers the EcomInstruct tasks for this run's data root, prepared TFDS folder and
-    vocabulary, unless the current registration is the import-time one and so is this.
-    (Compared with what is registered, not with the defaults: in one process, a notebook,
-    a run after one on another DATA_DIR must not train on that run's tasks.)"""
+    vocabulary; a run with every default keeps a default registration that worked, on
+    today's default root. (In one process, a notebook, a default run after one on another
+    DATA_DIR must not train on that run's tasks.)"""
     import tasks
 
     default_vocab = run.model.vocabulary.lower() in vocabularies.SENTENCEPIECE_KINDS and (
@@ -148,7 +148,12 @@ def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, voca
     current = tasks.registration()
     if train.data_dir is not None or train.tfds_data_dir is not None or not default_vocab:
         tasks.register_ecom_tasks(train.data_dir, vocabulary, tfds_data_dir=train.tfds_data_dir)
-    elif current is None or not current.default:
+    elif (
+        current is None
+        or not current.default
+        or current.error is not None  # the data may be there now
+        or current.data_dir != reader.default_data_dir()  # ECOMGPT_DATA_DIR changed since
+    ):
         tasks.register_ecom_tasks()
     check_mixture(data.mixture_or_task_name)
 
@@ -277,7 +282,7 @@ class SetUp(typing.NamedTuple):
     vocabulary: object  # a seqio.Vocabulary
     cfg: model_config.ModelConfig
     note: str | None  # unused gin bindings, for config.gin
-    eval_batches: list | None  # the held-out loss batches, or None
+    eval_batches: input_pipeline.EvalBatches | None  # the held-out loss batches
 
 
 def set_up() -> SetUp:
@@ -349,7 +354,18 @@ def run() -> tuple[trainer.Result, trainer.RunConfig]:
         )
     if start < total:
         notes = [note] if note else []
-        write_run_files(run_cfg.train.model_dir, cfg, command_line(), vocabulary, notes)
+
+        def write():
+            try:
+                write_run_files(run_cfg.train.model_dir, cfg, command_line(), vocabulary, notes)
+            except OSError as e:
+                raise trainer.UserError(
+                    f"MODEL_DIR {run_cfg.train.model_dir}: cannot write config.gin, "
+                    f"model_config.json or the tokenizer files ({e})"
+                ) from None
+
+        # Process 0 writes; the others would go on to the first step's collectives.
+        multihost.on_every_process(write, trainer.UserError, "while writing MODEL_DIR's files")
     elif jax.process_index() == 0:
         # config.gin records what trained these steps; this command trains none of them
         # (it only redoes an evaluation a stop left unfinished at the last step, if any).

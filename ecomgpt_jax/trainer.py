@@ -17,7 +17,14 @@ from typing import Any
 
 import jax
 
-from ecomgpt_jax import checkpointing, evaluation, metrics_logger, partitioning, preemption
+from ecomgpt_jax import (
+    checkpointing,
+    evaluation,
+    metrics_logger,
+    multihost,
+    partitioning,
+    preemption,
+)
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.ecominstruct import reader
 from ecomgpt_jax.models import config as model_config
@@ -453,10 +460,14 @@ class Trainer:
                 began = time.time()
                 try:
                     scores = compute(state.params, step)
-                except Exception:
-                    if step > start:  # whatever went wrong, keep the steps trained
+                except Exception as e:
+                    # Whatever went wrong, keep the steps trained: on every process, or on
+                    # none (one alone would wait in the save's collectives for the others).
+                    if step > start and multihost.stopped_together(e):
                         save(force_log=True)
                         what = f"saved {self.checkpointer.step_dir(step)}"
+                    elif step > start:
+                        what = "not saved: the other processes did not stop here"
                     else:  # the same failure would stop every resume: say how to go on
                         what = (
                             "nothing trained is lost; to train on without it set "
@@ -473,10 +484,10 @@ class Trainer:
         def next_batch():
             try:
                 return next(batches)
-            except reader.DataError:
+            except reader.DataError as e:
                 # Keep the steps trained. One process only: on several, the others wait
                 # in this step's collectives and could not join the save.
-                if step > start and jax.process_count() == 1:
+                if step > start and multihost.stopped_together(e):
                     save(force_log=True)
                     print(
                         f"reading data failed at step {step}; saved "

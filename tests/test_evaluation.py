@@ -239,6 +239,27 @@ def test_a_ctrl_c_keeps_the_finished_tasks_predictions(
     assert str(info.value) == "interrupted after 2 of 6 tasks; nothing written"
 
 
+def test_a_failed_write_is_one_line_and_keeps_the_predictions(model, vocab, tmp_path, monkeypatch):
+    """An OSError writing the scores (a full disk): one EvalError naming the file, after
+    every task's predictions were written (one process: no collective, the same line)."""
+    import errno
+
+    _, cfg, params, _ = model
+    full = tmp_path / "metrics.json"
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(full))
+
+    monkeypatch.setattr(evaluation, "write_metrics", no_space)
+    with pytest.raises(evaluation.EvalError) as info:
+        evaluation.evaluate(params, cfg, vocab, EVAL, eval_dir=tmp_path, progress=False)
+    assert str(info.value) == (
+        f"EVAL_DIR {tmp_path}: cannot write metrics and tensorboard/ ({full}: No space left "
+        "on device)"
+    )
+    assert sorted(p.stem for p in (tmp_path / "predictions").iterdir()) == SAMPLE_HELD_OUT
+
+
 def test_an_eval_dir_that_cannot_be_a_folder_stops_before_decoding(
     model, vocab, tmp_path, monkeypatch
 ):

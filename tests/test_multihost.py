@@ -54,3 +54,25 @@ def test_a_set_up_failure_on_any_process_stops_every_process(monkeypatch):
         multihost.on_every_process(fail, ValueError)
     assert info.value is own
     assert sent == [0, 0, 0, 1]  # every call took part in the gather, failed or not
+
+
+def test_stopped_together_says_when_a_handler_may_enter_a_collective(monkeypatch):
+    """A save after a failure: on one process always; on several only for an error that
+    on_every_process raised (every process raises one at the same point)."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    assert multihost.stopped_together(ValueError("one process"))
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert not multihost.stopped_together(ValueError("this process alone"))
+    for others in (0, 1):  # this process failed; the other one failed, or did not
+        monkeypatch.setattr(
+            multihost_utils, "process_allgather", lambda f, o=others: np.array([f, o])
+        )
+        with pytest.raises(OSError) as info:
+            multihost.on_every_process(lambda: (_ for _ in ()).throw(OSError("disk")), ValueError)
+        assert multihost.stopped_together(info.value)
+    with pytest.raises(ValueError) as info:  # the other process failed, this one did not
+        multihost.on_every_process(lambda: 7, ValueError)
+    assert multihost.stopped_together(info.value)

@@ -299,6 +299,24 @@ def test_a_set_up_error_on_process_1_alone_stops_both(compile_cache, tmp_path):
     assert not (tmp_path / "run").exists()  # neither process wrote anything
 
 
+def test_run_files_process_0_cannot_write_stop_both(compile_cache, tmp_path):
+    """config.gin cannot be written (a folder of that name): process 1 used to go on to
+    the first step's collectives and wait there for process 0."""
+    run = tmp_path / "run"
+    (run / "config.gin").mkdir(parents=True)
+    procs = _two_processes(run, compile_cache, tmp_path)
+    assert _wait(procs, 300) == [2, 2], (tmp_path / "stderr0.txt").read_text()[-3000:]
+    _assert_error_lines(
+        tmp_path,
+        [
+            f"error: MODEL_DIR {run}: cannot write config.gin, model_config.json or the "
+            f"tokenizer files ([Errno 21] Is a directory: '{run / 'config.gin'}')",
+            "error: process 0 stopped while writing MODEL_DIR's files (its error says why); "
+            "stopping too",
+        ],
+    )
+
+
 def test_an_infer_eval_write_failing_mid_run_on_process_0_stops_both(compile_cache, tmp_path):
     """Process 0 writes infer_eval's folders: a file where step 2's must go. Process 1
     used to go on to step 3's collectives while process 0 saved alone, until a gloo

@@ -49,9 +49,12 @@ def test_tfds_data_dir_points_the_tasks_at_prepared_copies(tmp_path, sample_task
     assert sources == {False: ecom_instruct.JsonInstructionSource, True: seqio.TfdsDataSource}
 
 
-def test_a_default_run_after_one_on_another_root_reads_the_default_root(tmp_path, sample_tasks):
+def test_a_default_run_after_one_on_another_root_reads_the_default_root(
+    tmp_path, sample_tasks, monkeypatch
+):
     """In one process (a notebook): the second, default run used to keep the first run's
-    registration, and so train on its DATA_DIR's tasks."""
+    registration, and so train on its DATA_DIR's tasks. The default root is the one of
+    now (ECOMGPT_DATA_DIR set since, last)."""
     from ecomgpt_jax import vocabularies
     from ecomgpt_jax.ecominstruct import make_sample
 
@@ -60,7 +63,10 @@ def test_a_default_run_after_one_on_another_root_reads_the_default_root(tmp_path
     name = "ecom:ZH:Multi_CPR:Extract:product_select_2"
     vocabulary = vocabularies.make_vocabulary()
     registered = []
-    for extra in ([f"DATA_DIR = '{root}'"], [], []):
+    for extra in ([f"DATA_DIR = '{root}'"], [], [], "env"):
+        if extra == "env":
+            monkeypatch.setenv("ECOMGPT_DATA_DIR", str(root))
+            extra = []
         gin.clear_config()
         try:
             run, data, _ = train.load_configs(
@@ -71,7 +77,7 @@ def test_a_default_run_after_one_on_another_root_reads_the_default_root(tmp_path
             gin.clear_config()
         train.register_tasks(run, data, vocabulary)
         registered.append(sample_tasks.registration())
-    assert [r.data_dir for r in registered] == [root, *[make_sample.SAMPLE_DIR] * 2]
+    assert [r.data_dir for r in registered] == [root, *[make_sample.SAMPLE_DIR] * 2, root]
     assert registered[2] is registered[1]  # the default kept, not registered again
 
 

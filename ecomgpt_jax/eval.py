@@ -15,7 +15,9 @@ settings (gin_configs/eval.gin): prompts cut from the left to 800 tokens, 164 ne
 Flags: --gin_file (repeatable), --gin.NAME=VALUE (a binding, repeatable; same as
 --gin_bindings="NAME = VALUE"), --gin_search_paths (comma-separated folders for gin files;
 the repository's gin_configs/ is always searched). Multi-host: --multihost, or
---coordinator_address / --num_processes / --process_id. The settings (CHECKPOINT,
+--coordinator_address / --num_processes / --process_id: every process decodes its share,
+process 0 writes, and a failure on any process (set-up, a write) stops all of them
+(`ecomgpt_jax.multihost`). The settings (CHECKPOINT,
 HF_DIR, EVAL_DIR, MIXTURE_OR_TASK_NAME, EVAL_MAX_EXAMPLES, DTYPE, ...): the header of
 gin_configs/eval.gin.
 

@@ -23,7 +23,8 @@ as it was, and a TRAIN_STEPS below its step is an error. SIGTERM finishes the cu
 step, saves and exits 0; so does a first Ctrl-C, exiting 130 (a second Ctrl-C stops at
 once, without saving).
 With several hosts, a signal to any of them stops all after the same step (one step
-later than on one host: `preemption.PreemptionGuard`).
+later than on one host: `preemption.PreemptionGuard`); a failure on any of them in
+set-up or writing MODEL_DIR's files stops all of them (`ecomgpt_jax.multihost`).
 
 The settings (macros such as MODEL_DIR, TRAIN_STEPS, BATCH_SIZE, DATA_DIR) and what each
 means: the header of gin_configs/ecom.gin. Bad input: one "error: ..." line, exit status 2.

@@ -22,6 +22,7 @@ from ecomgpt_jax import eval as eval_main
 from ecomgpt_jax import evaluation, score
 from ecomgpt_jax.ecominstruct import make_sample, reader
 from ecomgpt_jax.models import config as mc
+from ecomgpt_jax.models import hf_io
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SAMPLE = make_sample.SAMPLE_DIR
@@ -180,8 +181,9 @@ def test_errors_are_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_an_eval_dir_that_is_a_file_stops_before_the_model_loads(tmp_path, monkeypatch):
-    """Not after decoding every task, in the first write."""
+def test_an_eval_dir_that_is_a_file_stops_before_the_model_loads(hf_dir, tmp_path, monkeypatch):
+    """Not after decoding every task, in the first write. And weights that are not there
+    stop it before EVAL_DIR is created."""
 
     def no_load(*args, **kwargs):
         pytest.fail("the model was loaded before EVAL_DIR was checked")
@@ -189,10 +191,14 @@ def test_an_eval_dir_that_is_a_file_stops_before_the_model_loads(tmp_path, monke
     monkeypatch.setattr(evaluation, "load_model", no_load)
     afile = tmp_path / "afile"
     afile.write_text("")
-    args = [f"HF_DIR = '{tmp_path}'", f"EVAL_DIR = '{afile}'", f"DATA_DIR = '{SAMPLE}'"]
+    args = [f"HF_DIR = '{hf_dir}'", f"EVAL_DIR = '{afile}'", f"DATA_DIR = '{SAMPLE}'"]
     with pytest.raises(evaluation.EvalError) as info:
         eval_main.run_eval(["gin_configs/eval.gin"], args)
     assert str(info.value) == f"EVAL_DIR {afile} is a file: give a folder"
+    args = [f"HF_DIR = '{tmp_path}'", f"EVAL_DIR = '{tmp_path / 'out'}'", f"DATA_DIR = '{SAMPLE}'"]
+    with pytest.raises(hf_io.CheckpointFormatError, match="config.json: not found"):
+        eval_main.run_eval(["gin_configs/eval.gin"], args)
+    assert not (tmp_path / "out").exists()
 
 
 # Two real processes (jax.distributed over localhost, 2 simulated CPU devices each) against

@@ -62,9 +62,12 @@ def define_flags() -> None:
     define("DEFINE_integer", "process_id", None, "This process's index.")
 
 
-# absl's help flags (app.define_help_flags): each prints its text and exits 1. absl
-# knows no -h (an unknown flag); it is --help here, as in most commands.
-HELP_FLAGS = ("-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+# absl's help flags (app.define_help_flags), with one dash or two: each prints its text
+# and exits 1. absl knows no -h (an unknown flag); it is --help here, as in most commands.
+HELP_FLAGS = (
+    "-?",
+    *(d + f for d in ("-", "--") for f in ("help", "helpshort", "helpfull", "helpxml")),
+)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -70,7 +70,7 @@ def test_a_bad_flag_is_one_line_and_exit_2(capsys):
     assert capsys.readouterr().err.startswith("error: flag --num_processes=abc: ")
 
 
-@pytest.mark.parametrize("flag", ["--help", "-h", "--helpfull", "--helpshort", "-?"])
+@pytest.mark.parametrize("flag", ["--help", "-h", "--helpfull", "--helpshort", "-?", "-help"])
 def test_help_prints_the_usage_and_exits_0(flag, capsys):
     from absl import app
 

@@ -46,7 +46,6 @@ from ecomgpt_jax import (
     partitioning,
 )
 from ecomgpt_jax.models import config as model_config
-from ecomgpt_jax.models import hf_io
 
 FLAGS = launch.FLAGS
 launch.define_flags()
@@ -164,12 +163,9 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
         eval_dir = run.eval_dir or default_eval_dir(source, eval_cfg.mixture_or_task_name)
         vocabulary = make_vocabulary(run, source)
         evaluation.check_tasks(eval_cfg)  # bad data root / names / split: before the model
-        # Every process reads the weights: a folder missing on one host (a local disk) stops
-        # all now, not in orbax's restore or in decoding, where the others wait for it.
-        if source.hf_dir:
-            hf_io.read_hf_config(source.hf_dir)
-        else:
-            checkpointing.resolve_params_path(source.checkpoint)
+        # On every process: weights missing on one host (a local disk) stop all now, not in
+        # orbax's restore or in decoding, where the others would wait for it.
+        evaluation.check_weights(source)
         # Last (it creates EVAL_DIR): the writer, a bad EVAL_DIR now, not after decoding.
         if jax.process_index() == 0:
             evaluation.check_eval_dir(eval_dir)

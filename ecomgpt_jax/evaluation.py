@@ -155,16 +155,24 @@ def check_source(source: ModelSource) -> None:
             raise EvalError(f"MODEL_OVERRIDES_EVAL: {key!r} is not a ModelConfig field ({hint})")
 
 
+def check_weights(source: ModelSource) -> None:
+    """CheckpointError / CheckpointFormatError unless the weights are there, ConfigError
+    unless a HF folder's config.json takes the overrides: found now, not minutes into
+    reading the weights; on every host of a multi-host evaluation (`eval.run_eval`)."""
+    if source.hf_dir:
+        _with_overrides(hf_io.read_hf_config(source.hf_dir), source)
+    else:
+        checkpointing.resolve_params_path(source.checkpoint)
+
+
 def load_model(source: ModelSource, mesh=None) -> tuple[ModelConfig, Any]:
     """Loads (cfg, params): HF folders as host numpy arrays, orbax checkpoints restored
     directly into the mesh's shardings (any mesh; single device without one)."""
     check_source(source)
+    check_weights(source)
     if source.hf_dir:
-        # Overrides checked on config.json first: reading the weights can take minutes.
-        _with_overrides(hf_io.read_hf_config(source.hf_dir), source)
         cfg, params = hf_io.load_hf_params(source.hf_dir, dtype=source.dtype)
         return _with_overrides(cfg, source), params
-    checkpointing.resolve_params_path(source.checkpoint)  # missing: its own error first
     cfg = checkpointing.find_model_config(source.checkpoint)
     from_source = cfg is None
     if from_source:
@@ -371,12 +379,15 @@ def evaluate(
     tasks, missing = prepare_tasks(eval_cfg, vocabulary)
     lead = jax.process_index() == 0
     writes = eval_dir is not None and lead
-    check = functools.partial(check_eval_dir, eval_dir)
-    pred_dir = _agreed_write(eval_dir, check if writes else None, f"{PREDICTIONS_DIR}/")
+
+    def prepare():  # the predictions folder, cleared of an earlier evaluation's files
+        pred_dir = check_eval_dir(eval_dir)
+        return pred_dir, replace_previous(pred_dir, [t.name for t in tasks])
+
+    prepared = _agreed_write(eval_dir, prepare if writes else None, f"{PREDICTIONS_DIR}/")
+    pred_dir, earlier = prepared or (None, [])
     gen = get_generator(cfg, eval_cfg.decode, int(vocabulary.eos_id), int(vocabulary.pad_id), mesh)
     params = gen.shard_params(params)
-    clear = functools.partial(replace_previous, pred_dir, [t.name for t in tasks])
-    earlier = _agreed_write(eval_dir, clear if writes else None, f"{PREDICTIONS_DIR}/") or []
     rows, seconds, examples, timing, finished, bar = [], 0.0, 0, {}, [], None
     try:
         for task in tasks:

@@ -125,12 +125,9 @@ def register_ecom_tasks(
         :func:`registration`, so that :func:`get` repeats it).
     """
     global _registration
-    default = (data_dir, vocabulary, seed, tfds_data_dir, rate_maximum) == (
-        None,
-        None,
-        0,
-        None,
-        mixtures.RATE_MAXIMUM,
+    # `is None`, not a tuple's ==: that would call a Vocabulary's __eq__ with None.
+    default = all(x is None for x in (data_dir, vocabulary, tfds_data_dir)) and (
+        (seed, rate_maximum) == (0, mixtures.RATE_MAXIMUM)
     )
     root = reader.default_data_dir() if data_dir is None else pathlib.Path(data_dir)
     vocabulary = vocabulary if vocabulary is not None else vocabularies.make_vocabulary()

@@ -7,12 +7,12 @@ import dataclasses
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import processes
 import pytest
 import torch
 import transformers
@@ -239,9 +239,7 @@ def run_eval_processes(
     writes), `devices` CPU devices each; output through files in `logs` (a full pipe would
     stall a process that its peers then wait for). A hang fails the test: `timeout` s each.
     `only`: process index -> arguments that process alone gets, after `args`."""
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
+    port = processes.free_port()
     n = len(eval_dirs)
     env = cli_env(
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
@@ -332,10 +330,8 @@ def test_two_processes_stop_in_one_line_when_process_0_cannot_write_eval_dir(
 def assert_one_error_line_each(procs, lines):
     """Process i's stderr ends with lines[i], its only `error:` line, without a trace, and
     it never loaded the model."""
-    for proc, line in zip(procs, lines, strict=True):
-        assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == [line]
-        assert proc.stderr.strip().splitlines()[-1] == line
-        assert "Traceback" not in proc.stderr and "model:" not in proc.stdout
+    processes.assert_one_error_line_each([p.stderr for p in procs], lines)
+    assert not any("model:" in p.stdout for p in procs)
 
 
 def test_a_set_up_error_on_process_1_alone_stops_both(orbax_dir, compile_cache, tmp_path):
@@ -374,9 +370,7 @@ def test_a_write_failing_on_process_0_mid_run_stops_both_after_that_task(
         f"error: process 0 stopped while writing {what} to EVAL_DIR (its error says why); "
         "stopping too",
     ]
-    for proc, line in zip(procs, want, strict=True):
-        assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == [line]
-        assert proc.stderr.strip().splitlines()[-1] == line and "Traceback" not in proc.stderr
+    processes.assert_one_error_line_each([p.stderr for p in procs], want)
     assert f"{second}:" not in procs[0].stderr  # no progress bar: the second task never began
     assert not (out / "metrics.json").exists()
 

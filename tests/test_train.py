@@ -10,13 +10,13 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
 import gin
 import jax
 import numpy as np
+import processes
 import pytest
 from absl import flags
 from trainer_helpers import run_in_process
@@ -220,17 +220,11 @@ def test_first_ctrl_c_saves_and_exits_130_without_a_trace(compile_cache, tmp_pat
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _two_processes(model_dir, compile_cache, tmp_path, read_stdout_of_0=False, only=None) -> list:
     """The sharded command as processes 0 and 1 of a 2-process run on one machine (2
     devices each); stderr in tmp_path/stderr<i>.txt, process 0's stdout piped if asked.
     `only`: process index -> arguments that process alone gets."""
-    port = _free_port()
+    port = processes.free_port()
     procs = []
     for i in range(2):
         flags_i = [f"--coordinator_address=localhost:{port}", "--num_processes=2"]
@@ -262,11 +256,9 @@ def _wait(procs, timeout: float) -> list[int]:
 
 
 def _assert_error_lines(tmp_path, lines) -> None:
-    """Process i's stderr ends with lines[i], its only `error:` line, without a trace."""
-    for i, line in enumerate(lines):
-        stderr = (tmp_path / f"stderr{i}.txt").read_text()
-        assert [x for x in stderr.splitlines() if x.startswith("error:")] == [line]
-        assert stderr.strip().splitlines()[-1] == line and "Traceback" not in stderr
+    """_two_processes' stderr files: one error line each (processes.py)."""
+    stderrs = [(tmp_path / f"stderr{i}.txt").read_text() for i in range(len(lines))]
+    processes.assert_one_error_line_each(stderrs, lines)
 
 
 def test_two_processes_match_one_process(sharded_reference, compile_cache, tmp_path):

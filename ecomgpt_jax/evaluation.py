@@ -367,11 +367,13 @@ def evaluate(
     step: int | None = None,
     progress: bool = True,
     describe: str = "",
+    dir_name: str = "EVAL_DIR",
 ) -> EvalResult:
     """Decodes and scores every task of `eval_cfg`; writes `eval_dir` when given.
 
     params: host (numpy) or device arrays; placed onto `mesh` by the parameter rules.
-    describe: a line naming the model, for metrics.md.
+    describe: a line naming the model, for metrics.md. dir_name: what errors call
+    eval_dir (the setting that gave it).
     Predictions are written per task as it finishes: a Ctrl-C (EvalInterrupted) or a
     failure keeps the finished tasks' files. Process 0 writes; a write that fails there
     (EvalError naming the file) stops every process after that task (`_agreed_write`).
@@ -381,10 +383,13 @@ def evaluate(
     writes = eval_dir is not None and lead
 
     def prepare():  # the predictions folder, cleared of an earlier evaluation's files
-        pred_dir = check_eval_dir(eval_dir)
+        pred_dir = check_eval_dir(eval_dir, dir_name)
         return pred_dir, replace_previous(pred_dir, [t.name for t in tasks])
 
-    prepared = _agreed_write(eval_dir, prepare if writes else None, f"{PREDICTIONS_DIR}/")
+    def agreed_write(write, what: str):
+        return _agreed_write((dir_name, eval_dir), write if writes else None, what)
+
+    prepared = agreed_write(prepare, f"{PREDICTIONS_DIR}/")
     pred_dir, earlier = prepared or (None, [])
     gen = get_generator(cfg, eval_cfg.decode, int(vocabulary.eos_id), int(vocabulary.pad_id), mesh)
     params = gen.shard_params(params)
@@ -410,7 +415,7 @@ def evaluate(
                 for inst, res in zip(task.instructions, results, strict=True)
             ]
             write = functools.partial(write_predictions, pred_dir, task.name, task_rows)
-            _agreed_write(eval_dir, write if writes else None, f"the predictions of {task.name}")
+            agreed_write(write, f"the predictions of {task.name}")
             finished.append(task.name)  # decoded (and written, where this process writes)
             rows += task_rows
         root = reader.default_data_dir() if eval_cfg.data_dir is None else eval_cfg.data_dir
@@ -423,7 +428,7 @@ def evaluate(
             write_metrics(eval_dir, result, eval_cfg, describe, step)
             write_summaries(eval_dir, result, step, timing)
 
-        _agreed_write(eval_dir, write_scores if writes else None, "metrics and tensorboard/")
+        agreed_write(write_scores, "metrics and tensorboard/")
     except KeyboardInterrupt:  # scoring included: metrics.json may then be missing or old
         if bar is not None:
             bar.close()  # its last refresh before the message, not after it
@@ -432,8 +437,9 @@ def evaluate(
     return result
 
 
-def _agreed_write(eval_dir, write, what: str):
-    """`write()` on the process that writes eval_dir (None on the others), then every
+def _agreed_write(named_dir: tuple[str, Any], write, what: str):
+    """`write()` on the process that writes the folder (named_dir: (what errors call it,
+    its path); `write` None on the others), then every
     process learns whether it failed: all stop with one line, instead of the others
     waiting for process 0 in the next task's decoding or, in training, its next step.
     An all-gather on several processes, on each of them whatever its eval_dir (one
@@ -446,9 +452,10 @@ def _agreed_write(eval_dir, write, what: str):
         except OSError as e:  # a full disk, a permission, a folder made a file mid-run
             path = e.filename2 or e.filename  # a rename's: where it was going
             reason = f"{path}: {e.strerror}" if path and e.strerror else str(e)
-            raise EvalError(f"EVAL_DIR {eval_dir}: cannot write {what} ({reason})") from None
+            raise EvalError(f"{name} {folder}: cannot write {what} ({reason})") from None
 
-    return multihost.on_every_process(attempt, EvalError, f"while writing {what} to EVAL_DIR")
+    name, folder = named_dir
+    return multihost.on_every_process(attempt, EvalError, f"while writing {what} to {name}")
 
 
 def run_infer_eval(
@@ -473,6 +480,7 @@ def run_infer_eval(
         step=step,
         progress=False,
         describe=f"training step {step}",
+        dir_name="the infer_eval folder",
     )
     return result.metrics
 
@@ -505,9 +513,9 @@ class EvalInterrupted(KeyboardInterrupt):
         return text
 
 
-def check_eval_dir(eval_dir):
+def check_eval_dir(eval_dir, dir_name: str = "EVAL_DIR"):
     """Creates eval_dir/predictions/ and returns it (an epath.Path); EvalError, naming
-    EVAL_DIR, if that cannot be done or written to. Called before a model loads and
+    `dir_name`, if that cannot be done or written to. Called before a model loads and
     decodes for minutes (the eval binary) and before the first task (`evaluate`)."""
     out = checkpointing.as_path(eval_dir)
     pred_dir = out / PREDICTIONS_DIR
@@ -519,9 +527,9 @@ def check_eval_dir(eval_dir):
     except OSError as e:
         problem = checkpointing.not_a_folder(eval_dir)
         if problem:
-            raise EvalError(f"EVAL_DIR {eval_dir} {problem}: give a folder") from None
+            raise EvalError(f"{dir_name} {eval_dir} {problem}: give a folder") from None
         why = e.strerror or str(e)
-        raise EvalError(f"EVAL_DIR {eval_dir}: cannot write {pred_dir} ({why})") from None
+        raise EvalError(f"{dir_name} {eval_dir}: cannot write {pred_dir} ({why})") from None
     return pred_dir
 
 

@@ -1,11 +1,13 @@
 """The training run's logs, written by process 0: metrics.jsonl, the evaluation logs
 (<kind>.jsonl), TensorBoard and the console line. Written whole and renamed over, so
 that a kill never leaves a cut line, and cut back to the restored step on resume
-(TensorBoard: hidden after it, see `MetricsLogger`).
+(TensorBoard: hidden after it, see `MetricsLogger`). A write that fails raises
+`LogWriteError` once; the logger writes nothing after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -16,6 +18,11 @@ import numpy as np
 from etils import epath
 
 EVAL_KINDS = ("eval_loss", "infer_eval")  # MetricsLogger.record_eval's kinds
+
+
+class LogWriteError(OSError):
+    """A log process 0 cannot read or write (full disk, permissions, a bucket error):
+    one line, naming the file."""
 
 
 def missing_writer_package(model_dir) -> str | None:
@@ -65,23 +72,41 @@ class MetricsLogger:
         self._writer = None
         self._flushes = 0
         self._eval_lines: dict[str, list[str]] = {kind: [] for kind in EVAL_KINDS}
+        self._failed = False
         if not self.enabled:
             return
-        if self.path.exists():
-            self._lines = self._lines_up_to(self.path, start_step)
-            if start_step:
-                self._check_schedule()
+        with self._writing(self.path, "read"):
+            if self.path.exists():
+                self._lines = self._lines_up_to(self.path, start_step)
+        if start_step:
+            self._check_schedule()
         for kind in EVAL_KINDS:  # evaluations after the restored step are redone
             path = self.path.parent / f"{kind}.jsonl"
-            if path.exists():
+            with self._writing(path, "read"):
+                if not path.exists():
+                    continue
                 self._eval_lines[kind] = self._lines_up_to(path, start_step or -1)
+            with self._writing(path):
                 _write_atomically(path, self._eval_lines[kind])
         from tensorboardX import SummaryWriter
 
         # As the .jsonl logs: TensorBoard hides the events of earlier runs from this step
         # on (a SessionLog.START at purge_step), which the resumed steps write again.
         purge_step = start_step + 1 if start_step else 0
-        self._writer = SummaryWriter(str(self.tb_dir), purge_step=purge_step)
+        with self._writing(self.tb_dir):
+            self._writer = SummaryWriter(str(self.tb_dir), purge_step=purge_step)
+
+    @contextlib.contextmanager
+    def _writing(self, path, verb: str = "write"):
+        """Any failure inside -> LogWriteError "cannot <verb> <path>: why"; the logger
+        writes nothing after it (the caller stops the run; the logs stay as they were)."""
+        try:
+            yield
+        except Exception as e:
+            self._failed = True
+            text = str(e).strip().splitlines()
+            detail = text[0] if text else type(e).__name__
+            raise LogWriteError(f"cannot {verb} {path}: {detail}") from None
 
     def _check_schedule(self) -> None:
         """Warns when the learning rate the last kept row logged is not what the schedule
@@ -154,14 +179,16 @@ class MetricsLogger:
             "tokens_per_second": float(sum(float(p["tokens"]) for p in pending) / elapsed),
             "seconds_per_step": elapsed / steps,
         }
-        if not self.enabled:
+        if not self.enabled or self._failed:
             return
         self._lines.append(json.dumps(row))
-        _write_atomically(self.path, self._lines)
-        for key, value in row.items():
-            if key != "step":
-                self._writer.add_scalar(f"train/{key}", value, step)
-        self._writer.flush()
+        with self._writing(self.path):
+            _write_atomically(self.path, self._lines)
+        with self._writing(self.tb_dir):
+            for key, value in row.items():
+                if key != "step":
+                    self._writer.add_scalar(f"train/{key}", value, step)
+            self._writer.flush()
         eta = (self.total - step) * row["seconds_per_step"]
         # The first interval includes compilation: no ETA from it.
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if self._flushes else "-"
@@ -181,15 +208,18 @@ class MetricsLogger:
         TensorBoard `<kind>/<task>/<score>` per number, the console
         `<kind> step <step>: <summary>`.
         """
-        if not self.enabled:
+        if not self.enabled or self._failed:
             return
         self._eval_lines[kind].append(json.dumps({"step": step, **scores}, ensure_ascii=False))
-        _write_atomically(self.path.parent / f"{kind}.jsonl", self._eval_lines[kind])
-        for task, values in scores.items():
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._writer.add_scalar(f"{kind}/{task}/{key}", value, step)
-        self._writer.flush()
+        path = self.path.parent / f"{kind}.jsonl"
+        with self._writing(path):
+            _write_atomically(path, self._eval_lines[kind])
+        with self._writing(self.tb_dir):
+            for task, values in scores.items():
+                for key, value in values.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        self._writer.add_scalar(f"{kind}/{task}/{key}", value, step)
+            self._writer.flush()
         print(f"{kind} step {step}: {summary}", flush=True)
 
     def logged(self, kind: str, step: int) -> bool:
@@ -211,5 +241,11 @@ class MetricsLogger:
         self._last_time += seconds
 
     def close(self) -> None:
-        if self._writer is not None:
+        if self._writer is None:
+            return
+        if self._failed:  # its own error says why; closing may fail again
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            return
+        with self._writing(self.tb_dir):
             self._writer.close()

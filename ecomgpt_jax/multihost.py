@@ -48,7 +48,15 @@ def on_every_process(work: Callable[[], T], error: type[Exception], during: str 
         result = work()
     except Exception as e:
         failure = e
-    stopped = any_process_failed(failure is not None)
+    stop_together(failure, any_process_failed(failure is not None), error, during)
+    return result
+
+
+def stop_together(
+    failure: Exception | None, stopped: list[int], error: type[Exception], during: str
+) -> None:
+    """Raises this process's `failure`, or else `error` naming the processes that
+    `stopped` (`any_process_failed`'s answer; none: returns)."""
     if failure is not None:
         failure._on_every_process = True  # see stopped_together
         raise failure
@@ -61,7 +69,6 @@ def on_every_process(work: Callable[[], T], error: type[Exception], during: str 
         other = error(f"{who} stopped {during} ({whose} error says why); stopping too")
         other._on_every_process = True
         raise other
-    return result
 
 
 def stopped_together(error: BaseException) -> bool:
@@ -71,3 +78,54 @@ def stopped_together(error: BaseException) -> bool:
     import jax
 
     return jax.process_count() == 1 or getattr(error, "_on_every_process", False)
+
+
+class ReadAhead:
+    """An iterator of batches (with the `position` InputIterator keeps: batches produced)
+    read `depth` batches ahead, so that a read that fails on one host is known before
+    the steps that need it: the loop calls `read_ahead` after dispatching a step (the
+    reading overlaps the step on the device) and tells every host of an error it returns
+    (PreemptionGuard.fail), while the batches already read carry every host to the step
+    where all agree to stop. With the guard's pipelined check, one check late, that takes
+    depth 2 on several hosts; depth 1 reads the next batch during the step on one.
+
+    `position` counts the batches handed out, not those read ahead, and `limit` caps
+    the batches read (the steps left): a batch no step uses is neither read nor
+    failed on.
+    """
+
+    def __init__(self, batches, depth: int, limit: int):
+        self._batches = batches
+        self._depth = depth
+        self._left = limit
+        self._ready: list = []
+        self.error: Exception | None = None
+
+    @property
+    def position(self) -> int:
+        return int(self._batches.position) - len(self._ready)
+
+    def read_ahead(self) -> Exception | None:
+        """Reads until `depth` batches wait or `limit` is reached; an error is kept (in
+        `error`, and returned the first time), and ends reading ahead."""
+        while self.error is None and len(self._ready) < self._depth and self._left > 0:
+            try:
+                self._ready.append(next(self._batches))
+            except Exception as e:
+                self.error = e
+                return e
+            self._left -= 1
+        return None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        """The oldest batch read ahead; without one, the error that stopped reading, or
+        a read now."""
+        if self._ready:
+            return self._ready.pop(0)
+        if self.error is not None:
+            raise self.error
+        self._left -= 1
+        return next(self._batches)

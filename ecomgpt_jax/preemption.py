@@ -1,9 +1,10 @@
-"""Stopping a training run cleanly: SIGTERM (a preemption notice) or a first Ctrl-C asks
-the loop to finish its step, save and stop, and every host of a multi-host run stops after
-the same step.
+"""Stopping a training run cleanly: SIGTERM (a preemption notice), a first Ctrl-C or a
+failure on one host (`fail`: a log it cannot write, data it cannot read) asks the loop to
+finish its step, save and stop, and every host of a multi-host run stops after the same
+step.
 
     guard = PreemptionGuard(mesh)       # installs the handlers
-    ... each step: if guard.should_stop(): save, break
+    ... each step: if guard.should_stop(): save, break (guard.failed: then raise)
     guard.close()                       # the previous handlers back
 
 Needs only jax and numpy.
@@ -33,7 +34,8 @@ class PreemptionGuard:
     (no async dispatch on multi-host runs); a request is acted on one step later.
     """
 
-    TERM, INT = 1, 2  # requests, by precedence: an interrupt is reported as one
+    # Requests, by precedence: a failure anywhere is reported as one, then an interrupt.
+    TERM, INT, FAILED = 1, 2, 3
 
     def __init__(self, mesh: jax.sharding.Mesh | None = None, collective: bool | None = None):
         self.requested = 0
@@ -54,7 +56,7 @@ class PreemptionGuard:
         if signum != signal.SIGINT:
             self.requested = max(self.requested, self.TERM)
             return
-        self.requested = self.INT
+        self.requested = max(self.requested, self.INT)
         self._restore(signal.SIGINT)  # the next Ctrl-C aborts at once
         # os.write to fd 2, not print: the loop may be inside a print to the same buffered
         # stream, and sys.stderr may be a stand-in without a file (notebooks, pytest).
@@ -74,6 +76,23 @@ class PreemptionGuard:
     @property
     def interrupted(self) -> bool:
         return self.requested == self.INT
+
+    @property
+    def lag(self) -> int:
+        """How many checks after a request every host acts on it: 1 on several hosts
+        (the pipelined all-reduce), 0 on one."""
+        return int(self._collective)
+
+    @property
+    def failed(self) -> bool:
+        """Whether a process called `fail` (after `should_stop` said so: on every host)."""
+        return self.requested == self.FAILED
+
+    def fail(self) -> None:
+        """This process cannot go on (its caller keeps the error): every host stops at the
+        next agreed `should_stop`, one check later than here on several hosts, as a
+        signal. The step that is then saved must not need what failed here."""
+        self.requested = self.FAILED
 
     def should_stop(self) -> bool:
         """Whether to stop now: one answer for all hosts, which all call it alike."""

@@ -397,11 +397,13 @@ def run() -> tuple[trainer.Result, trainer.RunConfig]:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     # EvalError: an infer_eval that cannot write its folder (on any process, see
-    # `evaluation.evaluate`) stops training with one line, after saving the steps trained.
+    # `evaluation.evaluate`) stops training with one line, after saving the steps trained;
+    # LogWriteError: process 0's logs, likewise.
     return (
         trainer.UserError,
         vocabularies.VocabularyError,
         evaluation.EvalError,
+        metrics_logger.LogWriteError,
         *launch.user_errors(),
     )
 

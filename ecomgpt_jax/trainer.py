@@ -26,7 +26,6 @@ from ecomgpt_jax import (
     preemption,
 )
 from ecomgpt_jax import train_step as ts
-from ecomgpt_jax.ecominstruct import reader
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
 
@@ -419,12 +418,25 @@ class Trainer:
         last step, unless its log already holds that step: a resume makes, at its starting
         step, only an evaluation that a preemption or failure skipped there. If one raises
         after steps were trained, they are saved first.
+
+        A failure on some processes only (a log process 0 cannot write, a batch one host
+        cannot read; batches are read ahead for it) stops every process after the same
+        step, saved; each then raises its own error, or UserError naming who failed.
         """
         run = self.run
         total = int(run.train.train_steps)
         step = start = int(jax.device_get(state.step))
-        logger = metrics_logger.MetricsLogger(run.train.model_dir, total, step, self.schedule)
+        # Process 0 reads its logs here: a failure must stop the others before the first
+        # collective.
+        logger = multihost.on_every_process(
+            lambda: metrics_logger.MetricsLogger(run.train.model_dir, total, step, self.schedule),
+            UserError,
+            "reading MODEL_DIR's logs",
+        )
         guard = preemption.PreemptionGuard(self.mesh)
+        # A batch every host's guard check can still stop before: see ReadAhead.
+        ahead = multihost.ReadAhead(batches, depth=1 + guard.lag, limit=total - start)
+        failure: list[tuple[str, Exception]] = []  # what failed on this process, and why
         first = metrics = None
         preempted = False
         every = max(int(run.train.log_every_steps), 1)
@@ -443,10 +455,25 @@ class Trainer:
                 ("infer_eval", run.train.infer_eval_every_steps, infer_eval, score_summary)
             )
 
+        def fail(what: str, error: Exception) -> None:
+            """A failure on this process alone: every host saves the step where their
+            guards agree to stop, then all raise (after the loop)."""
+            if not failure:
+                failure.append((what, error))
+            guard.fail()
+
+        def log(write, *args) -> None:
+            """A write of process 0's logs; failing, it stops the run as `fail` does
+            (raising here would leave the other hosts waiting in the next collective)."""
+            try:
+                write(*args)
+            except metrics_logger.LogWriteError as e:
+                fail("writing the logs", e)
+
         def save(force_log: bool = False) -> None:
             if force_log:
-                logger.flush(step)
-            pos = dataclasses.replace(position, batches_consumed=int(batches.position))
+                log(logger.flush, step)
+            pos = dataclasses.replace(position, batches_consumed=ahead.position)
             self.checkpointer.save(state, pos, force=True)
 
         def evaluate() -> bool:
@@ -476,25 +503,16 @@ class Trainer:
                     if jax.process_index() == 0:
                         print(f"{kind} failed at step {step}; {what}", flush=True)
                     raise
-                logger.record_eval(kind, step, scores, summarise(scores))
+                log(logger.record_eval, kind, step, scores, summarise(scores))
                 logger.exclude(time.time() - began)
                 ran = True
             return ran
 
-        def next_batch():
-            try:
-                return next(batches)
-            except reader.DataError as e:
-                # Keep the steps trained. One process only: on several, the others wait
-                # in this step's collectives and could not join the save.
-                if step > start and multihost.stopped_together(e):
-                    save(force_log=True)
-                    print(
-                        f"reading data failed at step {step}; saved "
-                        f"{self.checkpointer.step_dir(step)}",
-                        flush=True,
-                    )
-                raise
+        def first_batches() -> None:
+            # Before step 1's collectives, so a read failing on one host stops all here.
+            error = ahead.read_ahead()
+            if error is not None:
+                raise error
 
         try:
             with jax.set_mesh(self.mesh), partitioning.axis_rules():
@@ -503,17 +521,21 @@ class Trainer:
                     self.layout,
                     partitioning.data_sharding(self.mesh),
                 )
+                multihost.on_every_process(first_batches, UserError, "reading its first batches")
                 evaluate()  # step 0, or one a preemption or failure skipped at a resume
                 while step < total:
-                    state, metrics = step_fn(state, next_batch())
+                    state, metrics = step_fn(state, next(ahead))
                     step += 1
-                    preempted = guard.should_stop()
-                    flush = step % every == 0 or step == total or preempted or first is None
-                    logger.record(step, metrics, force=flush)
+                    error = ahead.read_ahead()  # the next batches, while the step runs
+                    if error is not None:
+                        fail("reading data", error)
+                    flush = step % every == 0 or step == total or first is None
+                    log(logger.record, step, metrics, flush)
                     if first is None:
                         first = float(jax.device_get(metrics["loss"]))
+                    preempted = guard.should_stop()  # or a failure: raised below
                     if preempted or step == total or step % save_every == 0:
-                        save()
+                        save(force_log=preempted)
                     if preempted:
                         break
                     # A stop asked for during an evaluation (infer_eval can take minutes)
@@ -524,6 +546,7 @@ class Trainer:
                         save(force_log=True)
                         break
                 last = None if metrics is None else float(jax.device_get(metrics["loss"]))
+                self._stop_if_any_failed(failure, step, start)
         finally:  # also on errors: finish pending async saves, restore the signal handlers
             self.checkpointer.close()
             logger.close()
@@ -536,3 +559,20 @@ class Trainer:
             last_loss=last,
             interrupted=preempted and guard.interrupted,
         )
+
+    def _stop_if_any_failed(self, failure: list, step: int, start: int) -> None:
+        """After the loop, on every process: when any failed (`fit`'s `fail`), process 0
+        says what was saved and every process raises, its own error or UserError."""
+        stopped = multihost.any_process_failed(bool(failure))
+        if not stopped:
+            return
+        if jax.process_index() == 0:
+            what = f"{failure[0][0]} failed" if failure else f"process {stopped[0]} failed"
+            kept = (
+                f"saved {self.checkpointer.step_dir(step)}"
+                if step > start
+                else "nothing trained is lost"
+            )
+            print(f"{what} at step {step}; {kept}", flush=True)
+        error = failure[0][1] if failure else None
+        multihost.stop_together(error, stopped, UserError, f"at step {step}")

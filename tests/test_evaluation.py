@@ -278,6 +278,10 @@ def test_an_eval_dir_that_cannot_be_a_folder_stops_before_decoding(
         evaluation.evaluate(params, cfg, vocab, EVAL, eval_dir=afile, progress=False)
     assert str(info.value) == f"EVAL_DIR {afile} is a file: give a folder"
     assert afile.read_text() == "not a folder"
+    # Training's evaluation names its own folder: training has no EVAL_DIR setting.
+    with pytest.raises(evaluation.EvalError) as info:
+        evaluation.run_infer_eval(params, cfg, None, vocab, EVAL, 2, afile)
+    assert str(info.value) == f"the infer_eval folder {afile} is a file: give a folder"
 
 
 def test_checkpoint_restored_onto_a_mesh_gives_the_same_predictions(model, first_run, tmp_path):

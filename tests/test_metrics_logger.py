@@ -6,6 +6,7 @@ import time
 import types
 
 import numpy as np
+import pytest
 
 from ecomgpt_jax import metrics_logger
 from ecomgpt_jax import train_step as ts
@@ -195,3 +196,35 @@ def test_missing_writer_package_for_gs(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", without_gcs)
     assert metrics_logger.missing_writer_package("gs://bucket/run") == "google-cloud-storage"
     assert metrics_logger.missing_writer_package("/local/run") is None
+
+
+def test_a_log_that_cannot_be_written_is_one_error_and_nothing_after_it(tmp_path, capsys):
+    """A full disk or a folder in the way: LogWriteError names the file, the log keeps
+    what it held, and the logger writes nothing more (the trainer stops the run)."""
+    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(), 10)
+    metrics = {"loss": 1.0, "grad_norm": 0.5, "accuracy": 0.25, "tokens": 1.0}
+    logger = MetricsLogger(tmp_path, total_steps=10, start_step=0, schedule=schedule)
+    logger.record(1, metrics, force=True)
+    (tmp_path / "metrics.jsonl.tmp").mkdir()  # where the next write goes
+    with pytest.raises(metrics_logger.LogWriteError) as info:
+        logger.record(2, metrics, force=True)
+    assert str(info.value) == (
+        f"cannot write {tmp_path / 'metrics.jsonl'}: [Errno 21] Is a directory: "
+        f"'{tmp_path / 'metrics.jsonl.tmp'}'"
+    )
+    (tmp_path / "metrics.jsonl.tmp").rmdir()
+    logger.record(3, metrics, force=True)
+    logger.record_eval("eval_loss", 3, {"all": {"loss": 1.5}}, "loss 1.5")
+    logger.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1]
+    assert not (tmp_path / "eval_loss.jsonl").exists()
+    assert "step 3" not in capsys.readouterr().out
+
+
+def test_a_log_that_cannot_be_read_on_resume_is_one_error(tmp_path):
+    (tmp_path / "eval_loss.jsonl").mkdir()
+    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(), 10)
+    with pytest.raises(metrics_logger.LogWriteError) as info:
+        MetricsLogger(tmp_path, total_steps=10, start_step=2, schedule=schedule)
+    assert str(info.value).startswith(f"cannot read {tmp_path / 'eval_loss.jsonl'}: [Errno 21]")

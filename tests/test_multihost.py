@@ -76,3 +76,49 @@ def test_stopped_together_says_when_a_handler_may_enter_a_collective(monkeypatch
     with pytest.raises(ValueError) as info:  # the other process failed, this one did not
         multihost.on_every_process(lambda: 7, ValueError)
     assert multihost.stopped_together(info.value)
+
+
+def test_stop_together_raises_the_own_failure_or_names_the_others():
+    own = OSError("disk full")
+    with pytest.raises(OSError) as info:
+        multihost.stop_together(own, [0, 1], ValueError, "at step 3")
+    assert info.value is own and multihost.stopped_together(info.value)
+    with pytest.raises(ValueError) as info:
+        multihost.stop_together(None, [1], ValueError, "at step 3")
+    assert str(info.value) == "process 1 stopped at step 3 (its error says why); stopping too"
+    multihost.stop_together(None, [], ValueError, "at step 3")  # none failed: returns
+
+
+class Counting:
+    """Batches 1, 2, ... with InputIterator's `position`; read number `fail_at` raises."""
+
+    def __init__(self, fail_at=None):
+        self.position, self.fail_at = 0, fail_at
+
+    def __next__(self):
+        if self.position + 1 == self.fail_at:
+            raise ValueError("damaged record")
+        self.position += 1
+        return self.position
+
+
+def test_read_ahead_hands_out_in_order_and_counts_only_what_it_handed_out():
+    ahead = multihost.ReadAhead(Counting(), depth=2, limit=3)
+    assert ahead.read_ahead() is None and ahead.position == 0  # 1, 2 read, none used
+    assert next(ahead) == 1 and ahead.position == 1
+    assert ahead.read_ahead() is None and ahead._batches.position == 3
+    assert ahead.read_ahead() is None and ahead._batches.position == 3  # limit: 3 batches
+    assert [next(ahead), next(ahead)] == [2, 3] and ahead.position == 3
+
+
+def test_read_ahead_keeps_a_read_error_until_the_batches_before_it_are_used():
+    ahead = multihost.ReadAhead(Counting(fail_at=3), depth=2, limit=10)
+    assert ahead.read_ahead() is None
+    assert next(ahead) == 1
+    error = ahead.read_ahead()  # read 3 fails
+    assert str(error) == "damaged record" and ahead.error is error
+    assert ahead.read_ahead() is None  # returned once; reading ahead has stopped
+    assert next(ahead) == 2 and ahead.position == 2
+    with pytest.raises(ValueError) as info:
+        next(ahead)
+    assert info.value is error and ahead.position == 2

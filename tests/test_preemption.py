@@ -68,3 +68,26 @@ def test_first_ctrl_c_is_a_preemption_second_aborts_and_handlers_come_back(capfd
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before_int)
+
+
+def test_a_failure_stops_like_a_signal_and_wins_over_one():
+    """`fail`: this process cannot go on (a log it cannot write, data it cannot read).
+    One process stops at the next check; several, one check later (the pipelined
+    all-reduce), every host then knowing that one failed."""
+    guard = preemption.PreemptionGuard()
+    try:
+        assert guard.lag == 0 and not guard.should_stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+        guard.fail()
+        os.kill(os.getpid(), signal.SIGTERM)  # a later signal does not hide the failure
+        assert guard.should_stop() and guard.failed and not guard.interrupted
+    finally:
+        guard.close()
+    guard = preemption.PreemptionGuard(P.make_mesh(P.MeshConfig((2, 2, 2))), collective=True)
+    try:
+        assert guard.lag == 1 and not guard.should_stop()
+        guard.fail()
+        assert not guard.should_stop() and guard.failed  # this host knows already
+        assert guard.should_stop() and guard.failed
+    finally:
+        guard.close()

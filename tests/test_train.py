@@ -331,15 +331,40 @@ def test_an_infer_eval_write_failing_mid_run_on_process_0_stops_both(compile_cac
         codes = _wait(procs, 30)
     assert codes == [2, 2], (tmp_path / "stderr1.txt").read_text()[-3000:]
     want = [
-        f"error: EVAL_DIR {run}/infer_eval/2 is a file: give a folder",
-        "error: process 0 stopped while writing predictions/ to EVAL_DIR (its error says "
-        "why); stopping too",
+        f"error: the infer_eval folder {run}/infer_eval/2 is a file: give a folder",
+        "error: process 0 stopped while writing predictions/ to the infer_eval folder (its "
+        "error says why); stopping too",
     ]
     _assert_error_lines(tmp_path, want)
     assert f"infer_eval failed at step 2; saved {run}/checkpoints/2" in out
     assert sorted(losses(run)) == [1, 2]
     assert checkpointing.Checkpointer(run, checkpointing.CheckpointConfig()).all_steps() == [2]
     assert (run / "infer_eval" / "0" / "metrics.json").is_file()
+
+
+def test_a_log_process_0_cannot_write_stops_both_after_the_same_step(compile_cache, tmp_path):
+    """metrics.jsonl cannot be written at step 1 (a folder where its temporary goes), on
+    process 0, which alone writes the logs. Process 0 used to raise with a trace while
+    process 1 waited in step 2's collectives; now every host's guard agrees one check
+    later: both save step 2 and stop, one line each."""
+    run = tmp_path / "run"
+    (run / "metrics.jsonl.tmp").mkdir(parents=True)
+    procs = _two_processes(run, compile_cache, tmp_path, read_stdout_of_0=True)
+    try:
+        out = procs[0].communicate(timeout=150)[0]
+    finally:
+        codes = _wait(procs, 30)
+    assert codes == [2, 2], (tmp_path / "stderr1.txt").read_text()[-3000:]
+    _assert_error_lines(
+        tmp_path,
+        [
+            f"error: cannot write {run}/metrics.jsonl: [Errno 21] Is a directory: "
+            f"'{run}/metrics.jsonl.tmp'",
+            "error: process 0 stopped at step 2 (its error says why); stopping too",
+        ],
+    )
+    assert f"writing the logs failed at step 2; saved {run}/checkpoints/2" in out
+    assert checkpointing.Checkpointer(run, checkpointing.CheckpointConfig()).all_steps() == [2]
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(compile_cache, tmp_path):

@@ -2,10 +2,16 @@
 when evaluations run, and what a failing or interrupted evaluation (or data read) leaves."""
 
 import dataclasses
+import functools
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
+import processes
 import pytest
 from trainer_helpers import TINY, mesh_of, run_config
 
@@ -14,6 +20,8 @@ from ecomgpt_jax import partitioning as P
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.ecominstruct.reader import DataError
 from ecomgpt_jax.models import decoder
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 class Batches:
@@ -107,25 +115,165 @@ class FailingBatches(Batches):
         return super().__next__()
 
 
-def test_a_failing_data_read_saves_the_steps_trained(tmp_path, capsys):
+def several_hosts(monkeypatch) -> None:
+    """fit's guard as on several hosts (forced here on one process): a request, or a
+    failure, stops every host one check after the check that carries it."""
+    monkeypatch.setattr(
+        trainer.preemption,
+        "PreemptionGuard",
+        functools.partial(preemption.PreemptionGuard, collective=True),
+    )
+
+
+@pytest.mark.parametrize("hosts", ["one", "several"])
+def test_a_failing_data_read_saves_the_steps_trained(tmp_path, capsys, monkeypatch, hosts):
+    """One host: read 3 fails during step 2, which is saved. Several: two batches are
+    read ahead, so the host whose read 4 fails (during step 2) still has batch 3 for the
+    step that every host's check agrees on, step 3. The position saved counts the
+    batches used, not those read ahead or failed."""
+    lag = int(hosts == "several")
+    if lag:
+        several_hosts(monkeypatch)
     job = trainer.Trainer(run_config(tmp_path, train_steps=6), TINY, mesh_of((1, 1, 1), n=1))
     state, _ = job.initial_state()
     with pytest.raises(DataError, match="DataLossError"):
-        job.fit(state, FailingBatches(3), checkpointing.DataPosition(0, "m", 0, 8, 1))
-    step_dir = tmp_path / "run" / "checkpoints" / "2"
-    assert capsys.readouterr().out.endswith(f"reading data failed at step 2; saved {step_dir}\n")
-    saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
-    assert saved.all_steps() == [2]
-    _, position = saved.restore(2, job.layout)
-    assert position.batches_consumed == 2  # the failed read is not counted
-    # A failure at the first read has nothing to save.
+        job.fit(state, FailingBatches(3 + lag), checkpointing.DataPosition(0, "m", 0, 8, 1))
+    stopped = 2 + lag
+    step_dir = tmp_path / "run" / "checkpoints" / str(stopped)
+    assert capsys.readouterr().out.endswith(
+        f"reading data failed at step {stopped}; saved {step_dir}\n"
+    )
+    assert job.checkpointer.all_steps() == [stopped]
+    assert job.checkpointer.restore(stopped, job.layout)[1].batches_consumed == stopped
+    # A failure among the first reads (before step 1, on every host) has nothing to save.
     job = trainer.Trainer(run_config(tmp_path / "b", train_steps=6), TINY, mesh_of((1, 1, 1), n=1))
     state, _ = job.initial_state()
     with pytest.raises(DataError):
-        job.fit(state, FailingBatches(1), checkpointing.DataPosition(0, "m", 0, 8, 1))
-    assert not (tmp_path / "b" / "run" / "checkpoints").exists() or not any(
-        (tmp_path / "b" / "run" / "checkpoints").iterdir()
+        job.fit(state, FailingBatches(1 + lag), checkpointing.DataPosition(0, "m", 0, 8, 1))
+    assert not job.checkpointer.all_steps()
+
+
+# fit on process `argv[2]` of two (2 CPU devices each), over a 4-device data mesh: process
+# 1's read 4 fails (a damaged file on one host). Prints what fit raised and what was saved.
+TWO_HOSTS = """
+import pathlib
+import sys
+
+import jax
+
+jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+import numpy as np
+import processes
+from trainer_helpers import TINY, mesh_of, run_config
+
+from ecomgpt_jax import checkpointing, partitioning, trainer
+from ecomgpt_jax import train_step as ts
+from ecomgpt_jax.ecominstruct.reader import DataError
+
+run = run_config(pathlib.Path(sys.argv[3]), train_steps=6)
+job = trainer.Trainer(run, TINY, mesh_of((4, 1, 1), n=4))
+sharding = partitioning.data_sharding(job.mesh)
+me = jax.process_index()
+tokens = np.random.RandomState(0).randint(0, TINY.vocab_size, (2, 8, 16)).astype(np.int32)
+rows = {
+    ts.INPUTS: tokens[0],
+    ts.TARGETS: tokens[1],
+    ts.WEIGHTS: np.ones((8, 16), np.float32),
+    ts.SEGMENT_IDS: np.ones((8, 16), np.int32),
+    ts.POSITIONS: np.tile(np.arange(16, dtype=np.int32), (8, 1)),
+}
+
+
+class HostBatches:
+    position = 0
+
+    def __next__(self):
+        if me == 1 and self.position == 3:
+            raise DataError("reading mixture 'm' failed after 3 batches: DataLossError")
+        self.position += 1
+        return {
+            k: jax.make_array_from_process_local_data(sharding, v[4 * me : 4 * me + 4], (8, 16))
+            for k, v in rows.items()
+        }
+
+
+state, _ = job.initial_state()
+try:
+    job.fit(state, HostBatches(), checkpointing.DataPosition(0, "m", 0, 8, 2))
+except Exception as e:
+    print(f"raised {type(e).__name__}: {e}")
+saved = job.checkpointer.all_steps()
+print("saved", saved, job.checkpointer.restore(saved[-1], job.layout)[1].batches_consumed)
+"""
+
+
+def test_a_read_failing_on_one_of_two_processes_stops_both_after_the_same_step(tmp_path):
+    """Two real processes: process 1 alone cannot read batch 4. It used to raise alone
+    and leave process 0 waiting in step 4's collectives until a deadline ended it with a
+    trace; now both run step 3 (read ahead), save it together and raise, one error each."""
+    port = processes.free_port()
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_HOSTS, f"localhost:{port}", str(i), str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    step_dir = tmp_path / "run" / "checkpoints" / "3"
+    assert f"process 1 failed at step 3; saved {step_dir}\n" in outs[0]
+    assert outs[0].endswith(
+        "raised UserError: process 1 stopped at step 3 (its error says why); stopping too\n"
+        "saved [3] 3\n"
+    ), outs[0]
+    assert outs[1].endswith(
+        "raised DataError: reading mixture 'm' failed after 3 batches: DataLossError\nsaved [3] 3\n"
+    ), outs[1]
+
+
+@pytest.mark.parametrize("hosts", ["one", "several"])
+@pytest.mark.parametrize("log", ["metrics", "eval_loss"])
+def test_a_log_that_cannot_be_written_stops_the_run_after_saving(
+    tmp_path, capsys, monkeypatch, log, hosts
+):
+    """Process 0 alone writes the logs: its failure to write one is every host's stop at
+    an agreed step (one step later on several hosts), saved; the resumed run goes on."""
+    if hosts == "several":
+        several_hosts(monkeypatch)
+    run = run_config(tmp_path, train_steps=6, log_every_steps=1, eval_loss_every_steps=2)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / f"{log}.jsonl.tmp").mkdir()  # metrics: at step 1; eval_loss: 0
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    with pytest.raises(metrics_logger.LogWriteError, match=f"cannot write .*/{log}.jsonl: "):
+        job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, EVAL_BATCHES)
+    stopped = 1 + (hosts == "several")
+    step_dir = tmp_path / "run" / "checkpoints" / str(stopped)
+    assert capsys.readouterr().out.endswith(
+        f"writing the logs failed at step {stopped}; saved {step_dir}\n"
     )
+    assert job.checkpointer.all_steps() == [stopped]
+    (tmp_path / "run" / f"{log}.jsonl.tmp").rmdir()
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    position = checkpointing.DataPosition(stopped, "m", 0, 8, 1)
+    assert job.fit(state, Batches(), position, None, EVAL_BATCHES).step == 6
+    lines = (tmp_path / "run" / "eval_loss.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == ([0] if log == "metrics" else []) + [2, 4, 6]
 
 
 @pytest.mark.parametrize("kind", metrics_logger.EVAL_KINDS)

@@ -193,12 +193,13 @@ class MetricsLogger:
         # The first interval includes compilation: no ETA from it.
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if self._flushes else "-"
         self._flushes += 1
-        print(
-            f"step {step}/{self.total}  loss {row['loss']:.4f}  lr {row['learning_rate']:.2e}  "
-            f"grad_norm {row['grad_norm']:.3f}  tok/s {row['tokens_per_second']:.0f}  "
-            f"ETA {eta_text}",
-            flush=True,
-        )
+        with self._writing("stdout"):  # a pipe to a `tee` that ended, say
+            print(
+                f"step {step}/{self.total}  loss {row['loss']:.4f}  "
+                f"lr {row['learning_rate']:.2e}  grad_norm {row['grad_norm']:.3f}  "
+                f"tok/s {row['tokens_per_second']:.0f}  ETA {eta_text}",
+                flush=True,
+            )
 
     def record_eval(self, kind: str, step: int, scores: Mapping[str, Mapping], summary: str):
         """Logs an evaluation beside the loss.
@@ -220,7 +221,8 @@ class MetricsLogger:
                     if isinstance(value, (int, float)) and not isinstance(value, bool):
                         self._writer.add_scalar(f"{kind}/{task}/{key}", value, step)
             self._writer.flush()
-        print(f"{kind} step {step}: {summary}", flush=True)
+        with self._writing("stdout"):
+            print(f"{kind} step {step}: {summary}", flush=True)
 
     def logged(self, kind: str, step: int) -> bool:
         """Whether <kind>.jsonl holds an evaluation at `step`, as process 0 knows it.
@@ -240,10 +242,12 @@ class MetricsLogger:
         """Leaves `seconds` (an evaluation) out of the next tokens/s and s/step."""
         self._last_time += seconds
 
-    def close(self) -> None:
+    def close(self, quiet: bool = False) -> None:
+        """Closes TensorBoard's file. quiet: a failure is not raised (another error is
+        on its way out); after a failed write it never is (that one said why)."""
         if self._writer is None:
             return
-        if self._failed:  # its own error says why; closing may fail again
+        if quiet or self._failed:
             with contextlib.suppress(Exception):
                 self._writer.close()
             return

@@ -94,14 +94,23 @@ class PreemptionGuard:
         signal. The step that is then saved must not need what failed here."""
         self.requested = self.FAILED
 
-    def should_stop(self) -> bool:
-        """Whether to stop now: one answer for all hosts, which all call it alike."""
+    def should_stop(self, wait: bool = False) -> bool:
+        """Whether to stop now: one answer for all hosts, which all call it alike (`wait`
+        too). wait: read this check's reduction, not the previous one's (on several hosts
+        it waits for what is dispatched; cheap where the host waited anyway, e.g. after an
+        evaluation), so that a request made since the last check is acted on now."""
         if not self._collective:
             return self.requested > 0
-        pending, self._pending = self._pending, self._start_reduce(self.requested)
-        if pending is None:
+        started = self._start_reduce(self.requested)
+        if wait:  # the previous check's answer too: it has not been read yet
+            reductions, self._pending = [self._pending, started], None
+        else:
+            reductions, self._pending = [self._pending], started
+        # Each: the max over all hosts of what they had requested by then.
+        answers = [int(np.asarray(r)) for r in reductions if r is not None]
+        if not answers:
             return False
-        agreed = int(np.asarray(pending))  # the previous check's max over all hosts
+        agreed = max(answers)
         self.requested = max(self.requested, agreed)
         return agreed > 0
 

@@ -10,7 +10,9 @@ code; only process 0 writes logs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -437,6 +439,7 @@ class Trainer:
         # A batch every host's guard check can still stop before: see ReadAhead.
         ahead = multihost.ReadAhead(batches, depth=1 + guard.lag, limit=total - start)
         failure: list[tuple[str, Exception]] = []  # what failed on this process, and why
+        finished = False
         first = metrics = None
         preempted = False
         every = max(int(run.train.log_every_steps), 1)
@@ -502,6 +505,8 @@ class Trainer:
                         )
                     if jax.process_index() == 0:
                         print(f"{kind} failed at step {step}; {what}", flush=True)
+                    if failure:  # not to be lost behind this one
+                        print(f"{failure[0][0]} failed too: {failure[0][1]}", file=sys.stderr)
                     raise
                 log(logger.record_eval, kind, step, scores, summarise(scores))
                 logger.exclude(time.time() - began)
@@ -522,8 +527,10 @@ class Trainer:
                     partitioning.data_sharding(self.mesh),
                 )
                 multihost.on_every_process(first_batches, UserError, "reading its first batches")
-                evaluate()  # step 0, or one a preemption or failure skipped at a resume
-                while step < total:
+                # Step 0's evaluation, or one a preemption or failure skipped at a resume. A
+                # log it could not write stops the run before training (a resume redoes it).
+                failed = evaluate() and guard.should_stop(wait=True) and guard.failed
+                while step < total and not failed:
                     state, metrics = step_fn(state, next(ahead))
                     step += 1
                     error = ahead.read_ahead()  # the next batches, while the step runs
@@ -538,19 +545,22 @@ class Trainer:
                         save(force_log=preempted)
                     if preempted:
                         break
-                    # A stop asked for during an evaluation (infer_eval can take minutes)
-                    # is answered now, not after one more step: preemption notices are
-                    # short. Checked only after an evaluation (a collective per host).
-                    if evaluate() and step < total and guard.should_stop():
+                    # A stop asked for during an evaluation (infer_eval can take minutes),
+                    # or its log failing, is answered now, not after one more step:
+                    # preemption notices are short, and a resume redoes the evaluation.
+                    if evaluate() and step < total and guard.should_stop(wait=True):
                         preempted = True
                         save(force_log=True)
                         break
                 last = None if metrics is None else float(jax.device_get(metrics["loss"]))
                 self._stop_if_any_failed(failure, step, start)
+            finished = True
         finally:  # also on errors: finish pending async saves, restore the signal handlers
-            self.checkpointer.close()
-            logger.close()
-            guard.close()
+            with contextlib.ExitStack() as closing:  # each, whatever the others raise
+                closing.callback(guard.close)
+                # Not to hide an error on its way out behind a log that cannot be closed.
+                closing.callback(logger.close, quiet=not finished)
+                closing.callback(self.checkpointer.close)
         return Result(
             step=step,
             checkpoint_dir=str(self.checkpointer.step_dir(step)),
@@ -566,6 +576,7 @@ class Trainer:
         stopped = multihost.any_process_failed(bool(failure))
         if not stopped:
             return
+        self.checkpointer.wait()  # "saved" once it is: a full disk may fail the save too
         if jax.process_index() == 0:
             what = f"{failure[0][0]} failed" if failure else f"process {stopped[0]} failed"
             kept = (
@@ -573,6 +584,7 @@ class Trainer:
                 if step > start
                 else "nothing trained is lost"
             )
-            print(f"{what} at step {step}; {kept}", flush=True)
+            with contextlib.suppress(OSError):  # e.g. stdout a closed pipe: raise below
+                print(f"{what} at step {step}; {kept}", flush=True)
         error = failure[0][1] if failure else None
         multihost.stop_together(error, stopped, UserError, f"at step {step}")

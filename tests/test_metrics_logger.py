@@ -228,3 +228,19 @@ def test_a_log_that_cannot_be_read_on_resume_is_one_error(tmp_path):
     with pytest.raises(metrics_logger.LogWriteError) as info:
         MetricsLogger(tmp_path, total_steps=10, start_step=2, schedule=schedule)
     assert str(info.value).startswith(f"cannot read {tmp_path / 'eval_loss.jsonl'}: [Errno 21]")
+
+
+def test_closing_quietly_leaves_the_error_on_its_way_out(tmp_path, monkeypatch):
+    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(), 10)
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    for quiet in (False, True):
+        logger = MetricsLogger(tmp_path / str(quiet), 10, 0, schedule)
+        monkeypatch.setattr(logger._writer, "close", full_disk)
+        if quiet:
+            logger.close(quiet=True)  # another error is on its way out: not this one
+        else:
+            with pytest.raises(metrics_logger.LogWriteError, match="No space left on device"):
+                logger.close()

@@ -79,7 +79,8 @@ def test_a_failure_stops_like_a_signal_and_wins_over_one():
         assert guard.lag == 0 and not guard.should_stop()
         os.kill(os.getpid(), signal.SIGTERM)
         guard.fail()
-        os.kill(os.getpid(), signal.SIGTERM)  # a later signal does not hide the failure
+        os.kill(os.getpid(), signal.SIGTERM)  # later signals do not hide the failure
+        os.kill(os.getpid(), signal.SIGINT)
         assert guard.should_stop() and guard.failed and not guard.interrupted
     finally:
         guard.close()
@@ -87,7 +88,26 @@ def test_a_failure_stops_like_a_signal_and_wins_over_one():
     try:
         assert guard.lag == 1 and not guard.should_stop()
         guard.fail()
-        assert not guard.should_stop() and guard.failed  # this host knows already
+        assert not guard.should_stop()  # this check starts the reduction carrying it
         assert guard.should_stop() and guard.failed
+    finally:
+        guard.close()
+
+
+def test_a_waiting_check_answers_what_was_asked_before_it():
+    """should_stop(wait=True), after an evaluation: on several hosts it reads its own
+    reduction (and the previous one's, not yet read), so a request made since the last
+    check stops every host now; the next plain check starts a new pipeline."""
+    guard = preemption.PreemptionGuard(P.make_mesh(P.MeshConfig((2, 2, 2))), collective=True)
+    try:
+        assert [guard.should_stop(), guard.should_stop(wait=True)] == [False, False]
+        guard.requested = preemption.PreemptionGuard.TERM
+        assert guard.should_stop(wait=True)
+        guard.requested = 0  # the agreed answer: read once, then the pipeline is empty
+        assert not guard.should_stop() and not guard.should_stop()
+        guard.requested = preemption.PreemptionGuard.TERM
+        guard.should_stop()  # the pipelined check starts the reduction carrying it...
+        guard.requested = 0
+        assert guard.should_stop(wait=True)  # ...which a waiting check reads too
     finally:
         guard.close()

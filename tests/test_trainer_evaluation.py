@@ -245,35 +245,84 @@ def test_a_read_failing_on_one_of_two_processes_stops_both_after_the_same_step(t
     ), outs[1]
 
 
+class LogBlockedAt:
+    """EVAL_BATCHES whose evaluation number `at` (0: the first) finds its log's
+    temporary file blocked by a folder, as a full disk would fail its write."""
+
+    def __init__(self, obstacle, at: int):
+        self.obstacle, self.at, self.calls = obstacle, at, 0
+
+    def __iter__(self):
+        if self.calls == self.at:
+            self.obstacle.mkdir()
+        self.calls += 1
+        return iter(EVAL_BATCHES)
+
+
 @pytest.mark.parametrize("hosts", ["one", "several"])
-@pytest.mark.parametrize("log", ["metrics", "eval_loss"])
+@pytest.mark.parametrize(
+    "log, at, stops",  # the log, the evaluation whose write fails, the step saved
+    [("metrics", None, 1), ("eval_loss", 0, 0), ("eval_loss", 1, 2)],
+)
 def test_a_log_that_cannot_be_written_stops_the_run_after_saving(
-    tmp_path, capsys, monkeypatch, log, hosts
+    tmp_path, capsys, monkeypatch, log, at, stops, hosts
 ):
     """Process 0 alone writes the logs: its failure to write one is every host's stop at
-    an agreed step (one step later on several hosts), saved; the resumed run goes on."""
+    an agreed step, saved: metrics.jsonl at step 1 -> step 1 (2 on several hosts, one
+    check later); an evaluation's log -> that evaluation's step on any number of hosts
+    (checked at once after it), so that the resume evaluates it again; at step 0, before
+    any training. The resumed run goes on."""
     if hosts == "several":
         several_hosts(monkeypatch)
+        stops += log == "metrics"
     run = run_config(tmp_path, train_steps=6, log_every_steps=1, eval_loss_every_steps=2)
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / f"{log}.jsonl.tmp").mkdir()  # metrics: at step 1; eval_loss: 0
+    obstacle = tmp_path / "run" / f"{log}.jsonl.tmp"
+    if at is None:
+        obstacle.mkdir()
     job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
     state, _ = job.initial_state()
+    evals = EVAL_BATCHES if at is None else LogBlockedAt(obstacle, at)
     with pytest.raises(metrics_logger.LogWriteError, match=f"cannot write .*/{log}.jsonl: "):
-        job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, EVAL_BATCHES)
-    stopped = 1 + (hosts == "several")
-    step_dir = tmp_path / "run" / "checkpoints" / str(stopped)
-    assert capsys.readouterr().out.endswith(
-        f"writing the logs failed at step {stopped}; saved {step_dir}\n"
+        job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, evals)
+    kept = (
+        f"saved {tmp_path / 'run' / 'checkpoints' / str(stops)}"
+        if stops
+        else ("nothing trained is lost")
     )
-    assert job.checkpointer.all_steps() == [stopped]
-    (tmp_path / "run" / f"{log}.jsonl.tmp").rmdir()
+    assert capsys.readouterr().out.endswith(f"writing the logs failed at step {stops}; {kept}\n")
+    assert job.checkpointer.all_steps() == ([stops] if stops else [])
+    obstacle.rmdir()
     job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
     state, _ = job.initial_state()
-    position = checkpointing.DataPosition(stopped, "m", 0, 8, 1)
+    position = checkpointing.DataPosition(stops, "m", 0, 8, 1)
     assert job.fit(state, Batches(), position, None, EVAL_BATCHES).step == 6
     lines = (tmp_path / "run" / "eval_loss.jsonl").read_text().splitlines()
-    assert [json.loads(x)["step"] for x in lines] == ([0] if log == "metrics" else []) + [2, 4, 6]
+    assert [json.loads(x)["step"] for x in lines] == [0, 2, 4, 6]
+
+
+def test_a_failure_before_a_failing_evaluation_is_said_too(tmp_path, capsys, monkeypatch):
+    """On several hosts metrics.jsonl failing at step 1 stops the run at step 2; step 1's
+    evaluation raising in between stops it first, and the log's failure is said too."""
+    several_hosts(monkeypatch)
+    run = run_config(tmp_path, train_steps=6, log_every_steps=1, eval_loss_every_steps=1)
+    (tmp_path / "run" / "metrics.jsonl.tmp").mkdir(parents=True)
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    with pytest.raises(RuntimeError, match="evaluation ran out of memory"):
+        job.fit(
+            state,
+            Batches(),
+            checkpointing.DataPosition(0, "m", 0, 8, 1),
+            None,
+            FailingEvaluation(1),
+        )
+    out, err = capsys.readouterr()
+    assert f"eval_loss failed at step 1; saved {tmp_path / 'run' / 'checkpoints' / '1'}" in out
+    assert err == (
+        f"writing the logs failed too: cannot write {tmp_path / 'run' / 'metrics.jsonl'}: "
+        f"[Errno 21] Is a directory: '{tmp_path / 'run' / 'metrics.jsonl.tmp'}'\n"
+    )
 
 
 @pytest.mark.parametrize("kind", metrics_logger.EVAL_KINDS)
@@ -291,9 +340,9 @@ def test_an_evaluation_skipped_by_a_preemption_is_made_on_resume(tmp_path, monke
     run = run_config(tmp_path, train_steps=6, eval_loss_every_steps=2)
     calls = []
 
-    def stop_after_step_2(guard):
-        calls.append(1)
-        return len(calls) == 2  # SIGTERM during step 2
+    def stop_after_step_2(guard, wait=False):
+        calls.append(wait)
+        return len(calls) == 3  # after step 0's evaluation, step 1, then SIGTERM in step 2
 
     monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", stop_after_step_2)
     job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
@@ -314,9 +363,9 @@ def test_a_stop_asked_for_during_an_evaluation_saves_before_another_step(tmp_pat
     run = run_config(tmp_path, train_steps=6, eval_loss_every_steps=2)
     calls = []
 
-    def stop_during_the_step_2_evaluation(guard):
-        calls.append(1)
-        return len(calls) == 3  # after steps 1, 2, then after step 2's evaluation
+    def stop_during_the_step_2_evaluation(guard, wait=False):
+        calls.append(wait)
+        return len(calls) == 4  # after step 0's evaluation, steps 1, 2, step 2's evaluation
 
     monkeypatch.setattr(
         preemption.PreemptionGuard, "should_stop", stop_during_the_step_2_evaluation
@@ -326,7 +375,8 @@ def test_a_stop_asked_for_during_an_evaluation_saves_before_another_step(tmp_pat
     result = job.fit(
         state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, EVAL_BATCHES
     )
-    assert result.preempted and result.step == 2 and len(calls) == 3
+    assert result.preempted and result.step == 2
+    assert calls == [True, False, False, True]  # after an evaluation: a waiting check
     path = tmp_path / "run" / "eval_loss.jsonl"
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 2]
     saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
@@ -336,7 +386,9 @@ def test_a_stop_asked_for_during_an_evaluation_saves_before_another_step(tmp_pat
 def test_a_stop_asked_for_during_the_final_evaluation_leaves_a_finished_run(tmp_path, monkeypatch):
     run = run_config(tmp_path, train_steps=2, eval_loss_every_steps=2)
     stop, evaluations = [], []
-    monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", lambda guard: bool(stop))
+    monkeypatch.setattr(
+        preemption.PreemptionGuard, "should_stop", lambda guard, wait=False: bool(stop)
+    )
 
     class AskedToStop:  # SIGTERM arrives while the last step's evaluation runs
         def __iter__(self):

@@ -414,7 +414,8 @@ def _drop_failed_reads() -> None:
     more at interpreter exit) after the one-line error. Reads still in flight finish
     on tensorstore's threads and then fail to reach orbax's closed event loop ("Event
     loop is closed"); this waits up to `_READ_DRAIN_S` for them, quietly, as the run
-    is stopping anyway. (A read slower than that may still print that trace.)
+    is stopping anyway, and a read slower than that is not reported either: that one
+    error stays ignored in this process (`_closed_loop_ignored`).
     """
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     hook = sys.unraisablehook  # their coroutines complain when collected: not news here
@@ -427,7 +428,23 @@ def _drop_failed_reads() -> None:
                 break
             time.sleep(0.1)
     finally:
-        sys.unraisablehook = hook
+        sys.unraisablehook = _closed_loop_ignored(hook)
+
+
+def _closed_loop_ignored(hook):
+    """`hook` (a sys.unraisablehook), except for RuntimeError("Event loop is closed"):
+    a late read's callback to orbax's loop, which ended with the failed restore."""
+    if getattr(hook, "_closed_loop_ignored", False):
+        return hook
+
+    def ignoring(unraisable) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        hook(unraisable)
+
+    ignoring._closed_loop_ignored = True
+    return ignoring
 
 
 # How tensorstore's errors begin (an absl status code): its reads of the checkpoint's

@@ -2,6 +2,8 @@
 
 import dataclasses
 import re
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -317,3 +319,22 @@ def test_a_changed_pipeline_is_detected_but_old_checkpoints_lack_fields():
     )
     assert old.lengths is None and now.changes_from(old) == []
     assert ck.DataPosition.from_json(now.to_json()) == now  # lengths back as a tuple
+
+
+def test_a_late_read_after_a_failed_restore_stays_quiet(monkeypatch):
+    """A read of a failed restore that ends after the drain reaches orbax's closed event
+    loop: that error is ignored from then on (it printed a trace after the one-line
+    error); every other unraisable still reaches the hook from before."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    monkeypatch.setattr(ck, "_READ_DRAIN_S", 0.0)
+    ck._drop_failed_reads()
+    ck._drop_failed_reads()  # twice: still one filter in front of the hook
+
+    def unraisable(error):
+        return types.SimpleNamespace(exc_value=error, exc_type=type(error), object=None)
+
+    sys.unraisablehook(unraisable(RuntimeError("Event loop is closed")))
+    other = unraisable(RuntimeError("something else"))
+    sys.unraisablehook(other)
+    assert seen == [other]

@@ -22,16 +22,18 @@ import numpy as np
 
 
 class PreemptionGuard:
-    """SIGTERM or a first Ctrl-C (SIGINT) sets a flag; the loop finishes its step, saves
-    and stops. A second Ctrl-C goes to the handler from before (KeyboardInterrupt: abort
-    now, without saving). `close` puts the previous handlers back.
+    """SIGTERM, a first Ctrl-C (SIGINT) or `fail` sets a flag; the loop finishes its step,
+    saves and stops (after `fail`: then raises). A second Ctrl-C goes to the handler from
+    before (KeyboardInterrupt: abort now, without saving). `close` puts the previous
+    handlers back.
 
     With several processes (`collective`, default: when there are) every host must stop
     after the same step (checkpointing is collective), so the requests are max-ed over
     all devices of `mesh` by a small jitted all-reduce. It is pipelined: each check
     starts this step's reduction and reads the previous one's, whose value every host
     shares. Reading this step's would wait for the step just dispatched on every step
-    (no async dispatch on multi-host runs); a request is acted on one step later.
+    (no async dispatch on multi-host runs); a request is acted on one step later
+    (`lag`), or at once by a check told to wait (after an evaluation, say).
     """
 
     # Requests, by precedence: a failure anywhere is reported as one, then an interrupt.

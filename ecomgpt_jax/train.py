@@ -274,6 +274,25 @@ def check_model_dir(model_dir: str) -> None:
         raise trainer.UserError(f"MODEL_DIR {model_dir} {problem}: give a folder")
 
 
+def make_model_dir(model_dir: str) -> None:
+    """Process 0 makes MODEL_DIR and checks that it can write there (the others: nothing),
+    before any weights load: orbax would fail at its first write with a trace, the
+    other processes waiting in its barrier. UserError naming MODEL_DIR."""
+    import jax
+
+    if jax.process_index() != 0:
+        return
+    root = checkpointing.as_path(model_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write_check"  # an existing folder may still be read-only
+        probe.write_text("")
+        probe.unlink()
+    except Exception as e:  # OSError; a bucket's own errors (permissions) for gs://
+        text = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+        raise trainer.UserError(f"MODEL_DIR {model_dir}: cannot write there ({text})") from None
+
+
 class SetUp(typing.NamedTuple):
     """What `set_up` read and checked, before the job's first collective."""
 
@@ -335,6 +354,9 @@ def run() -> tuple[trainer.Result, trainer.RunConfig]:
     # collectives, where the others would wait for it.
     run_cfg, data, mesh, vocabulary, cfg, note, eval_batches = multihost.on_every_process(
         set_up, trainer.UserError
+    )
+    multihost.on_every_process(
+        lambda: make_model_dir(run_cfg.train.model_dir), trainer.UserError, "making MODEL_DIR"
     )
     job = trainer.Trainer(run_cfg, cfg, mesh)
     state, position = job.initial_state()

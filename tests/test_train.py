@@ -436,6 +436,10 @@ def test_a_finished_run_is_left_as_it_was(default_run, tmp_path, capsys):
             ["--gin.MODEL_DIR='/dev/null/run'"],
             "MODEL_DIR /dev/null/run is inside /dev/null, a file: give a folder",
         ),
+        (  # a folder that cannot be made (as root too): before any weights load
+            ["--gin.MODEL_DIR='/sys/ecomgpt_run'"],
+            "MODEL_DIR /sys/ecomgpt_run: cannot write there (",
+        ),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, args, message):

@@ -41,6 +41,7 @@ class PreemptionGuard:
 
     def __init__(self, mesh: jax.sharding.Mesh | None = None, collective: bool | None = None):
         self.requested = 0
+        self.failure: tuple[str, Exception] | None = None  # this process's, see `fail`
         self._mesh = mesh
         self._collective = jax.process_count() > 1 if collective is None else collective
         self._pending: jax.Array | None = None
@@ -90,10 +91,13 @@ class PreemptionGuard:
         """Whether a process called `fail` (after `should_stop` said so: on every host)."""
         return self.requested == self.FAILED
 
-    def fail(self) -> None:
-        """This process cannot go on (its caller keeps the error): every host stops at the
-        next agreed `should_stop`, one check later than here on several hosts, as a
-        signal. The step that is then saved must not need what failed here."""
+    def fail(self, what: str, error: Exception) -> None:
+        """This process cannot go on: `what` failed ("reading data"), raising `error`
+        (the first is kept in `failure`). Every host stops at the next agreed
+        `should_stop`, one check later than here on several hosts, as for a signal; the
+        step then saved must not need what failed here."""
+        if self.failure is None:
+            self.failure = (what, error)
         self.requested = self.FAILED
 
     def should_stop(self, wait: bool = False) -> bool:

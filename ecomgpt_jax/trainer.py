@@ -438,7 +438,6 @@ class Trainer:
         guard = preemption.PreemptionGuard(self.mesh)
         # A batch every host's guard check can still stop before: see ReadAhead.
         ahead = multihost.ReadAhead(batches, depth=1 + guard.lag, limit=total - start)
-        failure: list[tuple[str, Exception]] = []  # what failed on this process, and why
         finished = False
         first = metrics = None
         preempted = False
@@ -458,20 +457,15 @@ class Trainer:
                 ("infer_eval", run.train.infer_eval_every_steps, infer_eval, score_summary)
             )
 
-        def fail(what: str, error: Exception) -> None:
-            """A failure on this process alone: every host saves the step where their
-            guards agree to stop, then all raise (after the loop)."""
-            if not failure:
-                failure.append((what, error))
-            guard.fail()
-
+        # A failure on this process alone goes to `guard.fail`: every host saves the step
+        # where their guards agree to stop, then all raise (after the loop). Raising at
+        # once would leave the other hosts waiting in the next collective.
         def log(write, *args) -> None:
-            """A write of process 0's logs; failing, it stops the run as `fail` does
-            (raising here would leave the other hosts waiting in the next collective)."""
+            """A write of process 0's logs."""
             try:
                 write(*args)
             except metrics_logger.LogWriteError as e:
-                fail("writing the logs", e)
+                guard.fail("writing the logs", e)
 
         def save(force_log: bool = False) -> None:
             if force_log:
@@ -505,8 +499,8 @@ class Trainer:
                         )
                     if jax.process_index() == 0:
                         print(f"{kind} failed at step {step}; {what}", flush=True)
-                    if failure:  # not to be lost behind this one
-                        print(f"{failure[0][0]} failed too: {failure[0][1]}", file=sys.stderr)
+                    if guard.failure:  # not to be lost behind this one
+                        print("{} failed too: {}".format(*guard.failure), file=sys.stderr)
                     raise
                 log(logger.record_eval, kind, step, scores, summarise(scores))
                 logger.exclude(time.time() - began)
@@ -535,7 +529,7 @@ class Trainer:
                     step += 1
                     error = ahead.read_ahead()  # the next batches, while the step runs
                     if error is not None:
-                        fail("reading data", error)
+                        guard.fail("reading data", error)
                     flush = step % every == 0 or step == total or first is None
                     log(logger.record, step, metrics, flush)
                     if first is None:
@@ -553,7 +547,7 @@ class Trainer:
                         save(force_log=True)
                         break
                 last = None if metrics is None else float(jax.device_get(metrics["loss"]))
-                self._stop_if_any_failed(failure, step, start)
+                self._stop_if_any_failed(guard.failure, step, start)
             finished = True
         finally:  # also on errors: finish pending async saves, restore the signal handlers
             with contextlib.ExitStack() as closing:  # each, whatever the others raise
@@ -570,15 +564,16 @@ class Trainer:
             interrupted=preempted and guard.interrupted,
         )
 
-    def _stop_if_any_failed(self, failure: list, step: int, start: int) -> None:
-        """After the loop, on every process: when any failed (`fit`'s `fail`), process 0
-        says what was saved and every process raises, its own error or UserError."""
-        stopped = multihost.any_process_failed(bool(failure))
+    def _stop_if_any_failed(self, failure: tuple | None, step: int, start: int) -> None:
+        """After the loop, on every process: when any failed (`failure`: this process's
+        (what, error), see PreemptionGuard.fail), process 0 says what was saved and
+        every process raises, its own error or UserError."""
+        stopped = multihost.any_process_failed(failure is not None)
         if not stopped:
             return
         self.checkpointer.wait()  # "saved" once it is: a full disk may fail the save too
         if jax.process_index() == 0:
-            what = f"{failure[0][0]} failed" if failure else f"process {stopped[0]} failed"
+            what = f"{failure[0]} failed" if failure else f"process {stopped[0]} failed"
             kept = (
                 f"saved {self.checkpointer.step_dir(step)}"
                 if step > start
@@ -586,5 +581,5 @@ class Trainer:
             )
             with contextlib.suppress(OSError):  # e.g. stdout a closed pipe: raise below
                 print(f"{what} at step {step}; {kept}", flush=True)
-        error = failure[0][1] if failure else None
+        error = failure[1] if failure else None
         multihost.stop_together(error, stopped, UserError, f"at step {step}")

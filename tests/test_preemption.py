@@ -78,16 +78,19 @@ def test_a_failure_stops_like_a_signal_and_wins_over_one():
     try:
         assert guard.lag == 0 and not guard.should_stop()
         os.kill(os.getpid(), signal.SIGTERM)
-        guard.fail()
+        first, second = OSError("disk full"), ValueError("damaged record")
+        guard.fail("writing the logs", first)
+        guard.fail("reading data", second)  # the first failure is the one kept
         os.kill(os.getpid(), signal.SIGTERM)  # later signals do not hide the failure
         os.kill(os.getpid(), signal.SIGINT)
         assert guard.should_stop() and guard.failed and not guard.interrupted
+        assert guard.failure == ("writing the logs", first)
     finally:
         guard.close()
     guard = preemption.PreemptionGuard(P.make_mesh(P.MeshConfig((2, 2, 2))), collective=True)
     try:
-        assert guard.lag == 1 and not guard.should_stop()
-        guard.fail()
+        assert guard.lag == 1 and not guard.should_stop() and guard.failure is None
+        guard.fail("reading data", ValueError("damaged record"))
         assert not guard.should_stop()  # this check starts the reduction carrying it
         assert guard.should_stop() and guard.failed
     finally:

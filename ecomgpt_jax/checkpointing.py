@@ -154,6 +154,18 @@ def not_a_folder(path) -> str | None:
     return None
 
 
+def make_writable_folder(path) -> epath.Path:
+    """Creates the folder `path` (and its parents) and checks that a file can be written
+    in it: an existing folder may still be read-only. Returns it (an absolute
+    epath.Path); raises what the file system raised (OSError, or a bucket's error)."""
+    folder = as_path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".write_check"
+    probe.write_text("")
+    probe.unlink()
+    return folder
+
+
 def as_path(path) -> epath.Path:
     """An absolute `epath.Path`: local paths are made absolute, `gs://...` kept."""
     path = str(path)

@@ -387,7 +387,7 @@ def evaluate(
         return pred_dir, replace_previous(pred_dir, [t.name for t in tasks])
 
     def agreed_write(write, what: str):
-        return _agreed_write((dir_name, eval_dir), write if writes else None, what)
+        return _agreed_write(eval_dir, write if writes else None, what, dir_name)
 
     prepared = agreed_write(prepare, f"{PREDICTIONS_DIR}/")
     pred_dir, earlier = prepared or (None, [])
@@ -437,9 +437,9 @@ def evaluate(
     return result
 
 
-def _agreed_write(named_dir: tuple[str, Any], write, what: str):
-    """`write()` on the process that writes the folder (named_dir: (what errors call it,
-    its path); `write` None on the others), then every
+def _agreed_write(eval_dir, write, what: str, dir_name: str):
+    """`write()` on the process that writes eval_dir (None on the others; dir_name: what
+    errors call eval_dir), then every
     process learns whether it failed: all stop with one line, instead of the others
     waiting for process 0 in the next task's decoding or, in training, its next step.
     An all-gather on several processes, on each of them whatever its eval_dir (one
@@ -452,10 +452,9 @@ def _agreed_write(named_dir: tuple[str, Any], write, what: str):
         except OSError as e:  # a full disk, a permission, a folder made a file mid-run
             path = e.filename2 or e.filename  # a rename's: where it was going
             reason = f"{path}: {e.strerror}" if path and e.strerror else str(e)
-            raise EvalError(f"{name} {folder}: cannot write {what} ({reason})") from None
+            raise EvalError(f"{dir_name} {eval_dir}: cannot write {what} ({reason})") from None
 
-    name, folder = named_dir
-    return multihost.on_every_process(attempt, EvalError, f"while writing {what} to {name}")
+    return multihost.on_every_process(attempt, EvalError, f"while writing {what} to {dir_name}")
 
 
 def run_infer_eval(
@@ -517,13 +516,9 @@ def check_eval_dir(eval_dir, dir_name: str = "EVAL_DIR"):
     """Creates eval_dir/predictions/ and returns it (an epath.Path); EvalError, naming
     `dir_name`, if that cannot be done or written to. Called before a model loads and
     decodes for minutes (the eval binary) and before the first task (`evaluate`)."""
-    out = checkpointing.as_path(eval_dir)
-    pred_dir = out / PREDICTIONS_DIR
+    pred_dir = checkpointing.as_path(eval_dir) / PREDICTIONS_DIR
     try:
-        pred_dir.mkdir(parents=True, exist_ok=True)
-        probe = pred_dir / ".write_check"  # an existing folder may still be read-only
-        probe.write_text("")
-        probe.unlink()
+        checkpointing.make_writable_folder(pred_dir)
     except OSError as e:
         problem = checkpointing.not_a_folder(eval_dir)
         if problem:

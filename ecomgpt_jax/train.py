@@ -282,12 +282,8 @@ def make_model_dir(model_dir: str) -> None:
 
     if jax.process_index() != 0:
         return
-    root = checkpointing.as_path(model_dir)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".write_check"  # an existing folder may still be read-only
-        probe.write_text("")
-        probe.unlink()
+        checkpointing.make_writable_folder(model_dir)
     except Exception as e:  # OSError; a bucket's own errors (permissions) for gs://
         text = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
         raise trainer.UserError(f"MODEL_DIR {model_dir}: cannot write there ({text})") from None

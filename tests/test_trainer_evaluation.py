@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import processes
 import pytest
-from trainer_helpers import TINY, mesh_of, run_config
+from trainer_helpers import TINY, mesh_of, run_config, tiny_batch
 
 from ecomgpt_jax import checkpointing, metrics_logger, preemption, trainer
 from ecomgpt_jax import partitioning as P
@@ -29,15 +29,7 @@ class Batches:
 
     def __init__(self):
         self.position = 0
-        rs = np.random.RandomState(0)
-        tokens = rs.randint(0, TINY.vocab_size, (2, 8, 16)).astype(np.int32)
-        self.batch = {
-            ts.INPUTS: tokens[0],
-            ts.TARGETS: tokens[1],
-            ts.WEIGHTS: np.ones((8, 16), np.float32),
-            ts.SEGMENT_IDS: np.ones((8, 16), np.int32),
-            ts.POSITIONS: np.tile(np.arange(16, dtype=np.int32), (8, 1)),
-        }
+        self.batch = tiny_batch()
 
     def __iter__(self):
         return self
@@ -162,26 +154,16 @@ import sys
 import jax
 
 jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
-import numpy as np
-import processes
-from trainer_helpers import TINY, mesh_of, run_config
+from trainer_helpers import TINY, mesh_of, run_config, tiny_batch
 
 from ecomgpt_jax import checkpointing, partitioning, trainer
-from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.ecominstruct.reader import DataError
 
 run = run_config(pathlib.Path(sys.argv[3]), train_steps=6)
 job = trainer.Trainer(run, TINY, mesh_of((4, 1, 1), n=4))
 sharding = partitioning.data_sharding(job.mesh)
 me = jax.process_index()
-tokens = np.random.RandomState(0).randint(0, TINY.vocab_size, (2, 8, 16)).astype(np.int32)
-rows = {
-    ts.INPUTS: tokens[0],
-    ts.TARGETS: tokens[1],
-    ts.WEIGHTS: np.ones((8, 16), np.float32),
-    ts.SEGMENT_IDS: np.ones((8, 16), np.int32),
-    ts.POSITIONS: np.tile(np.arange(16, dtype=np.int32), (8, 1)),
-}
+rows = tiny_batch()
 
 
 class HostBatches:

@@ -10,6 +10,7 @@ import pathlib
 
 import gin
 import jax
+import numpy as np
 import pytest
 from absl import flags
 
@@ -31,6 +32,18 @@ TINY = dataclasses.replace(
     vocab_size=128,
     max_positions=256,
 )
+
+
+def tiny_batch() -> dict[str, np.ndarray]:
+    """One random batch for TINY: 8 rows of 16 tokens, every target weighted."""
+    tokens = np.random.RandomState(0).randint(0, TINY.vocab_size, (2, 8, 16)).astype(np.int32)
+    return {
+        ts.INPUTS: tokens[0],
+        ts.TARGETS: tokens[1],
+        ts.WEIGHTS: np.ones((8, 16), np.float32),
+        ts.SEGMENT_IDS: np.ones((8, 16), np.int32),
+        ts.POSITIONS: np.tile(np.arange(16, dtype=np.int32), (8, 1)),
+    }
 
 
 def run_config(tmp_path, **train) -> trainer.RunConfig:

@@ -324,6 +324,9 @@ class Checkpointer:
             data=ocp.args.JsonRestore(),
         )
         failure = read_error = None
+        # Before the reads: one that fails ends orbax's loop at once, and a read still in
+        # flight may reach that loop before `_drop_failed_reads` starts.
+        sys.unraisablehook = _closed_loop_ignored(sys.unraisablehook)
         try:
             restored = self._manager.restore(step, args=args)
         except Exception as e:  # orbax wraps tensorstore's read errors in a bare Exception
@@ -427,7 +430,7 @@ def _drop_failed_reads() -> None:
     on tensorstore's threads and then fail to reach orbax's closed event loop ("Event
     loop is closed"); this waits up to `_READ_DRAIN_S` for them, quietly, as the run
     is stopping anyway, and a read slower than that is not reported either: that one
-    error stays ignored in this process (`_closed_loop_ignored`).
+    error is ignored in this process from its first restore on (`_closed_loop_ignored`).
     """
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     hook = sys.unraisablehook  # their coroutines complain when collected: not news here

@@ -51,6 +51,7 @@ from ecomgpt_jax import (
     metrics_logger,
     multihost,
     partitioning,
+    run_config,
     trainer,
     vocabularies,
 )
@@ -70,8 +71,8 @@ def register_configurables() -> dict:
     """Makes the library's config dataclasses gin-configurable (library stays gin-free)."""
     return launch.register_configurables(
         {
-            "TrainConfig": (trainer.TrainConfig, "trainer"),
-            "ModelSpec": (trainer.ModelSpec, "trainer"),
+            "TrainConfig": (run_config.TrainConfig, "run_config"),
+            "ModelSpec": (run_config.ModelSpec, "run_config"),
             "ModelConfig": (model_config.ModelConfig, "models"),
             "DataConfig": (input_pipeline.DataConfig, "input_pipeline"),
             "OptimizerConfig": (ts.OptimizerConfig, "train_step"),
@@ -97,14 +98,14 @@ def parse_gin(files, bindings, search_paths) -> None:
         files,
         bindings,
         search_paths,
-        trainer.UserError,
+        run_config.UserError,
         "gin_configs/ecom.gin",
         finalize=True,
         foreign=dict.fromkeys(("ModelSource", "EvalRun"), _NOT_TRAINING),
     )
 
 
-def make_vocabulary(spec: trainer.ModelSpec, train: trainer.TrainConfig):
+def make_vocabulary(spec: run_config.ModelSpec, train: run_config.TrainConfig):
     kind = str(spec.vocabulary).lower()
     path = spec.vocabulary_path
     if kind not in vocabularies.SENTENCEPIECE_KINDS + vocabularies.HUGGINGFACE_KINDS:
@@ -125,7 +126,7 @@ def make_vocabulary(spec: trainer.ModelSpec, train: trainer.TrainConfig):
     return vocabulary
 
 
-def hf_tokenizer_dir(train: trainer.TrainConfig) -> str | None:
+def hf_tokenizer_dir(train: run_config.TrainConfig) -> str | None:
     """The HF tokenizer's folder without VOCABULARY_PATH: on a resume MODEL_DIR, where
     `write_run_files` copied it (INIT_FROM_HF's folder may be gone by then), else
     INIT_FROM_HF."""
@@ -135,7 +136,7 @@ def hf_tokenizer_dir(train: trainer.TrainConfig) -> str | None:
     return train.init_from_hf
 
 
-def register_tasks(run: trainer.RunConfig, data: input_pipeline.DataConfig, vocabulary):
+def register_tasks(run: run_config.RunConfig, data: input_pipeline.DataConfig, vocabulary):
     """Registers the EcomInstruct tasks for this run's data root, prepared TFDS folder and
     vocabulary; a run with every default keeps a default registration that worked, on
     today's default root. (In one process, a notebook, a default run after one on another
@@ -167,7 +168,7 @@ def check_mixture(name: str, macro: str | None = None) -> None:
     try:
         tasks.get(name)
     except ValueError as e:  # DataError included
-        raise trainer.UserError(f"{macro}: {e}" if macro else str(e)) from None
+        raise run_config.UserError(f"{macro}: {e}" if macro else str(e)) from None
 
 
 def check_infer_eval(eval_cfg: evaluation.EvalConfig) -> None:
@@ -176,7 +177,7 @@ def check_infer_eval(eval_cfg: evaluation.EvalConfig) -> None:
     try:
         evaluation.check_tasks(eval_cfg)
     except reader.DataError as e:
-        raise trainer.UserError(f"INFER_EVAL_MIXTURE: {e}") from None
+        raise run_config.UserError(f"INFER_EVAL_MIXTURE: {e}") from None
 
 
 def make_eval_batches(data: input_pipeline.DataConfig, mesh, max_batches: int):
@@ -185,7 +186,7 @@ def make_eval_batches(data: input_pipeline.DataConfig, mesh, max_batches: int):
     try:
         return input_pipeline.EvalBatches(data, mesh, max_batches)
     except reader.DataError as e:
-        raise trainer.UserError(f"EVAL_LOSS_MIXTURE: {e}") from None
+        raise run_config.UserError(f"EVAL_LOSS_MIXTURE: {e}") from None
 
 
 def command_line() -> str:
@@ -233,7 +234,7 @@ def load_configs(files, bindings, search_paths=()):
     configurables = register_configurables()
     parse_gin(files, bindings, search_paths)
     try:
-        run_cfg = trainer.RunConfig(
+        run_cfg = run_config.RunConfig(
             train=configurables["TrainConfig"](),
             model=configurables["ModelSpec"](),
             optimizer=configurables["OptimizerConfig"](),
@@ -249,18 +250,18 @@ def load_configs(files, bindings, search_paths=()):
                 with gin.config_scope("eval_loss"):
                     eval_data = configurables["DataConfig"]()
             except reader.DataError as e:
-                raise trainer.UserError(f"eval_loss/DataConfig: {e}") from None
+                raise run_config.UserError(f"eval_loss/DataConfig: {e}") from None
         return run_cfg, data, eval_data
-    except (trainer.UserError, reader.DataError):  # the configs' own checks: one line already
+    except (run_config.UserError, reader.DataError):  # the configs' own checks: one line already
         raise
     except ValueError as e:  # e.g. a %gin.REQUIRED macro left unset
-        raise trainer.UserError(f"gin config: {str(e).strip().splitlines()[0]}") from None
+        raise run_config.UserError(f"gin config: {str(e).strip().splitlines()[0]}") from None
     except TypeError as e:
         if "required" not in str(e):
             raise
         # A config with nothing bound: the files lack the recipe (e.g. a models/*.gin file
         # given alone), which binds every config to its macros.
-        raise trainer.UserError(
+        raise run_config.UserError(
             f"gin config: {str(e).strip().splitlines()[0]}; give the recipe first "
             "(--gin_file=gin_configs/ecom.gin or a gin_configs/runs/ file), model files after it"
         ) from None
@@ -271,7 +272,7 @@ def check_model_dir(model_dir: str) -> None:
     be created in, is a file (orbax would fail with a trace at its first write)."""
     problem = checkpointing.not_a_folder(model_dir)
     if problem:
-        raise trainer.UserError(f"MODEL_DIR {model_dir} {problem}: give a folder")
+        raise run_config.UserError(f"MODEL_DIR {model_dir} {problem}: give a folder")
 
 
 def make_model_dir(model_dir: str) -> None:
@@ -286,13 +287,13 @@ def make_model_dir(model_dir: str) -> None:
         checkpointing.make_writable_folder(model_dir)
     except Exception as e:  # OSError; a bucket's own errors (permissions) for gs://
         text = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
-        raise trainer.UserError(f"MODEL_DIR {model_dir}: cannot write there ({text})") from None
+        raise run_config.UserError(f"MODEL_DIR {model_dir}: cannot write there ({text})") from None
 
 
 class SetUp(typing.NamedTuple):
     """What `set_up` read and checked, before the job's first collective."""
 
-    run_cfg: trainer.RunConfig
+    run_cfg: run_config.RunConfig
     data: input_pipeline.DataConfig
     mesh: jax.sharding.Mesh
     vocabulary: object  # a seqio.Vocabulary
@@ -303,7 +304,7 @@ class SetUp(typing.NamedTuple):
 
 def set_up() -> SetUp:
     """The flags' gin config, read and checked on this process: every setting, the data,
-    the vocabulary, the model's shapes against the mesh. Raises trainer.UserError."""
+    the vocabulary, the model's shapes against the mesh. Raises run_config.UserError."""
     import jax
 
     run_cfg, data, eval_data = load_configs(
@@ -315,15 +316,15 @@ def set_up() -> SetUp:
     register_tasks(run_cfg, data, vocabulary)
     if run_cfg.infer_eval is not None:
         check_infer_eval(run_cfg.infer_eval)
-    cfg = trainer.build_model_config(run_cfg)
-    note = trainer.unused_bindings_note(run_cfg, cfg)  # config.gin would say otherwise
+    cfg = run_config.build_model_config(run_cfg)
+    note = run_config.unused_bindings_note(run_cfg, cfg)  # config.gin would say otherwise
     if note and jax.process_index() == 0:
         print(note, flush=True)
-    shapes = trainer.Shapes(data.global_batch_size, data.sequence_length, vocabulary.vocab_size)
-    trainer.check_shapes(cfg, shapes, run_cfg.step, mesh)
+    shapes = run_config.Shapes(data.global_batch_size, data.sequence_length, vocabulary.vocab_size)
+    run_config.check_shapes(cfg, shapes, run_cfg.step, mesh)
     missing = metrics_logger.missing_writer_package(run_cfg.train.model_dir)
     if missing:
-        raise trainer.UserError(
+        raise run_config.UserError(
             f"MODEL_DIR {run_cfg.train.model_dir} needs the package {missing} for its "
             f"TensorBoard logs: pip install -r requirements.txt"
         )
@@ -335,24 +336,24 @@ def set_up() -> SetUp:
             sequence_length=eval_data.sequence_length,
         )
         try:  # the eval_loss scope may set its own batch size or lengths
-            trainer.check_shapes(cfg, eval_shapes, run_cfg.step, mesh)
-        except trainer.UserError as e:
-            raise trainer.UserError(f"eval_loss/DataConfig: {e}") from None
+            run_config.check_shapes(cfg, eval_shapes, run_cfg.step, mesh)
+        except run_config.UserError as e:
+            raise run_config.UserError(f"eval_loss/DataConfig: {e}") from None
         eval_batches = make_eval_batches(eval_data, mesh, run_cfg.train.eval_loss_batches)
     return SetUp(run_cfg, data, mesh, vocabulary, cfg, note, eval_batches)
 
 
-def run() -> tuple[trainer.Result, trainer.RunConfig]:
+def run() -> tuple[trainer.Result, run_config.RunConfig]:
     launch.init_distributed()
     import jax
 
     # A failure on any process (data missing on one host) stops all, before the restore's
     # collectives, where the others would wait for it.
     run_cfg, data, mesh, vocabulary, cfg, note, eval_batches = multihost.on_every_process(
-        set_up, trainer.UserError
+        set_up, run_config.UserError
     )
     multihost.on_every_process(
-        lambda: make_model_dir(run_cfg.train.model_dir), trainer.UserError, "making MODEL_DIR"
+        lambda: make_model_dir(run_cfg.train.model_dir), run_config.UserError, "making MODEL_DIR"
     )
     job = trainer.Trainer(run_cfg, cfg, mesh)
     state, position = job.initial_state()
@@ -367,7 +368,7 @@ def run() -> tuple[trainer.Result, trainer.RunConfig]:
     position = dataclasses.replace(expected, batches_consumed=position.batches_consumed)
     start, total = int(jax.device_get(state.step)), run_cfg.train.train_steps
     if start > total:
-        raise trainer.UserError(
+        raise run_config.UserError(
             f"MODEL_DIR {run_cfg.train.model_dir} holds step {start}, past TRAIN_STEPS = "
             f"{total}: nothing to train (raise TRAIN_STEPS, or give another MODEL_DIR)"
         )
@@ -378,13 +379,13 @@ def run() -> tuple[trainer.Result, trainer.RunConfig]:
             try:
                 write_run_files(run_cfg.train.model_dir, cfg, command_line(), vocabulary, notes)
             except OSError as e:
-                raise trainer.UserError(
+                raise run_config.UserError(
                     f"MODEL_DIR {run_cfg.train.model_dir}: cannot write config.gin, "
                     f"model_config.json or the tokenizer files ({e})"
                 ) from None
 
         # Process 0 writes; the others would go on to the first step's collectives.
-        multihost.on_every_process(write, trainer.UserError, "while writing MODEL_DIR's files")
+        multihost.on_every_process(write, run_config.UserError, "while writing MODEL_DIR's files")
     elif jax.process_index() == 0:
         # config.gin records what trained these steps; this command trains none of them
         # (it only redoes an evaluation a stop left unfinished at the last step, if any).
@@ -418,7 +419,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     # `evaluation.evaluate`) stops training with one line, after saving the steps trained;
     # LogWriteError: process 0's logs, likewise.
     return (
-        trainer.UserError,
+        run_config.UserError,
         vocabularies.VocabularyError,
         evaluation.EvalError,
         metrics_logger.LogWriteError,

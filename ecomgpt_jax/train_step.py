@@ -130,7 +130,7 @@ class StepConfig:
     cross-entropy (`models/losses.py`), when the model can return its final hidden
     states: logits are computed for loss-weighted positions only, that many per
     row at a time, and never all at once. It must then divide the row length and be
-    smaller (`trainer.check_shapes` says so at set-up; `loss_sums` raises otherwise).
+    smaller (`run_config.check_shapes` says so at set-up; `loss_sums` raises otherwise).
     0: the logits of whole rows, [batch, length, vocab] at once.
     """
 

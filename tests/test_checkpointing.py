@@ -262,7 +262,7 @@ def test_a_mesh_that_cannot_hold_the_arrays_is_not_called_damage(tmp_path, train
     manager.save(state, ck.DataPosition(2), force=True)
     manager.close()
     # 4 heads over a tensor axis of 8: jax cannot lay them out (a run never gets here:
-    # trainer.check_mesh stops it first). The files are fine: no advice to move them away.
+    # run_config.check_mesh stops it first). The files are fine: no advice to move them away.
     manager = ck.Checkpointer(tmp_path, ck.CheckpointConfig())
     with pytest.raises(ck.CheckpointError) as info:
         manager.restore(2, layout_on((1, 1, 8)))

@@ -21,7 +21,7 @@ import pytest
 from absl import flags
 from trainer_helpers import run_in_process
 
-from ecomgpt_jax import checkpointing, convert, launch, train, trainer
+from ecomgpt_jax import checkpointing, convert, launch, run_config, train
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
 
@@ -486,9 +486,9 @@ def test_a_resume_reads_the_hf_tokenizer_copied_to_model_dir(tmp_path):
 
     words = {"<unk>": 0, "</s>": 1, "hello": 2}
     tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(words, unk_token="<unk>"))
-    spec = trainer.ModelSpec(config=model_config.get_preset("tiny-bloom"), vocabulary="hf")
+    spec = run_config.ModelSpec(config=model_config.get_preset("tiny-bloom"), vocabulary="hf")
     run_dir, gone = tmp_path / "run", tmp_path / "gone"
-    run = trainer.TrainConfig(model_dir=str(run_dir), init_from_hf=str(gone))
+    run = run_config.TrainConfig(model_dir=str(run_dir), init_from_hf=str(gone))
     with pytest.raises(FileNotFoundError) as info:
         train.make_vocabulary(spec, run)
     assert str(info.value) == f"Hugging Face tokenizer file not found: {gone}"

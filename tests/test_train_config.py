@@ -14,7 +14,7 @@ import pytest
 from trainer_helpers import run_in_process
 
 from ecomgpt_jax import partitioning as P
-from ecomgpt_jax import train, trainer
+from ecomgpt_jax import run_config, train
 from ecomgpt_jax.models import config as model_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -120,7 +120,7 @@ def test_run_settings_name_the_field_and_macro(binding, message):
     configs check themselves."""
     gin.clear_config()
     try:
-        with pytest.raises(trainer.UserError) as info:
+        with pytest.raises(run_config.UserError) as info:
             train.load_configs([str(ROOT / "gin_configs" / "ecom.gin")], [binding])
     finally:
         gin.clear_config()
@@ -141,7 +141,7 @@ def test_paper_run_gins_resolve(name, devices, mesh):
     required = ["INIT_FROM_HF = '/hf'", "MODEL_DIR = '/run'", "TRAIN_STEPS = 1000"]
     gin.clear_config()
     try:
-        with pytest.raises(trainer.UserError, match="gin config: .*(Required|REQUIRED)"):
+        with pytest.raises(run_config.UserError, match="gin config: .*(Required|REQUIRED)"):
             train.load_configs([gin_file], required[1:])  # INIT_FROM_HF left unset
         gin.clear_config()
         run, data, _ = train.load_configs([gin_file], required)
@@ -161,7 +161,7 @@ def test_paper_run_gins_resolve(name, devices, mesh):
         shape=dict(zip(P.MESH_AXES, shape, strict=True)), devices=np.empty(shape)
     )
     # BLOOM's tokenizer has 250680 ids (the embedding 250880).
-    trainer.check_shapes(cfg, trainer.Shapes(64, 1024, 250680), run.step, mesh)
+    run_config.check_shapes(cfg, run_config.Shapes(64, 1024, 250680), run.step, mesh)
 
 
 def test_the_paper_recipe_alone_asks_for_a_mesh():
@@ -171,7 +171,7 @@ def test_the_paper_recipe_alone_asks_for_a_mesh():
     required = ["INIT_FROM_HF = '/hf'", "MODEL_DIR = '/run'", "TRAIN_STEPS = 1000"]
     gin.clear_config()
     try:
-        with pytest.raises(trainer.UserError) as info:
+        with pytest.raises(run_config.UserError) as info:
             train.load_configs([gin_file], required)
     finally:
         gin.clear_config()
@@ -205,7 +205,7 @@ def test_a_resume_keeps_the_stored_data_shard_count():
 def test_a_model_file_alone_asks_for_the_recipe():
     gin.clear_config()
     try:
-        with pytest.raises(trainer.UserError) as info:
+        with pytest.raises(run_config.UserError) as info:
             train.load_configs([str(ROOT / "gin_configs" / "models" / "tiny_bloom.gin")], [])
     finally:
         gin.clear_config()
@@ -224,7 +224,7 @@ def test_model_dir_that_cannot_be_a_folder(tmp_path):
         (tmp_path / "file" / "run", f"is inside {tmp_path / 'file'}, a file"),
         (tmp_path / "dangling", "is a link to nothing"),
     ]:
-        with pytest.raises(trainer.UserError) as info:
+        with pytest.raises(run_config.UserError) as info:
             train.check_model_dir(str(model_dir))
         assert str(info.value) == f"MODEL_DIR {model_dir} {what}: give a folder"
     train.check_model_dir(str(tmp_path / "new" / "run"))  # to be made: fine

@@ -1,118 +1,486 @@
-"""Trainer pieces (ecomgpt_jax/trainer.py): model config, shape and setting checks, initial
-weights (evaluations while training: test_trainer_evaluation.py; SIGTERM and Ctrl-C:
-test_preemption.py)."""
+"""The training loop (ecomgpt_jax/trainer.py): initial weights, the held-out loss per task,
+when evaluations run, and what a failing or interrupted evaluation (or data read) leaves
+(SIGTERM and Ctrl-C: test_preemption.py; the run's configuration: test_run_config.py;
+whole runs from the command line: test_train.py)."""
 
 import dataclasses
+import functools
+import json
 import os
-import shutil
+import pathlib
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import processes
 import pytest
-from trainer_helpers import TINY, mesh_of, run_config
+from trainer_helpers import TINY, mesh_of, tiny_batch, tiny_run
 
-from ecomgpt_jax import checkpointing, convert, trainer
+from ecomgpt_jax import checkpointing, convert, metrics_logger, preemption, run_config, trainer
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax import train_step as ts
+from ecomgpt_jax.ecominstruct.reader import DataError
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
 
-TINY_BLOOM = model_config.get_preset("tiny-bloom")
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def zero_hf_folder(path):
-    """TINY with zero weights saved as a HF folder at `path`."""
-    zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), decoder.abstract_params(TINY))
-    hf_io.save_hf(TINY, zeros, path)
+class Batches:
+    """Random tiny batches, with the `position` InputIterator keeps."""
+
+    def __init__(self):
+        self.position = 0
+        self.batch = tiny_batch()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.position += 1
+        return self.batch
 
 
-def test_model_config_from_scratch_is_the_gin_bound_one_as_it_is(tmp_path):
-    bf16 = dataclasses.replace(model_config.get_preset("tiny-bloom"), dtype="bfloat16")
-    run = dataclasses.replace(run_config(tmp_path), model=trainer.ModelSpec(config=bf16))
-    assert trainer.build_model_config(run) == bf16
+class FailingEvaluation:
+    """infer_eval and eval_batches that fail at the given evaluation (0: the first)."""
+
+    def __init__(self, fail_at: int):
+        self.calls, self.fail_at = 0, fail_at
+
+    def _call(self):
+        self.calls += 1
+        if self.calls > self.fail_at:
+            raise RuntimeError("evaluation ran out of memory")
+
+    def __call__(self, params, step):  # infer_eval
+        self._call()
+        return {"average": {"rouge-l-f1": 0.5}}
+
+    def __iter__(self):  # eval_batches
+        self._call()
+        return iter([("task", eval_batch(0))])
 
 
+def fit_with_failing_evaluation(tmp_path, kind: str, fail_at: int) -> dict:
+    """A 6-step run evaluating `kind` every 2 steps, whose evaluation number `fail_at`
+    (0: at the start) raises; returns the hook, for a resume."""
+    run = tiny_run(tmp_path, train_steps=6, **{f"{kind}_every_steps": 2})
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    hook = {"infer_eval" if kind == "infer_eval" else "eval_batches": FailingEvaluation(fail_at)}
+    with pytest.raises(RuntimeError, match="evaluation ran out of memory"):
+        job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), **hook)
+    return hook
+
+
+@pytest.mark.parametrize("kind", metrics_logger.EVAL_KINDS)
+def test_a_failing_evaluation_saves_the_step_first(tmp_path, capsys, kind):
+    hook = fit_with_failing_evaluation(tmp_path, kind, fail_at=1)
+    step_dir = tmp_path / "run" / "checkpoints" / "2"
+    assert f"{kind} failed at step 2; saved {step_dir}\n" in capsys.readouterr().out
+    saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
+    assert saved.all_steps() == [2]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]  # step 2 logged, too
+    # The resumed run makes the evaluation that failed, then goes on.
+    job = trainer.Trainer(
+        tiny_run(tmp_path, train_steps=6, **{f"{kind}_every_steps": 2}),
+        TINY,
+        mesh_of((1, 1, 1), n=1),
+    )
+    state, _ = job.initial_state()
+    hook = {k: FailingEvaluation(99) for k in hook}
+    job.fit(state, Batches(), checkpointing.DataPosition(2, "m", 0, 8, 1), **hook)
+    lines = (tmp_path / "run" / f"{kind}.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [0, 2, 4, 6]
+
+
+class FailingBatches(Batches):
+    """Batches whose read number `fail_at` (1-based) raises, as InputIterator does on a
+    damaged file."""
+
+    def __init__(self, fail_at: int):
+        super().__init__()
+        self.fail_at = fail_at
+
+    def __next__(self):
+        if self.position + 1 == self.fail_at:
+            raise DataError("reading mixture 'm' failed after 2 batches: DataLossError")
+        return super().__next__()
+
+
+def several_hosts(monkeypatch) -> None:
+    """fit's guard as on several hosts (forced here on one process): a request, or a
+    failure, stops every host one check after the check that carries it."""
+    monkeypatch.setattr(
+        trainer.preemption,
+        "PreemptionGuard",
+        functools.partial(preemption.PreemptionGuard, collective=True),
+    )
+
+
+@pytest.mark.parametrize("hosts", ["one", "several"])
+def test_a_failing_data_read_saves_the_steps_trained(tmp_path, capsys, monkeypatch, hosts):
+    """One host: read 3 fails during step 2, which is saved. Several: two batches are
+    read ahead, so the host whose read 4 fails (during step 2) still has batch 3 for the
+    step that every host's check agrees on, step 3. The position saved counts the
+    batches used, not those read ahead or failed."""
+    lag = int(hosts == "several")
+    if lag:
+        several_hosts(monkeypatch)
+    job = trainer.Trainer(tiny_run(tmp_path, train_steps=6), TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    with pytest.raises(DataError, match="DataLossError"):
+        job.fit(state, FailingBatches(3 + lag), checkpointing.DataPosition(0, "m", 0, 8, 1))
+    stopped = 2 + lag
+    step_dir = tmp_path / "run" / "checkpoints" / str(stopped)
+    assert capsys.readouterr().out.endswith(
+        f"reading data failed at step {stopped}; saved {step_dir}\n"
+    )
+    assert job.checkpointer.all_steps() == [stopped]
+    assert job.checkpointer.restore(stopped, job.layout)[1].batches_consumed == stopped
+    # A failure among the first reads (before step 1, on every host) has nothing to save.
+    job = trainer.Trainer(tiny_run(tmp_path / "b", train_steps=6), TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    with pytest.raises(DataError):
+        job.fit(state, FailingBatches(1 + lag), checkpointing.DataPosition(0, "m", 0, 8, 1))
+    assert not job.checkpointer.all_steps()
+
+
+# fit on process `argv[2]` of two (2 CPU devices each), over a 4-device data mesh: process
+# 1's read 4 fails (a damaged file on one host). Prints what fit raised and what was saved.
+TWO_HOSTS = """
+import pathlib
+import sys
+
+import jax
+
+jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from trainer_helpers import TINY, mesh_of, tiny_batch, tiny_run
+
+from ecomgpt_jax import checkpointing, partitioning, trainer
+from ecomgpt_jax.ecominstruct.reader import DataError
+
+run = tiny_run(pathlib.Path(sys.argv[3]), train_steps=6)
+job = trainer.Trainer(run, TINY, mesh_of((4, 1, 1), n=4))
+sharding = partitioning.data_sharding(job.mesh)
+me = jax.process_index()
+rows = tiny_batch()
+
+
+class HostBatches:
+    position = 0
+
+    def __next__(self):
+        if me == 1 and self.position == 3:
+            raise DataError("reading mixture 'm' failed after 3 batches: DataLossError")
+        self.position += 1
+        return {
+            k: jax.make_array_from_process_local_data(sharding, v[4 * me : 4 * me + 4], (8, 16))
+            for k, v in rows.items()
+        }
+
+
+state, _ = job.initial_state()
+try:
+    job.fit(state, HostBatches(), checkpointing.DataPosition(0, "m", 0, 8, 2))
+except Exception as e:
+    print(f"raised {type(e).__name__}: {e}")
+saved = job.checkpointer.all_steps()
+print("saved", saved, job.checkpointer.restore(saved[-1], job.layout)[1].batches_consumed)
+"""
+
+
+def test_a_read_failing_on_one_of_two_processes_stops_both_after_the_same_step(tmp_path):
+    """Two real processes: process 1 alone cannot read batch 4. It used to raise alone
+    and leave process 0 waiting in step 4's collectives until a deadline ended it with a
+    trace; now both run step 3 (read ahead), save it together and raise, one error each."""
+    port = processes.free_port()
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_HOSTS, f"localhost:{port}", str(i), str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    step_dir = tmp_path / "run" / "checkpoints" / "3"
+    assert f"process 1 failed at step 3; saved {step_dir}\n" in outs[0]
+    assert outs[0].endswith(
+        "raised UserError: process 1 stopped at step 3 (its error says why); stopping too\n"
+        "saved [3] 3\n"
+    ), outs[0]
+    assert outs[1].endswith(
+        "raised DataError: reading mixture 'm' failed after 3 batches: DataLossError\nsaved [3] 3\n"
+    ), outs[1]
+
+
+class LogBlockedAt:
+    """EVAL_BATCHES whose evaluation number `at` (0: the first) finds its log's
+    temporary file blocked by a folder, as a full disk would fail its write."""
+
+    def __init__(self, obstacle, at: int):
+        self.obstacle, self.at, self.calls = obstacle, at, 0
+
+    def __iter__(self):
+        if self.calls == self.at:
+            self.obstacle.mkdir()
+        self.calls += 1
+        return iter(EVAL_BATCHES)
+
+
+@pytest.mark.parametrize("hosts", ["one", "several"])
 @pytest.mark.parametrize(
-    "shapes, step, message",
-    [
-        (trainer.Shapes(16, 128, 100), ts.StepConfig(num_microbatches=4), "= 4 rows per micro"),
-        (trainer.Shapes(12, 128, 100), ts.StepConfig(num_microbatches=8), "not divisible by"),
-        (trainer.Shapes(16, 300, 100), ts.StepConfig(), "max_positions is 256"),
-        (trainer.Shapes(16, 128, 200), ts.StepConfig(), "vocabulary has 200 ids"),
-    ],
+    "log, at, stops",  # the log, the evaluation whose write fails, the step saved
+    [("metrics", None, 1), ("eval_loss", 0, 0), ("eval_loss", 1, 2)],
 )
-def test_check_shapes(shapes, step, message):
-    with pytest.raises(trainer.UserError, match=message):
-        trainer.check_shapes(TINY, shapes, step, mesh_of((8, 1, 1)))
+def test_a_log_that_cannot_be_written_stops_the_run_after_saving(
+    tmp_path, capsys, monkeypatch, log, at, stops, hosts
+):
+    """Process 0 alone writes the logs: its failure to write one is every host's stop at
+    an agreed step, saved: metrics.jsonl at step 1 -> step 1 (2 on several hosts, one
+    check later); an evaluation's log -> that evaluation's step on any number of hosts
+    (checked at once after it), so that the resume evaluates it again; at step 0, before
+    any training. The resumed run goes on."""
+    if hosts == "several":
+        several_hosts(monkeypatch)
+        stops += log == "metrics"
+    run = tiny_run(tmp_path, train_steps=6, log_every_steps=1, eval_loss_every_steps=2)
+    (tmp_path / "run").mkdir()
+    obstacle = tmp_path / "run" / f"{log}.jsonl.tmp"
+    if at is None:
+        obstacle.mkdir()
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    evals = EVAL_BATCHES if at is None else LogBlockedAt(obstacle, at)
+    with pytest.raises(metrics_logger.LogWriteError, match=f"cannot write .*/{log}.jsonl: "):
+        job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, evals)
+    kept = (
+        f"saved {tmp_path / 'run' / 'checkpoints' / str(stops)}"
+        if stops
+        else ("nothing trained is lost")
+    )
+    assert capsys.readouterr().out.endswith(f"writing the logs failed at step {stops}; {kept}\n")
+    assert job.checkpointer.all_steps() == ([stops] if stops else [])
+    obstacle.rmdir()
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    position = checkpointing.DataPosition(stops, "m", 0, 8, 1)
+    assert job.fit(state, Batches(), position, None, EVAL_BATCHES).step == 6
+    lines = (tmp_path / "run" / "eval_loss.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [0, 2, 4, 6]
 
 
-def test_check_shapes_accepts_a_fitting_run():
-    shapes = trainer.Shapes(16, 256, 128)
-    trainer.check_shapes(TINY, shapes, ts.StepConfig(num_microbatches=2), mesh_of((2, 4, 1)))
-    # A loss chunk that splits the 256-token rows into two.
-    trainer.check_shapes(TINY, shapes, ts.StepConfig(loss_chunk_size=128), mesh_of((2, 4, 1)))
-
-
-def test_a_mesh_that_does_not_divide_the_model_is_one_line_before_any_layout(tmp_path):
-    """tiny-bloom's 6 heads over a tensor axis of 4: named before a fresh start's first jit
-    (jax's IndivisibleError) or a resume's restore (which took it for a damaged step)."""
-    with pytest.raises(trainer.UserError) as info:
-        trainer.check_shapes(
-            TINY_BLOOM, trainer.Shapes(8, 256, 2000), ts.StepConfig(), mesh_of((2, 1, 4))
+def test_a_failure_before_a_failing_evaluation_is_said_too(tmp_path, capsys, monkeypatch):
+    """On several hosts metrics.jsonl failing at step 1 stops the run at step 2; step 1's
+    evaluation raising in between stops it first, and the log's failure is said too."""
+    several_hosts(monkeypatch)
+    run = tiny_run(tmp_path, train_steps=6, log_every_steps=1, eval_loss_every_steps=1)
+    (tmp_path / "run" / "metrics.jsonl.tmp").mkdir(parents=True)
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    with pytest.raises(RuntimeError, match="evaluation ran out of memory"):
+        job.fit(
+            state,
+            Batches(),
+            checkpointing.DataPosition(0, "m", 0, 8, 1),
+            None,
+            FailingEvaluation(1),
         )
-    assert str(info.value) == (
-        "MESH_SHAPE (2, 1, 4) does not fit the model: ModelConfig.heads 6 is not divisible by "
-        "the mesh's tensor axis (4); ModelConfig.kv_heads 6 is not divisible by the mesh's "
-        "tensor axis (4)"
-    )
-    # fsdp splits the model dimension: a hidden of 32 fits 8 of them, one of 36 does not.
-    trainer.check_mesh(TINY, mesh_of((1, 8, 1)))
-    with pytest.raises(trainer.UserError) as info:
-        trainer.check_mesh(TINY_BLOOM, mesh_of((1, 1, 8)))
-    assert str(info.value) == (
-        "MESH_SHAPE (1, 1, 8) does not fit the model: ModelConfig.heads 6 is not divisible by "
-        "the mesh's tensor axis (8); ModelConfig.kv_heads 6 is not divisible by the mesh's "
-        "tensor axis (8)"
-    )
-    wide = dataclasses.replace(TINY, vocab_size=102, hidden=36, head_dim=9, mlp_dim=144)
-    with pytest.raises(trainer.UserError) as info:
-        trainer.check_mesh(wide, mesh_of((1, 8, 1)))
-    assert str(info.value) == (
-        "MESH_SHAPE (1, 8, 1) does not fit the model: ModelConfig.hidden 36 is not divisible "
-        "by the mesh's fsdp axis (8)"
-    )
-    with pytest.raises(trainer.UserError) as info:
-        trainer.check_mesh(wide, mesh_of((2, 1, 4)))
-    assert str(info.value) == (
-        "MESH_SHAPE (2, 1, 4) does not fit the model: ModelConfig.vocab_size 102 is not "
-        "divisible by the mesh's tensor axis (4)"
+    out, err = capsys.readouterr()
+    assert f"eval_loss failed at step 1; saved {tmp_path / 'run' / 'checkpoints' / '1'}" in out
+    assert err == (
+        f"writing the logs failed too: cannot write {tmp_path / 'run' / 'metrics.jsonl'}: "
+        f"[Errno 21] Is a directory: '{tmp_path / 'run' / 'metrics.jsonl.tmp'}'\n"
     )
 
 
-def test_every_model_sized_logical_axis_is_checked_against_the_mesh():
-    """A logical axis added to the rules table without a ModelConfig field here would
-    escape check_mesh (the batch is check_shapes' own; length and qkv are never split)."""
-    names = {name for name, _ in P.RULES}
-    assert names - set(trainer._SIZED_BY) == {P.BATCH, P.LENGTH, P.QKV}
-    assert set(trainer._SIZED_BY.values()) <= {f.name for f in dataclasses.fields(TINY)}
+@pytest.mark.parametrize("kind", metrics_logger.EVAL_KINDS)
+def test_a_failing_first_evaluation_saves_nothing_and_says_how_to_go_on(tmp_path, capsys, kind):
+    fit_with_failing_evaluation(tmp_path, kind, fail_at=0)
+    saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
+    assert saved.all_steps() == []
+    assert capsys.readouterr().out == (
+        f"{kind} failed at step 0; nothing trained is lost; to train on without it set "
+        f"{kind.upper()}_EVERY_STEPS=0\n"
+    )
 
 
-@pytest.mark.parametrize("chunk", [96, 256, 512])
-def test_a_loss_chunk_that_does_not_split_the_rows_is_one_line(chunk):
-    with pytest.raises(trainer.UserError) as info:
-        trainer.check_shapes(
-            TINY,
-            trainer.Shapes(16, 256, 128),
-            ts.StepConfig(loss_chunk_size=chunk),
-            mesh_of((8, 1, 1)),
+def test_an_evaluation_skipped_by_a_preemption_is_made_on_resume(tmp_path, monkeypatch):
+    run = tiny_run(tmp_path, train_steps=6, eval_loss_every_steps=2)
+    calls = []
+
+    def stop_after_step_2(guard, wait=False):
+        calls.append(wait)
+        return len(calls) == 3  # after step 0's evaluation, step 1, then SIGTERM in step 2
+
+    monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", stop_after_step_2)
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    result = job.fit(
+        state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, EVAL_BATCHES
+    )
+    path = tmp_path / "run" / "eval_loss.jsonl"
+    assert result.preempted and result.step == 2
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0]
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    job.fit(state, Batches(), checkpointing.DataPosition(2, "m", 0, 8, 1), None, EVAL_BATCHES)
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 2, 4, 6]
+
+
+def test_a_stop_asked_for_during_an_evaluation_saves_before_another_step(tmp_path, monkeypatch):
+    run = tiny_run(tmp_path, train_steps=6, eval_loss_every_steps=2)
+    calls = []
+
+    def stop_during_the_step_2_evaluation(guard, wait=False):
+        calls.append(wait)
+        return len(calls) == 4  # after step 0's evaluation, steps 1, 2, step 2's evaluation
+
+    monkeypatch.setattr(
+        preemption.PreemptionGuard, "should_stop", stop_during_the_step_2_evaluation
+    )
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    result = job.fit(
+        state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, EVAL_BATCHES
+    )
+    assert result.preempted and result.step == 2
+    assert calls == [True, False, False, True]  # after an evaluation: a waiting check
+    path = tmp_path / "run" / "eval_loss.jsonl"
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 2]
+    saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
+    assert saved.all_steps() == [2]
+
+
+def test_a_stop_asked_for_during_the_final_evaluation_leaves_a_finished_run(tmp_path, monkeypatch):
+    run = tiny_run(tmp_path, train_steps=2, eval_loss_every_steps=2)
+    stop, evaluations = [], []
+    monkeypatch.setattr(
+        preemption.PreemptionGuard, "should_stop", lambda guard, wait=False: bool(stop)
+    )
+
+    class AskedToStop:  # SIGTERM arrives while the last step's evaluation runs
+        def __iter__(self):
+            evaluations.append(1)
+            if len(evaluations) == 2:
+                stop.append(1)
+            return iter(EVAL_BATCHES)
+
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    result = job.fit(
+        state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, AskedToStop()
+    )
+    assert len(evaluations) == 2 and stop and result.step == 2 and not result.preempted
+
+
+def eval_batch(seed: int, rows: int = 8) -> dict[str, np.ndarray]:
+    """Random one-example rows with loss weights on their second half, the last row
+    empty (all zeros) as in the padded last batch of `input_pipeline.EvalBatches`."""
+    rs = np.random.RandomState(seed)
+    tokens = rs.randint(0, TINY.vocab_size, (2, rows, 16)).astype(np.int32)
+    weights = np.zeros((rows, 16), np.float32)
+    weights[:, 8 + seed % 4 :] = 1.0
+    batch = {
+        ts.INPUTS: tokens[0],
+        ts.TARGETS: tokens[1],
+        ts.WEIGHTS: weights,
+        ts.SEGMENT_IDS: np.ones((rows, 16), np.int32),
+        ts.POSITIONS: np.tile(np.arange(16, dtype=np.int32), (rows, 1)),
+    }
+    for value in batch.values():
+        value[-1] = 0
+    return batch
+
+
+EVAL_BATCHES = [("task_a", eval_batch(0)), ("task_b", eval_batch(1)), ("task_a", eval_batch(2))]
+
+
+def reference_eval_loss(params) -> dict[str, dict[str, float]]:
+    """Per-token float64 cross-entropy from the model's logits, summed per task."""
+    model = decoder.Decoder(TINY)
+    sums = {}
+    for task, batch in EVAL_BATCHES + [("all", b) for _, b in EVAL_BATCHES]:
+        logits = model.apply(
+            {"params": params}, batch[ts.INPUTS], batch[ts.POSITIONS], batch[ts.SEGMENT_IDS]
         )
-    assert str(info.value) == (
-        f"StepConfig.loss_chunk_size {chunk} does not split the 256 tokens per row "
-        "(TASK_FEATURE_LENGTHS inputs + targets) into equal chunks: use a divisor of 256 "
-        "smaller than it, or 0 (no chunks: the logits of whole rows)"
+        logits = np.asarray(logits, np.float64)
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        nll = logz - np.take_along_axis(logits, batch[ts.TARGETS][..., None], -1)[..., 0]
+        correct = logits.argmax(-1) == batch[ts.TARGETS]
+        w = batch[ts.WEIGHTS]
+        loss, right, weight = sums.get(task, (0.0, 0.0, 0.0))
+        sums[task] = (loss + (nll * w).sum(), right + (correct * w).sum(), weight + w.sum())
+    return {
+        task: {"loss": loss / weight, "accuracy": right / weight, "answer_tokens": weight}
+        for task, (loss, right, weight) in sums.items()
+    }
+
+
+@pytest.mark.parametrize("mesh_shape, microbatches", [((1, 1, 1), 1), ((2, 2, 2), 2)])
+def test_eval_loss_per_task_and_over_all_answer_tokens(tmp_path, mesh_shape, microbatches):
+    run = dataclasses.replace(tiny_run(tmp_path), step=ts.StepConfig(num_microbatches=microbatches))
+    mesh = mesh_of(mesh_shape, n=int(np.prod(mesh_shape)))
+    job = trainer.Trainer(run, TINY, mesh)
+    state, _ = job.initial_state()
+    sharding = P.data_sharding(mesh)
+    batches = [(t, jax.device_put(b, sharding)) for t, b in EVAL_BATCHES]
+    got = job.eval_loss(state.params, batches)
+    want = reference_eval_loss(jax.device_get(state.params))
+    assert list(got) == ["task_a", "task_b", "all"]
+    for task in want:
+        assert got[task]["answer_tokens"] == want[task]["answer_tokens"]
+        assert got[task]["accuracy"] == want[task]["accuracy"]
+        np.testing.assert_allclose(got[task]["loss"], want[task]["loss"], rtol=1e-5)
+    assert want["all"]["answer_tokens"] == 7 * (8 + 7 + 6)  # 7 rows with weights per batch
+
+
+def test_eval_loss_at_the_start_every_n_steps_and_the_end(tmp_path, capsys):
+    run = tiny_run(tmp_path, train_steps=5, eval_loss_every_steps=2)
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1), None, EVAL_BATCHES)
+    path = tmp_path / "run" / "eval_loss.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 4, 5]
+    params = checkpointing.restore_params(
+        tmp_path / "run" / "checkpoints" / "5", decoder.abstract_params(TINY)
     )
+    want = reference_eval_loss(params)
+    np.testing.assert_allclose(rows[-1]["all"]["loss"], want["all"]["loss"], rtol=1e-5)
+    assert set(rows[-1]) == {"step", "task_a", "task_b", "all"}
+    every = rows[-1]["all"]
+    assert capsys.readouterr().out.endswith(
+        f"eval_loss step 5: loss {every['loss']:.4f}  accuracy {100 * every['accuracy']:.2f}%  "
+        f"(2 tasks, {every['answer_tokens']:.0f} answer tokens)\n"
+    )
+    # A rerun of the finished run evaluates nothing again.
+    state, _ = job.initial_state()
+    job.fit(state, Batches(), checkpointing.DataPosition(5, "m", 0, 8, 1), None, EVAL_BATCHES)
+    assert path.read_text().splitlines() == [json.dumps(r) for r in rows]
+
+
+def test_eval_loss_needs_batches(tmp_path):
+    job = trainer.Trainer(tiny_run(tmp_path), TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    with pytest.raises(ValueError, match="eval_batches yielded no batch"):
+        job.eval_loss(state.params, iter([]))
 
 
 def test_init_from_hf_folder_and_from_converted_checkpoint(tmp_path):
@@ -126,10 +494,10 @@ def test_init_from_hf_folder_and_from_converted_checkpoint(tmp_path):
         {"init_from_hf": str(tmp_path / "hf")},
         {"init_from_checkpoint": str(tmp_path / "orbax")},
     ):
-        run = run_config(tmp_path / next(iter(init)), mesh_shape=(1, 2, 4), **init)
+        run = tiny_run(tmp_path / next(iter(init)), mesh_shape=(1, 2, 4), **init)
         bf16 = dataclasses.replace(model_config.get_preset("tiny-bloom"), dtype="bfloat16")
-        run = dataclasses.replace(run, model=trainer.ModelSpec(config=bf16))
-        cfg = trainer.build_model_config(run)
+        run = dataclasses.replace(run, model=run_config.ModelSpec(config=bf16))
+        cfg = run_config.build_model_config(run)
         # Architecture from the source, float32 master weights, bfloat16 compute.
         assert (cfg.hidden, cfg.vocab_size, cfg.param_dtype, cfg.dtype) == (
             32,
@@ -147,97 +515,6 @@ def test_init_from_hf_folder_and_from_converted_checkpoint(tmp_path):
         job.checkpointer.close()
 
 
-@pytest.mark.parametrize("source", ["init_from_hf", "init_from_checkpoint"])
-def test_init_takes_run_settings_from_the_gin_config(tmp_path, source):
-    """config.json / model_config.json give the architecture; dtypes, remat, scan and the
-    attention kernel come from the gin-bound ModelConfig (bloomz_1b7.gin here)."""
-    zero_hf_folder(tmp_path / "hf")
-    # model_config.json then says param_dtype bfloat16: the gin config's float32 wins.
-    stored = convert.hf_to_orbax(tmp_path / "hf", tmp_path / "orbax", dtype="bfloat16")
-    assert stored.param_dtype == "bfloat16"
-    path = tmp_path / ("hf" if source == "init_from_hf" else "orbax")
-    gin_bound = dataclasses.replace(
-        model_config.get_preset("bloomz-1b7"),
-        dtype="bfloat16",
-        scan_layers=False,
-        attention_impl="cudnn",
-    )
-    run = run_config(tmp_path / "run", **{source: str(path)})
-    run = dataclasses.replace(run, model=trainer.ModelSpec(config=gin_bound))
-    cfg = trainer.build_model_config(run)
-    assert cfg == dataclasses.replace(
-        TINY,
-        param_dtype="float32",
-        dtype="bfloat16",
-        remat_policy="dots_with_no_batch_dims_saveable",
-        scan_layers=False,
-        attention_impl="cudnn",
-    )
-    # What the gin config says about the architecture goes unused (train.py prints it).
-    assert trainer.unused_bindings_note(run, cfg) == (
-        f"note: {source.upper()} sets the architecture; these ModelConfig bindings are not "
-        "used: vocab_size=250880 (weights: 128), hidden=2048 (weights: 32), layers=24 "
-        "(weights: 2), heads=16 (weights: 4), kv_heads=16 (weights: 4), head_dim=128 "
-        "(weights: 8), mlp_dim=8192 (weights: 128), max_positions=2048 (weights: 256), "
-        "bos_id=1 (weights: None), eos_id=2 (weights: 1), pad_id=3 (weights: 0)"
-    )
-
-
-def test_a_resume_takes_the_architecture_from_model_dir_not_the_init_folder(tmp_path):
-    zero_hf_folder(tmp_path / "hf")
-    run = run_config(tmp_path, init_from_hf=str(tmp_path / "hf"))
-    cfg = trainer.build_model_config(run)
-    job = trainer.Trainer(run, cfg, mesh_of((2, 2, 2)))
-    state, _ = job.initial_state()
-    job.checkpointer.save(state.replace(step=jax.numpy.int32(3)), checkpointing.DataPosition(24))
-    job.checkpointer.close()
-    checkpointing.save_model_config(run.train.model_dir, cfg)  # as train.py does
-    shutil.rmtree(tmp_path / "hf")  # the initial weights are gone: the run goes on
-    assert trainer.build_model_config(run) == cfg
-    assert trainer.unused_bindings_note(run, cfg) == (
-        "note: MODEL_DIR/model_config.json sets the architecture; these ModelConfig bindings "
-        "are not used: vocab_size=2048 (weights: 128), hidden=96 (weights: 32), heads=6 "
-        "(weights: 4), kv_heads=6 (weights: 4), head_dim=16 (weights: 8), mlp_dim=384 "
-        "(weights: 128), max_positions=512 (weights: 256)"
-    )
-    job = trainer.Trainer(run, cfg, mesh_of((2, 2, 2)))
-    state, position = job.initial_state()
-    job.checkpointer.close()
-    assert int(state.step) == 3 and position.batches_consumed == 24
-    assert all(not np.asarray(leaf).any() for leaf in jax.tree.leaves(state.params))
-    # A fresh start still needs the folder, and says so.
-    fresh = run_config(tmp_path / "fresh", init_from_hf=str(tmp_path / "hf"))
-    with pytest.raises(hf_io.CheckpointFormatError) as info:
-        trainer.build_model_config(fresh)
-    hf = tmp_path / "hf"
-    assert str(info.value) == f"{hf}/config.json: not found (is {hf} a HF model directory?)"
-
-
-@pytest.mark.parametrize("source", ["init_from_hf", "init_from_checkpoint"])
-def test_init_from_weights_of_another_family_than_the_gin_config(tmp_path, source):
-    zero_hf_folder(tmp_path / "hf")
-    convert.hf_to_orbax(tmp_path / "hf", tmp_path / "orbax")
-    path = tmp_path / ("hf" if source == "init_from_hf" else "orbax")
-    run = run_config(tmp_path / "run", **{source: str(path)})
-    qwen = trainer.ModelSpec(config=model_config.get_preset("tiny-qwen2"))
-    with pytest.raises(trainer.UserError) as info:
-        trainer.build_model_config(dataclasses.replace(run, model=qwen))
-    assert str(info.value) == (
-        f"{source.upper()} holds a bloom model but ModelConfig is a qwen2 one: include a "
-        "gin_configs/models/*.gin file of its family and size, which sets how it runs "
-        "(dtypes, remat policy, layer scan, attention kernel); the weights give the "
-        "architecture"
-    )
-    # The same family (tiny_bloom.gin) is fine; the note lists what the weights replace.
-    assert trainer.unused_bindings_note(run, trainer.build_model_config(run)) == (
-        f"note: {source.upper()} sets the architecture; these ModelConfig bindings are not "
-        "used: vocab_size=2048 (weights: 128), hidden=96 (weights: 32), heads=6 (weights: "
-        "4), kv_heads=6 (weights: 4), head_dim=16 (weights: 8), mlp_dim=384 (weights: 128), "
-        "max_positions=512 (weights: 256)"
-    )
-    assert trainer.unused_bindings_note(run_config(tmp_path / "scratch"), TINY_BLOOM) is None
-
-
 def test_library_needs_no_tensorflow_seqio_or_gin():
     """The GPU box has no TensorFlow, SeqIO or gin: the trainer library must not need them."""
     code = """
@@ -248,99 +525,9 @@ class Block:
         if name.split(".")[0] in ("tensorflow", "seqio", "gin"):
             raise ImportError("blocked " + name)
 sys.meta_path.insert(0, Block())
-import ecomgpt_jax.checkpointing, ecomgpt_jax.train_step, ecomgpt_jax.trainer
+import ecomgpt_jax.checkpointing, ecomgpt_jax.run_config
+import ecomgpt_jax.train_step, ecomgpt_jax.trainer
 """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-
-
-def test_train_steps_must_be_at_least_one(tmp_path):
-    for steps in (0, -3, None, 10.0):
-        with pytest.raises(trainer.UserError) as info:
-            run_config(tmp_path, train_steps=steps)
-        assert str(info.value) == f"TRAIN_STEPS must be an integer >= 1, got {steps!r}"
-
-
-@pytest.mark.parametrize(
-    "field, value, message",
-    [
-        ("seed", None, "SEED must be an integer, got None"),
-        ("seed", 1.5, "SEED must be an integer, got 1.5"),
-        ("log_every_steps", 0, "LOG_EVERY_STEPS must be an integer >= 1, got 0"),
-        (
-            "mesh_shape",
-            (1, 1),
-            "MESH_SHAPE must be 3 integers (data, fsdp, tensor), one of them may be -1, got (1, 1)",
-        ),
-        (
-            "mesh_shape",
-            (1, "8", 1),
-            "MESH_SHAPE must be 3 integers (data, fsdp, tensor), one of them may be -1, got "
-            "(1, '8', 1)",
-        ),
-        (
-            "mesh_shape",
-            8,
-            "MESH_SHAPE must be 3 integers (data, fsdp, tensor), one of them may be -1, got 8",
-        ),
-    ],
-)
-def test_run_settings_are_checked(tmp_path, field, value, message):
-    with pytest.raises(trainer.UserError) as info:
-        run_config(tmp_path, **{field: value})
-    assert str(info.value) == message
-    # A list (gin's [1, -1, 1]) is a shape too.
-    assert run_config(tmp_path, mesh_shape=[1, -1, 1]).train.mesh_shape == (1, -1, 1)
-
-
-@pytest.mark.parametrize(
-    "field, value, message",
-    [
-        ("eval_loss_batches", 0, "EVAL_LOSS_BATCHES must be an integer >= 1, got 0"),
-        ("eval_loss_batches", 2.5, "EVAL_LOSS_BATCHES must be an integer >= 1, got 2.5"),
-        ("eval_loss_every_steps", -1, "EVAL_LOSS_EVERY_STEPS must be an integer >= 0, got -1"),
-        ("eval_loss_every_steps", None, "EVAL_LOSS_EVERY_STEPS must be an integer >= 0, got None"),
-        (
-            "infer_eval_every_steps",
-            True,
-            "INFER_EVAL_EVERY_STEPS must be an integer >= 0, got True",
-        ),
-    ],
-)
-def test_evaluation_settings_are_checked(tmp_path, field, value, message):
-    with pytest.raises(trainer.UserError) as info:
-        run_config(tmp_path, **{field: value})
-    assert str(info.value) == message
-
-
-def test_two_starting_points_are_refused(tmp_path):
-    with pytest.raises(trainer.UserError) as info:
-        run_config(tmp_path, init_from_hf="/hf", init_from_checkpoint="/orbax")
-    assert str(info.value) == (
-        "INIT_FROM_HF and INIT_FROM_CHECKPOINT are both set: give one (the other None)"
-    )
-
-
-def test_init_from_checkpoint_errors_name_the_macro(tmp_path):
-    def error(path) -> str:
-        with pytest.raises(trainer.UserError) as info:
-            trainer.build_model_config(run_config(tmp_path, init_from_checkpoint=str(path)))
-        return str(info.value)
-
-    assert error(tmp_path / "nope") == (
-        f"INIT_FROM_CHECKPOINT: checkpoint path {tmp_path / 'nope'} does not exist"
-    )
-    (tmp_path / "empty").mkdir()
-    assert error(tmp_path / "empty") == (
-        f"INIT_FROM_CHECKPOINT: {tmp_path / 'empty'}: no orbax checkpoint found (expected a "
-        "run directory, a step directory with a 'params' item, or a params checkpoint "
-        "written by `convert hf-to-orbax`)"
-    )
-    params = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), decoder.abstract_params(TINY))
-    checkpointing.save_params(tmp_path / "bare" / "params", params)
-    assert error(tmp_path / "bare") == (
-        f"INIT_FROM_CHECKPOINT: {tmp_path / 'bare'} holds a checkpoint but no "
-        "model_config.json at or above it (train.py and `convert hf-to-orbax` write one); "
-        "copy the one it was made with next to it"
-    )

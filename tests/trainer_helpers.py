@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from ecomgpt_jax import checkpointing, launch, train, trainer
+from ecomgpt_jax import checkpointing, launch, run_config, train
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as model_config
@@ -46,11 +46,13 @@ def tiny_batch() -> dict[str, np.ndarray]:
     }
 
 
-def run_config(tmp_path, **train) -> trainer.RunConfig:
+def tiny_run(tmp_path, **train) -> run_config.RunConfig:
     """A 4-step tiny-bloom run in tmp_path/run; `train` overrides TrainConfig fields."""
-    return trainer.RunConfig(
-        train=trainer.TrainConfig(**{"model_dir": str(tmp_path / "run"), "train_steps": 4} | train),
-        model=trainer.ModelSpec(config=model_config.get_preset("tiny-bloom")),
+    return run_config.RunConfig(
+        train=run_config.TrainConfig(
+            **{"model_dir": str(tmp_path / "run"), "train_steps": 4} | train
+        ),
+        model=run_config.ModelSpec(config=model_config.get_preset("tiny-bloom")),
         optimizer=ts.OptimizerConfig(),
         step=ts.StepConfig(),
         checkpoint=checkpointing.CheckpointConfig(),

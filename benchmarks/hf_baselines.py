@@ -160,5 +160,10 @@ class HfDecoder:
                 self.ids, attention_mask=torch.ones_like(self.ids), **self.kwargs
             )
         _sync(torch, self.device)
-        assert out.shape[1] == self.ids.shape[1] + self.kwargs["max_new_tokens"]
+        if out.shape[1] != self.ids.shape[1] + self.kwargs["max_new_tokens"]:
+            # Fewer tokens than ours would inflate transformers' rate.
+            raise RuntimeError(
+                f"transformers generated {out.shape[1] - self.ids.shape[1]} tokens, "
+                f"not {self.kwargs['max_new_tokens']}"
+            )
         return time.perf_counter() - start

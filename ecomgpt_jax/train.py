@@ -160,6 +160,23 @@ def register_tasks(run: run_config.RunConfig, data: input_pipeline.DataConfig, v
     check_mixture(data.mixture_or_task_name)
 
 
+def data_line(name: str) -> str:
+    """The console line saying what a run trains on: the mixture (or task), its number of
+    tasks and the data root; a run on the bundled sample says so (a DATA_DIR forgotten
+    would otherwise train a real model on synthetic data without a word)."""
+    import seqio
+
+    import tasks
+
+    provider = seqio.get_mixture_or_task(name)
+    count = len(getattr(provider, "tasks", [provider]))  # a task is its own one
+    root = pathlib.Path(tasks.registration().data_dir)
+    line = f"data: {name} ({count} task{'s' if count != 1 else ''}) from {root}"
+    if root.resolve() == reader.SAMPLE_DIR:
+        line += " (the bundled synthetic sample; set DATA_DIR or ECOMGPT_DATA_DIR for real data)"
+    return line
+
+
 def check_mixture(name: str, macro: str | None = None) -> None:
     """UserError (prefixed `macro`) for a name `tasks` cannot give: an unknown name (the
     message lists the known mixtures) or a mixture without data (it names the root)."""
@@ -401,6 +418,7 @@ def run() -> tuple[trainer.Result, run_config.RunConfig]:
             f"{start}/{total}",
             flush=True,
         )
+        print(data_line(data.mixture_or_task_name), flush=True)
     batches = input_pipeline.InputIterator(data, mesh, start=position.batches_consumed)
     infer_eval = None
     if run_cfg.infer_eval is not None:

@@ -82,7 +82,8 @@ def test_unsupported_architecture_is_named(tmp_path, capsys):
 
 
 def test_existing_output_and_missing_config(tmp_path):
-    make_hf_model("tiny-llama").save_pretrained(tmp_path / "hf")
+    hf_model = make_hf_model("tiny-llama")
+    hf_model.save_pretrained(tmp_path / "hf")
     (tmp_path / "out" / "params").mkdir(parents=True)
     with pytest.raises(hf_io.CheckpointFormatError, match="already exists"):
         convert.hf_to_orbax(tmp_path / "hf", tmp_path / "out")
@@ -92,9 +93,13 @@ def test_existing_output_and_missing_config(tmp_path):
     argv = ["orbax-to-hf", "--checkpoint", str(tmp_path / "out"), "--output", str(tmp_path / "b")]
     with pytest.raises(mc.ConfigError, match="model_config.json"):
         convert.orbax_to_hf(tmp_path / "out", tmp_path / "b")
-    # --preset supplies the config instead.
+    # --preset supplies the config instead: the export is the source model, bit for bit.
     assert convert.main([*argv, "--preset", "tiny-llama"]) == 0
-    assert (tmp_path / "b" / "model.safetensors").exists()
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "b").eval()
+    assert type(back) is type(hf_model)
+    assert back.state_dict().keys() == hf_model.state_dict().keys()
+    for name, tensor in hf_model.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[name].numpy(), tensor.numpy(), name)
 
 
 @pytest.fixture(scope="module")

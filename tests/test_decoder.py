@@ -262,6 +262,8 @@ def test_bfloat16_params_and_compute_give_float32_logits(models, preset):
     assert out.dtype == np.float32
     assert np.abs(out - ref).max() < 0.006
     assert np.abs(out - ref).mean() < 0.001
+    # ... and bf16 compute did run: float32 compute on these weights would give `ref` exactly.
+    assert np.abs(out - ref).mean() > 1e-4
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(decoder.abstract_params(bf_cfg)))
 
 

@@ -197,7 +197,7 @@ def test_warpers_match_transformers(settings):
     np.testing.assert_allclose(ours[~np.isinf(ours)], ref[~np.isinf(ref)], rtol=1e-6)
 
 
-def test_prompts_are_truncated_from_the_left_into_buckets():
+def test_prompt_buckets_and_left_padding():
     assert decoding.bucket_lengths(800, 64) == (64, 128, 256, 512, 800)
     assert decoding.bucket_lengths(32, 32) == (32,)
     assert decoding.bucket_for(65, (64, 128)) == 128

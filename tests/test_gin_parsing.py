@@ -51,8 +51,7 @@ def test_parse_gin_errors_are_one_line(tmp_path):
     assert "\n" not in str(info.value)
     bad = tmp_path / "bad.gin"
     bad.write_text("X = (\n")
-    with pytest.raises(_UserError, match="^gin config: "):
-        gin_parsing.parse_gin([str(bad)], [], [], _UserError, "x.gin")
+    assert gin_error([str(bad)]) == f"gin config: {bad}, line 1: '(' is never closed"
 
 
 def test_parse_gin_finalize_reports_required_macros(tmp_path):
@@ -275,8 +274,8 @@ def test_retired_macros_are_errors_where_they_are_set(repo_cwd, tmp_path):
 
 
 def test_unhashable_dict_keys_are_one_line(repo_cwd):
-    assert gin_error(["gin_configs/eval.gin"], ["DTYPE = {[1]: 2}"]).startswith(
-        "gin config: --gin.DTYPE: "
+    assert gin_error(["gin_configs/eval.gin"], ["DTYPE = {[1]: 2}"]) == (
+        "gin config: --gin.DTYPE: unhashable type: 'list'"
     )
 
 

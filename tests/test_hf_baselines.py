@@ -1,10 +1,11 @@
-"""benchmarks/hf_baselines.py: the transformers train step of --compare_hf (`HfRunner`;
-`HfDecoder` is tested with the decode benchmark, in test_benchmarks_decode.py)."""
+"""benchmarks/hf_baselines.py: the transformers sides of --compare_hf, the train step
+(`HfRunner`) and generate (`HfDecoder`)."""
 
 import numpy as np
 
 from benchmarks import hf_baselines
 from benchmarks import train_step as bt
+from ecomgpt_jax import decoding
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as mc
 
@@ -60,3 +61,19 @@ def test_transformers_runner_halves_the_batch_when_its_second_step_runs_out_of_m
         assert "transformers: batch 4 ran out of memory, halving" in err
     finally:
         runner.close()
+
+
+def test_hf_decoder_generates_exactly_new_tokens_with_eos_off():
+    """Every sequence runs to max_new_tokens (EOS off), as ours do in the benchmark, so
+    that both sides decode the same number of tokens."""
+    import torch
+
+    dcfg = decoding.DecodeConfig(method="beam", num_beams=4, max_new_tokens=5)
+    prompts = np.arange(2 * 6).reshape(2, 6) % TINY.vocab_size
+    hf = hf_baselines.HfDecoder(TINY, dcfg, prompts, "float32")
+    assert hf.kwargs["num_beams"] == 4 and hf.kwargs["min_new_tokens"] == 5
+    assert hf.model.generation_config.eos_token_id is None
+    with torch.no_grad():
+        out = hf.model.generate(hf.ids, attention_mask=torch.ones_like(hf.ids), **hf.kwargs)
+    assert tuple(out.shape) == (2, 6 + 5)
+    np.testing.assert_array_equal(out[:, :6].numpy(), prompts)

@@ -38,6 +38,18 @@ def test_examples_are_consistent(tasks):
 
 
 def test_instructions_build_for_every_task(tasks):
+    assert len(tasks) == 18
+    for task in tasks.values():
+        for split in ("train", "test"):
+            if not task.has_split(split):
+                continue
+            examples = reader.read_examples(task, split)
+            built = instructions.task_instructions(task, split)
+            assert len(built) == len(examples), (task.name, split)
+            for ex, ins in zip(examples, built, strict=True):
+                assert ins.prompt.endswith("### Response:"), (task.name, split)
+                assert ex["sentences"] in ins.prompt, (task.name, split)
+                assert ins.answer.strip(), (task.name, split)
     ner = tasks["EN-Shop_Product-NER-product_entity"]
     first = instructions.task_instructions(ner, "test")[0]
     assert first.prompt.endswith("### Response:")

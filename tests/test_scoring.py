@@ -195,6 +195,18 @@ def test_score_generate_hand():
     assert got["rouge-l-f1-cjk"] == pytest.approx(0.75 / 3)
 
 
+def test_gold_f1_items_are_stripped_for_extract_and_generate_not_cls():
+    """Contract 5.1's F1 items of the gold: Extract splits `gold.strip()`, Generate takes
+    the characters of `gold.strip()`, CLS splits the gold as it is (no dot removal)."""
+
+    def micro(task_type, pred, gold):
+        return scoring.score_task(ScoreSpec(task_type), None, [pred], [gold])["micro-f1"]
+
+    assert micro("Extract", "a", " a") == 1.0  # unstripped: " a" != "a", 0
+    assert micro("Generate", "ab", "ab ") == 1.0  # unstripped: {a, b, " "}, 0.8
+    assert micro("CLS", "Misc", "Misc.") == 0.0  # dots removed from the gold too: 1.0
+
+
 def test_parse_ner():
     assert scoring.parse_ner("颜色: 红色\n材质: 棉, 麻\n颜色: 白, 红色", ", ") == {
         "颜色": ["红色", "白"],

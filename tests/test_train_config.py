@@ -62,7 +62,7 @@ def test_a_default_run_after_one_on_another_root_reads_the_default_root(
     shutil.copytree(make_sample.SAMPLE_DIR / "Multi_CPR", root / "Multi_CPR")
     name = "ecom:ZH:Multi_CPR:Extract:product_select_2"
     vocabulary = vocabularies.make_vocabulary()
-    registered = []
+    registered, lines = [], []
     for extra in ([f"DATA_DIR = '{root}'"], [], [], "env"):
         if extra == "env":
             monkeypatch.setenv("ECOMGPT_DATA_DIR", str(root))
@@ -77,8 +77,20 @@ def test_a_default_run_after_one_on_another_root_reads_the_default_root(
             gin.clear_config()
         train.register_tasks(run, data, vocabulary)
         registered.append(sample_tasks.registration())
+        lines.append(train.data_line(name))
     assert [r.data_dir for r in registered] == [root, *[make_sample.SAMPLE_DIR] * 2, root]
     assert registered[2] is registered[1]  # the default kept, not registered again
+    # What the run prints: a run on the bundled sample says so.
+    sample = (
+        f"data: {name} (1 task) from {make_sample.SAMPLE_DIR} (the bundled synthetic sample; "
+        "set DATA_DIR or ECOMGPT_DATA_DIR for real data)"
+    )
+    real = f"data: {name} (1 task) from {root}"
+    assert lines == [real, sample, sample, real]
+    sample_tasks.register_ecom_tasks(make_sample.SAMPLE_DIR)
+    assert train.data_line("ecom_instruct_held_in").startswith(
+        f"data: ecom_instruct_held_in (12 tasks) from {make_sample.SAMPLE_DIR} (the bundled"
+    )
 
 
 @pytest.mark.parametrize(

@@ -527,6 +527,7 @@ class Block:
 sys.meta_path.insert(0, Block())
 import ecomgpt_jax.checkpointing, ecomgpt_jax.run_config
 import ecomgpt_jax.train_step, ecomgpt_jax.trainer
+import ecomgpt_jax.convert, ecomgpt_jax.decoding, ecomgpt_jax.multihost, ecomgpt_jax.preemption
 """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)

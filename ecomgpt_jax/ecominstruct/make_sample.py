@@ -42,6 +42,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from ecomgpt_jax.ecominstruct import reader
 from ecomgpt_jax.ecominstruct import sample_generators as sg
 
 SEED = 20230814
@@ -49,7 +50,7 @@ TRAIN_SIZE = 300
 TEST_SIZE = 40
 HELD_OUT_TEST_SIZE = 30
 SPM_VOCAB_SIZE = 2000
-SAMPLE_DIR = pathlib.Path(__file__).resolve().parent / "sample"
+SAMPLE_DIR = reader.SAMPLE_DIR
 SPM_FILE = "spm.model"
 
 
@@ -307,7 +308,7 @@ def write_data(out_dir: pathlib.Path) -> list[pathlib.Path]:
 
 def spm_corpus(root: pathlib.Path, seed: int = 0) -> list[str]:
     """Prompts and answers of every task and split under `root`, in a fixed order."""
-    from ecomgpt_jax.ecominstruct import instructions, reader
+    from ecomgpt_jax.ecominstruct import instructions
 
     texts = []
     for task in reader.discover_tasks(root).values():

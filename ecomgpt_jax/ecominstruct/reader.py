@@ -58,6 +58,10 @@ class DataError(ValueError):
         super().__init__(f"{where}: {what}" if where else what)
 
 
+# The bundled synthetic sample (`make_sample` writes it): every default run's data.
+SAMPLE_DIR = pathlib.Path(__file__).resolve().parent / "sample"
+
+
 def default_data_dir() -> pathlib.Path:
     """The data root: ``$ECOMGPT_DATA_DIR`` if set and non-empty, else the bundled sample.
 
@@ -67,7 +71,7 @@ def default_data_dir() -> pathlib.Path:
     env = os.environ.get(DATA_DIR_ENV, "")
     if env:
         return pathlib.Path(env)
-    return pathlib.Path(__file__).resolve().parent / "sample"
+    return SAMPLE_DIR
 
 
 # SeqIO names a task "ecom:" + its folder name with "-" -> ":" (reversible: folder names

@@ -18,7 +18,9 @@ run directory, a step directory); the model config comes from `--model_config`,
 `--preset`, or the nearest `model_config.json` at or above the checkpoint.
 
 OUT and CKPT may be local or in a bucket (`gs://...`); the Hugging Face side (HF_DIR,
-orbax-to-hf --output) is a local folder (safetensors are memory-mapped). orbax-to-hf
+orbax-to-hf --output) is a local folder (safetensors are memory-mapped). --hf_dir and
+--tokenizer_dir may also name a hub repository, hf://ORG/NAME[@REVISION] (`hf_hub`),
+downloaded into the Hugging Face cache first. orbax-to-hf
 writes only into a new or empty folder: one that already holds a model (config.json,
 safetensors, a shard index) is refused, since the two exports would mix.
 
@@ -33,6 +35,7 @@ import pathlib
 import shutil
 import sys
 
+from ecomgpt_jax import hf_hub
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import hf_io
 from ecomgpt_jax.models.config import ConfigError, ModelConfig
@@ -157,7 +160,11 @@ def _parser() -> argparse.ArgumentParser:
         help="HF safetensors directory -> orbax params",
         description="Write OUT/params (orbax) and OUT/model_config.json from a HF folder.",
     )
-    a.add_argument("--hf_dir", required=True, help="HF folder (config.json, *.safetensors)")
+    a.add_argument(
+        "--hf_dir",
+        required=True,
+        help="HF folder (config.json, *.safetensors), or hf://ORG/NAME[@REVISION] on the hub",
+    )
     a.add_argument("--output", required=True, help="OUT: local path or gs://...")
     a.add_argument(
         "--dtype",
@@ -177,7 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--output", required=True, help="new or empty local folder")
     b.add_argument(
-        "--tokenizer_dir", default=None, help="folder whose tokenizer files are copied along"
+        "--tokenizer_dir",
+        default=None,
+        help="folder (or hf://ORG/NAME) whose tokenizer files are copied along",
     )
     b.add_argument(
         "--dtype",
@@ -198,7 +207,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "hf-to-orbax":
-            cfg = hf_to_orbax(args.hf_dir, args.output, args.dtype)
+            hf_dir = hf_hub.local_dir(args.hf_dir)  # hf://ORG/NAME: downloaded first
+            cfg = hf_to_orbax(hf_dir, args.output, args.dtype)
             print(f"wrote {args.output}/params ({cfg.hf_model_type}, {cfg.param_dtype})")
         else:
             cfg = None
@@ -208,9 +218,10 @@ def main(argv=None) -> int:
                 cfg = checkpointing.load_model_config(args.model_config)
             elif args.preset:
                 cfg = model_config.get_preset(args.preset)
-            out = orbax_to_hf(args.checkpoint, args.output, cfg, args.tokenizer_dir, args.dtype)
+            tokenizer_dir = hf_hub.local_dir(args.tokenizer_dir)
+            out = orbax_to_hf(args.checkpoint, args.output, cfg, tokenizer_dir, args.dtype)
             print(f"wrote {out}")
-    except (ConfigError, hf_io.CheckpointFormatError, OSError) as e:
+    except (ConfigError, hf_io.CheckpointFormatError, hf_hub.HubError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # CheckpointError from checkpointing (imported lazily)

@@ -41,6 +41,7 @@ from ecomgpt_jax import (
     decoding,
     evaluation,
     gin_parsing,
+    hf_hub,
     launch,
     multihost,
     partitioning,
@@ -132,6 +133,17 @@ def make_vocabulary(run: EvalRun, source: evaluation.ModelSource):
     return vocabularies.make_vocabulary(run.vocabulary, path)
 
 
+def download_hf_dir(source: evaluation.ModelSource) -> evaluation.ModelSource:
+    """`source` with HF_DIR a local folder: a hub path (hf://ORG/NAME) is downloaded, or
+    found in the HF cache."""
+    if not hf_hub.is_hub_path(source.hf_dir):
+        return source
+    try:
+        return dataclasses.replace(source, hf_dir=hf_hub.local_dir(source.hf_dir))
+    except hf_hub.HubError as e:
+        raise evaluation.EvalError(f"HF_DIR {e}") from None
+
+
 def default_eval_dir(source: evaluation.ModelSource, mixture: str):
     """<run>/eval/<step>/<mixture> (an epath.Path) for a checkpoint inside a training
     run directory, local or in a bucket."""
@@ -159,6 +171,7 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
             source = conf["ModelSource"]()
             run = conf["EvalRun"]()
         evaluation.check_source(source)
+        source = download_hf_dir(source)
         mesh = partitioning.make_mesh(partitioning.MeshConfig(run.mesh_shape))
         eval_dir = run.eval_dir or default_eval_dir(source, eval_cfg.mixture_or_task_name)
         vocabulary = make_vocabulary(run, source)

@@ -102,7 +102,8 @@ class ModelSource:
     checkpoint: orbax params (a training run, a step directory, or `convert hf-to-orbax`
       output); its model comes from the nearest model_config.json at or above it, else
       from `config` (eval.gin: the ModelConfig of the included models/*.gin file).
-    hf_dir: a HF folder (config.json + *.safetensors).
+    hf_dir: a HF folder (config.json + *.safetensors); eval.py downloads a hub path
+      (hf://ORG/NAME, `hf_hub`) and passes its local snapshot.
     dtype: parameter and compute dtype ("bfloat16", ...); None keeps the stored one.
     overrides: ModelConfig fields applied last (e.g. {"attention_impl": "cudnn"}).
     """

@@ -49,6 +49,8 @@ class TrainConfig:
     init_from_hf / init_from_checkpoint: initial weights when MODEL_DIR holds no
     checkpoint yet (a checkpoint in MODEL_DIR always wins: that is a resume, which reads
     neither folder: MODEL_DIR holds the architecture and the HF tokenizer files).
+    init_from_hf is a HF folder, or a hub path hf://ORG/NAME[@REVISION], which
+    `train.download_init_weights` replaces with its local snapshot.
     data_dir: the EcomInstruct root (None: $ECOMGPT_DATA_DIR, else the bundled sample).
     tfds_data_dir: where `python -m tasks.tfds_builder` prepared the tasks (None: its
     default, <data root>/_tfds); tasks without a current copy there read their JSON.
@@ -125,7 +127,7 @@ def build_model_config(run: RunConfig) -> model_config.ModelConfig:
     its run settings were then chosen for another model (a models/*.gin file forgotten).
     """
     bound = run.model.config
-    source = _architecture_source(run.train)
+    source = architecture_source(run.train)
     if source is None:
         return bound
     if source == RESUMED_CONFIG:
@@ -159,7 +161,7 @@ def unused_bindings_note(run: RunConfig, cfg: model_config.ModelConfig) -> str |
     if not unused:
         return None
     return (
-        f"note: {_architecture_source(run.train)} sets the architecture; these ModelConfig "
+        f"note: {architecture_source(run.train)} sets the architecture; these ModelConfig "
         "bindings are not used: " + ", ".join(unused)
     )
 
@@ -167,7 +169,7 @@ def unused_bindings_note(run: RunConfig, cfg: model_config.ModelConfig) -> str |
 RESUMED_CONFIG = "MODEL_DIR/model_config.json"
 
 
-def _architecture_source(train: TrainConfig) -> str | None:
+def architecture_source(train: TrainConfig) -> str | None:
     """Where `build_model_config` takes the architecture from: RESUMED_CONFIG (a resume of
     a run from initial weights), INIT_FROM_HF (first), INIT_FROM_CHECKPOINT, or None (the
     gin-bound ModelConfig; a resume checks it against the checkpoint)."""

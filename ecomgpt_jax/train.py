@@ -46,6 +46,7 @@ from ecomgpt_jax import (
     decoding,
     evaluation,
     gin_parsing,
+    hf_hub,
     input_pipeline,
     launch,
     metrics_logger,
@@ -124,6 +125,22 @@ def make_vocabulary(spec: run_config.ModelSpec, train: run_config.TrainConfig):
     vocabulary = vocabularies.make_vocabulary(kind, path)
     vocabulary.eos_id  # noqa: B018  (loads the tokenizer: a bad file fails now, as one line)
     return vocabulary
+
+
+def download_init_weights(run_cfg: run_config.RunConfig) -> run_config.RunConfig:
+    """`run_cfg` with INIT_FROM_HF a local folder: a hub path (hf://ORG/NAME) is downloaded
+    (or found in the HF cache), unless this is a resume, which reads the architecture and
+    tokenizer from MODEL_DIR and the weights from its checkpoint."""
+    train = run_cfg.train
+    if not hf_hub.is_hub_path(train.init_from_hf):
+        return run_cfg
+    if run_config.architecture_source(train) == run_config.RESUMED_CONFIG:
+        return run_cfg
+    try:
+        local = hf_hub.local_dir(train.init_from_hf)
+    except hf_hub.HubError as e:
+        raise run_config.UserError(f"INIT_FROM_HF {e}") from None
+    return dataclasses.replace(run_cfg, train=dataclasses.replace(train, init_from_hf=local))
 
 
 def hf_tokenizer_dir(train: run_config.TrainConfig) -> str | None:
@@ -328,6 +345,7 @@ def set_up() -> SetUp:
         FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths
     )
     check_model_dir(run_cfg.train.model_dir)
+    run_cfg = download_init_weights(run_cfg)
     mesh = partitioning.make_mesh(partitioning.MeshConfig(tuple(run_cfg.train.mesh_shape)))
     vocabulary = make_vocabulary(run_cfg.model, run_cfg.train)
     register_tasks(run_cfg, data, vocabulary)

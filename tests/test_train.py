@@ -13,19 +13,20 @@ import signal
 import subprocess
 import sys
 
-import gin
 import jax
 import numpy as np
 import processes
 import pytest
-from absl import flags
-from trainer_helpers import run_in_process
+from trainer_helpers import run_in_process, train_in_process
 
 from ecomgpt_jax import checkpointing, convert, launch, run_config, train
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# eval.gin's first ModelSource binding, where train's error points.
+EVAL_GIN_LINES = (ROOT / "gin_configs" / "eval.gin").read_text().splitlines()
+EVAL_GIN_MODEL_SOURCE = 1 + [line.startswith("ModelSource.") for line in EVAL_GIN_LINES].index(True)
 STEPS = 10
 # Few steps, every one logged, a checkpoint mid-way, a warm-up short enough to move; no
 # held-out loss (~10 s of tf.data set-up per run) except where SHARDED asks for it.
@@ -391,20 +392,7 @@ def test_a_finished_run_is_left_as_it_was(default_run, tmp_path, capsys):
     model_dir = tmp_path / "run"
     shutil.copytree(default_run[0], model_dir)
     recorded = (model_dir / "config.gin").read_text()
-    argv = train.rewrite_gin_args(
-        ["train", "--gin_file=gin_configs/ecom.gin", f"--gin.MODEL_DIR='{model_dir}'", *COMMON]
-    )
-    argv.append("--gin_bindings=LEARNING_RATE = 0.01")
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(argv)
-    gin.clear_config()
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        train.main(argv)
-    finally:
-        os.chdir(cwd)
-        gin.clear_config()
+    train_in_process(model_dir, *COMMON, "--gin_bindings=LEARNING_RATE = 0.01")
     out = capsys.readouterr().out
     assert "MODEL_DIR is at its last step (10) already: nothing to train" in out
     assert f"finished step {STEPS}; no step trained" in out
@@ -428,7 +416,8 @@ def test_a_finished_run_is_left_as_it_was(default_run, tmp_path, capsys):
         (["--gin.NO_SUCH_THING.x=1"], "gin config:"),
         (  # eval's recipe, where gin would suggest ModelSpec for eval's ModelSource
             ["--gin_file=gin_configs/eval.gin"],
-            "gin config: gin_configs/eval.gin, line 77: ModelSource is an evaluation setting: "
+            f"gin config: gin_configs/eval.gin, line {EVAL_GIN_MODEL_SOURCE}: ModelSource is an "
+            "evaluation setting: "
             "train takes a training recipe, --gin_file=gin_configs/ecom.gin or",
         ),
         (["--gin.MODEL_DIR='/dev/null'"], "MODEL_DIR /dev/null is a file: give a folder"),

@@ -528,6 +528,7 @@ sys.meta_path.insert(0, Block())
 import ecomgpt_jax.checkpointing, ecomgpt_jax.run_config
 import ecomgpt_jax.train_step, ecomgpt_jax.trainer
 import ecomgpt_jax.convert, ecomgpt_jax.decoding, ecomgpt_jax.multihost, ecomgpt_jax.preemption
+import ecomgpt_jax.hf_hub
 """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)

@@ -64,22 +64,40 @@ def mesh_of(shape, n=8):
     return P.make_mesh(P.MeshConfig(shape), jax.devices()[:n])
 
 
-def run_in_process(tmp_path, *args) -> str:
-    """train.main in this process (no TensorFlow start-up cost); returns its exit message."""
+@contextlib.contextmanager
+def _train_flags(model_dir, args):
+    """The flags of `python -m ecomgpt_jax.train --gin_file=gin_configs/ecom.gin
+    --gin.MODEL_DIR=model_dir *args`, parsed, in the repository root; yields argv."""
     argv = train.rewrite_gin_args(
-        ["train", "--gin_file=gin_configs/ecom.gin", f"--gin.MODEL_DIR='{tmp_path}'", *args]
+        ["train", "--gin_file=gin_configs/ecom.gin", f"--gin.MODEL_DIR='{model_dir}'", *args]
     )
     flags.FLAGS.unparse_flags()
     flags.FLAGS(argv)
     gin.clear_config()
     cwd = os.getcwd()
     os.chdir(ROOT)
-    stderr = io.StringIO()
     try:
-        with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(stderr):
-            train.main(argv)
+        yield argv
     finally:
         os.chdir(cwd)
         gin.clear_config()
+
+
+def run_in_process(tmp_path, *args) -> str:
+    """train.main in this process (no TensorFlow start-up cost), expected to stop with a
+    user error; returns its exit message."""
+    stderr = io.StringIO()
+    with (
+        _train_flags(tmp_path, args) as argv,
+        pytest.raises(SystemExit) as exit_info,
+        contextlib.redirect_stderr(stderr),
+    ):
+        train.main(argv)
     assert exit_info.value.code == launch.USAGE_EXIT_CODE
     return stderr.getvalue().removesuffix("\n")
+
+
+def train_in_process(model_dir, *args) -> None:
+    """train.main in this process, expected to finish (its output goes to stdout)."""
+    with _train_flags(model_dir, args) as argv:
+        train.main(argv)

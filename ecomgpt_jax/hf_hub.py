@@ -1,0 +1,63 @@
+"""Hugging Face hub paths, `hf://ORG/NAME[@REVISION]`, wherever a HF folder is asked for.
+
+    local_dir("hf://bigscience/bloomz-560m")   # -> the snapshot folder, downloaded once
+    local_dir("/data/bloomz-560m")              # -> "/data/bloomz-560m", as it is
+
+Train's INIT_FROM_HF, eval's HF_DIR and convert's --hf_dir / --tokenizer_dir take them.
+A hub path fetches the repository's JSON files (config, tokenizer, index), its
+`*.safetensors` and `tokenizer*` files, never pickles (`*.bin`, refused here anyway), into
+the Hugging Face cache (`HF_HOME`, shared with transformers) on first use; later runs read
+the cache (with `HF_HUB_OFFLINE=1`, only the cache). Private or gated repositories use the
+token of `huggingface-cli login` / `HF_TOKEN`. On several hosts each downloads its own copy.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "hf://"
+# What a model folder needs here: config.json, tokenizer.json / tokenizer_config.json,
+# model.safetensors(.index.json) and shards, a SentencePiece tokenizer.model.
+PATTERNS = ("*.json", "*.safetensors", "tokenizer*")
+_REPO = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+class HubError(ValueError):
+    """A hub path that cannot be read (shown as one line)."""
+
+
+def is_hub_path(path) -> bool:
+    return isinstance(path, str) and path.startswith(PREFIX)
+
+
+def parse(path: str) -> tuple[str, str | None]:
+    """`hf://ORG/NAME[@REVISION]` -> (repo id, revision or None); HubError if malformed."""
+    repo, at, revision = path[len(PREFIX) :].partition("@")
+    if not _REPO.fullmatch(repo) or (at and not revision):
+        raise HubError(
+            f"{path}: not a hub path; expected hf://ORG/NAME or hf://ORG/NAME@REVISION "
+            "(a branch, tag or commit)"
+        )
+    return repo, revision or None
+
+
+def local_dir(path: str | None) -> str | None:
+    """`path` as a local folder: a hub path's snapshot (downloaded into the HF cache if it
+    is not there yet), anything else unchanged. Raises HubError (one line, naming `path`)
+    when the download fails: no such repository or revision, no access, no network and
+    no cached copy."""
+    if not is_hub_path(path):
+        return path
+    repo, revision = parse(path)
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise HubError(
+            f"{path}: needs the huggingface_hub package (pip install huggingface_hub)"
+        ) from None
+    try:
+        return str(snapshot_download(repo, revision=revision, allow_patterns=list(PATTERNS)))
+    except Exception as e:  # the hub's errors, HTTP and OS errors alike: one line for each
+        text = str(e).strip().splitlines()
+        why = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+        raise HubError(f"{path}: cannot download it from the Hugging Face hub ({why})") from None

@@ -196,8 +196,8 @@ def _shard_dataset(
         # (tasks/ecom_instruct.py), leaving only SeqIO's 1000-example buffer to vary it.
         # The JSON source holds its split in memory anyway.
         provider = seqio.get_mixture_or_task(config.mixture_or_task_name)
-        ds = provider.get_dataset(
-            lengths,
+        read = dict(
+            sequence_length=lengths,
             split=config.split,
             use_cached=False,
             shuffle=config.shuffle,
@@ -206,10 +206,45 @@ def _shard_dataset(
             num_epochs=num_epochs,
             try_in_mem_cache=False,
         )
+        if isinstance(provider, seqio.Mixture):
+            ds = _mixed(provider, read, _pick_seed(config.seed, shard))
+        else:
+            ds = provider.get_dataset(**read)
         ds = converter(ds, task_feature_lengths=lengths)
     except ValueError as e:
         raise DataError(f"mixture {config.mixture_or_task_name!r}: {_first_line(e)}") from None
     return ds
+
+
+# Shard i > 0 picks its mixture's tasks with seed + i * _PICK_SEED_STRIDE (shard 0, and a
+# single host, with the seed itself).
+_PICK_SEED_STRIDE = 1_000_003
+
+
+def _pick_seed(seed: int, shard: seqio.ShardInfo | None) -> int:
+    return seed if shard is None else seed + _PICK_SEED_STRIDE * shard.index
+
+
+def _mixed(mixture: seqio.Mixture, read: dict, pick_seed: int) -> tf.data.Dataset:
+    """`mixture.get_dataset(**read)`, except for how tasks are picked.
+
+    SeqIO seeds the picks with the tasks' shuffle seed, the same in every shard: every
+    host would then pick the same task at each draw, so a global batch held one task
+    sequence per host, copied, and how well tasks mix would depend on the host count.
+    Here each shard picks with its own seed (`pick_seed`); the tasks' shuffles keep the
+    common seed, which keeps the shards of a task disjoint. A task with no example in
+    this shard (fewer examples than shards) is left out of its picks, where SeqIO's
+    sampling would end the whole stream at its first pick, stopping training there.
+    """
+    tasks = [task for task in mixture.tasks if read["split"] in task.splits]
+    if not tasks:
+        raise ValueError(f"No datasets have a {read['split']!r} split")
+    keys = set(mixture.output_features)
+    datasets = [mixture.get_task_dataset(task, keys, **read) for task in tasks]
+    rates = [mixture.get_rate(task) for task in tasks]
+    return tf.data.Dataset.sample_from_datasets(
+        datasets, weights=rates, seed=pick_seed, stop_on_empty_dataset=False
+    )
 
 
 def _first_line(e: BaseException) -> str:

@@ -325,3 +325,88 @@ def test_a_damaged_prepared_file_is_one_data_error(tmp_path, sample_tasks):
         "(a prepared TFDS file damaged or removed? prepare it again: python -m tasks.tfds_builder)"
     )
     assert "\n" not in message
+
+
+def _prompt(example) -> tuple[int, ...]:
+    """An unpacked converted example's prompt tokens (the targets before the answer's)."""
+    return tuple(example["decoder_target_tokens"][: np.argmax(example["decoder_loss_weights"])])
+
+
+def test_the_shards_of_a_mixture_pick_their_tasks_independently(sample_tasks):
+    """Each shard (host) picks the mixture's tasks with its own seed: with SeqIO's common
+    seed every host picked the same task at each draw. Shard 0 (a single host) reads as
+    SeqIO's Mixture.get_dataset does."""
+    data = config(
+        mixture_or_task_name="ecom_instruct_held_in",
+        task_feature_lengths={"inputs": 192, "targets": 64},
+        pack=False,
+    )
+    vocab = vocabularies.make_vocabulary()
+    owner = {}
+    for folder, info in reader.discover_tasks(reader.default_data_dir()).items():
+        if info.has_split("train"):
+            for ins in instructions.task_instructions(info, "train"):
+                owner[tuple(vocab.encode(ins.prompt))] = folder
+
+    def picks(shard):
+        ds = ip._shard_dataset(data, seqio.ShardInfo(shard, 2))
+        return [owner[_prompt(ex)] for ex in ds.take(30).as_numpy_iterator()]
+
+    first, second = picks(0), picks(1)
+    assert picks(1) == second  # seeded: the same on every run
+    assert len(set(first)) >= 6 and len(set(second)) >= 6  # both mix many tasks ...
+    assert sum(a == b for a, b in zip(first, second, strict=True)) < 10  # ... not together
+    mixture = seqio.get_mixture_or_task("ecom_instruct_held_in")
+    seqio_picks = mixture.get_dataset(
+        data.task_feature_lengths,
+        shuffle=True,
+        seed=data.seed,
+        shard_info=seqio.ShardInfo(0, 2),
+        try_in_mem_cache=False,
+    )
+    converter = ip.ZeroSafePrefixLM(pack=False, loss_on_targets_only=True)
+    converted = converter(seqio_picks, task_feature_lengths=data.task_feature_lengths)
+    assert [owner[_prompt(ex)] for ex in converted.take(30).as_numpy_iterator()] == first
+
+
+def test_a_task_with_fewer_examples_than_shards_leaves_the_other_shards_reading(
+    tmp_path, sample_tasks
+):
+    """One example and two shards: shard 1 has none of that task. It reads the other task
+    on; SeqIO's sampling ended shard 1's stream at its first pick of the empty task, and
+    the run stopped there with "yields no examples"."""
+    import shutil
+
+    from ecomgpt_jax.ecominstruct import make_sample
+
+    root = tmp_path / "root"
+    shutil.copytree(make_sample.SAMPLE_DIR / "Shop_Review", root / "Shop_Review")
+    tiny = root / "Shop_Review/tasks/ZH-Shop_Review-CLS-review_sentiment/train.json"
+    tiny.write_text(tiny.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    sample_tasks.register_ecom_tasks(root)
+    en, zh = (
+        tasks.seqio_task_name(f"{lang}-Shop_Review-CLS-review_sentiment") for lang in ("EN", "ZH")
+    )
+    seqio.MixtureRegistry.add("test_one_example_task", [(en, 1.0), (zh, 1.0)])
+    try:
+        data = config(mixture_or_task_name="test_one_example_task", pack=False)
+        shards = [
+            list(ip._shard_dataset(data, seqio.ShardInfo(s, 2)).take(40).as_numpy_iterator())
+            for s in (0, 1)
+        ]
+    finally:
+        seqio.MixtureRegistry.remove("test_one_example_task")
+    vocab = vocabularies.make_vocabulary()
+    found = reader.discover_tasks(root)
+
+    def prompts(lang):
+        info = found[f"{lang}-Shop_Review-CLS-review_sentiment"]
+        return {
+            tuple(vocab.encode(i.prompt)) for i in instructions.task_instructions(info, "train")
+        }
+
+    (zh_prompt,) = prompts("ZH")
+    read = [[_prompt(ex) for ex in shard] for shard in shards]
+    assert len(read[0]) == len(read[1]) == 40
+    assert zh_prompt in read[0]  # shard 0 holds the one ZH example (repeated) ...
+    assert set(read[1]) <= prompts("EN")  # ... shard 1 reads EN examples on

@@ -103,6 +103,9 @@ class DataPosition:
     lengths: tuple[int, int] | None = None
     split: str | None = None
     pack: bool | None = None
+    # `input_pipeline.sources_digest`: the mixture's tasks, rates and data sources (None in
+    # older checkpoints).
+    sources: str | None = None
 
     # What must not change for `batches_consumed` to keep its meaning: field -> the
     # setting that decides it, as the user wrote it.
@@ -114,16 +117,19 @@ class DataPosition:
         "lengths": "TASK_FEATURE_LENGTHS (inputs, targets)",
         "split": "DataConfig.split",
         "pack": "DataConfig.pack",
+        "sources": "the tasks, rates or data sources (JSON or prepared TFDS) of the mixture",
     }
 
     def changes_from(self, stored: DataPosition) -> list[str]:
         """How this pipeline differs from the `stored` one, e.g. ["BATCH_SIZE 8 -> 4"]
         (fields the stored one lacks aside); [] when it does not."""
-        return [
-            f"{setting} {getattr(stored, name)!r} -> {getattr(self, name)!r}"
-            for name, setting in self.PIPELINE.items()
-            if getattr(stored, name) is not None and getattr(stored, name) != getattr(self, name)
-        ]
+        changes = []
+        for name, setting in self.PIPELINE.items():
+            old, new = getattr(stored, name), getattr(self, name)
+            if old is not None and old != new:
+                # A digest's values say nothing to a reader: its setting alone.
+                changes.append(setting if name == "sources" else f"{setting} {old!r} -> {new!r}")
+        return changes
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

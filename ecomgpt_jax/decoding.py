@@ -77,6 +77,8 @@ class DecodeConfig:
     """How to decode. Defaults: the data contract's section 4 (beam scoring: module doc).
 
     method: "greedy", "beam" or "sample" ("beam" with num_beams=1 is greedy).
+    num_beams, length_penalty, early_stopping: beam search only ("sample" draws one
+    sequence per prompt; transformers' beam sampling is not implemented).
     length_penalty: exponent of the generated length dividing a finished beam's log-prob.
     early_stopping: False (transformers' default heuristic), True, or "never".
     temperature, top_k (0 = off), top_p (1.0 = off), seed: sampling only.

@@ -191,10 +191,14 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
     cfg, params = evaluation.load_model(source, mesh)
     if jax.process_index() == 0:
         d = eval_cfg.decode
+        # num_beams counts for beam search only (sampling draws one sequence per prompt).
+        method = (
+            f"beam, beams {d.num_beams}" if d.effective_method == "beam" else d.effective_method
+        )
         print(
             f"model: {source.path} ({cfg.family}, {cfg.layers} layers, width {cfg.hidden}, "
             f"{cfg.dtype}); devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh "
-            f"{dict(mesh.shape)}; decoding: {d.effective_method}, beams {d.num_beams}, "
+            f"{dict(mesh.shape)}; decoding: {method}, "
             f"{d.max_new_tokens} new tokens, prompts <= {d.max_prompt_len} tokens",
             flush=True,
         )

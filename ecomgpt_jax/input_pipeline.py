@@ -33,6 +33,8 @@ restart: about 9,000 examples/s on 2 CPU cores with the bundled SentencePiece mo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Iterator, Mapping
 
 import jax
@@ -250,6 +252,23 @@ def _mixed(mixture: seqio.Mixture, read: dict, pick_seed: int) -> tf.data.Datase
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def sources_digest(config: DataConfig) -> str:
+    """16 hex digits naming what `config`'s mixture reads: its tasks, their rates and each
+    one's data source (the JSON files, or a prepared TFDS copy, which reads in another
+    order), and whether it shuffles. Kept in DataPosition: under the same mixture name a
+    resume may find other tasks (another data root), a copy prepared since, or one gone
+    stale (then the JSON files are read), and `batches_consumed` then counts another
+    stream. (Registered tasks needed.)"""
+    provider = seqio.get_mixture_or_task(config.mixture_or_task_name)
+    if isinstance(provider, seqio.Mixture):
+        members = [(task, provider.get_rate(task)) for task in provider.tasks]
+    else:
+        members = [(provider, 1.0)]
+    rows = sorted((t.name, round(float(r), 9), type(t.source).__name__) for t, r in members)
+    text = json.dumps([rows, bool(config.shuffle)])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 class InputIterator:

@@ -493,6 +493,7 @@ def data_position(
         (int(lengths["inputs"]), int(lengths["targets"])),
         data.split,
         data.pack,
+        input_pipeline.sources_digest(data),
     )
     return data, position
 

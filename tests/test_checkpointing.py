@@ -305,13 +305,20 @@ def test_checkpoint_config_names_a_bad_field(config, message):
 
 
 def test_a_changed_pipeline_is_detected_but_old_checkpoints_lack_fields():
-    now = ck.DataPosition(5, "m", 0, 8, 2, lengths=(96, 32), split="train", pack=True)
+    now = ck.DataPosition(
+        5, "m", 0, 8, 2, lengths=(96, 32), split="train", pack=True, sources="4567"
+    )
     assert now.changes_from(now) == []
     for field, value, change in [
         ("seed", 1, "SEED 1 -> 0"),
         ("num_shards", 4, "DataConfig.num_shards 4 -> 2"),
         ("lengths", (64, 32), "TASK_FEATURE_LENGTHS (inputs, targets) (64, 32) -> (96, 32)"),
         ("pack", False, "DataConfig.pack False -> True"),
+        (
+            "sources",
+            "0123",
+            "the tasks, rates or data sources (JSON or prepared TFDS) of the mixture",
+        ),
     ]:
         assert now.changes_from(dataclasses.replace(now, **{field: value})) == [change]
     two = dataclasses.replace(now, mixture="n", global_batch_size=4)

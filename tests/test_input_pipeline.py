@@ -1,5 +1,7 @@
 """Input pipeline: packed rows, answer-only loss weights, shards, determinism, resume."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -410,3 +412,28 @@ def test_a_task_with_fewer_examples_than_shards_leaves_the_other_shards_reading(
     assert len(read[0]) == len(read[1]) == 40
     assert zh_prompt in read[0]  # shard 0 holds the one ZH example (repeated) ...
     assert set(read[1]) <= prompts("EN")  # ... shard 1 reads EN examples on
+
+
+def test_the_sources_digest_follows_what_the_mixture_reads(tmp_path, sample_tasks):
+    """Same mixture name, other tasks, rates or sources (a TFDS copy prepared since): the
+    digest a resume compares changes; registering the same data again keeps it."""
+    import shutil
+
+    from ecomgpt_jax.ecominstruct import make_sample
+    from tasks import tfds_builder
+
+    data = config(mixture_or_task_name="ecom_instruct_held_in")
+    root = tmp_path / "root"
+    shutil.copytree(make_sample.SAMPLE_DIR / "Shop_Review", root / "Shop_Review")
+    digests = []
+    for step in ("json", "again", "rate cap", "tfds", "one task"):
+        if step == "tfds":
+            tfds_builder.prepare(root)
+        if step == "one task":
+            shutil.rmtree(root / "Shop_Review/tasks/ZH-Shop_Review-CLS-review_sentiment")
+        sample_tasks.register_ecom_tasks(root, rate_maximum=100 if step == "rate cap" else None)
+        digests.append(ip.sources_digest(data))
+    assert [len(d) for d in digests] == [16] * 5
+    assert digests[0] == digests[1]
+    assert len(set(digests)) == 4
+    assert ip.sources_digest(dataclasses.replace(data, shuffle=False)) != digests[-1]

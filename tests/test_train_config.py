@@ -193,7 +193,7 @@ def test_the_paper_recipe_alone_asks_for_a_mesh():
     )
 
 
-def test_a_resume_keeps_the_stored_data_shard_count():
+def test_a_resume_keeps_the_stored_data_shard_count(sample_tasks):
     """The default shard count is one per process: a resume on another number of hosts
     would otherwise read another order."""
     from ecomgpt_jax import input_pipeline
@@ -202,6 +202,7 @@ def test_a_resume_keeps_the_stored_data_shard_count():
     fresh, position = train.data_position(data, None)
     assert fresh.num_shards is None and position.num_shards == jax.process_count() == 1
     assert (position.lengths, position.split, position.pack) == ((96, 32), "train", True)
+    assert position.sources == input_pipeline.sources_digest(data)
     stored = dataclasses.replace(position, batches_consumed=7, num_shards=4)
     resumed, position = train.data_position(data, stored)
     assert resumed.num_shards == position.num_shards == 4 and position.changes_from(stored) == []

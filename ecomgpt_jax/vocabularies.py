@@ -5,7 +5,8 @@ Both are ``seqio.Vocabulary`` objects and both are lossless on the text EcomInst
 punctuation, digits and emoji.
 
 * ``SentencePieceVocabulary``: seqio's own class on a model trained like the bundled
-  ``ecominstruct/sample/spm.model`` (identity normalisation but for U+FFFF, no dummy
+  ``ecominstruct/sample/spm.model`` (identity normalisation but for U+FFFF, which reads
+  as U+FFFD, and U+2581, SentencePiece's own whitespace mark, which reads as a space; no dummy
   prefix, byte fallback; see ``ecominstruct/make_sample.py``). Ids: pad 0, eos 1, unk 2.
   seqio's decode of such a model is already lossless (python and TF paths), so no
   subclass is needed.
@@ -115,11 +116,17 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
             import tokenizers
 
             try:
-                self._tokenizer = tokenizers.Tokenizer.from_file(str(self._path))
+                tokenizer = tokenizers.Tokenizer.from_file(str(self._path))
             except Exception as e:  # the library raises a bare Exception on bad JSON
                 raise VocabularyError(
                     f"{self._path}: cannot load Hugging Face tokenizer: {e}"
                 ) from None
+            # A file may carry truncation or padding settings (saved from a training
+            # script): `encode` would apply them, cutting prompts and answers silently.
+            # transformers turns both off per call unless asked; SeqIO trims and pads.
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
+            self._tokenizer = tokenizer
         return self._tokenizer
 
     def _find_eos(self) -> int:
@@ -180,6 +187,12 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
         # skip_special_tokens=False: special tokens written in the text come back verbatim.
         return self.tokenizer.decode([i for i in ids if 0 <= i < size], skip_special_tokens=False)
 
+    def decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+        """`decode` in TensorFlow: int [L] -> scalar string, int [N, L] -> string [N].
+        Ids past the tokenizer are dropped as in `decode` (seqio.Vocabulary's decode_tf
+        would turn them into unk first, so the two paths would read differently)."""
+        return self._decode_tf(ids)
+
     def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
         """Scalar string -> int32 [L]; string [N] -> int32 ragged [N, None]."""
         s = tf.convert_to_tensor(s, dtype=tf.string)
@@ -206,6 +219,8 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
         rank = ids.shape.rank
 
         def decode(array: np.ndarray) -> np.ndarray:
+            if array.size == 0 and array.ndim:  # [..., 0]: empty texts ([N, 0] cannot reshape)
+                return np.full(array.shape[:-1], b"", dtype=object)
             rows = array.reshape(-1, array.shape[-1]) if array.ndim else array.reshape(1, 1)
             texts = [self._decode(row.tolist()).encode("utf-8") for row in rows]
             out = np.asarray(texts, dtype=object)

@@ -95,10 +95,10 @@ def prepared_splits(task: reader.TaskInfo, tfds_data_dir, seed: int = 0) -> tupl
     Current means: the config's recorded fingerprint equals :func:`fingerprint` of the task
     folder and code now (a changed JSON file or prompt code makes the copy stale).
     """
-    info_path = prepared_dir(tfds_data_dir, task.name, seed) / "dataset_info.json"
-    if not info_path.is_file():
+    info = _prepared_info(task, tfds_data_dir, seed)
+    if info is None:
         return ()
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info_path = prepared_dir(tfds_data_dir, task.name, seed) / "dataset_info.json"
     if info.get("configDescription") != fingerprint(task):
         logging.getLogger(__name__).warning(
             "%s: prepared TFDS data of task %s is stale (JSON files or prompt code changed); "
@@ -182,6 +182,12 @@ class EcomInstruct(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             )
 
 
+def _prepared_info(task: reader.TaskInfo, tfds_data_dir, seed: int) -> dict | None:
+    """The prepared copy's dataset_info.json (None: not prepared)."""
+    path = prepared_dir(tfds_data_dir, task.name, seed) / "dataset_info.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def prepare(
     data_dir: str | pathlib.Path,
     tfds_data_dir: str | pathlib.Path | None = None,
@@ -203,11 +209,20 @@ def prepare(
         )
     out = []
     for name in folders or list(tasks):
+        task = tasks[name]
         builder = EcomInstruct(
-            config=EcomInstructConfig(task=tasks[name], seed=seed), data_dir=str(tfds_data_dir)
+            config=EcomInstructConfig(task=task, seed=seed), data_dir=str(tfds_data_dir)
         )
+        # TFDS reuses a prepared version folder as it is: a stale copy (JSON files or
+        # prompt code changed since) would stay stale, and be skipped by every run.
+        info = _prepared_info(task, tfds_data_dir, seed)
+        stale = info is not None and info.get("configDescription") != fingerprint(task)
+        mode = tfds.download.GenerateMode
         builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(data_dir))
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=str(data_dir),
+                download_mode=mode.FORCE_REDOWNLOAD if stale else mode.REUSE_DATASET_IF_EXISTS,
+            )
         )
         out.append(prepared_dir(tfds_data_dir, name, seed))
     return out

@@ -100,6 +100,28 @@ def test_tfds_builder_prepares_identical_examples(tmp_path, caplog):
     )
 
 
+def test_preparing_a_stale_copy_again_renews_it(tmp_path):
+    """TFDS keeps a prepared version folder as it is: `prepare` replaced nothing, and the
+    stale copy was skipped by every run after the edit that made it stale."""
+    tfds.disable_progress_bar()
+    root = tmp_path / "root"
+    shutil.copytree(SAMPLE / "ABSA", root / "ABSA")
+    tfds_builder.prepare(root)
+    test_json = root / "ABSA/tasks/EN-ABSA-CLS-review_topic_category/test.json"
+    lines = test_json.read_text(encoding="utf-8").splitlines(keepends=True)
+    test_json.write_text("".join(lines[:-1]), encoding="utf-8")
+    name = "ecom:EN:ABSA:CLS:review_topic_category"
+    tasks.register_ecom_tasks(root)
+    assert isinstance(tasks.get(name).source, ecom_instruct.JsonInstructionSource)  # stale
+    tfds_builder.prepare(root)
+    tasks.register_ecom_tasks(root)
+    task = tasks.get(name)
+    assert isinstance(task.source, seqio.TfdsDataSource)
+    got = sorted(int(ex["index"]) for ex in seqio_examples(name, "test"))
+    assert task.num_input_examples("test") == len(got) == len(lines) - 1
+    assert got == list(range(len(lines) - 1))
+
+
 def test_changed_prompt_code_makes_prepared_copies_stale(tmp_path, monkeypatch, caplog):
     """The JSON files are unchanged, but the code that builds prompts from them is not."""
     tfds.disable_progress_bar()

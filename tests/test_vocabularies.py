@@ -137,6 +137,31 @@ def test_huggingface_decode_equals_tokenizers_on_any_ids(hf_vocab, hf_path):
         cut = ids + [hf_vocab.eos_id] + rng.randint(3, 600, size=5).tolist()
         want = reference.decode(ids, skip_special_tokens=False)
         assert hf_vocab.decode(cut) == want and want.startswith(" \n") and want.endswith("  \n")
+        # The TF path reads the same (seqio's decode_tf made the dropped ids unk first).
+        assert hf_vocab.decode_tf(tf.constant(cut)).numpy().decode("utf-8") == want
+        batch = hf_vocab.decode_tf(tf.constant([cut, cut]))
+        assert [t.decode("utf-8") for t in batch.numpy()] == [want, want]
+    assert hf_vocab.decode_tf(tf.zeros([2, 0], tf.int32)).numpy().tolist() == [b"", b""]
+
+
+def test_huggingface_tokenizer_settings_saved_in_the_file_are_ignored(tmp_path, hf_path):
+    """A tokenizer.json saved with truncation or padding on (from a training script):
+    encode would cut or pad prompts silently; transformers turns both off per call."""
+    text = " ".join(_sample_texts(3))
+    whole = tokenizers.Tokenizer.from_file(str(hf_path)).encode(text).ids
+    assert len(whole) > 40
+    for setting in ("truncation", "padding"):
+        tok = tokenizers.Tokenizer.from_file(str(hf_path))
+        if setting == "truncation":
+            tok.enable_truncation(8)
+        else:
+            tok.enable_padding(length=len(whole) + 20, pad_id=3, pad_token="<pad>")
+        path = tmp_path / setting / "tokenizer.json"
+        path.parent.mkdir()
+        tok.save(str(path))
+        assert len(tok.encode(text).ids) != len(whole)  # the file's setting is live
+        vocab = vocabularies.make_vocabulary("huggingface", path)
+        assert vocab.encode(text) == whole, setting
 
 
 def test_huggingface_eos_from_tokenizer_config(tmp_path):

@@ -4,6 +4,7 @@
         (default float32; the compute dtype in model_config.json is set to the same)
     python -m ecomgpt_jax.convert orbax-to-hf --checkpoint CKPT --output DIR
         [--tokenizer_dir DIR] [--dtype bfloat16] [--preset NAME | --model_config FILE]
+        [--push_to_hub ORG/NAME [--private]]
 
 hf-to-orbax writes::
 
@@ -200,6 +201,16 @@ def _parser() -> argparse.ArgumentParser:
         "--preset", default=None, help="model preset: a gin_configs/models/*.gin name"
     )
     source.add_argument("--model_config", default=None, help="path to a model_config.json")
+    b.add_argument(
+        "--push_to_hub",
+        default=None,
+        metavar="ORG/NAME",
+        help="then upload the folder to this hub model repository (created if missing; "
+        "needs a write token: huggingface-cli login or HF_TOKEN)",
+    )
+    b.add_argument(
+        "--private", action="store_true", help="with --push_to_hub: create the repository private"
+    )
     return parser
 
 
@@ -218,9 +229,13 @@ def main(argv=None) -> int:
                 cfg = checkpointing.load_model_config(args.model_config)
             elif args.preset:
                 cfg = model_config.get_preset(args.preset)
+            if args.push_to_hub:  # a typo found now, not after the export
+                hf_hub.check_repo(args.push_to_hub)
             tokenizer_dir = hf_hub.local_dir(args.tokenizer_dir)
             out = orbax_to_hf(args.checkpoint, args.output, cfg, tokenizer_dir, args.dtype)
             print(f"wrote {out}")
+            if args.push_to_hub:
+                print(f"uploaded: {hf_hub.push(out, args.push_to_hub, args.private)}")
     except (ConfigError, hf_io.CheckpointFormatError, hf_hub.HubError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,8 @@
     local_dir("hf://bigscience/bloomz-560m")   # -> the snapshot folder, downloaded once
     local_dir("/data/bloomz-560m")              # -> "/data/bloomz-560m", as it is
 
-Train's INIT_FROM_HF, eval's HF_DIR and convert's --hf_dir / --tokenizer_dir take them.
+Train's INIT_FROM_HF, eval's HF_DIR and convert's --hf_dir / --tokenizer_dir take them;
+`push` uploads an export (convert orbax-to-hf --push_to_hub ORG/NAME).
 A hub path fetches the repository's JSON files (config, tokenizer, index), its
 `*.safetensors` and `tokenizer*` files, never pickles (`*.bin`, refused here anyway), into
 the Hugging Face cache (`HF_HOME`, shared with transformers) on first use; later runs read
@@ -61,3 +62,39 @@ def local_dir(path: str | None) -> str | None:
         text = str(e).strip().splitlines()
         why = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
         raise HubError(f"{path}: cannot download it from the Hugging Face hub ({why})") from None
+
+
+def check_repo(repo: str) -> None:
+    """HubError unless `repo` is a repository id ORG/NAME (checked before an export)."""
+    if not (_REPO.fullmatch(repo) and "/" in repo):
+        raise HubError(f"--push_to_hub {repo}: expected a repository id, ORG/NAME")
+
+
+def push(folder, repo: str, private: bool = False) -> str:
+    """Uploads `folder` (an orbax-to-hf export) to the hub model repository `repo`
+    ("ORG/NAME", created if missing; `private` applies to a new one) in one commit;
+    returns the commit's URL. Raises HubError (one line) when the upload fails: the
+    folder stays as it is, so the same upload can be tried again."""
+    check_repo(repo)
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise HubError(
+            f"--push_to_hub {repo}: needs the huggingface_hub package (pip install huggingface_hub)"
+        ) from None
+    try:
+        api = HfApi()
+        api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo,
+            repo_type="model",
+            folder_path=str(folder),
+            commit_message="Upload an ecomgpt-jax export",
+        )
+    except Exception as e:  # the hub's errors (no token, no write access), network errors
+        text = str(e).strip().splitlines()
+        why = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+        raise HubError(
+            f"--push_to_hub {repo}: upload failed ({why}); {folder} is kept, try again"
+        ) from None
+    return str(getattr(commit, "commit_url", commit))

@@ -5,6 +5,8 @@ replaced by a stand-in that records its arguments and returns a local folder."""
 
 import dataclasses
 import json
+import pathlib
+import types
 
 import huggingface_hub
 import jax
@@ -190,3 +192,64 @@ def test_convert_takes_hub_paths(hub, hf_folder, tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == (
         "error: hf://org/gone: cannot download it from the Hugging Face hub (OSError: offline)\n"
     )
+
+
+class FakeApi:
+    """huggingface_hub.HfApi's stand-in: records the calls; `error` fails the upload."""
+
+    calls: list = []
+    error: Exception | None = None
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", sorted(p.name for p in _files(kwargs)), kwargs))
+        if self.error is not None:
+            raise self.error
+        return types.SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/c/1")
+
+
+def _files(kwargs):
+    return pathlib.Path(kwargs["folder_path"]).iterdir()
+
+
+def test_an_export_goes_to_the_hub(hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(FakeApi, "calls", [])
+    orbax = tmp_path / "orbax"
+    assert convert.main(["hf-to-orbax", "--hf_dir", "hf://org/tiny", "--output", str(orbax)]) == 0
+    export = ["orbax-to-hf", "--checkpoint", str(orbax), "--tokenizer_dir", "hf://org/tiny"]
+    argv = [*export, "--output", str(tmp_path / "a"), "--push_to_hub", "me/ecomgpt", "--private"]
+    assert convert.main(argv) == 0
+    files = ["config.json", "model.safetensors", "tokenizer.json"]
+    assert FakeApi.calls == [
+        ("create_repo", "me/ecomgpt", {"repo_type": "model", "private": True, "exist_ok": True}),
+        (
+            "upload_folder",
+            files,
+            {
+                "repo_id": "me/ecomgpt",
+                "repo_type": "model",
+                "folder_path": str(tmp_path / "a"),
+                "commit_message": "Upload an ecomgpt-jax export",
+            },
+        ),
+    ]
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "uploaded: https://huggingface.co/me/ecomgpt/c/1"
+    )
+    # A failed upload is one line, and the export stays for another try.
+    monkeypatch.setattr(FakeApi, "error", OSError("401 Client Error: Unauthorized\nmore"))
+    assert convert.main([*export, "--output", str(tmp_path / "b"), "--push_to_hub", "me/x"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --push_to_hub me/x: upload failed (OSError: 401 Client Error: Unauthorized); "
+        f"{tmp_path / 'b'} is kept, try again\n"
+    )
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == files
+    # A repository id that cannot be one: refused before anything is written.
+    assert convert.main([*export, "--output", str(tmp_path / "c"), "--push_to_hub", "x"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --push_to_hub x: expected a repository id, ORG/NAME\n"
+    )
+    assert not (tmp_path / "c").exists()

@@ -534,8 +534,9 @@ def replace_previous(pred_dir, names: Sequence[str]) -> list[str]:
     says so on stderr; returns the tasks in `names` that have an earlier file (each is
     overwritten when its task finishes: a rerun, said nothing about). An evaluation owns
     its predictions folder: files of an earlier one next to the new metrics.json would
-    look like part of it. The earlier metrics.json / metrics.md go too: beside predictions
-    that a stop leaves half new, they would score what is no longer there."""
+    look like part of it. The earlier metrics.json / metrics.md and TensorBoard events go
+    too: beside predictions that a stop leaves half new, they would score what is no
+    longer there (and TensorBoard would show two values at the step)."""
     old = sorted(pred_dir.glob("*.jsonl"), key=lambda p: p.name)
     mine = {f"{n}.jsonl" for n in names}
     gone = [p for p in old if p.name not in mine]
@@ -553,6 +554,8 @@ def replace_previous(pred_dir, names: Sequence[str]) -> list[str]:
         path.unlink()
     for name in ("metrics.json", "metrics.md"):
         (pred_dir.parent / name).unlink(missing_ok=True)
+    for events in (pred_dir.parent / "tensorboard").glob("events.out.tfevents.*"):
+        events.unlink()
     return kept
 
 

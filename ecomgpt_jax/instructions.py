@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             raise reader.DataError(
                 f"--split {args.split!r}: unknown split (use {' or '.join(reader.SPLITS)})"
             )
-        reader.check_output_file(args.output)
+        reader.check_output_file(args.output, inputs=reader.input_files(args.data_dir, args.split))
         tasks = reader.discover_tasks(args.data_dir, allow_empty=False)
         wanted = [reader.as_folder_name(t) for t in args.tasks.split(",") if t]
         unknown = sorted(set(wanted) - set(tasks))
@@ -75,9 +75,15 @@ def main(argv: list[str] | None = None) -> int:
                     {"task": inst.task, "index": inst.index, "inputs": inst.prompt,
                      "targets": inst.answer}
                 )  # fmt: skip
-        with args.output.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        # Whole or not at all: a failure midway keeps the previous file as it was.
+        partial = args.output.with_name(args.output.name + ".partial")
+        try:
+            with partial.open("w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            partial.replace(args.output)
+        finally:
+            partial.unlink(missing_ok=True)
     except (reader.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -49,6 +49,13 @@ def _write_atomically(path: epath.Path, lines: list[str]) -> None:
     tmp.replace(path)
 
 
+def duration_text(seconds: float) -> str:
+    """H:MM:SS, hours unbounded: "55:33:16" (a clock's %H would say 07:33:16)."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
 class MetricsLogger:
     """metrics.jsonl + TensorBoard + console line, read and written by process 0 only.
 
@@ -191,7 +198,7 @@ class MetricsLogger:
             self._writer.flush()
         eta = (self.total - step) * row["seconds_per_step"]
         # The first interval includes compilation: no ETA from it.
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if self._flushes else "-"
+        eta_text = duration_text(eta) if self._flushes else "-"
         self._flushes += 1
         with self._writing("stdout"):  # a pipe to a `tee` that ended, say
             print(

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = _parse_args(argv)
     try:
-        reader.check_output_file(args.output)
+        read = reader.input_files(args.data_dir, args.split, [args.predictions])
+        reader.check_output_file(args.output, inputs=read)
         rows = scoring.read_predictions(args.predictions)
         if not rows:
             raise reader.DataError("no predictions", args.predictions)

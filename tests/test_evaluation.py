@@ -389,3 +389,27 @@ def test_a_bad_override_value_is_reported_before_the_hf_weights_load(model, monk
         "MODEL_OVERRIDES_EVAL: ModelConfig.attention_impl='cudnnn': must be one of "
         "('xla', 'cudnn', 'splash')"
     )
+
+
+def test_a_new_evaluation_replaces_the_earlier_ones_outputs(tmp_path, capsys):
+    """Predictions of tasks not in this evaluation, the earlier metrics and TensorBoard
+    events go (TensorBoard showed two values at the step, one from each run); predictions
+    of this evaluation's tasks are overwritten when each task finishes."""
+    pred_dir = tmp_path / "predictions"
+    pred_dir.mkdir()
+    for name in ("A", "B"):
+        (pred_dir / f"{name}.jsonl").write_text("{}\n")
+    (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / "metrics.md").write_text("#")
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"x")
+    assert evaluation.replace_previous(pred_dir, ["A", "C"]) == ["A"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "predictions",
+        "predictions/A.jsonl",
+        "tensorboard",
+    ]
+    assert capsys.readouterr().err == (
+        f"replacing the previous evaluation's predictions in {pred_dir}/: removed 1 file of "
+        "tasks not in this one (B.jsonl)\n"
+    )

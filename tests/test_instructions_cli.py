@@ -112,3 +112,35 @@ def test_cli_help_keeps_the_usage_line():
         "    python -m ecomgpt_jax.instructions --data_dir DIR --split test --output FILE.jsonl "
         "[--seed 0]" in proc.stdout.splitlines()
     )
+
+
+def test_cli_never_leaves_a_half_written_output_nor_writes_over_its_data(
+    tmp_path, capsys, monkeypatch
+):
+    from ecomgpt_jax import instructions as cli
+
+    task, _ = cls_task(tmp_path / "data", n_rows=4)
+    data_file = task.split_path("test")
+    before = data_file.read_bytes()
+    argv = ["--data_dir", str(tmp_path / "data"), "--output"]
+    assert cli.main([*argv, str(data_file)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --output {data_file}: would overwrite what this command reads ({data_file})\n"
+    )
+    assert data_file.read_bytes() == before
+    # A write failing midway (a full disk) keeps the previous output whole.
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous\n")
+    rows = []
+
+    def failing_dumps(row, **kwargs):
+        rows.append(row)
+        if len(rows) == 3:
+            raise OSError(28, "No space left on device")
+        return json.dumps(row, **kwargs)
+
+    monkeypatch.setattr(cli.json, "dumps", failing_dumps)
+    assert cli.main([*argv, str(out)]) == 2
+    assert capsys.readouterr().err == "error: [Errno 28] No space left on device\n"
+    assert out.read_text() == "previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out.jsonl"]

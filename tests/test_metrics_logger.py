@@ -98,6 +98,20 @@ def test_evaluation_time_is_left_out_of_the_step_time(tmp_path, monkeypatch):
     assert row["seconds_per_step"] == 2.0 and row["tokens_per_second"] == 50.0
 
 
+def test_the_console_eta_counts_hours_past_a_day(tmp_path, monkeypatch, capsys):
+    clock = iter([100.0, 101.0, 103.0])  # start; step 1 (compiles: no ETA); step 2: 2 s/step
+    monkeypatch.setattr(metrics_logger, "time", types.SimpleNamespace(time=lambda: next(clock)))
+    schedule = ts.learning_rate_schedule(ts.OptimizerConfig(), 100_000)
+    logger = MetricsLogger(tmp_path, total_steps=100_000, start_step=0, schedule=schedule)
+    metrics = {"loss": 1.0, "grad_norm": 0.5, "accuracy": 0.25, "tokens": 100.0}
+    logger.record(1, metrics, force=True)
+    logger.record(2, metrics, force=True)
+    logger.close()
+    etas = [line.rsplit("ETA ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert etas == ["-", "55:33:16"]  # 99,998 steps x 2 s; the clock format said 07:33:16
+    assert metrics_logger.duration_text(59.6) == "00:01:00"
+
+
 def eval_steps(path) -> list[int]:
     return [json.loads(x)["step"] for x in path.read_text().splitlines()]
 

@@ -329,3 +329,25 @@ def test_no_task_folders_hint_resolves_dots(tmp_path, monkeypatch):
         with pytest.raises(DataError) as e:
             reader.discover_tasks(given, allow_empty=False)
         assert str(e.value).endswith(f" (this is a {what} folder: point at {root})")
+
+
+def test_lone_surrogates_deep_nesting_and_odd_names_are_one_line(tmp_path):
+    """Each would fail later as a trace: a lone surrogate when a prompt or a score is
+    written (UnicodeEncodeError), deep nesting in json.loads (RecursionError), an empty
+    label_sep when scoring splits on it, a folder name in another encoding anywhere."""
+    with pytest.raises(DataError) as info:
+        reader.parse_line('{"sentences": "red \\ud800 shoe"}', "t.json", 3)
+    assert str(info.value) == "t.json:3: a lone surrogate escape (\\ud800) is not a character"
+    pair = reader.parse_line('{"sentences": "\\ud83d\\ude00"}', "t.json", 1)
+    assert pair == {"sentences": "\U0001f600"}  # an escaped pair is one character
+    with pytest.raises(DataError) as info:
+        reader.parse_line("[" * 100_000 + "]" * 100_000, "t.json", 2)
+    assert str(info.value) == "t.json:2: not a JSON object or Python literal (nested too deep)"
+    meta = dict(CLS_META, label_sep="")
+    with pytest.raises(DataError) as info:
+        reader.load_task(make_task(tmp_path, "EN-ABSA-CLS-x", meta, ['{"sentences": "a"}']))
+    assert str(info.value).endswith("meta-info.json: field 'label_sep' must be a non-empty string")
+    name = b"EN-AB\xffSA-CLS-x".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+    with pytest.raises(DataError) as info:
+        reader.parse_task_name(name)
+    assert str(info.value) == f"{name}: task name {name!r} is not UTF-8"

@@ -493,3 +493,22 @@ def test_score_help_keeps_the_usage_lines(capsys):
         "    python -m ecomgpt_jax.score --data_dir DIR --predictions FILE.jsonl --output FILE.json"
         in lines
     )
+
+
+def test_score_cli_refuses_to_write_over_what_it_reads(tmp_path, capsys):
+    """--output naming the predictions file, or a data file, would destroy it."""
+    from ecomgpt_jax import score
+
+    tiny_data(tmp_path / "data")
+    preds = tmp_path / "p.jsonl"
+    text = '{"task": "EN-Shop-Extract-pick", "index": 1, "prediction": "c"}\n'
+    preds.write_text(text)
+    data_file = next((tmp_path / "data").rglob("test.json"))
+    before = data_file.read_bytes()
+    argv = ["--data_dir", str(tmp_path / "data"), "--predictions", str(preds), "--output"]
+    for out in (preds, data_file):
+        assert score.main([*argv, str(out)]) == 2
+        assert capsys.readouterr().err == (
+            f"error: --output {out}: would overwrite what this command reads ({out})\n"
+        )
+    assert preds.read_text() == text and data_file.read_bytes() == before

@@ -20,8 +20,9 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import string
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 TASK_TYPES = ("CLS", "NER", "Extract", "Condition_Extract", "Generate")
@@ -115,6 +116,10 @@ def parse_task_name(name: str) -> tuple[str, str, str, str]:
         raise DataError(
             f"task name {name!r} contains ':', which is reserved for SeqIO task names", name
         )
+    try:  # a folder name in another encoding reaches Python as lone surrogates
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"task name {name!r} is not UTF-8", name) from None
     fields = name.split("-")
     if len(fields) != 4 or not all(fields):
         raise DataError(
@@ -262,8 +267,9 @@ def _validate_meta(meta: Mapping, task_type: str, path: pathlib.Path) -> None:
     if not isinstance(prompt, Mapping) or not isinstance(prompt.get("instruction"), str):
         raise DataError("missing or non-string field 'test_prompt.instruction'", path)
     _validate_template(prompt["instruction"], path)
-    if "label_sep" in meta and not isinstance(meta["label_sep"], str):
-        raise DataError("field 'label_sep' must be a string", path)
+    if "label_sep" in meta and not (isinstance(meta["label_sep"], str) and meta["label_sep"]):
+        # Scoring splits answers on it: "" cannot split.
+        raise DataError("field 'label_sep' must be a non-empty string", path)
     if task_type not in LABEL_SET_TYPES:
         return
     key = meta.get("label_key")
@@ -367,16 +373,25 @@ def discover_tasks(
     return dict(sorted(tasks.items()))
 
 
-def check_output_file(path: str | os.PathLike, flag: str = "--output") -> None:
+def check_output_file(
+    path: str | os.PathLike, flag: str = "--output", inputs: Sequence[str | os.PathLike] = ()
+) -> None:
     """Check, before any work, that a file can be written at `path`.
+
+    inputs: the files the command reads (`input_files`): `path` must not be one of them.
 
     Raises:
       DataError: one line naming `flag` and the problem (a folder, a missing or
-        unwritable parent folder), instead of an OSError after the work is done.
+        unwritable parent folder, an input), instead of an OSError after the work is done.
     """
     path = pathlib.Path(path)
     parent = path.parent
-    if path.is_dir():
+    target = path.resolve()
+    read = [pathlib.Path(p).resolve() for p in inputs]
+    clash = next((p for p in read if target == p), None)
+    if clash is not None:
+        problem = f"would overwrite what this command reads ({clash})"
+    elif path.is_dir():
         problem = "is a folder; give a file name"
     elif not parent.exists():
         problem = f"folder {parent} does not exist"
@@ -387,6 +402,19 @@ def check_output_file(path: str | os.PathLike, flag: str = "--output") -> None:
     else:
         return
     raise DataError(f"{flag} {path}: {problem}")
+
+
+def input_files(root, split: str, extra=()) -> list[pathlib.Path]:
+    """What a command over the tasks under `root` reads: each task's meta-info.json and
+    `split` file, and `extra` (a file, or a folder's *.jsonl files)."""
+    try:
+        tasks = discover_tasks(root).values()
+    except DataError:  # reported where the command reads the tasks
+        tasks = ()
+    files = [p for t in tasks for p in (t.path / META_FILE, t.split_path(split))]
+    for p in map(pathlib.Path, extra):
+        files += sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+    return files
 
 
 class _NotJson(ValueError):
@@ -415,10 +443,34 @@ def parse_line(text: str, path: str | os.PathLike, line: int) -> Any:
       The parsed value.
 
     Raises:
-      DataError: neither JSON nor a Python literal.
+      DataError: neither JSON nor a Python literal, or a string with a lone surrogate.
     """
+    value = _parse(text, path, line)
+    # A JSON escape such as "\ud800" alone is no character: it would fail later, when a
+    # prompt or a score is written, as a UnicodeEncodeError trace. Checked only on lines
+    # that hold such an escape.
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(
+                f"a lone surrogate escape (\\u{ord(e.object[e.start]):04x}) is not a character",
+                path,
+                line,
+            ) from None
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _parse(text: str, path, line: int) -> Any:
     try:
         return json.loads(text, parse_constant=_not_json)
+    except RecursionError:  # nested thousands deep
+        raise DataError(
+            "not a JSON object or Python literal (nested too deep)", path, line
+        ) from None
     except _NotJson as e:
         raise DataError(
             f"not a JSON object or Python literal ({e} is not JSON)", path, line

@@ -222,11 +222,7 @@ def has_checkpoint(model_dir) -> bool:
     temporary name and renames it when complete, so a digits-only name is a finished
     save; in a bucket (no atomic rename) it writes in place and marks the end with
     `commit_success.txt`."""
-    root = as_path(model_dir) / CHECKPOINTS_SUBDIR
-    steps = _numeric_subdirs(root)
-    if "://" in str(root):
-        steps = [s for s in steps if (root / str(s) / "commit_success.txt").exists()]
-    return bool(steps)
+    return bool(_finished_steps(as_path(model_dir) / CHECKPOINTS_SUBDIR))
 
 
 class Checkpointer:
@@ -329,18 +325,11 @@ class Checkpointer:
             train=ocp.args.StandardRestore(train_target),
             data=ocp.args.JsonRestore(),
         )
-        failure = read_error = None
-        # Before the reads: one that fails ends orbax's loop at once, and a read still in
-        # flight may reach that loop before `_drop_failed_reads` starts.
-        sys.unraisablehook = _closed_loop_ignored(sys.unraisablehook)
-        try:
-            restored = self._manager.restore(step, args=args)
-        except Exception as e:  # orbax wraps tensorstore's read errors in a bare Exception
-            # Text only: the exception's traceback holds the reads `_drop_failed_reads` ends.
-            failure, read_error = _short(e.__cause__ or e), _is_read_error(e.__cause__ or e)
-        if failure is not None:  # outside `except`: its traceback no longer holds the reads
-            _drop_failed_reads()
-            raise self._damaged(step, failure) if read_error else not_placeable(failure)
+        restored = _restore_or_raise(
+            lambda: self._manager.restore(step, args=args),
+            lambda why: self._damaged(step, why),
+            not_placeable,
+        )
         train = restored["train"]
         state = TrainState(
             step=train["step"],
@@ -355,10 +344,7 @@ class Checkpointer:
         # latest, and the next save at that step would be skipped as already present.
         older = [s for s in self.all_steps() if s < step]
         then = f"resume from step {older[-1]}" if older else "start from scratch"
-        return CheckpointError(
-            f"{self.step_dir(step)}: checkpoint cannot be read, damaged or incomplete "
-            f"({detail}); move that folder away to {then}"
-        )
+        return _unreadable(self.step_dir(step), detail, f"; move that folder away to {then}")
 
     def wait(self) -> None:
         """Blocks until pending async saves are committed."""
@@ -381,6 +367,15 @@ def _numeric_subdirs(path: epath.Path) -> list[int]:
     return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir())
 
 
+def _finished_steps(checkpoints: epath.Path) -> list[int]:
+    """The steps under a `checkpoints/` folder whose save finished (see `has_checkpoint`):
+    in a bucket a step folder exists from the save's start, so it needs its commit marker."""
+    steps = _numeric_subdirs(checkpoints)
+    if "://" in str(checkpoints):
+        steps = [s for s in steps if (checkpoints / str(s) / "commit_success.txt").exists()]
+    return steps
+
+
 def resolve_params_path(path) -> epath.Path:
     """The orbax PyTree directory holding parameters, from any of:
 
@@ -395,7 +390,7 @@ def resolve_params_path(path) -> epath.Path:
     if (root / CHECKPOINTS_SUBDIR).is_dir():
         candidates.insert(0, root / CHECKPOINTS_SUBDIR)
     for cand in candidates:
-        steps = _numeric_subdirs(cand)
+        steps = _finished_steps(cand)
         if steps:
             return resolve_params_path(cand / str(steps[-1]))
     if (root / "params").is_dir() and _looks_like_pytree_checkpoint(root / "params"):
@@ -408,13 +403,13 @@ def resolve_params_path(path) -> epath.Path:
     )
 
 
-def _missing_files(step_dir: epath.Path) -> str | None:
-    """What a step folder lacks of its array items, as text; None if complete.
+def _missing_files(step_dir: epath.Path, items=("params", "train")) -> str | None:
+    """What a step folder lacks of its array `items`, as text; None if complete.
 
     Checked before orbax reads: its failed reads leave background callbacks that print
     "Event loop is closed" traces after the one-line error.
     """
-    for name in ("params", "train"):
+    for name in items:
         item = step_dir / name
         if not item.is_dir():
             return f"no {name}/ folder"
@@ -423,6 +418,27 @@ def _missing_files(step_dir: epath.Path) -> str | None:
         if ocdbt and not (item / "manifest.ocdbt").exists():
             return f"{name}/manifest.ocdbt is missing"
     return None
+
+
+def _unreadable(folder: epath.Path, detail: str, advice: str = "") -> CheckpointError:
+    return CheckpointError(
+        f"{folder}: checkpoint cannot be read, damaged or incomplete ({detail}){advice}"
+    )
+
+
+def _restore_or_raise(restore, damaged, not_placeable):
+    """`restore()`'s result; where it fails, raises `damaged(why)` if reading the files
+    failed (`_is_read_error`), else `not_placeable(why)`, after `_drop_failed_reads`."""
+    # Before the reads: one that fails ends orbax's loop at once, and a read still in
+    # flight may reach that loop before `_drop_failed_reads` starts.
+    sys.unraisablehook = _closed_loop_ignored(sys.unraisablehook)
+    try:
+        return restore()
+    except Exception as e:  # orbax wraps tensorstore's read errors in a bare Exception
+        # Text only: the exception's traceback holds the reads `_drop_failed_reads` ends.
+        failure, read_error = _short(e.__cause__ or e), _is_read_error(e.__cause__ or e)
+    _drop_failed_reads()  # outside `except`: its traceback no longer holds the reads
+    raise damaged(failure) if read_error else not_placeable(failure)
 
 
 _READ_DRAIN_S = 1.0
@@ -551,12 +567,28 @@ def restore_params(path, abstract_params: PyTree) -> PyTree:
 
     abstract_params: pytree of jax.ShapeDtypeStruct with the target `.sharding`
     (and dtype: stored float32 restores as bfloat16 when asked, and back).
-    A checkpoint whose tree or shapes differ from the model raises CheckpointError.
+    A checkpoint whose tree or shapes differ from the model, that cannot be read (damaged)
+    or whose arrays cannot be placed on the target shardings raises CheckpointError.
     """
     params_dir = resolve_params_path(path)
+    missing = _missing_files(params_dir.parent, (params_dir.name,))
+    if missing:
+        raise _unreadable(params_dir, missing)
     with ocp.StandardCheckpointer() as checkpointer:
-        _check_matches(params_dir, checkpointer.metadata(params_dir), abstract_params)
-        return checkpointer.restore(params_dir, abstract_params)
+        try:
+            stored = checkpointer.metadata(params_dir).item_metadata
+        except (ValueError, OSError, KeyError) as e:
+            raise _unreadable(params_dir, _short(e)) from None
+        if stored is None:  # no _METADATA: else "the checkpoint lacks" every parameter
+            raise _unreadable(params_dir, f"no readable metadata in {params_dir.name}/")
+        _check_matches(params_dir, stored, abstract_params)
+        return _restore_or_raise(
+            lambda: checkpointer.restore(params_dir, abstract_params),
+            lambda why: _unreadable(params_dir, why),
+            lambda why: CheckpointError(
+                f"{params_dir}: cannot be restored onto this mesh/device: {why}"
+            ),
+        )
 
 
 def save_params(path, params: PyTree) -> None:

@@ -168,6 +168,7 @@ def test_bucket_paths_stay_bucket_paths(tmp_path, monkeypatch):
         marker = tmp_path / "gs:" / "bucket" / "run" / "checkpoints" / "7" / "params"
         marker.mkdir(parents=True)
         (marker / "_CHECKPOINT_METADATA").write_text("{}")
+        (marker.parent / "commit_success.txt").write_text("")  # a finished save
         resolved = ck.resolve_params_path("gs://bucket/run")
         assert str(resolved) == "gs://bucket/run/checkpoints/7/params"
     assert (tmp_path / "gs:" / "bucket" / "run" / "model_config.json").is_file()
@@ -348,3 +349,54 @@ def test_a_late_read_after_a_failed_restore_stays_quiet(monkeypatch):
     other = unraisable(RuntimeError("something else"))
     sys.unraisablehook(other)
     assert seen == [other]
+
+
+def test_restore_params_of_a_damaged_checkpoint_is_one_line(tmp_path, trained):
+    """Eval, INIT_FROM_CHECKPOINT and `convert orbax-to-hf` read a damaged params checkpoint
+    as resume does: one line, not tensorstore's trace nor "the checkpoint lacks" all."""
+    _, state = trained
+    params_dir = tmp_path / "converted" / "params"
+    ck.save_params(params_dir, state.params)
+    target = layout_on((1, 1, 1), n_devices=1).abstract.params
+    damaged = f"{params_dir}: checkpoint cannot be read, damaged or incomplete"
+
+    def error() -> str:
+        with pytest.raises(ck.CheckpointError) as info:
+            ck.restore_params(tmp_path / "converted", target)
+        return str(info.value)
+
+    for data_file in params_dir.glob("ocdbt.process_*/d/*"):
+        data_file.write_bytes(data_file.read_bytes()[:20])
+    assert re.fullmatch(
+        rf'{re.escape(damaged)} \([A-Z_]+: Error reading "[^"]+" in OCDBT database at local '
+        rf'file "{re.escape(str(params_dir))}/": [^\n]+\)',
+        error(),
+    )
+    for manifest in params_dir.glob("**/manifest.ocdbt"):
+        manifest.unlink()
+    assert error() == f"{damaged} (params/manifest.ocdbt is missing)"
+    (params_dir / "manifest.ocdbt").write_bytes(b"")
+    (params_dir / "_METADATA").unlink()
+    assert error() == f"{damaged} (no readable metadata in params/)"
+
+
+def test_a_bucket_step_still_being_written_is_not_the_latest(tmp_path, monkeypatch):
+    """In a bucket a step folder exists from the save's start: without its commit marker
+    (a save in progress or cut off) `resolve_params_path` skips it, as resume does."""
+    from etils.epath import gpath
+    from etils.epath import testing as epath_testing
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    checkpoints = tmp_path / "gs:" / "bucket" / "run" / "checkpoints"
+    with epath_testing.mock_epath():
+        for step in (7, 9):
+            (checkpoints / str(step) / "params").mkdir(parents=True)
+            (checkpoints / str(step) / "params" / "_CHECKPOINT_METADATA").write_text("{}")
+        assert not ck.has_checkpoint("gs://bucket/run")
+        with pytest.raises(ck.CheckpointError, match="no orbax checkpoint found"):
+            ck.resolve_params_path("gs://bucket/run")
+        (checkpoints / "7" / "commit_success.txt").write_text("")
+        assert ck.has_checkpoint("gs://bucket/run")
+        resolved = ck.resolve_params_path("gs://bucket/run")
+        assert str(resolved) == "gs://bucket/run/checkpoints/7/params"

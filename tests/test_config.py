@@ -213,6 +213,48 @@ def test_keys_left_out_of_config_json_take_transformers_defaults(model_type):
     ours = mc.from_hf_config({**base, "model_type": model_type})
     assert ours.tie_embeddings is ref.tie_word_embeddings is False
     assert ours.kv_heads == ref.num_key_value_heads == {"qwen2": 32, "llama": 4}[model_type]
+    maxpos = {"qwen2": 32768, "llama": 2048}[model_type]
+    assert ours.max_positions == ref.max_position_embeddings == maxpos
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0}
+LEFT_OUT = object()  # a key config.json does not have
+
+
+@pytest.mark.parametrize(
+    "model_type, changes, message",
+    [
+        ("qwen2", {"vocab_size": LEFT_OUT}, "vocab_size is missing or null"),
+        ("qwen2", {"num_attention_heads": None}, "num_attention_heads is missing or null"),
+        ("llama", {"hidden_size": "64"}, "hidden_size='64': must be a positive integer"),
+        ("llama", {"intermediate_size": 1.5}, "intermediate_size=1.5: must be a positive integer"),
+        ("llama", {"rms_norm_eps": "1e-5"}, "rms_norm_eps='1e-5': must be a number"),
+        (
+            "llama",
+            {"rope_scaling": LLAMA3_ROPE},
+            "rope_scaling.low_freq_factor is missing or null",
+        ),
+        (
+            "llama",
+            {"rope_parameters": {**LLAMA3_ROPE, "low_freq_factor": 1.0}},
+            "rope_parameters.original_max_position_embeddings is missing or null",
+        ),
+        ("bloom", {"n_head": 0}, "n_head=0: must be a positive integer"),
+        (
+            "bloom",
+            {"tie_word_embeddings": False},
+            "tie_word_embeddings=false: a BLOOM with an untied LM head is not supported",
+        ),
+    ],
+)
+def test_a_missing_or_bad_config_json_field_is_named(model_type, changes, message):
+    """Not a KeyError, TypeError or ZeroDivisionError from deep in the mapping."""
+    hf = {**SMALL_HF_CONFIG, "model_type": model_type, **changes}
+    hf = {k: v for k, v in hf.items() if v is not LEFT_OUT}
+    with pytest.raises(ConfigError) as info:
+        mc.from_hf_config(hf)
+    where = f"config.json (model_type={model_type!r}, architectures=None)"
+    assert str(info.value) == f"{where}: {message}"
 
 
 def test_unsupported_architecture_names_what_was_found():

@@ -1,6 +1,7 @@
 """HF <-> orbax conversion: CLI, exact round trips through transformers, refusals."""
 
 import json
+import re
 import shutil
 
 import jax
@@ -201,4 +202,25 @@ def test_orbax_to_hf_refuses_both_preset_and_model_config(tmp_path, capsys):
         "python -m ecomgpt_jax.convert orbax-to-hf: error: argument --model_config: not "
         "allowed with argument --preset"
     )
+    assert not (tmp_path / "b").exists()
+
+
+def test_orbax_to_hf_of_a_damaged_checkpoint_is_one_line(converted, tmp_path, capsys):
+    """Cut-short data files or a lost _METADATA: one line saying so, not tensorstore's trace
+    nor "the checkpoint lacks" every parameter; no output folder."""
+    ox = tmp_path / "ox"
+    shutil.copytree(converted / "ox", ox)
+    argv = ["orbax-to-hf", "--checkpoint", ox, "--output", tmp_path / "b"]
+    damaged = f"error: {ox / 'params'}: checkpoint cannot be read, damaged or incomplete"
+    for data_file in (ox / "params").glob("ocdbt.process_*/d/*"):
+        data_file.write_bytes(data_file.read_bytes()[:20])
+    status, err = _cli(capsys, *argv)
+    assert status == 2
+    assert re.fullmatch(
+        rf'{re.escape(damaged)} \([A-Z_]+: Error reading "[^"]+" in OCDBT database at local '
+        rf'file "{re.escape(str(ox / "params"))}/": [^\n]+\)\n',
+        err,
+    )
+    (ox / "params" / "_METADATA").unlink()
+    assert _cli(capsys, *argv) == (2, f"{damaged} (no readable metadata in params/)\n")
     assert not (tmp_path / "b").exists()

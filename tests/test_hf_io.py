@@ -173,10 +173,36 @@ def test_a_tied_config_beside_a_different_head_is_refused(tmp_path):
     save_file({**state, "lm_head.weight": embedding + 1}, str(tmp_path / "model.safetensors"))
     with pytest.raises(hf_io.CheckpointFormatError) as e:
         hf_io.load_hf_params(tmp_path)
-    assert str(e.value) == (
+    differs = (
         f"{tmp_path / 'model.safetensors'}: lm_head.weight differs from the input embedding, "
         "but config.json ties them (tie_word_embeddings true or left out for this "
-        "model_type): set tie_word_embeddings to false there"
+        "model_type): "
+    )
+    # Untying is no way out for a BLOOM (its head is always the embedding here).
+    assert str(e.value) == differs + "a BLOOM with an untied LM head is not supported"
+    hf_model = make_hf_model("tiny-qwen2")
+    state = {k: v.numpy() for k, v in hf_model.state_dict().items()}
+    state["lm_head.weight"] = state["model.embed_tokens.weight"] + 1
+    hf_model.config.to_json_file(tmp_path / "config.json")
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(hf_io.CheckpointFormatError) as e:
+        hf_io.load_hf_params(tmp_path)
+    assert str(e.value) == differs + "set tie_word_embeddings to false there"
+
+
+def test_an_untied_bloom_is_refused_as_unsupported(tmp_path):
+    """transformers saves a BLOOM with tie_word_embeddings false and a head of its own: our
+    BLOOM has none, so it is refused as such (untying is not advice that helps)."""
+    config = transformers.BloomConfig(
+        vocab_size=128, hidden_size=32, n_layer=1, n_head=4, tie_word_embeddings=False
+    )
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    with pytest.raises(hf_io.ConfigError) as e:
+        hf_io.load_hf_params(tmp_path)
+    assert str(e.value) == (
+        f"{tmp_path / 'config.json'}: config.json (model_type='bloom', architectures="
+        "['BloomForCausalLM']): tie_word_embeddings=false: a BLOOM with an untied LM head is "
+        "not supported"
     )
 
 
@@ -190,3 +216,23 @@ def test_a_failed_export_leaves_nothing_that_blocks_a_retry(tmp_path):
     hf_io.save_hf(cfg, params, tmp_path / "out", max_shard_bytes=16 * 1024)
     _, again = hf_io.load_hf_params(tmp_path / "out")
     jax.tree.map(np.testing.assert_array_equal, again, params)
+
+
+def test_a_tensor_of_the_right_size_but_the_wrong_shape_is_refused(tmp_path):
+    """A transposed [in, out] weight has the right size: read by size alone it loaded
+    scrambled, where transformers refuses it."""
+    from safetensors.numpy import save_file
+
+    hf_model = make_hf_model("tiny-qwen2")
+    hf_model.config.to_json_file(tmp_path / "config.json")
+    state = {k: v.numpy() for k, v in hf_model.state_dict().items()}
+    key = "model.layers.0.mlp.gate_proj.weight"
+    out, inputs = state[key].shape
+    state[key] = np.ascontiguousarray(state[key].T)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(hf_io.CheckpointFormatError) as e:
+        hf_io.load_hf_params(tmp_path)
+    assert str(e.value) == (
+        f"{tmp_path / 'model.safetensors'}: {key}: has shape ({inputs}, {out}), config.json's "
+        f"model needs ({out}, {inputs})"
+    )

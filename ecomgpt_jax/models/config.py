@@ -317,23 +317,45 @@ def _first_id(value):
     return None if value is None else int(value)
 
 
-def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
+_REQUIRED = object()
+
+
+def _hf_number(hf: Mapping, where: str, names, default: Any = _REQUIRED, kind=int, prefix=""):
+    """config.json's value of the first of `names` it sets (null = not set), as a positive
+    int (`kind=int`) or a float; `default` where none is set. ConfigError naming `where`
+    and the field otherwise, not a KeyError, TypeError or division by zero later on."""
+    names = (names,) if isinstance(names, str) else names
+    name = next((n for n in names if hf.get(n) is not None), None)
+    if name is None:
+        if default is _REQUIRED:
+            raise ConfigError(f"{where}: {prefix}{names[0]} is missing or null")
+        return default
+    value = hf[name]
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind is int and not (number and float(value).is_integer() and value > 0):
+        raise ConfigError(f"{where}: {prefix}{name}={value!r}: must be a positive integer")
+    if not number:
+        raise ConfigError(f"{where}: {prefix}{name}={value!r}: must be a number")
+    return kind(value)
+
+
+def _rope_from_hf(hf: Mapping[str, Any], where: str) -> tuple[float, RopeScaling | None]:
     """Reads RoPE settings from the transformers-5 `rope_parameters` or the legacy
     `rope_theta` + `rope_scaling` fields."""
     params = dict(hf.get("rope_parameters") or {})
     legacy = hf.get("rope_scaling") or {}
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    theta = _hf_number({**hf, **params}, where, "rope_theta", 10000.0, float)
     scaling = {**legacy, **params}
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type == "default":
-        return float(theta), None
+        return theta, None
     if rope_type != "llama3":
-        raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (only llama3)")
-    return float(theta), RopeScaling(
-        factor=float(scaling["factor"]),
-        low_freq_factor=float(scaling["low_freq_factor"]),
-        high_freq_factor=float(scaling["high_freq_factor"]),
-        original_max_positions=int(scaling["original_max_position_embeddings"]),
+        raise ConfigError(f"{where}: rope type {rope_type!r} is not supported (only llama3)")
+    prefix = "rope_parameters." if params else "rope_scaling."
+    factors = ("factor", "low_freq_factor", "high_freq_factor")
+    return theta, RopeScaling(
+        *(_hf_number(scaling, where, f, kind=float, prefix=prefix) for f in factors),
+        _hf_number(scaling, where, "original_max_position_embeddings", prefix=prefix),
     )
 
 
@@ -341,10 +363,13 @@ def from_hf_config(hf: Mapping[str, Any]) -> ModelConfig:
     """Maps a HF `config.json` dict (BLOOM, Llama, Qwen2) to a ModelConfig.
 
     Raises ConfigError naming the `model_type`/`architectures` found when the
-    architecture, or a feature of it, is not supported.
+    architecture, or a feature of it, is not supported, or a field it needs is missing,
+    null or not a (positive) number.
     """
     model_type = hf.get("model_type")
     found = f"model_type={model_type!r}, architectures={hf.get('architectures')!r}"
+    where = f"config.json ({found})"
+    number = functools.partial(_hf_number, hf, where)
     ids = dict(
         bos_id=_first_id(hf.get("bos_token_id")),
         eos_id=_first_id(hf.get("eos_token_id")),
@@ -352,54 +377,60 @@ def from_hf_config(hf: Mapping[str, Any]) -> ModelConfig:
     )
     if model_type == "bloom":
         if hf.get("apply_residual_connection_post_layernorm"):
+            raise ConfigError(f"{where}: apply_residual_connection_post_layernorm is unsupported")
+        if hf.get("tie_word_embeddings") is False:
+            # Our BLOOM has no lm_head parameter: its head is always the embedding.
             raise ConfigError(
-                f"config.json ({found}): apply_residual_connection_post_layernorm is unsupported"
+                f"{where}: tie_word_embeddings=false: a BLOOM with an untied LM head is not "
+                "supported"
             )
-        hidden = int(hf.get("hidden_size", hf.get("n_embed", 64)))
-        heads = int(hf.get("n_head", hf.get("num_attention_heads", 8)))
+        hidden = number(("hidden_size", "n_embed"), 64)
+        heads = number(("n_head", "num_attention_heads"), 8)
         return ModelConfig(
             family="bloom",
-            vocab_size=int(hf["vocab_size"]),
+            vocab_size=number("vocab_size"),
             hidden=hidden,
-            layers=int(hf.get("n_layer", hf.get("num_hidden_layers", 2))),
+            layers=number(("n_layer", "num_hidden_layers"), 2),
             heads=heads,
             kv_heads=heads,
             head_dim=hidden // heads,
             mlp_dim=4 * hidden,
-            norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            norm_eps=number("layer_norm_epsilon", 1e-5, float),
             tie_embeddings=True,
-            max_positions=int(hf.get("seq_length", 2048)),
+            max_positions=number("seq_length", 2048),
             **ids,
         )
     if model_type in ("llama", "qwen2"):
         act = hf.get("hidden_act", "silu")
         if act != "silu":
-            raise ConfigError(f"config.json ({found}): hidden_act={act!r}, only silu is supported")
+            raise ConfigError(f"{where}: hidden_act={act!r}, only silu is supported")
         if model_type == "llama" and (hf.get("attention_bias") or hf.get("mlp_bias")):
-            raise ConfigError(f"config.json ({found}): attention_bias/mlp_bias are unsupported")
+            raise ConfigError(f"{where}: attention_bias/mlp_bias are unsupported")
         if model_type == "qwen2" and hf.get("use_sliding_window"):
-            raise ConfigError(f"config.json ({found}): use_sliding_window=true is unsupported")
-        hidden = int(hf["hidden_size"])
-        heads = int(hf["num_attention_heads"])
+            raise ConfigError(f"{where}: use_sliding_window=true is unsupported")
+        qwen2 = model_type == "qwen2"
+        hidden = number("hidden_size")
+        heads = number("num_attention_heads")
         # transformers' defaults for keys a config.json leaves out: Qwen2Config's
-        # num_key_value_heads is 32 (None means heads), Llama's None; neither ties.
-        kv_heads = hf.get("num_key_value_heads", 32 if model_type == "qwen2" else None)
-        theta, scaling = _rope_from_hf(hf)
+        # num_key_value_heads is 32 (null means heads), Llama's None; neither ties;
+        # max_position_embeddings is 32768 for Qwen2, 2048 for Llama.
+        kv_default = 32 if qwen2 and "num_key_value_heads" not in hf else heads
+        theta, scaling = _rope_from_hf(hf, where)
         return ModelConfig(
             family="llama",
-            vocab_size=int(hf["vocab_size"]),
+            vocab_size=number("vocab_size"),
             hidden=hidden,
-            layers=int(hf["num_hidden_layers"]),
+            layers=number("num_hidden_layers"),
             heads=heads,
-            kv_heads=heads if kv_heads is None else int(kv_heads),
-            head_dim=int(hf.get("head_dim") or hidden // heads),
-            mlp_dim=int(hf["intermediate_size"]),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            kv_heads=number("num_key_value_heads", kv_default),
+            head_dim=number("head_dim", hidden // heads),
+            mlp_dim=number("intermediate_size"),
+            norm_eps=number("rms_norm_eps", 1e-6, float),
             rope_theta=theta,
             rope_scaling=scaling,
-            qkv_bias=model_type == "qwen2",
+            qkv_bias=qwen2,
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            max_positions=int(hf.get("max_position_embeddings", 2048)),
+            max_positions=number("max_position_embeddings", 32768 if qwen2 else 2048),
             **ids,
         )
     raise ConfigError(

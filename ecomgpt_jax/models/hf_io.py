@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import pathlib
 import re
 
@@ -170,22 +171,24 @@ def _param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     return {e.ours: shape(e.ours) for e in name_map(cfg)}
 
 
-def to_ours(t: np.ndarray, shape: tuple[int, ...], transpose: bool) -> np.ndarray:
-    """HF tensor (torch's [out, in] for a linear weight) -> our layout `shape` (without
-    the layers axis), e.g. [out, in] -> [hidden, heads, head_dim] with `transpose`."""
-    if transpose:
-        t = t.T
-    if t.size != int(np.prod(shape)):
-        raise CheckpointFormatError(f"tensor of shape {t.shape} cannot become {shape}")
-    return t.reshape(shape)
+def hf_shape(entry: Entry, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of `entry`'s HF tensor for our (per-layer) parameter `shape`: torch's
+    [out, in] for kernels, flat for norms and biases ([H, 3, Hd] is HF's fused order)."""
+    if not entry.transpose:
+        return tuple(shape) if entry.ours[-1] == "embedding" else (math.prod(shape),)
+    if entry.ours[-1] == "out_kernel":  # [H, Hd, D]: inputs are the (head, dim) pairs
+        return shape[-1], math.prod(shape[:-1])
+    return math.prod(shape[1:]), shape[0]  # [D, ...outputs]
 
 
-def _flatten_kernel(path: tuple[str, ...], a: np.ndarray) -> np.ndarray:
-    """Our kernel -> 2-D [in, out]: output projections keep their last axis as `out`."""
-    name = path[-1]
-    if name == "out_kernel":  # [H, Hd, D]: inputs are the (head, dim) pairs
-        return a.reshape(-1, a.shape[-1])
-    return a.reshape(a.shape[0], -1)  # [D, ...outputs]
+def to_ours(t: np.ndarray, entry: Entry, shape: tuple[int, ...]) -> np.ndarray:
+    """HF tensor -> our layout `shape` (without the layers axis), e.g. [out, in] ->
+    [hidden, heads, head_dim]. Its shape must be HF's exactly, as transformers checks: a
+    transposed [in, out] has the right size but would load scrambled."""
+    want = hf_shape(entry, shape)
+    if t.shape != want:
+        raise CheckpointFormatError(f"has shape {t.shape}, config.json's model needs {want}")
+    return (t.T if entry.transpose else t).reshape(shape)
 
 
 # ----------------------------------------------------------------------------- import
@@ -313,9 +316,9 @@ def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]
                     continue
                 shape = shapes[e.ours][1:] if e.layered else shapes[e.ours]
                 try:
-                    value = to_ours(f.get_tensor(key), shape, e.transpose)
+                    value = to_ours(f.get_tensor(key), e, shape)
                 except CheckpointFormatError as err:
-                    raise CheckpointFormatError(f"{path.name}: {key}: {err}") from None
+                    raise CheckpointFormatError(f"{path}: {key}: {err}") from None
                 if e.layered:
                     arrays[e.ours][layer] = value
                 else:
@@ -334,7 +337,7 @@ def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]
     if missing:
         raise CheckpointFormatError(f"{hf_dir}: missing tensors {missing[:10]}")
     if tied_head_file is not None:
-        _check_tied_head(tied_head_file, arrays[("embed", "embedding")])
+        _check_tied_head(tied_head_file, arrays[("embed", "embedding")], cfg)
 
     params: dict = {}
     for path, value in arrays.items():
@@ -345,7 +348,7 @@ def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]
     return cfg, params
 
 
-def _check_tied_head(path: pathlib.Path, embedding: np.ndarray) -> None:
+def _check_tied_head(path: pathlib.Path, embedding: np.ndarray, cfg: ModelConfig) -> None:
     """A tied model's file may still hold `lm_head.weight` [V, D]: it must be the
     embedding (in the target dtype), or config.json's tie_word_embeddings is wrong and
     dropping the head would silently change the model."""
@@ -354,10 +357,13 @@ def _check_tied_head(path: pathlib.Path, embedding: np.ndarray) -> None:
     with _damaged_file_errors(path), safe_open(str(path), framework="numpy") as f:
         head = f.get_tensor("lm_head.weight")
     if head.shape != embedding.shape or not np.array_equal(head.astype(embedding.dtype), embedding):
+        # Untying is no fix for a BLOOM: we map BLOOM with the embedding as its head only.
+        fix = "set tie_word_embeddings to false there"
+        if cfg.family == "bloom":
+            fix = "a BLOOM with an untied LM head is not supported"
         raise CheckpointFormatError(
             f"{path}: lm_head.weight differs from the input embedding, but config.json ties "
-            "them (tie_word_embeddings true or left out for this model_type): set "
-            "tie_word_embeddings to false there"
+            f"them (tie_word_embeddings true or left out for this model_type): {fix}"
         )
 
 
@@ -400,10 +406,8 @@ def hf_tensors(cfg: ModelConfig, params, dtype: str | None = None):
         stacked = np.asarray(node)
         for i in range(cfg.layers) if e.layered else [None]:
             a = stacked[i] if i is not None else stacked
-            if e.transpose:
-                a = _flatten_kernel(e.ours, a).T
-            elif e.ours[-1] != "embedding":
-                a = a.reshape(-1)  # norms and biases; [H, 3, Hd] is HF's fused order
+            want = hf_shape(e, a.shape)
+            a = a.reshape(want[::-1]).T if e.transpose else a.reshape(want)
             if target is not None:
                 a = a.astype(target)
             yield e.hf.format(i=i), np.ascontiguousarray(a)

@@ -61,6 +61,10 @@ class CheckpointError(ValueError):
     """A checkpoint path that does not hold what was asked for."""
 
 
+class ModelMismatch(CheckpointError):
+    """Readable parameters of another model (tree or shapes) than the one asked for."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     """When to save and how many to keep.
@@ -559,7 +563,7 @@ def _check_matches(params_dir: epath.Path, stored, abstract_params: PyTree) -> N
     """CheckpointError naming the first parameter missing, extra or of another shape."""
     difference = _tree_difference(stored, abstract_params, "the model")
     if difference is not None:
-        raise CheckpointError(f"{params_dir}: parameters do not match the model ({difference})")
+        raise ModelMismatch(f"{params_dir}: parameters do not match the model ({difference})")
 
 
 def restore_params(path, abstract_params: PyTree) -> PyTree:

@@ -192,7 +192,7 @@ def load_model(source: ModelSource, mesh=None) -> tuple[ModelConfig, Any]:
     )
     try:
         return cfg, checkpointing.restore_params(source.checkpoint, abstract)
-    except checkpointing.CheckpointError as e:
+    except checkpointing.ModelMismatch as e:  # a damaged checkpoint needs no model advice
         if not from_source:
             raise
         # eval.gin's ModelConfig is tiny_bloom's unless a models/*.gin file says otherwise.

@@ -325,6 +325,14 @@ def test_model_source_errors(tmp_path):
         evaluation.load_model(
             ModelSource(checkpoint=str(tmp_path), config=mc.get_preset("tiny-bloom"))
         )
+    # A damaged one says so, without the model hint either.
+    (tmp_path / "params" / "_METADATA").unlink()
+    with pytest.raises(checkpointing.CheckpointError) as info:
+        evaluation.load_model(ModelSource(checkpoint=str(tmp_path), config=tiny))
+    assert str(info.value) == (
+        f"{tmp_path / 'params'}: checkpoint cannot be read, damaged or incomplete (no "
+        "readable metadata in params/)"
+    )
     with pytest.raises(hf_io.CheckpointFormatError, match="not found"):
         evaluation.load_model(ModelSource(hf_dir=str(tmp_path)))
     # DTYPE and MODEL_OVERRIDES_EVAL: errors name the macro, before anything loads.

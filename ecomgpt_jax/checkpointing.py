@@ -133,6 +133,9 @@ class DataPosition:
             if old is not None and old != new:
                 # A digest's values say nothing to a reader: its setting alone.
                 changes.append(setting if name == "sources" else f"{setting} {old!r} -> {new!r}")
+        if stored.sources is None and self.sources is not None and stored.num_shards > 1:
+            # Written before each shard picked tasks with its own seed (shard 0 reads as then).
+            changes.append("the task picks of data shards 1 and up (changed since)")
         return changes
 
     def to_json(self) -> dict:

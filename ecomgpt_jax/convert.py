@@ -42,17 +42,6 @@ from ecomgpt_jax.models import hf_io
 from ecomgpt_jax.models.config import ConfigError, ModelConfig
 
 # Tokenizer files transformers writes/reads next to the weights.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "generation_config.json",
-    "chat_template.jinja",
-)
 
 
 def find_model_config(checkpoint) -> ModelConfig:
@@ -132,12 +121,13 @@ def orbax_to_hf(
     if tokenizer_dir is not None:
         tokenizer_files = [
             pathlib.Path(tokenizer_dir) / name
-            for name in TOKENIZER_FILES
+            for name in hf_hub.TOKENIZER_FILES
             if (pathlib.Path(tokenizer_dir) / name).is_file()
         ]
         if not tokenizer_files:
             raise hf_io.CheckpointFormatError(
-                f"--tokenizer_dir {tokenizer_dir}: none of {', '.join(TOKENIZER_FILES)} found"
+                f"--tokenizer_dir {tokenizer_dir}: none of "
+                f"{', '.join(hf_hub.TOKENIZER_FILES)} found"
             )
     # Before looking for its model_config.json: a missing checkpoint is the real problem.
     checkpointing.resolve_params_path(checkpoint)
@@ -231,7 +221,12 @@ def main(argv=None) -> int:
                 cfg = model_config.get_preset(args.preset)
             if args.push_to_hub:  # a typo found now, not after the export
                 hf_hub.check_repo(args.push_to_hub)
-            tokenizer_dir = hf_hub.local_dir(args.tokenizer_dir)
+            if hf_hub.is_hub_path(args.tokenizer_dir):  # after the cheap checks: a download
+                from ecomgpt_jax import checkpointing
+
+                hf_io.check_output_dir(args.output, "--output")
+                checkpointing.resolve_params_path(args.checkpoint)
+            tokenizer_dir = hf_hub.local_dir(args.tokenizer_dir, hf_hub.TOKENIZER_FILES)
             out = orbax_to_hf(args.checkpoint, args.output, cfg, tokenizer_dir, args.dtype)
             print(f"wrote {out}")
             if args.push_to_hub:

@@ -5,11 +5,12 @@
 
 Train's INIT_FROM_HF, eval's HF_DIR and convert's --hf_dir / --tokenizer_dir take them;
 `push` uploads an export (convert orbax-to-hf --push_to_hub ORG/NAME).
-A hub path fetches the repository's JSON files (config, tokenizer, index), its
-`*.safetensors` and `tokenizer*` files, never pickles (`*.bin`, refused here anyway), into
-the Hugging Face cache (`HF_HOME`, shared with transformers) on first use; later runs read
-the cache (with `HF_HUB_OFFLINE=1`, only the cache). Private or gated repositories use the
-token of `huggingface-cli login` / `HF_TOKEN`. On several hosts each downloads its own copy.
+A hub path fetches the repository's top-level config, safetensors and tokenizer files
+(`MODEL_FILES`; `TOKENIZER_FILES` alone for a tokenizer), never pickles (`*.bin`, refused
+here anyway) nor other folders' files, into the Hugging Face cache (`HF_HOME`, shared
+with transformers) on first use; later runs read the cache (with `HF_HUB_OFFLINE=1`,
+only the cache). Private or gated repositories use the token of `huggingface-cli login` /
+`HF_TOKEN`. On several hosts each downloads its own copy.
 """
 
 from __future__ import annotations
@@ -17,9 +18,22 @@ from __future__ import annotations
 import re
 
 PREFIX = "hf://"
-# What a model folder needs here: config.json, tokenizer.json / tokenizer_config.json,
-# model.safetensors(.index.json) and shards, a SentencePiece tokenizer.model.
-PATTERNS = ("*.json", "*.safetensors", "tokenizer*")
+# A HF folder's tokenizer files: what an export and a run folder copy along.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "generation_config.json",
+    "chat_template.jinja",
+)
+MODEL_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES)
+# Top level only: fnmatch's "*" crosses "/", so "*.safetensors" would fetch an onnx/ or
+# other subfolder's weights too.
+IGNORED = ("*/*",)
 _REPO = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
@@ -42,11 +56,11 @@ def parse(path: str) -> tuple[str, str | None]:
     return repo, revision or None
 
 
-def local_dir(path: str | None) -> str | None:
-    """`path` as a local folder: a hub path's snapshot (downloaded into the HF cache if it
-    is not there yet), anything else unchanged. Raises HubError (one line, naming `path`)
-    when the download fails: no such repository or revision, no access, no network and
-    no cached copy."""
+def local_dir(path: str | None, files: tuple[str, ...] = MODEL_FILES) -> str | None:
+    """`path` as a local folder: a hub path's snapshot of `files` (patterns; downloaded
+    into the HF cache if not there yet), anything else unchanged. Raises HubError (one
+    line, naming `path`) when the download fails: no such repository or revision, no
+    access, no network and no cached copy."""
     if not is_hub_path(path):
         return path
     repo, revision = parse(path)
@@ -57,11 +71,19 @@ def local_dir(path: str | None) -> str | None:
             f"{path}: needs the huggingface_hub package (pip install huggingface_hub)"
         ) from None
     try:
-        return str(snapshot_download(repo, revision=revision, allow_patterns=list(PATTERNS)))
+        folder = snapshot_download(
+            repo, revision=revision, allow_patterns=list(files), ignore_patterns=list(IGNORED)
+        )
     except Exception as e:  # the hub's errors, HTTP and OS errors alike: one line for each
-        text = str(e).strip().splitlines()
-        why = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-        raise HubError(f"{path}: cannot download it from the Hugging Face hub ({why})") from None
+        raise HubError(
+            f"{path}: cannot download it from the Hugging Face hub ({_why(e)})"
+        ) from None
+    return str(folder)
+
+
+def _why(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def check_repo(repo: str) -> None:
@@ -84,7 +106,8 @@ def push(folder, repo: str, private: bool = False) -> str:
         ) from None
     try:
         api = HfApi()
-        api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        # None, not False: a new repository then takes its organisation's default.
+        api.create_repo(repo, repo_type="model", private=private or None, exist_ok=True)
         commit = api.upload_folder(
             repo_id=repo,
             repo_type="model",
@@ -92,9 +115,7 @@ def push(folder, repo: str, private: bool = False) -> str:
             commit_message="Upload an ecomgpt-jax export",
         )
     except Exception as e:  # the hub's errors (no token, no write access), network errors
-        text = str(e).strip().splitlines()
-        why = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
         raise HubError(
-            f"--push_to_hub {repo}: upload failed ({why}); {folder} is kept, try again"
+            f"--push_to_hub {repo}: upload failed ({_why(e)}); {folder} is kept, try again"
         ) from None
     return str(getattr(commit, "commit_url", commit))

@@ -246,9 +246,7 @@ def write_run_files(model_dir: str, cfg, command: str, vocabulary, notes=()) -> 
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = getattr(vocabulary, "path", None)  # HuggingFaceVocabulary: its tokenizer.json
     if tokenizer is not None and pathlib.Path(tokenizer).name == "tokenizer.json":
-        from ecomgpt_jax import convert
-
-        for name in convert.TOKENIZER_FILES:
+        for name in hf_hub.TOKENIZER_FILES:
             source = pathlib.Path(tokenizer).parent / name
             if source.is_file():
                 (root / name).write_bytes(source.read_bytes())

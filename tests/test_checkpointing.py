@@ -328,7 +328,12 @@ def test_a_changed_pipeline_is_detected_but_old_checkpoints_lack_fields():
     old = ck.DataPosition.from_json(
         {"batches_consumed": 5, "mixture": "m", "num_shards": 2, "seed": 0, "global_batch_size": 8}
     )
-    assert old.lengths is None and now.changes_from(old) == []
+    assert old.lengths is None and now.changes_from(old) == [
+        "the task picks of data shards 1 and up (changed since)"
+    ]  # two shards: shard 1 now picks with its own seed
+    assert now.changes_from(dataclasses.replace(old, num_shards=1)) == [
+        "DataConfig.num_shards 1 -> 2"
+    ]
     assert ck.DataPosition.from_json(now.to_json()) == now  # lengths back as a tuple
 
 

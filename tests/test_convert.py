@@ -12,7 +12,7 @@ import torch
 import transformers
 from hf_reference import make_hf_model
 
-from ecomgpt_jax import checkpointing, convert
+from ecomgpt_jax import checkpointing, convert, hf_hub
 from ecomgpt_jax.models import config as mc
 from ecomgpt_jax.models import decoder, hf_io
 
@@ -140,7 +140,7 @@ def test_orbax_to_hf_refusals_come_before_anything_is_written(converted, tmp_pat
     assert _cli(capsys, *argv, new, "--tokenizer_dir", tmp_path / "no_tokenizer") == (
         2,
         f"error: --tokenizer_dir {tmp_path / 'no_tokenizer'}: none of "
-        + ", ".join(convert.TOKENIZER_FILES)
+        + ", ".join(hf_hub.TOKENIZER_FILES)
         + " found\n",
     )
     assert not new.exists()

@@ -85,8 +85,13 @@ def test_a_malformed_hub_path_is_one_line(path):
     )
 
 
-def test_only_config_tokenizer_and_safetensors_files_are_fetched(hub):
-    """The patterns as the hub library applies them: no pickles, no other weights."""
+MODEL = {"allow_patterns": list(hf_hub.MODEL_FILES), "ignore_patterns": ["*/*"]}
+TOKENIZER = {"allow_patterns": list(hf_hub.TOKENIZER_FILES), "ignore_patterns": ["*/*"]}
+
+
+def test_only_top_level_config_tokenizer_and_safetensors_files_are_fetched(hub):
+    """The patterns as the hub library applies them: no pickles, no other weights, nothing
+    from subfolders; for a tokenizer, its files alone (not gigabytes of weights)."""
     files = [
         "config.json",
         "generation_config.json",
@@ -95,15 +100,27 @@ def test_only_config_tokenizer_and_safetensors_files_are_fetched(hub):
         "tokenizer.json",
         "tokenizer_config.json",
         "tokenizer.model",
+        "merges.txt",
+        "vocab.json",
+        "chat_template.jinja",
         "pytorch_model.bin",
         "flax_model.msgpack",
-        "onnx/model.onnx",
+        "onnx/model.safetensors",
+        "onnx/config.json",
         "README.md",
     ]
-    fetched = list(filter_repo_objects(files, allow_patterns=list(hf_hub.PATTERNS)))
-    assert fetched == files[:7]
+
+    def fetched(patterns):
+        return list(filter_repo_objects(files, **patterns))
+
+    assert fetched(MODEL) == files[:10]
+    assert fetched(TOKENIZER) == [files[i] for i in (1, 4, 5, 6, 7, 8, 9)]
     assert hf_hub.local_dir("hf://org/tiny@v2") == str(hub.folder)
-    assert hub.calls == [("org/tiny", {"revision": "v2", "allow_patterns": list(hf_hub.PATTERNS)})]
+    assert hf_hub.local_dir("hf://org/tok", hf_hub.TOKENIZER_FILES) == str(hub.folder)
+    assert hub.calls == [
+        ("org/tiny", {"revision": "v2", **MODEL}),
+        ("org/tok", {"revision": None, **TOKENIZER}),
+    ]
 
 
 def test_local_paths_are_left_alone(hub, tmp_path):
@@ -129,7 +146,7 @@ def test_training_starts_from_hub_weights_and_resumes_without_the_hub(
     run_dir = tmp_path / "run"
     args = ["--gin.INIT_FROM_HF='hf://org/tiny'", "--gin.EVAL_LOSS_EVERY_STEPS=0"]
     train_in_process(run_dir, *args, "--gin.TRAIN_STEPS=1")
-    assert hub.calls == [("org/tiny", {"revision": None, "allow_patterns": list(hf_hub.PATTERNS)})]
+    assert hub.calls == [("org/tiny", {"revision": None, **MODEL})]
     trained = checkpointing.load_model_config(run_dir)  # the weights' architecture
     fields = ("vocab_size", "hidden", "layers", "heads", "mlp_dim")
     assert [getattr(trained, f) for f in fields] == [getattr(SMALL, f) for f in fields]
@@ -184,7 +201,9 @@ def test_convert_takes_hub_paths(hub, hf_folder, tmp_path, monkeypatch, capsys):
     argv = ["orbax-to-hf", "--checkpoint", str(out), "--output", str(back)]
     assert convert.main([*argv, "--tokenizer_dir", "hf://org/tiny"]) == 0
     assert (back / "tokenizer.json").read_text() == '{"stand": "in"}'
-    assert [call[0] for call in hub.calls] == ["org/tiny", "org/tiny"]
+    assert hub.calls == [("org/tiny", {"revision": None, **MODEL})] + [
+        ("org/tiny", {"revision": None, **TOKENIZER})
+    ]
     monkeypatch.setattr(huggingface_hub, "snapshot_download", FakeHub(None, OSError("offline")))
     capsys.readouterr()
     argv = ["hf-to-orbax", "--hf_dir", "hf://org/gone", "--output", str(tmp_path / "x")]
@@ -239,6 +258,15 @@ def test_an_export_goes_to_the_hub(hub, tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == (
         "uploaded: https://huggingface.co/me/ecomgpt/c/1"
     )
+    # Without --private a new repository takes its organisation's default (None, not False).
+    FakeApi.calls.clear()
+    assert convert.main([*export, "--output", str(tmp_path / "p"), "--push_to_hub", "me/y"]) == 0
+    assert FakeApi.calls[0] == (
+        "create_repo",
+        "me/y",
+        {"repo_type": "model", "private": None, "exist_ok": True},
+    )
+    capsys.readouterr()
     # A failed upload is one line, and the export stays for another try.
     monkeypatch.setattr(FakeApi, "error", OSError("401 Client Error: Unauthorized\nmore"))
     assert convert.main([*export, "--output", str(tmp_path / "b"), "--push_to_hub", "me/x"]) == 2

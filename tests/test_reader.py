@@ -338,6 +338,9 @@ def test_lone_surrogates_deep_nesting_and_odd_names_are_one_line(tmp_path):
     with pytest.raises(DataError) as info:
         reader.parse_line('{"sentences": "red \\ud800 shoe"}', "t.json", 3)
     assert str(info.value) == "t.json:3: a lone surrogate escape (\\ud800) is not a character"
+    with pytest.raises(DataError) as info:  # a Python literal's escape, too
+        reader.parse_line("{'sentences': 'bad \\U0000dc00 x'}", "t.json", 4)
+    assert str(info.value) == "t.json:4: a lone surrogate escape (\\udc00) is not a character"
     pair = reader.parse_line('{"sentences": "\\ud83d\\ude00"}', "t.json", 1)
     assert pair == {"sentences": "\U0001f600"}  # an escaped pair is one character
     with pytest.raises(DataError) as info:

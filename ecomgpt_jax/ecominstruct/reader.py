@@ -461,7 +461,8 @@ def parse_line(text: str, path: str | os.PathLike, line: int) -> Any:
     return value
 
 
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# JSON's and a Python literal's escapes of U+D800..U+DFFF.
+_SURROGATE_ESCAPE = re.compile(r"\\(u|U0000)[dD][89a-fA-F]")
 
 
 def _parse(text: str, path, line: int) -> Any:

@@ -2,6 +2,7 @@
 (`HfRunner`) and generate (`HfDecoder`)."""
 
 import numpy as np
+import pytest
 
 from benchmarks import hf_baselines
 from benchmarks import train_step as bt
@@ -77,3 +78,8 @@ def test_hf_decoder_generates_exactly_new_tokens_with_eos_off():
         out = hf.model.generate(hf.ids, attention_mask=torch.ones_like(hf.ids), **hf.kwargs)
     assert tuple(out.shape) == (2, 6 + 5)
     np.testing.assert_array_equal(out[:, :6].numpy(), prompts)
+    assert hf.time() > 0  # the timed call checks the same length ...
+    short = out[:, : 6 + 2]  # ... and refuses fewer tokens than ours (its rate would be inflated)
+    hf.model.generate = lambda *args, **kwargs: short
+    with pytest.raises(RuntimeError, match="^transformers generated 2 tokens, not 5$"):
+        hf.time()

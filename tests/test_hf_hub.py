@@ -8,6 +8,7 @@ import json
 import pathlib
 import types
 
+import gin
 import huggingface_hub
 import jax
 import numpy as np
@@ -56,6 +57,14 @@ def hf_folder(tmp_path_factory):
 
 
 @pytest.fixture
+def in_repo(monkeypatch):
+    """The repository root as the working folder (gin file paths), gin cleared after."""
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parent.parent)
+    yield
+    gin.clear_config()
+
+
+@pytest.fixture
 def hub(monkeypatch, hf_folder):
     fake = FakeHub(hf_folder[0])
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
@@ -76,9 +85,10 @@ def test_hub_paths_name_a_repository_and_a_revision(path, parsed):
 
 
 @pytest.mark.parametrize("path", ["hf://", "hf://a/b/c", "hf://org/name@", "hf:///abs", "hf://a b"])
-def test_a_malformed_hub_path_is_one_line(path):
+def test_a_malformed_hub_path_is_one_line(path, hub):
     with pytest.raises(hf_hub.HubError) as info:
         hf_hub.local_dir(path)
+    assert hub.calls == []  # refused before any download
     assert str(info.value) == (
         f"{path}: not a hub path; expected hf://ORG/NAME or hf://ORG/NAME@REVISION "
         "(a branch, tag or commit)"
@@ -163,7 +173,7 @@ def test_training_starts_from_hub_weights_and_resumes_without_the_hub(
     )
 
 
-def test_evaluation_of_a_hub_model_equals_that_of_its_folder(hub, hf_folder, tmp_path):
+def test_evaluation_of_a_hub_model_equals_that_of_its_folder(hub, hf_folder, tmp_path, in_repo):
     sample = make_sample.SAMPLE_DIR
     common = [
         f"DATA_DIR = '{sample}'",
@@ -181,7 +191,7 @@ def test_evaluation_of_a_hub_model_equals_that_of_its_folder(hub, hf_folder, tmp
     assert hub.calls[0][0] == "org/tiny" and hub.calls[0][1]["revision"] == "main"
 
 
-def test_a_hub_model_eval_cannot_download_is_one_line(monkeypatch, tmp_path):
+def test_a_hub_model_eval_cannot_download_is_one_line(monkeypatch, tmp_path, in_repo):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", FakeHub(None, OSError("offline")))
     with pytest.raises(eval_main.evaluation.EvalError) as info:
         eval_main.run_eval(["gin_configs/eval.gin"], ["HF_DIR = 'hf://org/gone'"])

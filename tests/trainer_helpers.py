@@ -81,6 +81,7 @@ def _train_flags(model_dir, args):
     finally:
         os.chdir(cwd)
         gin.clear_config()
+        flags.FLAGS.unparse_flags()  # the next user parses its own
 
 
 def run_in_process(tmp_path, *args) -> str:

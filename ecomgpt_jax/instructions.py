@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             raise reader.DataError(
                 f"--split {args.split!r}: unknown split (use {' or '.join(reader.SPLITS)})"
             )
-        reader.check_output_file(args.output, inputs=reader.input_files(args.data_dir, args.split))
         tasks = reader.discover_tasks(args.data_dir, allow_empty=False)
+        reader.check_output_file(args.output, inputs=reader.input_files(tasks, args.split))
         wanted = [reader.as_folder_name(t) for t in args.tasks.split(",") if t]
         unknown = sorted(set(wanted) - set(tasks))
         if unknown:

@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = _parse_args(argv)
     try:
-        read = reader.input_files(args.data_dir, args.split, [args.predictions])
+        # (score_predictions reads the tasks again: their meta-info only, milliseconds.)
+        tasks = reader.discover_tasks(args.data_dir, allow_empty=False)
+        read = reader.input_files(tasks, args.split, [args.predictions])
         reader.check_output_file(args.output, inputs=read)
         rows = scoring.read_predictions(args.predictions)
         if not rows:

@@ -95,15 +95,15 @@ def prepared_splits(task: reader.TaskInfo, tfds_data_dir, seed: int = 0) -> tupl
     Current means: the config's recorded fingerprint equals :func:`fingerprint` of the task
     folder and code now (a changed JSON file or prompt code makes the copy stale).
     """
-    info = _prepared_info(task, tfds_data_dir, seed)
+    folder = prepared_dir(tfds_data_dir, task.name, seed)
+    info = _prepared_info(folder)
     if info is None:
         return ()
-    info_path = prepared_dir(tfds_data_dir, task.name, seed) / "dataset_info.json"
     if info.get("configDescription") != fingerprint(task):
         logging.getLogger(__name__).warning(
             "%s: prepared TFDS data of task %s is stale (JSON files or prompt code changed); "
             "reading JSON. Re-run: python -m tasks.tfds_builder --data_dir <root>",
-            info_path.parent,
+            folder,
             task.name,
         )
         return ()
@@ -182,9 +182,9 @@ class EcomInstruct(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             )
 
 
-def _prepared_info(task: reader.TaskInfo, tfds_data_dir, seed: int) -> dict | None:
-    """The prepared copy's dataset_info.json (None: not prepared)."""
-    path = prepared_dir(tfds_data_dir, task.name, seed) / "dataset_info.json"
+def _prepared_info(folder: pathlib.Path) -> dict | None:
+    """The dataset_info.json of a `prepared_dir` (None: not prepared)."""
+    path = folder / "dataset_info.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
@@ -215,7 +215,7 @@ def prepare(
         )
         # TFDS reuses a prepared version folder as it is: a stale copy (JSON files or
         # prompt code changed since) would stay stale, and be skipped by every run.
-        info = _prepared_info(task, tfds_data_dir, seed)
+        info = _prepared_info(prepared_dir(tfds_data_dir, name, seed))
         # The config's description is the fingerprint (hashing the data again costs ~1 s/GB).
         stale = (
             info is not None and info.get("configDescription") != builder.builder_config.description

@@ -404,14 +404,10 @@ def check_output_file(
     raise DataError(f"{flag} {path}: {problem}")
 
 
-def input_files(root, split: str, extra=()) -> list[pathlib.Path]:
-    """What a command over the tasks under `root` reads: each task's meta-info.json and
+def input_files(tasks: Mapping[str, TaskInfo], split: str, extra=()) -> list[pathlib.Path]:
+    """What a command over `tasks` (`discover_tasks`) reads: each task's meta-info.json and
     `split` file, and `extra` (a file, or a folder's *.jsonl files)."""
-    try:
-        tasks = discover_tasks(root).values()
-    except DataError:  # reported where the command reads the tasks
-        tasks = ()
-    files = [p for t in tasks for p in (t.path / META_FILE, t.split_path(split))]
+    files = [p for t in tasks.values() for p in (t.path / META_FILE, t.split_path(split))]
     for p in map(pathlib.Path, extra):
         files += sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
     return files

@@ -23,7 +23,7 @@ import json
 import pathlib
 import sys
 
-from ecomgpt_jax.ecominstruct import reader, scoring
+from ecomgpt_jax.ecominstruct import predictions, reader, scoring
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = reader.discover_tasks(args.data_dir, allow_empty=False)
         read = reader.input_files(tasks, args.split, [args.predictions])
         reader.check_output_file(args.output, inputs=read)
-        rows = scoring.read_predictions(args.predictions)
+        rows = predictions.read_predictions(args.predictions)
         if not rows:
             raise reader.DataError("no predictions", args.predictions)
         scores = scoring.score_predictions(

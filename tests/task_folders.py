@@ -50,3 +50,29 @@ def cls_task(root, n_labels=100, n_rows=200) -> tuple[reader.TaskInfo, list[str]
         for i in range(n_rows)
     ]
     return make_task(root, "EN-Shop-CLS-cat", meta, rows), labels
+
+
+def write_shop_tasks(root) -> pathlib.Path:
+    """Two small tasks under `root`: EN-Shop-CLS-topic (2 examples, labels Food / Price)
+    and ZH-Shop-Generate-title (1 example, answer 红色T恤). Returns `root`."""
+    write_task(
+        root,
+        "EN-Shop-CLS-topic",
+        {
+            "defi": "topic",
+            "test_prompt": {"instruction": "{sentences} {label_set}"},
+            "label_set": {"k": ["Food", "Price"]},
+            "label_key": "k",
+        },
+        [
+            {"sentences": "s", "labels": {"k": ["Food"]}},
+            {"sentences": "t", "labels": {"k": ["Price"]}},
+        ],
+    )
+    write_task(
+        root,
+        "ZH-Shop-Generate-title",
+        {"defi": "title", "test_prompt": {"instruction": "{sentences}"}},
+        [{"sentences": "x", "spans": [{"term": "红色T恤"}]}],
+    )
+    return root

@@ -8,10 +8,9 @@ import random
 import pytest
 import rouge
 from seqeval.metrics import classification_report
-from task_folders import write_task
+from task_folders import write_shop_tasks, write_task
 
 from ecomgpt_jax.ecominstruct import instructions, reader, scoring
-from ecomgpt_jax.ecominstruct.reader import DataError
 from ecomgpt_jax.ecominstruct.scoring import ScoreSpec
 
 ONE = 2.0 * (1.0 / (2.0 + 1e-8))  # the rouge package's F for a perfect match
@@ -274,27 +273,7 @@ def test_ner_no_entities_anywhere_is_nan_macro():
 
 @pytest.fixture
 def data_dir(tmp_path):
-    write_task(
-        tmp_path,
-        "EN-Shop-CLS-topic",
-        {
-            "defi": "topic",
-            "test_prompt": {"instruction": "{sentences} {label_set}"},
-            "label_set": {"k": ["Food", "Price"]},
-            "label_key": "k",
-        },
-        [
-            {"sentences": "s", "labels": {"k": ["Food"]}},
-            {"sentences": "t", "labels": {"k": ["Price"]}},
-        ],
-    )
-    write_task(
-        tmp_path,
-        "ZH-Shop-Generate-title",
-        {"defi": "title", "test_prompt": {"instruction": "{sentences}"}},
-        [{"sentences": "x", "spans": [{"term": "红色T恤"}]}],
-    )
-    return tmp_path
+    return write_shop_tasks(tmp_path)
 
 
 def test_score_predictions(data_dir, caplog):
@@ -321,97 +300,6 @@ def test_score_predictions(data_dir, caplog):
     assert lines[2].split() == ["EN-Shop-CLS-topic", "1*", "100.00", "100.00", "100.00", "100.00"]
     assert lines[5].split() == ["average", "2", "tasks", "100.00", "100.00", "100.00", "100.00"]
     assert lines[-1] == "* scored on part of the task's examples"
-
-
-@pytest.mark.parametrize(
-    ("row", "pattern"),
-    [
-        (
-            {"task": "EN-Shop-CLS-nope", "index": 0, "prediction": "x"},
-            "preds:2: unknown task 'EN-Shop-CLS-nope'",
-        ),
-        (
-            {"task": "EN-Shop-CLS-topic", "index": 2, "prediction": "x"},
-            "preds:2: index 2 out of range",
-        ),
-        (
-            {"task": "EN-Shop-CLS-topic", "index": -1, "prediction": "x"},
-            "preds:2: index -1 out of range",
-        ),
-        (
-            {"task": "EN-Shop-CLS-topic", "index": 0, "prediction": "y"},
-            "preds:2: repeated prediction .* line 1",
-        ),
-        ({"task": "EN-Shop-CLS-topic", "index": "0", "prediction": "y"}, "preds:2: field 'index'"),
-        ({"task": "EN-Shop-CLS-topic", "index": 1}, "preds:2: field 'prediction'"),
-    ],
-)
-def test_score_predictions_errors(data_dir, row, pattern):
-    first = {"task": "EN-Shop-CLS-topic", "index": 0, "prediction": "Food"}
-    with pytest.raises(DataError, match=pattern):
-        scoring.score_predictions(data_dir, [first, row], source="preds")
-
-
-def test_read_predictions(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text(
-        '{"task": "a", "index": 0, "prediction": ""}\n\n'
-        '{"task": "b", "index": 3, "prediction": "x"}\n'
-    )
-    assert scoring.read_predictions(path) == [
-        scoring.PredictionRow("a", 0, "", 1, source=str(path)),
-        scoring.PredictionRow("b", 3, "x", 3, source=str(path)),
-    ]
-    path.write_text('{"task": "a", "index": 0, "prediction": ""}\n{"task": "a", "index": true}\n')
-    with pytest.raises(DataError, match=r"p.jsonl:2: field 'index' missing or not an integer"):
-        scoring.read_predictions(path)
-
-
-def test_score_predictions_checks_targets_against_the_gold(data_dir):
-    """Rows that carry `targets` (the evaluation writes them) were made on some data root:
-    scored against another one with the same task names, they must not pass silently."""
-    rows = [
-        {"task": "EN-Shop-CLS-topic", "index": 0, "prediction": "Food", "targets": "Food"},
-        {"task": "EN-Shop-CLS-topic", "index": 1, "prediction": "x", "targets": "Food"},
-    ]
-    with pytest.raises(DataError) as e:
-        scoring.score_predictions(data_dir, rows, source="preds")
-    assert str(e.value) == (
-        "preds:2: 'targets' of task 'EN-Shop-CLS-topic' index 1 differ from the gold answer "
-        f"under {data_dir}: were the predictions made on another data root? "
-        "Pass that root as --data_dir"
-    )
-    rows[1]["targets"] = "Price"
-    assert scoring.score_predictions(data_dir, rows)["EN-Shop-CLS-topic"]["n"] == 2
-    rows[1]["targets"] = ["Price"]
-    with pytest.raises(DataError, match="preds:2: field 'targets' is not a string"):
-        scoring.score_predictions(data_dir, rows, source="preds")
-
-
-def test_read_predictions_from_a_folder(tmp_path, data_dir):
-    """The evaluation's predictions/ folder (one .jsonl per task) reads as one file would,
-    and errors name the file the row came from."""
-    folder = tmp_path / "predictions"
-    folder.mkdir()
-    with pytest.raises(DataError, match="folder holds no \\*.jsonl predictions files"):
-        scoring.read_predictions(folder)
-    b = folder / "b.jsonl"
-    b.write_text('{"task": "ZH-Shop-Generate-title", "index": 0, "prediction": "y"}\n')
-    a = folder / "a.jsonl"
-    a.write_text('{"task": "EN-Shop-CLS-topic", "index": 0, "prediction": "Food"}\n')
-    (folder / "notes.txt").write_text("not predictions")
-    rows = scoring.read_predictions(folder)
-    assert [(r.task, r.source, r.line) for r in rows] == [
-        ("EN-Shop-CLS-topic", str(a), 1),
-        ("ZH-Shop-Generate-title", str(b), 1),
-    ]
-    assert list(scoring.score_predictions(data_dir, rows)) == [r.task for r in rows]
-    b.write_text('{"task": "EN-Shop-CLS-topic", "index": 0, "prediction": "y"}\n')
-    with pytest.raises(DataError) as e:
-        scoring.score_predictions(data_dir, scoring.read_predictions(folder))
-    assert str(e.value) == (
-        f"{b}:1: repeated prediction for 'EN-Shop-CLS-topic' index 0 (first on {a}:1)"
-    )
 
 
 def test_condition_extract_with_another_label_sep(tmp_path):

@@ -164,14 +164,18 @@ class CJKTokenizer:
         return _CJK_TOKEN.findall(text.lower())
 
 
-def rouge_l_cjk_mean(predictions: Sequence[str], golds: Sequence[str]) -> float:
-    """Mean `rouge-score` ROUGE-L F with :class:`CJKTokenizer` (0 for empty token lists)."""
+def rouge_l_cjk(predictions: Sequence[str], golds: Sequence[str]) -> list[float]:
+    """Per-example `rouge-score` ROUGE-L F with :class:`CJKTokenizer` (0 for empty token
+    lists)."""
     from rouge_score import rouge_scorer  # imported lazily: only scoring needs it
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=CJKTokenizer())
-    scores = [
-        scorer.score(g, p)["rougeL"].fmeasure for p, g in zip(predictions, golds, strict=True)
-    ]
+    return [scorer.score(g, p)["rougeL"].fmeasure for p, g in zip(predictions, golds, strict=True)]
+
+
+def rouge_l_cjk_mean(predictions: Sequence[str], golds: Sequence[str]) -> float:
+    """Mean of :func:`rouge_l_cjk`."""
+    scores = rouge_l_cjk(predictions, golds)
     return sum(scores) / len(scores)
 
 
@@ -278,6 +282,26 @@ def ner_f1(
 # --------------------------------------------------------------------------- per task
 
 
+def cleaned(
+    task: reader.TaskInfo | ScoreSpec,
+    examples: Sequence[Mapping] | None,
+    predictions: Sequence[str],
+    golds: Sequence[str],
+) -> tuple[list[str], list[str]]:
+    """Predictions and golds cleaned by the task's TYPE (5.1), after checking the lengths.
+
+    Raises:
+      ValueError: lengths differ or are 0; a NER task without its examples.
+    """
+    if len(predictions) != len(golds) or not predictions:
+        raise ValueError(f"need as many predictions as golds, and at least one: "
+                         f"{len(predictions)} vs {len(golds)}")  # fmt: skip
+    if task.type == "NER" and (examples is None or len(examples) != len(golds)):
+        raise ValueError("NER scoring needs the examples (their sentences are tagged)")
+    preds = [clean_prediction(task.type, p) for p in predictions]
+    return preds, [clean_gold(task.type, g) for g in golds]
+
+
 def score_task(
     task: reader.TaskInfo | ScoreSpec,
     examples: Sequence[Mapping] | None,
@@ -298,14 +322,8 @@ def score_task(
       except a NER task's "macro-f1": NaN, seqeval's value, when no entity occurs in its
       golds or predictions) and int "n".
     """
-    if len(predictions) != len(golds) or not predictions:
-        raise ValueError(f"need as many predictions as golds, and at least one: "
-                         f"{len(predictions)} vs {len(golds)}")  # fmt: skip
-    preds = [clean_prediction(task.type, p) for p in predictions]
-    golds = [clean_gold(task.type, g) for g in golds]
+    preds, golds = cleaned(task, examples, predictions, golds)
     if task.type == "NER":
-        if examples is None or len(examples) != len(golds):
-            raise ValueError("NER scoring needs the examples (their sentences are tagged)")
         micro, macro = ner_f1([e["sentences"] for e in examples], preds, golds, task.label_sep)
     else:
         micro, macro = set_f1(
@@ -369,12 +387,12 @@ def average_scores(scores: Mapping[str, Mapping]) -> dict[str, float]:
 AVERAGE_KEY = "average"  # never a task folder name: those have four "-"-separated fields
 
 
-def _json_safe(value):
+def json_safe(value):
     """NaN (seqeval's macro F1 when no entity exists anywhere) is not JSON: write null."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     return value
 
 
@@ -387,7 +405,7 @@ def scores_json(scores: Mapping[str, Mapping]) -> dict:
     that is per key ({key: count}).
     """
     average = {**average_scores(scores), "tasks": average_counts(scores)}
-    return _json_safe({**scores, AVERAGE_KEY: average})
+    return json_safe({**scores, AVERAGE_KEY: average})
 
 
 def format_table(scores: Mapping[str, Mapping]) -> str:

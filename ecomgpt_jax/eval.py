@@ -178,7 +178,7 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
         evaluation.check_tasks(eval_cfg)  # bad data root / names / split: before the model
         # On every process: weights missing on one host (a local disk) stop all now, not in
         # orbax's restore or in decoding, where the others would wait for it.
-        evaluation.check_weights(source)
+        evaluation.check_vocabulary(evaluation.check_weights(source), vocabulary)
         # Last (it creates EVAL_DIR): the writer, a bad EVAL_DIR now, not after decoding.
         if jax.process_index() == 0:
             evaluation.check_eval_dir(eval_dir)

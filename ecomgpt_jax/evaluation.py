@@ -61,6 +61,7 @@ class Vocabulary(Protocol):
 
     eos_id: int
     pad_id: int
+    vocab_size: int
 
     def encode(self, s: str) -> Sequence[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
@@ -156,34 +157,43 @@ def check_source(source: ModelSource) -> None:
             raise EvalError(f"MODEL_OVERRIDES_EVAL: {key!r} is not a ModelConfig field ({hint})")
 
 
-def check_weights(source: ModelSource) -> None:
-    """CheckpointError / CheckpointFormatError unless the weights are there, ConfigError
-    unless a HF folder's config.json takes the overrides: found now, not minutes into
-    reading the weights; on every host of a multi-host evaluation (`eval.run_eval`)."""
+def check_weights(source: ModelSource) -> ModelConfig:
+    """The model `source` holds, read without its weights: CheckpointError /
+    CheckpointFormatError unless the weights are there, ConfigError unless a HF folder's
+    config.json takes the overrides, EvalError for a checkpoint without a model. Found now,
+    not minutes into reading the weights; on every host of a multi-host evaluation
+    (`eval.run_eval`)."""
     if source.hf_dir:
-        _with_overrides(hf_io.read_hf_config(source.hf_dir), source)
-    else:
-        checkpointing.resolve_params_path(source.checkpoint)
+        return _with_overrides(hf_io.read_hf_config(source.hf_dir), source)
+    checkpointing.resolve_params_path(source.checkpoint)
+    cfg = checkpointing.find_model_config(source.checkpoint)
+    if cfg is None and source.config is None:
+        raise EvalError(
+            f"{source.checkpoint}: no {checkpointing.MODEL_CONFIG_FILE} at or above it; "
+            "pass ModelSource(config=...) with the model it holds"
+        )
+    return _with_overrides(source.config if cfg is None else cfg, source)
+
+
+def check_vocabulary(cfg: ModelConfig, vocabulary: Vocabulary) -> None:
+    """EvalError when the vocabulary has ids past the model's embedding table: the model
+    would read NaN for them and decode garbage without an error."""
+    if vocabulary.vocab_size > cfg.vocab_size:
+        raise EvalError(
+            f"the vocabulary has {vocabulary.vocab_size} ids but the model's vocab_size is "
+            f"{cfg.vocab_size}: use the model's own tokenizer (VOCABULARY, VOCABULARY_PATH)"
+        )
 
 
 def load_model(source: ModelSource, mesh=None) -> tuple[ModelConfig, Any]:
     """Loads (cfg, params): HF folders as host numpy arrays, orbax checkpoints restored
     directly into the mesh's shardings (any mesh; single device without one)."""
     check_source(source)
-    check_weights(source)
+    cfg = check_weights(source)
     if source.hf_dir:
         cfg, params = hf_io.load_hf_params(source.hf_dir, dtype=source.dtype)
         return _with_overrides(cfg, source), params
-    cfg = checkpointing.find_model_config(source.checkpoint)
-    from_source = cfg is None
-    if from_source:
-        if source.config is None:
-            raise EvalError(
-                f"{source.checkpoint}: no {checkpointing.MODEL_CONFIG_FILE} at or above it; "
-                "pass ModelSource(config=...) with the model it holds"
-            )
-        cfg = source.config
-    cfg = _with_overrides(cfg, source)
+    from_source = checkpointing.find_model_config(source.checkpoint) is None
     shardings = decoding.param_shardings(cfg, mesh)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -379,6 +389,7 @@ def evaluate(
     failure keeps the finished tasks' files. Process 0 writes; a write that fails there
     (EvalError naming the file) stops every process after that task (`_agreed_write`).
     """
+    check_vocabulary(cfg, vocabulary)
     tasks, missing = prepare_tasks(eval_cfg, vocabulary)
     lead = jax.process_index() == 0
     writes = eval_dir is not None and lead

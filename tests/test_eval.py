@@ -181,6 +181,28 @@ def test_errors_are_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_vocabulary_larger_than_the_model_stops_before_the_model_loads(tmp_path, monkeypatch):
+    """Ids past the embedding table would read NaN and decode garbage without an error."""
+    small = tmp_path / "small"
+    cfg = dataclasses.replace(mc.get_preset("tiny-qwen2"), vocab_size=1000)
+    (small).mkdir()
+    (small / "config.json").write_text(json.dumps(mc.to_hf_config(cfg)))
+    (small / "model.safetensors").write_bytes(b"")  # never read: the check comes first
+
+    def no_load(*args, **kwargs):
+        pytest.fail("the model was loaded before its vocab_size was checked")
+
+    monkeypatch.setattr(evaluation, "load_model", no_load)
+    args = [f"HF_DIR = '{small}'", f"EVAL_DIR = '{tmp_path / 'out'}'", f"DATA_DIR = '{SAMPLE}'"]
+    with pytest.raises(evaluation.EvalError) as info:
+        eval_main.run_eval(["gin_configs/eval.gin"], args)
+    assert str(info.value) == (
+        "the vocabulary has 2000 ids but the model's vocab_size is 1000: use the model's own "
+        "tokenizer (VOCABULARY, VOCABULARY_PATH)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_eval_dir_that_is_a_file_stops_before_the_model_loads(hf_dir, tmp_path, monkeypatch):
     """Not after decoding every task, in the first write. And weights that are not there
     stop it before EVAL_DIR is created."""

@@ -301,6 +301,16 @@ def test_checkpoint_restored_onto_a_mesh_gives_the_same_predictions(model, first
     assert [r["prediction"] for r in result.rows] == [r["prediction"] for r in first_run[0].rows]
 
 
+def test_evaluate_refuses_a_vocabulary_larger_than_the_model():
+    """Before anything is decoded or written (the model would read NaN past its table)."""
+    cfg = dataclasses.replace(mc.get_preset("tiny-bloom"), vocab_size=1999)
+    vocabulary = vocabularies.make_vocabulary("sentencepiece", None)  # 2000 ids
+    with pytest.raises(
+        evaluation.EvalError, match="has 2000 ids but the model's vocab_size is 1999"
+    ):
+        evaluation.evaluate(None, cfg, vocabulary, EvalConfig(mixture_or_task_name="x"))
+
+
 def test_model_source_errors(tmp_path):
     with pytest.raises(evaluation.EvalError, match="exactly one of CHECKPOINT"):
         evaluation.load_model(ModelSource())

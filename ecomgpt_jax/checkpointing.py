@@ -27,6 +27,7 @@ Needs only jax, flax and orbax (no TensorFlow, SeqIO or gin).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -59,6 +60,11 @@ MODEL_CONFIG_FILE = "model_config.json"
 
 class CheckpointError(ValueError):
     """A checkpoint path that does not hold what was asked for."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (a full disk, lost permissions): training stops,
+    and the message names the last step saved."""
 
 
 class ModelMismatch(CheckpointError):
@@ -254,6 +260,12 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
         )
+        self._started: list[int] = []  # the steps of the saves started (error messages)
+        self._failed = False  # a CheckpointWriteError was raised
+        # A failing async save's writes end in orbax's closed event loop; the run stops
+        # with one line for them (`_writing`), not a trace per write.
+        sys.excepthook = _closed_loop_ignored(sys.excepthook)
+        sys.unraisablehook = _closed_loop_ignored(sys.unraisablehook)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -280,7 +292,32 @@ class Checkpointer:
             ),
             data=ocp.args.JsonSave(position.to_json()),
         )
-        return bool(self._manager.save(step, args=args, force=force))
+        self._started.append(step)
+        with self._writing():  # also an earlier async save's failure, raised here by orbax
+            return bool(self._manager.save(step, args=args, force=force))
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turns orbax's failures to write (tensorstore's errors, OSError) into one
+        CheckpointWriteError naming the step and the last step saved."""
+        try:
+            yield
+        except Exception as e:  # orbax re-raises the background save's error as it was
+            self._failed = True
+            saved = _finished_steps(self.directory)
+            last = f"the last step saved is {saved[-1]}" if saved else "no step is saved"
+            # The first save started after the last one saved: async saves fail late.
+            failed = [s for s in self._started if not saved or s > saved[-1]]
+            where = self.step_dir(failed[0]) if failed else self.directory
+            raise CheckpointWriteError(
+                f"{where}: checkpoint could not be written ({_write_reason(e)}); {last}"
+            ) from None
+
+    def check(self) -> None:
+        """CheckpointWriteError if an async save failed since the last check (cheap: each
+        step may call it, so that a full disk stops training at once)."""
+        with self._writing():
+            self._manager.check_for_errors()
 
     def restore(self, step: int, layout: StateLayout) -> tuple[TrainState, DataPosition]:
         """Restores step `step` into the shardings of `layout` (any mesh).
@@ -354,12 +391,21 @@ class Checkpointer:
         return _unreadable(self.step_dir(step), detail, f"; move that folder away to {then}")
 
     def wait(self) -> None:
-        """Blocks until pending async saves are committed."""
-        self._manager.wait_until_finished()
+        """Blocks until pending async saves are committed; CheckpointWriteError if one
+        failed."""
+        with self._writing():
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for pending saves (CheckpointWriteError if one failed, unless a failure
+        was raised already: not to hide it) and closes orbax's manager."""
+        try:
+            if not self._failed:
+                self.wait()
+        finally:
+            with contextlib.suppress(Exception) if self._failed else contextlib.nullcontext():
+                self._manager.close()
 
 
 def _looks_like_pytree_checkpoint(path: epath.Path) -> bool:
@@ -476,16 +522,17 @@ def _drop_failed_reads() -> None:
 
 
 def _closed_loop_ignored(hook):
-    """`hook` (a sys.unraisablehook), except for RuntimeError("Event loop is closed"):
-    a late read's callback to orbax's loop, which ended with the failed restore."""
+    """`hook` (sys.unraisablehook, or sys.excepthook through which tensorstore's threads
+    print), except for RuntimeError("Event loop is closed"): a late read's or write's
+    callback to orbax's loop, which ended with the failed restore or save."""
     if getattr(hook, "_closed_loop_ignored", False):
         return hook
 
-    def ignoring(unraisable) -> None:
-        error = unraisable.exc_value
+    def ignoring(*args) -> None:
+        error = args[1] if len(args) == 3 else args[0].exc_value  # excepthook: (type, value, tb)
         if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
             return
-        hook(unraisable)
+        hook(*args)
 
     ignoring._closed_loop_ignored = True
     return ignoring
@@ -517,6 +564,18 @@ def _is_read_error(e: BaseException) -> bool:
     if isinstance(e, (OSError, json.JSONDecodeError, UnicodeDecodeError)):  # data/: JSON
         return True
     return isinstance(e, ValueError) and bool(_STATUS_CODE.match(str(e).strip()))
+
+
+# The operating system's reason at the end of a tensorstore write error, e.g. "...: Failed
+# to write 576489 bytes to file 7: No space left on device [os_error_code='28']".
+_OS_REASON = re.compile(r":\s*([^:\[]+?)\s*\[os_error_code='?\d+'?\]")
+
+
+def _write_reason(e: BaseException) -> str:
+    """Why a save failed: the OS's reason where tensorstore gives one (its messages are
+    long and the reason comes last), else :func:`_short`."""
+    found = _OS_REASON.search(str(e))
+    return found.group(1) if found else _short(e)
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

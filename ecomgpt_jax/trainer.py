@@ -234,17 +234,22 @@ class Trainer:
         """After the loop, on every process: when any failed (`failure`: this process's
         (what, error), see PreemptionGuard.fail), process 0 says what was saved and
         every process raises, its own error or UserError."""
+        if failure is None or failure[0] != WRITING_CHECKPOINT:
+            try:  # "saved" once it is: a full disk may fail the last save too
+                self.checkpointer.wait()
+            except checkpointing.CheckpointWriteError as e:
+                failure = (WRITING_CHECKPOINT, e)
         stopped = multihost.any_process_failed(failure is not None)
         if not stopped:
             return
-        self.checkpointer.wait()  # "saved" once it is: a full disk may fail the save too
         if jax.process_index() == 0:
             what = f"{failure[0]} failed" if failure else f"process {stopped[0]} failed"
-            kept = (
-                f"saved {self.checkpointer.step_dir(step)}"
-                if step > start
-                else "nothing trained is lost"
-            )
+            if failure and failure[0] == WRITING_CHECKPOINT:
+                kept = "not saved (the error says which step was)"
+            elif step > start:
+                kept = f"saved {self.checkpointer.step_dir(step)}"
+            else:
+                kept = "nothing trained is lost"
             with contextlib.suppress(OSError):  # e.g. stdout a closed pipe: raise below
                 print(f"{what} at step {step}; {kept}", flush=True)
         error = failure[1] if failure else None
@@ -259,6 +264,10 @@ class _Evaluation:
     every: int  # steps
     compute: Callable[[Any, int], Mapping]  # (params, step) -> scores
     summarise: Callable[[Mapping], str]  # scores -> console text
+
+
+# guard.fail's `what` for a checkpoint that could not be written: no save is tried after it.
+WRITING_CHECKPOINT = "writing a checkpoint"
 
 
 class _Loop:
@@ -314,6 +323,10 @@ class _Loop:
         error = self.ahead.read_ahead()
         if error is not None:
             self.guard.fail("reading data", error)
+        try:  # an async save that failed (a full disk): stop now, not at the next save
+            self.trainer.checkpointer.check()
+        except checkpointing.CheckpointWriteError as e:
+            self.guard.fail(WRITING_CHECKPOINT, e)
         step = self.step
         flush = step % self.log_every == 0 or step == self.total or self.first_loss is None
         self.log(self.logger.record, step, self.metrics, flush)
@@ -333,9 +346,18 @@ class _Loop:
     def save(self, force_log: bool = False) -> None:
         if force_log:
             self.log(self.logger.flush, self.step)
+        if self.save_failed:  # it would fail again (and orbax would raise the first error)
+            return
         # The batches used, not those read ahead: a resume reads on from the next one.
         pos = dataclasses.replace(self.position, batches_consumed=self.ahead.position)
-        self.trainer.checkpointer.save(self.state, pos, force=True)
+        try:
+            self.trainer.checkpointer.save(self.state, pos, force=True)
+        except checkpointing.CheckpointWriteError as e:
+            self.guard.fail(WRITING_CHECKPOINT, e)
+
+    @property
+    def save_failed(self) -> bool:
+        return bool(self.guard.failure) and self.guard.failure[0] == WRITING_CHECKPOINT
 
     def evaluate(self) -> bool:
         """The evaluations due at this step (all processes take part: collectives);
@@ -361,7 +383,9 @@ class _Loop:
         """Whatever went wrong, keeps the steps trained: on every process, or on none (one
         alone would wait in the save's collectives for the others); says what was kept."""
         step, start = self.step, self.start
-        if step > start and multihost.stopped_together(error):
+        if self.save_failed:
+            what = "not saved: writing a checkpoint failed"
+        elif step > start and multihost.stopped_together(error):
             self.save(force_log=True)
             what = f"saved {self.trainer.checkpointer.step_dir(step)}"
         elif step > start:

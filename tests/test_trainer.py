@@ -286,6 +286,81 @@ def test_a_log_that_cannot_be_written_stops_the_run_after_saving(
     assert [json.loads(x)["step"] for x in lines] == [0, 2, 4, 6]
 
 
+NO_SPACE = ValueError(
+    'RESOURCE_EXHAUSTED: Error writing "embed.embedding/0.0" in OCDBT database at local file '
+    '"/x/": Failed to write 576489 bytes to file 7: No space left on device '
+    "[os_error_code='28'] [tensorstore_spec='{}']"
+)
+
+
+class FullDisk:
+    """A Checkpointer's orbax manager whose save of step `at` fails as on a full disk:
+    raised by that save (`sync`), or, like an async save, in the background: orbax then
+    raises the error from check_for_errors, wait_until_finished or the next save."""
+
+    def __init__(self, manager, at: int, sync: bool):
+        self.manager, self.at, self.sync, self.pending = manager, at, sync, False
+
+    def __getattr__(self, name):
+        return getattr(self.manager, name)
+
+    def _raise_pending(self):
+        if self.pending:
+            self.pending = False
+            raise NO_SPACE
+
+    def save(self, step, *args, **kwargs):
+        self._raise_pending()
+        if step == self.at:
+            self.manager.wait_until_finished()  # as orbax does before each save
+            if self.sync:
+                raise NO_SPACE
+            self.pending = True
+            return True
+        return self.manager.save(step, *args, **kwargs)
+
+    def check_for_errors(self):
+        self._raise_pending()
+
+    def wait_until_finished(self):
+        self.manager.wait_until_finished()
+        self._raise_pending()
+
+
+@pytest.mark.parametrize(
+    "at, sync, stops",  # the save that fails, how, the step training stops at
+    [(4, False, 5), (4, True, 5), (6, False, 6)],
+)
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(
+    tmp_path, capsys, at, sync, stops
+):
+    """A full disk: the run stops at the first check of the stop flag after it learns of
+    it (the step after a failing save; not at the next save, minutes later, with orbax's
+    traces), tries no more saves, and says which step was not written and which is the
+    last saved; the resume goes on from there."""
+    run = tiny_run(tmp_path, train_steps=6, log_every_steps=1)
+    run = dataclasses.replace(run, checkpoint=checkpointing.CheckpointConfig(save_every_steps=2))
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    job.checkpointer._manager = FullDisk(job.checkpointer._manager, at, sync)
+    state, _ = job.initial_state()
+    with pytest.raises(checkpointing.CheckpointWriteError) as info:
+        job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1))
+    assert str(info.value) == (
+        f"{tmp_path / 'run' / 'checkpoints' / str(at)}: checkpoint could not be written "
+        f"(No space left on device); the last step saved is {at - 2}"
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith(f"step {stops}/6 ")
+    assert lines[-1] == (
+        f"writing a checkpoint failed at step {stops}; not saved (the error says which step was)"
+    )
+    assert job.checkpointer.all_steps()[-1] == at - 2
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    assert int(state.step) == at - 2
+    assert job.fit(state, Batches(), checkpointing.DataPosition(at - 2, "m", 0, 8, 1)).step == 6
+
+
 def test_a_failure_before_a_failing_evaluation_is_said_too(tmp_path, capsys, monkeypatch):
     """On several hosts metrics.jsonl failing at step 1 stops the run at step 2; step 1's
     evaluation raising in between stops it first, and the log's failure is said too."""

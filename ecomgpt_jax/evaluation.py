@@ -526,9 +526,21 @@ class EvalInterrupted(KeyboardInterrupt):
 
 def check_eval_dir(eval_dir, dir_name: str = "EVAL_DIR"):
     """Creates eval_dir/predictions/ and returns it (an epath.Path); EvalError, naming
-    `dir_name`, if that cannot be done or written to. Called before a model loads and
-    decodes for minutes (the eval binary) and before the first task (`evaluate`)."""
-    pred_dir = checkpointing.as_path(eval_dir) / PREDICTIONS_DIR
+    `dir_name`, if that cannot be done or written to, or if eval_dir is a training run's
+    folder (an evaluation replaces the TensorBoard events in its folder). Called before a
+    model loads and decodes for minutes (the eval binary) and before the first task
+    (`evaluate`)."""
+    folder = checkpointing.as_path(eval_dir)
+    run_files = [
+        n for n in (checkpointing.CHECKPOINTS_SUBDIR, "metrics.jsonl") if (folder / n).exists()
+    ]
+    if run_files:  # its tensorboard/ holds the training curves, which this would replace
+        raise EvalError(
+            f"{dir_name} {eval_dir} is a training run's folder (it has "
+            f"{' and '.join(run_files)}): give the evaluation a folder of its own (left "
+            "unset, EVAL_DIR is <run>/eval/<step>/<mixture>)"
+        )
+    pred_dir = folder / PREDICTIONS_DIR
     try:
         checkpointing.make_writable_folder(pred_dir)
     except OSError as e:

@@ -260,6 +260,28 @@ def test_a_failed_write_is_one_line_and_keeps_the_predictions(model, vocab, tmp_
     assert sorted(p.stem for p in (tmp_path / "predictions").iterdir()) == SAMPLE_HELD_OUT
 
 
+@pytest.mark.parametrize("run_file", ["checkpoints", "metrics.jsonl"])
+def test_a_training_runs_folder_is_not_an_eval_dir(tmp_path, run_file):
+    """An evaluation replaces the TensorBoard events in its folder: in a run's folder
+    those are the training curves. Refused before anything is written or removed."""
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    events = run / "tensorboard" / "events.out.tfevents.1.host"
+    events.write_text("training curves")
+    if run_file == "checkpoints":
+        (run / run_file).mkdir()
+    else:
+        (run / run_file).write_text("{}\n")
+    with pytest.raises(evaluation.EvalError) as info:
+        evaluation.check_eval_dir(run)
+    assert str(info.value) == (
+        f"EVAL_DIR {run} is a training run's folder (it has {run_file}): give the evaluation "
+        "a folder of its own (left unset, EVAL_DIR is <run>/eval/<step>/<mixture>)"
+    )
+    assert events.read_text() == "training curves" and not (run / "predictions").exists()
+    evaluation.check_eval_dir(run / "eval" / "2" / "m")  # the default: beside, not in it
+
+
 def test_an_eval_dir_that_cannot_be_a_folder_stops_before_decoding(
     model, vocab, tmp_path, monkeypatch
 ):

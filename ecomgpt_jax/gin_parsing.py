@@ -4,8 +4,9 @@
 
 Beyond gin's own parse: a missing file or include, a syntax error, an unknown
 configurable or parameter are reported with their file and line (or the `--gin.NAME`
-flag they came from) and a "did you mean"; a command-line macro that no binding
-references (a typo gin would silently accept), a reference to a macro nothing sets, and
+flag they came from) and a "did you mean"; a macro that no binding references (set
+on the command line or in the user's gin file: a typo gin would silently accept), a
+reference to a macro nothing sets, and
 (with finalize) macros left at %gin.REQUIRED are errors, pointing at the gin file whose
 header documents them.
 
@@ -96,6 +97,8 @@ class _Sources:
     required: macro -> (shown path, line) of its last `NAME = %gin.REQUIRED`.
     uses: macro -> where a binding first references it (`%NAME`).
     sets: macro -> where it is first set (`NAME = ...`).
+    user_sets: the same for gin files outside the repository's gin_configs/ (those are
+      tested; a macro one of them sets may be meant for a file included after it).
     configurables: configurable name (without scope or module) -> where a binding first
       names it (`Name.param = ...` or `@Name`).
     """
@@ -104,6 +107,7 @@ class _Sources:
     required: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
     uses: dict[str, str] = dataclasses.field(default_factory=dict)
     sets: dict[str, str] = dataclasses.field(default_factory=dict)
+    user_sets: dict[str, str] = dataclasses.field(default_factory=dict)
     configurables: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -255,6 +259,11 @@ def _scan_file(path: str, where: str, sources: _Sources, stack: tuple[str, ...] 
             include = f"{at(statement.location.line_num)}: include {statement.filename!r}"
             _scan_file(statement.filename, include, sources, (*stack, os.path.abspath(full)))
     _record(statements, at, sources)
+    if not pathlib.Path(full).resolve().is_relative_to(REPO_GIN_DIR):
+        for statement in statements:
+            if isinstance(statement, config_parser.BindingStatement) and not statement.arg_name:
+                name = "/".join(filter(None, (statement.scope, statement.selector)))
+                sources.user_sets.setdefault(name, at(statement.location.line_num))
 
 
 def _binding_flag(binding: str) -> str:
@@ -365,16 +374,21 @@ def _check_retired(sources: _Sources) -> None:
 
 
 def _check_macros(cli: dict[str, str], sources: _Sources, required: bool) -> None:
-    """Command-line macros nothing references, references to unset macros and (if
-    `required`) macros left at %gin.REQUIRED: gin accepts the first silently and
+    """Macros set on the command line or in the user's gin files that nothing references,
+    references to unset macros and (if `required`) macros left at %gin.REQUIRED: gin
+    accepts the first silently (a typo: the setting meant is left at its default) and
     reports the others with the whole config attached, or not before finalize."""
     used, bound = _macro_uses()
-    for name, flag in cli.items():
-        # scope/NAME counts as used by %NAME: gin reads it where %NAME is in that scope.
-        if name not in used and name.rsplit("/", 1)[-1] not in used:
-            raise _GinProblem(
-                f"{flag}: macro {name} is not used by any binding{_close_match(name, used)}"
-            )
+
+    def check_used(macros: Mapping[str, str]) -> None:
+        for name, where in macros.items():
+            # scope/NAME counts as used by %NAME: gin reads it where %NAME is in that scope.
+            if name not in used and name.rsplit("/", 1)[-1] not in used:
+                raise _GinProblem(
+                    f"{where}: macro {name} is not used by any binding{_close_match(name, used)}"
+                )
+
+    check_used(cli)
     unscoped = {name.rsplit("/", 1)[-1] for name in bound}
     for name, keys in used.items():
         if name not in bound and name not in unscoped:  # scope/NAME serves %NAME in scope
@@ -382,6 +396,8 @@ def _check_macros(cli: dict[str, str], sources: _Sources, required: bool) -> Non
             hint = f" (see the header of {doc})" if doc else _close_match(name, bound)
             where = sources.uses.get(name, keys[0])
             raise _GinProblem(f"{where}: macro {name} is not set but {keys[0]} uses it{hint}")
+    # After the unset ones: a binding that reads a misspelt %NAME leaves NAME unused.
+    check_used({n: w for n, w in sources.user_sets.items() if n not in cli})
     if not required:
         return
     unset = sorted(n for n in bound if _is_required(gin.config._CONFIG[(n, "gin.macro")]["value"]))
@@ -411,8 +427,8 @@ def parse_gin(
     """Parses gin files and bindings; any problem raises `error` with one line.
 
     The line says what is wrong and where: the file and line, or the --gin.NAME flag.
-    Beyond gin's own checks, a command-line macro that no binding references (a typo
-    gin would silently accept) is an error, and so is a referenced macro never set.
+    Beyond gin's own checks, a macro that no binding references (a typo gin would
+    silently accept) is an error, and so is a referenced macro never set.
 
     Args:
       files: gin files, applied in order.

@@ -97,13 +97,25 @@ def test_command_line_macro_that_nothing_uses_is_an_error(repo_cwd, tmp_path):
     assert gin_error(["gin_configs/eval.gin"], ["BATCH_SIZE = 8", "QWERTY = 1"]) == (
         "gin config: --gin.QWERTY: macro QWERTY is not used by any binding"
     )
-    # The right name works; macros set in files but not used are fine (eval.gin leaves
-    # some of its model file's unused; this file adds one).
-    extra = tmp_path / "extra.gin"
-    extra.write_text("include 'gin_configs/eval.gin'\nNOT_USED_HERE = 3\n")
-    gin_parsing.parse_gin([str(extra)], ["EVAL_MAX_EXAMPLES = 1"], [], _UserError, "x")
+    # The right name works.
+    gin_parsing.parse_gin(["gin_configs/eval.gin"], ["EVAL_MAX_EXAMPLES = 1"], [], _UserError, "x")
     with gin.unlock_config():
         assert gin.get_configurable("evaluation.EvalConfig")().max_examples == 1
+
+
+def test_file_macro_that_nothing_uses_is_an_error(repo_cwd, tmp_path):
+    """The same typo in a gin file: named by its file and line."""
+    typo = tmp_path / "typo.gin"
+    typo.write_text("include 'gin_configs/eval.gin'\n\nEVAL_MAX_EXAMPLE = 3\n")
+    assert gin_error([str(typo)]) == (
+        f"gin config: {typo}, line 3: macro EVAL_MAX_EXAMPLE is not used by any binding "
+        "(did you mean EVAL_MAX_EXAMPLES?)"
+    )
+    # Set in a file and again on the command line: the flag is named (it is the later).
+    assert gin_error([str(typo)], ["EVAL_MAX_EXAMPLE = 4"]) == (
+        "gin config: --gin.EVAL_MAX_EXAMPLE: macro EVAL_MAX_EXAMPLE is not used by any "
+        "binding (did you mean EVAL_MAX_EXAMPLES?)"
+    )
 
 
 def test_reference_to_a_macro_nothing_sets(repo_cwd, tmp_path):

@@ -500,8 +500,18 @@ def main(argv: list[str]) -> None:
     import jax
 
     launch.quiet_logs()
-    with launch.exit_on_user_error(_user_errors):
-        result, run_cfg = run()
+    try:
+        with launch.exit_on_user_error(_user_errors):
+            result, run_cfg = run()
+    except KeyboardInterrupt:
+        # A Ctrl-C before the loop's own handler (set-up, compilation), or a second one
+        # in the loop (stop at once): one line, not a trace from wherever it landed.
+        if jax.process_index() == 0:
+            print(
+                "interrupted: stopped without saving; the checkpoints saved before are kept",
+                file=sys.stderr,
+            )
+        sys.exit(launch.INTERRUPTED_EXIT_CODE)
     if jax.process_index() == 0:
         print_summary(result, run_cfg.train.model_dir)
     if result.interrupted:

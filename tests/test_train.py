@@ -6,6 +6,7 @@ Losses are compared through MODEL_DIR/metrics.jsonl (one line per step here).
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 import processes
 import pytest
+from absl import logging as absl_logging
 from trainer_helpers import run_in_process, train_in_process
 
 from ecomgpt_jax import checkpointing, convert, launch, run_config, train
@@ -219,6 +221,29 @@ def test_first_ctrl_c_saves_and_exits_130_without_a_trace(compile_cache, tmp_pat
     stderr = (tmp_path / "stderr.txt").read_text()
     assert "interrupt: saving a checkpoint after this step (Ctrl-C again: stop now" in stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+
+
+def test_ctrl_c_in_set_up_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Before the loop's own handler (reading the data, compiling): Python's
+    KeyboardInterrupt from wherever it landed, said in one line."""
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "run", interrupted)
+    launch.define_flags()
+    verbosity = absl_logging.get_verbosity()
+    try:
+        with pytest.raises(SystemExit) as info:
+            train.main(["train"])
+    finally:  # main's log settings, not to be left to the other tests
+        absl_logging.set_verbosity(verbosity)
+        for f in (launch._not_item_metadata_warning, launch._orbax_without_traces):
+            logging.getLogger("absl").removeFilter(f)
+    assert info.value.code == launch.INTERRUPTED_EXIT_CODE
+    assert capsys.readouterr().err == (
+        "interrupted: stopped without saving; the checkpoints saved before are kept\n"
+    )
 
 
 def _two_processes(model_dir, compile_cache, tmp_path, read_stdout_of_0=False, only=None) -> list:

@@ -29,27 +29,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import json
-import logging
 import os
 import pathlib
-import re
 import sys
-import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from ecomgpt_jax import orbax_failures
 from ecomgpt_jax.models.config import ConfigError, ModelConfig
 from ecomgpt_jax.train_step import (
     StateLayout,
     TrainState,
     field_error,
     is_integer,
-    path_names,
 )
 
 PyTree = Any
@@ -264,8 +260,8 @@ class Checkpointer:
         self._failed = False  # a CheckpointWriteError was raised
         # A failing async save's writes end in orbax's closed event loop; the run stops
         # with one line for them (`_writing`), not a trace per write.
-        sys.excepthook = _closed_loop_ignored(sys.excepthook)
-        sys.unraisablehook = _closed_loop_ignored(sys.unraisablehook)
+        sys.excepthook = orbax_failures.closed_loop_ignored(sys.excepthook)
+        sys.unraisablehook = orbax_failures.closed_loop_ignored(sys.unraisablehook)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -309,8 +305,9 @@ class Checkpointer:
             # The first save started after the last one saved: async saves fail late.
             failed = [s for s in self._started if not saved or s > saved[-1]]
             where = self.step_dir(failed[0]) if failed else self.directory
+            reason = orbax_failures.write_reason(e)
             raise CheckpointWriteError(
-                f"{where}: checkpoint could not be written ({_write_reason(e)}); {last}"
+                f"{where}: checkpoint could not be written ({reason}); {last}"
             ) from None
 
     def check(self) -> None:
@@ -335,18 +332,18 @@ class Checkpointer:
             stored = self._manager.item_metadata(step)
             stored_params, stored_train = stored["params"], stored["train"]
         except (ValueError, OSError, KeyError) as e:
-            raise self._damaged(step, _short(e)) from None
+            raise self._damaged(step, orbax_failures.short(e)) from None
         for name, item in (("params", stored_params), ("train", stored_train)):
             if item is None:
                 raise self._damaged(step, f"no readable metadata in {name}/")
         step_dir = self.step_dir(step)
-        difference = _tree_difference(stored_params, target.params, "the model")
+        difference = orbax_failures.tree_difference(stored_params, target.params, "the model")
         if difference is not None:
             raise CheckpointError(
                 f"{step_dir}: parameters do not match the model ({difference}); use a new "
                 "MODEL_DIR or the model it was trained with"
             )
-        difference = _tree_difference(stored_train, train_target, "the optimizer")
+        difference = orbax_failures.tree_difference(stored_train, train_target, "the optimizer")
         if difference is not None:
             raise CheckpointError(
                 f"{step_dir}: optimizer state does not match the optimizer ({difference}); use "
@@ -361,7 +358,7 @@ class Checkpointer:
                 f"{step_dir}: cannot be restored onto this mesh/device (mesh {mesh}): {why}"
             )
 
-        unplaceable = _unplaceable(target)
+        unplaceable = orbax_failures.unplaceable(target)
         if unplaceable is not None:  # before orbax starts reads it would leave behind
             raise not_placeable(unplaceable)
         args = ocp.args.Composite(
@@ -369,7 +366,7 @@ class Checkpointer:
             train=ocp.args.StandardRestore(train_target),
             data=ocp.args.JsonRestore(),
         )
-        restored = _restore_or_raise(
+        restored = orbax_failures.restore_or_raise(
             lambda: self._manager.restore(step, args=args),
             lambda why: self._damaged(step, why),
             not_placeable,
@@ -479,151 +476,9 @@ def _unreadable(folder: epath.Path, detail: str, advice: str = "") -> Checkpoint
     )
 
 
-def _restore_or_raise(restore, damaged, not_placeable):
-    """`restore()`'s result; where it fails, raises `damaged(why)` if reading the files
-    failed (`_is_read_error`), else `not_placeable(why)`, after `_drop_failed_reads`."""
-    # Before the reads: one that fails ends orbax's loop at once, and a read still in
-    # flight may reach that loop before `_drop_failed_reads` starts.
-    sys.unraisablehook = _closed_loop_ignored(sys.unraisablehook)
-    try:
-        return restore()
-    except Exception as e:  # orbax wraps tensorstore's read errors in a bare Exception
-        # Text only: the exception's traceback holds the reads `_drop_failed_reads` ends.
-        failure, read_error = _short(e.__cause__ or e), _is_read_error(e.__cause__ or e)
-    _drop_failed_reads()  # outside `except`: its traceback no longer holds the reads
-    raise damaged(failure) if read_error else not_placeable(failure)
-
-
-_READ_DRAIN_S = 1.0
-
-
-def _drop_failed_reads() -> None:
-    """Quietly ends the reads a failed orbax restore leaves behind.
-
-    Otherwise each of them prints a trace ("Task exception was never retrieved", and
-    more at interpreter exit) after the one-line error. Reads still in flight finish
-    on tensorstore's threads and then fail to reach orbax's closed event loop ("Event
-    loop is closed"); this waits up to `_READ_DRAIN_S` for them, quietly, as the run
-    is stopping anyway, and a read slower than that is not reported either: that one
-    error is ignored in this process from its first restore on (`_closed_loop_ignored`).
-    """
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    hook = sys.unraisablehook  # their coroutines complain when collected: not news here
-    sys.unraisablehook = lambda unraisable: None
-    try:
-        deadline = time.monotonic() + _READ_DRAIN_S
-        while True:
-            gc.collect()
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.1)
-    finally:
-        sys.unraisablehook = _closed_loop_ignored(hook)
-
-
-def _closed_loop_ignored(hook):
-    """`hook` (sys.unraisablehook, or sys.excepthook through which tensorstore's threads
-    print), except for RuntimeError("Event loop is closed"): a late read's or write's
-    callback to orbax's loop, which ended with the failed restore or save."""
-    if getattr(hook, "_closed_loop_ignored", False):
-        return hook
-
-    def ignoring(*args) -> None:
-        error = args[1] if len(args) == 3 else args[0].exc_value  # excepthook: (type, value, tb)
-        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-            return
-        hook(*args)
-
-    ignoring._closed_loop_ignored = True
-    return ignoring
-
-
-# How tensorstore's errors begin (an absl status code): its reads of the checkpoint's
-# files failed. XLA's errors (device memory) start so too, but are RuntimeErrors.
-_STATUS_CODE = re.compile(r"[A-Z][A-Z_]+: ")
-
-
-def _unplaceable(target: PyTree) -> str | None:
-    """The first line of the error for the first leaf of `target` (abstract arrays with
-    shardings) that its sharding cannot hold, e.g. 4 heads over a tensor axis of 8; None
-    if all fit."""
-    for leaf in jax.tree_util.tree_leaves(target):
-        sharding = getattr(leaf, "sharding", None)
-        if sharding is None:
-            continue
-        try:
-            sharding.shard_shape(leaf.shape)
-        except ValueError as e:
-            return _short(e)
-    return None
-
-
-def _is_read_error(e: BaseException) -> bool:
-    """Whether a failed restore failed reading the checkpoint's files (missing, cut short,
-    unreadable) rather than placing the arrays (shardings, device memory)."""
-    if isinstance(e, (OSError, json.JSONDecodeError, UnicodeDecodeError)):  # data/: JSON
-        return True
-    return isinstance(e, ValueError) and bool(_STATUS_CODE.match(str(e).strip()))
-
-
-# The operating system's reason at the end of a tensorstore write error, e.g. "...: Failed
-# to write 576489 bytes to file 7: No space left on device [os_error_code='28']".
-_OS_REASON = re.compile(r":\s*([^:\[]+?)\s*\[os_error_code='?\d+'?\]")
-
-
-def _write_reason(e: BaseException) -> str:
-    """Why a save failed: the OS's reason where tensorstore gives one (its messages are
-    long and the reason comes last), else :func:`_short`."""
-    found = _OS_REASON.search(str(e))
-    return found.group(1) if found else _short(e)
-
-
-def _short(e: BaseException, limit: int = 300) -> str:
-    """The first line of an orbax / tensorstore error, without its JSON spec dump."""
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    text = text.split(" [tensorstore_spec=")[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _leaf_shapes(tree) -> dict[str, tuple]:
-    """Leaf name ("layers/attn/qkv_kernel") -> shape, of a tree of arrays or of metadata."""
-    tree = getattr(tree, "item_metadata", tree)
-    tree = getattr(tree, "tree", tree)
-    return {
-        "/".join(path_names(p)): tuple(m.shape)
-        for p, m in jax.tree_util.tree_leaves_with_path(tree)
-    }
-
-
-def _some(names: list[str], shown: int = 3) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
-
-
-def _tree_difference(stored, target, owner: str) -> str | None:
-    """The first arrays missing, extra or of another shape, as text; None if they fit.
-
-    owner: what `target` belongs to, in the text ("the model", "the optimizer").
-    """
-    # The target named as orbax stores it (optax's tuples and named tuples become lists
-    # and dicts), so that both sides use the same names.
-    have = _leaf_shapes(stored)
-    want = _leaf_shapes(ocp.tree.serialize_tree(target, keep_empty_nodes=True))
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
-    if missing or extra:
-        parts = [f"the checkpoint lacks {_some(missing)}"] if missing else []
-        parts += [f"{owner} has no {_some(extra)}"] if extra else []
-        return "; ".join(parts)
-    for key, shape in want.items():
-        if have[key] != shape:
-            return f"{key} has shape {have[key]} in the checkpoint, {owner} needs {shape}"
-    return None
-
-
 def _check_matches(params_dir: epath.Path, stored, abstract_params: PyTree) -> None:
     """CheckpointError naming the first parameter missing, extra or of another shape."""
-    difference = _tree_difference(stored, abstract_params, "the model")
+    difference = orbax_failures.tree_difference(stored, abstract_params, "the model")
     if difference is not None:
         raise ModelMismatch(f"{params_dir}: parameters do not match the model ({difference})")
 
@@ -644,11 +499,11 @@ def restore_params(path, abstract_params: PyTree) -> PyTree:
         try:
             stored = checkpointer.metadata(params_dir).item_metadata
         except (ValueError, OSError, KeyError) as e:
-            raise _unreadable(params_dir, _short(e)) from None
+            raise _unreadable(params_dir, orbax_failures.short(e)) from None
         if stored is None:  # no _METADATA: else "the checkpoint lacks" every parameter
             raise _unreadable(params_dir, f"no readable metadata in {params_dir.name}/")
         _check_matches(params_dir, stored, abstract_params)
-        return _restore_or_raise(
+        return orbax_failures.restore_or_raise(
             lambda: checkpointer.restore(params_dir, abstract_params),
             lambda why: _unreadable(params_dir, why),
             lambda why: CheckpointError(

@@ -3,7 +3,6 @@
 import dataclasses
 import re
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -337,25 +336,6 @@ def test_a_changed_pipeline_is_detected_but_old_checkpoints_lack_fields():
     assert ck.DataPosition.from_json(now.to_json()) == now  # lengths back as a tuple
 
 
-def test_a_late_read_after_a_failed_restore_stays_quiet(monkeypatch):
-    """A read of a failed restore that ends after the drain reaches orbax's closed event
-    loop: that error is ignored from then on (it printed a trace after the one-line
-    error); every other unraisable still reaches the hook from before."""
-    seen = []
-    monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    monkeypatch.setattr(ck, "_READ_DRAIN_S", 0.0)
-    ck._drop_failed_reads()
-    ck._drop_failed_reads()  # twice: still one filter in front of the hook
-
-    def unraisable(error):
-        return types.SimpleNamespace(exc_value=error, exc_type=type(error), object=None)
-
-    sys.unraisablehook(unraisable(RuntimeError("Event loop is closed")))
-    other = unraisable(RuntimeError("something else"))
-    sys.unraisablehook(other)
-    assert seen == [other]
-
-
 def test_restore_params_of_a_damaged_checkpoint_is_one_line(tmp_path, trained):
     """Eval, INIT_FROM_CHECKPOINT and `convert orbax-to-hf` read a damaged params checkpoint
     as resume does: one line, not tensorstore's trace nor "the checkpoint lacks" all."""
@@ -405,29 +385,3 @@ def test_a_bucket_step_still_being_written_is_not_the_latest(tmp_path, monkeypat
         assert ck.has_checkpoint("gs://bucket/run")
         resolved = ck.resolve_params_path("gs://bucket/run")
         assert str(resolved) == "gs://bucket/run/checkpoints/7/params"
-
-
-def test_closed_loop_errors_are_ignored_by_both_hooks():
-    """A failed save's writes (tensorstore's threads print through sys.excepthook) and a
-    failed restore's reads (sys.unraisablehook) end in orbax's closed loop: not news."""
-    seen = []
-    closed, other = RuntimeError("Event loop is closed"), RuntimeError("other")
-    excepthook = ck._closed_loop_ignored(lambda *args: seen.append(args[1]))
-    excepthook(RuntimeError, closed, None)
-    excepthook(RuntimeError, other, None)
-    unraisablehook = ck._closed_loop_ignored(lambda u: seen.append(u.exc_value))
-    unraisablehook(types.SimpleNamespace(exc_value=closed))
-    unraisablehook(types.SimpleNamespace(exc_value=other))
-    assert seen == [other, other]
-    assert ck._closed_loop_ignored(excepthook) is excepthook  # wrapped once
-
-
-def test_a_write_reason_is_the_operating_systems():
-    """tensorstore's write errors are long, with the reason last: the message keeps it."""
-    error = ValueError(
-        'RESOURCE_EXHAUSTED: Error writing "a/0.0" in OCDBT database at local file "/r/": '
-        'Failed writing: "/r/d/4a": Failed to write 576489 bytes to file 7: No space left on '
-        "device [os_error_code='28'] [tensorstore_spec='{}']"
-    )
-    assert ck._write_reason(error) == "No space left on device"
-    assert ck._write_reason(OSError(13, "Permission denied")) == "[Errno 13] Permission denied"

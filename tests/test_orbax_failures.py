@@ -1,0 +1,55 @@
+"""Tests for orbax_failures: the one-line reasons and the quiet end of failed reads and
+writes (the messages they make: test_checkpointing.py)."""
+
+import sys
+import types
+
+from ecomgpt_jax import orbax_failures
+
+
+def test_a_late_read_after_a_failed_restore_stays_quiet(monkeypatch):
+    """A read of a failed restore that ends after the drain reaches orbax's closed event
+    loop: that error is ignored from then on (it printed a trace after the one-line
+    error); every other unraisable still reaches the hook from before."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    monkeypatch.setattr(orbax_failures, "READ_DRAIN_S", 0.0)
+    orbax_failures.drop_failed_reads()
+    orbax_failures.drop_failed_reads()  # twice: still one filter in front of the hook
+
+    def unraisable(error):
+        return types.SimpleNamespace(exc_value=error, exc_type=type(error), object=None)
+
+    sys.unraisablehook(unraisable(RuntimeError("Event loop is closed")))
+    other = unraisable(RuntimeError("something else"))
+    sys.unraisablehook(other)
+    assert seen == [other]
+
+
+def test_closed_loop_errors_are_ignored_by_both_hooks():
+    """A failed save's writes (tensorstore's threads print through sys.excepthook) and a
+    failed restore's reads (sys.unraisablehook) end in orbax's closed loop: not news."""
+    seen = []
+    closed, other = RuntimeError("Event loop is closed"), RuntimeError("other")
+    excepthook = orbax_failures.closed_loop_ignored(lambda *args: seen.append(args[1]))
+    excepthook(RuntimeError, closed, None)
+    excepthook(RuntimeError, other, None)
+    unraisablehook = orbax_failures.closed_loop_ignored(lambda u: seen.append(u.exc_value))
+    unraisablehook(types.SimpleNamespace(exc_value=closed))
+    unraisablehook(types.SimpleNamespace(exc_value=other))
+    assert seen == [other, other]
+    assert orbax_failures.closed_loop_ignored(excepthook) is excepthook  # wrapped once
+
+
+def test_a_write_reason_is_the_operating_systems():
+    """tensorstore's write errors are long, with the reason last: the message keeps it."""
+    error = ValueError(
+        'RESOURCE_EXHAUSTED: Error writing "a/0.0" in OCDBT database at local file "/r/": '
+        'Failed writing: "/r/d/4a": Failed to write 576489 bytes to file 7: No space left on '
+        "device [os_error_code='28'] [tensorstore_spec='{}']"
+    )
+    assert orbax_failures.write_reason(error) == "No space left on device"
+    assert (
+        orbax_failures.write_reason(OSError(13, "Permission denied"))
+        == "[Errno 13] Permission denied"
+    )

@@ -315,6 +315,11 @@ class Checkpointer:
         step may call it, so that a full disk stops training at once)."""
         with self._writing():
             self._manager.check_for_errors()
+            # orbax's finalize thread takes a failed save's error out of the async
+            # checkpointer and keeps it for wait_until_finished, which returns at once
+            # when no save is running (and raises that error).
+            if not self._manager.is_saving_in_progress():
+                self._manager.wait_until_finished()
 
     def restore(self, step: int, layout: StateLayout) -> tuple[TrainState, DataPosition]:
         """Restores step `step` into the shardings of `layout` (any mesh).

@@ -7,9 +7,10 @@ A and B are what `python -m ecomgpt_jax.score` reads (the evaluation's predictio
 folders, or JSON Lines files), for the same data root. Each task is compared on the
 examples both predicted (a task or example only one side has is left out, with one
 "warning:" line). The table shows candidate - baseline per task and score, x100, with its
-95% paired-bootstrap interval (ecominstruct/significance.py); "*" marks p < 0.05. The
-average row draws every task in each replicate. Per-task p-values are not corrected for
-the number of tasks.
+95% paired-bootstrap interval (ecominstruct/significance.py); "*" marks an interval
+that excludes 0 (the JSON output also has a two-sided p-value); a task of one example
+has no interval. The average row draws every task in each replicate. Neither marks nor
+p-values are corrected for the number of tasks compared.
 
 Bad input gives one line on stderr naming the file and line, and exit status 2.
 """
@@ -100,7 +101,9 @@ def paired_predictions(
 def _cell(d: significance.Difference) -> str:
     if math.isnan(d.delta):
         return "n/a"
-    mark = "*" if d.p_value < 0.05 else " "
+    if math.isnan(d.low):  # one example: no interval
+        return f"{100 * d.delta:+.2f} [n/a] "
+    mark = "*" if d.excludes_zero else " "
     return f"{100 * d.delta:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]{mark}"
 
 
@@ -131,7 +134,7 @@ def format_comparison(result: dict, counts: dict[str, int], config, keys=signifi
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
     lines = [
         f"candidate - baseline, x100, with {100 * config.confidence:g}% paired-bootstrap "
-        f"intervals ({config.samples} replicates, seed {config.seed}); * p < 0.05",
+        f"intervals ({config.samples} replicates, seed {config.seed}); * the interval excludes 0",
         fmt(headers),
         rule,
         *(fmt(r) for r in rows),

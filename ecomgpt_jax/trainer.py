@@ -242,9 +242,11 @@ class Trainer:
         stopped = multihost.any_process_failed(failure is not None)
         if not stopped:
             return
+        # Whether the step was saved: on every process alike (a write may fail on one).
+        unsaved = multihost.any_process_failed(bool(failure) and failure[0] == WRITING_CHECKPOINT)
         if jax.process_index() == 0:
             what = f"{failure[0]} failed" if failure else f"process {stopped[0]} failed"
-            if failure and failure[0] == WRITING_CHECKPOINT:
+            if unsaved:
                 kept = "not saved (the error says which step was)"
             elif step > start:
                 kept = f"saved {self.checkpointer.step_dir(step)}"
@@ -343,20 +345,26 @@ class _Loop:
         except metrics_logger.LogWriteError as e:
             self.guard.fail("writing the logs", e)
 
-    def save(self, force_log: bool = False) -> None:
+    def save(self, force_log: bool = False) -> bool:
+        """Saves this step; returns whether it did. Every process calls it at the same
+        step (orbax's save is a collective), and every process skips it once writing a
+        checkpoint failed on any: it would fail again, and the others would wait."""
         if force_log:
             self.log(self.logger.flush, self.step)
-        if self.save_failed:  # it would fail again (and orbax would raise the first error)
-            return
+        if multihost.any_process_failed(self.save_failed):
+            return False
         # The batches used, not those read ahead: a resume reads on from the next one.
         pos = dataclasses.replace(self.position, batches_consumed=self.ahead.position)
         try:
             self.trainer.checkpointer.save(self.state, pos, force=True)
         except checkpointing.CheckpointWriteError as e:
             self.guard.fail(WRITING_CHECKPOINT, e)
+            return False
+        return True
 
     @property
     def save_failed(self) -> bool:
+        """Whether writing a checkpoint failed on this process."""
         return bool(self.guard.failure) and self.guard.failure[0] == WRITING_CHECKPOINT
 
     def evaluate(self) -> bool:
@@ -383,11 +391,13 @@ class _Loop:
         """Whatever went wrong, keeps the steps trained: on every process, or on none (one
         alone would wait in the save's collectives for the others); says what was kept."""
         step, start = self.step, self.start
-        if self.save_failed:
-            what = "not saved: writing a checkpoint failed"
-        elif step > start and multihost.stopped_together(error):
-            self.save(force_log=True)
-            what = f"saved {self.trainer.checkpointer.step_dir(step)}"
+        if step > start and multihost.stopped_together(error):
+            saved = self.save(force_log=True)
+            what = (
+                f"saved {self.trainer.checkpointer.step_dir(step)}"
+                if saved
+                else f"not saved: {WRITING_CHECKPOINT} failed"
+            )
         elif step > start:
             what = "not saved: the other processes did not stop here"
         else:  # the same failure would stop every resume: say how to go on

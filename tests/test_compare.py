@@ -61,7 +61,7 @@ def test_table_and_json(tmp_path, data_dir, capsys):
     lines = captured.out.splitlines()
     assert lines[0] == (
         "candidate - baseline, x100, with 95% paired-bootstrap intervals "
-        "(500 replicates, seed 0); * p < 0.05"
+        "(500 replicates, seed 0); * the interval excludes 0"
     )
     assert lines[1].split() == ["task", "n", *scoring.SCORE_KEYS]
     cls_row = lines[3]
@@ -148,6 +148,20 @@ def test_bad_input_is_one_line(tmp_path, data_dir, capsys):
     assert "would overwrite what this command reads" in capsys.readouterr().err
     assert compare.main([*argv, "--candidate", str(base), "--samples", "0"]) == 2
     assert capsys.readouterr().err == "error: samples must be at least 1, got 0\n"
+    assert compare.main([*argv, "--candidate", str(base), "--seed", "-1"]) == 2
+    assert capsys.readouterr().err == "error: seed must be 0 or more, got -1\n"
+
+
+def test_a_task_of_one_example_has_no_interval(tmp_path, data_dir, capsys):
+    """Every draw of one example is the data itself: a zero-width interval would look
+    certain."""
+    base = write_predictions(tmp_path / "a.jsonl", right=0, tasks=(CLS,), indices=[0])
+    cand = write_predictions(tmp_path / "b.jsonl", right=1, tasks=(CLS,), indices=[0])
+    argv = ["--data_dir", str(data_dir), "--baseline", str(base), "--candidate", str(cand)]
+    assert compare.main([*argv, "--samples", "50", "--keys", "micro-f1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3].split() == [CLS, "1", "+100.00", "[n/a]"]
+    assert lines[5].split() == ["average", "1", "tasks", "+100.00", "[n/a]"]
 
 
 def test_runs_as_a_module(tmp_path, data_dir):

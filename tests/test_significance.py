@@ -194,7 +194,27 @@ def test_bad_settings_are_refused():
         BootstrapConfig(samples=0)
     with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\), got 95"):
         BootstrapConfig(confidence=95)
+    with pytest.raises(ValueError, match="seed must be 0 or more, got -1"):
+        BootstrapConfig(seed=-1)
     a, _ = cls_pair([True] * 3, [True] * 3)
     b, _ = cls_pair([True] * 4, [True] * 4)
     with pytest.raises(ValueError, match="t: 3 baseline vs 4 candidate examples"):
         significance.paired_bootstrap({"t": (a, b)})
+
+
+def test_the_mark_and_the_p_value_count_the_same_replicates():
+    """The interval's ends are order statistics: it excludes 0 exactly when few
+    replicates fall on the other side, which the p-value counts (no interpolation
+    putting an end just past 0 while p says 0.052)."""
+    rng = np.random.default_rng(1)
+    for k in range(15, 40):  # replicates at or below 0, of 1000
+        deltas = np.concatenate([-rng.random(k), rng.random(1000 - k) + 1e-3])
+        d = significance._difference(0.5, 0.6, deltas, 0.95, n=100)
+        assert d.excludes_zero == (k < 25) and (d.p_value < 0.05) == (k < 25), k
+
+
+def test_one_example_has_no_interval():
+    a, b = cls_pair([False], [True])
+    d = significance.paired_bootstrap({"t": (a, b)}, BootstrapConfig(samples=50))["t"]["micro-f1"]
+    assert d.delta == 1.0 and math.isnan(d.low) and math.isnan(d.p_value)
+    assert not d.excludes_zero

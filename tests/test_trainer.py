@@ -8,8 +8,11 @@ import functools
 import json
 import os
 import pathlib
+import resource
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -286,53 +289,55 @@ def test_a_log_that_cannot_be_written_stops_the_run_after_saving(
     assert [json.loads(x)["step"] for x in lines] == [0, 2, 4, 6]
 
 
-NO_SPACE = ValueError(
-    'RESOURCE_EXHAUSTED: Error writing "embed.embedding/0.0" in OCDBT database at local file '
-    '"/x/": Failed to write 576489 bytes to file 7: No space left on device '
-    "[os_error_code='28'] [tensorstore_spec='{}']"
-)
+class FileSizeLimit:
+    """The checkpoint of step `at` fails for real, as on a full disk: its files are
+    larger than RLIMIT_FSIZE, set just before that save (with SIGXFSZ ignored, writes
+    past it fail with EFBIG, "File too large"); the logs stay smaller than the limit.
+    `sync`: a save that raises itself instead (orbax raises a failed async save's error
+    from the next save), as a stand-in for the save."""
 
+    LIMIT = 16 * 1024  # bytes: TINY's parameters alone are larger
 
-class FullDisk:
-    """A Checkpointer's orbax manager whose save of step `at` fails as on a full disk:
-    raised by that save (`sync`), or, like an async save, in the background: orbax then
-    raises the error from check_for_errors, wait_until_finished or the next save."""
+    def __init__(self, checkpointer, at: int, sync: bool):
+        self.checkpointer, self.at, self.sync = checkpointer, at, sync
+        self.save = checkpointer.save
+        checkpointer.save = self._save
+        self.limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        self.sigxfsz = signal.getsignal(signal.SIGXFSZ)
 
-    def __init__(self, manager, at: int, sync: bool):
-        self.manager, self.at, self.sync, self.pending = manager, at, sync, False
-
-    def __getattr__(self, name):
-        return getattr(self.manager, name)
-
-    def _raise_pending(self):
-        if self.pending:
-            self.pending = False
-            raise NO_SPACE
-
-    def save(self, step, *args, **kwargs):
-        self._raise_pending()
-        if step == self.at:
-            self.manager.wait_until_finished()  # as orbax does before each save
+    def _save(self, state, position, force=False):
+        if int(state.step) == self.at:
+            self.checkpointer.wait()
             if self.sync:
-                raise NO_SPACE
-            self.pending = True
-            return True
-        return self.manager.save(step, *args, **kwargs)
+                self.checkpointer._started.append(self.at)
+                with self.checkpointer._writing():
+                    raise OSError(28, "No space left on device")
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.LIMIT, self.limits[1]))
+            started = self.save(state, position, force)
+            # As during a real step (seconds): the background save fails before the next.
+            deadline = time.monotonic() + 60
+            while self.checkpointer._manager.is_saving_in_progress():
+                assert time.monotonic() < deadline, "the save neither ended nor failed"
+                time.sleep(0.01)
+            return started
+        return self.save(state, position, force)
 
-    def check_for_errors(self):
-        self._raise_pending()
-
-    def wait_until_finished(self):
-        self.manager.wait_until_finished()
-        self._raise_pending()
+    def restore(self):
+        resource.setrlimit(resource.RLIMIT_FSIZE, self.limits)
+        signal.signal(signal.SIGXFSZ, self.sigxfsz)
 
 
 @pytest.mark.parametrize(
-    "at, sync, stops",  # the save that fails, how, the step training stops at
-    [(4, False, 5), (4, True, 5), (6, False, 6)],
+    "at, sync, stops, reason",  # the save that fails, how, where training stops, why
+    [
+        (4, False, 5, "File too large"),
+        (6, False, 6, "File too large"),
+        (4, True, 5, "[Errno 28] No space left on device"),
+    ],
 )
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(
-    tmp_path, capsys, at, sync, stops
+    tmp_path, capsys, at, sync, stops, reason
 ):
     """A full disk: the run stops at the first check of the stop flag after it learns of
     it (the step after a failing save; not at the next save, minutes later, with orbax's
@@ -341,13 +346,16 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(
     run = tiny_run(tmp_path, train_steps=6, log_every_steps=1)
     run = dataclasses.replace(run, checkpoint=checkpointing.CheckpointConfig(save_every_steps=2))
     job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
-    job.checkpointer._manager = FullDisk(job.checkpointer._manager, at, sync)
+    limit = FileSizeLimit(job.checkpointer, at, sync)
     state, _ = job.initial_state()
-    with pytest.raises(checkpointing.CheckpointWriteError) as info:
-        job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1))
+    try:
+        with pytest.raises(checkpointing.CheckpointWriteError) as info:
+            job.fit(state, Batches(), checkpointing.DataPosition(0, "m", 0, 8, 1))
+    finally:
+        limit.restore()
     assert str(info.value) == (
         f"{tmp_path / 'run' / 'checkpoints' / str(at)}: checkpoint could not be written "
-        f"(No space left on device); the last step saved is {at - 2}"
+        f"({reason}); the last step saved is {at - 2}"
     )
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2].startswith(f"step {stops}/6 ")
@@ -359,6 +367,42 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(
     state, _ = job.initial_state()
     assert int(state.step) == at - 2
     assert job.fit(state, Batches(), checkpointing.DataPosition(at - 2, "m", 0, 8, 1)).step == 6
+
+
+def test_a_checkpoint_failing_on_another_host_is_skipped_here_too(tmp_path, capsys, monkeypatch):
+    """orbax's save is a collective: once a write failed on any host, every host skips
+    the save at the agreed stop (one alone would wait for the others), and process 0
+    does not say "saved". Seen from process 0 while process 1's step-4 write fails: its
+    guard learns of a failure (FAILED) with none of its own."""
+    other_failed = {"now": False}
+
+    class Guard(preemption.PreemptionGuard):
+        def should_stop(self, wait=False):
+            if other_failed["now"]:
+                self.requested = self.FAILED
+            return super().should_stop(wait)
+
+    def any_process_failed(failed):
+        return [1] if other_failed["now"] else ([0] if failed else [])
+
+    class Batches4(Batches):
+        def __next__(self):
+            other_failed["now"] = self.position >= 4  # read during step 4 (one ahead)
+            return super().__next__()
+
+    monkeypatch.setattr(trainer.preemption, "PreemptionGuard", Guard)
+    monkeypatch.setattr(trainer.multihost, "any_process_failed", any_process_failed)
+    run = tiny_run(tmp_path, train_steps=6)
+    run = dataclasses.replace(run, checkpoint=checkpointing.CheckpointConfig(save_every_steps=2))
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    with pytest.raises(run_config.UserError) as info:
+        job.fit(state, Batches4(), checkpointing.DataPosition(0, "m", 0, 8, 1))
+    assert str(info.value) == "process 1 stopped at step 4 (its error says why); stopping too"
+    assert capsys.readouterr().out.endswith(
+        "process 1 failed at step 4; not saved (the error says which step was)\n"
+    )
+    assert job.checkpointer.all_steps() == [2]
 
 
 def test_a_failure_before_a_failing_evaluation_is_said_too(tmp_path, capsys, monkeypatch):

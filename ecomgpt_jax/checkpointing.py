@@ -260,7 +260,6 @@ class Checkpointer:
         self._failed = False  # a CheckpointWriteError was raised
         # A failing async save's writes end in orbax's closed event loop; the run stops
         # with one line for them (`_writing`), not a trace per write.
-        sys.excepthook = orbax_failures.closed_loop_ignored(sys.excepthook)
         sys.unraisablehook = orbax_failures.closed_loop_ignored(sys.unraisablehook)
 
     def latest_step(self) -> int | None:
@@ -298,7 +297,9 @@ class Checkpointer:
         CheckpointWriteError naming the step and the last step saved."""
         try:
             yield
-        except Exception as e:  # orbax re-raises the background save's error as it was
+        except (OSError, ValueError) as e:  # tensorstore's are ValueErrors; orbax
+            # re-raises the background save's error as it was. (Anything else: a bug,
+            # with its trace.)
             self._failed = True
             saved = _finished_steps(self.directory)
             last = f"the last step saved is {saved[-1]}" if saved else "no step is saved"

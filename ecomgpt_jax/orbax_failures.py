@@ -73,17 +73,17 @@ def drop_failed_reads() -> None:
 
 
 def closed_loop_ignored(hook):
-    """`hook` (sys.unraisablehook, or sys.excepthook through which tensorstore's threads
-    print), except for RuntimeError("Event loop is closed"): a late read's or write's
-    callback to orbax's loop, which ended with the failed restore or save."""
+    """`hook` (a sys.unraisablehook), except for RuntimeError("Event loop is closed"): a
+    late read's or write's callback to orbax's loop, which ended with the failed restore
+    or save."""
     if getattr(hook, "_closed_loop_ignored", False):
         return hook
 
-    def ignoring(*args) -> None:
-        error = args[1] if len(args) == 3 else args[0].exc_value  # excepthook: (type, value, tb)
+    def ignoring(unraisable) -> None:
+        error = unraisable.exc_value
         if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
             return
-        hook(*args)
+        hook(unraisable)
 
     ignoring._closed_loop_ignored = True
     return ignoring

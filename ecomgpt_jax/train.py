@@ -505,12 +505,12 @@ def main(argv: list[str]) -> None:
             result, run_cfg = run()
     except KeyboardInterrupt:
         # A Ctrl-C before the loop's own handler (set-up, compilation), or a second one
-        # in the loop (stop at once): one line, not a trace from wherever it landed.
-        if jax.process_index() == 0:
-            print(
-                "interrupted: stopped without saving; the checkpoints saved before are kept",
-                file=sys.stderr,
-            )
+        # in the loop (stop at once): one line, not a trace from wherever it landed. On
+        # every process (asking jax which one this is could wait for the others).
+        print(
+            "interrupted: stopped without saving; the checkpoints saved before are kept",
+            file=sys.stderr,
+        )
         sys.exit(launch.INTERRUPTED_EXIT_CODE)
     if jax.process_index() == 0:
         print_summary(result, run_cfg.train.model_dir)

@@ -187,11 +187,29 @@ def as_path(path) -> epath.Path:
     return epath.Path(path if "://" in path else os.path.abspath(path))
 
 
+def write_atomically(path, data: str | bytes) -> None:
+    """The whole file to `<path>.tmp`, then renamed over `path`: a kill mid-write leaves
+    the old file or the new one, never a cut one (a rename is atomic on a local disk;
+    buckets replace whole objects)."""
+    path = as_path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def save_model_config(directory, cfg: ModelConfig) -> epath.Path:
     """Writes `<directory>/model_config.json` (creating the directory)."""
     path = as_path(directory) / MODEL_CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg.to_json_dict(), indent=2, sort_keys=True) + "\n")
+    write_atomically(path, json.dumps(cfg.to_json_dict(), indent=2, sort_keys=True) + "\n")
     return path
 
 

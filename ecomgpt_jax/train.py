@@ -233,11 +233,17 @@ def command_line() -> str:
     return "python -m ecomgpt_jax.train " + shlex.join(args)
 
 
-def write_run_files(model_dir: str, cfg, command: str, vocabulary, notes=()) -> None:
+def write_run_files(
+    model_dir: str, cfg, command: str, vocabulary, notes=(), start: int = 0
+) -> None:
     """MODEL_DIR/config.gin (`command` and `notes` as header comments, then the resolved
-    gin config),
-    model_config.json and, for a HF vocabulary, its tokenizer files: what eval / convert
-    need next to the checkpoints."""
+    gin config), model_config.json and, for a HF vocabulary, its tokenizer files: what
+    eval / convert need next to the checkpoints. Each is written whole or not at all.
+
+    start: the step this command trains from. A resume with another config keeps the
+    one that trained the steps before as config.until_step_<start>.gin (the first such
+    at that step: a later one trained nothing that was saved).
+    """
     import jax
 
     if jax.process_index() != 0:
@@ -247,12 +253,17 @@ def write_run_files(model_dir: str, cfg, command: str, vocabulary, notes=()) -> 
     tokenizer = getattr(vocabulary, "path", None)  # HuggingFaceVocabulary: its tokenizer.json
     if tokenizer is not None and pathlib.Path(tokenizer).name == "tokenizer.json":
         for name in hf_hub.TOKENIZER_FILES:
-            source = pathlib.Path(tokenizer).parent / name
-            if source.is_file():
-                (root / name).write_bytes(source.read_bytes())
+            source, target = pathlib.Path(tokenizer).parent / name, root / name
+            # A resume reads MODEL_DIR's own copy: nothing to copy (or to cut short).
+            if source.is_file() and source.resolve() != pathlib.Path(str(target)).resolve():
+                checkpointing.write_atomically(target, source.read_bytes())
     header = f"# Resolved config of: {command}"
     header += "".join(f"\n# {note}" for note in notes)
-    (root / "config.gin").write_text(header + "\n\n" + gin.operative_config_str())
+    text = header + "\n\n" + gin.operative_config_str()
+    config, earlier = root / "config.gin", root / f"config.until_step_{start}.gin"
+    if start and config.exists() and config.read_text() != text and not earlier.exists():
+        config.replace(earlier)
+    checkpointing.write_atomically(config, text)
     checkpointing.save_model_config(root, cfg)
 
 
@@ -410,7 +421,9 @@ def run() -> tuple[trainer.Result, run_config.RunConfig]:
 
         def write():
             try:
-                write_run_files(run_cfg.train.model_dir, cfg, command_line(), vocabulary, notes)
+                write_run_files(
+                    run_cfg.train.model_dir, cfg, command_line(), vocabulary, notes, start
+                )
             except OSError as e:
                 raise run_config.UserError(
                     f"MODEL_DIR {run_cfg.train.model_dir}: cannot write config.gin, "

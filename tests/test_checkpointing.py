@@ -385,3 +385,15 @@ def test_a_bucket_step_still_being_written_is_not_the_latest(tmp_path, monkeypat
         assert ck.has_checkpoint("gs://bucket/run")
         resolved = ck.resolve_params_path("gs://bucket/run")
         assert str(resolved) == "gs://bucket/run/checkpoints/7/params"
+
+
+def test_write_atomically_leaves_the_old_file_or_the_new_one(tmp_path):
+    path = tmp_path / "config.gin"
+    ck.write_atomically(path, "old")
+    ck.write_atomically(path, b"new")
+    assert path.read_text() == "new"
+    folder = tmp_path / "model_config.json"
+    folder.mkdir()
+    with pytest.raises(OSError, match="is a directory"):
+        ck.write_atomically(folder, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.gin", "model_config.json"]

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -328,7 +329,7 @@ def test_run_files_process_0_cannot_write_stop_both(compile_cache, tmp_path):
         tmp_path,
         [
             f"error: MODEL_DIR {run}: cannot write config.gin, model_config.json or the "
-            f"tokenizer files ([Errno 21] Is a directory: '{run / 'config.gin'}')",
+            f"tokenizer files (Cannot overwrite: {run / 'config.gin'} is a directory)",
             "error: process 0 stopped while writing MODEL_DIR's files (its error says why); "
             "stopping too",
         ],
@@ -409,6 +410,22 @@ def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(compile_
     assert 2 < stopped < STEPS and f"preempted at step {stopped}" in out
     saved = checkpointing.Checkpointer(run, checkpointing.CheckpointConfig()).all_steps()
     assert saved[-1] == stopped and sorted(losses(run)) == list(range(1, stopped + 1))
+
+
+def test_a_resume_with_another_config_keeps_the_one_that_trained_before(
+    default_run, tmp_path, capsys
+):
+    """config.gin is the latest command's; the config that trained steps 1..10 stays as
+    config.until_step_10.gin. Each run file is written whole (no .tmp left)."""
+    model_dir = tmp_path / "run"
+    shutil.copytree(default_run[0], model_dir)
+    recorded = (model_dir / "config.gin").read_text()
+    train_in_process(model_dir, *COMMON, f"--gin.TRAIN_STEPS={STEPS + 1}")
+    assert f"finished step {STEPS + 1}" in capsys.readouterr().out
+    assert (model_dir / f"config.until_step_{STEPS}.gin").read_text() == recorded
+    now = (model_dir / "config.gin").read_text()
+    assert now.splitlines()[0].endswith(f"'--gin_bindings=TRAIN_STEPS = {STEPS + 1}'")
+    assert not list(model_dir.glob("*.tmp"))
 
 
 def test_a_finished_run_is_left_as_it_was(default_run, tmp_path, capsys):
@@ -511,6 +528,32 @@ def test_a_resume_reads_the_hf_tokenizer_copied_to_model_dir(tmp_path):
     vocabulary = train.make_vocabulary(spec, run)
     assert vocabulary.path == run_dir / "tokenizer.json" and vocabulary.eos_id == 1
     assert vocabulary.encode("hello") == [2]
+
+
+def test_a_resume_does_not_copy_model_dirs_tokenizer_onto_itself(tmp_path, monkeypatch):
+    """A resume's HF vocabulary is MODEL_DIR's own tokenizer.json (the only copy, maybe):
+    rewriting it in place could cut it short. A fresh start copies the files."""
+    source, run_dir = tmp_path / "hf", tmp_path / "run"
+    source.mkdir()
+    (source / "tokenizer.json").write_text("{}")
+    (source / "tokenizer_config.json").write_text("{}")
+    written = []
+    write = checkpointing.write_atomically
+
+    def recording(path, data):
+        written.append(pathlib.Path(str(path)).name)
+        write(path, data)
+
+    monkeypatch.setattr(checkpointing, "write_atomically", recording)
+    cfg = model_config.get_preset("tiny-bloom")
+    vocab = types.SimpleNamespace(path=source / "tokenizer.json")
+    train.write_run_files(str(run_dir), cfg, "train", vocab)
+    assert written == ["tokenizer.json", "tokenizer_config.json", "config.gin", "model_config.json"]
+    written.clear()
+    vocab = types.SimpleNamespace(path=run_dir / "tokenizer.json")
+    train.write_run_files(str(run_dir), cfg, "train", vocab, start=5)
+    assert written == ["config.gin", "model_config.json"]
+    assert (run_dir / "tokenizer.json").read_text() == "{}"
 
 
 def test_mixture_without_data_is_one_line(tmp_path):

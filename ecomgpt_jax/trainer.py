@@ -351,6 +351,11 @@ class _Loop:
         checkpoint failed on any: it would fail again, and the others would wait."""
         if force_log:
             self.log(self.logger.flush, self.step)
+        try:  # the previous save's failure, known here before the agreement, not in
+            # orbax's save on this host alone (which waits for it anyway)
+            self.trainer.checkpointer.wait()
+        except checkpointing.CheckpointWriteError as e:
+            self.guard.fail(WRITING_CHECKPOINT, e)
         if multihost.any_process_failed(self.save_failed):
             return False
         # The batches used, not those read ahead: a resume reads on from the next one.

@@ -218,3 +218,15 @@ def test_one_example_has_no_interval():
     d = significance.paired_bootstrap({"t": (a, b)}, BootstrapConfig(samples=50))["t"]["micro-f1"]
     assert d.delta == 1.0 and math.isnan(d.low) and math.isnan(d.p_value)
     assert not d.excludes_zero
+
+
+def test_an_average_over_one_example_has_no_interval():
+    """The NER task's macro-F1 is NaN (no entity anywhere): the average of that key is
+    the one-example task's alone, so it has no interval either."""
+    one = cls_pair([False], [True])
+    ner = ScoreSpec("NER")
+    empty = significance.task_stats(ner, [{"sentences": "ab"}] * 3, [""] * 3, ["C: None"] * 3)
+    pairs = {"one": one, "ner": (empty, empty)}
+    average = significance.paired_bootstrap(pairs, BootstrapConfig(samples=50))["average"]
+    assert average["macro-f1"].delta == 1.0 and math.isnan(average["macro-f1"].low)
+    assert not math.isnan(average["micro-f1"].low)  # the NER task's 3 examples count there

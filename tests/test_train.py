@@ -198,6 +198,7 @@ def test_sigterm_saves_exits_0_and_resume_matches(sharded_reference, compile_cac
     assert saved[-1] == stopped
     resumed = run_ok(command(model_dir, *SHARDED), environ)
     assert f"starting at step {stopped}/{STEPS}" in resumed.stdout
+    assert not list(model_dir.glob("config.until_step_*.gin"))  # the same command
     got, want = losses(model_dir), losses(sharded_reference)
     assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-6)

@@ -267,7 +267,13 @@ def paired_bootstrap(
         a_full, b_full = _nanmean(np.array(full[k]))
         a = _nanmean(np.stack([x for x, _ in drawn[k]]))
         b = _nanmean(np.stack([y for _, y in drawn[k]]))
-        n = max(base.n for base, _ in pairs.values())  # one task of 2+: the average varies
+        # The largest task the average of this key takes in (NaN ones are left out):
+        # if it has one example, every replicate is the data.
+        n = max(
+            (base.n for (base, _), ab in zip(pairs.values(), full[k], strict=True)
+             if not np.isnan(ab).any()),
+            default=0,
+        )  # fmt: skip
         average[k] = _difference(a_full, b_full, b - a, config.confidence, n)
     out[scoring.AVERAGE_KEY] = average
     return out

@@ -31,6 +31,7 @@ leaves the finished ones, says which in one line, exit status 130.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import sys
 
 import gin
@@ -133,6 +134,24 @@ def make_vocabulary(run: EvalRun, source: evaluation.ModelSource):
     return vocabularies.make_vocabulary(run.vocabulary, path)
 
 
+def check_vocabulary(run: EvalRun, source: evaluation.ModelSource, vocabulary) -> None:
+    """evaluation.check_vocabulary against the model the weights hold (read without
+    them), with a hint where HF_DIR has the tokenizer that eval.gin's default
+    (the bundled SentencePiece model) is not."""
+    from ecomgpt_jax import vocabularies
+
+    try:
+        evaluation.check_vocabulary(evaluation.check_weights(source), vocabulary)
+    except evaluation.EvalError as e:
+        spm = run.vocabulary.lower() in vocabularies.SENTENCEPIECE_KINDS
+        if source.hf_dir and spm and (pathlib.Path(source.hf_dir) / "tokenizer.json").is_file():
+            raise evaluation.EvalError(
+                f"{e}: HF_DIR has its tokenizer.json; include the model's "
+                "gin_configs/models/*.gin file, or add --gin.VOCABULARY=\"'huggingface'\""
+            ) from None
+        raise
+
+
 def download_hf_dir(source: evaluation.ModelSource) -> evaluation.ModelSource:
     """`source` with HF_DIR a local folder: a hub path (hf://ORG/NAME) is downloaded, or
     found in the HF cache."""
@@ -178,7 +197,7 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
         evaluation.check_tasks(eval_cfg)  # bad data root / names / split: before the model
         # On every process: weights missing on one host (a local disk) stop all now, not in
         # orbax's restore or in decoding, where the others would wait for it.
-        evaluation.check_vocabulary(evaluation.check_weights(source), vocabulary)
+        check_vocabulary(run, source, vocabulary)
         # Last (it creates EVAL_DIR): the writer, a bad EVAL_DIR now, not after decoding.
         if jax.process_index() == 0:
             evaluation.check_eval_dir(eval_dir)

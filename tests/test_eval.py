@@ -196,11 +196,20 @@ def test_a_vocabulary_larger_than_the_model_stops_before_the_model_loads(tmp_pat
     args = [f"HF_DIR = '{small}'", f"EVAL_DIR = '{tmp_path / 'out'}'", f"DATA_DIR = '{SAMPLE}'"]
     with pytest.raises(evaluation.EvalError) as info:
         eval_main.run_eval(["gin_configs/eval.gin"], args)
-    assert str(info.value) == (
+    message = (
         "the vocabulary has 2000 ids but the model's vocab_size is 1000: use the model's own "
         "tokenizer (VOCABULARY, VOCABULARY_PATH)"
     )
+    assert str(info.value) == message
     assert not (tmp_path / "out").exists()
+    # HF_DIR has its tokenizer, eval.gin's default vocabulary is the bundled one: a hint.
+    (small / "tokenizer.json").write_text("{}")
+    with pytest.raises(evaluation.EvalError) as info:
+        eval_main.run_eval(["gin_configs/eval.gin"], args)
+    assert str(info.value) == (
+        f"{message}: HF_DIR has its tokenizer.json; include the model's "
+        "gin_configs/models/*.gin file, or add --gin.VOCABULARY=\"'huggingface'\""
+    )
 
 
 def test_an_eval_dir_that_is_a_file_stops_before_the_model_loads(hf_dir, tmp_path, monkeypatch):

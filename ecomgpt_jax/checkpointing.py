@@ -201,7 +201,8 @@ def write_atomically(path, data: str | bytes) -> None:
         tmp.replace(path)
     except OSError:
         with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_file():  # ours, half written (not, say, a folder in the way)
+                tmp.unlink()
         raise
 
 

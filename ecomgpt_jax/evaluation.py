@@ -583,9 +583,7 @@ def replace_previous(pred_dir, names: Sequence[str]) -> list[str]:
 
 
 def write_predictions(pred_dir, name: str, rows: Sequence[Mapping]) -> None:
-    """pred_dir/<name>.jsonl, through a temporary file: a Ctrl-C while writing leaves
-    the earlier file or the whole new one, never part of one."""
+    """pred_dir/<name>.jsonl, written atomically: a Ctrl-C while writing leaves the earlier
+    file or the whole new one, never part of one."""
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    tmp = pred_dir / f".{name}.jsonl.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(pred_dir / f"{name}.jsonl")
+    checkpointing.write_atomically(pred_dir / f"{name}.jsonl", text.encode("utf-8"))

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from etils import epath
 
+from ecomgpt_jax import checkpointing
+
 EVAL_KINDS = ("eval_loss", "infer_eval")  # MetricsLogger.record_eval's kinds
 
 
@@ -41,12 +43,9 @@ def missing_writer_package(model_dir) -> str | None:
     return None if found else "google-cloud-storage"
 
 
-def _write_atomically(path: epath.Path, lines: list[str]) -> None:
-    """Whole file to a temporary, then renamed over: a kill mid-write cannot leave a
-    truncated log (rename is atomic locally; buckets copy whole objects)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(path)
+def _write_lines(path: epath.Path, lines: list[str]) -> None:
+    """The whole log, written atomically: a kill mid-write cannot leave it truncated."""
+    checkpointing.write_atomically(path, "".join(line + "\n" for line in lines))
 
 
 def duration_text(seconds: float) -> str:
@@ -94,7 +93,7 @@ class MetricsLogger:
                     continue
                 self._eval_lines[kind] = self._lines_up_to(path, start_step or -1)
             with self._writing(path):
-                _write_atomically(path, self._eval_lines[kind])
+                _write_lines(path, self._eval_lines[kind])
         from tensorboardX import SummaryWriter
 
         # As the .jsonl logs: TensorBoard hides the events of earlier runs from this step
@@ -190,7 +189,7 @@ class MetricsLogger:
             return
         self._lines.append(json.dumps(row))
         with self._writing(self.path):
-            _write_atomically(self.path, self._lines)
+            _write_lines(self.path, self._lines)
         with self._writing(self.tb_dir):
             for key, value in row.items():
                 if key != "step":
@@ -221,7 +220,7 @@ class MetricsLogger:
         self._eval_lines[kind].append(json.dumps({"step": step, **scores}, ensure_ascii=False))
         path = self.path.parent / f"{kind}.jsonl"
         with self._writing(path):
-            _write_atomically(path, self._eval_lines[kind])
+            _write_lines(path, self._eval_lines[kind])
         with self._writing(self.tb_dir):
             for task, values in scores.items():
                 for key, value in values.items():

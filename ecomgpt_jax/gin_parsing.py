@@ -202,9 +202,10 @@ def _walk(value):
             yield from _walk(item)
 
 
-def _record(statements, where, sources: _Sources) -> list[str]:
-    """Notes macro references and REQUIRED macros; returns the macros bound."""
-    bound = []
+def _record(statements, where, sources: _Sources) -> dict[str, str]:
+    """Notes macro references and REQUIRED macros; returns the macros bound -> where
+    (first)."""
+    bound: dict[str, str] = {}
     for statement in statements:
         if not isinstance(statement, config_parser.BindingStatement):
             continue
@@ -220,7 +221,7 @@ def _record(statements, where, sources: _Sources) -> list[str]:
             sources.configurables.setdefault(configurable, where(line))
         else:
             name = "/".join(filter(None, (statement.scope, statement.selector)))
-            bound.append(name)
+            bound.setdefault(name, where(line))
             sources.sets.setdefault(name, where(line))
             if statement.value in (_Name("%", "gin.REQUIRED"), _Name("%", "REQUIRED")):
                 sources.required[name] = (where(None), line)
@@ -258,12 +259,10 @@ def _scan_file(path: str, where: str, sources: _Sources, stack: tuple[str, ...] 
         if isinstance(statement, config_parser.IncludeStatement):
             include = f"{at(statement.location.line_num)}: include {statement.filename!r}"
             _scan_file(statement.filename, include, sources, (*stack, os.path.abspath(full)))
-    _record(statements, at, sources)
+    bound = _record(statements, at, sources)
     if not pathlib.Path(full).resolve().is_relative_to(REPO_GIN_DIR):
-        for statement in statements:
-            if isinstance(statement, config_parser.BindingStatement) and not statement.arg_name:
-                name = "/".join(filter(None, (statement.scope, statement.selector)))
-                sources.user_sets.setdefault(name, at(statement.location.line_num))
+        for name, where_set in bound.items():
+            sources.user_sets.setdefault(name, where_set)
 
 
 def _binding_flag(binding: str) -> str:
@@ -287,7 +286,7 @@ def _scan_binding(binding: str, sources: _Sources) -> list[str]:
             f"{flag}: a command-line binding must be exactly one `name = value` (got: "
             f"{kinds or 'nothing'}); put imports and includes in a gin file"
         )
-    return _record(statements, lambda line: flag, sources)
+    return list(_record(statements, lambda line: flag, sources))
 
 
 _LOCATION = re.compile(r'\n  In (?:file "(?P<file>.*)",|bindings string) line (?P<line>\d+)')

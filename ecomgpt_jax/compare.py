@@ -125,22 +125,11 @@ def format_comparison(result: dict, counts: dict[str, int], config, keys=signifi
             for side in ("baseline", "candidate")
         ),
     ]
-    widths = [max(len(r[i]) for r in (headers, *rows, *tail)) for i in range(len(headers))]
-
-    def fmt(row):
-        cells = zip(row[1:], widths[1:], strict=True)
-        return "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in cells)])
-
-    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
-    lines = [
+    title = (
         f"candidate - baseline, x100, with {100 * config.confidence:g}% paired-bootstrap "
-        f"intervals ({config.samples} replicates, seed {config.seed}); * the interval excludes 0",
-        fmt(headers),
-        rule,
-        *(fmt(r) for r in rows),
-        rule,
-        *(fmt(r) for r in tail),
-    ]
+        f"intervals ({config.samples} replicates, seed {config.seed}); * the interval excludes 0"
+    )
+    lines = [title, *scoring.text_table(headers, rows, tail)]
     return "\n".join(lines)
 
 

@@ -408,6 +408,22 @@ def scores_json(scores: Mapping[str, Mapping]) -> dict:
     return json_safe({**scores, AVERAGE_KEY: average})
 
 
+def text_table(
+    headers: Sequence[str], body: Sequence[Sequence[str]], tail: Sequence[Sequence[str]]
+) -> list[str]:
+    """Lines of a plain-text table: the headers, a rule, the body rows, a rule, the tail
+    rows (totals). The first column is left-aligned, the others right-aligned."""
+    rows = [headers, *body, *tail]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
+
+    def fmt(row):
+        cells = zip(row[1:], widths[1:], strict=True)
+        return "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in cells)])
+
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    return [fmt(headers), rule, *map(fmt, body), rule, *map(fmt, tail)]
+
+
 def format_table(scores: Mapping[str, Mapping]) -> str:
     """A plain-text table of per-task scores (x100, as in the paper) with an average row.
 
@@ -424,17 +440,7 @@ def format_table(scores: Mapping[str, Mapping]) -> str:
     counts = average_counts(scores)
     fewer = [k for k in SCORE_KEYS if counts[k] != len(scores)]
     cells = [f"{100 * avg[k]:.2f}" + ("+" if k in fewer else "") for k in SCORE_KEYS]
-    rows.append(("average", str(len(scores)) + " tasks", *cells))
-    widths = [max(len(str(r[i])) for r in (headers, *rows)) for i in range(len(headers))]
-
-    def fmt(row):
-        first = row[0].ljust(widths[0])
-        return "  ".join(
-            [first, *(str(c).rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))]
-        )
-
-    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
-    lines = [fmt(headers), rule, *(fmt(r) for r in rows[:-1]), rule, fmt(rows[-1])]
+    lines = text_table(headers, rows, [("average", str(len(scores)) + " tasks", *cells)])
     if any(not s.get("complete", True) for s in scores.values()):
         lines.append("* scored on part of the task's examples")
     for key in fewer:

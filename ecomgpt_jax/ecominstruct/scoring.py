@@ -257,6 +257,13 @@ def ner_tags(text: str, entities: Mapping[str, Iterable[str]]) -> list[str]:
     return tags
 
 
+def answer_tags(
+    sentences: Sequence[str], answers: Sequence[str], label_sep: str
+) -> list[list[str]]:
+    """The character BIO tags of each sentence for its NER answer (steps 1 and 2)."""
+    return [ner_tags(s, parse_ner(a, label_sep)) for s, a in zip(sentences, answers, strict=True)]
+
+
 def ner_f1(
     sentences: Sequence[str], predictions: Sequence[str], golds: Sequence[str], label_sep: str
 ) -> tuple[float, float]:
@@ -267,12 +274,8 @@ def ner_f1(
     """
     from seqeval.metrics import classification_report  # imported lazily: scoring only
 
-    gold_tags = [
-        ner_tags(s, parse_ner(g, label_sep)) for s, g in zip(sentences, golds, strict=True)
-    ]
-    pred_tags = [
-        ner_tags(s, parse_ner(p, label_sep)) for s, p in zip(sentences, predictions, strict=True)
-    ]
+    gold_tags = answer_tags(sentences, golds, label_sep)
+    pred_tags = answer_tags(sentences, predictions, label_sep)
     with warnings.catch_warnings():  # ill-defined precision warnings are expected here
         warnings.simplefilter("ignore")
         report = classification_report(gold_tags, pred_tags, output_dict=True)

@@ -90,26 +90,17 @@ def task_stats(
     rouge_cjk = np.array(scoring.rouge_l_cjk(preds, golds))
     if task.type == "NER":
         sentences = [e["sentences"] for e in examples]
-
-        def tags(answers):
-            return [
-                scoring.ner_tags(s, scoring.parse_ner(a, task.label_sep))
-                for s, a in zip(sentences, answers, strict=True)
-            ]
-
-        hit, pred, gold = _entity_counts(tags(golds), tags(preds))
-        return TaskStats(True, rouge, rouge_cjk, hit, pred, gold)
-    sets = [
-        (
-            scoring.f1_items(task.type, task.label_sep, p),
-            scoring.f1_items(task.type, task.label_sep, g),
+        tags = (
+            scoring.answer_tags(sentences, answers, task.label_sep) for answers in (golds, preds)
         )
-        for p, g in zip(preds, golds, strict=True)
-    ]
-    hit, pred, gold = (
-        np.array([[float(len(f(p, g)))] for p, g in sets])
-        for f in (lambda p, g: p & g, lambda p, g: p, lambda p, g: g)
-    )
+        hit, pred, gold = _entity_counts(*tags)
+        return TaskStats(True, rouge, rouge_cjk, hit, pred, gold)
+    rows = []
+    for p, g in zip(preds, golds, strict=True):
+        p_items, g_items = (scoring.f1_items(task.type, task.label_sep, t) for t in (p, g))
+        rows.append((len(p_items & g_items), len(p_items), len(g_items)))
+    counts = np.array(rows, dtype=np.float64)  # [n, 3]
+    hit, pred, gold = counts[:, 0:1], counts[:, 1:2], counts[:, 2:3]  # [n, 1] each
     return TaskStats(False, rouge, rouge_cjk, hit, pred, gold)
 
 

@@ -422,12 +422,14 @@ class Checkpointer:
     def close(self) -> None:
         """Waits for pending saves (CheckpointWriteError if one failed, unless a failure
         was raised already: not to hide it) and closes orbax's manager."""
-        try:
-            if not self._failed:
-                self.wait()
-        finally:
-            with contextlib.suppress(Exception) if self._failed else contextlib.nullcontext():
+        if self._failed:
+            with contextlib.suppress(Exception):
                 self._manager.close()
+            return
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
 
 def _looks_like_pytree_checkpoint(path: epath.Path) -> bool:

@@ -5,8 +5,9 @@
 
 Each notebook runs in a fresh `python3` kernel of the interpreter running this script (a
 kernel spec written to a temporary folder, so no other installed "python3" kernel is
-picked up), from the repository root (or `execute`'s `cwd`), on the CPU, with the data root and XLA device flags of
-the calling shell removed: the saved outputs are what a fresh CPU machine shows.
+picked up), from the repository root (or `execute`'s `cwd`), on the CPU, with the data
+root and XLA device flags of the calling shell removed: the saved outputs are what a fresh
+CPU machine shows.
 `tests/test_notebooks.py` executes the notebooks through `execute` too.
 """
 

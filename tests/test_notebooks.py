@@ -150,6 +150,23 @@ def test_quickstart_score_table_and_chart_match_metrics_json(quickstart, checkou
     assert len(data(cell(quickstart, "bar-chart"), "image/png")) == 1
 
 
+def test_quickstart_compares_two_checkpoints(quickstart, checkout):
+    """Step 100 against the final step on the same 8 examples a task: the table's average
+    difference is the difference of the two evaluations' own averages."""
+    work = checkout / "runs/quickstart"
+    final = json.loads((work / "eval/metrics.json").read_text())["average"]
+    step100 = json.loads((work / "eval_step100/metrics.json").read_text())["average"]
+    result = json.loads((work / "compare.json").read_text())
+    for key in ("rouge-l-f1", "micro-f1"):
+        assert result["average"][key]["delta"] == pytest.approx(final[key] - step100[key])
+        assert result["average"][key]["baseline"] == pytest.approx(step100[key])
+    text = stdout(cell(quickstart, "compare"))
+    assert "candidate - baseline, x100, with 95% paired-bootstrap intervals" in text
+    delta = 100 * result["average"]["rouge-l-f1"]["delta"]
+    [average_row] = [line for line in text.splitlines() if line.startswith("average ")]
+    assert f"{delta:+.2f} [" in average_row
+
+
 def test_quickstart_answers_own_prompts(quickstart):
     text = stdout(cell(quickstart, "own-prompt"))
     assert text.count("\n>>> ") == 2

@@ -52,6 +52,15 @@ def test_parse_task_name():
         reader.parse_task_name("EN-ABSA-CLS-x-y")
     with pytest.raises(DataError, match="unknown LANG 'FR'"):
         reader.parse_task_name("FR-ABSA-CLS-x")
+    # SeqIO's task-name characters (letters of any script, digits, "_", ".", "#"): a name
+    # it would refuse is refused here, with the folder, before registration.
+    assert reader.parse_task_name("ZH-店铺.v2-CLS-a#1") == ("ZH", "店铺.v2", "CLS", "a#1")
+    with pytest.raises(DataError) as e:
+        reader.parse_task_name("EN-D-CLS-a+b (old)")
+    assert e.value.what == (
+        "task name 'EN-D-CLS-a+b (old)' contains ' ()+': use letters, digits, '_', '.' or "
+        "'#' within its fields"
+    )
 
 
 def test_data_error_message():
@@ -135,6 +144,12 @@ def test_discover_errors(tmp_path):
     with pytest.raises(DataError, match=r"meta-info.json:2: not valid JSON"):
         reader.discover_tasks(bad)
 
+    bad = tmp_path / "j"
+    make_task(bad, "EN-X-CLS-t", CLS_META | {"label_set": {CLS_META["label_key"]: []}})
+    with pytest.raises(DataError) as e:
+        reader.discover_tasks(bad)
+    assert e.value.what == f"field 'label_set.{CLS_META['label_key']}' (label_key) is empty (CLS)"
+
     bad = tmp_path / "i"
     (bad / "X" / "tasks" / "EN-X-Extract-t").mkdir(parents=True)
     with pytest.raises(DataError, match="task folder has no meta-info.json"):
@@ -179,6 +194,8 @@ def test_discover_without_task_folders_names_the_layout(tmp_path, given, hint):
         ("{sentences.upper}", "has placeholder '{sentences.upper}': only bare names"),
         ("{sentences[0]}", "has placeholder '{sentences[0]}': only bare names"),
         ("{sentences} }", "is not a format template: Single '}' encountered"),
+        # Accepted before: every prompt silently lacked the example's text.
+        ("Classify: {label_set}", "has no {sentences} placeholder (the example's text)"),
     ],
 )
 def test_bad_templates_name_meta_file_and_field(tmp_path, template, what):

@@ -109,8 +109,8 @@ def parse_task_name(name: str) -> tuple[str, str, str, str]:
 
     Raises:
       DataError: the name contains ``":"`` (reserved: SeqIO names map ``"-"`` to ``":"``
-        and back), does not have exactly four ``"-"``-separated non-empty fields, or has an
-        unknown LANG or TYPE.
+        and back), does not have exactly four ``"-"``-separated non-empty fields, has a
+        character SeqIO refuses in a task name, or has an unknown LANG or TYPE.
     """
     if ":" in name:
         raise DataError(
@@ -125,6 +125,14 @@ def parse_task_name(name: str) -> tuple[str, str, str, str]:
         raise DataError(
             f"task name {name!r} is not <LANG>-<Dataset>-<TYPE>-<name> "
             "(four non-empty fields separated by '-')",
+            name,
+        )
+    odd = sorted({c for c in name if not re.fullmatch(r"[\w.#-]", c)})
+    if odd:
+        # SeqIO task names allow letters, digits, "_", "." and "#" only ("-" becomes ":").
+        raise DataError(
+            f"task name {name!r} contains {''.join(odd)!r}: use letters, digits, '_', '.' "
+            "or '#' within its fields",
             name,
         )
     lang, dataset, task_type, short_name = fields
@@ -253,6 +261,9 @@ def _validate_template(template: str, path: pathlib.Path) -> None:
             f"allowed: {sorted(TEMPLATE_FIELDS)}",
             path,
         )
+    if not any(field == "sentences" for _, field, _, _ in parts):
+        # Every prompt would lack the example's text, and nothing downstream would notice.
+        raise DataError(f"{where} has no {{sentences}} placeholder (the example's text)", path)
     try:  # the checks above should leave nothing to fail here; this proves it
         template.format(**dict.fromkeys(TEMPLATE_FIELDS, ""))
     except (ValueError, IndexError, KeyError, AttributeError) as e:
@@ -281,6 +292,10 @@ def _validate_meta(meta: Mapping, task_type: str, path: pathlib.Path) -> None:
     labels = label_set.get(key)
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise DataError(f"field 'label_set.{key}' (label_key) must be a list of strings", path)
+    if not labels:
+        # CLS prompts would offer only the gold labels (the answer); NER answers would be
+        # empty; Condition_Extract prompts would ask about nothing.
+        raise DataError(f"field 'label_set.{key}' (label_key) is empty ({task_type})", path)
 
 
 def load_task(folder: str | os.PathLike) -> TaskInfo:

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -103,12 +104,23 @@ class DecodeConfig:
         def bad(field, why):
             raise DecodeConfigError(f"DecodeConfig.{field}={getattr(self, field)!r}: {why}")
 
+        # Types first: a float or string gin value would otherwise reach jit as a shape or
+        # an operand and fail there, deep in a trace, after the model has loaded.
+        for field in ("num_beams", "top_k", "max_new_tokens", "max_prompt_len", "min_bucket"):
+            if not _is_int(getattr(self, field)):
+                bad(field, "must be an integer")
+        if not _is_int(self.seed) or not -(2**31) <= self.seed < 2**31:
+            bad("seed", "must be an integer in [-2**31, 2**31)")  # a jax.random key's range
+        for field in ("length_penalty", "temperature", "top_p"):
+            value = getattr(self, field)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                bad(field, "must be a number")
         if self.method not in METHODS:
             bad("method", f"must be one of {METHODS}")
         if self.num_beams < 1:
             bad("num_beams", "must be >= 1")
-        if self.early_stopping not in (True, False, "never"):
-            bad("early_stopping", "must be True, False or 'never'")
+        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
+            bad("early_stopping", "must be True, False or 'never'")  # 1 and 0.0 included
         if not self.temperature > 0:
             bad("temperature", "must be > 0")
         if self.top_k < 0:
@@ -116,13 +128,17 @@ class DecodeConfig:
         if not 0 < self.top_p <= 1:
             bad("top_p", "must be in (0, 1]")
         for field in ("max_new_tokens", "max_prompt_len", "min_bucket"):
-            if int(getattr(self, field)) < 1:
+            if getattr(self, field) < 1:
                 bad(field, "must be >= 1")
 
     @property
     def effective_method(self) -> str:
         """transformers runs greedy search for beam search with one beam."""
         return "greedy" if self.method == "beam" and self.num_beams == 1 else self.method
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def bucket_lengths(max_prompt_len: int, min_bucket: int = 64) -> tuple[int, ...]:

@@ -225,6 +225,19 @@ def test_long_prompt_keeps_its_last_tokens(models, prompts):
         dict(top_k=-1),
         dict(max_new_tokens=0),
         dict(early_stopping="sometimes"),
+        # Wrong types (gin passes what the user wrote): each reached jit before and failed
+        # there with a JAX TypeError, after the model had loaded.
+        dict(max_new_tokens=8.0),
+        dict(max_new_tokens="8"),
+        dict(max_new_tokens=None),
+        dict(num_beams=2.5),
+        dict(num_beams="4"),
+        dict(max_prompt_len="32"),
+        dict(top_k=2.5),
+        dict(length_penalty="1"),
+        dict(temperature=True),
+        dict(early_stopping=1),
+        dict(seed=2**31),
     ],
 )
 def test_bad_settings_name_the_field(bad):

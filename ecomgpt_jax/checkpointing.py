@@ -45,8 +45,8 @@ from ecomgpt_jax.train_step import (
     StateLayout,
     TrainState,
     field_error,
-    is_integer,
 )
+from ecomgpt_jax.values import is_integer
 
 PyTree = Any
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -63,6 +62,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ecomgpt_jax import partitioning
 from ecomgpt_jax.models import attention, decoder
 from ecomgpt_jax.models.config import ModelConfig
+from ecomgpt_jax.values import is_integer, is_number
 
 METHODS = ("greedy", "beam", "sample")
 # transformers masks finished / impossible candidates by adding this (float32) constant.
@@ -107,13 +107,12 @@ class DecodeConfig:
         # Types first: a float or string gin value would otherwise reach jit as a shape or
         # an operand and fail there, deep in a trace, after the model has loaded.
         for field in ("num_beams", "top_k", "max_new_tokens", "max_prompt_len", "min_bucket"):
-            if not _is_int(getattr(self, field)):
+            if not is_integer(getattr(self, field)):
                 bad(field, "must be an integer")
-        if not _is_int(self.seed) or not -(2**31) <= self.seed < 2**31:
+        if not is_integer(self.seed) or not -(2**31) <= self.seed < 2**31:
             bad("seed", "must be an integer in [-2**31, 2**31)")  # a jax.random key's range
         for field in ("length_penalty", "temperature", "top_p"):
-            value = getattr(self, field)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            if not is_number(getattr(self, field)):
                 bad(field, "must be a number")
         if self.method not in METHODS:
             bad("method", f"must be one of {METHODS}")
@@ -135,10 +134,6 @@ class DecodeConfig:
     def effective_method(self) -> str:
         """transformers runs greedy search for beam search with one beam."""
         return "greedy" if self.method == "beam" and self.num_beams == 1 else self.method
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def bucket_lengths(max_prompt_len: int, min_bucket: int = 64) -> tuple[int, ...]:

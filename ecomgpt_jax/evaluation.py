@@ -48,6 +48,7 @@ from ecomgpt_jax.ecominstruct import instructions, reader, scoring
 from ecomgpt_jax.eval_outputs import write_metrics, write_summaries
 from ecomgpt_jax.models import decoder, hf_io
 from ecomgpt_jax.models.config import DTYPES, ConfigError, ModelConfig
+from ecomgpt_jax.values import is_integer
 
 PREDICTIONS_DIR = "predictions"
 
@@ -90,10 +91,16 @@ class EvalConfig:
     decode: DecodeConfig = DecodeConfig()
 
     def __post_init__(self):
-        if self.max_examples is not None and self.max_examples < 1:
-            raise EvalError(f"EvalConfig.max_examples={self.max_examples}: use None or >= 1")
-        if self.batch_size < 1:
-            raise EvalError(f"EvalConfig.batch_size={self.batch_size}: must be >= 1")
+        if self.max_examples is not None and not (
+            is_integer(self.max_examples) and self.max_examples >= 1
+        ):
+            raise EvalError(
+                f"EvalConfig.max_examples={self.max_examples!r}: use None or an integer >= 1"
+            )
+        if not is_integer(self.batch_size) or self.batch_size < 1:
+            raise EvalError(f"EvalConfig.batch_size={self.batch_size!r}: must be an integer >= 1")
+        if not is_integer(self.prompt_seed):
+            raise EvalError(f"EvalConfig.prompt_seed={self.prompt_seed!r}: must be an integer")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,7 @@ import tensorflow as tf
 
 from ecomgpt_jax import partitioning
 from ecomgpt_jax.ecominstruct.reader import DataError
+from ecomgpt_jax.values import is_integer
 
 MODEL_FEATURES = (
     "decoder_input_tokens",
@@ -91,7 +92,7 @@ class DataConfig:
         if not _positive_int(self.global_batch_size):
             raise DataError(f"BATCH_SIZE must be an integer >= 1, got {self.global_batch_size!r}")
         seed = self.seed
-        if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
+        if not (is_integer(seed) and seed >= 0):
             # None would draw a fresh order each run: no resume could repeat it.
             raise DataError(f"DataConfig.seed must be an integer >= 0, got {self.seed!r}")
         if self.num_shards is not None and not _positive_int(self.num_shards):
@@ -110,7 +111,7 @@ class DataConfig:
 
 
 def _positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+    return is_integer(value) and value >= 1
 
 
 def _rows_of_process(sharding, global_shape) -> np.ndarray:

@@ -23,6 +23,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ecomgpt_jax.values import is_integer
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis names of parameters.
@@ -83,7 +85,7 @@ class MeshConfig:
         if (
             not isinstance(shape, (tuple, list))
             or len(shape) != 3
-            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape)
+            or not all(is_integer(s) for s in shape)
         ):
             raise MeshError(
                 "MESH_SHAPE must be 3 integers (data, fsdp, tensor), one of them may be -1, "

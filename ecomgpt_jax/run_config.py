@@ -16,6 +16,7 @@ from ecomgpt_jax import checkpointing, evaluation, partitioning
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import hf_io
+from ecomgpt_jax.values import is_integer
 
 
 class UserError(ValueError):
@@ -84,7 +85,7 @@ class TrainConfig:
             ("EVAL_LOSS_EVERY_STEPS", self.eval_loss_every_steps, 0),
             ("EVAL_LOSS_BATCHES", self.eval_loss_batches, 1),
         ):
-            if not ts.is_integer(value) or value < least:
+            if not is_integer(value) or value < least:
                 raise UserError(f"{macro} must be an integer >= {least}, got {value!r}")
         if self.init_from_hf and self.init_from_checkpoint:
             # Two starting points: either choice would silently drop the other.
@@ -93,7 +94,7 @@ class TrainConfig:
             )
         # It seeds the initial weights and dropout: None would draw other numbers on every
         # run, and a resume would go on from numbers the first run never drew.
-        if not ts.is_integer(self.seed):
+        if not is_integer(self.seed):
             raise UserError(f"SEED must be an integer, got {self.seed!r}")
         try:  # the mesh's own check (eval's MESH_SHAPE gets the same)
             shape = partitioning.MeshConfig(self.mesh_shape).shape

@@ -22,7 +22,6 @@ Needs only jax, flax and optax (no TensorFlow, SeqIO or gin).
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,6 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ecomgpt_jax import partitioning
 from ecomgpt_jax.models import losses
 from ecomgpt_jax.models.config import ConfigError
+from ecomgpt_jax.values import is_integer, is_number
 
 Batch = Mapping[str, jax.Array]
 PyTree = Any
@@ -51,16 +51,6 @@ EVAL_SUMS = ("loss_sum", "weight_sum", "correct_sum")  # what make_eval_step ret
 
 
 DECAYS = ("cosine", "linear", "constant")  # OptimizerConfig.decay
-
-
-def is_integer(value) -> bool:
-    """An integer, not a bool (gin and JSON give 8.0, '8' and True for typos)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def is_number(value) -> bool:
-    """An int or float, not a bool or a string ('2e-5' from a quoted gin value)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def field_error(config, field: str, why: str, macro: str | None = None) -> ConfigError:

@@ -397,8 +397,16 @@ def test_model_source_errors(tmp_path):
         assert str(info.value) == message
     with pytest.raises(evaluation.EvalError, match="^DTYPE='bf16'"):
         evaluation.check_source(ModelSource(hf_dir=str(tmp_path), dtype="bf16"))
-    with pytest.raises(evaluation.EvalError, match="max_examples"):
-        EvalConfig(max_examples=0)
+    for field, value, why in [
+        ("max_examples", 0, "use None or an integer >= 1"),
+        ("max_examples", "8", "use None or an integer >= 1"),  # a quoted gin value
+        ("batch_size", 8.0, "must be an integer >= 1"),
+        ("batch_size", True, "must be an integer >= 1"),
+        ("prompt_seed", None, "must be an integer"),
+    ]:
+        with pytest.raises(evaluation.EvalError) as info:
+            EvalConfig(**{field: value})
+        assert str(info.value) == f"EvalConfig.{field}={value!r}: {why}"
 
 
 def test_checkpoint_without_model_config_json_uses_the_source_config(tmp_path):

@@ -21,13 +21,14 @@ import ast
 import dataclasses
 import functools
 import io
-import numbers
 import os
 import pathlib
 import re
 import tokenize
 from collections.abc import Mapping
 from typing import Any
+
+from ecomgpt_jax.values import is_integer, is_number
 
 FAMILIES = ("bloom", "llama")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -123,7 +124,7 @@ class ModelConfig:
         for field in ("vocab_size", "hidden", "layers", "heads", "kv_heads", "head_dim", "mlp_dim"):
             value = getattr(self, field)
             # Overrides arrive from gin and JSON: a string or float here is a typo, not a size.
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+            if not is_integer(value) or value <= 0:
                 bad(field, "must be a positive integer")
         if self.heads % self.kv_heads:
             bad("kv_heads", f"must divide heads={self.heads}")
@@ -331,7 +332,7 @@ def _hf_number(hf: Mapping, where: str, names, default: Any = _REQUIRED, kind=in
             raise ConfigError(f"{where}: {prefix}{names[0]} is missing or null")
         return default
     value = hf[name]
-    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    number = is_number(value)
     if kind is int and not (number and float(value).is_integer() and value > 0):
         raise ConfigError(f"{where}: {prefix}{name}={value!r}: must be a positive integer")
     if not number:

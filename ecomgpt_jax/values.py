@@ -1,0 +1,21 @@
+"""Type checks for configuration values, which arrive from gin and JSON as the user typed
+them: a typo gives 8.0, '8', None or True where an integer belongs, and Python would take
+most of them without a word (True is 1, 8.0 slices like 8 until jit needs a shape).
+
+Every config dataclass checks its fields with these in `__post_init__`, so that a bad
+value stops the run with one line naming the field, before anything loads.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+
+def is_integer(value) -> bool:
+    """An int (numpy's included), not a bool, a float or a string."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """An int or float, not a bool or a string ('2e-5' from a quoted gin value)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import sys
@@ -510,13 +511,11 @@ def _check_matches(params_dir: epath.Path, stored, abstract_params: PyTree) -> N
         raise ModelMismatch(f"{params_dir}: parameters do not match the model ({difference})")
 
 
-def restore_params(path, abstract_params: PyTree) -> PyTree:
-    """Restores parameters from `path` (see `resolve_params_path`) into `abstract_params`.
+def params_metadata(path) -> tuple[epath.Path, PyTree]:
+    """The params folder of `path` (see `resolve_params_path`) and its stored tree of
+    array metadata (shapes, dtypes), nothing read of the arrays themselves.
 
-    abstract_params: pytree of jax.ShapeDtypeStruct with the target `.sharding`
-    (and dtype: stored float32 restores as bfloat16 when asked, and back).
-    A checkpoint whose tree or shapes differ from the model, that cannot be read (damaged)
-    or whose arrays cannot be placed on the target shardings raises CheckpointError.
+    Raises CheckpointError where the folder is incomplete or its metadata unreadable.
     """
     params_dir = resolve_params_path(path)
     missing = _missing_files(params_dir.parent, (params_dir.name,))
@@ -527,9 +526,22 @@ def restore_params(path, abstract_params: PyTree) -> PyTree:
             stored = checkpointer.metadata(params_dir).item_metadata
         except (ValueError, OSError, KeyError) as e:
             raise _unreadable(params_dir, orbax_failures.short(e)) from None
-        if stored is None:  # no _METADATA: else "the checkpoint lacks" every parameter
-            raise _unreadable(params_dir, f"no readable metadata in {params_dir.name}/")
-        _check_matches(params_dir, stored, abstract_params)
+    if stored is None:  # no _METADATA: else "the checkpoint lacks" every parameter
+        raise _unreadable(params_dir, f"no readable metadata in {params_dir.name}/")
+    return params_dir, stored
+
+
+def restore_params(path, abstract_params: PyTree) -> PyTree:
+    """Restores parameters from `path` (see `resolve_params_path`) into `abstract_params`.
+
+    abstract_params: pytree of jax.ShapeDtypeStruct with the target `.sharding`
+    (and dtype: stored float32 restores as bfloat16 when asked, and back).
+    A checkpoint whose tree or shapes differ from the model, that cannot be read (damaged)
+    or whose arrays cannot be placed on the target shardings raises CheckpointError.
+    """
+    params_dir, stored = params_metadata(path)
+    _check_matches(params_dir, stored, abstract_params)
+    with ocp.StandardCheckpointer() as checkpointer:
         return orbax_failures.restore_or_raise(
             lambda: checkpointer.restore(params_dir, abstract_params),
             lambda why: _unreadable(params_dir, why),
@@ -540,8 +552,18 @@ def restore_params(path, abstract_params: PyTree) -> PyTree:
 
 
 def save_params(path, params: PyTree) -> None:
-    """Writes a params-only orbax checkpoint (the format `restore_params` reads)."""
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(as_path(path), params)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    """Writes a params-only orbax checkpoint (the format `restore_params` reads).
+
+    Synchronously: a failed write of the asynchronous StandardCheckpointer leaves orbax
+    threads running, and the process never exits after its error (orbax 0.12).
+    """
+    path = as_path(path)
+    # A failed write logs its trace and ends in orbax's closed loop: one line instead.
+    logging.getLogger("absl").addFilter(orbax_failures.without_trace)  # once: same object
+    sys.unraisablehook = orbax_failures.closed_loop_ignored(sys.unraisablehook)
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        try:
+            checkpointer.save(path, params)
+        except (OSError, ValueError) as e:  # tensorstore's write errors are ValueErrors
+            reason = orbax_failures.write_reason(e)
+            raise CheckpointWriteError(f"{path}: could not be written ({reason})") from None

@@ -66,24 +66,31 @@ def hf_to_orbax(hf_dir, output, dtype: str | None = None) -> ModelConfig:
         raise hf_io.CheckpointFormatError(
             f"{output / 'params'} already exists; choose another --output or delete it"
         )
-    cfg, params = hf_io.load_hf_params(hf_dir, dtype)
-    checkpointing.save_params(output / "params", params)
-    checkpointing.save_model_config(output, cfg)
+    # Before the model is read (minutes for a 7B one), not when it is written.
+    why = checkpointing.not_a_folder(output)
+    if why:
+        raise hf_io.CheckpointFormatError(f"--output {output} {why}")
+    created = not output.exists()
+    checkpointing.make_writable_folder(output)
+    try:
+        cfg, params = hf_io.load_hf_params(hf_dir, dtype)
+        checkpointing.save_params(output / "params", params)
+        checkpointing.save_model_config(output, cfg)
+    except BaseException:
+        if created:  # nothing of a failed conversion is left for a later one to trip on
+            output.rmtree(missing_ok=True)
+        raise
     return cfg
 
 
 def load_params_host(checkpoint, cfg: ModelConfig):
     """Restores the parameters at `checkpoint` onto the host CPU (dtype as stored)."""
     import jax
-    import orbax.checkpoint as ocp
 
     from ecomgpt_jax import checkpointing
     from ecomgpt_jax.models import decoder
 
-    params_dir = checkpointing.resolve_params_path(checkpoint)
-    with ocp.StandardCheckpointer() as ckptr:
-        stored = ckptr.metadata(params_dir)
-    stored = getattr(stored, "item_metadata", stored)
+    params_dir, stored = checkpointing.params_metadata(checkpoint)
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     expected = decoder.abstract_params(cfg)
     stored_dtypes = {
@@ -234,8 +241,9 @@ def main(argv=None) -> int:
     except (ConfigError, hf_io.CheckpointFormatError, hf_hub.HubError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # CheckpointError from checkpointing (imported lazily)
-        if type(e).__name__ != "CheckpointError":
+    except Exception as e:  # CheckpointError and its kinds, from checkpointing (imported lazily)
+        checkpointing = sys.modules.get("ecomgpt_jax.checkpointing")
+        if checkpointing is None or not isinstance(e, checkpointing.CheckpointError):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -94,18 +94,12 @@ def quiet_logs() -> None:
 
     from absl import logging
 
+    from ecomgpt_jax import orbax_failures  # jax and orbax: entry points that log them
+
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     py_logging.getLogger("absl").addFilter(_not_item_metadata_warning)  # once: same object
-    py_logging.getLogger("absl").addFilter(_orbax_without_traces)
-
-
-def _orbax_without_traces(record) -> bool:
-    """orbax's error logs as their one line, without the trace: a failed async save logs
-    one from each of its threads, and the run then stops with one line of its own."""
-    if "orbax" in record.pathname and record.exc_info:
-        record.exc_info, record.exc_text = None, None
-    return True
+    py_logging.getLogger("absl").addFilter(orbax_failures.without_trace)
 
 
 def _not_item_metadata_warning(record) -> bool:

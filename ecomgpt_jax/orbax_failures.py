@@ -8,6 +8,7 @@ read or write. `checkpointing` turns them into one CheckpointError with these:
     tree_difference(stored, target, owner)              the first array that does not fit
     write_reason(e), short(e)                           the reason, without the dumps
     closed_loop_ignored(hook)                           silence "Event loop is closed"
+    without_trace(record)                               orbax's error logs, one line each
 
 Needs only jax and orbax.
 """
@@ -70,6 +71,15 @@ def drop_failed_reads() -> None:
             time.sleep(0.1)
     finally:
         sys.unraisablehook = closed_loop_ignored(hook)
+
+
+def without_trace(record: logging.LogRecord) -> bool:
+    """A logging filter: orbax's error logs as their one line, without the trace (a
+    failed save logs one from each of its threads, and the run then stops with one line
+    of its own)."""
+    if "orbax" in record.pathname and record.exc_info:
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def closed_loop_ignored(hook):

@@ -1,8 +1,11 @@
 """HF <-> orbax conversion: CLI, exact round trips through transformers, refusals."""
 
 import json
+import pathlib
 import re
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -224,3 +227,77 @@ def test_orbax_to_hf_of_a_damaged_checkpoint_is_one_line(converted, tmp_path, ca
     (ox / "params" / "_METADATA").unlink()
     assert _cli(capsys, *argv) == (2, f"{damaged} (no readable metadata in params/)\n")
     assert not (tmp_path / "b").exists()
+
+
+def test_hf_to_orbax_refuses_an_unwritable_output_before_reading(converted, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "out"
+    argv = ["hf-to-orbax", "--hf_dir", tmp_path / "no_model_here", "--output", out]
+    # The output is checked first: the (missing) model is never looked at.
+    assert _cli(capsys, *argv) == (
+        2,
+        f"error: --output {out} is inside {tmp_path / 'file'}, a file\n",
+    )
+
+
+def test_hf_to_orbax_that_cannot_write_stops_with_one_line(converted, tmp_path):
+    """A full disk (here: RLIMIT_FSIZE, writes fail with EFBIG) while the parameters are
+    written: one error line and exit 2. Before, the failed asynchronous save left orbax
+    threads running and the process never exited, after two traces."""
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.RLIM_INFINITY))\n"
+        "from ecomgpt_jax import convert\n"
+        "sys.exit(convert.main(sys.argv[1:]))\n"
+    )
+    out = tmp_path / "out"
+    argv = ["hf-to-orbax", "--hf_dir", str(converted / "hf"), "--output", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=pathlib.Path(__file__).parent.parent,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = f"error: {out / 'params'}: could not be written (File too large)"
+    assert proc.stderr.strip().splitlines()[-1] == last
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()  # it made the folder, and removed it with the half-written params
+
+
+def test_orbax_to_hf_with_another_model_is_one_line(converted, tmp_path, capsys):
+    """A --preset (or model_config.json) whose parameters differ from the checkpoint's:
+    one line naming the difference (was a ModelMismatch trace, exit 1)."""
+    argv = ["orbax-to-hf", "--checkpoint", converted / "ox", "--output", tmp_path / "b"]
+    status, err = _cli(capsys, *argv, "--preset", "tiny-qwen2")
+    assert status == 2
+    assert err.startswith(
+        f"error: {converted / 'ox' / 'params'}: parameters do not match the model ("
+    )
+    assert err.count("\n") == 1
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+
+
+def test_orbax_to_hf_without_the_manifest_is_one_line(converted, tmp_path):
+    """An OCDBT checkpoint without manifest.ocdbt: said before orbax reads the metadata
+    (whose failed reads printed "Event loop is closed" traces after the error)."""
+    ox = tmp_path / "ox"
+    shutil.copytree(converted / "ox", ox)
+    (ox / "params" / "manifest.ocdbt").unlink()
+    argv = ["orbax-to-hf", "--checkpoint", str(ox), "--output", str(tmp_path / "b")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ecomgpt_jax.convert", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=pathlib.Path(__file__).parent.parent,
+    )
+    assert proc.returncode == 2
+    line = (
+        f"error: {ox / 'params'}: checkpoint cannot be read, damaged or incomplete "
+        "(params/manifest.ocdbt is missing)"
+    )
+    assert proc.stderr.strip().splitlines()[-1] == line
+    assert "Traceback" not in proc.stderr

@@ -1,11 +1,9 @@
 """Tests for the entry points' shared flags, argument rewriting and multi-host set-up."""
 
-import sys
-
 import pytest
 from absl.testing import flagsaver
 
-from ecomgpt_jax import launch
+from ecomgpt_jax import launch, orbax_failures
 
 
 def test_rewrite_gin_args_t5x_form():
@@ -56,27 +54,7 @@ def test_quiet_logs_drops_only_the_item_metadata_warning(caplog):
     finally:
         absl_logging.set_verbosity(verbosity)
         absl_logger.removeFilter(launch._not_item_metadata_warning)
-        absl_logger.removeFilter(launch._orbax_without_traces)
-
-
-def test_quiet_logs_keeps_orbax_errors_as_one_line():
-    """A failing async save logs an error with its trace from each orbax thread; the run
-    stops with its own one-line error, so orbax's stay, without the traces."""
-    import logging
-
-    def record(pathname: str) -> logging.LogRecord:
-        try:
-            raise OSError(28, "No space left on device")
-        except OSError:
-            exc_info = sys.exc_info()
-        return logging.LogRecord("absl", logging.ERROR, pathname, 1, "save failed", (), exc_info)
-
-    orbax = record("/venv/site-packages/orbax/checkpoint/_src/futures/future.py")
-    assert launch._orbax_without_traces(orbax) and orbax.exc_info is None
-    assert logging.Formatter().format(orbax) == "save failed"
-    other = record("/work/ecomgpt_jax/train.py")
-    assert launch._orbax_without_traces(other) and other.exc_info is not None
-    assert "Traceback" in logging.Formatter().format(other)
+        absl_logger.removeFilter(orbax_failures.without_trace)
 
 
 def test_a_bad_flag_is_one_line_and_exit_2(capsys):

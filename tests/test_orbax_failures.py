@@ -50,3 +50,24 @@ def test_a_write_reason_is_the_operating_systems():
         orbax_failures.write_reason(OSError(13, "Permission denied"))
         == "[Errno 13] Permission denied"
     )
+
+
+def test_without_trace_keeps_orbax_errors_as_one_line():
+    """A failing save logs an error with its trace from each orbax thread; the run stops
+    with its own one-line error, so orbax's stay, without the traces (the entry points'
+    log filter, launch.quiet_logs; save_params adds it too)."""
+    import logging
+
+    def record(pathname: str) -> logging.LogRecord:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            exc_info = sys.exc_info()
+        return logging.LogRecord("absl", logging.ERROR, pathname, 1, "save failed", (), exc_info)
+
+    orbax = record("/venv/site-packages/orbax/checkpoint/_src/futures/future.py")
+    assert orbax_failures.without_trace(orbax) and orbax.exc_info is None
+    assert logging.Formatter().format(orbax) == "save failed"
+    other = record("/work/ecomgpt_jax/train.py")
+    assert orbax_failures.without_trace(other) and other.exc_info is not None
+    assert "Traceback" in logging.Formatter().format(other)

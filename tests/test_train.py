@@ -22,7 +22,7 @@ import pytest
 from absl import logging as absl_logging
 from trainer_helpers import run_in_process, train_in_process
 
-from ecomgpt_jax import checkpointing, convert, launch, run_config, train
+from ecomgpt_jax import checkpointing, convert, launch, orbax_failures, run_config, train
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
 
@@ -240,7 +240,7 @@ def test_ctrl_c_in_set_up_is_one_line_and_exit_130(monkeypatch, capsys):
             train.main(["train"])
     finally:  # main's log settings, not to be left to the other tests
         absl_logging.set_verbosity(verbosity)
-        for f in (launch._not_item_metadata_warning, launch._orbax_without_traces):
+        for f in (launch._not_item_metadata_warning, orbax_failures.without_trace):
             logging.getLogger("absl").removeFilter(f)
     assert info.value.code == launch.INTERRUPTED_EXIT_CODE
     assert capsys.readouterr().err == (

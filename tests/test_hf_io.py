@@ -236,3 +236,49 @@ def test_a_tensor_of_the_right_size_but_the_wrong_shape_is_refused(tmp_path):
         f"{tmp_path / 'model.safetensors'}: {key}: has shape ({inputs}, {out}), config.json's "
         f"model needs ({out}, {inputs})"
     )
+
+
+def test_without_an_index_only_model_safetensors_is_read_and_a_repeat_is_refused(tmp_path):
+    """transformers reads model.safetensors alone when there is no index: a stale copy
+    beside it is not read (it used to be, and the later file's values won). A tensor found
+    twice among the files read (shards without an index) is refused, naming both."""
+    from safetensors.numpy import save_file
+
+    hf_model = make_hf_model("tiny-qwen2")
+    hf_model.config.to_json_file(tmp_path / "config.json")
+    state = {k: v.numpy() for k, v in hf_model.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    save_file({k: v + 1 for k, v in state.items()}, str(tmp_path / "model_v2.safetensors"))
+    _, params = hf_io.load_hf_params(tmp_path)
+    np.testing.assert_array_equal(params["final_norm"]["scale"], state["model.norm.weight"])
+
+    (tmp_path / "model.safetensors").rename(tmp_path / "a.safetensors")
+    norm = state["model.norm.weight"]
+    save_file({"model.norm.weight": norm + 1}, str(tmp_path / "model_v2.safetensors"))
+    with pytest.raises(hf_io.CheckpointFormatError) as e:
+        hf_io.load_hf_params(tmp_path)
+    assert str(e.value) == (
+        f"{tmp_path / 'model_v2.safetensors'}: model.norm.weight: the same tensor is also in "
+        "a.safetensors: model.norm.weight; two exports are mixed here: remove the stale files"
+    )
+
+
+def test_quantized_weights_are_refused_by_name(tmp_path):
+    from safetensors.torch import save_file
+
+    hf_model = make_hf_model("tiny-llama")
+    hf_model.config.to_json_file(tmp_path / "config.json")
+    state = dict(hf_model.state_dict())
+    state["model.norm.weight"] = state["model.norm.weight"].to(torch.float8_e4m3fn)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(hf_io.CheckpointFormatError) as e:
+        hf_io.load_hf_params(tmp_path)
+    assert str(e.value) == (
+        f"{tmp_path / 'model.safetensors'}: model.norm.weight: stored as F8_E4M3; only F64, "
+        "F32, F16, BF16 weights can be read (a quantized checkpoint? use the unquantized one)"
+    )
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hf_io.ConfigError, match=r"quantized checkpoint \(.*'fp8'\) is not supp"):
+        hf_io.load_hf_params(tmp_path)

@@ -371,6 +371,13 @@ def from_hf_config(hf: Mapping[str, Any]) -> ModelConfig:
     found = f"model_type={model_type!r}, architectures={hf.get('architectures')!r}"
     where = f"config.json ({found})"
     number = functools.partial(_hf_number, hf, where)
+    quantization = hf.get("quantization_config")
+    if quantization:  # FP8 / GPTQ / AWQ weights: neither their dtypes nor their scales map
+        method = quantization.get("quant_method") if isinstance(quantization, Mapping) else None
+        raise ConfigError(
+            f"{where}: a quantized checkpoint (quantization_config, quant_method={method!r}) "
+            "is not supported; use the unquantized model"
+        )
     ids = dict(
         bos_id=_first_id(hf.get("bos_token_id")),
         eos_id=_first_id(hf.get("eos_token_id")),

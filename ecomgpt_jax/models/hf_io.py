@@ -50,7 +50,8 @@ from ecomgpt_jax.models.config import ConfigError, ModelConfig
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_FILE = "model.safetensors.index.json"
-# Buffers some HF checkpoints carry that are recomputed, never loaded.
+# safetensors dtypes the weights may be stored in (converted exactly to the target dtype).
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 # Buffers older Llama checkpoints saved with the weights (recomputed from the config).
 IGNORED_HF_KEYS = re.compile(r".*rotary_emb\.inv_freq$")
 
@@ -231,6 +232,10 @@ def _safetensors_files(hf_dir: pathlib.Path) -> list[pathlib.Path]:
                 "here; remove the stale files"
             )
         return [hf_dir / name for name in shards]
+    if (hf_dir / "model.safetensors").is_file():
+        # What transformers loads without an index; other *.safetensors beside it (an
+        # older export, an adapter) are not read.
+        return [hf_dir / "model.safetensors"]
     files = sorted(hf_dir.glob("*.safetensors"))
     if files:
         return files
@@ -295,7 +300,7 @@ def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]
             pattern = r"(?:transformer\.)?" + pattern[len(re.escape("transformer.")) :]
         by_pattern.append((re.compile(pattern + "$"), e))
     arrays = {e.ours: np.empty(shapes[e.ours], target) for e in entries}
-    filled: set[tuple[tuple[str, ...], int]] = set()
+    filled: dict[tuple[tuple[str, ...], int], str] = {}  # (ours, layer) -> "file: key"
 
     unexpected = []
     tied_head_file = None  # a saved copy of a tied head: checked below, then dropped
@@ -314,6 +319,18 @@ def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]
                 if layer >= cfg.layers:
                     unexpected.append(key)
                     continue
+                if (e.ours, layer) in filled:  # the later one would silently win
+                    raise CheckpointFormatError(
+                        f"{path}: {key}: the same tensor is also in {filled[e.ours, layer]}; "
+                        "two exports are mixed here: remove the stale files"
+                    )
+                filled[e.ours, layer] = f"{path.name}: {key}"
+                stored = f.get_slice(key).get_dtype()
+                if stored not in FLOAT_DTYPES:  # FP8, int8 (quantized) ... or an index
+                    raise CheckpointFormatError(
+                        f"{path}: {key}: stored as {stored}; only {', '.join(FLOAT_DTYPES)} "
+                        "weights can be read (a quantized checkpoint? use the unquantized one)"
+                    )
                 shape = shapes[e.ours][1:] if e.layered else shapes[e.ours]
                 try:
                     value = to_ours(f.get_tensor(key), e, shape)
@@ -323,7 +340,6 @@ def load_hf_params(hf_dir, dtype: str | None = None) -> tuple[ModelConfig, dict]
                     arrays[e.ours][layer] = value
                 else:
                     arrays[e.ours][...] = value
-                filled.add((e.ours, layer))
     if unexpected:
         raise CheckpointFormatError(
             f"{hf_dir}: tensors not part of a {cfg.hf_model_type} model: {unexpected[:10]}"

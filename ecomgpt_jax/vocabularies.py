@@ -56,18 +56,30 @@ def _tokenizer_file(path: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
+# Where transformers finds a tokenizer's special tokens; the first that names one wins
+# (transformers 5 lets special_tokens_map.json override tokenizer_config.json).
+TOKEN_CONFIG_FILES = ("special_tokens_map.json", "tokenizer_config.json")
+
+
 def _config_token(tokenizer_file: pathlib.Path, key: str) -> str | None:
-    """`key` ("eos_token", "pad_token") from tokenizer_config.json beside the file, if any."""
-    config_path = tokenizer_file.with_name("tokenizer_config.json")
-    if not config_path.is_file():
-        return None
-    try:
-        value = json.loads(config_path.read_text(encoding="utf-8")).get(key)
-    except json.JSONDecodeError as e:
-        raise VocabularyError(f"{config_path}: not valid JSON: {e}") from None
-    if isinstance(value, dict):  # {"content": "</s>", "lstrip": ..., ...}
-        value = value.get("content")
-    return value if isinstance(value, str) else None
+    """`key` ("eos_token", "pad_token") from special_tokens_map.json beside the file, else
+    from tokenizer_config.json, if either names it (as transformers reads them)."""
+    for name in TOKEN_CONFIG_FILES:
+        config_path = tokenizer_file.with_name(name)
+        if not config_path.is_file():
+            continue
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise VocabularyError(f"{config_path}: not valid JSON: {e}") from None
+        if not isinstance(config, dict):
+            raise VocabularyError(f"{config_path}: not a JSON object")
+        value = config.get(key)
+        if isinstance(value, dict):  # {"content": "</s>", "lstrip": ..., ...}
+            value = value.get("content")
+        if isinstance(value, str):
+            return value
+    return None
 
 
 class HuggingFaceVocabulary(seqio.Vocabulary):

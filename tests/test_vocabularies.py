@@ -11,6 +11,7 @@ import pytest
 import seqio
 import tensorflow as tf
 import tokenizers
+import transformers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ecomgpt_jax import vocabularies
@@ -174,6 +175,24 @@ def test_huggingface_eos_from_tokenizer_config(tmp_path):
     assert vocabularies.HuggingFaceVocabulary(path).eos_id == 1
     assert vocabularies.HuggingFaceVocabulary(path, eos_token="<|endoftext|>").eos_id == 0
     assert vocabularies.HuggingFaceVocabulary(path, eos_id=5).eos_id == 5
+    # Named only in special_tokens_map.json (some exports), or in both files: the same
+    # token as transformers' AutoTokenizer (special_tokens_map.json wins).
+    fast = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    for config, special in [
+        ({}, {"eos_token": "<|im_end|>"}),
+        ({"eos_token": "<|endoftext|>"}, {"eos_token": {"content": "<|im_end|>"}}),
+        ({"eos_token": "<|im_end|>"}, {"eos_token": "<|endoftext|>"}),
+        ({"eos_token": "<|im_end|>"}, {"pad_token": "<|endoftext|>"}),
+    ]:
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(fast | config))
+        (tmp_path / "special_tokens_map.json").write_text(json.dumps(special))
+        reference = transformers.AutoTokenizer.from_pretrained(tmp_path).eos_token_id
+        assert vocabularies.HuggingFaceVocabulary(path).eos_id == reference, (config, special)
+    (tmp_path / "special_tokens_map.json").write_text("[]", encoding="utf-8")
+    (tmp_path / "tokenizer_config.json").unlink()
+    with pytest.raises(vocabularies.VocabularyError) as e:
+        vocabularies.HuggingFaceVocabulary(path).eos_id  # noqa: B018
+    assert str(e.value) == f"{tmp_path / 'special_tokens_map.json'}: not a JSON object"
     # Id 0 is a real token here: padding after eos must not decode to text.
     ids = vocab.encode("OK!") + [0, 0]
     assert vocab.decode_tf(tf.constant(ids, tf.int32)).numpy().decode() == "OK!"

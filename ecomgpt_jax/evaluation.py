@@ -58,7 +58,9 @@ class EvalError(ValueError):
 
 
 class Vocabulary(Protocol):
-    """What evaluation needs of a vocabulary (seqio vocabularies fit)."""
+    """What evaluation needs of a vocabulary (seqio vocabularies fit). An optional
+    `prompt_prefix` (ids, e.g. Llama's BOS: vocabularies.HuggingFaceVocabulary) starts
+    every prompt."""
 
     eos_id: int
     pad_id: int
@@ -315,9 +317,21 @@ def prepare_tasks(eval_cfg: EvalConfig, vocabulary: Vocabulary) -> tuple[list[Ta
         name = info.name
         rows = instructions.task_instructions(info, eval_cfg.split, seed=eval_cfg.prompt_seed)
         chosen = rows[: eval_cfg.max_examples] if eval_cfg.max_examples else rows
-        ids = tuple(tuple(int(i) for i in vocabulary.encode(r.prompt)) for r in chosen)
+        ids = tuple(
+            prompt_ids(vocabulary, r.prompt, eval_cfg.decode.max_prompt_len) for r in chosen
+        )
         out.append(TaskPrompts(name, tuple(chosen), ids, len(rows)))
     return out, missing
+
+
+def prompt_ids(vocabulary: Vocabulary, prompt: str, max_len: int) -> tuple[int, ...]:
+    """The ids the model sees: the vocabulary's prompt prefix (Llama's BOS), then the
+    prompt's last max_len - len(prefix) tokens (cut here, not by the decoder's own left
+    cut, which would drop the prefix; as training's `keep_prompt_tail`)."""
+    prefix = tuple(int(i) for i in getattr(vocabulary, "prompt_prefix", ()))
+    ids = [int(i) for i in vocabulary.encode(prompt)]
+    keep = max(max_len - len(prefix), 0)
+    return prefix + tuple(ids[max(len(ids) - keep, 0) :])
 
 
 def row_seed(task: str, index: int) -> int:

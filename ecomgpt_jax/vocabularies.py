@@ -61,6 +61,12 @@ def _tokenizer_file(path: str | pathlib.Path) -> pathlib.Path:
 TOKEN_CONFIG_FILES = ("special_tokens_map.json", "tokenizer_config.json")
 
 
+def prompt_prefix(vocabulary: seqio.Vocabulary) -> tuple[int, ...]:
+    """The ids every prompt starts with (HuggingFaceVocabulary.prompt_prefix; none for
+    SentencePiece and other vocabularies)."""
+    return tuple(getattr(vocabulary, "prompt_prefix", ()))
+
+
 def _config_token(tokenizer_file: pathlib.Path, key: str) -> str | None:
     """`key` ("eos_token", "pad_token") from special_tokens_map.json beside the file, else
     from tokenizer_config.json, if either names it (as transformers reads them)."""
@@ -106,6 +112,7 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
         self._pad_id = pad_id
         self._tokenizer = None
         self._eos = None
+        self._prefix = None
         super().__init__(extra_ids=extra_ids)
 
     # Tokenizers hold native state: drop it for pickling / gin deep copies, reload lazily.
@@ -171,8 +178,23 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
         return None if token is None else self.tokenizer.token_to_id(token)
 
     @property
+    def prompt_prefix(self) -> tuple[int, ...]:
+        """The ids the tokenizer's post-processor puts before a text, which transformers'
+        `tokenizer(prompt)` adds: Llama's BOS; () for BLOOM and Qwen, which add none.
+        Prompts start with them, in training and evaluation; answers do not."""
+        if self._prefix is None:
+            plain = self.tokenizer.encode("a", add_special_tokens=False).ids
+            full = self.tokenizer.encode("a", add_special_tokens=True).ids
+            # Where the text's own ids start among the post-processed ones (a suffix the
+            # processor adds, e.g. an EOS, is not a prompt's: answers end with EOS).
+            starts = [i for i in range(len(full)) if full[i : i + len(plain)] == plain]
+            self._prefix = tuple(full[: starts[0]]) if starts else ()
+        return self._prefix
+
+    @property
     def bos_id(self) -> int | None:
-        return None  # EcomGPT prompts start without BOS (BLOOM/Qwen convention)
+        prefix = self.prompt_prefix
+        return prefix[0] if len(prefix) == 1 else None
 
     @property
     def _base_vocab_size(self) -> int:

@@ -31,6 +31,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from ecomgpt_jax import vocabularies
 from ecomgpt_jax.ecominstruct import instructions, reader
 from tasks import tfds_builder
 
@@ -43,20 +44,32 @@ folder_name = reader.folder_name
 
 
 def keep_prompt_tail(
-    dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None = None
+    dataset: tf.data.Dataset,
+    sequence_length: Mapping[str, int] | None = None,
+    output_features: Mapping[str, seqio.Feature] | None = None,
 ) -> tf.data.Dataset:
-    """Cut each tokenized prompt from the left to ``sequence_length["inputs"]`` tokens.
+    """Cut each tokenized prompt from the left to ``sequence_length["inputs"]`` tokens,
+    and start it with the vocabulary's prompt prefix (Llama's BOS; usually none).
 
     SeqIO's own trim keeps the first tokens, which would drop the end of a long prompt:
     the product text and the "### Response:" line the answer follows. Evaluation cuts
-    prompts from the left (contract §4), so training does too. A no-op without lengths.
+    prompts from the left (contract §4), so training does too; the prefix stays first, as
+    in evaluation (`evaluation.prompt_ids`). Without lengths, nothing is cut.
     """
     length = (sequence_length or {}).get("inputs")
-    if not length:
+    vocabulary = output_features["inputs"].vocabulary if output_features else None
+    prefix = vocabularies.prompt_prefix(vocabulary) if vocabulary else ()
+    if not length and not prefix:
         return dataset
+    keep = max(int(length) - len(prefix), 0) if length else None
 
     def trim(ex):
-        return {**ex, "inputs": ex["inputs"][-int(length) :]}
+        ids = ex["inputs"]
+        if keep is not None:
+            ids = ids[tf.maximum(tf.size(ids) - keep, 0) :]
+        if prefix:
+            ids = tf.concat([tf.constant(prefix, ids.dtype), ids], axis=0)
+        return {**ex, "inputs": ids}
 
     return dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
 

@@ -8,8 +8,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest
 import seqio
 import tokenizers
+import transformers
 from conftest import REAL_DATA_DIR, SAMPLE_TASKS, seqio_examples
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 import tasks
 from ecomgpt_jax import vocabularies
@@ -39,9 +40,10 @@ def _check_against_instructions(name, split, vocab, root, limit=None):
     expected = instructions.task_instructions(reader.discover_tasks(root)[folder], split)
     got = seqio_examples(name, split)
     assert len(got) == len(expected)
+    prefix = list(vocabularies.prompt_prefix(vocab))  # Llama's BOS; none for the others
     for ex, ins in list(zip(got, expected, strict=True))[:limit]:
-        assert vocab.decode(ex["inputs"].tolist()) == ins.prompt
-        assert ex["inputs"].tolist() == list(vocab.encode(ins.prompt))
+        assert vocab.decode(ex["inputs"][len(prefix) :].tolist()) == ins.prompt
+        assert ex["inputs"].tolist() == prefix + list(vocab.encode(ins.prompt))
         assert ex["targets"].tolist() == list(vocab.encode(ins.answer)) + [vocab.eos_id]
         assert vocab.decode(ex["targets"].tolist()) == ins.answer
         assert ex["inputs_pretokenized"].decode("utf-8") == ins.prompt
@@ -98,7 +100,9 @@ def test_another_seed_changes_only_cls_candidates():
     assert got != [ins.prompt for ins in instructions.task_instructions(task, "test", seed=0)]
 
 
-def _tiny_hf_tokenizer(path):
+def _tiny_hf_tokenizer(path, bos: bool = False):
+    """A tiny byte-level BPE tokenizer.json; `bos`: its post-processor puts "<s>" before
+    every text, as Llama's does."""
     tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -109,8 +113,39 @@ def _tiny_hf_tokenizer(path):
         show_progress=False,
     )
     tok.train_from_iterator(["Below is an instruction", "颜色：红色，材质：棉。"], trainer)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
     tok.save(str(path))
     return path
+
+
+def test_a_tokenizer_that_adds_bos_starts_every_prompt_with_it(tmp_path):
+    """Llama's tokenizer puts BOS before a text (transformers' `tokenizer(prompt)` has
+    it): prompts start with it, also when cut from the left; answers do not."""
+    path = _tiny_hf_tokenizer(tmp_path / "t.json", bos=True)
+    vocab = vocabularies.make_vocabulary("huggingface", path)
+    reference = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
+    plain = list(vocab.encode("颜色：红色"))
+    assert reference("颜色：红色").input_ids == [1, *plain]
+    assert vocab.prompt_prefix == (1,) and vocab.bos_id == 1
+    unprefixed = vocabularies.make_vocabulary("huggingface", _tiny_hf_tokenizer(tmp_path / "u"))
+    assert unprefixed.prompt_prefix == () and unprefixed.bos_id is None
+    assert vocabularies.prompt_prefix(vocabularies.make_vocabulary()) == ()  # SentencePiece
+
+    tasks.register_ecom_tasks(SAMPLE, vocab)
+    name = "ecom:ZH:MEPAVE:NER:attribute_value_extraction"
+    _check_against_instructions(name, "test", vocab, SAMPLE, limit=5)
+    whole = seqio_examples(name, "test")[:3]
+    ds = tasks.get(name).get_dataset(
+        sequence_length={"inputs": 12, "targets": 512}, split="test", shuffle=False
+    )
+    for ex, full in zip(ds.take(3).as_numpy_iterator(), whole, strict=True):
+        assert len(full["inputs"]) > 12
+        assert ex["inputs"].tolist() == [1, *full["inputs"][-11:].tolist()]
+        assert ex["targets"].tolist() == full["targets"].tolist()
+        assert ex["targets"][0] != 1
 
 
 def test_register_with_a_hugging_face_vocabulary(tmp_path):

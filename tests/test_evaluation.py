@@ -79,7 +79,9 @@ def test_prompts_and_tokens_equal_the_seqio_tasks(vocab):
         assert len(missing) == 6 and "EN-Lenovo-NER-NER" in missing
         for task in prepared:
             seqio_task = tasks.get(tasks.seqio_task_name(task.name))
-            ds = seqio_task.get_dataset(sequence_length=None, split="test", shuffle=False)
+            # Training's cut (keep_prompt_tail) at the evaluation's prompt length.
+            lengths = {"inputs": EVAL.decode.max_prompt_len, "targets": 1000}
+            ds = seqio_task.get_dataset(sequence_length=lengths, split="test", shuffle=False)
             rows = sorted(ds.as_numpy_iterator(), key=lambda r: r["index"])
             assert len(rows) == len(task.instructions) == task.n_total
             for row, inst, ids in zip(rows, task.instructions, task.prompt_ids, strict=True):
@@ -89,6 +91,21 @@ def test_prompts_and_tokens_equal_the_seqio_tasks(vocab):
                 assert row["inputs"].tolist() == list(ids)
     finally:
         tasks.register_ecom_tasks(before.data_dir)
+
+
+def test_prompt_ids_keep_the_prefix_and_the_prompts_end():
+    class Vocab:
+        prompt_prefix = (9,)
+
+        def encode(self, s):
+            return [int(c) for c in s]
+
+    assert evaluation.prompt_ids(Vocab(), "12345678", 5) == (9, 5, 6, 7, 8)
+    assert evaluation.prompt_ids(Vocab(), "12", 5) == (9, 1, 2)
+    assert evaluation.prompt_ids(Vocab(), "1234", 5) == (9, 1, 2, 3, 4)
+    assert evaluation.prompt_ids(Vocab(), "12", 1) == (9,)
+    del Vocab.prompt_prefix  # SentencePiece and the others: no prefix
+    assert evaluation.prompt_ids(Vocab(), "12345678", 5) == (4, 5, 6, 7, 8)
 
 
 def test_task_names_resolve_from_folders_seqio_names_and_mixtures():

@@ -1,6 +1,7 @@
 """ModelConfig, presets (gin_configs/models/*.gin) and the HF config.json mapping."""
 
 import dataclasses
+import json
 
 import gin
 import numpy as np
@@ -170,6 +171,20 @@ def test_hf_config_round_trip(name):
 def test_json_round_trip(name):
     cfg = dataclasses.replace(mc.get_preset(name), dtype="bfloat16", remat_policy="full")
     assert ModelConfig.from_json_dict(cfg.to_json_dict()) == cfg
+
+
+def test_a_list_of_eos_ids_survives_the_round_trip():
+    """Llama 3.1 Instruct's config.json lists three EOS ids: the first is the model's
+    eos_id, the others are kept for the export (they were dropped, and an exported model
+    no longer stopped at <|eot_id|>); JSON and gin lists become a tuple."""
+    hf = dict(SMALL_HF_CONFIG, model_type="llama", eos_token_id=[7, 9, 11], bos_token_id=5)
+    cfg = mc.from_hf_config(hf)
+    assert (cfg.eos_id, cfg.extra_eos_ids, cfg.bos_id) == (7, (9, 11), 5)
+    assert mc.to_hf_config(cfg)["eos_token_id"] == [7, 9, 11]
+    assert mc.to_hf_config(dataclasses.replace(cfg, extra_eos_ids=()))["eos_token_id"] == 7
+    assert ModelConfig.from_json_dict(json.loads(json.dumps(cfg.to_json_dict()))) == cfg
+    with pytest.raises(mc.ConfigError, match=r"extra_eos_ids=\('9',\): must be a tuple of"):
+        dataclasses.replace(cfg, extra_eos_ids=("9",))
 
 
 # The config.json keys every small Llama/Qwen2 mapping test starts from.

@@ -301,3 +301,24 @@ def test_orbax_to_hf_without_the_manifest_is_one_line(converted, tmp_path):
     )
     assert proc.stderr.strip().splitlines()[-1] == line
     assert "Traceback" not in proc.stderr
+
+
+def test_an_eos_list_reaches_the_export(tmp_path, capsys):
+    """A config.json listing several EOS ids (Llama 3.1 Instruct) exports them all:
+    transformers' generation config of the export stops at each, as the original's."""
+    hf_model = make_hf_model("tiny-llama")
+    hf_model.config.eos_token_id = hf_model.generation_config.eos_token_id = [2, 5, 9]
+    hf_model.save_pretrained(tmp_path / "hf")
+    assert (
+        _cli(capsys, "hf-to-orbax", "--hf_dir", tmp_path / "hf", "--output", tmp_path / "ox")[0]
+        == 0
+    )
+    assert (
+        _cli(capsys, "orbax-to-hf", "--checkpoint", tmp_path / "ox", "--output", tmp_path / "b")[0]
+        == 0
+    )
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "b")
+    original = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert back.config.eos_token_id == original.config.eos_token_id == [2, 5, 9]
+    assert back.generation_config.eos_token_id == original.generation_config.eos_token_id
+    assert not (tmp_path / "b" / "generation_config.json").exists()  # it comes from config.json

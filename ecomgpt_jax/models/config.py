@@ -113,6 +113,9 @@ class ModelConfig:
     attention_impl: str = "xla"
     bos_id: int | None = None
     eos_id: int | None = None
+    # HF's further end-of-sequence ids (Llama 3.1 Instruct lists three): kept so that an
+    # export stops where the original did. Decoding stops at the vocabulary's EOS.
+    extra_eos_ids: tuple[int, ...] = ()
     pad_id: int | None = None
 
     def __post_init__(self):
@@ -148,6 +151,13 @@ class ModelConfig:
             bad("attention_impl", f"must be one of {ATTENTION_IMPLS}")
         if self.attention_impl == "splash" and self.family == "bloom":
             bad("attention_impl", "splash has no additive bias for BLOOM's ALiBi: use xla or cudnn")
+        if isinstance(self.extra_eos_ids, list):  # from JSON or gin
+            object.__setattr__(self, "extra_eos_ids", tuple(self.extra_eos_ids))
+        if not (
+            isinstance(self.extra_eos_ids, tuple)
+            and all(is_integer(i) and i >= 0 for i in self.extra_eos_ids)
+        ):
+            bad("extra_eos_ids", "must be a tuple of token ids")
         if isinstance(self.rope_scaling, Mapping):
             # Convenience (gin, JSON): accept a dict and freeze it.
             try:
@@ -318,6 +328,11 @@ def _first_id(value):
     return None if value is None else int(value)
 
 
+def _later_ids(value) -> tuple[int, ...]:
+    """The ids after the first of a HF id list (ModelConfig.extra_eos_ids)."""
+    return tuple(int(i) for i in value[1:]) if isinstance(value, list | tuple) else ()
+
+
 _REQUIRED = object()
 
 
@@ -381,6 +396,7 @@ def from_hf_config(hf: Mapping[str, Any]) -> ModelConfig:
     ids = dict(
         bos_id=_first_id(hf.get("bos_token_id")),
         eos_id=_first_id(hf.get("eos_token_id")),
+        extra_eos_ids=_later_ids(hf.get("eos_token_id")),
         pad_id=_first_id(hf.get("pad_token_id")),
     )
     if model_type == "bloom":
@@ -452,7 +468,7 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
     common = dict(
         vocab_size=cfg.vocab_size,
         bos_token_id=cfg.bos_id,
-        eos_token_id=cfg.eos_id,
+        eos_token_id=[cfg.eos_id, *cfg.extra_eos_ids] if cfg.extra_eos_ids else cfg.eos_id,
         pad_token_id=cfg.pad_id,
         tie_word_embeddings=cfg.tie_embeddings,
         torch_dtype=cfg.param_dtype,

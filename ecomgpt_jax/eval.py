@@ -46,6 +46,7 @@ from ecomgpt_jax import (
     launch,
     multihost,
     partitioning,
+    values,
 )
 from ecomgpt_jax.models import config as model_config
 
@@ -67,6 +68,14 @@ class EvalRun:
     mesh_shape: tuple[int, int, int] = (-1, 1, 1)
     vocabulary: str = "sentencepiece"
     vocabulary_path: str | None = None
+
+    def __post_init__(self):
+        for macro, value in (
+            ("EVAL_DIR", self.eval_dir),
+            ("VOCABULARY_PATH", self.vocabulary_path),
+        ):
+            if value is not None and not values.is_path(value):  # EVAL_DIR=5 wrote to ./5/
+                raise evaluation.EvalError(f"{macro}={value!r}: must be a path or None")
 
 
 def register_configurables() -> dict:

@@ -48,7 +48,7 @@ from ecomgpt_jax.ecominstruct import instructions, reader, scoring
 from ecomgpt_jax.eval_outputs import write_metrics, write_summaries
 from ecomgpt_jax.models import decoder, hf_io
 from ecomgpt_jax.models.config import DTYPES, ConfigError, ModelConfig
-from ecomgpt_jax.values import is_integer
+from ecomgpt_jax.values import is_integer, is_path
 
 PREDICTIONS_DIR = "predictions"
 
@@ -93,6 +93,13 @@ class EvalConfig:
     decode: DecodeConfig = DecodeConfig()
 
     def __post_init__(self):
+        if not (isinstance(self.mixture_or_task_name, str) and self.mixture_or_task_name):
+            raise EvalError(
+                f"EvalConfig.mixture_or_task_name={self.mixture_or_task_name!r}: must be a "
+                "mixture or task name"
+            )
+        if self.data_dir is not None and not is_path(self.data_dir):
+            raise EvalError(f"EvalConfig.data_dir={self.data_dir!r}: must be a path or None")
         if self.max_examples is not None and not (
             is_integer(self.max_examples) and self.max_examples >= 1
         ):
@@ -146,6 +153,9 @@ def check_source(source: ModelSource) -> None:
     known dtype and every override key is a ModelConfig field. The messages name the eval
     binary's macros (DTYPE, MODEL_OVERRIDES_EVAL): ModelConfig's own errors would name
     fields the user never set, and come only after the weights are read."""
+    for macro, value in (("CHECKPOINT", source.checkpoint), ("HF_DIR", source.hf_dir)):
+        if value is not None and not is_path(value):
+            raise EvalError(f"{macro}={value!r}: must be a path or None")
     if bool(source.checkpoint) == bool(source.hf_dir):
         raise EvalError("set exactly one of CHECKPOINT (orbax) and HF_DIR (Hugging Face folder)")
     if source.dtype is not None and source.dtype not in DTYPES:

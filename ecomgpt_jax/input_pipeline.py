@@ -89,6 +89,11 @@ class DataConfig:
                 "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), "
                 f"got {lengths!r}"
             )
+        for field in ("shuffle", "pack"):
+            if not isinstance(getattr(self, field), bool):  # 'False' would count as true
+                raise DataError(
+                    f"DataConfig.{field} must be True or False, got {getattr(self, field)!r}"
+                )
         if not _positive_int(self.global_batch_size):
             raise DataError(f"BATCH_SIZE must be an integer >= 1, got {self.global_batch_size!r}")
         seed = self.seed

@@ -16,7 +16,7 @@ from ecomgpt_jax import checkpointing, evaluation, partitioning
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import hf_io
-from ecomgpt_jax.values import is_integer
+from ecomgpt_jax.values import is_integer, is_path
 
 
 class UserError(ValueError):
@@ -87,6 +87,16 @@ class TrainConfig:
         ):
             if not is_integer(value) or value < least:
                 raise UserError(f"{macro} must be an integer >= {least}, got {value!r}")
+        if not is_path(self.model_dir):
+            raise UserError(f"MODEL_DIR must be a folder path, got {self.model_dir!r}")
+        for macro, value in (
+            ("INIT_FROM_HF", self.init_from_hf),
+            ("INIT_FROM_CHECKPOINT", self.init_from_checkpoint),
+            ("DATA_DIR", self.data_dir),
+            ("TFDS_DATA_DIR", self.tfds_data_dir),
+        ):
+            if value is not None and not is_path(value):
+                raise UserError(f"{macro} must be a path or None, got {value!r}")
         if self.init_from_hf and self.init_from_checkpoint:
             # Two starting points: either choice would silently drop the other.
             raise UserError(

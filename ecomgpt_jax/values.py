@@ -9,6 +9,7 @@ value stops the run with one line naming the field, before anything loads.
 from __future__ import annotations
 
 import numbers
+import os
 
 
 def is_integer(value) -> bool:
@@ -19,3 +20,9 @@ def is_integer(value) -> bool:
 def is_number(value) -> bool:
     """An int or float, not a bool or a string ('2e-5' from a quoted gin value)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_path(value) -> bool:
+    """A non-empty path: a str or os.PathLike, not None, a number or '' (MODEL_DIR=None
+    would otherwise fail deep in os.path with a trace, and MODEL_DIR=5 write to ./5/)."""
+    return isinstance(value, str | os.PathLike) and str(value) != ""

@@ -311,6 +311,22 @@ def test_invalid_overrides_raise_naming_the_field():
     for bad in ("a", 2.0, True, 0):
         with pytest.raises(ConfigError, match=rf"^ModelConfig.layers={bad!r}: must be a positive"):
             dataclasses.replace(cfg, layers=bad)
+    # Switches, numbers and ids from gin or JSON as typed: 'False' is a true string, and
+    # it reached model_config.json and the HF export ("tie_word_embeddings": "False").
+    for field, value, why in [
+        ("tie_embeddings", "False", "must be True or False"),
+        ("scan_layers", 1, "must be True or False"),
+        ("qkv_bias", "no", "must be True or False"),
+        ("norm_eps", "1e-5", "must be a positive number"),
+        ("rope_theta", 0, "must be a positive number"),
+        ("max_positions", 2048.0, "must be a positive integer"),
+        ("eos_id", "1", "must be a token id (an integer) or None"),
+        ("pad_id", True, "must be a token id (an integer) or None"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            dataclasses.replace(cfg, **{field: value})
+        assert str(info.value) == f"ModelConfig.{field}={value!r}: {why}"
+    assert dataclasses.replace(cfg, pad_id=-1).pad_id == -1  # old Llama configs say so
     assert dataclasses.replace(cfg, vocab_size=4096).vocab_size == 4096
     assert dataclasses.replace(cfg, vocab_size=np.int64(4096)).vocab_size == 4096
 

@@ -158,6 +158,15 @@ def test_errors_are_one_line(tmp_path):
         eval_main.run_eval(["gin_configs/eval.gin"], [f"HF_DIR = '{tmp_path}'"])
     with pytest.raises(evaluation.EvalError, match="gin config"):
         eval_main.run_eval(["gin_configs/eval.gin"], ["NoSuchThing.x = 1"])
+    # Paths as numbers or None: one line (EVAL_DIR=5 wrote to ./5/, DATA_DIR=5 a trace).
+    for binding, message in [
+        ("EVAL_DIR = 5", "EVAL_DIR=5: must be a path or None"),
+        ("CHECKPOINT = 5", "CHECKPOINT=5: must be a path or None"),
+        ("DATA_DIR = 5", "EvalConfig.data_dir=5: must be a path or None"),
+    ]:
+        with pytest.raises(evaluation.EvalError) as info:
+            eval_main.run_eval(["gin_configs/eval.gin"], [f"HF_DIR = '{tmp_path}'", binding])
+        assert str(info.value).splitlines()[0] == message  # what the CLI prints
     bad_vocab = [f"CHECKPOINT = '{tmp_path}'", f"EVAL_DIR = '{tmp_path}'"]
     typo = (
         "VOCABULARY='sentencepeice': unknown vocabulary kind; expected one of sentencepiece, "

@@ -276,6 +276,8 @@ def test_errors_name_the_problem():
         ({"global_batch_size": -4}, "BATCH_SIZE must be an integer >= 1, got -4"),
         ({"global_batch_size": 8.0}, "BATCH_SIZE must be an integer >= 1, got 8.0"),
         ({"seed": None}, "DataConfig.seed must be an integer >= 0, got None"),
+        ({"pack": "False"}, "DataConfig.pack must be True or False, got 'False'"),
+        ({"shuffle": 1}, "DataConfig.shuffle must be True or False, got 1"),
         ({"seed": 1.5}, "DataConfig.seed must be an integer >= 0, got 1.5"),
         (
             {"task_feature_lengths": {"input": 192, "targets": 64}},

@@ -214,6 +214,13 @@ def test_train_steps_must_be_at_least_one(tmp_path):
     "field, value, message",
     [
         ("seed", None, "SEED must be an integer, got None"),
+        # Paths: None, a number or '' failed deep in os.path with a trace (MODEL_DIR=5
+        # wrote to ./5/).
+        ("model_dir", None, "MODEL_DIR must be a folder path, got None"),
+        ("model_dir", 5, "MODEL_DIR must be a folder path, got 5"),
+        ("data_dir", 3, "DATA_DIR must be a path or None, got 3"),
+        ("tfds_data_dir", "", "TFDS_DATA_DIR must be a path or None, got ''"),
+        ("init_from_hf", 5, "INIT_FROM_HF must be a path or None, got 5"),
         ("seed", 1.5, "SEED must be an integer, got 1.5"),
         ("log_every_steps", 0, "LOG_EVERY_STEPS must be an integer >= 1, got 0"),
         (

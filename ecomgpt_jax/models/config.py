@@ -129,6 +129,19 @@ class ModelConfig:
             # Overrides arrive from gin and JSON: a string or float here is a typo, not a size.
             if not is_integer(value) or value <= 0:
                 bad(field, "must be a positive integer")
+        for field in ("norm_eps", "rope_theta"):
+            if not is_number(getattr(self, field)) or getattr(self, field) <= 0:
+                bad(field, "must be a positive number")
+        if not is_integer(self.max_positions) or self.max_positions <= 0:
+            bad("max_positions", "must be a positive integer")
+        for field in ("qkv_bias", "tie_embeddings", "scan_layers"):
+            # gin and JSON take 'False' as written, and a non-empty string is true.
+            if not isinstance(getattr(self, field), bool):
+                bad(field, "must be True or False")
+        for field in ("bos_id", "eos_id", "pad_id"):
+            value = getattr(self, field)
+            if value is not None and not is_integer(value):  # (old Llama configs: pad -1)
+                bad(field, "must be a token id (an integer) or None")
         if self.heads % self.kv_heads:
             bad("kv_heads", f"must divide heads={self.heads}")
         if self.family == "bloom":
@@ -154,8 +167,7 @@ class ModelConfig:
         if isinstance(self.extra_eos_ids, list):  # from JSON or gin
             object.__setattr__(self, "extra_eos_ids", tuple(self.extra_eos_ids))
         if not (
-            isinstance(self.extra_eos_ids, tuple)
-            and all(is_integer(i) and i >= 0 for i in self.extra_eos_ids)
+            isinstance(self.extra_eos_ids, tuple) and all(is_integer(i) for i in self.extra_eos_ids)
         ):
             bad("extra_eos_ids", "must be a tuple of token ids")
         if isinstance(self.rope_scaling, Mapping):

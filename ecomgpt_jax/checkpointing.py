@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import pathlib
 import sys
@@ -521,13 +520,20 @@ def params_metadata(path) -> tuple[epath.Path, PyTree]:
     missing = _missing_files(params_dir.parent, (params_dir.name,))
     if missing:
         raise _unreadable(params_dir, missing)
-    with ocp.StandardCheckpointer() as checkpointer:
+    orbax_failures.quiet_logs()
+    # A failed read's callbacks end in orbax's closed loop: quiet, as for a failed restore.
+    sys.unraisablehook = orbax_failures.closed_loop_ignored(sys.unraisablehook)
+    failure = None
+    with orbax_failures.metadata_warning_dropped(), ocp.StandardCheckpointer() as checkpointer:
         try:
             stored = checkpointer.metadata(params_dir).item_metadata
         except (ValueError, OSError, KeyError) as e:
-            raise _unreadable(params_dir, orbax_failures.short(e)) from None
-    if stored is None:  # no _METADATA: else "the checkpoint lacks" every parameter
-        raise _unreadable(params_dir, f"no readable metadata in {params_dir.name}/")
+            failure = orbax_failures.short(e)
+    if failure is None and stored is None:  # no _METADATA: else "the checkpoint lacks" all
+        failure = f"no readable metadata in {params_dir.name}/"
+    if failure is not None:
+        orbax_failures.drop_failed_reads()  # its reads still in flight: quietly
+        raise _unreadable(params_dir, failure)
     return params_dir, stored
 
 
@@ -559,7 +565,7 @@ def save_params(path, params: PyTree) -> None:
     """
     path = as_path(path)
     # A failed write logs its trace and ends in orbax's closed loop: one line instead.
-    logging.getLogger("absl").addFilter(orbax_failures.without_trace)  # once: same object
+    orbax_failures.quiet_logs()
     sys.unraisablehook = orbax_failures.closed_loop_ignored(sys.unraisablehook)
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
         try:

@@ -88,26 +88,15 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def quiet_logs() -> None:
     """absl logs at WARNING unless --verbosity is given: orbax logs every file it reads or
-    writes at INFO. Also drops orbax's warning that a params item has no
-    _CHECKPOINT_METADATA: items are read on their own, and that file is the step's."""
-    import logging as py_logging
-
+    writes at INFO. Also orbax_failures.quiet_logs: its errors without traces, without its
+    warning that a params item has no _CHECKPOINT_METADATA."""
     from absl import logging
 
     from ecomgpt_jax import orbax_failures  # jax and orbax: entry points that log them
 
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    py_logging.getLogger("absl").addFilter(_not_item_metadata_warning)  # once: same object
-    py_logging.getLogger("absl").addFilter(orbax_failures.without_trace)
-
-
-def _not_item_metadata_warning(record) -> bool:
-    message = record.getMessage()
-    return not (
-        message.startswith("Metadata file does not exist")
-        and message.endswith("/params/_CHECKPOINT_METADATA")
-    )
+    orbax_failures.quiet_logs()
 
 
 def rewrite_gin_args(argv: list[str]) -> list[str]:

@@ -8,13 +8,15 @@ read or write. `checkpointing` turns them into one CheckpointError with these:
     tree_difference(stored, target, owner)              the first array that does not fit
     write_reason(e), short(e)                           the reason, without the dumps
     closed_loop_ignored(hook)                           silence "Event loop is closed"
-    without_trace(record)                               orbax's error logs, one line each
+    quiet_logs()                                        orbax's logs: errors in one line,
+                                                        no missing-item-metadata warnings
 
 Needs only jax and orbax.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -71,6 +73,40 @@ def drop_failed_reads() -> None:
             time.sleep(0.1)
     finally:
         sys.unraisablehook = closed_loop_ignored(hook)
+
+
+def quiet_logs() -> None:
+    """Adds `without_trace` and `not_item_metadata_warning` to the absl logger, which
+    orbax logs to (once: the same function objects)."""
+    logger = logging.getLogger("absl")
+    logger.addFilter(without_trace)
+    logger.addFilter(not_item_metadata_warning)
+
+
+def not_item_metadata_warning(record: logging.LogRecord) -> bool:
+    """A logging filter: drops orbax's warning that a params item has no
+    _CHECKPOINT_METADATA (items are read on their own, and that file is the step's)."""
+    message = record.getMessage()
+    return not (
+        message.startswith("Metadata file does not exist")
+        and message.endswith("/params/_CHECKPOINT_METADATA")
+    )
+
+
+@contextlib.contextmanager
+def metadata_warning_dropped():
+    """Within: orbax's "Failed to get item metadata" warning is dropped (the caller
+    raises its own one-line error for the same failure)."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to get item metadata")
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def without_trace(record: logging.LogRecord) -> bool:

@@ -38,7 +38,7 @@ def test_quiet_logs_drops_only_the_item_metadata_warning(caplog):
         launch.quiet_logs()
         launch.quiet_logs()  # idempotent: one filter
         assert absl_logging.get_verbosity() == absl_logging.WARNING
-        assert absl_logger.filters.count(launch._not_item_metadata_warning) == 1
+        assert absl_logger.filters.count(orbax_failures.not_item_metadata_warning) == 1
         with caplog.at_level(logging.WARNING, logger="absl"):
             absl_logger.warning(
                 "Metadata file does not exist: /run/checkpoints/3/params/_CHECKPOINT_METADATA"
@@ -53,7 +53,7 @@ def test_quiet_logs_drops_only_the_item_metadata_warning(caplog):
         ]
     finally:
         absl_logging.set_verbosity(verbosity)
-        absl_logger.removeFilter(launch._not_item_metadata_warning)
+        absl_logger.removeFilter(orbax_failures.not_item_metadata_warning)
         absl_logger.removeFilter(orbax_failures.without_trace)
 
 

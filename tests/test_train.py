@@ -240,7 +240,7 @@ def test_ctrl_c_in_set_up_is_one_line_and_exit_130(monkeypatch, capsys):
             train.main(["train"])
     finally:  # main's log settings, not to be left to the other tests
         absl_logging.set_verbosity(verbosity)
-        for f in (launch._not_item_metadata_warning, orbax_failures.without_trace):
+        for f in (orbax_failures.not_item_metadata_warning, orbax_failures.without_trace):
             logging.getLogger("absl").removeFilter(f)
     assert info.value.code == launch.INTERRUPTED_EXIT_CODE
     assert capsys.readouterr().err == (

@@ -31,3 +31,12 @@ def test_numbers(value):
 @pytest.mark.parametrize("value", [True, "2e-5", None, 1j, np.bool_(False)])
 def test_not_numbers(value):
     assert not values.is_number(value)
+
+
+def test_paths():
+    import pathlib
+
+    assert values.is_path("runs/x") and values.is_path(pathlib.Path("/tmp"))
+    assert values.is_path("gs://bucket/run")
+    for value in (None, 5, "", True, ["runs"]):
+        assert not values.is_path(value)

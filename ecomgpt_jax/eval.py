@@ -224,9 +224,8 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
             f"beam, beams {d.num_beams}" if d.effective_method == "beam" else d.effective_method
         )
         print(
-            f"model: {source.path} ({cfg.family}, {cfg.layers} layers, width {cfg.hidden}, "
-            f"{cfg.dtype}); devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh "
-            f"{dict(mesh.shape)}; decoding: {method}, "
+            f"model: {source.path} ({cfg.summary}); devices: {jax.device_count()} x "
+            f"{jax.devices()[0].platform}, mesh {dict(mesh.shape)}; decoding: {method}, "
             f"{d.max_new_tokens} new tokens, prompts <= {d.max_prompt_len} tokens",
             flush=True,
         )

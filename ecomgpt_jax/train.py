@@ -447,6 +447,15 @@ def run() -> tuple[trainer.Result, run_config.RunConfig]:
             f"{start}/{total}",
             flush=True,
         )
+        train = run_cfg.train
+        start_from = (
+            f"MODEL_DIR's step {start}"
+            if start
+            else train.init_from_hf or train.init_from_checkpoint or "random initial weights"
+        )
+        # Which model trains: a models/*.gin file given before the recipe is replaced by
+        # the recipe's own include, and this line is where that shows.
+        print(f"model: {cfg.summary}, from {start_from}", flush=True)
         print(data_line(data.mixture_or_task_name), flush=True)
     batches = input_pipeline.InputIterator(data, mesh, start=position.batches_consumed)
     infer_eval = None

@@ -119,6 +119,8 @@ def sharded_reference(tmp_path_factory, compile_cache):
 
 def test_default_command_leaves_checkpoint_logs_and_config(default_run):
     model_dir, stdout = default_run
+    # Which model trains (a models/*.gin file given before the recipe would not).
+    assert "model: bloom, 2 layers, width 96, float32, from random initial weights\n" in stdout
     step_dir = model_dir / "checkpoints" / str(STEPS)
     assert {p.name for p in step_dir.iterdir()} >= {"params", "train", "data"}
     assert sorted(int(p.name) for p in (model_dir / "checkpoints").iterdir()) == [5, STEPS]
@@ -422,7 +424,9 @@ def test_a_resume_with_another_config_keeps_the_one_that_trained_before(
     shutil.copytree(default_run[0], model_dir)
     recorded = (model_dir / "config.gin").read_text()
     train_in_process(model_dir, *COMMON, f"--gin.TRAIN_STEPS={STEPS + 1}")
-    assert f"finished step {STEPS + 1}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"finished step {STEPS + 1}" in out
+    assert f"model: bloom, 2 layers, width 96, float32, from MODEL_DIR's step {STEPS}\n" in out
     assert (model_dir / f"config.until_step_{STEPS}.gin").read_text() == recorded
     now = (model_dir / "config.gin").read_text()
     assert now.splitlines()[0].endswith(f"'--gin_bindings=TRAIN_STEPS = {STEPS + 1}'")

@@ -179,6 +179,11 @@ class ModelConfig:
                 bad("rope_scaling", f"keys must be among {names}")
 
     @property
+    def summary(self) -> str:
+        """E.g. "bloom, 2 layers, width 96, float32" (the entry points' `model:` line)."""
+        return f"{self.family}, {self.layers} layers, width {self.hidden}, {self.dtype}"
+
+    @property
     def hf_model_type(self) -> str:
         """The HF `model_type` this config exports as: bloom, qwen2 or llama."""
         if self.family == "bloom":

@@ -572,4 +572,9 @@ def save_params(path, params: PyTree) -> None:
             checkpointer.save(path, params)
         except (OSError, ValueError) as e:  # tensorstore's write errors are ValueErrors
             reason = orbax_failures.write_reason(e)
-            raise CheckpointWriteError(f"{path}: could not be written ({reason})") from None
+        else:
+            return
+    # The other arrays' writes are still in flight: they would recreate the folders a
+    # caller removes next (convert removes an output folder it made).
+    orbax_failures.drop_failed_reads()
+    raise CheckpointWriteError(f"{path}: could not be written ({reason})")

@@ -60,6 +60,7 @@ def drop_failed_reads() -> None:
     loop is closed"); this waits up to `READ_DRAIN_S` for them, quietly, as the run
     is stopping anyway, and a read slower than that is not reported either: that one
     error is ignored in this process from its first restore on (`closed_loop_ignored`).
+    A failed save's writes in flight end the same way (`checkpointing.save_params`).
     """
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     hook = sys.unraisablehook  # their coroutines complain when collected: not news here

@@ -401,7 +401,7 @@ def test_model_source_errors(tmp_path):
             "vocab_size, hidden, layers, heads, kv_heads, head_dim, mlp_dim, norm_eps, "
             "rope_theta, rope_scaling, qkv_bias, tie_embeddings, max_positions, param_dtype, "
             "dtype, logits_dtype, remat_policy, scan_layers, attention_impl, bos_id, eos_id, "
-            "pad_id)",
+            "extra_eos_ids, pad_id)",
         ),
         (
             ModelSource(checkpoint=missing, overrides=["attention_impl"]),

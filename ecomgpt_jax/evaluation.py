@@ -14,7 +14,8 @@ are scored as current transformers scores them, not as the paper's pinned 4.27.4
 `decoding`), so predictions need not be the paper's token for token. `eval_dir` receives::
 
     predictions/<task folder>.jsonl   {"task", "index", "prediction", "inputs", "targets"},
-                   each as soon as its task is decoded; other *.jsonl there are removed
+                   each as soon as its task is decoded; other tasks' files there are
+                   removed (other files stay)
     metrics.json   scoring.scores_json(scores): byte-identical to `python -m ecomgpt_jax.score`
                    on the same predictions
     metrics.md     the settings and a readable table (scores x100, n per task)
@@ -583,15 +584,32 @@ def check_eval_dir(eval_dir, dir_name: str = "EVAL_DIR"):
     return pred_dir
 
 
+def _is_task_file(path) -> bool:
+    """A file named like an evaluation's predictions: <task folder name>.jsonl."""
+    try:
+        reader.parse_task_name(path.name.removesuffix(".jsonl"))
+    except reader.DataError:
+        return False
+    return path.is_file()
+
+
 def replace_previous(pred_dir, names: Sequence[str]) -> list[str]:
-    """Removes the prediction files (*.jsonl) in pred_dir of tasks not in `names`, and
-    says so on stderr; returns the tasks in `names` that have an earlier file (each is
-    overwritten when its task finishes: a rerun, said nothing about). An evaluation owns
-    its predictions folder: files of an earlier one next to the new metrics.json would
-    look like part of it. The earlier metrics.json / metrics.md and TensorBoard events go
-    too: beside predictions that a stop leaves half new, they would score what is no
-    longer there (and TensorBoard would show two values at the step)."""
-    old = sorted(pred_dir.glob("*.jsonl"), key=lambda p: p.name)
+    """Removes the prediction files (<task folder name>.jsonl) in pred_dir of tasks not
+    in `names`, and says so on stderr; returns the tasks in `names` that have an earlier
+    file (each is overwritten when its task finishes: a rerun, said nothing about). An
+    evaluation owns its predictions folder: files of an earlier one next to the new
+    metrics.json would look like part of it. Other files (a user's notes.jsonl) stay. The
+    earlier metrics.json / metrics.md and TensorBoard events go too: beside predictions
+    that a stop leaves half new, they would score what is no longer there (and TensorBoard
+    would show two values at the step).
+
+    Raises OSError where a task's file cannot be written (a folder in its place): now,
+    not after the tasks before it were decoded.
+    """
+    for name in names:
+        if (pred_dir / f"{name}.jsonl").is_dir():
+            raise IsADirectoryError(21, "Is a directory", str(pred_dir / f"{name}.jsonl"))
+    old = sorted((p for p in pred_dir.glob("*.jsonl") if _is_task_file(p)), key=lambda p: p.name)
     mine = {f"{n}.jsonl" for n in names}
     gone = [p for p in old if p.name not in mine]
     kept = [p.name.removesuffix(".jsonl") for p in old if p.name in mine]

@@ -188,10 +188,11 @@ def test_infer_eval_reruns_are_byte_identical(model, first_run, vocab, tmp_path,
     (tmp_path / "predictions" / "EN-Old-CLS-old.jsonl").write_text("{}\n")
     (tmp_path / "predictions" / f"{SAMPLE_HELD_OUT[0]}.jsonl").write_text("{}\n")
     (tmp_path / "predictions" / "notes.txt").write_text("mine")
+    (tmp_path / "predictions" / "notes.jsonl").write_text("mine")  # no task's name: stays
     metrics = evaluation.run_infer_eval(params, cfg, None, vocab, EVAL, step=7, eval_dir=tmp_path)
     assert metrics == json.loads((first / "metrics.json").read_text())
     assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == sorted(
-        ["notes.txt", *(f"{name}.jsonl" for name in SAMPLE_HELD_OUT)]
+        ["notes.jsonl", "notes.txt", *(f"{name}.jsonl" for name in SAMPLE_HELD_OUT)]
     )
     for name in SAMPLE_HELD_OUT:
         path = f"predictions/{name}.jsonl"
@@ -201,6 +202,20 @@ def test_infer_eval_reruns_are_byte_identical(model, first_run, vocab, tmp_path,
         f"replacing the previous evaluation's predictions in {tmp_path}/predictions/: removed "
         "1 file of tasks not in this one (EN-Old-CLS-old.jsonl)"
     ]
+
+
+def test_a_folder_in_place_of_a_tasks_file_stops_before_decoding(model, vocab, tmp_path):
+    """Found with the other output checks, not after the tasks before it were decoded
+    (hours, on the real data)."""
+    _, cfg, params, _ = model
+    last = tmp_path / "predictions" / f"{SAMPLE_HELD_OUT[-1]}.jsonl"
+    last.mkdir(parents=True)
+    with pytest.raises(evaluation.EvalError) as info:
+        evaluation.evaluate(params, cfg, vocab, EVAL, eval_dir=tmp_path)
+    assert str(info.value) == (
+        f"EVAL_DIR {tmp_path}: cannot write predictions/ ({last}: Is a directory)"
+    )
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == [last.name]
 
 
 class _StopAtTask:
@@ -462,19 +477,19 @@ def test_a_new_evaluation_replaces_the_earlier_ones_outputs(tmp_path, capsys):
     of this evaluation's tasks are overwritten when each task finishes."""
     pred_dir = tmp_path / "predictions"
     pred_dir.mkdir()
-    for name in ("A", "B"):
+    for name in ("EN-X-CLS-a", "EN-X-CLS-b"):
         (pred_dir / f"{name}.jsonl").write_text("{}\n")
     (tmp_path / "metrics.json").write_text("{}")
     (tmp_path / "metrics.md").write_text("#")
     (tmp_path / "tensorboard").mkdir()
     (tmp_path / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"x")
-    assert evaluation.replace_previous(pred_dir, ["A", "C"]) == ["A"]
+    assert evaluation.replace_previous(pred_dir, ["EN-X-CLS-a", "EN-X-CLS-c"]) == ["EN-X-CLS-a"]
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "predictions",
-        "predictions/A.jsonl",
+        "predictions/EN-X-CLS-a.jsonl",
         "tensorboard",
     ]
     assert capsys.readouterr().err == (
         f"replacing the previous evaluation's predictions in {pred_dir}/: removed 1 file of "
-        "tasks not in this one (B.jsonl)\n"
+        "tasks not in this one (EN-X-CLS-b.jsonl)\n"
     )

@@ -392,12 +392,13 @@ def test_a_set_up_error_on_process_1_alone_stops_both(orbax_dir, compile_cache, 
 def test_a_write_failing_on_process_0_mid_run_stops_both_after_that_task(
     orbax_dir, compile_cache, tmp_path
 ):
-    """Process 0 cannot write the first task's predictions (a folder where its file goes):
-    process 1 used to go on to the second task's decoding and wait there for process 0
-    until a gloo deadline (~5 minutes) ended both with a trace."""
+    """Process 0 cannot write the first task's predictions (a folder where the file's
+    temporary goes: unlike a folder in place of the file itself, nothing finds it before
+    the write): process 1 used to go on to the second task's decoding and wait there for
+    process 0 until a gloo deadline (~5 minutes) ended both with a trace."""
     first, second = TWO_TASKS.split(",")
     out = tmp_path / "out"
-    (out / "predictions" / f"{first}.jsonl").mkdir(parents=True)
+    (out / "predictions" / f"{first}.jsonl.tmp").mkdir(parents=True)
     args = [f"--gin.CHECKPOINT='{orbax_dir}'", *MULTI]
     procs = run_eval_processes(
         [out, tmp_path / "out_1"], 2, compile_cache, tmp_path, *args, timeout=120
@@ -405,8 +406,8 @@ def test_a_write_failing_on_process_0_mid_run_stops_both_after_that_task(
     assert [p.returncode for p in procs] == [2, 2], [p.stderr[-3000:] for p in procs]
     what = f"the predictions of {first}"
     want = [
-        f"error: EVAL_DIR {out}: cannot write {what} (Cannot overwrite: "
-        f"{out / 'predictions' / first}.jsonl is a directory)",
+        f"error: EVAL_DIR {out}: cannot write {what} "
+        f"({out / 'predictions' / first}.jsonl.tmp: Is a directory)",
         f"error: process 0 stopped while writing {what} to EVAL_DIR (its error says why); "
         "stopping too",
     ]

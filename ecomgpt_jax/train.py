@@ -32,6 +32,7 @@ means: the header of gin_configs/ecom.gin. Bad input: one "error: ..." line, exi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import shlex
@@ -165,6 +166,14 @@ def register_tasks(run: run_config.RunConfig, data: input_pipeline.DataConfig, v
     )
     train = run.train
     current = tasks.registration()
+    if train.tfds_data_dir is not None and not checkpointing.as_path(train.tfds_data_dir).exists():
+        # Else every task would read its JSON files without a word (a typo, at 1.5 M
+        # examples, costs the preparation it was meant to save).
+        raise run_config.UserError(
+            f"TFDS_DATA_DIR {train.tfds_data_dir} does not exist: prepare the tasks there "
+            f"(python -m tasks.tfds_builder --tfds_data_dir {train.tfds_data_dir}), or set "
+            "TFDS_DATA_DIR = None"
+        )
     if train.data_dir is not None or train.tfds_data_dir is not None or not default_vocab:
         tasks.register_ecom_tasks(train.data_dir, vocabulary, tfds_data_dir=train.tfds_data_dir)
     elif (
@@ -186,9 +195,13 @@ def data_line(name: str) -> str:
     import tasks
 
     provider = seqio.get_mixture_or_task(name)
-    count = len(getattr(provider, "tasks", [provider]))  # a task is its own one
+    members = getattr(provider, "tasks", [provider])  # a task is its own one
+    count = len(members)
+    prepared = sum(isinstance(t.source, seqio.TfdsDataSource) for t in members)
     root = pathlib.Path(tasks.registration().data_dir)
     line = f"data: {name} ({count} task{'s' if count != 1 else ''}) from {root}"
+    if prepared:  # the others read their JSON files (none prepared, or a stale copy)
+        line += f", {prepared} of them from prepared TFDS copies"
     if root.resolve() == reader.SAMPLE_DIR:
         line += " (the bundled synthetic sample; set DATA_DIR or ECOMGPT_DATA_DIR for real data)"
     return line
@@ -390,6 +403,12 @@ def set_up() -> SetUp:
 def run() -> tuple[trainer.Result, run_config.RunConfig]:
     launch.init_distributed()
     import jax
+    import tensorflow as tf
+
+    # The input pipeline runs on the host CPU: a CUDA build of TensorFlow would otherwise
+    # take GPU memory that JAX needs at its first op (T5X does the same).
+    with contextlib.suppress(RuntimeError):  # TensorFlow already ran here (a notebook)
+        tf.config.set_visible_devices([], "GPU")
 
     # A failure on any process (data missing on one host) stops all, before the restore's
     # collectives, where the others would wait for it.

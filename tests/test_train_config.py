@@ -34,8 +34,8 @@ def test_tfds_data_dir_points_the_tasks_at_prepared_copies(tmp_path, sample_task
     tfds_builder.prepare(root, prepared)
     name = "ecom:ZH:Multi_CPR:Extract:product_select_2"
     vocabulary = vocabularies.make_vocabulary()
-    sources = {}
-    for extra in ([], [f"TFDS_DATA_DIR = '{prepared}'"]):
+    sources, lines = {}, {}
+    for extra in ([], [f"TFDS_DATA_DIR = '{prepared}'"], [f"TFDS_DATA_DIR = '{tmp_path}/typo'"]):
         gin.clear_config()
         try:
             run, data, _ = train.load_configs(
@@ -44,9 +44,24 @@ def test_tfds_data_dir_points_the_tasks_at_prepared_copies(tmp_path, sample_task
             )
         finally:
             gin.clear_config()
+        if extra and "typo" in extra[0]:
+            # A TFDS_DATA_DIR that is not there: every task would have read its JSON.
+            with pytest.raises(train.run_config.UserError) as info:
+                train.register_tasks(run, data, vocabulary)
+            assert str(info.value) == (
+                f"TFDS_DATA_DIR {tmp_path}/typo does not exist: prepare the tasks there "
+                f"(python -m tasks.tfds_builder --tfds_data_dir {tmp_path}/typo), or set "
+                "TFDS_DATA_DIR = None"
+            )
+            continue
         train.register_tasks(run, data, vocabulary)
         sources[bool(extra)] = type(sample_tasks.get(name).source)
+        lines[bool(extra)] = train.data_line(name)
     assert sources == {False: ecom_instruct.JsonInstructionSource, True: seqio.TfdsDataSource}
+    assert lines == {
+        False: f"data: {name} (1 task) from {root}",
+        True: f"data: {name} (1 task) from {root}, 1 of them from prepared TFDS copies",
+    }
 
 
 def test_a_default_run_after_one_on_another_root_reads_the_default_root(

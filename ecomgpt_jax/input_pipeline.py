@@ -32,6 +32,7 @@ restart: about 9,000 examples/s on 2 CPU cores with the bundled SentencePiece mo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -43,6 +44,7 @@ import seqio
 import tensorflow as tf
 
 from ecomgpt_jax import partitioning
+from ecomgpt_jax.ecominstruct import reader
 from ecomgpt_jax.ecominstruct.reader import DataError
 from ecomgpt_jax.values import is_integer
 
@@ -59,6 +61,8 @@ MODEL_FEATURES = (
 class DataConfig:
     """Which data, how long, how many rows per step, in which order.
 
+    mixture_or_task_name: a SeqIO mixture or task; a task folder name
+      (EN-ABSA-CLS-review_topic_category) is read as its task (ecom:EN:ABSA:CLS:...).
     task_feature_lengths: {"inputs": prompt tokens, "targets": answer tokens};
       a packed row is `inputs + targets` tokens long.
     num_shards: logical data shards (None: one per process). Must divide
@@ -77,6 +81,12 @@ class DataConfig:
     num_shards: int | None = None
 
     def __post_init__(self):
+        name = self.mixture_or_task_name
+        if isinstance(name, str) and name.count("-") == 3:
+            # A task folder name (what eval and the prediction files use) names its task.
+            with contextlib.suppress(DataError):
+                reader.parse_task_name(name)
+                object.__setattr__(self, "mixture_or_task_name", reader.seqio_task_name(name))
         # Checked here so every entry point gets one line instead of an IndexError or
         # KeyError from deep inside the pipeline (or, for a 0 length, silent empty rows).
         lengths = self.task_feature_lengths

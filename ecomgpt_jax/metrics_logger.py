@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Mapping
 
@@ -130,6 +131,7 @@ class MetricsLogger:
                 f"{logged:.3e}, the schedule now gives {now:.3e} there (TRAIN_STEPS, "
                 "LEARNING_RATE, WARMUP_STEPS or OptimizerConfig changed); training goes on "
                 "with the new one",
+                file=sys.stderr,  # with the other entry points' warnings
                 flush=True,
             )
 
@@ -154,7 +156,7 @@ class MetricsLogger:
                 if len(bad) == 1
                 else f"skipped {len(bad)} unreadable lines ({', '.join(map(str, bad))})"
             )
-            print(f"warning: {path}:{bad[0]}: {what}", flush=True)
+            print(f"warning: {path}:{bad[0]}: {what}", file=sys.stderr, flush=True)
         return kept
 
     def record(self, step: int, metrics: Mapping[str, jax.Array], force: bool = False) -> None:

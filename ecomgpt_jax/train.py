@@ -329,6 +329,14 @@ def check_model_dir(model_dir: str) -> None:
     problem = checkpointing.not_a_folder(model_dir)
     if problem:
         raise run_config.UserError(f"MODEL_DIR {model_dir} {problem}: give a folder")
+    folder = checkpointing.as_path(model_dir)
+    if (folder / "metrics.json").exists() and (folder / evaluation.PREDICTIONS_DIR).is_dir():
+        # Its tensorboard/ and logs would mix with the evaluation's (eval refuses the
+        # other way round).
+        raise run_config.UserError(
+            f"MODEL_DIR {model_dir} is an evaluation's folder (it has metrics.json and "
+            f"{evaluation.PREDICTIONS_DIR}/): give a training run's folder"
+        )
 
 
 def make_model_dir(model_dir: str) -> None:
@@ -377,6 +385,14 @@ def set_up() -> SetUp:
     note = run_config.unused_bindings_note(run_cfg, cfg)  # config.gin would say otherwise
     if note and jax.process_index() == 0:
         print(note, flush=True)
+    warmup, steps = run_cfg.optimizer.warmup_steps, run_cfg.train.train_steps
+    if warmup >= steps and jax.process_index() == 0:
+        print(
+            f"warning: WARMUP_STEPS {warmup} >= TRAIN_STEPS {steps}: the learning rate "
+            "never reaches LEARNING_RATE",
+            file=sys.stderr,
+            flush=True,
+        )
     shapes = run_config.Shapes(data.global_batch_size, data.sequence_length, vocabulary.vocab_size)
     run_config.check_shapes(cfg, shapes, run_cfg.step, mesh)
     missing = metrics_logger.missing_writer_package(run_cfg.train.model_dir)
@@ -426,7 +442,8 @@ def run() -> tuple[trainer.Result, run_config.RunConfig]:
     elif (changes := expected.changes_from(position)) and jax.process_index() == 0:
         print(
             f"warning: resuming with another input pipeline ({', '.join(changes)}): the new "
-            f"one reads in another order; skipping its first {position.batches_consumed} batches"
+            f"one reads in another order; skipping its first {position.batches_consumed} batches",
+            file=sys.stderr,
         )
     position = dataclasses.replace(expected, batches_consumed=position.batches_consumed)
     start, total = int(jax.device_get(state.step)), run_cfg.train.train_steps

@@ -269,6 +269,15 @@ def test_errors_name_the_problem():
         ip.InputIterator(config(global_batch_size=6, num_shards=4), one_device_mesh())
 
 
+def test_a_task_folder_name_names_its_seqio_task():
+    """What eval and the prediction files call a task works for training too (it was an
+    unknown task or mixture)."""
+    folder = ip.DataConfig(mixture_or_task_name="EN-Shop_Review-CLS-review_sentiment")
+    assert folder.mixture_or_task_name == "ecom:EN:Shop_Review:CLS:review_sentiment"
+    for name in ("ecom_instruct_held_in", "ecom:EN:ABSA:CLS:review_topic_category", "a-b-c-d"):
+        assert ip.DataConfig(mixture_or_task_name=name).mixture_or_task_name == name
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [

@@ -50,10 +50,10 @@ def test_a_resume_with_another_schedule_is_warned_about(tmp_path, capsys):
     logger.close()
     capsys.readouterr()
     MetricsLogger(tmp_path, total_steps=10, start_step=4, schedule=schedule).close()
-    assert "schedule changed" not in capsys.readouterr().out  # the same schedule
+    assert "schedule changed" not in capsys.readouterr().err  # the same schedule
     shorter = ts.learning_rate_schedule(ts.OptimizerConfig(learning_rate=1.0), 6)
     MetricsLogger(tmp_path, total_steps=6, start_step=4, schedule=shorter).close()
-    assert capsys.readouterr().out == (
+    assert capsys.readouterr().err == (
         f"warning: the learning-rate schedule changed: step 4 was logged with "
         f"{float(schedule(3)):.3e}, the schedule now gives {float(shorter(3)):.3e} there "
         "(TRAIN_STEPS, LEARNING_RATE, WARMUP_STEPS or OptimizerConfig changed); training "
@@ -69,7 +69,7 @@ def test_metrics_logger_skips_unreadable_lines_and_writes_atomically(tmp_path, c
     path = tmp_path / "metrics.jsonl"
     path.write_text(f'{rows[0]}\n{{"step": 2, "lo\n{rows[1]}\n[]\n{rows[2]}\n{rows[2][:9]}')
     logger = MetricsLogger(tmp_path, total_steps=10, start_step=2, schedule=schedule)
-    assert capsys.readouterr().out == (f"warning: {path}:2: skipped 3 unreadable lines (2, 4, 6)\n")
+    assert capsys.readouterr().err == (f"warning: {path}:2: skipped 3 unreadable lines (2, 4, 6)\n")
     metrics = {"loss": 5.0, "grad_norm": 0.5, "accuracy": 0.25, "tokens": 100.0}
     logger.record(3, metrics, force=True)
     logger.close()
@@ -78,7 +78,7 @@ def test_metrics_logger_skips_unreadable_lines_and_writes_atomically(tmp_path, c
     capsys.readouterr()
     path.write_text(f"{rows[0]}\n{rows[1][:5]}")
     MetricsLogger(tmp_path, total_steps=10, start_step=2, schedule=schedule).close()
-    assert capsys.readouterr().out == f"warning: {path}:2: skipped an unreadable line\n"
+    assert capsys.readouterr().err == f"warning: {path}:2: skipped an unreadable line\n"
 
 
 def test_evaluation_time_is_left_out_of_the_step_time(tmp_path, monkeypatch):

@@ -484,6 +484,28 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     assert message in text
 
 
+def test_an_evaluations_folder_is_not_a_model_dir(tmp_path):
+    """Its tensorboard/ and logs would mix with the evaluation's (eval refuses a training
+    run's folder the other way round)."""
+    (tmp_path / "predictions").mkdir()
+    (tmp_path / "metrics.json").write_text("{}")
+    assert run_in_process(tmp_path) == (
+        f"error: MODEL_DIR {tmp_path} is an evaluation's folder (it has metrics.json and "
+        "predictions/): give a training run's folder"
+    )
+
+
+def test_a_warmup_longer_than_the_run_is_a_warning(tmp_path):
+    text = run_in_process(
+        tmp_path / "run", "--gin.WARMUP_STEPS=500", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=12"
+    )
+    warning, error = text.splitlines()
+    assert warning == (
+        "warning: WARMUP_STEPS 500 >= TRAIN_STEPS 2: the learning rate never reaches LEARNING_RATE"
+    )
+    assert error.startswith("error: BATCH_SIZE 12")  # (stopped here, after the warning)
+
+
 def test_initial_weights_give_the_architecture_and_the_note_says_so(tmp_path, capsys):
     """INIT_FROM_CHECKPOINT's model (max_positions 256 here), not tiny_bloom.gin's (512):
     the note names the ModelConfig bindings left unused, before the shape check stops."""

@@ -84,6 +84,13 @@ def test_read_predictions_from_a_folder(tmp_path, data_dir):
     folder.mkdir()
     with pytest.raises(DataError, match="folder holds no \\*.jsonl predictions files"):
         predictions.read_predictions(folder)
+    # The evaluation's folder given instead of its predictions/: said where they are.
+    with pytest.raises(DataError) as info:
+        predictions.read_predictions(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path}: folder holds no *.jsonl predictions files (the evaluation's "
+        f"predictions are in {folder})"
+    )
     b = folder / "b.jsonl"
     b.write_text('{"task": "ZH-Shop-Generate-title", "index": 0, "prediction": "y"}\n')
     a = folder / "a.jsonl"

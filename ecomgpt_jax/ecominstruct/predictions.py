@@ -64,7 +64,10 @@ def read_predictions(path: str | os.PathLike) -> list[PredictionRow]:
     path = pathlib.Path(path)
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     if not files:
-        raise DataError("folder holds no *.jsonl predictions files", path)
+        hint = ""
+        if (path / "predictions").is_dir():  # an evaluation's folder given for its files
+            hint = f" (the evaluation's predictions are in {path / 'predictions'})"
+        raise DataError(f"folder holds no *.jsonl predictions files{hint}", path)
     return [
         _to_row(value, str(file), line)
         for file in files

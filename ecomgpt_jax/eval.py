@@ -40,6 +40,7 @@ from absl import app
 from ecomgpt_jax import (
     checkpointing,
     decoding,
+    eval_outputs,
     evaluation,
     gin_parsing,
     hf_hub,
@@ -209,7 +210,7 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
         check_vocabulary(run, source, vocabulary)
         # Last (it creates EVAL_DIR): the writer, a bad EVAL_DIR now, not after decoding.
         if jax.process_index() == 0:
-            evaluation.check_eval_dir(eval_dir)
+            eval_outputs.check_eval_dir(eval_dir)
         return eval_cfg, source, mesh, eval_dir, vocabulary
 
     # A failure on any process stops all, before the model loads (its collectives).

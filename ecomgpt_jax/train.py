@@ -45,6 +45,7 @@ from absl import app
 from ecomgpt_jax import (
     checkpointing,
     decoding,
+    eval_outputs,
     evaluation,
     gin_parsing,
     hf_hub,
@@ -330,12 +331,12 @@ def check_model_dir(model_dir: str) -> None:
     if problem:
         raise run_config.UserError(f"MODEL_DIR {model_dir} {problem}: give a folder")
     folder = checkpointing.as_path(model_dir)
-    if (folder / "metrics.json").exists() and (folder / evaluation.PREDICTIONS_DIR).is_dir():
+    if (folder / "metrics.json").exists() and (folder / eval_outputs.PREDICTIONS_DIR).is_dir():
         # Its tensorboard/ and logs would mix with the evaluation's (eval refuses the
         # other way round).
         raise run_config.UserError(
             f"MODEL_DIR {model_dir} is an evaluation's folder (it has metrics.json and "
-            f"{evaluation.PREDICTIONS_DIR}/): give a training run's folder"
+            f"{eval_outputs.PREDICTIONS_DIR}/): give a training run's folder"
         )
 
 

@@ -15,7 +15,7 @@ import torch
 import transformers
 from conftest import SAMPLE_HELD_OUT
 
-from ecomgpt_jax import checkpointing, evaluation, score, vocabularies
+from ecomgpt_jax import checkpointing, eval_outputs, evaluation, score, vocabularies
 from ecomgpt_jax import partitioning as P
 from ecomgpt_jax.decoding import DecodeConfig
 from ecomgpt_jax.ecominstruct import instructions, make_sample, reader
@@ -292,28 +292,6 @@ def test_a_failed_write_is_one_line_and_keeps_the_predictions(model, vocab, tmp_
     assert sorted(p.stem for p in (tmp_path / "predictions").iterdir()) == SAMPLE_HELD_OUT
 
 
-@pytest.mark.parametrize("run_file", ["checkpoints", "metrics.jsonl"])
-def test_a_training_runs_folder_is_not_an_eval_dir(tmp_path, run_file):
-    """An evaluation replaces the TensorBoard events in its folder: in a run's folder
-    those are the training curves. Refused before anything is written or removed."""
-    run = tmp_path / "run"
-    (run / "tensorboard").mkdir(parents=True)
-    events = run / "tensorboard" / "events.out.tfevents.1.host"
-    events.write_text("training curves")
-    if run_file == "checkpoints":
-        (run / run_file).mkdir()
-    else:
-        (run / run_file).write_text("{}\n")
-    with pytest.raises(evaluation.EvalError) as info:
-        evaluation.check_eval_dir(run)
-    assert str(info.value) == (
-        f"EVAL_DIR {run} is a training run's folder (it has {run_file}): give the evaluation "
-        "a folder of its own (left unset, EVAL_DIR is <run>/eval/<step>/<mixture>)"
-    )
-    assert events.read_text() == "training curves" and not (run / "predictions").exists()
-    evaluation.check_eval_dir(run / "eval" / "2" / "m")  # the default: beside, not in it
-
-
 def test_an_eval_dir_that_cannot_be_a_folder_stops_before_decoding(
     model, vocab, tmp_path, monkeypatch
 ):
@@ -321,7 +299,7 @@ def test_an_eval_dir_that_cannot_be_a_folder_stops_before_decoding(
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
     with pytest.raises(evaluation.EvalError) as info:
-        evaluation.check_eval_dir(afile / "sub")
+        eval_outputs.check_eval_dir(afile / "sub")
     assert str(info.value) == f"EVAL_DIR {afile / 'sub'} is inside {afile}, a file: give a folder"
 
     def no_decoding(*args):
@@ -468,28 +446,4 @@ def test_a_bad_override_value_is_reported_before_the_hf_weights_load(model, monk
     assert str(info.value) == (
         "MODEL_OVERRIDES_EVAL: ModelConfig.attention_impl='cudnnn': must be one of "
         "('xla', 'cudnn', 'splash')"
-    )
-
-
-def test_a_new_evaluation_replaces_the_earlier_ones_outputs(tmp_path, capsys):
-    """Predictions of tasks not in this evaluation, the earlier metrics and TensorBoard
-    events go (TensorBoard showed two values at the step, one from each run); predictions
-    of this evaluation's tasks are overwritten when each task finishes."""
-    pred_dir = tmp_path / "predictions"
-    pred_dir.mkdir()
-    for name in ("EN-X-CLS-a", "EN-X-CLS-b"):
-        (pred_dir / f"{name}.jsonl").write_text("{}\n")
-    (tmp_path / "metrics.json").write_text("{}")
-    (tmp_path / "metrics.md").write_text("#")
-    (tmp_path / "tensorboard").mkdir()
-    (tmp_path / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"x")
-    assert evaluation.replace_previous(pred_dir, ["EN-X-CLS-a", "EN-X-CLS-c"]) == ["EN-X-CLS-a"]
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
-        "predictions",
-        "predictions/EN-X-CLS-a.jsonl",
-        "tensorboard",
-    ]
-    assert capsys.readouterr().err == (
-        f"replacing the previous evaluation's predictions in {pred_dir}/: removed 1 file of "
-        "tasks not in this one (EN-X-CLS-b.jsonl)\n"
     )

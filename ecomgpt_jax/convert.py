@@ -57,8 +57,10 @@ def find_model_config(checkpoint) -> ModelConfig:
     return cfg
 
 
-def hf_to_orbax(hf_dir, output, dtype: str | None = None) -> ModelConfig:
-    """Converts a HF directory to `output/params` + `output/model_config.json`."""
+def check_orbax_output(output) -> None:
+    """CheckpointFormatError where `output` cannot take a conversion: it holds params/
+    already, or it is (inside) a file. Before the model is read or downloaded (minutes
+    for a 7B one), not when it is written."""
     from ecomgpt_jax import checkpointing
 
     output = checkpointing.as_path(output)
@@ -66,19 +68,41 @@ def hf_to_orbax(hf_dir, output, dtype: str | None = None) -> ModelConfig:
         raise hf_io.CheckpointFormatError(
             f"{output / 'params'} already exists; choose another --output or delete it"
         )
-    # Before the model is read (minutes for a 7B one), not when it is written.
     why = checkpointing.not_a_folder(output)
     if why:
         raise hf_io.CheckpointFormatError(f"--output {output} {why}")
-    created = not output.exists()
-    checkpointing.make_writable_folder(output)
+
+
+def _first_missing(path: pathlib.Path) -> pathlib.Path | None:
+    """The outermost folder of local `path` that does not exist yet (None: it exists)."""
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def hf_to_orbax(hf_dir, output, dtype: str | None = None) -> ModelConfig:
+    """Converts a HF directory to `output/params` + `output/model_config.json`. A failed
+    conversion removes the folders it made; a folder that was there stays as it was."""
+    from ecomgpt_jax import checkpointing
+
+    check_orbax_output(output)
+    output = checkpointing.as_path(output)
+    local = "://" not in str(output)
+    made = _first_missing(pathlib.Path(str(output))) if local else None
     try:
+        checkpointing.make_writable_folder(output)
         cfg, params = hf_io.load_hf_params(hf_dir, dtype)
         checkpointing.save_params(output / "params", params)
         checkpointing.save_model_config(output, cfg)
     except BaseException:
-        if created:  # nothing of a failed conversion is left for a later one to trip on
-            output.rmtree(missing_ok=True)
+        # Nothing of a failed conversion is left for a later one to trip on.
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        elif local:  # orbax's half-written params (its temporary folder)
+            for partial in pathlib.Path(str(output)).glob("params.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)
         raise
     return cfg
 
@@ -215,6 +239,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "hf-to-orbax":
+            check_orbax_output(args.output)  # before a hub download, too
             hf_dir = hf_hub.local_dir(args.hf_dir)  # hf://ORG/NAME: downloaded first
             cfg = hf_to_orbax(hf_dir, args.output, args.dtype)
             print(f"wrote {args.output}/params ({cfg.hf_model_type}, {cfg.param_dtype})")

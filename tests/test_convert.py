@@ -240,6 +240,31 @@ def test_hf_to_orbax_refuses_an_unwritable_output_before_reading(converted, tmp_
     )
 
 
+def test_a_failed_hf_to_orbax_removes_only_the_folders_it_made(converted, tmp_path, monkeypatch):
+    """Folders it made go (parents included); a folder that was there stays as it was,
+    without orbax's half-written params; --output is checked before a hub download."""
+    missing = tmp_path / "no_model_here"
+    with pytest.raises(hf_io.CheckpointFormatError):
+        convert.hf_to_orbax(missing, tmp_path / "new" / "deeper")
+    assert not (tmp_path / "new").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    (mine / "params.orbax-checkpoint-tmp").mkdir()  # as a failed save leaves it
+    with pytest.raises(hf_io.CheckpointFormatError):
+        convert.hf_to_orbax(missing, mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert (mine / "notes.txt").read_text() == "keep"
+
+    def no_download(*args, **kwargs):
+        pytest.fail("downloaded before --output was checked")
+
+    monkeypatch.setattr(hf_hub, "local_dir", no_download)
+    (tmp_path / "file").write_text("x")
+    argv = ["hf-to-orbax", "--hf_dir", "hf://org/model", "--output", str(tmp_path / "file")]
+    assert convert.main(argv) == 2
+
+
 def test_hf_to_orbax_that_cannot_write_stops_with_one_line(converted, tmp_path):
     """A full disk (here: RLIMIT_FSIZE, writes fail with EFBIG) while the parameters are
     written: one error line and exit 2. Before, the failed asynchronous save left orbax

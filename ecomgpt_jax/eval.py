@@ -21,7 +21,7 @@ process 0 writes, and a failure on any process (set-up, a write) stops all of th
 HF_DIR, EVAL_DIR, MIXTURE_OR_TASK_NAME, EVAL_MAX_EXAMPLES, DTYPE, ...): the header of
 gin_configs/eval.gin.
 
-An evaluation replaces an earlier one in EVAL_DIR: other tasks' predictions/*.jsonl
+An evaluation replaces an earlier one in EVAL_DIR: other tasks' predictions/<task>.jsonl
 (with one note on stderr) and the old metrics.json / metrics.md are removed first.
 Bad input: one "error: ..." line, exit status 2, before the model loads where it can be
 known then. Each task's predictions file is written when the task is decoded: a Ctrl-C

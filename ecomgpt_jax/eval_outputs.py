@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ecomgpt_jax import checkpointing
-from ecomgpt_jax.ecominstruct import reader, scoring
+from ecomgpt_jax.ecominstruct import predictions, reader, scoring
 
 PREDICTIONS_DIR = "predictions"
 
@@ -125,15 +125,6 @@ def check_eval_dir(eval_dir, dir_name: str = "EVAL_DIR"):
     return pred_dir
 
 
-def _is_task_file(path) -> bool:
-    """A file named like an evaluation's predictions: <task folder name>.jsonl."""
-    try:
-        reader.parse_task_name(path.name.removesuffix(".jsonl"))
-    except reader.DataError:
-        return False
-    return path.is_file()
-
-
 def replace_previous(pred_dir, names: Sequence[str]) -> list[str]:
     """Removes the prediction files (<task folder name>.jsonl) in pred_dir of tasks not
     in `names`, and says so on stderr; returns the tasks in `names` that have an earlier
@@ -150,7 +141,7 @@ def replace_previous(pred_dir, names: Sequence[str]) -> list[str]:
     for name in names:
         if (pred_dir / f"{name}.jsonl").is_dir():
             raise IsADirectoryError(21, "Is a directory", str(pred_dir / f"{name}.jsonl"))
-    old = sorted((p for p in pred_dir.glob("*.jsonl") if _is_task_file(p)), key=lambda p: p.name)
+    old = predictions.task_files(pred_dir)
     mine = {f"{n}.jsonl" for n in names}
     gone = [p for p in old if p.name not in mine]
     kept = [p.name.removesuffix(".jsonl") for p in old if p.name in mine]

@@ -41,6 +41,10 @@ class ModelSpec:
     vocabulary: str = "sentencepiece"
     vocabulary_path: str | None = None
 
+    def __post_init__(self):
+        if self.vocabulary_path is not None and not is_path(self.vocabulary_path):
+            raise UserError(f"VOCABULARY_PATH must be a path or None, got {self.vocabulary_path!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:

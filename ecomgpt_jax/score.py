@@ -5,9 +5,9 @@
 
 Predictions are JSON Lines rows ``{"task", "index", "prediction"}`` (task: folder name or
 its SeqIO name; index: 0-based example position in the split), in one file or in every
-*.jsonl file of a folder. A row that also carries ``targets`` (the evaluation writes them)
-must match the gold answer under DIR, else predictions made on other data would be scored
-against this data's answers. The output JSON is
+<task folder name>.jsonl file of a folder. A row that also carries ``targets`` (the
+evaluation writes them) must match the gold answer under DIR, else predictions made on
+other data would be scored against this data's answers. The output JSON is
 ``{<task folder>: scores, ..., "average": {...}}`` with scores in [0, 1] (NaN written as
 null; a key's average is over the tasks where it is not null, counted per key in the
 average's "tasks"); the printed table shows them

@@ -82,18 +82,19 @@ def test_read_predictions_from_a_folder(tmp_path, data_dir):
     and errors name the file the row came from."""
     folder = tmp_path / "predictions"
     folder.mkdir()
-    with pytest.raises(DataError, match="folder holds no \\*.jsonl predictions files"):
+    (folder / "notes.jsonl").write_text("mine")  # no task's name: not read
+    with pytest.raises(DataError, match=r"folder holds no prediction files \(<task>.jsonl\)$"):
         predictions.read_predictions(folder)
     # The evaluation's folder given instead of its predictions/: said where they are.
     with pytest.raises(DataError) as info:
         predictions.read_predictions(tmp_path)
     assert str(info.value) == (
-        f"{tmp_path}: folder holds no *.jsonl predictions files (the evaluation's "
+        f"{tmp_path}: folder holds no prediction files (<task>.jsonl) (the evaluation's "
         f"predictions are in {folder})"
     )
-    b = folder / "b.jsonl"
+    b = folder / "ZH-Shop-Generate-title.jsonl"
     b.write_text('{"task": "ZH-Shop-Generate-title", "index": 0, "prediction": "y"}\n')
-    a = folder / "a.jsonl"
+    a = folder / "EN-Shop-CLS-topic.jsonl"
     a.write_text('{"task": "EN-Shop-CLS-topic", "index": 0, "prediction": "Food"}\n')
     (folder / "notes.txt").write_text("not predictions")
     rows = predictions.read_predictions(folder)

@@ -203,6 +203,12 @@ def test_init_from_weights_of_another_family_than_the_gin_config(tmp_path, sourc
     assert run_config.unused_bindings_note(tiny_run(tmp_path / "scratch"), TINY_BLOOM) is None
 
 
+def test_a_vocabulary_path_must_be_a_path():
+    with pytest.raises(run_config.UserError) as info:
+        run_config.ModelSpec(TINY_BLOOM, "sentencepiece", 5)
+    assert str(info.value) == "VOCABULARY_PATH must be a path or None, got 5"
+
+
 def test_train_steps_must_be_at_least_one(tmp_path):
     for steps in (0, -3, None, 10.0):
         with pytest.raises(run_config.UserError) as info:

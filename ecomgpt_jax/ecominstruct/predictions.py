@@ -50,24 +50,38 @@ def _to_row(value: object, source: str, line: int) -> PredictionRow:
     return PredictionRow(reader.as_folder_name(task), index, prediction, line, targets, source)
 
 
+def task_files(folder: str | os.PathLike) -> list[pathlib.Path]:
+    """An evaluation's prediction files in `folder`, <task folder name>.jsonl, in name
+    order; other files there (a user's notes.jsonl) are not predictions."""
+
+    def is_task(path: pathlib.Path) -> bool:
+        try:
+            reader.parse_task_name(path.name.removesuffix(".jsonl"))
+        except DataError:
+            return False
+        return path.is_file()
+
+    return sorted(p for p in pathlib.Path(folder).glob("*.jsonl") if is_task(p))
+
+
 def read_predictions(path: str | os.PathLike) -> list[PredictionRow]:
     """Read predictions: JSON Lines of ``{"task", "index", "prediction"[, "targets"]}``.
 
     Args:
-      path: a file, or a folder whose ``*.jsonl`` files are read in name order (the
-        evaluation's ``predictions/``, one file per task).
+      path: a file, or a folder whose ``<task folder name>.jsonl`` files are read in name
+        order (the evaluation's ``predictions/``, one file per task; `task_files`).
 
     Raises:
       DataError: "file:line: what" for an unparsable line or a bad field; a folder
-        without ``*.jsonl`` files.
+        without prediction files.
     """
     path = pathlib.Path(path)
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    files = task_files(path) if path.is_dir() else [path]
     if not files:
         hint = ""
         if (path / "predictions").is_dir():  # an evaluation's folder given for its files
             hint = f" (the evaluation's predictions are in {path / 'predictions'})"
-        raise DataError(f"folder holds no *.jsonl predictions files{hint}", path)
+        raise DataError(f"folder holds no prediction files (<task>.jsonl){hint}", path)
     return [
         _to_row(value, str(file), line)
         for file in files

@@ -183,12 +183,18 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
         `tokenizer(prompt)` adds: Llama's BOS; () for BLOOM and Qwen, which add none.
         Prompts start with them, in training and evaluation; answers do not."""
         if self._prefix is None:
-            plain = self.tokenizer.encode("a", add_special_tokens=False).ids
-            full = self.tokenizer.encode("a", add_special_tokens=True).ids
-            # Where the text's own ids start among the post-processed ones (a suffix the
-            # processor adds, e.g. an EOS, is not a prompt's: answers end with EOS).
-            starts = [i for i in range(len(full)) if full[i : i + len(plain)] == plain]
-            self._prefix = tuple(full[: starts[0]]) if starts else ()
+            self._prefix = ()
+            # A probe text the tokenizer gives ids to (a vocabulary may lack one script).
+            for probe in ("a", "0", "的", "é", " "):
+                plain = self.tokenizer.encode(probe, add_special_tokens=False).ids
+                if not plain:
+                    continue
+                full = self.tokenizer.encode(probe, add_special_tokens=True).ids
+                # Where the text's own ids start among the post-processed ones (a suffix
+                # the processor adds, e.g. an EOS, is not a prompt's: answers end with EOS).
+                starts = [i for i in range(len(full)) if full[i : i + len(plain)] == plain]
+                self._prefix = tuple(full[: starts[0]]) if starts else ()
+                break
         return self._prefix
 
     @property

@@ -12,7 +12,7 @@ import seqio
 import tensorflow as tf
 import tokenizers
 import transformers
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from ecomgpt_jax import vocabularies
 from ecomgpt_jax.ecominstruct import instructions, reader
@@ -221,6 +221,32 @@ def test_huggingface_vocab_pickles_without_native_state(hf_vocab):
     assert clone == hf_vocab
     assert clone.decode(clone.encode(HARD_TEXTS[1])) == HARD_TEXTS[1]
     assert copy.deepcopy(hf_vocab).eos_id == 2
+
+
+@pytest.mark.parametrize(
+    ("template", "prefix"),
+    [
+        ("<s> $A", ("<s>",)),  # Llama's BOS
+        ("<s> $A </s>", ("<s>",)),  # a suffix (EOS) is not the prompt's: answers end with it
+        ("$A </s>", ()),
+        (None, ()),  # BLOOM's and Qwen's: no post-processor
+    ],
+)
+def test_prompt_prefix_is_what_transformers_puts_before_a_text(tmp_path, template, prefix):
+    path = _build_hf_tokenizer(tmp_path / "tokenizer.json")
+    tok = tokenizers.Tokenizer.from_file(str(path))
+    if template:
+        specials = [(t, tok.token_to_id(t)) for t in ("<s>", "</s>")]
+        tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=specials)
+    tok.save(str(path))
+    vocab = vocabularies.make_vocabulary("huggingface", path)
+    ids = tuple(tok.token_to_id(t) for t in prefix)
+    assert vocab.prompt_prefix == vocabularies.prompt_prefix(vocab) == ids
+    assert vocab.bos_id == (ids[0] if ids else None)
+    text = "Red dress, 红色长裙"
+    reference = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))(text).input_ids
+    assert reference[: len(ids)] == list(ids)
+    assert reference[len(ids) : len(ids) + len(vocab.encode(text))] == list(vocab.encode(text))
 
 
 def test_errors_name_what_and_where(tmp_path, hf_path):

@@ -330,8 +330,10 @@ def check_model_dir(model_dir: str) -> None:
     problem = checkpointing.not_a_folder(model_dir)
     if problem:
         raise run_config.UserError(f"MODEL_DIR {model_dir} {problem}: give a folder")
-    folder = checkpointing.as_path(model_dir)
-    if (folder / "metrics.json").exists() and (folder / eval_outputs.PREDICTIONS_DIR).is_dir():
+    folder = pathlib.Path(model_dir)  # local paths: a bucket's answer would cost a request
+    local = "://" not in str(model_dir)
+    predictions = folder / eval_outputs.PREDICTIONS_DIR
+    if local and (folder / "metrics.json").exists() and predictions.is_dir():
         # Its tensorboard/ and logs would mix with the evaluation's (eval refuses the
         # other way round).
         raise run_config.UserError(

@@ -12,7 +12,8 @@ that excludes 0 (the JSON output also has a two-sided p-value); a task of one ex
 has no interval. The average row draws every task in each replicate. Neither marks nor
 p-values are corrected for the number of tasks compared.
 
-Bad input gives one line on stderr naming the file and line, and exit status 2.
+Bad input gives one line on stderr naming the file and line, and exit status 2; a
+Ctrl-C gives "interrupted" and 130.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import math
 import pathlib
 import sys
 
+from ecomgpt_jax import launch
 from ecomgpt_jax.ecominstruct import predictions, reader, scoring, significance
 
 
@@ -151,8 +153,16 @@ def comparison_json(result: dict, counts: dict[str, int], args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
+    """Entry point; returns the process exit status (a Ctrl-C: one line, 130)."""
     args = _parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # not a trace from wherever it landed
+        print("interrupted", file=sys.stderr)
+        return launch.INTERRUPTED_EXIT_CODE
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         config = significance.BootstrapConfig(args.samples, args.seed, args.confidence)
     except ValueError as e:

@@ -13,7 +13,8 @@ null; a key's average is over the tasks where it is not null, counted per key in
 average's "tasks"); the printed table shows them
 x100 and footnotes such an average with its task count. A task with predictions for part of
 its examples gets one "warning:" line on stderr.
-Bad input gives one line on stderr naming the file and line, and exit status 2.
+Bad input gives one line on stderr naming the file and line, and exit status 2; a
+Ctrl-C gives "interrupted" and 130.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import pathlib
 import sys
 
+from ecomgpt_jax import launch
 from ecomgpt_jax.ecominstruct import predictions, reader, scoring
 
 
@@ -50,8 +52,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
+    """Entry point; returns the process exit status (a Ctrl-C: one line, 130)."""
     args = _parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # not a trace from wherever it landed
+        print("interrupted", file=sys.stderr)
+        return launch.INTERRUPTED_EXIT_CODE
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         # (score_predictions reads the tasks again: their meta-info only, milliseconds.)
         tasks = reader.discover_tasks(args.data_dir, allow_empty=False)

@@ -152,6 +152,19 @@ def test_bad_input_is_one_line(tmp_path, data_dir, capsys):
     assert capsys.readouterr().err == "error: seed must be 0 or more, got -1\n"
 
 
+def test_a_ctrl_c_is_one_line_and_exit_130(tmp_path, data_dir, capsys, monkeypatch):
+    """During the bootstrap (seconds on the real data): not a trace from inside numpy."""
+    base = write_predictions(tmp_path / "a.jsonl", right=10, tasks=(CLS,))
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare.significance, "paired_bootstrap", interrupted)
+    argv = ["--data_dir", str(data_dir), "--baseline", str(base), "--candidate", str(base)]
+    assert compare.main(argv) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
 def test_a_task_of_one_example_has_no_interval(tmp_path, data_dir, capsys):
     """Every draw of one example is the data itself: a zero-width interval would look
     certain."""

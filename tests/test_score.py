@@ -319,6 +319,23 @@ def tiny_data(root):
     return ref_tasks(root)
 
 
+def test_score_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    from ecomgpt_jax import score
+
+    tasks = tiny_data(tmp_path / "data")
+    preds = tmp_path / "p.jsonl"
+    write_predictions(preds, tasks)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(score.scoring, "score_predictions", interrupted)
+    argv = ["--data_dir", str(tmp_path / "data"), "--predictions", str(preds)]
+    assert score.main([*argv, "--output", str(tmp_path / "s.json")]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    assert not (tmp_path / "s.json").exists()
+
+
 def test_score_cli_tiny_and_partial(tmp_path):
     tasks = tiny_data(tmp_path / "data")
     preds = tmp_path / "p.jsonl"

@@ -155,11 +155,7 @@ def comparison_json(result: dict, counts: dict[str, int], args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status (a Ctrl-C: one line, 130)."""
     args = _parse_args(argv)
-    try:
-        return _run(args)
-    except KeyboardInterrupt:  # not a trace from wherever it landed
-        print("interrupted", file=sys.stderr)
-        return launch.INTERRUPTED_EXIT_CODE
+    return launch.status_of(lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -27,6 +27,16 @@ USAGE_EXIT_CODE = 2  # bad input: one "error: ..." line on stderr, in every entr
 INTERRUPTED_EXIT_CODE = 130
 
 
+def status_of(run: Callable[[], int]) -> int:
+    """run()'s exit status; a Ctrl-C gives "interrupted" on stderr and 130, not a trace
+    from wherever it landed (score and compare, whose writes come last)."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
+
+
 def exit_usage(message: str) -> NoReturn:
     """`error: message` on stderr, exit status USAGE_EXIT_CODE."""
     print(f"error: {message}", file=sys.stderr)

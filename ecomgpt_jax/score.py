@@ -54,11 +54,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status (a Ctrl-C: one line, 130)."""
     args = _parse_args(argv)
-    try:
-        return _run(args)
-    except KeyboardInterrupt:  # not a trace from wherever it landed
-        print("interrupted", file=sys.stderr)
-        return launch.INTERRUPTED_EXIT_CODE
+    return launch.status_of(lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -185,3 +185,13 @@ def test_init_distributed_passes_the_flags_to_jax(monkeypatch):
     with flagsaver.flagsaver(multihost=False, **unset):
         launch.init_distributed()  # one process: nothing to initialize
     assert calls == [given, {}]
+
+
+def test_status_of_makes_a_ctrl_c_one_line(capsys):
+    assert launch.status_of(lambda: 0) == 0
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert launch.status_of(interrupted) == launch.INTERRUPTED_EXIT_CODE == 130
+    assert capsys.readouterr().err == "interrupted\n"

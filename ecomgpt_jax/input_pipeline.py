@@ -82,7 +82,7 @@ class DataConfig:
 
     def __post_init__(self):
         name = self.mixture_or_task_name
-        if isinstance(name, str) and name.count("-") == 3:
+        if isinstance(name, str):
             # A task folder name (what eval and the prediction files use) names its task.
             with contextlib.suppress(DataError):
                 reader.parse_task_name(name)

@@ -58,7 +58,7 @@ def keep_prompt_tail(
     """
     length = (sequence_length or {}).get("inputs")
     vocabulary = output_features["inputs"].vocabulary if output_features else None
-    prefix = vocabularies.prompt_prefix(vocabulary) if vocabulary else ()
+    prefix = vocabularies.prompt_prefix(vocabulary)  # () without one
     if not length and not prefix:
         return dataset
     keep = max(int(length) - len(prefix), 0) if length else None

@@ -3,11 +3,11 @@
 #
 #   bash benchmarks/gpu_check.sh [--out DIR] [--log_dir DIR] [--python PY] [--budget_s S]
 #
-# The whole script stops within --budget_s (default 330 s) and the summary's second or
-# two: nvidia-smi gets at most 10 s, the jax probe 60 s or what is left less 5 s, each
+# The whole script stops within --budget_s (default 290 s: under 5 minutes with the
+# summary's second or two): nvidia-smi gets at most 10 s, the jax probe 60 s or what is left less 5 s, each
 # row its own limit or what is left less 5 s (the grace `timeout -k 5` gives a row that
 # ignores its TERM), and a row that would start with under 20 s left is skipped, so rows
-# 0-3 fit only if they run well inside their limits; --budget_s 600 gives every row
+# 0-4 fit only if they run well inside their limits; --budget_s 600 gives every row
 # room. Timings seen: on an H200 (2026-11-27, layers in a scan) rows 1 and 2 took 50 s
 # each; on an H100 the same day, with bloom-560m unrolled, rows 1 and 2 each ran past
 # their 95 s limit before printing anything. The benchmarks now print progress lines
@@ -22,13 +22,14 @@
 #    "full" if its log shows the device ran out of memory)
 # 3. decoding, bloom-560m shape, greedy and beam search (4 beams), vs transformers generate
 #    (at its batch 2; ours at batch 16 and at 2)
-# 4. if time is left: train step 2 again with loss on the last tenth of each row only
+# 4. decoding, bloomz-1b1 shape, the same
+# 5. if time is left: train step 2 again with loss on the last tenth of each row only
 #    (--answer_fraction 0.1, EcomInstruct's answer share), vs transformers
-# 5. if time is left: train step 1 again with XLA attention (blocked, flash-style
+# 6. if time is left: train step 1 again with XLA attention (blocked, flash-style
 #    backward), without transformers
-# 6. if time is left: train step 1 under the profiler (--profile; CUDA graphs off): the
+# 7. if time is left: train step 1 under the profiler (--profile; CUDA graphs off): the
 #    operations that take its device time are printed in profile_bloom_560m.log
-# 7. if time is left: train step 1 again with bfloat16 logits (--logits_dtype bfloat16),
+# 8. if time is left: train step 1 again with bfloat16 logits (--logits_dtype bfloat16),
 #    without transformers
 #
 # Each benchmark runs in its own process under `timeout`; a failure (or "timed out") is
@@ -45,7 +46,7 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 PYTHON=python3
 LOG_DIR=
 OUT_DIR=
-TOTAL_BUDGET_S=330
+TOTAL_BUDGET_S=290
 while (($#)); do
   case $1 in
     --python | --log_dir | --out | --budget_s)
@@ -168,8 +169,10 @@ if [[ $LAST == failed ]] && out_of_memory train_bloomz_1b1; then
   run train_bloomz_1b1_remat 150 "${TRAIN[@]}" --preset bloomz-1b1 --attention_impl cudnn \
     ${REMAT_1B1[@]+"${REMAT_1B1[@]}"}
 fi
-run decode_bloom_560m 120 -m benchmarks.decode --preset bloom-560m --method both \
-  --num_beams 4 --batch 16 --prompt_len 256 --new_tokens 64 --repeats 2 --compare_hf
+DECODE=(-m benchmarks.decode --method both --num_beams 4 --batch 16 --prompt_len 256
+  --new_tokens 64 --repeats 2 --compare_hf)
+run decode_bloom_560m 120 "${DECODE[@]}" --preset bloom-560m
+run decode_bloomz_1b1 120 "${DECODE[@]}" --preset bloomz-1b1
 # (${A[@]+"${A[@]}"}: an empty array under `set -u` on bash before 4.4.)
 run train_bloomz_1b1_answers 150 "${TRAIN[@]}" --preset bloomz-1b1 --attention_impl cudnn \
   ${REMAT_1B1[@]+"${REMAT_1B1[@]}"} --answer_fraction 0.1

@@ -5,9 +5,10 @@
     HfDecoder  `generate`, greedy or beam search, KV cache on (benchmarks.decode)
 
 Both build the model from `models.config.to_hf_config(cfg)` with random weights on
-the GPU when torch sees one. torch and transformers are benchmark-only requirements
-(requirements-test.txt), imported when a runner is made: the rest of `benchmarks/`
-and the project run without them.
+the device kind JAX runs on: the GPU when JAX's is one (an error if torch sees no CUDA
+device, a CPU build: the ratio would be a GPU's against a CPU's), else the CPU. torch
+and transformers are benchmark-only requirements (requirements-test.txt), imported
+when a runner is made: the rest of `benchmarks/` and the project run without them.
 """
 
 from __future__ import annotations
@@ -22,13 +23,29 @@ from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.models import config as model_config
 
 
+def torch_device(jax_platform: str, cuda_available: bool) -> str:
+    """The torch device of the JAX platform's kind: "cuda" for "gpu", "cpu" for "cpu";
+    RuntimeError where torch cannot run on that kind (a TPU; a GPU without CUDA torch)."""
+    if jax_platform == "gpu":
+        if not cuda_available:
+            raise RuntimeError(
+                "JAX runs on the GPU but torch sees no CUDA device (a CPU build of torch?): "
+                "the comparison would be against the CPU; install torch with CUDA"
+            )
+        return "cuda"
+    if jax_platform == "cpu":
+        return "cpu"
+    raise RuntimeError(f"transformers is not run on {jax_platform} here: --compare_hf is GPU/CPU")
+
+
 def _model(cfg: model_config.ModelConfig, dtype: str, seed: int):
     """(torch, device, model): transformers' CausalLM for `cfg`, random weights from
-    `seed`, parameters in `dtype`, on "cuda" if there is one, else "cpu"."""
+    `seed`, parameters in `dtype`, on the device kind JAX runs on (`torch_device`)."""
+    import jax
     import torch
     import transformers
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device(jax.default_backend(), torch.cuda.is_available())
     torch.manual_seed(seed)
     hf_cfg = transformers.AutoConfig.for_model(**model_config.to_hf_config(cfg))
     # Built (and randomly initialised) on the device itself: on the CPU, initialising a
@@ -65,6 +82,7 @@ class HfRunner:
         self.labels = labels
         self.rows = int(self.ids.shape[0])
         self.info = {
+            "device": self.device,
             "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
             "params": int(sum(p.numel() for p in self.model.parameters())),
         }

@@ -226,6 +226,12 @@ def exit_on_user_error():
 _START = time.perf_counter()
 
 
+def first_line(e: BaseException) -> str:
+    """An error as one short line for a record: type, message's first line."""
+    text = f"{type(e).__name__}: {e}".strip()
+    return text.splitlines()[0][:300]
+
+
 def progress(message: str) -> None:
     """One `[benchmark +12.3s] message` line on stderr: where a run that is stopped by a
     time limit got to (the JSON result is printed only at the end)."""

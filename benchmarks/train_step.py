@@ -266,11 +266,6 @@ def _memory_bytes(compiled, kind: str) -> int | None:
         return None
 
 
-def _error(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}".strip()
-    return text.splitlines()[0][:300]
-
-
 def _summary(runner, cpu_backend: bool) -> dict:
     """Timing (median and best over rounds) and facts of a runner, before it is closed."""
     out = {
@@ -309,7 +304,7 @@ def measure(makers: dict, steps: int, rounds: int, interleave: bool) -> dict[str
     results: dict[str, dict] = {}
 
     def failed(name: str, e: BaseException) -> None:
-        results[name] = {"error": _error(e)}
+        results[name] = {"error": report.first_line(e)}
         report.progress(f"{name}: failed: {results[name]['error'][:200]}")
 
     if interleave:
@@ -540,7 +535,7 @@ def run(args, cfg, mesh) -> dict:
                 )
                 profiled.update(profile_ms_per_step=total, profile_top=rows)
             except Exception as e:  # noqa: BLE001 - the timings are still worth having
-                profiled["profile_error"] = _error(e)
+                profiled["profile_error"] = report.first_line(e)
             runner.forget_times()
         return runner
 

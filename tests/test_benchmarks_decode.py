@@ -145,3 +145,26 @@ def test_decode_config_errors_exit_with_one_line(capsys):
     assert capsys.readouterr().err == "error: DecodeConfig.num_beams=0: must be >= 1\n"
     with pytest.raises(ZeroDivisionError), report.exit_on_user_error():
         _ = 1 / 0  # a bug keeps its trace
+
+
+@pytest.mark.parametrize("fails_in", ["build", "time"])
+def test_a_transformers_failure_keeps_our_figures(capsys, monkeypatch, one_device, fails_in):
+    """transformers missing, out of memory or failing in generate: our record is still
+    emitted, with the error in place of transformers' figures and no ratio."""
+    from benchmarks import decode as bd
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+
+    monkeypatch.setattr(bd.JaxDecoder, "time", lambda self: 0.5)
+    monkeypatch.setattr(hf_baselines.HfDecoder, "__init__" if fails_in == "build" else "time", fail)
+    bd.main(
+        ["--preset", "tiny-bloom", "--batch", "8", "--prompt_len", "8", "--new_tokens", "4"]
+        + ["--method", "greedy", "--repeats", "2", "--no_record", "--compare_hf"]
+    )
+    captured = capsys.readouterr()
+    (record,) = [json.loads(x) for x in captured.out.splitlines() if x.startswith("{")]
+    assert (record["sequences_per_s"], record["new_tokens_per_s"]) == (16.0, 64.0)
+    assert record["hf"] == {"error": "RuntimeError: CUDA out of memory."}
+    assert "speedup_vs_hf" not in record and "ours_at_hf_batch" not in record
+    assert "transformers greedy: failed: RuntimeError: CUDA out of memory." in captured.err

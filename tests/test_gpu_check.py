@@ -98,25 +98,27 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
         ("benchmarks.train_step", "bloomz-1b1"),
         ("benchmarks.train_step", "bloomz-1b1"),
         ("benchmarks.decode", "bloom-560m"),
+        ("benchmarks.decode", "bloomz-1b1"),
         ("benchmarks.train_step", "bloomz-1b1"),
         ("benchmarks.train_step", "bloom-560m"),
         ("benchmarks.train_step", "bloom-560m"),
         ("benchmarks.train_step", "bloom-560m"),
     ]
     remat = [a[a.index("--remat") + 1] if "--remat" in a else None for a in invoked]
-    assert remat[1] is None and remat[2] == "full" and remat[4] == "full"
-    assert "--compare_hf" in invoked[4]
-    assert invoked[4][invoked[4].index("--answer_fraction") + 1] == "0.1"
+    assert remat[1] is None and remat[2] == "full" and remat[5] == "full"
+    assert invoked[3] == invoked[4][:-1] + ["bloom-560m"]  # the same decode settings
+    assert "--compare_hf" in invoked[3] and "--compare_hf" in invoked[5]
+    assert invoked[5][invoked[5].index("--answer_fraction") + 1] == "0.1"
     assert invoked[0][invoked[0].index("--attention_impl") + 1] == "cudnn"
-    assert invoked[5][invoked[5].index("--attention_impl") + 1] == "xla"
-    assert "--compare_hf" in invoked[0] and "--compare_hf" not in invoked[5]
-    assert invoked[6][invoked[6].index("--profile") + 1] == str(tmp_path / "logs" / "trace")
-    assert "--no_record" in invoked[6] and "--compare_hf" not in invoked[6]
-    assert invoked[7][invoked[7].index("--logits_dtype") + 1] == "bfloat16"
-    assert "--compare_hf" not in invoked[7] and "--no_record" not in invoked[7]
+    assert invoked[6][invoked[6].index("--attention_impl") + 1] == "xla"
+    assert "--compare_hf" in invoked[0] and "--compare_hf" not in invoked[6]
+    assert invoked[7][invoked[7].index("--profile") + 1] == str(tmp_path / "logs" / "trace")
+    assert "--no_record" in invoked[7] and "--compare_hf" not in invoked[7]
+    assert invoked[8][invoked[8].index("--logits_dtype") + 1] == "bfloat16"
+    assert "--compare_hf" not in invoked[8] and "--no_record" not in invoked[8]
     assert "--- train_bloomz_1b1 FAILED (exit 1" in run.stdout
     assert "RESOURCE_EXHAUSTED" in run.stdout  # the failed row's last log lines
-    # Well inside the default 330 s budget each row gets its own limit.
+    # Well inside the default 290 s budget each row gets its own limit.
     assert "=== train_bloom_560m (timeout 150s)" in run.stdout
     assert "=== decode_bloom_560m (timeout 120s)" in run.stdout
     table = run.stdout.split("=== summary")[1].splitlines()
@@ -126,6 +128,8 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
         "train_bloomz_1b1_remat",
         "decode_bloom_560m",
         "decode_bloom_560m",
+        "decode_bloomz_1b1",
+        "decode_bloomz_1b1",
         "train_bloomz_1b1_answers",
         "train_bloom_560m_xla",
         "profile_bloom_560m",
@@ -137,8 +141,9 @@ def test_gpu_check_runs_every_row_with_fallbacks_and_prints_the_table(tmp_path):
     assert rows[2][1:10] == ["bloom-560m", "greedy", "b16", "seq/s", "40", "2", "20", "-", "5"]
     # Transformers ran at batch 2: the ratio with ours at batch 2 is named beside.
     assert " ".join(rows[2][10:]) == "(hf at b2; x hf with ours at b2: 5)"
-    assert rows[4][1:4] == ["bloomz-1b1", "b8x2048a0.1", "tok/s"]
-    assert rows[5][4:7] == ["50,000", "-", "-"]  # no transformers in the XLA row
+    assert rows[4][1:4] == ["bloomz-1b1", "greedy", "b16"]
+    assert rows[6][1:4] == ["bloomz-1b1", "b8x2048a0.1", "tok/s"]
+    assert rows[7][4:7] == ["50,000", "-", "-"]  # no transformers in the XLA row
     copied = {p.name for p in out.iterdir()}
     assert {"results.jsonl", "train_bloom_560m.log", "train_bloomz_1b1.log"} <= copied
 
@@ -173,6 +178,7 @@ def test_gpu_check_falls_back_only_after_a_failure_that_is_not_a_timeout(tmp_pat
         ("bloom-560m", "cudnn", False, True),
         ("bloomz-1b1", "cudnn", False, True),
         ("bloom-560m", "-", False, True),  # decode
+        ("bloomz-1b1", "-", False, True),  # decode
         ("bloomz-1b1", "cudnn", False, True),  # answer-only, no remat
         ("bloom-560m", "xla", False, False),
         ("bloom-560m", "cudnn", False, False),  # profiled
@@ -201,6 +207,7 @@ def test_gpu_check_reruns_with_xla_attention_or_remat_only_for_the_failure_it_fi
         ("bloom-560m", "xla", False, True),  # the fallback, beside transformers
         ("bloomz-1b1", "cudnn", False, True),
         ("bloom-560m", "-", False, True),  # decode
+        ("bloomz-1b1", "-", False, True),  # decode
         ("bloomz-1b1", "cudnn", False, True),  # answer-only, no remat
         ("bloom-560m", "cudnn", False, False),  # profiled
         ("bloom-560m", "cudnn", False, False),  # bf16 logits
@@ -217,7 +224,7 @@ def test_gpu_check_rows_end_within_the_budget(tmp_path):
     assert run.returncode == 0, run.stderr
     limits = [int(x) for x in re.findall(r"^=== \w+ \(timeout (\d+)s\)", run.stdout, re.M)]
     # The attention tests (limit 120) start with ~100 s left: clipped to at most 95.
-    assert 60 <= limits[0] <= 95 and len(limits) == 9
+    assert 60 <= limits[0] <= 95 and len(limits) == 10
     assert max(limits) <= 95
 
 

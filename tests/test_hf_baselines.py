@@ -21,6 +21,7 @@ def test_transformers_runner_trains_on_the_same_weighted_targets():
     batch_np = bt.synthetic_batch(TINY.vocab_size, 2, 16, answer_fraction=0.25, seed=3)
     runner = hf_baselines.HfRunner(TINY, batch_np, "float32")
     try:
+        assert runner.info["device"] == "cpu"  # where JAX runs here; recorded in hf
         with torch.no_grad():
             logits = runner.model(input_ids=runner.ids).logits
             loss = runner.model(input_ids=runner.ids, labels=runner.labels).loss
@@ -83,3 +84,15 @@ def test_hf_decoder_generates_exactly_new_tokens_with_eos_off():
     hf.model.generate = lambda *args, **kwargs: short
     with pytest.raises(RuntimeError, match="^transformers generated 2 tokens, not 5$"):
         hf.time()
+
+
+def test_transformers_runs_on_the_device_kind_jax_runs_on():
+    """A GPU's figures are never compared with a CPU's: a CPU build of torch on a GPU
+    machine is an error, and JAX on the CPU keeps torch there too."""
+    assert hf_baselines.torch_device("gpu", cuda_available=True) == "cuda"
+    assert hf_baselines.torch_device("cpu", cuda_available=True) == "cpu"
+    assert hf_baselines.torch_device("cpu", cuda_available=False) == "cpu"
+    with pytest.raises(RuntimeError, match="JAX runs on the GPU but torch sees no CUDA device"):
+        hf_baselines.torch_device("gpu", cuda_available=False)
+    with pytest.raises(RuntimeError, match="transformers is not run on tpu here"):
+        hf_baselines.torch_device("tpu", cuda_available=False)

@@ -350,7 +350,9 @@ class Checkpointer:
         """
         target = layout.abstract
         train_target = {"step": target.step, "opt_state": target.opt_state, "rng": target.rng}
-        missing = _missing_files(self.step_dir(step))
+        # data/ too: without it orbax's error would read as a mesh that cannot hold the
+        # arrays (a copy cut short before its small JSON item).
+        missing = _missing_files(self.step_dir(step), ("params", "train", "data"))
         if missing:
             raise self._damaged(step, missing)
         try:
@@ -403,7 +405,11 @@ class Checkpointer:
             opt_state=train["opt_state"],
             rng=train["rng"],
         )
-        return state, DataPosition.from_json(restored["data"] or {})
+        data = restored["data"]
+        if not (isinstance(data, dict) and is_integer(data.get("batches_consumed"))):
+            # Else a resume would read the data from its start again without a word.
+            raise self._damaged(step, "data/ holds no batches_consumed count")
+        return state, DataPosition.from_json(data)
 
     def _damaged(self, step: int, detail: str) -> CheckpointError:
         # No automatic fall-back to an older step: the damaged folder would stay the

@@ -10,7 +10,8 @@ No artificial first token. SeqIO's converter feeds `0, x1, ..., xn` to predict
 `x1, ..., xn`; we instead feed each example's own tokens `x1, ..., xn` at positions
 0..n-1 and predict `x2, ..., xn, -` (`next_token_layout`). The answer tokens are
 predicted exactly as before, and the context matches decoding, which starts from
-the bare prompt (no BOS; like BLOOMZ, whose id 0 is `<unk>`).
+the prompt's own tokens: a BOS only where the tokenizer adds one (Llama's), none for
+BLOOM or Qwen2 (BLOOMZ's id 0 is `<unk>`, not a start token).
 
 Sharding over hosts. The data is split into `num_shards` logical shards
 (`seqio.ShardInfo(index, num_shards)`, default one per process). Shard `s`
@@ -32,11 +33,10 @@ restart: about 9,000 examples/s on 2 CPU cores with the bundled SentencePiece mo
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -44,9 +44,8 @@ import seqio
 import tensorflow as tf
 
 from ecomgpt_jax import partitioning
-from ecomgpt_jax.ecominstruct import reader
+from ecomgpt_jax.data_config import DataConfig, positive_int
 from ecomgpt_jax.ecominstruct.reader import DataError
-from ecomgpt_jax.values import is_integer
 
 MODEL_FEATURES = (
     "decoder_input_tokens",
@@ -55,78 +54,6 @@ MODEL_FEATURES = (
     "decoder_segment_ids",
     "decoder_positions",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Which data, how long, how many rows per step, in which order.
-
-    mixture_or_task_name: a SeqIO mixture or task; a task folder name
-      (EN-ABSA-CLS-review_topic_category) is read as its task (ecom:EN:ABSA:CLS:...).
-    task_feature_lengths: {"inputs": prompt tokens, "targets": answer tokens};
-      a packed row is `inputs + targets` tokens long.
-    num_shards: logical data shards (None: one per process). Must divide
-      `global_batch_size`.
-    """
-
-    mixture_or_task_name: str = "ecom_instruct_held_in"
-    task_feature_lengths: Mapping[str, int] = dataclasses.field(
-        default_factory=lambda: {"inputs": 96, "targets": 32}
-    )
-    global_batch_size: int = 8
-    split: str = "train"
-    seed: int = 0
-    shuffle: bool = True
-    pack: bool = True
-    num_shards: int | None = None
-
-    def __post_init__(self):
-        name = self.mixture_or_task_name
-        if isinstance(name, str):
-            # A task folder name (what eval and the prediction files use) names its task.
-            with contextlib.suppress(DataError):
-                reader.parse_task_name(name)
-                object.__setattr__(self, "mixture_or_task_name", reader.seqio_task_name(name))
-        # Checked here so every entry point gets one line instead of an IndexError or
-        # KeyError from deep inside the pipeline (or, for a 0 length, silent empty rows).
-        lengths = self.task_feature_lengths
-        if not (
-            isinstance(lengths, Mapping)
-            and set(lengths) == {"inputs", "targets"}
-            and all(_positive_int(v) for v in lengths.values())
-        ):
-            raise DataError(
-                "TASK_FEATURE_LENGTHS needs keys 'inputs' and 'targets' (positive ints), "
-                f"got {lengths!r}"
-            )
-        for field in ("shuffle", "pack"):
-            if not isinstance(getattr(self, field), bool):  # 'False' would count as true
-                raise DataError(
-                    f"DataConfig.{field} must be True or False, got {getattr(self, field)!r}"
-                )
-        if not _positive_int(self.global_batch_size):
-            raise DataError(f"BATCH_SIZE must be an integer >= 1, got {self.global_batch_size!r}")
-        seed = self.seed
-        if not (is_integer(seed) and seed >= 0):
-            # None would draw a fresh order each run: no resume could repeat it.
-            raise DataError(f"DataConfig.seed must be an integer >= 0, got {self.seed!r}")
-        if self.num_shards is not None and not _positive_int(self.num_shards):
-            raise DataError(
-                f"DataConfig.num_shards must be None or an integer >= 1, got {self.num_shards!r}"
-            )
-        if self.num_shards is not None and self.global_batch_size % self.num_shards:
-            raise DataError(
-                f"BATCH_SIZE {self.global_batch_size} is not divisible by "
-                f"DataConfig.num_shards {self.num_shards}"
-            )
-
-    @property
-    def sequence_length(self) -> int:
-        return int(self.task_feature_lengths["inputs"]) + int(self.task_feature_lengths["targets"])
-
-
-def _positive_int(value) -> bool:
-    return is_integer(value) and value >= 1
 
 
 def _rows_of_process(sharding, global_shape) -> np.ndarray:
@@ -386,7 +313,7 @@ class EvalBatches:
     """
 
     def __init__(self, config: DataConfig, mesh: jax.sharding.Mesh, max_batches: int):
-        if not _positive_int(max_batches):
+        if not positive_int(max_batches):
             raise DataError(f"EVAL_LOSS_BATCHES must be an integer >= 1, got {max_batches!r}")
         b = int(config.global_batch_size)
         self.sharding = partitioning.data_sharding(mesh)

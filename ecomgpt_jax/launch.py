@@ -14,6 +14,7 @@ the library takes dataclasses.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -35,6 +36,49 @@ def status_of(run: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
+
+
+class InterruptWatch:
+    """Within it, a Ctrl-C raises KeyboardInterrupt as by default and is also remembered:
+    Python drops one raised inside a garbage-collection callback or a __del__ (jax has
+    one; imports run it often) with a printed trace and carries on, so a Ctrl-C in the
+    seconds of set-up could go unheeded. `check()` raises it again, and the dropped
+    one's trace is not printed (check's caller says "interrupted" in one line)."""
+
+    def __init__(self):
+        self.seen = False
+        self._previous = None
+        self._active = False
+        self._hook = sys.unraisablehook
+
+    def __enter__(self) -> InterruptWatch:
+        # An ignored SIGINT (nohup, `cmd &` in a script) stays ignored; ValueError: not
+        # the main thread (a test runner's).
+        if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+            with contextlib.suppress(ValueError):
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._active, self._hook = True, sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+        return self
+
+    def _unraisable(self, unraisable) -> None:
+        if not (self._active and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            self._hook(unraisable)
+
+    def _handle(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        self._active = False  # stays in a chain of hooks installed after it, inert
+        if sys.unraisablehook == self._unraisable:
+            sys.unraisablehook = self._hook
 
 
 def exit_usage(message: str) -> NoReturn:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import pathlib
 import shlex
 import sys
@@ -42,21 +43,23 @@ import typing
 import gin
 from absl import app
 
+# Not input_pipeline or vocabularies here: they load SeqIO and TensorFlow (seconds, in
+# which a Ctrl-C would print a trace instead of main's one line); each function that
+# needs them imports them.
 from ecomgpt_jax import (
     checkpointing,
+    data_config,
     decoding,
     eval_outputs,
     evaluation,
     gin_parsing,
     hf_hub,
-    input_pipeline,
     launch,
     metrics_logger,
     multihost,
     partitioning,
     run_config,
     trainer,
-    vocabularies,
 )
 from ecomgpt_jax import train_step as ts
 from ecomgpt_jax.ecominstruct import reader
@@ -64,6 +67,8 @@ from ecomgpt_jax.models import config as model_config
 
 if typing.TYPE_CHECKING:
     import jax
+
+    from ecomgpt_jax import input_pipeline
 
 FLAGS = launch.FLAGS
 launch.define_flags()
@@ -77,7 +82,7 @@ def register_configurables() -> dict:
             "TrainConfig": (run_config.TrainConfig, "run_config"),
             "ModelSpec": (run_config.ModelSpec, "run_config"),
             "ModelConfig": (model_config.ModelConfig, "models"),
-            "DataConfig": (input_pipeline.DataConfig, "input_pipeline"),
+            "DataConfig": (data_config.DataConfig, "input_pipeline"),
             "OptimizerConfig": (ts.OptimizerConfig, "train_step"),
             "StepConfig": (ts.StepConfig, "train_step"),
             "CheckpointConfig": (checkpointing.CheckpointConfig, "checkpointing"),
@@ -109,6 +114,8 @@ def parse_gin(files, bindings, search_paths) -> None:
 
 
 def make_vocabulary(spec: run_config.ModelSpec, train: run_config.TrainConfig):
+    from ecomgpt_jax import vocabularies
+
     kind = str(spec.vocabulary).lower()
     path = spec.vocabulary_path
     if kind not in vocabularies.SENTENCEPIECE_KINDS + vocabularies.HUGGINGFACE_KINDS:
@@ -155,12 +162,13 @@ def hf_tokenizer_dir(train: run_config.TrainConfig) -> str | None:
     return train.init_from_hf
 
 
-def register_tasks(run: run_config.RunConfig, data: input_pipeline.DataConfig, vocabulary):
+def register_tasks(run: run_config.RunConfig, data: data_config.DataConfig, vocabulary):
     """Registers the EcomInstruct tasks for this run's data root, prepared TFDS folder and
     vocabulary; a run with every default keeps a default registration that worked, on
     today's default root. (In one process, a notebook, a default run after one on another
     DATA_DIR must not train on that run's tasks.)"""
     import tasks
+    from ecomgpt_jax import vocabularies
 
     default_vocab = run.model.vocabulary.lower() in vocabularies.SENTENCEPIECE_KINDS and (
         run.model.vocabulary_path is None
@@ -228,8 +236,10 @@ def check_infer_eval(eval_cfg: evaluation.EvalConfig) -> None:
         raise run_config.UserError(f"INFER_EVAL_MIXTURE: {e}") from None
 
 
-def make_eval_batches(data: input_pipeline.DataConfig, mesh, max_batches: int):
+def make_eval_batches(data: data_config.DataConfig, mesh, max_batches: int):
     """The held-out loss's batches; a data error is prefixed with EVAL_LOSS_MIXTURE."""
+    from ecomgpt_jax import input_pipeline
+
     check_mixture(data.mixture_or_task_name, "EVAL_LOSS_MIXTURE")
     try:
         return input_pipeline.EvalBatches(data, mesh, max_batches)
@@ -265,11 +275,12 @@ def write_run_files(
     root = checkpointing.as_path(model_dir)
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = getattr(vocabulary, "path", None)  # HuggingFaceVocabulary: its tokenizer.json
-    if tokenizer is not None and pathlib.Path(tokenizer).name == "tokenizer.json":
+    if tokenizer is not None and checkpointing.as_path(tokenizer).name == "tokenizer.json":
         for name in hf_hub.TOKENIZER_FILES:
-            source, target = pathlib.Path(tokenizer).parent / name, root / name
+            source, target = checkpointing.as_path(tokenizer).parent / name, root / name
             # A resume reads MODEL_DIR's own copy: nothing to copy (or to cut short).
-            if source.is_file() and source.resolve() != pathlib.Path(str(target)).resolve():
+            same = os.path.realpath(str(source)) == os.path.realpath(str(target))
+            if source.is_file() and not same:
                 checkpointing.write_atomically(target, source.read_bytes())
     header = f"# Resolved config of: {command}"
     header += "".join(f"\n# {note}" for note in notes)
@@ -361,7 +372,7 @@ class SetUp(typing.NamedTuple):
     """What `set_up` read and checked, before the job's first collective."""
 
     run_cfg: run_config.RunConfig
-    data: input_pipeline.DataConfig
+    data: data_config.DataConfig
     mesh: jax.sharding.Mesh
     vocabulary: object  # a seqio.Vocabulary
     cfg: model_config.ModelConfig
@@ -419,10 +430,12 @@ def set_up() -> SetUp:
     return SetUp(run_cfg, data, mesh, vocabulary, cfg, note, eval_batches)
 
 
-def run() -> tuple[trainer.Result, run_config.RunConfig]:
+def run(ctrl_c: launch.InterruptWatch | None = None) -> tuple[trainer.Result, run_config.RunConfig]:
     launch.init_distributed()
     import jax
     import tensorflow as tf
+
+    from ecomgpt_jax import input_pipeline
 
     # The input pipeline runs on the host CPU: a CUDA build of TensorFlow would otherwise
     # take GPU memory that JAX needs at its first op (T5X does the same).
@@ -497,6 +510,8 @@ def run() -> tuple[trainer.Result, run_config.RunConfig]:
         print(f"model: {cfg.summary}, from {start_from}", flush=True)
         print(data_line(data.mixture_or_task_name), flush=True)
     batches = input_pipeline.InputIterator(data, mesh, start=position.batches_consumed)
+    if ctrl_c is not None:  # a Ctrl-C in set-up that Python dropped stops here
+        ctrl_c.check()
     infer_eval = None
     if run_cfg.infer_eval is not None:
 
@@ -513,9 +528,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     # EvalError: an infer_eval that cannot write its folder (on any process, see
     # `evaluation.evaluate`) stops training with one line, after saving the steps trained;
     # LogWriteError: process 0's logs, likewise.
+    # A VocabularyError needs vocabularies loaded; until then (a gin error) the check
+    # does not load TensorFlow just to ask.
+    vocabularies = sys.modules.get("ecomgpt_jax.vocabularies")
     return (
         run_config.UserError,
-        vocabularies.VocabularyError,
+        *((vocabularies.VocabularyError,) if vocabularies else ()),
         evaluation.EvalError,
         metrics_logger.LogWriteError,
         *launch.user_errors(),
@@ -523,8 +541,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def data_position(
-    data: input_pipeline.DataConfig, stored: checkpointing.DataPosition | None
-) -> tuple[input_pipeline.DataConfig, checkpointing.DataPosition]:
+    data: data_config.DataConfig, stored: checkpointing.DataPosition | None
+) -> tuple[data_config.DataConfig, checkpointing.DataPosition]:
     """The data config to read with and its position at batch 0, given the checkpoint's
     position (`stored`, None on a fresh start).
 
@@ -533,6 +551,8 @@ def data_position(
     change the order with the number of hosts).
     """
     import jax
+
+    from ecomgpt_jax import input_pipeline
 
     if (
         stored is not None
@@ -562,8 +582,8 @@ def main(argv: list[str]) -> None:
 
     launch.quiet_logs()
     try:
-        with launch.exit_on_user_error(_user_errors):
-            result, run_cfg = run()
+        with launch.exit_on_user_error(_user_errors), launch.InterruptWatch() as ctrl_c:
+            result, run_cfg = run(ctrl_c)
     except KeyboardInterrupt:
         # A Ctrl-C before the loop's own handler (set-up, compilation), or a second one
         # in the loop (stop at once): one line, not a trace from wherever it landed. On
@@ -581,24 +601,25 @@ def main(argv: list[str]) -> None:
 
 def print_summary(result: trainer.Result, model_dir: str) -> None:
     """Where the run stopped and what it left behind."""
+    saved = result.checkpoint_dir  # None: stopped at step 0 (in its evaluation)
     if result.interrupted:
-        print(
-            f"\ninterrupted at step {result.step}: saved {result.checkpoint_dir}; run the same "
-            "command to resume"
-        )
+        kept = f"saved {saved}" if saved else "nothing trained or saved"
+        print(f"\ninterrupted at step {result.step}: {kept}; run the same command to resume")
     else:
         what = "preempted at" if result.preempted else "finished"
         losses = f"first loss {result.first_loss}, last {result.last_loss}"
         if result.first_loss is None:
             losses = "no step trained"
         print(f"\n{what} step {result.step}; {losses}")
-    print(f"checkpoint: {result.checkpoint_dir}")
+    if saved:
+        print(f"checkpoint: {saved}")
     print(f"logs:       {model_dir}/metrics.jsonl, TensorBoard: {model_dir}/tensorboard")
     print(f"config:     {model_dir}/config.gin")
-    print(
-        "evaluate:   python -m ecomgpt_jax.eval --gin_file=gin_configs/eval.gin "
-        f"--gin.CHECKPOINT=\"'{result.checkpoint_dir}'\""
-    )
+    if saved:
+        print(
+            "evaluate:   python -m ecomgpt_jax.eval --gin_file=gin_configs/eval.gin "
+            f"--gin.CHECKPOINT=\"'{saved}'\""
+        )
 
 
 if __name__ == "__main__":

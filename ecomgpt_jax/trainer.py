@@ -75,7 +75,7 @@ class Result:
     """What a run leaves behind (printed by train.py)."""
 
     step: int
-    checkpoint_dir: str
+    checkpoint_dir: str | None  # None: stopped at step 0, nothing trained or saved
     preempted: bool  # stopped early by SIGTERM or Ctrl-C, after saving `checkpoint_dir`
     first_loss: float | None
     last_loss: float | None
@@ -184,9 +184,13 @@ class Trainer:
                     loop.read_first_batches, UserError, "reading its first batches"
                 )
                 # Step 0's evaluation, or one a preemption or failure skipped at a resume. A
-                # log it could not write stops the run before training (a resume redoes it).
-                failed = loop.evaluate() and guard.should_stop(wait=True) and guard.failed
-                while loop.step < total and not failed:
+                # log it could not write stops the run before training (a resume redoes it);
+                # so does a stop asked for during it, with nothing to save (the step is saved
+                # already, or is step 0): a preemption's grace period is no time to compile.
+                failed = False
+                if loop.evaluate() and guard.should_stop(wait=True):
+                    failed, preempted = guard.failed, not guard.failed
+                while loop.step < total and not (failed or preempted):
                     loop.train_step(step_fn)
                     preempted = guard.should_stop()  # or a failure: raised below
                     if preempted or loop.step == total or loop.step % loop.save_every == 0:
@@ -201,12 +205,15 @@ class Trainer:
                         loop.save(force_log=True)
                         break
                 self._stop_if_any_failed(guard.failure, loop.step, loop.start)
+                # A stop in the last step, with no evaluation left to make there, stopped
+                # nothing: the run is finished (a resume would have nothing to do).
+                preempted = preempted and (loop.step < total or bool(loop.evaluations_due()))
             finished = True
         finally:  # also on errors: finish pending async saves, restore the signal handlers
             loop.close(finished)
         return Result(
             step=loop.step,
-            checkpoint_dir=str(self.checkpointer.step_dir(loop.step)),
+            checkpoint_dir=str(self.checkpointer.step_dir(loop.step)) if loop.step else None,
             preempted=preempted,
             first_loss=loop.first_loss,
             last_loss=loop.last_loss(),
@@ -372,14 +379,21 @@ class _Loop:
         """Whether writing a checkpoint failed on this process."""
         return bool(self.guard.failure) and self.guard.failure[0] == WRITING_CHECKPOINT
 
+    def evaluations_due(self) -> list[_Evaluation]:
+        """The evaluations this step asks for that its logs do not hold yet (all processes
+        take part: `logged` is a broadcast)."""
+        return [
+            e
+            for e in self.evaluations
+            if (self.step % e.every == 0 or self.step == self.total)
+            and not self.logger.logged(e.kind, self.step)
+        ]
+
     def evaluate(self) -> bool:
         """The evaluations due at this step (all processes take part: collectives);
         whether any ran."""
         ran = False
-        for e in self.evaluations:
-            due = self.step % e.every == 0 or self.step == self.total
-            if not due or self.logger.logged(e.kind, self.step):
-                continue
+        for e in self.evaluations_due():
             jax.block_until_ready(self.state.params)  # time the evaluation, not queued steps
             began = time.time()
             try:

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 import seqio
 import tensorflow as tf
+from etils import epath
 
 DEFAULT_SPM_PATH = pathlib.Path(__file__).resolve().parent / "ecominstruct" / "sample" / "spm.model"
 # Tried in order when neither the caller nor tokenizer_config.json names the eos token.
@@ -46,9 +47,11 @@ class VocabularyError(ValueError):
     """A vocabulary that cannot be built: unknown kind, bad tokenizer file, no eos token."""
 
 
-def _tokenizer_file(path: str | pathlib.Path) -> pathlib.Path:
-    """`path` itself, or `path/tokenizer.json` for a checkpoint directory."""
-    path = pathlib.Path(path)
+def _tokenizer_file(path: str | pathlib.Path) -> epath.Path:
+    """`path` itself, or `path/tokenizer.json` for a checkpoint directory. An epath, so
+    that a gs:// MODEL_DIR or checkpoint (where a run keeps its tokenizer's copy) reads
+    like a local folder (pathlib would make gs://b/run the local gs:/b/run)."""
+    path = epath.Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
     if not path.is_file():
@@ -67,7 +70,7 @@ def prompt_prefix(vocabulary: seqio.Vocabulary) -> tuple[int, ...]:
     return tuple(getattr(vocabulary, "prompt_prefix", ()))
 
 
-def _config_token(tokenizer_file: pathlib.Path, key: str) -> str | None:
+def _config_token(tokenizer_file: epath.Path, key: str) -> str | None:
     """`key` ("eos_token", "pad_token") from special_tokens_map.json beside the file, else
     from tokenizer_config.json, if either names it (as transformers reads them)."""
     for name in TOKEN_CONFIG_FILES:
@@ -125,7 +128,7 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
         self.__dict__.update(state)
 
     @property
-    def path(self) -> pathlib.Path:
+    def path(self) -> epath.Path:
         return self._path
 
     @property
@@ -134,8 +137,8 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
         if self._tokenizer is None:
             import tokenizers
 
-            try:
-                tokenizer = tokenizers.Tokenizer.from_file(str(self._path))
+            try:  # from the text: from_file reads local files only
+                tokenizer = tokenizers.Tokenizer.from_str(self._path.read_text(encoding="utf-8"))
             except Exception as e:  # the library raises a bare Exception on bad JSON
                 raise VocabularyError(
                     f"{self._path}: cannot load Hugging Face tokenizer: {e}"
@@ -308,7 +311,7 @@ def make_vocabulary(
     """
     kind_l = str(kind).lower()
     if kind_l in SENTENCEPIECE_KINDS:
-        model = pathlib.Path(path) if path is not None else DEFAULT_SPM_PATH
+        model = epath.Path(path) if path is not None else DEFAULT_SPM_PATH
         if not model.is_file():
             raise FileNotFoundError(
                 f"SentencePiece model not found: {model}"

@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+import shutil
 import sys
 
 import jax
@@ -239,20 +240,35 @@ def test_resume_of_another_model_or_a_damaged_step_is_one_line(tmp_path, trained
     assert int(restored.step) == 1
 
 
-@pytest.mark.parametrize("content", [b'{"batches_consumed": 2, "mix', b"\xff\xfe{}"])
-def test_a_damaged_data_position_is_called_damage(tmp_path, trained, content):
-    """The data item is JSON: cut short or not text, it is damage like a bad array file
-    (not a mesh problem), and the message says how to go on."""
+@pytest.mark.parametrize(
+    "content, detail",
+    [
+        (b'{"batches_consumed": 2, "mix', None),
+        (b"\xff\xfe{}", None),
+        (b"{}", "data/ holds no batches_consumed count"),
+        (b'{"batches_consumed": "2"}', "data/ holds no batches_consumed count"),
+        (None, "no data/ folder"),  # a copy cut short before its small JSON item
+    ],
+)
+def test_a_damaged_data_position_is_called_damage(tmp_path, trained, content, detail):
+    """The data item is JSON: cut short, not text, without the count or missing, it is
+    damage like a bad array file (not a mesh problem, not a silent restart of the data
+    from its start), and the message says how to go on."""
     layout, state = trained
     manager = ck.Checkpointer(tmp_path, ck.CheckpointConfig(save_every_steps=1))
     manager.save(state.replace(step=jnp.int32(2)), ck.DataPosition(2), force=True)
     manager.close()
     step_dir = tmp_path / "checkpoints" / "2"
-    (step_dir / "data" / "metadata").write_bytes(content)  # the position's JSON
+    if content is None:
+        shutil.rmtree(step_dir / "data")
+    else:
+        (step_dir / "data" / "metadata").write_bytes(content)  # the position's JSON
     with pytest.raises(ck.CheckpointError) as info:
         ck.Checkpointer(tmp_path, ck.CheckpointConfig()).restore(2, layout)
     message = str(info.value)
     assert message.startswith(f"{step_dir}: checkpoint cannot be read, damaged or incomplete (")
+    if detail:
+        assert f"({detail});" in message
     assert message.endswith("move that folder away to start from scratch")
 
 

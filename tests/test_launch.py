@@ -1,5 +1,9 @@
 """Tests for the entry points' shared flags, argument rewriting and multi-host set-up."""
 
+import os
+import signal
+import sys
+
 import pytest
 from absl.testing import flagsaver
 
@@ -195,3 +199,33 @@ def test_status_of_makes_a_ctrl_c_one_line(capsys):
 
     assert launch.status_of(interrupted) == launch.INTERRUPTED_EXIT_CODE == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_interrupt_watch_remembers_a_ctrl_c_python_dropped(monkeypatch):
+    """A Ctrl-C landing in a __del__ (or jax's gc callback) is dropped by Python, which
+    would print a trace; the watch still knows of it, prints nothing, and `check` raises
+    it. Other dropped errors still reach the hook."""
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+
+    class CtrlCInDel:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # the handler runs at a bytecode boundary in here
+                pass
+
+    class OSErrorInDel:
+        def __del__(self):
+            raise OSError("not ours")
+
+    before = signal.getsignal(signal.SIGINT)
+    with launch.InterruptWatch() as watch:
+        watch.check()  # nothing yet
+        CtrlCInDel()  # deleted at once: its __del__ raises, and Python drops it
+        assert dropped == []
+        with pytest.raises(KeyboardInterrupt):
+            watch.check()
+        OSErrorInDel()
+        assert [type(d.exc_value) for d in dropped] == [OSError]
+    assert signal.getsignal(signal.SIGINT) is before
+    assert sys.unraisablehook == dropped.append

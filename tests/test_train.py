@@ -22,7 +22,15 @@ import pytest
 from absl import logging as absl_logging
 from trainer_helpers import run_in_process, train_in_process
 
-from ecomgpt_jax import checkpointing, convert, launch, orbax_failures, run_config, train
+from ecomgpt_jax import (
+    checkpointing,
+    convert,
+    launch,
+    orbax_failures,
+    run_config,
+    train,
+    trainer,
+)
 from ecomgpt_jax.models import config as model_config
 from ecomgpt_jax.models import decoder, hf_io
 
@@ -231,7 +239,7 @@ def test_ctrl_c_in_set_up_is_one_line_and_exit_130(monkeypatch, capsys):
     """Before the loop's own handler (reading the data, compiling): Python's
     KeyboardInterrupt from wherever it landed, said in one line."""
 
-    def interrupted():
+    def interrupted(ctrl_c):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "run", interrupted)
@@ -247,6 +255,24 @@ def test_ctrl_c_in_set_up_is_one_line_and_exit_130(monkeypatch, capsys):
     assert info.value.code == launch.INTERRUPTED_EXIT_CODE
     assert capsys.readouterr().err == (
         "interrupted: stopped without saving; the checkpoints saved before are kept\n"
+    )
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_stop_at_step_0_names_no_checkpoint(capsys, interrupted):
+    """Stopped in step 0's evaluation: nothing was saved, so no checkpoint and no eval
+    command pointing at a folder that is not there."""
+    result = trainer.Result(0, None, True, None, None, interrupted)
+    train.print_summary(result, "/runs/a")
+    first = (
+        "interrupted at step 0: nothing trained or saved; run the same command to resume"
+        if interrupted
+        else "preempted at step 0; no step trained"
+    )
+    assert capsys.readouterr().out == (
+        f"\n{first}\n"
+        "logs:       /runs/a/metrics.jsonl, TensorBoard: /runs/a/tensorboard\n"
+        "config:     /runs/a/config.gin\n"
     )
 
 

@@ -509,6 +509,67 @@ def test_a_stop_asked_for_during_the_final_evaluation_leaves_a_finished_run(tmp_
     assert len(evaluations) == 2 and stop and result.step == 2 and not result.preempted
 
 
+def data_position(batches_consumed: int) -> checkpointing.DataPosition:
+    return checkpointing.DataPosition(batches_consumed, "m", 0, 8, 1)
+
+
+@pytest.mark.parametrize("start", [0, 2])
+def test_a_stop_asked_for_during_the_first_evaluation_trains_nothing_more(
+    tmp_path, monkeypatch, start
+):
+    """A preemption notice during step 0's evaluation (or the one a resume redoes) stops
+    there: no compilation, no step trained, nothing saved that was not saved already."""
+    run = tiny_run(tmp_path, train_steps=6, eval_loss_every_steps=2)
+    if start:  # a run preempted in step 2's evaluation: checkpoint 2, no log at step 2
+        job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+        state, _ = job.initial_state()
+        job.checkpointer.save(state.replace(step=np.int32(start)), data_position(start), force=True)
+        job.checkpointer.close()
+    calls = []
+
+    def asked_to_stop(guard, wait=False):
+        calls.append(wait)
+        return True
+
+    monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", asked_to_stop)
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, position = job.initial_state()
+    result = job.fit(state, Batches(), position or data_position(0), None, EVAL_BATCHES)
+    assert calls == [True]  # asked once, after the evaluation: no step was trained
+    assert (result.step, result.preempted, result.first_loss) == (start, True, None)
+    saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
+    assert saved.all_steps() == ([start] if start else [])
+    assert result.checkpoint_dir == (str(saved.step_dir(start)) if start else None)
+    path = tmp_path / "run" / "eval_loss.jsonl"
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()][-1] == start
+
+
+@pytest.mark.parametrize("evaluate_at_end", [False, True])
+def test_a_stop_in_the_last_step_is_a_stop_only_if_an_evaluation_is_left(
+    tmp_path, monkeypatch, evaluate_at_end
+):
+    """Ctrl-C in the last step: with nothing left to do the run is finished (exit 0, not
+    "interrupted ... resume"); with the final evaluation left, a resume makes it."""
+    run = tiny_run(tmp_path, train_steps=3, eval_loss_every_steps=2 if evaluate_at_end else 0)
+    calls = []
+
+    def stop_in_step_3(guard, wait=False):
+        calls.append(wait)
+        # Checks: (step 0's evaluation), step 1, step 2, (step 2's evaluation), step 3.
+        return len(calls) == (5 if evaluate_at_end else 3)
+
+    monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", stop_in_step_3)
+    job = trainer.Trainer(run, TINY, mesh_of((1, 1, 1), n=1))
+    state, _ = job.initial_state()
+    result = job.fit(state, Batches(), data_position(0), None, EVAL_BATCHES)
+    assert result.step == 3 and result.preempted == evaluate_at_end
+    saved = checkpointing.Checkpointer(tmp_path / "run", checkpointing.CheckpointConfig())
+    assert saved.all_steps() == [3]
+    if evaluate_at_end:
+        path = tmp_path / "run" / "eval_loss.jsonl"
+        assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 2]
+
+
 def eval_batch(seed: int, rows: int = 8) -> dict[str, np.ndarray]:
     """Random one-example rows with loss weights on their second half, the last row
     empty (all zeros) as in the padded last batch of `input_pipeline.EvalBatches`."""

@@ -289,3 +289,31 @@ def test_the_bundled_model_loads_in_tf_without_a_log_line(capfd):
     assert ids == vocab.encode("Red dress, 红色长裙\n")
     assert "precompiled_charsmap" not in capfd.readouterr().err
     assert vocab.decode(vocab.encode("a\uffffb")) == "a\ufffdb"  # the one rule
+
+
+def test_a_tokenizer_in_a_bucket_is_read_there(tmp_path, monkeypatch, hf_path):
+    """A run keeps its tokenizer's copy in MODEL_DIR, often gs://: tokenizer.json and the
+    special-tokens file beside it are read through epath (pathlib made gs://b/run the
+    local gs:/b/run: "file not found" on every resume). The bucket is epath's mock
+    backend, which maps gs://bucket/run to ./gs:/bucket/run."""
+    from etils.epath import gpath
+    from etils.epath import testing as epath_testing
+
+    folder = tmp_path / "gs:" / "bucket" / "run"
+    folder.mkdir(parents=True)
+    (folder / "tokenizer.json").write_bytes(hf_path.read_bytes())
+    (folder / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<pad>"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # pathlib's gs:/bucket/run would not be found from here
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)  # else TF's gfile backend
+
+    def in_tmp(original, path, *args, **kwargs):
+        return original(str(path).replace("gs://", f"{tmp_path}/gs:/"), *args, **kwargs)
+
+    calls = dict.fromkeys(("exists", "isdir", "open", "stat", "glob", "listdir"), in_tmp)
+    with epath_testing.mock_epath(**calls):
+        vocab = vocabularies.make_vocabulary("huggingface", "gs://bucket/run")
+        assert str(vocab.path) == "gs://bucket/run/tokenizer.json"
+        assert vocab.eos_id == 3  # "<pad>", named only in the bucket's special_tokens_map
+        assert vocab.encode("OK!") == vocabularies.make_vocabulary("hf", hf_path).encode("OK!")

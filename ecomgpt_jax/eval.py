@@ -187,8 +187,9 @@ def default_eval_dir(source: evaluation.ModelSource, mixture: str):
     )
 
 
-def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
-    """Parses gin, loads the model, evaluates; returns (EvalResult, eval_dir)."""
+def run_eval(files, bindings=(), search_paths=(), progress: bool = True, ctrl_c=None):
+    """Parses gin, loads the model, evaluates; returns (EvalResult, eval_dir). ctrl_c: a
+    `launch.InterruptWatch`, asked before decoding."""
     import jax
 
     conf = register_configurables()
@@ -230,6 +231,8 @@ def run_eval(files, bindings=(), search_paths=(), progress: bool = True):
             f"{d.max_new_tokens} new tokens, prompts <= {d.max_prompt_len} tokens",
             flush=True,
         )
+    if ctrl_c is not None:  # a Ctrl-C in set-up that Python dropped stops here
+        ctrl_c.check()
     result = evaluation.evaluate(
         params,
         cfg,
@@ -260,10 +263,10 @@ def main(argv: list[str]) -> None:
 
     launch.quiet_logs()
     try:
-        with launch.exit_on_user_error(_user_errors):
+        with launch.exit_on_user_error(_user_errors), launch.InterruptWatch() as ctrl_c:
             launch.init_distributed()  # bad multi-host flags: one line too
             files, bindings, paths = FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths
-            result, eval_dir = run_eval(files, bindings, paths)
+            result, eval_dir = run_eval(files, bindings, paths, ctrl_c=ctrl_c)
     except KeyboardInterrupt as e:
         # Ctrl-C: what was written, not a trace (finished tasks' predictions are on disk).
         if jax.process_index() == 0:

@@ -197,6 +197,14 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _source_kind(source) -> str:
+    """The source's class, and its `ORDER` where it has one: a source that changed the
+    order it reads in (the JSON source's per-task seeds) names it, so that a resume from
+    before sees another stream."""
+    order = getattr(source, "ORDER", None)
+    return f"{type(source).__name__}/{order}" if order else type(source).__name__
+
+
 def sources_digest(config: DataConfig) -> str:
     """16 hex digits naming what `config`'s mixture reads: its tasks, their rates and each
     one's data source (the JSON files, or a prepared TFDS copy, which reads in another
@@ -209,7 +217,7 @@ def sources_digest(config: DataConfig) -> str:
         members = [(task, provider.get_rate(task)) for task in provider.tasks]
     else:
         members = [(provider, 1.0)]
-    rows = sorted((t.name, round(float(r), 9), type(t.source).__name__) for t, r in members)
+    rows = sorted((t.name, round(float(r), 9), _source_kind(t.source)) for t, r in members)
     text = json.dumps([rows, bool(config.shuffle)])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -269,7 +277,8 @@ class InputIterator:
             raise DataError(
                 f"reading mixture {self.config.mixture_or_task_name!r} failed after "
                 f"{self.position} batches: {type(e).__name__}: {_first_line(e)} (a prepared "
-                "TFDS file damaged or removed? prepare it again: python -m tasks.tfds_builder)"
+                "TFDS file damaged or removed? prepare it again, replacing it: python -m "
+                "tasks.tfds_builder --force --data_dir DATA_DIR [--tfds_data_dir TFDS_DATA_DIR])"
             ) from None
         self.position += 1
         return next_token_layout({k: v[self._take] for k, v in batch.items()})

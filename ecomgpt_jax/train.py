@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import pathlib
 import shlex
 import sys
@@ -50,12 +49,12 @@ from ecomgpt_jax import (
     checkpointing,
     data_config,
     decoding,
-    eval_outputs,
     evaluation,
     gin_parsing,
     hf_hub,
     launch,
     metrics_logger,
+    model_dir,
     multihost,
     partitioning,
     run_config,
@@ -154,12 +153,8 @@ def download_init_weights(run_cfg: run_config.RunConfig) -> run_config.RunConfig
 
 def hf_tokenizer_dir(train: run_config.TrainConfig) -> str | None:
     """The HF tokenizer's folder without VOCABULARY_PATH: on a resume MODEL_DIR, where
-    `write_run_files` copied it (INIT_FROM_HF's folder may be gone by then), else
-    INIT_FROM_HF."""
-    root = checkpointing.as_path(train.model_dir)
-    if checkpointing.has_checkpoint(root) and (root / "tokenizer.json").is_file():
-        return str(root)
-    return train.init_from_hf
+    the run copied it (INIT_FROM_HF's folder may be gone by then), else INIT_FROM_HF."""
+    return model_dir.tokenizer_dir(train.model_dir) or train.init_from_hf
 
 
 def register_tasks(run: run_config.RunConfig, data: data_config.DataConfig, vocabulary):
@@ -247,6 +242,14 @@ def make_eval_batches(data: data_config.DataConfig, mesh, max_batches: int):
         raise run_config.UserError(f"EVAL_LOSS_MIXTURE: {e}") from None
 
 
+def config_text(notes=()) -> str:
+    """MODEL_DIR/config.gin: this run's command and `notes` as header comments, then the
+    resolved gin config."""
+    header = f"# Resolved config of: {command_line()}"
+    header += "".join(f"\n# {note}" for note in notes)
+    return header + "\n\n" + gin.operative_config_str()
+
+
 def command_line() -> str:
     """This run's command, from the parsed flags (absl hands `main` only what is left):
     the gin files, bindings and search paths, in their order."""
@@ -255,41 +258,6 @@ def command_line() -> str:
     if FLAGS.gin_search_paths:
         args.append("--gin_search_paths=" + ",".join(FLAGS.gin_search_paths))
     return "python -m ecomgpt_jax.train " + shlex.join(args)
-
-
-def write_run_files(
-    model_dir: str, cfg, command: str, vocabulary, notes=(), start: int = 0
-) -> None:
-    """MODEL_DIR/config.gin (`command` and `notes` as header comments, then the resolved
-    gin config), model_config.json and, for a HF vocabulary, its tokenizer files: what
-    eval / convert need next to the checkpoints. Each is written whole or not at all.
-
-    start: the step this command trains from. A resume with another config keeps the
-    one that trained the steps before as config.until_step_<start>.gin (the first such
-    at that step: a later one trained nothing that was saved).
-    """
-    import jax
-
-    if jax.process_index() != 0:
-        return
-    root = checkpointing.as_path(model_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    tokenizer = getattr(vocabulary, "path", None)  # HuggingFaceVocabulary: its tokenizer.json
-    if tokenizer is not None and checkpointing.as_path(tokenizer).name == "tokenizer.json":
-        for name in hf_hub.TOKENIZER_FILES:
-            source, target = checkpointing.as_path(tokenizer).parent / name, root / name
-            # A resume reads MODEL_DIR's own copy: nothing to copy (or to cut short).
-            same = os.path.realpath(str(source)) == os.path.realpath(str(target))
-            if source.is_file() and not same:
-                checkpointing.write_atomically(target, source.read_bytes())
-    header = f"# Resolved config of: {command}"
-    header += "".join(f"\n# {note}" for note in notes)
-    text = header + "\n\n" + gin.operative_config_str()
-    config, earlier = root / "config.gin", root / f"config.until_step_{start}.gin"
-    if start and config.exists() and config.read_text() != text and not earlier.exists():
-        config.replace(earlier)
-    checkpointing.write_atomically(config, text)
-    checkpointing.save_model_config(root, cfg)
 
 
 def load_configs(files, bindings, search_paths=()):
@@ -335,39 +303,6 @@ def load_configs(files, bindings, search_paths=()):
         ) from None
 
 
-def check_model_dir(model_dir: str) -> None:
-    """UserError for a local MODEL_DIR that cannot be a folder: it, or a folder it would
-    be created in, is a file (orbax would fail with a trace at its first write)."""
-    problem = checkpointing.not_a_folder(model_dir)
-    if problem:
-        raise run_config.UserError(f"MODEL_DIR {model_dir} {problem}: give a folder")
-    folder = pathlib.Path(model_dir)  # local paths: a bucket's answer would cost a request
-    local = "://" not in str(model_dir)
-    predictions = folder / eval_outputs.PREDICTIONS_DIR
-    if local and (folder / "metrics.json").exists() and predictions.is_dir():
-        # Its tensorboard/ and logs would mix with the evaluation's (eval refuses the
-        # other way round).
-        raise run_config.UserError(
-            f"MODEL_DIR {model_dir} is an evaluation's folder (it has metrics.json and "
-            f"{eval_outputs.PREDICTIONS_DIR}/): give a training run's folder"
-        )
-
-
-def make_model_dir(model_dir: str) -> None:
-    """Process 0 makes MODEL_DIR and checks that it can write there (the others: nothing),
-    before any weights load: orbax would fail at its first write with a trace, the
-    other processes waiting in its barrier. UserError naming MODEL_DIR."""
-    import jax
-
-    if jax.process_index() != 0:
-        return
-    try:
-        checkpointing.make_writable_folder(model_dir)
-    except Exception as e:  # OSError; a bucket's own errors (permissions) for gs://
-        text = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
-        raise run_config.UserError(f"MODEL_DIR {model_dir}: cannot write there ({text})") from None
-
-
 class SetUp(typing.NamedTuple):
     """What `set_up` read and checked, before the job's first collective."""
 
@@ -388,7 +323,7 @@ def set_up() -> SetUp:
     run_cfg, data, eval_data = load_configs(
         FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths
     )
-    check_model_dir(run_cfg.train.model_dir)
+    model_dir.check(run_cfg.train.model_dir)
     run_cfg = download_init_weights(run_cfg)
     mesh = partitioning.make_mesh(partitioning.MeshConfig(tuple(run_cfg.train.mesh_shape)))
     vocabulary = make_vocabulary(run_cfg.model, run_cfg.train)
@@ -448,7 +383,7 @@ def run(ctrl_c: launch.InterruptWatch | None = None) -> tuple[trainer.Result, ru
         set_up, run_config.UserError
     )
     multihost.on_every_process(
-        lambda: make_model_dir(run_cfg.train.model_dir), run_config.UserError, "making MODEL_DIR"
+        lambda: model_dir.make(run_cfg.train.model_dir), run_config.UserError, "making MODEL_DIR"
     )
     job = trainer.Trainer(run_cfg, cfg, mesh)
     state, position = job.initial_state()
@@ -473,8 +408,8 @@ def run(ctrl_c: launch.InterruptWatch | None = None) -> tuple[trainer.Result, ru
 
         def write():
             try:
-                write_run_files(
-                    run_cfg.train.model_dir, cfg, command_line(), vocabulary, notes, start
+                model_dir.write_run_files(
+                    run_cfg.train.model_dir, cfg, config_text(notes), vocabulary, start
                 )
             except OSError as e:
                 raise run_config.UserError(
@@ -599,7 +534,7 @@ def main(argv: list[str]) -> None:
         sys.exit(launch.INTERRUPTED_EXIT_CODE)
 
 
-def print_summary(result: trainer.Result, model_dir: str) -> None:
+def print_summary(result: trainer.Result, run_dir: str) -> None:
     """Where the run stopped and what it left behind."""
     saved = result.checkpoint_dir  # None: stopped at step 0 (in its evaluation)
     if result.interrupted:
@@ -613,8 +548,8 @@ def print_summary(result: trainer.Result, model_dir: str) -> None:
         print(f"\n{what} step {result.step}; {losses}")
     if saved:
         print(f"checkpoint: {saved}")
-    print(f"logs:       {model_dir}/metrics.jsonl, TensorBoard: {model_dir}/tensorboard")
-    print(f"config:     {model_dir}/config.gin")
+    print(f"logs:       {run_dir}/metrics.jsonl, TensorBoard: {run_dir}/tensorboard")
+    print(f"config:     {run_dir}/config.gin")
     if saved:
         print(
             "evaluate:   python -m ecomgpt_jax.eval --gin_file=gin_configs/eval.gin "

@@ -160,7 +160,7 @@ def _register(
         f"{info.path.name}/{split}.json"
         for info in infos.values()
         for split in ecom_instruct.SPLITS
-        if info.has_split(split) and not ecom_instruct.has_examples(info.split_path(split))
+        if info.has_split(split) and not info.has_examples(split)
     ]
     if empty:
         log.warning("empty data files (no examples, left out of mixtures): %s", ", ".join(empty))

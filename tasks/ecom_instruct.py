@@ -24,8 +24,9 @@ counted lazily for mixing rates, so registering the full release stays cheap).
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import seqio
@@ -82,24 +83,9 @@ def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
     }
 
 
-def _example_lines(path: pathlib.Path) -> Iterator[bool]:
-    """Per line of a JSON Lines file, whether the reader takes it as an example (no parsing)."""
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            text = raw.decode("utf-8", errors="replace")
-            if number == 1:
-                text = text.removeprefix("\ufeff")
-            yield bool(text.strip())
-
-
 def count_examples(path: pathlib.Path) -> int:
     """Number of examples in a JSON Lines file, counted as the reader does (no parsing)."""
-    return sum(_example_lines(path))
-
-
-def has_examples(path: pathlib.Path) -> bool:
-    """Whether a JSON Lines file holds an example: reads only up to the first one."""
-    return any(_example_lines(path))
+    return sum(reader.example_lines(path))
 
 
 def instruction_rows(task: reader.TaskInfo, split: str, seed: int) -> dict[str, np.ndarray]:
@@ -113,12 +99,21 @@ def instruction_rows(task: reader.TaskInfo, split: str, seed: int) -> dict[str, 
     }
 
 
+def task_seed(seed: int, folder: str) -> int:
+    """`seed` mixed with a stable hash of the task's folder name, within int32."""
+    digest = hashlib.sha256(f"{seed}:{folder}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
 class JsonInstructionSource(seqio.FunctionDataSource):
     """The instructions of one task folder, built from its JSON Lines files.
 
     Reading (and any DataError) happens when a split's dataset is built; example counts
     for mixing rates are taken lazily by counting non-blank lines.
     """
+
+    # In input_pipeline.sources_digest: the order changed (per-task seeds) on 2026-11-28.
+    ORDER = "task-seeded"
 
     def __init__(self, task: reader.TaskInfo, seed: int = 0):
         self._task = task
@@ -147,6 +142,11 @@ class JsonInstructionSource(seqio.FunctionDataSource):
         )
         if shuffle_files and len(columns["index"]) > 1:
             # The split is in memory anyway: a full shuffle, unlike seqio's bounded buffer.
+            # Seeded per task: with the run's seed alone, every task of the same size
+            # would come in the same permutation (EN and ZH twins of one dataset would
+            # put the same source row in the same batches). Alike on every host.
+            if seed is not None:
+                seed = task_seed(seed, self._task.name)
             ds = ds.shuffle(len(columns["index"]), seed=seed, reshuffle_each_iteration=True)
         return ds
 
@@ -183,7 +183,8 @@ def make_source(
 ) -> seqio.DataSource:
     """The prepared TFDS copy of `task` when current, else its JSON files."""
     prepared = tfds_builder.prepared_splits(task, tfds_data_dir, seed) if tfds_data_dir else ()
-    json_splits = [s for s in SPLITS if task.has_split(s)]
+    # (The builder prepares no split without examples: TFDS cannot write an empty one.)
+    json_splits = [s for s in SPLITS if task.has_examples(s)]
     if prepared and sorted(prepared) == sorted(json_splits):
         return seqio.TfdsDataSource(
             tfds_data_dir=str(tfds_builder.prepared_dir(tfds_data_dir, task.name, seed)),

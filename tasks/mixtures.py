@@ -157,7 +157,7 @@ def register_mixtures(
     root = pathlib.Path(root)
     registered, unavailable = [], {}
     with_examples = {
-        (name, split): task.has_split(split) and ecom_instruct.has_examples(task.split_path(split))
+        (name, split): task.has_examples(split)
         for name, task in tasks.items()
         for split in ecom_instruct.SPLITS
     }

@@ -6,6 +6,7 @@ once and reading sharded TFRecords is much cheaper; prepare them with::
 
     python -m tasks.tfds_builder --data_dir /path/to/ecom_instruct            # every task
     python -m tasks.tfds_builder --data_dir ... --tfds_data_dir /fast/disk --task EN-...
+    python -m tasks.tfds_builder --data_dir ... --force      # rewrite copies (damaged files)
 
 One builder config per task folder (config name = folder name, plus ``_seed<N>`` when the
 CLS candidate seed is not 0). Features: ``inputs`` and ``targets`` (the prompt and answer of
@@ -28,6 +29,7 @@ import hashlib
 import json
 import logging
 import pathlib
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -100,11 +102,16 @@ def prepared_splits(task: reader.TaskInfo, tfds_data_dir, seed: int = 0) -> tupl
     if info is None:
         return ()
     if info.get("configDescription") != fingerprint(task):
+        # The command that renews this very copy (root: <root>/<Dataset>/tasks/<folder>).
+        command = ["python", "-m", "tasks.tfds_builder", "--data_dir", str(task.path.parents[2])]
+        command += ["--tfds_data_dir", str(tfds_data_dir), "--task", task.name]
+        command += ["--seed", str(seed)] if seed else []
         logging.getLogger(__name__).warning(
             "%s: prepared TFDS data of task %s is stale (JSON files or prompt code changed); "
-            "reading JSON. Re-run: python -m tasks.tfds_builder --data_dir <root>",
+            "reading JSON. Renew it: %s",
             folder,
             task.name,
+            shlex.join(command),
         )
         return ()
     return tuple(s["name"] for s in info.get("splits", []) if s["name"] in SPLITS)
@@ -165,7 +172,9 @@ class EcomInstruct(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         task = self.builder_config.task
-        return {s: self._generate_examples(task, s) for s in SPLITS if task.has_split(s)}
+        # Not a split without examples (valid: a task without examples yet): TFDS cannot
+        # finalize an empty one, and the whole preparation would stop there.
+        return {s: self._generate_examples(task, s) for s in SPLITS if task.has_examples(s)}
 
     def _generate_examples(self, task: reader.TaskInfo, split: str):
         for ins in instructions.task_instructions(task, split, seed=self.builder_config.seed):
@@ -193,8 +202,12 @@ def prepare(
     tfds_data_dir: str | pathlib.Path | None = None,
     seed: int = 0,
     folders: Sequence[str] | None = None,
+    force: bool = False,
 ) -> list[pathlib.Path]:
     """Prepare the TFDS files of every (or the named) task folder under `data_dir`.
+
+    A current copy is kept as it is unless `force` (TFDS would reuse a copy whose files
+    were damaged or removed since: its recorded fingerprint still matches).
 
     Returns:
       the prepared ``<tfds_data_dir>/ecom_instruct/<config>/<version>`` directories.
@@ -224,7 +237,9 @@ def prepare(
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(
                 manual_dir=str(data_dir),
-                download_mode=mode.FORCE_REDOWNLOAD if stale else mode.REUSE_DATASET_IF_EXISTS,
+                download_mode=(
+                    mode.FORCE_REDOWNLOAD if stale or force else mode.REUSE_DATASET_IF_EXISTS
+                ),
             )
         )
         out.append(prepared_dir(tfds_data_dir, name, seed))
@@ -254,10 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="task folder name, e.g. EN-ABSA-CLS-review_topic_category, or its SeqIO name "
         "ecom:EN:ABSA:CLS:review_topic_category (repeatable); default all",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="prepare again even where a current copy exists (its files damaged or removed)",
+    )
     args = parser.parse_args(argv)
     try:
         folders = [reader.as_folder_name(t) for t in args.task] if args.task else None
-        prepared = prepare(args.data_dir, args.tfds_data_dir, args.seed, folders)
+        prepared = prepare(args.data_dir, args.tfds_data_dir, args.seed, folders, args.force)
     except (reader.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

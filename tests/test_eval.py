@@ -528,6 +528,43 @@ def test_ctrl_c_keeps_the_finished_tasks_and_says_so_in_one_line(hf_dir, tmp_pat
         assert [json.loads(r)["index"] for r in rows] == [0, 1, 2]
 
 
+# The eval CLI with a Ctrl-C landing in a __del__ while the vocabulary is made: Python
+# drops such a KeyboardInterrupt (as in jax's gc callback) and would decode on.
+CTRL_C_DROPPED_IN_SET_UP = """
+import os, signal, sys
+from absl import app
+from ecomgpt_jax import eval as eval_main, evaluation
+
+class CtrlCInDel:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000):
+            pass
+
+real = eval_main.make_vocabulary
+
+def make_vocabulary(*args):
+    CtrlCInDel()
+    print("set-up went on", flush=True)
+    return real(*args)
+
+def evaluate(*args, **kwargs):
+    raise AssertionError("decoded after the Ctrl-C")
+
+eval_main.make_vocabulary, evaluation.evaluate = make_vocabulary, evaluate
+app.run(eval_main.main, argv=eval_main.rewrite_gin_args(sys.argv))
+"""
+
+
+def test_a_ctrl_c_python_dropped_in_set_up_stops_before_decoding(hf_dir, tmp_path):
+    args = [f"--gin.HF_DIR='{hf_dir}'", f"--gin.EVAL_DIR='{tmp_path / 'out'}'", *SMALL]
+    proc = run_cli_code(CTRL_C_DROPPED_IN_SET_UP, "--gin_file=gin_configs/eval.gin", *args)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "set-up went on" in proc.stdout  # the interrupt was dropped, not raised
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "interrupted before decoding: nothing written"
+
+
 def test_bad_example_line_stops_before_the_model_loads(tmp_path, monkeypatch):
     """A malformed line of a task's test.json: one "file:line: field" error, no model load."""
     import shutil

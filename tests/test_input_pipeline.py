@@ -291,9 +291,17 @@ def test_a_damaged_prepared_file_is_one_data_error(tmp_path, sample_tasks):
         "reading mixture 'ecom_instruct_held_in' failed after 0 batches: DataLossError: "
     )
     assert message.endswith(
-        "(a prepared TFDS file damaged or removed? prepare it again: python -m tasks.tfds_builder)"
+        "(a prepared TFDS file damaged or removed? prepare it again, replacing it: python -m "
+        "tasks.tfds_builder --force --data_dir DATA_DIR [--tfds_data_dir TFDS_DATA_DIR])"
     )
     assert "\n" not in message
+    # The advice mends it: without --force TFDS would keep the damaged files.
+    tfds_builder.prepare(root)
+    with pytest.raises(reader.DataError):
+        ip.InputIterator(data, one_device_mesh()).local_batch()
+    tfds_builder.prepare(root, force=True)
+    sample_tasks.register_ecom_tasks(root)
+    assert ip.InputIterator(data, one_device_mesh()).local_batch()["decoder_loss_weights"].sum() > 0
 
 
 def _prompt(example) -> tuple[int, ...]:

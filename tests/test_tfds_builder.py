@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pathlib
+import shlex
 import shutil
 import subprocess
 import sys
@@ -120,6 +121,45 @@ def test_preparing_a_stale_copy_again_renews_it(tmp_path):
     got = sorted(int(ex["index"]) for ex in seqio_examples(name, "test"))
     assert task.num_input_examples("test") == len(got) == len(lines) - 1
     assert got == list(range(len(lines) - 1))
+
+
+def test_the_stale_warnings_command_renews_that_copy(tmp_path, caplog):
+    """The warning's command names this copy's folder, task and seed: a copy prepared
+    elsewhere (--tfds_data_dir) was left stale by the bare --data_dir it used to give."""
+    tfds.disable_progress_bar()
+    root, fast = tmp_path / "root", tmp_path / "fast"
+    shutil.copytree(SAMPLE / "ABSA", root / "ABSA")
+    tfds_builder.prepare(root, fast, seed=1)
+    test_json = root / "ABSA/tasks/EN-ABSA-CLS-review_topic_category/test.json"
+    test_json.write_text(test_json.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    name = "ecom:EN:ABSA:CLS:review_topic_category"
+    with caplog.at_level(logging.WARNING, logger="tasks.tfds_builder"):
+        tasks.register_ecom_tasks(root, seed=1, tfds_data_dir=fast)
+    assert isinstance(tasks.get(name).source, ecom_instruct.JsonInstructionSource)
+    command = caplog.text.split("Renew it: ")[1].splitlines()[0]
+    assert command == (
+        f"python -m tasks.tfds_builder --data_dir {root} --tfds_data_dir {fast} "
+        "--task EN-ABSA-CLS-review_topic_category --seed 1"
+    )
+    assert tfds_builder.main(shlex.split(command)[3:]) == 0
+    tasks.register_ecom_tasks(root, seed=1, tfds_data_dir=fast)
+    assert isinstance(tasks.get(name).source, seqio.TfdsDataSource)
+
+
+def test_a_split_without_examples_is_not_prepared_and_the_rest_is(tmp_path):
+    """A blank test.json is valid (a task without test examples yet): TFDS cannot write an
+    empty split, and the preparation used to stop there for this and every later task."""
+    tfds.disable_progress_bar()
+    root = tmp_path / "root"
+    shutil.copytree(SAMPLE / "Shop_Review", root / "Shop_Review")
+    blank = root / "Shop_Review/tasks/EN-Shop_Review-CLS-review_sentiment/test.json"
+    blank.write_text("\n\n")
+    assert tfds_builder.main(["--data_dir", str(root)]) == 0
+    tasks.register_ecom_tasks(root)
+    en = tasks.get("ecom:EN:Shop_Review:CLS:review_sentiment")
+    zh = tasks.get("ecom:ZH:Shop_Review:CLS:review_sentiment")
+    assert isinstance(en.source, seqio.TfdsDataSource) and en.splits == ("train",)
+    assert isinstance(zh.source, seqio.TfdsDataSource) and set(zh.splits) == {"train", "test"}
 
 
 def test_changed_prompt_code_makes_prepared_copies_stale(tmp_path, monkeypatch, caplog):

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import types
 
 import jax
 import numpy as np
@@ -510,17 +509,6 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     assert message in text
 
 
-def test_an_evaluations_folder_is_not_a_model_dir(tmp_path):
-    """Its tensorboard/ and logs would mix with the evaluation's (eval refuses a training
-    run's folder the other way round)."""
-    (tmp_path / "predictions").mkdir()
-    (tmp_path / "metrics.json").write_text("{}")
-    assert run_in_process(tmp_path) == (
-        f"error: MODEL_DIR {tmp_path} is an evaluation's folder (it has metrics.json and "
-        "predictions/): give a training run's folder"
-    )
-
-
 def test_a_warmup_longer_than_the_run_is_a_warning(tmp_path):
     text = run_in_process(
         tmp_path / "run", "--gin.WARMUP_STEPS=500", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=12"
@@ -564,8 +552,8 @@ def test_initial_weights_give_the_architecture_and_the_note_says_so(tmp_path, ca
 
 
 def test_a_resume_reads_the_hf_tokenizer_copied_to_model_dir(tmp_path):
-    """INIT_FROM_HF's folder is gone: a resume reads the tokenizer.json that write_run_files
-    copied to MODEL_DIR; a fresh start still needs the folder."""
+    """INIT_FROM_HF's folder is gone: a resume reads the tokenizer.json the run copied to
+    MODEL_DIR (model_dir.write_run_files); a fresh start still needs the folder."""
     import tokenizers
 
     words = {"<unk>": 0, "</s>": 1, "hello": 2}
@@ -581,32 +569,6 @@ def test_a_resume_reads_the_hf_tokenizer_copied_to_model_dir(tmp_path):
     vocabulary = train.make_vocabulary(spec, run)
     assert vocabulary.path == run_dir / "tokenizer.json" and vocabulary.eos_id == 1
     assert vocabulary.encode("hello") == [2]
-
-
-def test_a_resume_does_not_copy_model_dirs_tokenizer_onto_itself(tmp_path, monkeypatch):
-    """A resume's HF vocabulary is MODEL_DIR's own tokenizer.json (the only copy, maybe):
-    rewriting it in place could cut it short. A fresh start copies the files."""
-    source, run_dir = tmp_path / "hf", tmp_path / "run"
-    source.mkdir()
-    (source / "tokenizer.json").write_text("{}")
-    (source / "tokenizer_config.json").write_text("{}")
-    written = []
-    write = checkpointing.write_atomically
-
-    def recording(path, data):
-        written.append(pathlib.Path(str(path)).name)
-        write(path, data)
-
-    monkeypatch.setattr(checkpointing, "write_atomically", recording)
-    cfg = model_config.get_preset("tiny-bloom")
-    vocab = types.SimpleNamespace(path=source / "tokenizer.json")
-    train.write_run_files(str(run_dir), cfg, "train", vocab)
-    assert written == ["tokenizer.json", "tokenizer_config.json", "config.gin", "model_config.json"]
-    written.clear()
-    vocab = types.SimpleNamespace(path=run_dir / "tokenizer.json")
-    train.write_run_files(str(run_dir), cfg, "train", vocab, start=5)
-    assert written == ["config.gin", "model_config.json"]
-    assert (run_dir / "tokenizer.json").read_text() == "{}"
 
 
 def test_mixture_without_data_is_one_line(tmp_path):

@@ -244,21 +244,6 @@ def test_a_model_file_alone_asks_for_the_recipe():
     )
 
 
-def test_model_dir_that_cannot_be_a_folder(tmp_path):
-    (tmp_path / "file").write_text("")
-    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
-    for model_dir, what in [
-        (tmp_path / "file", "is a file"),
-        (tmp_path / "file" / "run", f"is inside {tmp_path / 'file'}, a file"),
-        (tmp_path / "dangling", "is a link to nothing"),
-    ]:
-        with pytest.raises(run_config.UserError) as info:
-            train.check_model_dir(str(model_dir))
-        assert str(info.value) == f"MODEL_DIR {model_dir} {what}: give a folder"
-    train.check_model_dir(str(tmp_path / "new" / "run"))  # to be made: fine
-    train.check_model_dir("gs://bucket/run")  # not checked here
-
-
 @pytest.mark.parametrize(
     "args, message",
     [

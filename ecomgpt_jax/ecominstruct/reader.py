@@ -202,6 +202,21 @@ class TaskInfo:
         """Whether ``<split>.json`` exists in the task folder."""
         return self.split_path(split).is_file()
 
+    def has_examples(self, split: str) -> bool:
+        """Whether ``<split>.json`` exists and holds an example (an empty or blank-only
+        file is valid, a task without examples yet): reads up to the first one."""
+        return self.has_split(split) and any(example_lines(self.split_path(split)))
+
+
+def example_lines(path: pathlib.Path) -> Iterator[bool]:
+    """Per line of a JSON Lines file, whether it is an example (not blank; no parsing)."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            text = raw.decode("utf-8", errors="replace")
+            if number == 1:
+                text = text.removeprefix("\ufeff")
+            yield bool(text.strip())
+
 
 def _load_meta(path: pathlib.Path) -> dict:
     """Read meta-info.json strictly (it is hand-written; errors carry JSON's line)."""

@@ -5,6 +5,7 @@ import json
 
 import gin
 import numpy as np
+import processes
 import pytest
 
 from ecomgpt_jax import launch
@@ -346,16 +347,5 @@ def test_hf_model_type():
 
 
 def test_config_module_does_not_import_jax_or_gin():
-    import pathlib
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; import ecomgpt_jax.models.config; "
-        "bad = {'jax', 'gin', 'tensorflow', 'seqio'} & set(sys.modules); print(sorted(bad))"
-    )
-    root = pathlib.Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
-    )
-    assert out.stdout.strip() == "[]"
+    statement = "import ecomgpt_jax.models.config"
+    assert processes.loaded_by(statement, {"jax", "gin", "tensorflow", "seqio"}) == []

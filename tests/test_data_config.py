@@ -1,10 +1,7 @@
 """DataConfig: a task folder name read as its task; every bad field is one DataError
 naming it, before any data is read; and the module loads without TensorFlow."""
 
-import pathlib
-import subprocess
-import sys
-
+import processes
 import pytest
 
 from ecomgpt_jax.data_config import DataConfig
@@ -71,12 +68,5 @@ def test_config_errors_are_found_before_any_data_is_read(fields, message):
 def test_neither_data_config_nor_train_loads_tensorflow():
     """train.py registers DataConfig with gin and checks it before TensorFlow loads (an
     early Ctrl-C is then main's one line, not a trace from inside TensorFlow's import)."""
-    code = (
-        "import sys; import ecomgpt_jax.data_config, ecomgpt_jax.train; "
-        "print(sorted({'tensorflow', 'seqio', 'tasks'} & set(sys.modules)))"
-    )
-    root = pathlib.Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
-    )
-    assert out.stdout.strip() == "[]"
+    statement = "import ecomgpt_jax.data_config, ecomgpt_jax.train"
+    assert processes.loaded_by(statement, {"tensorflow", "seqio", "tasks"}) == []

@@ -164,20 +164,31 @@ def register_tasks(run: run_config.RunConfig, data: data_config.DataConfig, voca
     DATA_DIR must not train on that run's tasks.)"""
     import tasks
     from ecomgpt_jax import vocabularies
+    from tasks import tfds_builder
 
     default_vocab = run.model.vocabulary.lower() in vocabularies.SENTENCEPIECE_KINDS and (
         run.model.vocabulary_path is None
     )
     train = run.train
     current = tasks.registration()
-    if train.tfds_data_dir is not None and not checkpointing.as_path(train.tfds_data_dir).exists():
-        # Else every task would read its JSON files without a word (a typo, at 1.5 M
-        # examples, costs the preparation it was meant to save).
-        raise run_config.UserError(
-            f"TFDS_DATA_DIR {train.tfds_data_dir} does not exist: prepare the tasks there "
-            f"(python -m tasks.tfds_builder --tfds_data_dir {train.tfds_data_dir}), or set "
-            "TFDS_DATA_DIR = None"
+    if train.tfds_data_dir is not None:
+        # Else every task would read its JSON files without a word (a typo, or the folder
+        # one level off, at 1.5 M examples costs the preparation it was meant to save).
+        folder = checkpointing.as_path(train.tfds_data_dir)
+        problem = (
+            "does not exist"
+            if not folder.exists()
+            else f"holds no prepared tasks (no {tfds_builder.BUILDER_NAME}/ folder)"
+            if not (folder / tfds_builder.BUILDER_NAME).is_dir()
+            else None
         )
+        if problem:
+            root = train.data_dir or reader.default_data_dir()
+            raise run_config.UserError(
+                f"TFDS_DATA_DIR {train.tfds_data_dir} {problem}: prepare the tasks there "
+                f"(python -m tasks.tfds_builder --data_dir {root} --tfds_data_dir "
+                f"{train.tfds_data_dir}), or set TFDS_DATA_DIR = None"
+            )
     if train.data_dir is not None or train.tfds_data_dir is not None or not default_vocab:
         tasks.register_ecom_tasks(train.data_dir, vocabulary, tfds_data_dir=train.tfds_data_dir)
     elif (

@@ -35,7 +35,9 @@ def test_tfds_data_dir_points_the_tasks_at_prepared_copies(tmp_path, sample_task
     name = "ecom:ZH:Multi_CPR:Extract:product_select_2"
     vocabulary = vocabularies.make_vocabulary()
     sources, lines = {}, {}
-    for extra in ([], [f"TFDS_DATA_DIR = '{prepared}'"], [f"TFDS_DATA_DIR = '{tmp_path}/typo'"]):
+    settings = [[], [f"TFDS_DATA_DIR = '{prepared}'"], [f"TFDS_DATA_DIR = '{tmp_path}/typo'"]]
+    settings.append([f"TFDS_DATA_DIR = '{prepared}/ecom_instruct'"])  # one level off
+    for extra in settings:
         gin.clear_config()
         try:
             run, data, _ = train.load_configs(
@@ -44,13 +46,20 @@ def test_tfds_data_dir_points_the_tasks_at_prepared_copies(tmp_path, sample_task
             )
         finally:
             gin.clear_config()
-        if extra and "typo" in extra[0]:
-            # A TFDS_DATA_DIR that is not there: every task would have read its JSON.
+        if extra and ("typo" in extra[0] or "/ecom_instruct" in extra[0]):
+            # A TFDS_DATA_DIR that is not there, or holds no copies: every task would
+            # have read its JSON. The command given prepares them there.
             with pytest.raises(train.run_config.UserError) as info:
                 train.register_tasks(run, data, vocabulary)
+            folder = extra[0].split("'")[1]
+            problem = (
+                "does not exist"
+                if "typo" in folder
+                else ("holds no prepared tasks (no ecom_instruct/ folder)")
+            )
             assert str(info.value) == (
-                f"TFDS_DATA_DIR {tmp_path}/typo does not exist: prepare the tasks there "
-                f"(python -m tasks.tfds_builder --tfds_data_dir {tmp_path}/typo), or set "
+                f"TFDS_DATA_DIR {folder} {problem}: prepare the tasks there (python -m "
+                f"tasks.tfds_builder --data_dir {root} --tfds_data_dir {folder}), or set "
                 "TFDS_DATA_DIR = None"
             )
             continue

@@ -535,6 +535,8 @@ import os, signal, sys
 from absl import app
 from ecomgpt_jax import eval as eval_main, evaluation
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (see test_launch)
+
 class CtrlCInDel:
     def __del__(self):
         os.kill(os.getpid(), signal.SIGINT)

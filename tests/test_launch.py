@@ -218,14 +218,30 @@ def test_interrupt_watch_remembers_a_ctrl_c_python_dropped(monkeypatch):
         def __del__(self):
             raise OSError("not ours")
 
-    before = signal.getsignal(signal.SIGINT)
-    with launch.InterruptWatch() as watch:
-        watch.check()  # nothing yet
-        CtrlCInDel()  # deleted at once: its __del__ raises, and Python drops it
-        assert dropped == []
-        with pytest.raises(KeyboardInterrupt):
-            watch.check()
-        OSErrorInDel()
-        assert [type(d.exc_value) for d in dropped] == [OSError]
-    assert signal.getsignal(signal.SIGINT) is before
-    assert sys.unraisablehook == dropped.append
+    # As in a terminal: a test run in the background of a script inherits SIGINT ignored,
+    # which the watch (rightly) leaves ignored.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with launch.InterruptWatch() as watch:
+            watch.check()  # nothing yet
+            CtrlCInDel()  # deleted at once: its __del__ raises, and Python drops it
+            assert dropped == []
+            with pytest.raises(KeyboardInterrupt):
+                watch.check()
+            OSErrorInDel()
+            assert [type(d.exc_value) for d in dropped] == [OSError]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert sys.unraisablehook == dropped.append
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_interrupt_watch_leaves_an_ignored_ctrl_c_ignored():
+    """nohup, or `cmd &` in a script: SIGINT ignored stays ignored inside the watch."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with launch.InterruptWatch():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

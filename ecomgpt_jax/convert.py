@@ -16,7 +16,10 @@ hf-to-orbax writes::
 checkpoint, evaluation, and orbax-to-hf) reads it. orbax-to-hf accepts the same
 paths `checkpointing.resolve_params_path` does (a converted directory, a training
 run directory, a step directory); the model config comes from `--model_config`,
-`--preset`, or the nearest `model_config.json` at or above the checkpoint.
+`--preset`, or the nearest `model_config.json` at or above the checkpoint. Where that
+file exists, a --preset or --model_config must agree with it (run settings such as
+dtypes and remat aside): only shapes are checked on restore, and a preset's eos id,
+rope or norm settings would otherwise be exported as the model's.
 
 OUT and CKPT may be local or in a bucket (`gs://...`); the Hugging Face side (HF_DIR,
 orbax-to-hf --output) is a local folder (safetensors are memory-mapped). --hf_dir and
@@ -32,6 +35,7 @@ them can execute code. Needs jax, orbax and safetensors (no TensorFlow or gin).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import shutil
 import sys
@@ -55,6 +59,28 @@ def find_model_config(checkpoint) -> ModelConfig:
             "--preset or --model_config"
         )
     return cfg
+
+
+def check_given_config(checkpoint, cfg: ModelConfig) -> None:
+    """ConfigError where the checkpoint's own model_config.json (what it was trained or
+    converted as) gives another architecture than `cfg` (--preset / --model_config)."""
+    from ecomgpt_jax import checkpointing
+
+    file = checkpointing.find_upwards(checkpoint, checkpointing.MODEL_CONFIG_FILE)
+    if file is None:
+        return
+    stored = checkpointing.load_model_config(file)
+    differences = [
+        f"{f} {getattr(stored, f)!r} -> {getattr(cfg, f)!r}"
+        for f in (f.name for f in dataclasses.fields(ModelConfig))
+        if f not in model_config.RUNTIME_FIELDS and getattr(stored, f) != getattr(cfg, f)
+    ]
+    if differences:
+        raise ConfigError(
+            f"the given model config differs from {file}, what the checkpoint holds: "
+            f"{', '.join(differences)}; leave out --preset / --model_config to export it as "
+            "it is"
+        )
 
 
 def check_orbax_output(output) -> None:
@@ -162,6 +188,8 @@ def orbax_to_hf(
             )
     # Before looking for its model_config.json: a missing checkpoint is the real problem.
     checkpointing.resolve_params_path(checkpoint)
+    if cfg is not None:
+        check_given_config(checkpoint, cfg)
     cfg = cfg or find_model_config(checkpoint)
     params = jax.tree.map(np.asarray, load_params_host(checkpoint, cfg))
     out = hf_io.save_hf(cfg, params, output, dtype=dtype)

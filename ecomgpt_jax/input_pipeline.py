@@ -197,27 +197,33 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _source_kind(source) -> str:
-    """The source's class, and its `ORDER` where it has one: a source that changed the
-    order it reads in (the JSON source's per-task seeds) names it, so that a resume from
-    before sees another stream."""
-    order = getattr(source, "ORDER", None)
-    return f"{type(source).__name__}/{order}" if order else type(source).__name__
+def _source_kind(source, split: str) -> str:
+    """The source's class; its `ORDER` where it has one (a source that changed the order
+    it reads in, as the JSON source's per-task seeds, names it, so that a resume from
+    before sees another stream); and its `signature(split)` where it has one (the JSON
+    source: its file's size, so that a resume after an edit of the data sees one)."""
+    kind = type(source).__name__
+    if getattr(source, "ORDER", None):
+        kind += f"/{source.ORDER}"
+    if hasattr(source, "signature"):
+        kind += f"/{source.signature(split)}"
+    return kind
 
 
 def sources_digest(config: DataConfig) -> str:
     """16 hex digits naming what `config`'s mixture reads: its tasks, their rates and each
-    one's data source (the JSON files, or a prepared TFDS copy, which reads in another
-    order), and whether it shuffles. Kept in DataPosition: under the same mixture name a
-    resume may find other tasks (another data root), a copy prepared since, or one gone
-    stale (then the JSON files are read), and `batches_consumed` then counts another
-    stream. (Registered tasks needed.)"""
+    one's data source (the JSON files, with the split file's size, or a prepared TFDS
+    copy, which reads in another order), and whether it shuffles. Kept in DataPosition:
+    under the same mixture name a resume may find other tasks (another data root), edited
+    data, a copy prepared since, or one gone stale (then the JSON files are read), and
+    `batches_consumed` then counts another stream. (Registered tasks needed.)"""
     provider = seqio.get_mixture_or_task(config.mixture_or_task_name)
     if isinstance(provider, seqio.Mixture):
         members = [(task, provider.get_rate(task)) for task in provider.tasks]
     else:
         members = [(provider, 1.0)]
-    rows = sorted((t.name, round(float(r), 9), _source_kind(t.source)) for t, r in members)
+    split = config.split
+    rows = sorted((t.name, round(float(r), 9), _source_kind(t.source, split)) for t, r in members)
     text = json.dumps([rows, bool(config.shuffle)])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 

@@ -134,9 +134,11 @@ def build_model_config(run: RunConfig) -> model_config.ModelConfig:
     with the gin-bound run settings (e.g. bloomz-7b1's full rematerialisation, without
     which its activations do not fit a chip).
 
-    A resume of such a run takes the architecture from MODEL_DIR/model_config.json (what
-    its checkpoints hold) and does not read the initial weights' folder, which may be
-    gone by then.
+    A resume takes the architecture from MODEL_DIR/model_config.json (what its
+    checkpoints were trained as), with the gin-bound run settings: a changed norm_eps,
+    rope_theta or eos id would otherwise pass the restore's shape check and go on
+    training another model; `unused_bindings_note` names what was not used. It does not
+    read the initial weights' folder, which may be gone by then.
 
     Raises UserError when the weights are of another family than the gin-bound config:
     its run settings were then chosen for another model (a models/*.gin file forgotten).
@@ -185,14 +187,13 @@ RESUMED_CONFIG = "MODEL_DIR/model_config.json"
 
 
 def architecture_source(train: TrainConfig) -> str | None:
-    """Where `build_model_config` takes the architecture from: RESUMED_CONFIG (a resume of
-    a run from initial weights), INIT_FROM_HF (first), INIT_FROM_CHECKPOINT, or None (the
-    gin-bound ModelConfig; a resume checks it against the checkpoint)."""
-    if not (train.init_from_hf or train.init_from_checkpoint):
-        return None
+    """Where `build_model_config` takes the architecture from: RESUMED_CONFIG (a resume),
+    INIT_FROM_HF (first), INIT_FROM_CHECKPOINT, or None (the gin-bound ModelConfig)."""
     root = checkpointing.as_path(train.model_dir)
     if checkpointing.has_checkpoint(root) and (root / checkpointing.MODEL_CONFIG_FILE).is_file():
         return RESUMED_CONFIG
+    if not (train.init_from_hf or train.init_from_checkpoint):
+        return None
     return "INIT_FROM_HF" if train.init_from_hf else "INIT_FROM_CHECKPOINT"
 
 

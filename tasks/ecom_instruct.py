@@ -172,6 +172,12 @@ class JsonInstructionSource(seqio.FunctionDataSource):
             ds = ds.shard(shard_info.num_shards, shard_info.index)
         return ds
 
+    def signature(self, split: str) -> str:
+        """The split file's size: an edit that adds, removes or changes examples nearly
+        always changes it (for `input_pipeline.sources_digest`; a stat, not a read)."""
+        path = self._task.split_path(split)
+        return str(path.stat().st_size) if path.is_file() else "-"
+
     def num_input_examples(self, split: str) -> int:
         if split not in self._counts:
             self._counts[split] = count_examples(self._task.split_path(split))

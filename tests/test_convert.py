@@ -1,5 +1,6 @@
 """HF <-> orbax conversion: CLI, exact round trips through transformers, refusals."""
 
+import dataclasses
 import json
 import pathlib
 import re
@@ -293,16 +294,32 @@ def test_hf_to_orbax_that_cannot_write_stops_with_one_line(converted, tmp_path):
 
 
 def test_orbax_to_hf_with_another_model_is_one_line(converted, tmp_path, capsys):
-    """A --preset (or model_config.json) whose parameters differ from the checkpoint's:
-    one line naming the difference (was a ModelMismatch trace, exit 1)."""
+    """A --preset (or --model_config) of another model than the checkpoint's own
+    model_config.json says: one line naming the differences, before anything is read
+    (shapes alike, as llama-3-8b's on a Llama 3.1 run, its rope scaling and eos ids would
+    have been exported as the model's). Without that file, parameters of other shapes
+    are one line too (was a ModelMismatch trace, exit 1)."""
     argv = ["orbax-to-hf", "--checkpoint", converted / "ox", "--output", tmp_path / "b"]
+    stored = convert.find_model_config(converted / "ox")
+    other = dataclasses.replace(stored, eos_id=7, rope_theta=10000.0, remat_policy="full")
+    checkpointing.save_model_config(tmp_path / "other", other)
+    status, err = _cli(capsys, *argv, "--model_config", tmp_path / "other" / "model_config.json")
+    assert (status, err) == (
+        2,
+        f"error: the given model config differs from {converted / 'ox' / 'model_config.json'}, "
+        "what the checkpoint holds: rope_theta 500000.0 -> 10000.0, eos_id 1 -> 7; leave out "
+        "--preset / --model_config to export it as it is\n",
+    )
+    assert _cli(capsys, *argv, "--preset", "tiny-llama") == (0, "")  # the same: fine
+    bare = tmp_path / "bare"
+    shutil.copytree(converted / "ox", bare)
+    (bare / "model_config.json").unlink()
+    argv = ["orbax-to-hf", "--checkpoint", bare, "--output", tmp_path / "c"]
     status, err = _cli(capsys, *argv, "--preset", "tiny-qwen2")
     assert status == 2
-    assert err.startswith(
-        f"error: {converted / 'ox' / 'params'}: parameters do not match the model ("
-    )
+    assert err.startswith(f"error: {bare / 'params'}: parameters do not match the model (")
     assert err.count("\n") == 1
-    assert not (tmp_path / "b" / "model.safetensors").exists()
+    assert not (tmp_path / "c" / "model.safetensors").exists()
 
 
 def test_orbax_to_hf_of_damaged_files_is_one_line_in_a_process(converted, tmp_path):

@@ -401,14 +401,19 @@ def test_the_sources_digest_follows_what_the_mixture_reads(tmp_path, sample_task
     root = tmp_path / "root"
     shutil.copytree(make_sample.SAMPLE_DIR / "Shop_Review", root / "Shop_Review")
     digests = []
-    for step in ("json", "again", "rate cap", "tfds", "one task"):
+    train_json = root / "Shop_Review/tasks/EN-Shop_Review-CLS-review_sentiment/train.json"
+    lines = train_json.read_text(encoding="utf-8").splitlines(keepends=True)
+    for step in ("json", "again", "rate cap", "edited", "tfds", "one task"):
+        if step == "edited":  # one example less: the stream a resume would skip through
+            train_json.write_text("".join(lines[:-1]), encoding="utf-8")
         if step == "tfds":
             tfds_builder.prepare(root)
         if step == "one task":
             shutil.rmtree(root / "Shop_Review/tasks/ZH-Shop_Review-CLS-review_sentiment")
-        sample_tasks.register_ecom_tasks(root, rate_maximum=100 if step == "rate cap" else None)
+        cap = 100 if step in ("rate cap", "edited") else None  # rates equal: the edit alone
+        sample_tasks.register_ecom_tasks(root, rate_maximum=cap)
         digests.append(ip.sources_digest(data))
-    assert [len(d) for d in digests] == [16] * 5
+    assert [len(d) for d in digests] == [16] * 6
     assert digests[0] == digests[1]
-    assert len(set(digests)) == 4
+    assert len(set(digests)) == 5
     assert ip.sources_digest(dataclasses.replace(data, shuffle=False)) != digests[-1]

@@ -178,6 +178,25 @@ def test_a_resume_takes_the_architecture_from_model_dir_not_the_init_folder(tmp_
     assert str(info.value) == f"{hf}/config.json: not found (is {hf} a HF model directory?)"
 
 
+def test_a_resume_from_scratch_keeps_the_architecture_it_trained(tmp_path):
+    """A run from random weights, resumed with another norm_eps or eos id bound (shapes
+    alike, so the restore would take it): MODEL_DIR/model_config.json gives the
+    architecture, gin the run settings, and the note says what was not used."""
+    run = tiny_run(tmp_path)
+    trained = run.model.config
+    checkpointing.save_model_config(run.train.model_dir, trained)
+    (tmp_path / "run" / "checkpoints" / "3").mkdir(parents=True)  # a finished local save
+    changed = dataclasses.replace(trained, norm_eps=1e-6, eos_id=7, remat_policy="full")
+    resumed = dataclasses.replace(run, model=run_config.ModelSpec(config=changed))
+    assert run_config.architecture_source(resumed.train) == run_config.RESUMED_CONFIG
+    cfg = run_config.build_model_config(resumed)
+    assert cfg == dataclasses.replace(trained, remat_policy="full")  # a run setting
+    assert run_config.unused_bindings_note(resumed, cfg) == (
+        "note: MODEL_DIR/model_config.json sets the architecture; these ModelConfig bindings "
+        "are not used: norm_eps=1e-06 (weights: 1e-05), eos_id=7 (weights: 1)"
+    )
+
+
 @pytest.mark.parametrize("source", ["init_from_hf", "init_from_checkpoint"])
 def test_init_from_weights_of_another_family_than_the_gin_config(tmp_path, source):
     zero_hf_folder(tmp_path / "hf")

@@ -37,13 +37,21 @@ def restore_or_raise(restore, damaged, not_placeable):
     """`restore()`'s result; where it fails, raises `damaged(why)` if reading the files
     failed (`is_read_error`), else `not_placeable(why)`, after `drop_failed_reads`."""
     # Before the reads: one that fails ends orbax's loop at once, and a read still in
-    # flight may reach that loop before `drop_failed_reads` starts.
+    # flight may reach that loop before `drop_failed_reads` starts. Likewise a failed
+    # read's task may be collected while the restore still runs, and asyncio would log
+    # "Task exception was never retrieved" with its trace: quiet until it returns.
     sys.unraisablehook = closed_loop_ignored(sys.unraisablehook)
+    asyncio_log = logging.getLogger("asyncio")
+    level = asyncio_log.level
+    asyncio_log.setLevel(logging.CRITICAL)
     try:
-        return restore()
+        restored = restore()
     except Exception as e:  # orbax wraps tensorstore's read errors in a bare Exception
         # Text only: the exception's traceback holds the reads `drop_failed_reads` ends.
         failure, read_error = short(e.__cause__ or e), is_read_error(e.__cause__ or e)
+    else:
+        asyncio_log.setLevel(level)
+        return restored
     drop_failed_reads()  # outside `except`: its traceback no longer holds the reads
     raise damaged(failure) if read_error else not_placeable(failure)
 

@@ -123,7 +123,11 @@ class DataPosition:
         "lengths": "TASK_FEATURE_LENGTHS (inputs, targets)",
         "split": "DataConfig.split",
         "pack": "DataConfig.pack",
-        "sources": "the tasks, rates or data sources (JSON or prepared TFDS) of the mixture",
+        "sources": (
+            "the mixture's tasks, rates, data sources (JSON or prepared TFDS) or JSON file "
+            "sizes, or the order this version reads them in (per-task shuffles since "
+            "2026-11-28)"
+        ),
     }
 
     def changes_from(self, stored: DataPosition) -> list[str]:

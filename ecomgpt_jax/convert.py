@@ -70,16 +70,29 @@ def check_given_config(checkpoint, cfg: ModelConfig) -> None:
     if file is None:
         return
     stored = checkpointing.load_model_config(file)
+    # The fields whose value would change what the export writes (config.json): run
+    # settings and fields a family does not use (a BLOOM's rope_theta) differ harmlessly.
+    written = model_config.to_hf_config(stored)
+
+    def changes_export(field: str) -> bool:
+        try:
+            other = dataclasses.replace(stored, **{field: getattr(cfg, field)})
+        except ConfigError:  # not valid alone (e.g. a width without its head_dim)
+            return True
+        return model_config.to_hf_config(other) != written
+
     differences = [
         f"{f} {getattr(stored, f)!r} -> {getattr(cfg, f)!r}"
         for f in (f.name for f in dataclasses.fields(ModelConfig))
-        if f not in model_config.RUNTIME_FIELDS and getattr(stored, f) != getattr(cfg, f)
+        if f not in model_config.RUNTIME_FIELDS
+        and getattr(stored, f) != getattr(cfg, f)
+        and changes_export(f)
     ]
     if differences:
         raise ConfigError(
             f"the given model config differs from {file}, what the checkpoint holds: "
             f"{', '.join(differences)}; leave out --preset / --model_config to export it as "
-            "it is"
+            "it is, or edit or remove that file to override it"
         )
 
 

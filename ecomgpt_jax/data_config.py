@@ -1,7 +1,7 @@
 """`DataConfig`: which data a run reads, how long its rows are, how many per step, in
-which order. Apart from `input_pipeline` (SeqIO and TensorFlow) so that train.py can
-register it with gin and check it before TensorFlow loads (seconds, in which a Ctrl-C
-would otherwise print a trace).
+which order. Apart from `input_pipeline` (SeqIO and TensorFlow) so that importing
+train.py, which registers it with gin, loads no TensorFlow: those seconds came before
+main's Ctrl-C handling, and a Ctrl-C in them printed a trace.
 """
 
 from __future__ import annotations

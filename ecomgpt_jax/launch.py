@@ -62,7 +62,9 @@ class InterruptWatch:
         return self
 
     def _unraisable(self, unraisable) -> None:
-        if not (self._active and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+        if self._active and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self.seen = True  # also where the handler could not be installed
+        else:
             self._hook(unraisable)
 
     def _handle(self, signum, frame):

@@ -86,7 +86,10 @@ def write_run_files(
         for name in hf_hub.TOKENIZER_FILES:
             source, target = checkpointing.as_path(tokenizer).parent / name, root / name
             # A resume reads MODEL_DIR's own copy: nothing to copy (or to cut short).
-            same = os.path.realpath(str(source)) == os.path.realpath(str(target))
+            if "://" in str(target):
+                same = str(source) == str(target)
+            else:  # through links: the same file under another name
+                same = os.path.realpath(source) == os.path.realpath(target)
             if source.is_file() and not same:
                 checkpointing.write_atomically(target, source.read_bytes())
     config, earlier = root / "config.gin", root / f"config.until_step_{start}.gin"

@@ -49,6 +49,9 @@ def restore_or_raise(restore, damaged, not_placeable):
     except Exception as e:  # orbax wraps tensorstore's read errors in a bare Exception
         # Text only: the exception's traceback holds the reads `drop_failed_reads` ends.
         failure, read_error = short(e.__cause__ or e), is_read_error(e.__cause__ or e)
+    except BaseException:  # a Ctrl-C: asyncio's own errors are not to stay hidden after
+        asyncio_log.setLevel(level)
+        raise
     else:
         asyncio_log.setLevel(level)
         return restored

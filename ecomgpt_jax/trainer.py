@@ -76,7 +76,7 @@ class Result:
 
     step: int
     checkpoint_dir: str | None  # None: stopped at step 0, nothing trained or saved
-    preempted: bool  # stopped early by SIGTERM or Ctrl-C, after saving `checkpoint_dir`
+    preempted: bool  # stopped early by SIGTERM or Ctrl-C (`checkpoint_dir` saved, if any)
     first_loss: float | None
     last_loss: float | None
     interrupted: bool = False  # the early stop was a Ctrl-C

@@ -333,7 +333,9 @@ def test_a_changed_pipeline_is_detected_but_old_checkpoints_lack_fields():
         (
             "sources",
             "0123",
-            "the tasks, rates or data sources (JSON or prepared TFDS) of the mixture",
+            "the mixture's tasks, rates, data sources (JSON or prepared TFDS) or JSON file "
+            "sizes, or the order this version reads them in (per-task shuffles since "
+            "2026-11-28)",
         ),
     ]:
         assert now.changes_from(dataclasses.replace(now, **{field: value})) == [change]

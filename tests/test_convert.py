@@ -308,8 +308,19 @@ def test_orbax_to_hf_with_another_model_is_one_line(converted, tmp_path, capsys)
         2,
         f"error: the given model config differs from {converted / 'ox' / 'model_config.json'}, "
         "what the checkpoint holds: rope_theta 500000.0 -> 10000.0, eos_id 1 -> 7; leave out "
-        "--preset / --model_config to export it as it is\n",
+        "--preset / --model_config to export it as it is, or edit or remove that file to "
+        "override it\n",
     )
+    # Fields the family does not use (a BLOOM's rope settings) and run settings: fine.
+    make_hf_model("tiny-bloom").save_pretrained(tmp_path / "bloom_hf")
+    convert.hf_to_orbax(tmp_path / "bloom_hf", tmp_path / "bloom")
+    bloom = convert.find_model_config(tmp_path / "bloom")
+    unused = dataclasses.replace(bloom, rope_theta=1.0, qkv_bias=True, remat_policy="full")
+    checkpointing.save_model_config(tmp_path / "unused", unused)
+    capsys.readouterr()  # the HF save's progress bar
+    args = ["orbax-to-hf", "--checkpoint", tmp_path / "bloom", "--output", tmp_path / "b2"]
+    status, err = _cli(capsys, *args, "--model_config", tmp_path / "unused" / "model_config.json")
+    assert (status, err) == (0, "")
     assert _cli(capsys, *argv, "--preset", "tiny-llama") == (0, "")  # the same: fine
     bare = tmp_path / "bare"
     shutil.copytree(converted / "ox", bare)

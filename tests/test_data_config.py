@@ -66,7 +66,8 @@ def test_config_errors_are_found_before_any_data_is_read(fields, message):
 
 
 def test_neither_data_config_nor_train_loads_tensorflow():
-    """train.py registers DataConfig with gin and checks it before TensorFlow loads (an
-    early Ctrl-C is then main's one line, not a trace from inside TensorFlow's import)."""
+    """Importing train.py (which registers DataConfig with gin) loads no TensorFlow, so a
+    Ctrl-C in those first seconds is main's one line, not a trace from TensorFlow's
+    import (run() imports it, inside main's handling)."""
     statement = "import ecomgpt_jax.data_config, ecomgpt_jax.train"
     assert processes.loaded_by(statement, {"tensorflow", "seqio", "tasks"}) == []

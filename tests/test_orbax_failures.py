@@ -106,3 +106,15 @@ def test_a_failed_read_collected_during_the_restore_is_not_logged(monkeypatch, c
         orbax_failures.restore_or_raise(failing_restore, KeyError, OSError)
     assert "never retrieved" not in caplog.text
     assert info.value.args == ("OUT_OF_RANGE: Error reading 'w/0.0' in OCDBT database",)
+
+
+def test_a_ctrl_c_during_a_restore_leaves_asyncio_logging_as_it_was(monkeypatch):
+    asyncio_log = logging.getLogger("asyncio")
+    monkeypatch.setattr(asyncio_log, "level", logging.WARNING)
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        orbax_failures.restore_or_raise(interrupted, ValueError, ValueError)
+    assert asyncio_log.level == logging.WARNING

@@ -198,16 +198,10 @@ def _first_line(e: BaseException) -> str:
 
 
 def _source_kind(source, split: str) -> str:
-    """The source's class; its `ORDER` where it has one (a source that changed the order
-    it reads in, as the JSON source's per-task seeds, names it, so that a resume from
-    before sees another stream); and its `signature(split)` where it has one (the JSON
-    source: its file's size, so that a resume after an edit of the data sees one)."""
+    """The source's class, and its `signature(split)` where it has one (the JSON source:
+    its read order and file size, so that a resume after either changed sees it)."""
     kind = type(source).__name__
-    if getattr(source, "ORDER", None):
-        kind += f"/{source.ORDER}"
-    if hasattr(source, "signature"):
-        kind += f"/{source.signature(split)}"
-    return kind
+    return f"{kind}/{source.signature(split)}" if hasattr(source, "signature") else kind
 
 
 def sources_digest(config: DataConfig) -> str:

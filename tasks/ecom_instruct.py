@@ -112,9 +112,6 @@ class JsonInstructionSource(seqio.FunctionDataSource):
     for mixing rates are taken lazily by counting non-blank lines.
     """
 
-    # In input_pipeline.sources_digest: the order changed (per-task seeds) on 2026-11-28.
-    ORDER = "task-seeded"
-
     def __init__(self, task: reader.TaskInfo, seed: int = 0):
         self._task = task
         self._seed = seed
@@ -173,10 +170,11 @@ class JsonInstructionSource(seqio.FunctionDataSource):
         return ds
 
     def signature(self, split: str) -> str:
-        """The split file's size: an edit that adds, removes or changes examples nearly
-        always changes it (for `input_pipeline.sources_digest`; a stat, not a read)."""
+        """For `input_pipeline.sources_digest`: the read order (per-task seeds since
+        2026-11-28) and the split file's size, which an edit that adds, removes or changes
+        examples nearly always changes (a stat, not a read)."""
         path = self._task.split_path(split)
-        return str(path.stat().st_size) if path.is_file() else "-"
+        return f"task-seeded/{path.stat().st_size if path.is_file() else '-'}"
 
     def num_input_examples(self, split: str) -> int:
         if split not in self._counts:
